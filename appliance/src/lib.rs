@@ -1,0 +1,3 @@
+//! The appliance as a whole: config model, control protocol, services. `no_std` + `alloc`.
+#![no_std]
+extern crate alloc;
