@@ -1,3 +1,218 @@
-//! The appliance as a whole: config model, control protocol, services. `no_std` + `alloc`.
+//! The appliance as a whole: config model, control protocol, services; it drives the
+//! netstack. `no_std` + `alloc`: it never reads a clock (time comes in as `Instant`),
+//! never touches hardware, and never panics on input from the network or the socket.
 #![no_std]
 extern crate alloc;
+
+pub mod config;
+pub mod field_path;
+pub mod protocol;
+pub mod session;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::Serialize;
+use serde_json::Value;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::EthernetAddress;
+use weft_netstack::{Netstack, NicAddress, NicId};
+
+pub use config::{Config, ConfigError, Ipv4Cidr, LinkConfig, UplinkConfig};
+pub use protocol::{
+    Applied, Command, ControlCounters, ErrorBody, ErrorCode, Greeting, InterfaceStatus, Interfaces,
+    Outcome, Pong, Reply, Request, RequestError, RequestId, Status,
+};
+pub use session::ControlSession;
+pub use weft_netstack;
+pub use weft_netstack::{MemPort, Port, TxError};
+
+/// What the kernel knows at boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootInfo {
+    /// MAC of virtio-net #0 (uplink).
+    pub uplink_mac: [u8; 6],
+    /// MAC of virtio-net #1 (container link).
+    pub link_mac: [u8; 6],
+    /// Seed for everything random in the appliance (smoltcp ports/ISNs, later hashing).
+    pub seed: u64,
+    /// The kernel command line (informational for now).
+    pub cmdline: String,
+}
+
+/// The whole appliance: netstack, running configuration, control session.
+pub struct Appliance {
+    info: BootInfo,
+    booted_at: Instant,
+    netstack: Netstack,
+    running: Option<Config>,
+    session: ControlSession,
+}
+
+impl Appliance {
+    /// Boot unconfigured: the NICs have no address and answer nothing until `apply`.
+    pub fn new(info: BootInfo, now: Instant) -> Self {
+        let netstack = Netstack::new(
+            EthernetAddress(info.uplink_mac),
+            EthernetAddress(info.link_mac),
+            info.seed,
+            now,
+        );
+        log::info!(
+            "weft {} booting: uplink {} link {} cmdline {:?}",
+            protocol::VERSION,
+            EthernetAddress(info.uplink_mac),
+            EthernetAddress(info.link_mac),
+            info.cmdline
+        );
+        Appliance {
+            info,
+            booted_at: now,
+            netstack,
+            running: None,
+            session: ControlSession::new(),
+        }
+    }
+
+    /// Drive the packet path; returns how long the caller may sleep (None = until an interrupt).
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        uplink: &mut dyn Port,
+        link: &mut dyn Port,
+    ) -> Option<Duration> {
+        self.netstack.poll(now, uplink, link).next_poll
+    }
+
+    /// A client connected to the control socket: the greeting line is appended to `out`.
+    pub fn control_connected(&mut self, _now: Instant, out: &mut Vec<u8>) {
+        self.session.connected(out);
+    }
+
+    /// The client went away; a partial request line is discarded.
+    pub fn control_disconnected(&mut self) {
+        self.session.disconnected();
+    }
+
+    /// Bytes from the control stream; replies (whole lines) are appended to `out`.
+    /// Input before `control_connected` is served as well (without a greeting), for a
+    /// transport that cannot tell when a client connects.
+    pub fn control_input(&mut self, now: Instant, bytes: &[u8], out: &mut Vec<u8>) {
+        for line in self.session.input(bytes) {
+            let reply = match line {
+                Ok(request) => self.execute(now, request),
+                Err(e) => e.into_reply(),
+            };
+            out.extend_from_slice(&reply.to_line());
+        }
+    }
+
+    pub fn boot_info(&self) -> &BootInfo {
+        &self.info
+    }
+
+    /// The running configuration (None before the first `apply`).
+    pub fn running_config(&self) -> Option<&Config> {
+        self.running.as_ref()
+    }
+
+    pub fn netstack(&self) -> &Netstack {
+        &self.netstack
+    }
+
+    pub fn netstack_mut(&mut self) -> &mut Netstack {
+        &mut self.netstack
+    }
+
+    /// Execute a parsed request (arguments already validated).
+    pub fn execute(&mut self, now: Instant, request: Request) -> Reply {
+        let id = request.id;
+        let result = match request.command {
+            Command::Status => to_value(&self.status(now)),
+            Command::Config => to_value(&self.running),
+            Command::Apply(config) => {
+                let changed = self.apply(config);
+                to_value(&Applied { changed })
+            }
+            Command::Ping => to_value(&Pong { pong: true }),
+        };
+        match result {
+            Ok(value) => Reply::result(id, value),
+            Err(error) => {
+                self.session.count_error();
+                Reply::error(Some(id), error)
+            }
+        }
+    }
+
+    /// Apply a validated configuration; returns whether it changed anything.
+    /// Atomic: everything below is infallible once `Config::validate` passed.
+    pub fn apply(&mut self, config: Config) -> bool {
+        if self.running.as_ref() == Some(&config) {
+            return false;
+        }
+        self.netstack.configure(
+            NicId::Uplink,
+            Some(NicAddress {
+                cidr: config.uplink.address.to_smoltcp(),
+                gateway: config.uplink.gateway,
+            }),
+        );
+        self.netstack.configure(
+            NicId::Link,
+            Some(NicAddress {
+                cidr: config.link.address.to_smoltcp(),
+                gateway: None,
+            }),
+        );
+        log::info!(
+            "applied: uplink {} link {}",
+            config.uplink.address,
+            config.link.address
+        );
+        self.running = Some(config);
+        true
+    }
+
+    /// The `status` result at `now`.
+    pub fn status(&self, now: Instant) -> Status {
+        let uptime = if now > self.booted_at {
+            now - self.booted_at
+        } else {
+            Duration::ZERO
+        };
+        Status {
+            version: protocol::VERSION.into(),
+            protocol: protocol::PROTOCOL_VERSION,
+            uptime_ms: uptime.total_millis(),
+            configured: self.running.is_some(),
+            interfaces: Interfaces {
+                uplink: self.interface_status(NicId::Uplink),
+                link: self.interface_status(NicId::Link),
+            },
+            control: self.session.counters(),
+        }
+    }
+
+    fn interface_status(&self, id: NicId) -> InterfaceStatus {
+        let nic = self.netstack.nic(id);
+        let address = nic.iface.address();
+        InterfaceStatus {
+            mac: alloc::format!("{}", nic.iface.mac()),
+            addresses: address
+                .iter()
+                .filter_map(|a| Ipv4Cidr::new(a.cidr.address(), a.cidr.prefix_len()).ok())
+                .collect(),
+            gateway: address.and_then(|a| a.gateway),
+            counters: nic.counters,
+        }
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> Result<Value, ErrorBody> {
+    serde_json::to_value(v).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::Internal,
+            alloc::format!("serializing the result: {e}"),
+        )
+    })
+}

@@ -1,3 +1,15 @@
 //! weft's packet path. `no_std` + `alloc`; never touches hardware, never reads a clock.
 #![no_std]
 extern crate alloc;
+
+pub mod counters;
+pub mod iface;
+pub mod port;
+pub mod stack;
+
+pub use counters::{DropCounters, DropReason, NicCounters};
+pub use iface::{NicAddress, NicIface, QueueDevice, IP_MTU, MAX_FRAME_LEN};
+pub use port::{MemPort, Port, TxError};
+pub use stack::{Netstack, Nic, NicId, PollResult, RX_BATCH};
+// The kernel and the appliance name time and addresses with smoltcp's types.
+pub use smoltcp;

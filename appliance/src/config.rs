@@ -1,0 +1,311 @@
+//! The configuration document: what `apply` takes and `config` returns (TOML in files on
+//! the host, the same structure as JSON on the socket). Parsing refuses unknown keys;
+//! `validate` checks every cross-field rule. This module never applies anything: the
+//! appliance applies a `Config` only once it parsed and validated whole.
+
+use alloc::format;
+use alloc::string::String;
+use core::fmt;
+use core::net::Ipv4Addr;
+use core::str::FromStr;
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::field_path::{self, FieldError};
+
+/// An IPv4 address with the prefix length of its subnet: `"A.B.C.D/len"` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Cidr {
+    address: Ipv4Addr,
+    prefix_len: u8,
+}
+
+/// Why a string is not an `A.B.C.D/len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CidrError {
+    MissingPrefix,
+    BadAddress,
+    BadPrefix,
+}
+
+impl fmt::Display for CidrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CidrError::MissingPrefix => "expected A.B.C.D/len, the /len is missing",
+            CidrError::BadAddress => {
+                "expected A.B.C.D/len, the address is not a dotted-quad IPv4 address"
+            }
+            CidrError::BadPrefix => "expected A.B.C.D/len, the prefix length is not 0..=32",
+        })
+    }
+}
+
+impl Ipv4Cidr {
+    pub fn new(address: Ipv4Addr, prefix_len: u8) -> Result<Self, CidrError> {
+        if prefix_len > 32 {
+            return Err(CidrError::BadPrefix);
+        }
+        Ok(Ipv4Cidr {
+            address,
+            prefix_len,
+        })
+    }
+
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    pub fn netmask(&self) -> u32 {
+        match self.prefix_len {
+            0 => 0,
+            n => u32::MAX << (32 - u32::from(n)),
+        }
+    }
+
+    /// The subnet's first address.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.address) & self.netmask())
+    }
+
+    /// The subnet's last address.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.address) | !self.netmask())
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & self.netmask() == u32::from(self.network())
+    }
+
+    /// Whether the two subnets share any address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other.network()) || other.contains(self.network())
+    }
+
+    pub fn to_smoltcp(&self) -> smoltcp::wire::Ipv4Cidr {
+        smoltcp::wire::Ipv4Cidr::new(self.address, self.prefix_len)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = CidrError;
+
+    fn from_str(s: &str) -> Result<Self, CidrError> {
+        let (addr, len) = s.split_once('/').ok_or(CidrError::MissingPrefix)?;
+        let address = Ipv4Addr::from_str(addr).map_err(|_| CidrError::BadAddress)?;
+        // u8::from_str would accept "+8" and "008"; only plain decimal is a prefix length.
+        let plain = !len.is_empty() && len.len() <= 2 && len.bytes().all(|b| b.is_ascii_digit());
+        if !plain || (len.len() == 2 && len.starts_with('0')) {
+            return Err(CidrError::BadPrefix);
+        }
+        let prefix_len = u8::from_str(len).map_err(|_| CidrError::BadPrefix)?;
+        Ipv4Cidr::new(address, prefix_len)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+impl Serialize for Ipv4Cidr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv4Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CidrVisitor;
+        impl de::Visitor<'_> for CidrVisitor {
+            type Value = Ipv4Cidr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string \"A.B.C.D/len\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ipv4Cidr, E> {
+                Ipv4Cidr::from_str(v).map_err(|e| E::custom(format!("{v:?}: {e}")))
+            }
+        }
+        deserializer.deserialize_str(CidrVisitor)
+    }
+}
+
+/// The whole configuration document. Later issues add a section as one more field
+/// (`Option<...>` or `Vec<...>` with `#[serde(default)]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub uplink: UplinkConfig,
+    pub link: LinkConfig,
+}
+
+/// `[uplink]`: the NIC towards the host's network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    pub address: Ipv4Cidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// `[link]`: the NIC towards the containers; its address is their gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    pub address: Ipv4Cidr,
+}
+
+/// A refused configuration: which field (dotted path) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `"uplink.gateway"`; empty when the document as a whole is wrong (not an object).
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: &str, message: String) -> Self {
+        ConfigError {
+            field: field.into(),
+            message,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl From<FieldError> for ConfigError {
+    fn from(e: FieldError) -> Self {
+        ConfigError {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate a document given as JSON (the `args` of `apply`).
+    pub fn from_json_value(value: &Value) -> Result<Config, ConfigError> {
+        let config: Config = field_path::from_value(value)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse and validate a document given as JSON text.
+    pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| ConfigError::new("", format!("not JSON: {e}")))?;
+        Config::from_json_value(&value)
+    }
+
+    /// Every rule that is not a matter of types; the first violation names its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let up = &self.uplink.address;
+        check_host_address("uplink.address", up)?;
+        if let Some(gw) = self.uplink.gateway {
+            let field = "uplink.gateway";
+            check_unicast(field, gw)?;
+            if !up.contains(gw) {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "{gw} is outside the uplink subnet {}/{}",
+                        up.network(),
+                        up.prefix_len()
+                    ),
+                ));
+            }
+            if gw == up.address() {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{gw} is the uplink's own address"),
+                ));
+            }
+            if up.prefix_len() <= 30 && (gw == up.network() || gw == up.broadcast()) {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "{gw} is the network or broadcast address of {}/{}",
+                        up.network(),
+                        up.prefix_len()
+                    ),
+                ));
+            }
+        }
+        let link = &self.link.address;
+        check_host_address("link.address", link)?;
+        if link.overlaps(up) {
+            return Err(ConfigError::new(
+                "link.address",
+                format!(
+                    "subnet {}/{} overlaps the uplink subnet {}/{}",
+                    link.network(),
+                    link.prefix_len(),
+                    up.network(),
+                    up.prefix_len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_unicast(field: &str, addr: Ipv4Addr) -> Result<(), ConfigError> {
+    let what = if addr.is_unspecified() {
+        "unspecified"
+    } else if addr.is_loopback() {
+        "a loopback address"
+    } else if addr.is_multicast() {
+        "a multicast address"
+    } else if addr.is_broadcast() {
+        "the broadcast address"
+    } else if addr.octets()[0] >= 240 {
+        "reserved (240.0.0.0/4)"
+    } else if addr.octets()[0] == 0 {
+        "in 0.0.0.0/8 (this network)"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::new(
+        field,
+        format!("{addr} is {what}, not a unicast host address"),
+    ))
+}
+
+fn check_host_address(field: &str, cidr: &Ipv4Cidr) -> Result<(), ConfigError> {
+    check_unicast(field, cidr.address())?;
+    if cidr.prefix_len() == 0 {
+        return Err(ConfigError::new(
+            field,
+            format!("{cidr}: a /0 subnet holds every address"),
+        ));
+    }
+    // /31 (RFC 3021) and /32 have no network or broadcast address to avoid.
+    if cidr.prefix_len() <= 30 {
+        if cidr.address() == cidr.network() {
+            return Err(ConfigError::new(
+                field,
+                format!("{cidr} is the network address of its subnet"),
+            ));
+        }
+        if cidr.address() == cidr.broadcast() {
+            return Err(ConfigError::new(
+                field,
+                format!("{cidr} is the broadcast address of its subnet"),
+            ));
+        }
+    }
+    Ok(())
+}

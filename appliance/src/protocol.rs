@@ -1,0 +1,455 @@
+//! Control protocol version 1: the typed requests, replies and errors spoken as JSON
+//! lines on the control socket. Shared with the host tool (`weft ctl`), so every type
+//! here serializes and deserializes both ways. Parsing a line yields a whole typed
+//! `Request` (arguments validated) or a `RequestError`; this module never changes state.
+
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::Ipv4Addr;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Number, Value};
+use weft_netstack::NicCounters;
+
+use crate::config::{Config, Ipv4Cidr};
+
+/// The protocol version this appliance speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The appliance's release version (the crate version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The longest request line accepted, not counting the `\n` (or `\r\n`) that ends it.
+pub const MAX_LINE_LEN: usize = 64 * 1024;
+
+/// The first line the appliance sends on a new connection:
+/// `{"weft":{"version":"0.1.0","protocol":1}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Greeting {
+    pub weft: GreetingInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GreetingInfo {
+    pub version: String,
+    pub protocol: u32,
+}
+
+impl Greeting {
+    pub fn current() -> Self {
+        Greeting {
+            weft: GreetingInfo {
+                version: VERSION.to_owned(),
+                protocol: PROTOCOL_VERSION,
+            },
+        }
+    }
+}
+
+/// A request's `id`, echoed in its reply: a JSON number or string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    Number(Number),
+    String(String),
+}
+
+impl From<u64> for RequestId {
+    fn from(n: u64) -> Self {
+        RequestId::Number(n.into())
+    }
+}
+
+impl From<&str> for RequestId {
+    fn from(s: &str) -> Self {
+        RequestId::String(s.to_owned())
+    }
+}
+
+/// What a request asks for. A later command is one more variant here, one more arm in
+/// `Command::parse` and one in `Command::name`/`args`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Version, uptime, per-interface addresses and counters, control-session counters.
+    Status,
+    /// The running configuration document (null before the first `apply`).
+    Config,
+    /// Replace the whole configuration, atomically.
+    Apply(Config),
+    /// Cheap liveness: `{"pong":true}`.
+    Ping,
+}
+
+impl Command {
+    /// Every command name, for error messages.
+    pub const NAMES: &'static [&'static str] = &["status", "config", "apply", "ping"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Config => "config",
+            Command::Apply(_) => "apply",
+            Command::Ping => "ping",
+        }
+    }
+
+    /// The `args` member as sent on the wire (None: omitted).
+    pub fn args(&self) -> Option<Value> {
+        match self {
+            Command::Status | Command::Config | Command::Ping => None,
+            Command::Apply(config) => serde_json::to_value(config).ok(),
+        }
+    }
+
+    /// Build the command `name` from its `args`, validating them completely.
+    pub fn parse(name: &str, args: Option<&Value>) -> Result<Command, ErrorBody> {
+        match name {
+            "status" => no_args(name, args).map(|()| Command::Status),
+            "config" => no_args(name, args).map(|()| Command::Config),
+            "ping" => no_args(name, args).map(|()| Command::Ping),
+            "apply" => {
+                let doc = args.ok_or_else(|| {
+                    ErrorBody::with_field(
+                        ErrorCode::InvalidRequest,
+                        "apply needs the configuration document as `args`".to_owned(),
+                        "args",
+                    )
+                })?;
+                Config::from_json_value(doc)
+                    .map(Command::Apply)
+                    .map_err(|e| ErrorBody {
+                        code: ErrorCode::InvalidConfig,
+                        message: e.message,
+                        field: Some(e.field),
+                    })
+            }
+            other => Err(ErrorBody::new(
+                ErrorCode::UnknownCommand,
+                format!(
+                    "unknown command {other:?}; known: {}",
+                    Command::NAMES.join(", ")
+                ),
+            )),
+        }
+    }
+}
+
+fn no_args(name: &str, args: Option<&Value>) -> Result<(), ErrorBody> {
+    match args {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(m)) if m.is_empty() => Ok(()),
+        Some(_) => Err(ErrorBody::with_field(
+            ErrorCode::InvalidRequest,
+            format!("{name} takes no arguments"),
+            "args",
+        )),
+    }
+}
+
+/// One request line: `{"id": 1, "cmd": "status"}` or
+/// `{"id": 2, "cmd": "apply", "args": {...config...}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: RequestId,
+    pub command: Command,
+}
+
+/// A line that is not a valid request: the error to answer with, and the id to echo
+/// when the line had a usable one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestError {
+    pub id: Option<RequestId>,
+    pub error: ErrorBody,
+}
+
+impl RequestError {
+    pub fn new(id: Option<RequestId>, error: ErrorBody) -> Self {
+        RequestError { id, error }
+    }
+
+    pub fn into_reply(self) -> Reply {
+        Reply {
+            id: self.id,
+            outcome: Outcome::Error(self.error),
+        }
+    }
+}
+
+impl Request {
+    pub fn new(id: impl Into<RequestId>, command: Command) -> Self {
+        Request {
+            id: id.into(),
+            command,
+        }
+    }
+
+    /// Parse one line (without its line ending).
+    pub fn parse_line(line: &[u8]) -> Result<Request, RequestError> {
+        let text = core::str::from_utf8(line).map_err(|e| {
+            RequestError::new(
+                None,
+                ErrorBody::new(ErrorCode::ParseError, format!("line is not UTF-8: {e}")),
+            )
+        })?;
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            RequestError::new(
+                None,
+                ErrorBody::new(ErrorCode::ParseError, format!("not JSON: {e}")),
+            )
+        })?;
+        Request::from_value(&value)
+    }
+
+    /// Interpret a parsed JSON value as a request.
+    pub fn from_value(value: &Value) -> Result<Request, RequestError> {
+        let invalid = |id: Option<RequestId>, field: &str, message: String| {
+            RequestError::new(
+                id,
+                ErrorBody::with_field(ErrorCode::InvalidRequest, message, field),
+            )
+        };
+        let Value::Object(map) = value else {
+            return Err(RequestError::new(
+                None,
+                ErrorBody::new(
+                    ErrorCode::InvalidRequest,
+                    "a request is a JSON object".to_owned(),
+                ),
+            ));
+        };
+        let id = match map.get("id") {
+            Some(Value::Number(n)) => RequestId::Number(n.clone()),
+            Some(Value::String(s)) => RequestId::String(s.clone()),
+            Some(other) => {
+                return Err(invalid(
+                    None,
+                    "id",
+                    format!("id must be a number or a string, not {}", kind(other)),
+                ))
+            }
+            None => return Err(invalid(None, "id", "missing id".to_owned())),
+        };
+        if let Some(key) = map
+            .keys()
+            .find(|k| !matches!(k.as_str(), "id" | "cmd" | "args"))
+        {
+            return Err(invalid(
+                Some(id),
+                key,
+                format!("unknown member {key:?}; a request has id, cmd, args"),
+            ));
+        }
+        let cmd = match map.get("cmd") {
+            Some(Value::String(s)) => s.as_str(),
+            Some(other) => {
+                return Err(invalid(
+                    Some(id),
+                    "cmd",
+                    format!("cmd must be a string, not {}", kind(other)),
+                ))
+            }
+            None => return Err(invalid(Some(id), "cmd", "missing cmd".to_owned())),
+        };
+        match Command::parse(cmd, map.get("args")) {
+            Ok(command) => Ok(Request { id, command }),
+            Err(error) => Err(RequestError::new(Some(id), error)),
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl Serialize for Request {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let args = self.command.args();
+        let mut map = serializer.serialize_map(Some(2 + usize::from(args.is_some())))?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("cmd", self.command.name())?;
+        if let Some(args) = &args {
+            map.serialize_entry("args", args)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Request::from_value(&value).map_err(|e| serde::de::Error::custom(e.error))
+    }
+}
+
+/// Stable, machine-readable error codes (serialized snake_case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The line is not JSON (or not UTF-8).
+    ParseError,
+    /// JSON, but not a request: not an object, or id/cmd/args missing or mistyped.
+    InvalidRequest,
+    /// `cmd` names no command.
+    UnknownCommand,
+    /// The configuration document was refused; `field` names the offending field.
+    InvalidConfig,
+    /// The line exceeded `MAX_LINE_LEN`; it is discarded up to its newline.
+    LineTooLong,
+    /// The command needs state the appliance does not have yet (e.g. a configuration).
+    NotReady,
+    /// A bug in the appliance; the request may or may not have taken effect.
+    Internal,
+}
+
+/// The `error` member of a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Dotted path of the offending field (`"uplink.address"`, `"id"`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: String) -> Self {
+        ErrorBody {
+            code,
+            message,
+            field: None,
+        }
+    }
+
+    pub fn with_field(code: ErrorCode, message: String, field: &str) -> Self {
+        ErrorBody {
+            code,
+            message,
+            field: Some(field.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// A reply line: `{"id":1,"result":{...}}` or `{"id":1,"error":{...}}` (id null when the
+/// request had none usable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub id: Option<RequestId>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Result(Value),
+    Error(ErrorBody),
+}
+
+impl Reply {
+    pub fn result(id: RequestId, result: Value) -> Self {
+        Reply {
+            id: Some(id),
+            outcome: Outcome::Result(result),
+        }
+    }
+
+    pub fn error(id: Option<RequestId>, error: ErrorBody) -> Self {
+        Reply {
+            id,
+            outcome: Outcome::Error(error),
+        }
+    }
+
+    /// The reply as one line, `\n` included. Serializing our own types cannot fail in
+    /// practice; if it ever does, the line is an `internal` error instead.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_else(|_| {
+            br#"{"id":null,"error":{"code":"internal","message":"reply could not be serialized"}}"#.to_vec()
+        });
+        line.push(b'\n');
+        line
+    }
+}
+
+/// The result of `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub version: String,
+    pub protocol: u32,
+    pub uptime_ms: u64,
+    /// Whether a configuration has been applied.
+    pub configured: bool,
+    pub interfaces: Interfaces,
+    pub control: ControlCounters,
+}
+
+/// Per-NIC status, one named field per NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interfaces {
+    pub uplink: InterfaceStatus,
+    pub link: InterfaceStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceStatus {
+    /// `"52:54:00:12:34:56"`.
+    pub mac: String,
+    /// Empty while unconfigured.
+    pub addresses: Vec<Ipv4Cidr>,
+    pub gateway: Option<Ipv4Addr>,
+    pub counters: NicCounters,
+}
+
+/// Counters of the control session (all connections since boot).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlCounters {
+    /// Connections (greetings sent).
+    pub connects: u64,
+    /// Non-empty lines received (including over-long and malformed ones).
+    pub lines: u64,
+    /// Lines that were valid requests.
+    pub requests: u64,
+    /// Error replies sent.
+    pub errors: u64,
+    /// Partial lines discarded because the client disconnected mid-line.
+    pub partial_discarded: u64,
+}
+
+/// The result of `apply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Applied {
+    /// Whether the document differed from the running configuration.
+    pub changed: bool,
+}
+
+/// The result of `ping`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pong {
+    pub pong: bool,
+}
