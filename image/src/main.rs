@@ -1,1 +1,310 @@
-fn main() {}
+//! `weft`: the host tool. `build` the image, `boot` it under QEMU, talk to it with
+//! `ctl`, run the `demo`, run every `test`. The work is in the library; this file only
+//! parses the command line and maps outcomes to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use weft_image::build::{self, Profile};
+use weft_image::control::{Client, ControlError};
+use weft_image::qemu::{Accel, MacAddr, MemoryMib, NetBackend, Nic, QemuConfig, Serial};
+use weft_image::{configfile, demo, paths, stages, status};
+
+#[derive(Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "weft: a unikernel network appliance (host tool)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kernel and write the bootable ELF to target/weft/weft.elf.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Boot the appliance under QEMU (foreground; Ctrl-C stops it).
+    Boot {
+        /// Uplink NIC backend, e.g. tap:weft0.
+        #[arg(long)]
+        uplink: NetBackend,
+        /// Container link NIC backend, e.g. tap:weft1.
+        #[arg(long)]
+        link: NetBackend,
+        /// Unix socket path for the control socket (QEMU listens there).
+        #[arg(long)]
+        control: PathBuf,
+        /// TOML config applied once the appliance greets.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Serial console to this file instead of stdio.
+        #[arg(long)]
+        serial: Option<PathBuf>,
+        #[arg(long, default_value = "128M")]
+        memory: MemoryMib,
+        #[arg(long, value_enum, default_value = "tcg")]
+        accel: Accel,
+        /// Kernel command line.
+        #[arg(long, default_value = "")]
+        append: String,
+        /// Uplink MAC (default: derived from the tap name).
+        #[arg(long)]
+        uplink_mac: Option<MacAddr>,
+        /// Link MAC (default: derived from the tap name).
+        #[arg(long)]
+        link_mac: Option<MacAddr>,
+        /// Kernel image (default: target/weft/weft.elf).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Seconds to wait for the greeting.
+        #[arg(long, default_value_t = 60)]
+        greeting_timeout: u64,
+    },
+    /// Talk to a running appliance over its control socket.
+    Ctl {
+        #[arg(long)]
+        socket: PathBuf,
+        /// Print the raw JSON reply line.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for the greeting and the reply.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        #[command(subcommand)]
+        cmd: CtlCmd,
+    },
+    /// Build a small topology in network namespaces, boot, ping, show status, clean up.
+    Demo {
+        #[arg(long)]
+        release: bool,
+        #[arg(long, value_enum, default_value = "tcg")]
+        accel: Accel,
+    },
+    /// Run every check of the project (fmt, clippy, unit tests, image, QEMU tests).
+    Test,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Version, uptime, interfaces and counters.
+    Status,
+    /// The running configuration.
+    Config,
+    /// Apply a TOML config document (validated as a whole; invalid changes nothing).
+    Apply { file: PathBuf },
+    /// Liveness check.
+    Ping,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Build { release } => cmd_build(release),
+        Cmd::Boot {
+            uplink,
+            link,
+            control,
+            config,
+            serial,
+            memory,
+            accel,
+            append,
+            uplink_mac,
+            link_mac,
+            image,
+            greeting_timeout,
+        } => {
+            let mut uplink = Nic::new(uplink);
+            if let Some(m) = uplink_mac {
+                uplink.mac = m;
+            }
+            let mut link = Nic::new(link);
+            if let Some(m) = link_mac {
+                link.mac = m;
+            }
+            let mut cfg = QemuConfig::new(
+                image.unwrap_or_else(paths::image_path),
+                uplink,
+                link,
+                control,
+            );
+            cfg.memory = memory;
+            cfg.accel = accel;
+            cfg.append = append;
+            cfg.serial = serial.map(Serial::File).unwrap_or(Serial::Stdio);
+            cmd_boot(cfg, config, Duration::from_secs(greeting_timeout))
+        }
+        Cmd::Ctl {
+            socket,
+            json,
+            timeout,
+            cmd,
+        } => return cmd_ctl(&socket, json, Duration::from_secs(timeout), cmd),
+        Cmd::Demo { release, accel } => cmd_demo(release, accel),
+        Cmd::Test => return cmd_test(),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_build(release: bool) -> Result<()> {
+    let img = build::build_image(Profile::from_release(release))?;
+    println!("{}", img.path.display());
+    println!("{} bytes", img.size_bytes);
+    Ok(())
+}
+
+/// Ctrl-C / SIGTERM set a flag instead of killing us, so guards run.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    if let Err(e) = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst)) {
+        eprintln!("weft: cannot install the Ctrl-C handler: {e}");
+    }
+    flag
+}
+
+fn cmd_boot(cfg: QemuConfig, config: Option<PathBuf>, greeting_timeout: Duration) -> Result<()> {
+    // Read the config before starting anything: a bad file must not leave a VM running.
+    let doc = config.as_deref().map(configfile::load).transpose()?;
+    let interrupted = interrupt_flag();
+    eprintln!(
+        "weft: booting {} (uplink {} {}, link {} {}, control {})",
+        cfg.kernel.display(),
+        cfg.uplink.backend,
+        cfg.uplink.mac,
+        cfg.link.backend,
+        cfg.link.mac,
+        cfg.control.display()
+    );
+    let mut qemu = cfg.spawn()?;
+    let (mut client, took) = match qemu.greet(&cfg.control, greeting_timeout) {
+        Ok(x) => x,
+        Err(e) => {
+            qemu.stop(Duration::from_secs(2));
+            return Err(e).context("waiting for the appliance to greet");
+        }
+    };
+    eprintln!(
+        "weft: appliance greeted after {} ms (weft {}, protocol {})",
+        took.as_millis(),
+        client.greeting().version,
+        client.greeting().protocol
+    );
+    if let (Some(doc), Some(path)) = (doc, config.as_ref()) {
+        match client.apply(&doc) {
+            Ok(_) => eprintln!("weft: applied {}", path.display()),
+            Err(e) => {
+                qemu.stop(Duration::from_secs(2));
+                return Err(e).with_context(|| format!("applying {}", path.display()));
+            }
+        }
+    }
+    // QEMU serves one control client at a time: let `weft ctl` in.
+    drop(client);
+    eprintln!("weft: running; Ctrl-C stops the appliance");
+    loop {
+        if let Some(status) = qemu.try_wait()? {
+            eprintln!("weft: QEMU exited ({status})");
+            return if status.success() {
+                Ok(())
+            } else {
+                anyhow::bail!("QEMU exited with {status}")
+            };
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            eprintln!("weft: stopping the appliance");
+            qemu.stop(Duration::from_secs(5));
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn cmd_ctl(socket: &std::path::Path, json: bool, timeout: Duration, cmd: CtlCmd) -> ExitCode {
+    let run = || -> Result<(String, weft_image::control::Reply)> {
+        let (name, args) = match &cmd {
+            CtlCmd::Status => ("status", None),
+            CtlCmd::Config => ("config", None),
+            CtlCmd::Ping => ("ping", None),
+            CtlCmd::Apply { file } => ("apply", Some(configfile::load(file)?)),
+        };
+        let mut client = Client::connect(socket, timeout)?;
+        let reply = client.call(name, args)?;
+        Ok((name.to_string(), reply))
+    };
+    match run() {
+        Ok((name, reply)) => {
+            if json {
+                println!("{}", reply.raw);
+            }
+            match reply.outcome {
+                Ok(v) => {
+                    if !json {
+                        let text = match name.as_str() {
+                            "status" => status::render_status(&v),
+                            "config" => status::render_config(&v),
+                            "apply" => "applied\n".to_string(),
+                            "ping" => "pong\n".to_string(),
+                            _ => status::render_value(&v),
+                        };
+                        print!("{text}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("weft: error: {}", e.code);
+                    if let Some(f) = &e.field {
+                        eprintln!("  field:   {f}");
+                    }
+                    eprintln!("  message: {}", e.message);
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Err(e) => {
+            let code = if e.downcast_ref::<ControlError>().is_some() {
+                2
+            } else {
+                1
+            };
+            eprintln!("weft: error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn cmd_demo(release: bool, accel: Accel) -> Result<()> {
+    let opts = demo::DemoOptions {
+        profile: Profile::from_release(release),
+        accel,
+        interrupted: interrupt_flag(),
+    };
+    demo::run(&opts)
+}
+
+fn cmd_test() -> ExitCode {
+    let summary = stages::run(stages::plan(&paths::repo_root()));
+    println!("{}", summary.line());
+    if summary.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -5,6 +5,7 @@ extern crate alloc;
 pub mod counters;
 pub mod iface;
 pub mod port;
+pub mod probe;
 pub mod stack;
 
 pub use counters::{DropCounters, DropReason, NicCounters};

@@ -1,0 +1,354 @@
+//! Network namespaces, bridges, taps and veths for the demo and the QEMU tests, each
+//! behind a guard that deletes it on drop (also while a panic unwinds). It only ever
+//! creates objects under names it is given and deletes only what it created.
+
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::qemu::check_ifname;
+
+/// Fails unless we run as root (namespaces and taps need CAP_NET_ADMIN).
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no memory effects and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        bail!("this needs root (creates network namespaces and tap devices); run it with sudo");
+    }
+    Ok(())
+}
+
+/// Runs a command to completion; a non-zero exit is an error carrying its stderr.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// `ip ARGS...`, checked.
+pub fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args)).map(|_| ())
+}
+
+/// Whether a namespace of this name exists.
+pub fn netns_exists(name: &str) -> bool {
+    std::path::Path::new("/run/netns").join(name).exists()
+}
+
+/// A network namespace, deleted on drop (with every virtual device inside it).
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn create(name: &str) -> Result<Netns> {
+        ip(&["netns", "add", name]).with_context(|| format!("creating namespace {name}"))?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n NAME ARGS...`, checked.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// A command that runs `program` inside this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Sets a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        run(self
+            .command("sysctl")
+            .args(["-q", "-w", &format!("{key}={value}")]))
+        .map(|_| ())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The names of one appliance topology; `prefix` keeps them apart from anything else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopologyNames {
+    /// Where QEMU runs: the taps and both bridges (the "hypervisor").
+    pub hv_ns: String,
+    /// The "host" namespace on the uplink segment.
+    pub host_ns: String,
+    /// The "container" namespace on the link segment.
+    pub ctr_ns: String,
+    pub uplink_tap: String,
+    pub link_tap: String,
+    pub uplink_bridge: String,
+    pub link_bridge: String,
+    /// veth end in the hypervisor namespace, enslaved to the uplink bridge.
+    pub host_veth_hv: String,
+    /// veth end inside the host namespace (carries the host address).
+    pub host_veth: String,
+    pub ctr_veth_hv: String,
+    pub ctr_veth: String,
+}
+
+impl TopologyNames {
+    /// Names from a short prefix (at most 11 bytes, so `PREFIX-xxx` fits IFNAMSIZ).
+    pub fn new(prefix: &str) -> Result<TopologyNames> {
+        if prefix.is_empty() || prefix.len() > 11 {
+            bail!("topology prefix {prefix:?} must be 1..=11 bytes");
+        }
+        let n = |s: &str| format!("{prefix}-{s}");
+        let names = TopologyNames {
+            hv_ns: n("hv"),
+            host_ns: n("host"),
+            ctr_ns: n("ctr"),
+            uplink_tap: n("tu"),
+            link_tap: n("tl"),
+            uplink_bridge: n("bu"),
+            link_bridge: n("bl"),
+            host_veth_hv: n("vuh"),
+            host_veth: n("vu"),
+            ctr_veth_hv: n("vlh"),
+            ctr_veth: n("vl"),
+        };
+        for ifname in names.ifnames() {
+            check_ifname(ifname).map_err(anyhow::Error::msg)?;
+        }
+        Ok(names)
+    }
+
+    pub fn ifnames(&self) -> [&str; 8] {
+        [
+            &self.uplink_tap,
+            &self.link_tap,
+            &self.uplink_bridge,
+            &self.link_bridge,
+            &self.host_veth_hv,
+            &self.host_veth,
+            &self.ctr_veth_hv,
+            &self.ctr_veth,
+        ]
+    }
+
+    pub fn namespaces(&self) -> [&str; 3] {
+        [&self.hv_ns, &self.host_ns, &self.ctr_ns]
+    }
+}
+
+/// Addresses of the peers around the appliance (the appliance's own come from its config).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddresses {
+    /// The host namespace's address on the uplink segment, CIDR (`192.0.2.1/24`).
+    pub host: String,
+    /// The container namespace's address on the link segment, CIDR (`10.81.128.2/16`).
+    pub ctr: String,
+    /// The container namespace's default gateway (the appliance's link address).
+    pub ctr_gateway: String,
+}
+
+impl Default for PeerAddresses {
+    /// The embedded demo topology (see `configfile::DEFAULT_CONFIG_TOML`).
+    fn default() -> Self {
+        PeerAddresses {
+            host: "192.0.2.1/24".into(),
+            ctr: "10.81.128.2/16".into(),
+            ctr_gateway: "10.81.0.1".into(),
+        }
+    }
+}
+
+/// The topology around one appliance:
+///
+/// ```text
+///  [host ns] vu --veth-- vuh ┐                    ┌ vlh --veth-- vl [ctr ns]
+///                            bu ── tu ═ QEMU ═ tl ── bl
+///                           (all of this in the hv ns)
+/// ```
+///
+/// Dropping it deletes the three namespaces, which removes every device in them.
+/// Drop the QEMU that uses the taps first.
+#[derive(Debug)]
+pub struct Topology {
+    pub names: TopologyNames,
+    pub peers: PeerAddresses,
+    // Field order is drop order: the leaves before the hypervisor namespace.
+    pub ctr: Netns,
+    pub host: Netns,
+    pub hv: Netns,
+}
+
+impl Topology {
+    /// Builds it; `log` is told each step (the demo prints them). On error, whatever
+    /// was made so far is removed by the guards.
+    pub fn create(
+        names: TopologyNames,
+        peers: PeerAddresses,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Topology> {
+        let n = &names;
+        log(&format!(
+            "namespaces {}, {}, {}",
+            n.hv_ns, n.host_ns, n.ctr_ns
+        ));
+        let hv = Netns::create(&n.hv_ns)?;
+        let host = Netns::create(&n.host_ns)?;
+        let ctr = Netns::create(&n.ctr_ns)?;
+
+        for (bridge, tap) in [
+            (&n.uplink_bridge, &n.uplink_tap),
+            (&n.link_bridge, &n.link_tap),
+        ] {
+            log(&format!("bridge {bridge} with tap {tap} (in {})", n.hv_ns));
+            hv.ip(&["link", "add", bridge, "type", "bridge"])?;
+            // No STP, no forwarding delay: the segment is up at once.
+            hv.ip(&[
+                "link",
+                "set",
+                bridge,
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+            ])?;
+            hv.ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
+            hv.ip(&["link", "set", tap, "master", bridge])?;
+            hv.ip(&["link", "set", tap, "up"])?;
+            hv.ip(&["link", "set", bridge, "up"])?;
+        }
+        // The hypervisor namespace only switches frames; it must not answer or route.
+        hv.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+
+        for (peer, hv_end, peer_end, bridge, addr) in [
+            (
+                &host,
+                &n.host_veth_hv,
+                &n.host_veth,
+                &n.uplink_bridge,
+                &peers.host,
+            ),
+            (
+                &ctr,
+                &n.ctr_veth_hv,
+                &n.ctr_veth,
+                &n.link_bridge,
+                &peers.ctr,
+            ),
+        ] {
+            log(&format!(
+                "veth {hv_end} (on {bridge}) <-> {peer_end} {addr} (in {})",
+                peer.name()
+            ));
+            hv.ip(&[
+                "link",
+                "add",
+                hv_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer_end,
+                "netns",
+                peer.name(),
+            ])?;
+            hv.ip(&["link", "set", hv_end, "master", bridge])?;
+            hv.ip(&["link", "set", hv_end, "up"])?;
+            // IPv6 off in the peers: no router solicitations or DAD noise on the segments.
+            peer.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            peer.ip(&["addr", "add", addr, "dev", peer_end])?;
+            peer.ip(&["link", "set", peer_end, "up"])?;
+        }
+        log(&format!(
+            "default route in {} via {}",
+            n.ctr_ns, peers.ctr_gateway
+        ));
+        ctr.ip(&["route", "add", "default", "via", &peers.ctr_gateway])?;
+        Ok(Topology {
+            names,
+            peers,
+            ctr,
+            host,
+            hv,
+        })
+    }
+
+    /// `ping` from a namespace: `count` replies wanted within `deadline_s` seconds.
+    pub fn ping(ns: &Netns, addr: &str, count: u32, deadline_s: u32) -> Result<String> {
+        let out = ns
+            .command("ping")
+            .args([
+                "-n",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-w",
+                &deadline_s.to_string(),
+                addr,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("running ping")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!("ping {addr} from {} failed:\n{text}", ns.name());
+        }
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_ifnamsiz_and_are_distinct() {
+        let n = TopologyNames::new("wq12345678a").unwrap();
+        let mut all: Vec<&str> = n.ifnames().to_vec();
+        all.extend(n.namespaces());
+        for name in n.ifnames() {
+            assert!(name.len() <= 15, "{name}");
+        }
+        let set: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(set.len(), all.len());
+        assert!(all.iter().all(|s| s.starts_with("wq12345678a-")));
+        assert!(TopologyNames::new("wq123456789a").is_err());
+        assert!(TopologyNames::new("").is_err());
+    }
+
+    #[test]
+    fn failing_command_reports_stderr() {
+        let e = run(Command::new("sh").args(["-c", "echo boom >&2; exit 3"])).unwrap_err();
+        assert!(e.to_string().contains("boom"), "{e}");
+        assert!(run(&mut Command::new("true")).is_ok());
+    }
+}

@@ -1,0 +1,195 @@
+//! `weft test`: the project's one test command. A fixed list of stages (format, lints,
+//! unit tests, image build, kernel lints, fuzz check, QEMU tests), run in order, each
+//! printed with its outcome; the first failure stops the run. It never edits files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use crate::build::{self, Profile};
+
+/// What a stage does.
+#[derive(Debug)]
+pub enum Action {
+    /// A command run in a directory; success is exit status 0.
+    Run(Command),
+    /// `weft build` in-process.
+    BuildImage(Profile),
+}
+
+#[derive(Debug)]
+pub struct Stage {
+    pub name: String,
+    pub action: Action,
+}
+
+fn cargo(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(build::cargo_program());
+    c.current_dir(dir).args(args);
+    c
+}
+
+/// The stages for the repository at `root`, in order.
+pub fn plan(root: &Path) -> Vec<Stage> {
+    let kernel = root.join("kernel");
+    let mut stages = vec![Stage {
+        name: "cargo fmt --all --check".into(),
+        action: Action::Run(cargo(root, &["fmt", "--all", "--check"])),
+    }];
+    if kernel.join("Cargo.toml").is_file() {
+        stages.push(Stage {
+            name: "kernel: cargo fmt --check".into(),
+            action: Action::Run(cargo(&kernel, &["fmt", "--check"])),
+        });
+    }
+    stages.push(Stage {
+        name: "cargo clippy --workspace --all-targets -- -D warnings".into(),
+        action: Action::Run(cargo(
+            root,
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )),
+    });
+    stages.push(Stage {
+        name: "cargo test --workspace --exclude weft-qemu-tests".into(),
+        action: Action::Run(cargo(
+            root,
+            &["test", "--workspace", "--exclude", "weft-qemu-tests"],
+        )),
+    });
+    stages.push(Stage {
+        name: "weft build".into(),
+        action: Action::BuildImage(Profile::Debug),
+    });
+    if kernel.join("Cargo.toml").is_file() {
+        let mut c = build::kernel_cargo("clippy", &kernel);
+        c.args(["--", "-D", "warnings"]);
+        stages.push(Stage {
+            name: "kernel: cargo clippy -Zbuild-std ... -- -D warnings".into(),
+            action: Action::Run(c),
+        });
+    }
+    let fuzz: PathBuf = root.join("fuzz").join("Cargo.toml");
+    if fuzz.is_file() {
+        stages.push(Stage {
+            name: "cargo check --manifest-path fuzz/Cargo.toml".into(),
+            action: Action::Run(cargo(
+                root,
+                &["check", "--manifest-path", "fuzz/Cargo.toml"],
+            )),
+        });
+    }
+    stages.push(Stage {
+        name: "cargo test -p weft-qemu-tests -- --test-threads=1".into(),
+        action: Action::Run(cargo(
+            root,
+            &["test", "-p", "weft-qemu-tests", "--", "--test-threads=1"],
+        )),
+    });
+    stages
+}
+
+/// Outcome of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+}
+
+impl Summary {
+    /// The closing line, alone on its line.
+    pub fn line(&self) -> String {
+        format!("weft test: {} passed, {} failed", self.passed, self.failed)
+    }
+}
+
+fn run_stage(action: Action) -> Result<()> {
+    match action {
+        Action::Run(mut cmd) => {
+            let status = cmd.status()?;
+            if !status.success() {
+                bail!("exit status {status}");
+            }
+            Ok(())
+        }
+        Action::BuildImage(profile) => {
+            let img = build::build_image(profile)?;
+            println!("image {} ({} bytes)", img.path.display(), img.size_bytes);
+            Ok(())
+        }
+    }
+}
+
+/// Runs the stages in order, stopping at the first failure.
+pub fn run(stages: Vec<Stage>) -> Summary {
+    let total = stages.len();
+    let mut summary = Summary {
+        passed: 0,
+        failed: 0,
+    };
+    for (i, stage) in stages.into_iter().enumerate() {
+        println!("\n==> weft test [{}/{total}] {}", i + 1, stage.name);
+        let t = Instant::now();
+        let res = run_stage(stage.action);
+        let secs = t.elapsed().as_secs_f64();
+        match res {
+            Ok(()) => {
+                println!("==> ok: {} ({secs:.1} s)", stage.name);
+                summary.passed += 1;
+            }
+            Err(e) => {
+                println!("==> FAILED: {} ({secs:.1} s): {e:#}", stage.name);
+                summary.failed += 1;
+                break;
+            }
+        }
+    }
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_order_ends_with_the_qemu_tests() {
+        let root = crate::paths::repo_root();
+        let names: Vec<String> = plan(&root).into_iter().map(|s| s.name).collect();
+        assert_eq!(names[0], "cargo fmt --all --check");
+        let pos = |n: &str| names.iter().position(|s| s.starts_with(n)).unwrap();
+        assert!(pos("cargo clippy") < pos("cargo test --workspace"));
+        assert!(pos("cargo test --workspace") < pos("weft build"));
+        assert!(pos("weft build") < pos("kernel: cargo clippy"));
+        assert_eq!(
+            names.last().unwrap(),
+            "cargo test -p weft-qemu-tests -- --test-threads=1"
+        );
+    }
+
+    #[test]
+    fn run_stops_at_the_first_failure() {
+        let mk = |name: &str, prog: &str| Stage {
+            name: name.into(),
+            action: Action::Run(Command::new(prog)),
+        };
+        let s = run(vec![mk("a", "true"), mk("b", "false"), mk("c", "true")]);
+        assert_eq!(
+            s,
+            Summary {
+                passed: 1,
+                failed: 1
+            }
+        );
+        assert_eq!(s.line(), "weft test: 1 passed, 1 failed");
+        let s = run(vec![mk("a", "true"), mk("c", "true")]);
+        assert_eq!(s.line(), "weft test: 2 passed, 0 failed");
+    }
+}
