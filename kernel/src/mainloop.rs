@@ -1,0 +1,133 @@
+//! The main loop: finds the devices, then forever moves bytes between them and the
+//! appliance. When nothing is left to do it arms the PIT for the appliance's next timer
+//! and halts until that or a device interrupt wakes it, so an idle appliance costs the
+//! host almost nothing.
+
+use crate::arch::{cpu, pit};
+use crate::pci::{self, PortCam};
+use crate::virtio::console::{ControlConsole, Event};
+use crate::virtio::hal::KernelHal;
+use crate::virtio::net::NetPort;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+use smoltcp::time::Duration;
+use virtio_drivers::transport::pci::bus::PciRoot;
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::DeviceType;
+use weft_appliance::{Appliance, BootInfo};
+
+/// The longest the loop sleeps without a reason (bounded anyway by the 16-bit PIT).
+const MAX_SLEEP: Duration = Duration::from_millis(50);
+
+pub fn run(cmdline: String) -> ! {
+    let mut root = PciRoot::new(PortCam);
+    let functions = pci::discover(&mut root);
+    let mut nics = Vec::new();
+    let mut control = None;
+    let mut irq_lines = Vec::new();
+    for f in &functions {
+        let transport = match PciTransport::new::<KernelHal, _>(&mut root, f.function) {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("pci {}: not a usable virtio device: {e:?}", f.function);
+                continue;
+            }
+        };
+        match f.kind {
+            DeviceType::Network => match NetPort::new(transport) {
+                Ok(port) => nics.push(port),
+                Err(e) => log::error!("pci {}: virtio-net init failed: {e:?}", f.function),
+            },
+            DeviceType::Console if control.is_none() => match ControlConsole::new(transport) {
+                Ok(c) => control = Some(c),
+                Err(e) => log::error!("pci {}: virtio-console init failed: {e:?}", f.function),
+            },
+            other => {
+                log::info!("pci {}: ignoring virtio {other:?}", f.function);
+                continue;
+            }
+        }
+        if (1..16).contains(&f.irq_line) && !irq_lines.contains(&f.irq_line) {
+            irq_lines.push(f.irq_line);
+        }
+    }
+    if nics.len() < 2 {
+        panic!(
+            "weft needs two virtio-net devices (uplink, link); found {}",
+            nics.len()
+        );
+    }
+    let mut link = nics.remove(1);
+    let mut uplink = nics.remove(0);
+    let Some(mut control) = control else {
+        panic!("weft needs a virtio-console for the control socket; found none");
+    };
+    log::info!(
+        "uplink mac {}, link mac {}",
+        uplink.mac_addr(),
+        link.mac_addr()
+    );
+
+    cpu::enable_irq(0);
+    for &line in &irq_lines {
+        cpu::enable_irq(line);
+    }
+    x86_64::instructions::interrupts::enable();
+
+    let now = crate::time::now();
+    let seed = crate::time::micros() ^ 0x9e37_79b9_7f4a_7c15;
+    let mut appliance = Appliance::new(
+        BootInfo {
+            uplink_mac: uplink.mac_addr().0,
+            link_mac: link.mac_addr().0,
+            seed,
+            cmdline,
+        },
+        now,
+    );
+    log::info!("weft ready: {} ms after boot", crate::time::micros() / 1000);
+
+    let mut out = Vec::new();
+    loop {
+        // Ack first, then poll: a device that gets new work after its ack raises its line again.
+        let pending = cpu::IRQ_PENDING.swap(0, Ordering::SeqCst);
+        if pending & !1 != 0 {
+            uplink.ack_interrupt();
+            link.ack_interrupt();
+            control.ack_interrupt();
+            cpu::unmask_enabled();
+        }
+        let now = crate::time::now();
+        let mut busy = false;
+        while let Some(event) = control.poll() {
+            busy = true;
+            match event {
+                Event::Connected => appliance.control_connected(now, &mut out),
+                Event::Disconnected => appliance.control_disconnected(),
+                Event::Data(bytes) => appliance.control_input(now, &bytes, &mut out),
+            }
+            control.write(&out);
+            out.clear();
+        }
+        let delay = appliance.poll(now, &mut uplink, &mut link);
+        if busy || control.has_pending_output() || delay == Some(Duration::ZERO) {
+            continue;
+        }
+        sleep(delay.unwrap_or(MAX_SLEEP).min(MAX_SLEEP));
+    }
+}
+
+/// Halts until an interrupt, with the PIT armed for `delay`. Interrupts that arrived since
+/// the loop last looked cancel the sleep.
+fn sleep(delay: Duration) {
+    x86_64::instructions::interrupts::disable();
+    if cpu::IRQ_PENDING.load(Ordering::SeqCst) != 0 {
+        x86_64::instructions::interrupts::enable();
+        return;
+    }
+    let ticks = delay.total_micros() * pit::PIT_HZ / 1_000_000;
+    pit::one_shot(ticks.max(1));
+    // `sti; hlt` is atomic: an interrupt between the check and the halt still wakes us.
+    x86_64::instructions::interrupts::enable_and_hlt();
+}
