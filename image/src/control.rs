@@ -1,7 +1,7 @@
 //! The one control-socket client: connects to the appliance's unix socket, checks the
-//! greeting, sends one JSON request per line and matches replies by `id`. It owns the
-//! line framing on the host side; it never interprets a result beyond what a caller
-//! asks for (rendering lives with the caller).
+//! greeting, sends one JSON request per line and matches replies by `id`. The wire
+//! types are `weft_appliance::protocol`'s, so the protocol has one definition. It owns
+//! the host side of the line framing; it never renders anything (see `status`).
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -9,31 +9,15 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use weft_appliance::protocol::{
+    self, Applied, ErrorBody, ErrorCode, Greeting, Outcome, Pong, RequestId, Status,
+};
+use weft_appliance::Config;
 
-/// The control protocol version this client speaks.
-pub const PROTOCOL_VERSION: u64 = 1;
-/// Replies longer than this are refused (the appliance's own input limit is 64 KiB;
-/// a status reply is far smaller).
+/// Replies longer than this are refused (a status reply is a few hundred bytes).
 pub const MAX_REPLY_BYTES: usize = 4 << 20;
-
-/// An error reply from the appliance: stable `code`, human `message`, optional `field`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteError {
-    pub code: String,
-    pub message: String,
-    pub field: Option<String>,
-}
-
-impl fmt::Display for RemoteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.code)?;
-        if let Some(field) = &self.field {
-            write!(f, " [{field}]")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
 
 /// Why a control exchange failed.
 #[derive(Debug)]
@@ -51,17 +35,17 @@ pub enum ControlError {
     Closed {
         waiting_for: &'static str,
     },
-    Io(io::Error),
-    /// The first line was not a weft greeting of a protocol we speak.
-    BadGreeting(String),
-    /// A line that is not a reply object.
-    BadReply(String),
-    /// The appliance answered with an error object.
-    Remote(RemoteError),
     /// The caller's liveness check failed while waiting (e.g. QEMU exited).
     Gone {
         waiting_for: &'static str,
     },
+    Io(io::Error),
+    /// The first line was not a weft greeting of the protocol we speak.
+    BadGreeting(String),
+    /// A line that is not a reply, or a result of the wrong shape.
+    BadReply(String),
+    /// The appliance answered with an error object.
+    Remote(ErrorBody),
 }
 
 impl fmt::Display for ControlError {
@@ -76,17 +60,34 @@ impl fmt::Display for ControlError {
             ControlError::Closed { waiting_for } => {
                 write!(
                     f,
-                    "appliance closed the control stream while waiting for {waiting_for}"
+                    "the appliance closed the control stream while waiting for {waiting_for}"
                 )
+            }
+            ControlError::Gone { waiting_for } => {
+                write!(f, "the appliance went away while waiting for {waiting_for}")
             }
             ControlError::Io(e) => write!(f, "control socket: {e}"),
             ControlError::BadGreeting(s) => write!(f, "not a weft greeting: {s}"),
             ControlError::BadReply(s) => write!(f, "malformed reply: {s}"),
-            ControlError::Remote(e) => write!(f, "appliance error {e}"),
-            ControlError::Gone { waiting_for } => {
-                write!(f, "the appliance went away while waiting for {waiting_for}")
-            }
+            ControlError::Remote(e) => write!(f, "appliance error {}", remote_line(e)),
         }
+    }
+}
+
+/// The wire name of an error code (`invalid_config`).
+pub fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{code:?}"))
+}
+
+/// `code [field]: message`
+pub fn remote_line(e: &ErrorBody) -> String {
+    let code = code_name(e.code);
+    match &e.field {
+        Some(f) => format!("{code} [{f}]: {}", e.message),
+        None => format!("{code}: {}", e.message),
     }
 }
 
@@ -98,85 +99,46 @@ impl From<io::Error> for ControlError {
     }
 }
 
-/// The greeting the appliance sends on connect: `{"weft":{"version":..,"protocol":1}}`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Greeting {
-    pub version: String,
-    pub protocol: u64,
-    pub raw: String,
-}
-
-impl Greeting {
-    pub fn parse(line: &str) -> Result<Greeting, ControlError> {
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| ControlError::BadGreeting(format!("{e}: {line}")))?;
-        let weft = v
-            .get("weft")
-            .ok_or_else(|| ControlError::BadGreeting(line.to_string()))?;
-        let protocol = weft
-            .get("protocol")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| ControlError::BadGreeting(format!("no protocol: {line}")))?;
-        if protocol != PROTOCOL_VERSION {
-            return Err(ControlError::BadGreeting(format!(
-                "protocol {protocol}, this tool speaks {PROTOCOL_VERSION}"
-            )));
-        }
-        let version = weft
-            .get("version")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string();
-        Ok(Greeting {
-            version,
-            protocol,
-            raw: line.to_string(),
-        })
+/// Parses and checks a greeting line.
+pub fn parse_greeting(line: &str) -> Result<Greeting, ControlError> {
+    let g: Greeting = serde_json::from_str(line)
+        .map_err(|e| ControlError::BadGreeting(format!("{e}: {line}")))?;
+    if g.weft.protocol != protocol::PROTOCOL_VERSION {
+        return Err(ControlError::BadGreeting(format!(
+            "protocol {}, this tool speaks {}",
+            g.weft.protocol,
+            protocol::PROTOCOL_VERSION
+        )));
     }
+    Ok(g)
 }
 
-/// One reply line, parsed: the echoed id and either a result or an error.
+/// One reply line: the echoed id and either a result or an error, plus the raw line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reply {
-    pub id: Value,
-    pub outcome: Result<Value, RemoteError>,
+    pub id: Option<RequestId>,
+    pub outcome: Result<Value, ErrorBody>,
     /// The line as received (for `--json`).
     pub raw: String,
 }
 
 impl Reply {
     pub fn parse(line: &str) -> Result<Reply, ControlError> {
-        let v: Value = serde_json::from_str(line)
+        let r: protocol::Reply = serde_json::from_str(line)
             .map_err(|e| ControlError::BadReply(format!("{e}: {line}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| ControlError::BadReply(format!("not an object: {line}")))?;
-        let id = obj.get("id").cloned().unwrap_or(Value::Null);
-        let outcome = match (obj.get("result"), obj.get("error")) {
-            (Some(r), None) => Ok(r.clone()),
-            (None, Some(e)) => {
-                let s = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_string);
-                Err(RemoteError {
-                    code: s("code").unwrap_or_else(|| "unknown".into()),
-                    message: s("message").unwrap_or_default(),
-                    field: s("field"),
-                })
-            }
-            _ => {
-                return Err(ControlError::BadReply(format!(
-                    "neither result nor error: {line}"
-                )))
-            }
-        };
         Ok(Reply {
-            id,
-            outcome,
+            id: r.id,
+            outcome: match r.outcome {
+                Outcome::Result(v) => Ok(v),
+                Outcome::Error(e) => Err(e),
+            },
             raw: line.to_string(),
         })
     }
 }
 
-/// A connected control session.
+/// A connected control session. QEMU serves one client at a time: drop it to let the
+/// next one in.
 #[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
@@ -229,30 +191,16 @@ impl Client {
                 }
             }
         };
-        Client::handshake(stream, deadline, timeout, alive)
-    }
-
-    /// Runs the greeting exchange on an already connected stream.
-    pub fn handshake(
-        stream: UnixStream,
-        deadline: Instant,
-        timeout: Duration,
-        alive: &mut dyn FnMut() -> bool,
-    ) -> Result<Client, ControlError> {
         let mut c = Client {
             stream,
             buf: Vec::new(),
             next_id: 1,
-            greeting: Greeting {
-                version: String::new(),
-                protocol: 0,
-                raw: String::new(),
-            },
+            greeting: Greeting::current(),
             timeout,
             skipped_lines: 0,
         };
         let line = c.read_line_checked(deadline, "the greeting", alive)?;
-        c.greeting = Greeting::parse(&line)?;
+        c.greeting = parse_greeting(&line)?;
         Ok(c)
     }
 
@@ -273,41 +221,57 @@ impl Client {
         if let Some(a) = args {
             req["args"] = a;
         }
-        let mut line =
-            serde_json::to_vec(&req).map_err(|e| ControlError::BadReply(e.to_string()))?;
+        let mut line = req.to_string().into_bytes();
         line.push(b'\n');
         self.send_raw(&line)?;
+        let want = Some(RequestId::from(id));
         let deadline = Instant::now() + self.timeout;
         loop {
             let l = self.read_line_until(deadline, "a reply")?;
             let reply = Reply::parse(&l)?;
-            if reply.id == json!(id) {
+            if reply.id == want {
                 return Ok(reply);
             }
             self.skipped_lines += 1;
         }
     }
 
-    /// Like [`Client::call`], but an error reply becomes `Err(ControlError::Remote)`.
-    pub fn request(&mut self, cmd: &str, args: Option<Value>) -> Result<Value, ControlError> {
-        self.call(cmd, args)?.outcome.map_err(ControlError::Remote)
+    /// [`Client::call`] with an error reply as `Err(ControlError::Remote)` and the
+    /// result read as `T`.
+    pub fn request<T: DeserializeOwned>(
+        &mut self,
+        cmd: &str,
+        args: Option<Value>,
+    ) -> Result<T, ControlError> {
+        let v = self
+            .call(cmd, args)?
+            .outcome
+            .map_err(ControlError::Remote)?;
+        serde_json::from_value(v).map_err(|e| ControlError::BadReply(format!("{cmd} result: {e}")))
     }
 
-    pub fn status(&mut self) -> Result<Value, ControlError> {
+    pub fn status(&mut self) -> Result<Status, ControlError> {
         self.request("status", None)
     }
 
-    pub fn config(&mut self) -> Result<Value, ControlError> {
+    /// The running configuration (None before the first apply).
+    pub fn config(&mut self) -> Result<Option<Config>, ControlError> {
         self.request("config", None)
     }
 
-    pub fn ping(&mut self) -> Result<Value, ControlError> {
+    pub fn ping(&mut self) -> Result<Pong, ControlError> {
         self.request("ping", None)
     }
 
-    /// Applies a whole config document (already in its JSON form).
-    pub fn apply(&mut self, config: &Value) -> Result<Value, ControlError> {
-        self.request("apply", Some(config.clone()))
+    pub fn apply(&mut self, config: &Config) -> Result<Applied, ControlError> {
+        let doc = serde_json::to_value(config)
+            .map_err(|e| ControlError::BadReply(format!("config: {e}")))?;
+        self.apply_value(&doc)
+    }
+
+    /// Applies a document as it is, valid or not (tests send broken ones).
+    pub fn apply_value(&mut self, doc: &Value) -> Result<Applied, ControlError> {
+        self.request("apply", Some(doc.clone()))
     }
 
     /// Writes bytes as they are (tests use it for garbage and partial lines).
@@ -371,9 +335,10 @@ impl Client {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
                     ) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(ControlError::Io(e)),
             }
         }
@@ -381,211 +346,159 @@ impl Client {
 }
 
 #[cfg(test)]
-pub(crate) mod fake {
-    //! A fake appliance: a unix-socket server that speaks protocol 1 closely enough
-    //! to test the client (greeting, ids echoed, errors for garbage, apply/config).
-
-    use super::*;
-    use std::io::{BufRead, BufReader};
-    use std::os::unix::net::UnixListener;
-    use std::thread::JoinHandle;
-
-    pub struct FakeAppliance {
-        pub path: PathBuf,
-        handle: Option<JoinHandle<()>>,
-        dir: PathBuf,
-    }
-
-    impl FakeAppliance {
-        /// Serves `conns` connections one after the other, then exits.
-        pub fn start(tag: &str, conns: usize, greeting: &'static str) -> FakeAppliance {
-            let dir = std::env::temp_dir().join(format!("weft-fake-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("control.sock");
-            let listener = UnixListener::bind(&path).unwrap();
-            let handle = std::thread::spawn(move || {
-                let mut config = Value::Null;
-                for _ in 0..conns {
-                    let (mut s, _) = listener.accept().unwrap();
-                    s.write_all(greeting.as_bytes()).unwrap();
-                    let r = BufReader::new(s.try_clone().unwrap());
-                    for line in r.split(b'\n') {
-                        let Ok(line) = line else { break };
-                        let reply = answer(&line, &mut config);
-                        if s.write_all(format!("{reply}\n").as_bytes()).is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-            FakeAppliance {
-                path,
-                handle: Some(handle),
-                dir,
-            }
-        }
-
-        pub fn join(mut self) {
-            if let Some(h) = self.handle.take() {
-                h.join().unwrap();
-            }
-        }
-    }
-
-    impl Drop for FakeAppliance {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    fn err(id: Value, code: &str, msg: &str, field: Option<&str>) -> Value {
-        let mut e = json!({"code": code, "message": msg});
-        if let Some(f) = field {
-            e["field"] = json!(f);
-        }
-        json!({"id": id, "error": e})
-    }
-
-    fn answer(line: &[u8], config: &mut Value) -> Value {
-        let Ok(v) = serde_json::from_slice::<Value>(line) else {
-            return err(Value::Null, "parse_error", "not JSON", None);
-        };
-        let id = v.get("id").cloned().unwrap_or(Value::Null);
-        match v.get("cmd").and_then(Value::as_str) {
-            Some("ping") => json!({"id": id, "result": {"pong": true}}),
-            Some("config") => json!({"id": id, "result": config.clone()}),
-            Some("status") => json!({"id": id, "result": {
-            "version": "0.1.0", "uptime_ms": 1234,
-            "interfaces": {
-                "uplink": {"mac": "52:54:00:01:02:03", "addresses": ["192.0.2.2/24"], "gateway": "192.0.2.1",
-                           "counters": {"rx_packets": 5, "tx_packets": 4, "drops": {"runt": 2}}},
-                "link": {"mac": "52:54:00:04:05:06", "addresses": [],
-                         "counters": {"rx_packets": 0, "tx_packets": 0, "drops": {}}}
-            }}}),
-            Some("apply") => {
-                let args = v.get("args").cloned().unwrap_or(Value::Null);
-                if args.get("uplink").is_none() {
-                    return err(id, "invalid_config", "missing section", Some("uplink"));
-                }
-                *config = args;
-                json!({"id": id, "result": {"applied": true}})
-            }
-            Some(_) => err(id, "unknown_command", "no such command", Some("cmd")),
-            None => err(id, "invalid_request", "no cmd", Some("cmd")),
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::fake::FakeAppliance;
     use super::*;
+    use crate::sim::SimAppliance;
+    use std::os::unix::net::UnixListener;
 
-    const GREETING: &str = "{\"weft\":{\"version\":\"0.1.0\",\"protocol\":1}}\n";
     const T: Duration = Duration::from_secs(10);
 
-    #[test]
-    fn greeting_requests_and_ids() {
-        let fake = FakeAppliance::start("basic", 1, GREETING);
-        let mut c = Client::connect(&fake.path, T).unwrap();
-        assert_eq!(c.greeting().version, "0.1.0");
-        assert_eq!(c.greeting().protocol, 1);
-        assert_eq!(c.ping().unwrap(), json!({"pong": true}));
-        assert_eq!(c.config().unwrap(), Value::Null);
-        let cfg =
-            json!({"uplink": {"address": "192.0.2.2/24"}, "link": {"address": "10.81.0.1/16"}});
-        c.apply(&cfg).unwrap();
-        assert_eq!(c.config().unwrap(), cfg);
-        let st = c.status().unwrap();
-        assert_eq!(st["interfaces"]["uplink"]["mac"], "52:54:00:01:02:03");
-        let reply = c.call("status", None).unwrap();
-        assert_eq!(reply.id, json!(6));
-        assert!(reply.raw.starts_with('{'));
-        drop(c);
-        fake.join();
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("weft-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn demo_config() -> Config {
+        crate::configfile::default_config()
     }
 
     #[test]
-    fn error_replies_carry_code_field_message() {
-        let fake = FakeAppliance::start("errors", 1, GREETING);
-        let mut c = Client::connect(&fake.path, T).unwrap();
-        match c.apply(&json!({"link": {}})) {
-            Err(ControlError::Remote(e)) => {
-                assert_eq!(e.code, "invalid_config");
-                assert_eq!(e.field.as_deref(), Some("uplink"));
-                assert_eq!(e.to_string(), "invalid_config [uplink]: missing section");
+    fn greeting_requests_and_ids_against_the_real_appliance() {
+        let sim = SimAppliance::start(&tmp("basic")).unwrap();
+        let mut c = Client::connect(sim.path(), T).unwrap();
+        assert_eq!(c.greeting(), &Greeting::current());
+        assert!(c.ping().unwrap().pong);
+        assert_eq!(c.config().unwrap(), None);
+        let st = c.status().unwrap();
+        assert!(!st.configured);
+        assert!(st.interfaces.uplink.addresses.is_empty());
+        let cfg = demo_config();
+        assert!(c.apply(&cfg).unwrap().changed);
+        assert!(!c.apply(&cfg).unwrap().changed);
+        assert_eq!(c.config().unwrap(), Some(cfg.clone()));
+        let st = c.status().unwrap();
+        assert!(st.configured);
+        assert_eq!(st.interfaces.uplink.addresses, vec![cfg.uplink.address]);
+        assert_eq!(st.interfaces.link.addresses, vec![cfg.link.address]);
+        let reply = c.call("status", None).unwrap();
+        assert_eq!(reply.id, Some(RequestId::from(8)));
+        assert!(reply.raw.starts_with('{'));
+    }
+
+    #[test]
+    fn invalid_apply_is_a_remote_error_naming_the_field_and_changes_nothing() {
+        let sim = SimAppliance::start(&tmp("errors")).unwrap();
+        let mut c = Client::connect(sim.path(), T).unwrap();
+        c.apply(&demo_config()).unwrap();
+        let cases = [
+            (
+                json!({"uplink": {"address": "192.0.2.300/24"}, "link": {"address": "10.81.0.1/16"}}),
+                "uplink.address",
+            ),
+            (
+                json!({"uplink": {"address": "192.0.2.2/24", "mtu": 9000}, "link": {"address": "10.81.0.1/16"}}),
+                "uplink.mtu",
+            ),
+            (
+                json!({"uplink": {"address": "192.0.2.2/24", "gateway": "10.0.0.1"}, "link": {"address": "10.81.0.1/16"}}),
+                "uplink.gateway",
+            ),
+        ];
+        for (doc, field) in cases {
+            match c.apply_value(&doc) {
+                Err(ControlError::Remote(e)) => {
+                    assert_eq!(e.code, ErrorCode::InvalidConfig, "{doc}");
+                    assert_eq!(e.field.as_deref(), Some(field), "{doc}: {}", e.message);
+                }
+                other => panic!("{doc}: expected invalid_config, got {other:?}"),
             }
-            other => panic!("expected a remote error, got {other:?}"),
+            assert_eq!(c.config().unwrap(), Some(demo_config()));
         }
-        match c.request("frobnicate", None) {
-            Err(ControlError::Remote(e)) => assert_eq!(e.code, "unknown_command"),
+        match c.request::<Value>("frobnicate", None) {
+            Err(ControlError::Remote(e)) => {
+                assert_eq!(e.code, ErrorCode::UnknownCommand);
+                assert!(remote_line(&e).starts_with("unknown_command: "));
+            }
             other => panic!("expected unknown_command, got {other:?}"),
         }
-        drop(c);
-        fake.join();
     }
 
     #[test]
     fn replies_to_garbage_are_skipped_until_our_id() {
-        let fake = FakeAppliance::start("garbage", 1, GREETING);
-        let mut c = Client::connect(&fake.path, T).unwrap();
+        let sim = SimAppliance::start(&tmp("garbage")).unwrap();
+        let mut c = Client::connect(sim.path(), T).unwrap();
         let mut garbage = Vec::new();
         for i in 0..200 {
             garbage.extend_from_slice(format!("{{not json {i}\n").as_bytes());
         }
         c.send_raw(&garbage).unwrap();
-        assert_eq!(c.ping().unwrap()["pong"], true);
+        assert!(c.ping().unwrap().pong);
         assert_eq!(c.skipped_lines, 200);
-        drop(c);
-        fake.join();
+        let st = c.status().unwrap();
+        assert!(st.control.errors >= 200);
     }
 
     #[test]
-    fn reconnect_gets_a_new_greeting() {
-        let fake = FakeAppliance::start("reconnect", 2, GREETING);
-        let mut a = Client::connect(&fake.path, T).unwrap();
-        a.send_raw(b"{\"id\":1,\"cmd\":\"sta").unwrap(); // disconnect mid-line
+    fn reconnect_gets_a_new_greeting_and_a_partial_line_is_discarded() {
+        let sim = SimAppliance::start(&tmp("reconnect")).unwrap();
+        let mut a = Client::connect(sim.path(), T).unwrap();
+        a.send_raw(b"{\"id\":1,\"cmd\":\"sta").unwrap();
         drop(a);
-        let mut b = Client::connect(&fake.path, T).unwrap();
-        assert_eq!(b.ping().unwrap()["pong"], true);
-        drop(b);
-        fake.join();
+        let mut b = Client::connect(sim.path(), T).unwrap();
+        assert!(b.ping().unwrap().pong);
+        let st = b.status().unwrap();
+        assert_eq!(st.control.connects, 2);
+        assert_eq!(st.control.partial_discarded, 1);
+    }
+
+    /// A server that greets with `greeting` and then says nothing.
+    fn one_shot(dir: &Path, greeting: &'static str) -> (PathBuf, std::thread::JoinHandle<()>) {
+        let path = dir.join("c.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(greeting.as_bytes()).unwrap();
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        });
+        (path, h)
     }
 
     #[test]
     fn wrong_protocol_is_refused() {
-        let fake = FakeAppliance::start(
-            "proto2",
-            1,
+        let (p, h) = one_shot(
+            &tmp("proto2"),
             "{\"weft\":{\"version\":\"9\",\"protocol\":2}}\n",
         );
-        match Client::connect(&fake.path, T) {
-            Err(ControlError::BadGreeting(m)) => assert!(m.contains("protocol 2")),
-            Err(e) => panic!("expected BadGreeting, got {e}"),
-            Ok(_) => panic!("expected BadGreeting, got a client"),
+        match Client::connect(&p, T) {
+            Err(ControlError::BadGreeting(m)) => assert!(m.contains("protocol 2"), "{m}"),
+            other => panic!("expected BadGreeting, got {other:?}"),
         }
-        fake.join();
+        h.join().unwrap();
     }
 
     #[test]
-    fn no_greeting_times_out_and_absent_socket_fails() {
-        let fake = FakeAppliance::start("silent", 1, "");
+    fn silence_times_out_dead_peer_is_gone_absent_socket_fails() {
+        let (p, h) = one_shot(&tmp("silent"), "");
         let t = Duration::from_millis(300);
         assert!(matches!(
-            Client::connect(&fake.path, t),
+            Client::connect(&p, t),
             Err(ControlError::Timeout { .. })
         ));
-        fake.join();
-        let fake = FakeAppliance::start("gone", 1, "");
+        h.join().unwrap();
+
+        let (p, h) = one_shot(&tmp("gone"), "");
         let mut checks = 0;
-        let r = Client::connect_while(&fake.path, T, &mut || {
+        let r = Client::connect_while(&p, T, &mut || {
             checks += 1;
             checks < 3
         });
         assert!(matches!(r, Err(ControlError::Gone { .. })), "{r:?}");
         drop(r);
-        fake.join();
+        h.join().unwrap();
+
         let missing = std::env::temp_dir().join("weft-no-such-dir/control.sock");
         assert!(matches!(
             Client::connect(&missing, t),
@@ -596,17 +509,18 @@ mod tests {
     #[test]
     fn reply_parsing() {
         let r = Reply::parse(r#"{"id":3,"result":{"pong":true}}"#).unwrap();
-        assert_eq!(r.id, json!(3));
+        assert_eq!(r.id, Some(RequestId::from(3)));
         assert_eq!(r.outcome.unwrap(), json!({"pong": true}));
         let r =
             Reply::parse(r#"{"id":null,"error":{"code":"parse_error","message":"x"}}"#).unwrap();
-        assert_eq!(r.outcome.unwrap_err().field, None);
+        assert_eq!(r.id, None);
+        assert_eq!(r.outcome.unwrap_err().code, ErrorCode::ParseError);
         for bad in [
             "[]",
             "{}",
             "{\"id\":1}",
             "nope",
-            r#"{"id":1,"result":1,"error":{}}"#,
+            r#"{"id":1,"error":{"code":"nope","message":""}}"#,
         ] {
             assert!(Reply::parse(bad).is_err(), "{bad}");
         }
@@ -614,9 +528,9 @@ mod tests {
             "{}",
             "[1]",
             r#"{"weft":{}}"#,
-            r#"{"weft":{"protocol":"1"}}"#,
+            r#"{"weft":{"version":"1","protocol":"1"}}"#,
         ] {
-            assert!(Greeting::parse(bad).is_err(), "{bad}");
+            assert!(parse_greeting(bad).is_err(), "{bad}");
         }
     }
 }

@@ -123,8 +123,8 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     say(&format!(
         "greeted after {} ms: weft {} (protocol {})",
         took.as_millis(),
-        client.greeting().version,
-        client.greeting().protocol
+        client.greeting().weft.version,
+        client.greeting().weft.protocol
     ));
 
     steps.step("applying the default configuration")?;
@@ -134,8 +134,12 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     {
         say(line);
     }
-    client.apply(&configfile::default_config())?;
-    say("applied");
+    let applied = client.apply(&configfile::default_config())?;
+    say(if applied.changed {
+        "applied"
+    } else {
+        "already running"
+    });
 
     steps.step(&format!(
         "container namespace {} pings its gateway 10.81.0.1",

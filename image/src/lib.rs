@@ -9,5 +9,6 @@ pub mod demo;
 pub mod netns;
 pub mod paths;
 pub mod qemu;
+pub mod sim;
 pub mod stages;
 pub mod status;

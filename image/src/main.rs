@@ -11,8 +11,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use weft_appliance::protocol::{Applied, Status};
+use weft_appliance::Config;
 use weft_image::build::{self, Profile};
-use weft_image::control::{Client, ControlError};
+use weft_image::configfile::InvalidConfig;
+use weft_image::control::{code_name, Client, Reply};
 use weft_image::qemu::{Accel, MacAddr, MemoryMib, NetBackend, Nic, QemuConfig, Serial};
 use weft_image::{configfile, demo, paths, stages, status};
 
@@ -204,8 +207,8 @@ fn cmd_boot(cfg: QemuConfig, config: Option<PathBuf>, greeting_timeout: Duration
     eprintln!(
         "weft: appliance greeted after {} ms (weft {}, protocol {})",
         took.as_millis(),
-        client.greeting().version,
-        client.greeting().protocol
+        client.greeting().weft.version,
+        client.greeting().weft.protocol
     );
     if let (Some(doc), Some(path)) = (doc, config.as_ref()) {
         match client.apply(&doc) {
@@ -238,55 +241,76 @@ fn cmd_boot(cfg: QemuConfig, config: Option<PathBuf>, greeting_timeout: Duration
 }
 
 fn cmd_ctl(socket: &std::path::Path, json: bool, timeout: Duration, cmd: CtlCmd) -> ExitCode {
-    let run = || -> Result<(String, weft_image::control::Reply)> {
+    let run = || -> Result<(&'static str, Reply)> {
         let (name, args) = match &cmd {
             CtlCmd::Status => ("status", None),
             CtlCmd::Config => ("config", None),
             CtlCmd::Ping => ("ping", None),
-            CtlCmd::Apply { file } => ("apply", Some(configfile::load(file)?)),
+            CtlCmd::Apply { file } => {
+                let config = configfile::load(file)?;
+                ("apply", Some(serde_json::to_value(config)?))
+            }
         };
         let mut client = Client::connect(socket, timeout)?;
-        let reply = client.call(name, args)?;
-        Ok((name.to_string(), reply))
+        Ok((name, client.call(name, args)?))
     };
-    match run() {
-        Ok((name, reply)) => {
-            if json {
-                println!("{}", reply.raw);
+    let (name, reply) = match run() {
+        Ok(x) => x,
+        Err(e) => {
+            if let Some(inv) = e.downcast_ref::<InvalidConfig>() {
+                print_error_body("invalid_config", Some(&inv.0.field), &inv.0.message);
+                return ExitCode::from(1);
             }
-            match reply.outcome {
-                Ok(v) => {
-                    if !json {
-                        let text = match name.as_str() {
-                            "status" => status::render_status(&v),
-                            "config" => status::render_config(&v),
-                            "apply" => "applied\n".to_string(),
-                            "ping" => "pong\n".to_string(),
-                            _ => status::render_value(&v),
-                        };
-                        print!("{text}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("weft: error: {}", e.code);
-                    if let Some(f) = &e.field {
-                        eprintln!("  field:   {f}");
-                    }
-                    eprintln!("  message: {}", e.message);
-                    ExitCode::from(1)
-                }
+            eprintln!("weft: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{}", reply.raw);
+    }
+    match reply.outcome {
+        Ok(v) => {
+            if !json {
+                print!("{}", render(name, v));
             }
+            ExitCode::SUCCESS
         }
         Err(e) => {
-            let code = if e.downcast_ref::<ControlError>().is_some() {
-                2
-            } else {
-                1
-            };
-            eprintln!("weft: error: {e:#}");
-            ExitCode::from(code)
+            print_error_body(&code_name(e.code), e.field.as_deref(), &e.message);
+            ExitCode::from(1)
         }
+    }
+}
+
+fn print_error_body(code: &str, field: Option<&str>, message: &str) {
+    eprintln!("weft: error: {code}");
+    if let Some(f) = field.filter(|f| !f.is_empty()) {
+        eprintln!("  field:   {f}");
+    }
+    eprintln!("  message: {message}");
+}
+
+/// The readable form of a result; pretty JSON when it has an unexpected shape.
+fn render(name: &str, v: serde_json::Value) -> String {
+    let pretty = |v: &serde_json::Value| {
+        format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default())
+    };
+    match name {
+        "status" => match serde_json::from_value::<Status>(v.clone()) {
+            Ok(s) => status::render_status(&s),
+            Err(_) => pretty(&v),
+        },
+        "config" => match serde_json::from_value::<Option<Config>>(v.clone()) {
+            Ok(c) => status::render_config(c.as_ref()),
+            Err(_) => pretty(&v),
+        },
+        "apply" => match serde_json::from_value::<Applied>(v.clone()) {
+            Ok(a) if a.changed => "applied\n".to_string(),
+            Ok(_) => "applied (no change)\n".to_string(),
+            Err(_) => pretty(&v),
+        },
+        "ping" => "pong\n".to_string(),
+        _ => pretty(&v),
     }
 }
 

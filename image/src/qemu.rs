@@ -1,5 +1,5 @@
 //! The one QEMU launcher: turns a [`QemuConfig`] into the exact command line the kernel
-//! expects (q35, two virtio-net NICs at 0x3/0x4, a virtconsole at 0x5 for the control
+//! expects (q35, two virtio-net NICs at 0x3/0x4, a virtio-serial port (nr 1) at 0x5 for the control
 //! socket) and owns the running process. It never creates network devices itself
 //! (QEMU opens or creates the taps) and never leaves a QEMU behind: [`Qemu`] kills it
 //! on drop.
@@ -298,7 +298,7 @@ impl QemuConfig {
             "-device",
             "virtio-serial-pci,addr=0x5",
             "-device",
-            "virtconsole,chardev=control",
+            "virtserialport,chardev=control,nr=1,name=org.weft.control",
         ] {
             push(s);
         }
@@ -516,7 +516,7 @@ mod tests {
              -netdev tap,id=link,ifname=tap2,script=no,downscript=no \
              -device virtio-net-pci,netdev=link,mac=52:54:00:aa:bb:cc,addr=0x4 \
              -chardev socket,id=control,path=/tmp/c.sock,server=on,wait=off \
-             -device virtio-serial-pci,addr=0x5 -device virtconsole,chardev=control"
+             -device virtio-serial-pci,addr=0x5 -device virtserialport,chardev=control,nr=1,name=org.weft.control"
         );
         assert_eq!(joined(&cfg()), expected);
     }

@@ -1,0 +1,107 @@
+//! `weft ctl` as a user runs it: the real binary against the real appliance logic
+//! behind a unix socket (`weft_image::sim`), checking output and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use weft_image::sim::SimAppliance;
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("weft-ctl-it-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn weft(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn status_apply_config_round_trip() {
+    let dir = tmp("rt");
+    let sim = SimAppliance::start(&dir).unwrap();
+    let cfg = dir.join("weft.toml");
+    std::fs::write(&cfg, weft_image::configfile::DEFAULT_CONFIG_TOML).unwrap();
+
+    let out = weft(sim.path(), &["status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("not configured"), "{s}");
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("uplink") && l.contains("52:54:00:00:00:01")),
+        "{s}"
+    );
+
+    let out = weft(sim.path(), &["config"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("no configuration"));
+
+    let out = weft(sim.path(), &["apply", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "applied\n");
+
+    let out = weft(sim.path(), &["config"]);
+    let back = weft_image::configfile::from_toml(&text(&out.stdout)).unwrap();
+    assert_eq!(back, weft_image::configfile::default_config());
+
+    let out = weft(sim.path(), &["--json", "status"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(
+        v["result"]["interfaces"]["uplink"]["addresses"][0],
+        "192.0.2.2/24"
+    );
+    assert_eq!(v["result"]["configured"], true);
+
+    let out = weft(sim.path(), &["ping"]);
+    assert_eq!(text(&out.stdout), "pong\n");
+    drop(sim);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn errors_exit_non_zero_with_code_field_message() {
+    let dir = tmp("err");
+    let sim = SimAppliance::start(&dir).unwrap();
+    // Refused locally, before anything is sent: unknown key.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[uplink]\naddress = \"192.0.2.2/24\"\ncolour = \"red\"\n[link]\naddress = \"10.81.0.1/16\"\n").unwrap();
+    let out = weft(sim.path(), &["apply", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("invalid_config") && e.contains("field:   uplink.colour"),
+        "{e}"
+    );
+
+    // Nothing was applied.
+    let out = weft(sim.path(), &["--json", "config"]);
+    assert!(
+        text(&out.stdout).contains("\"result\":null"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // No socket at all: exit 2 and a clear message.
+    let out = weft(&dir.join("nope.sock"), &["--timeout", "1", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot connect"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(sim);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
