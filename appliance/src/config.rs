@@ -309,3 +309,245 @@ fn check_host_address(field: &str, cidr: &Ipv4Cidr) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use serde_json::json;
+
+    fn cidr(s: &str) -> Ipv4Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_parses_and_prints() {
+        let c = cidr("192.0.2.2/24");
+        assert_eq!(c.address(), Ipv4Addr::new(192, 0, 2, 2));
+        assert_eq!(c.prefix_len(), 24);
+        assert_eq!(c.network(), Ipv4Addr::new(192, 0, 2, 0));
+        assert_eq!(c.broadcast(), Ipv4Addr::new(192, 0, 2, 255));
+        assert_eq!(c.to_string(), "192.0.2.2/24");
+        assert_eq!(cidr("0.0.0.0/0").netmask(), 0);
+        assert_eq!(cidr("10.1.2.3/32").netmask(), u32::MAX);
+    }
+
+    #[test]
+    fn cidr_refuses_malformed() {
+        let cases = [
+            ("10.0.0.1", CidrError::MissingPrefix),
+            ("10.0.0.1/", CidrError::BadPrefix),
+            ("10.0.0.1/33", CidrError::BadPrefix),
+            ("10.0.0.1/+8", CidrError::BadPrefix),
+            ("10.0.0.1/08", CidrError::BadPrefix),
+            ("10.0.0.1/100", CidrError::BadPrefix),
+            ("10.0.0.1/8 ", CidrError::BadPrefix),
+            ("10.0.0/8", CidrError::BadAddress),
+            ("010.0.0.1/8", CidrError::BadAddress),
+            (" 10.0.0.1/8", CidrError::BadAddress),
+            ("10.0.0.256/8", CidrError::BadAddress),
+            ("/8", CidrError::BadAddress),
+            ("", CidrError::MissingPrefix),
+        ];
+        for (text, err) in cases {
+            assert_eq!(text.parse::<Ipv4Cidr>(), Err(err), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn cidr_round_trips_and_subnet_math_holds() {
+        // Property-style loop over a deterministic spread of addresses and lengths.
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..5_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let c = Ipv4Cidr::new(Ipv4Addr::from(x), (x % 33) as u8).unwrap();
+            let text = c.to_string();
+            assert_eq!(text.parse::<Ipv4Cidr>(), Ok(c));
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, alloc::format!("{text:?}"));
+            assert_eq!(serde_json::from_str::<Ipv4Cidr>(&json).unwrap(), c);
+            assert!(
+                c.contains(c.address()) && c.contains(c.network()) && c.contains(c.broadcast())
+            );
+            assert!(c.network() <= c.address() && c.address() <= c.broadcast());
+            assert!(c.overlaps(&c));
+            if c.prefix_len() > 0 {
+                let outside = Ipv4Addr::from(
+                    u32::from(c.address()) ^ (1 << (32 - u32::from(c.prefix_len()))),
+                );
+                assert!(!c.contains(outside), "{c} contains {outside}");
+            }
+        }
+    }
+
+    #[test]
+    fn overlap() {
+        assert!(cidr("10.0.0.1/8").overlaps(&cidr("10.81.0.1/16")));
+        assert!(cidr("10.81.0.1/16").overlaps(&cidr("10.0.0.1/8")));
+        assert!(!cidr("10.81.0.1/16").overlaps(&cidr("10.82.0.1/16")));
+        assert!(!cidr("192.0.2.2/24").overlaps(&cidr("10.81.0.1/16")));
+    }
+
+    fn good() -> Value {
+        json!({
+            "uplink": {"address": "192.0.2.2/24", "gateway": "192.0.2.1"},
+            "link": {"address": "10.81.0.1/16"}
+        })
+    }
+
+    /// `good()` with `path` (dotted) replaced by `v`, or removed when `v` is None.
+    fn with(path: &str, v: Option<Value>) -> Value {
+        let mut doc = good();
+        let keys: Vec<&str> = path.split('.').collect();
+        let mut node = &mut doc;
+        for k in &keys[..keys.len() - 1] {
+            node = node.get_mut(*k).unwrap();
+        }
+        let map = node.as_object_mut().unwrap();
+        let last = keys[keys.len() - 1];
+        match v {
+            Some(v) => {
+                map.insert(last.into(), v);
+            }
+            None => {
+                map.remove(last);
+            }
+        }
+        doc
+    }
+
+    #[test]
+    fn valid_document_parses() {
+        let c = Config::from_json_value(&good()).unwrap();
+        assert_eq!(c.uplink.address, cidr("192.0.2.2/24"));
+        assert_eq!(c.uplink.gateway, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(c.link.address, cidr("10.81.0.1/16"));
+        // Serializes back to the same document.
+        assert_eq!(serde_json::to_value(&c).unwrap(), good());
+        // The gateway is optional, and omitted when absent.
+        let c = Config::from_json_value(&with("uplink.gateway", None)).unwrap();
+        assert_eq!(c.uplink.gateway, None);
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            with("uplink.gateway", None)
+        );
+        assert!(Config::from_json_value(&with("uplink.gateway", Some(Value::Null))).is_ok());
+        // /31 and /32 have no network/broadcast addresses to avoid.
+        assert!(
+            Config::from_json_value(&with("link.address", Some(json!("10.81.0.0/31")))).is_ok()
+        );
+        assert!(
+            Config::from_json_value(&with("link.address", Some(json!("10.81.0.0/32")))).is_ok()
+        );
+    }
+
+    #[test]
+    fn refused_documents_name_the_field() {
+        let cases: Vec<(Value, &str)> = vec![
+            (json!([1, 2]), ""),
+            (json!("uplink"), ""),
+            (with("bogus", Some(json!(1))), "bogus"),
+            (with("uplink.mtu", Some(json!(1500))), "uplink.mtu"),
+            (
+                with("link.gateway", Some(json!("10.81.0.254"))),
+                "link.gateway",
+            ),
+            (with("uplink", None), "uplink"),
+            (with("link", None), "link"),
+            (with("uplink", Some(json!(7))), "uplink"),
+            (with("uplink.address", None), "uplink.address"),
+            (with("uplink.address", Some(json!(5))), "uplink.address"),
+            (with("uplink.address", Some(json!(null))), "uplink.address"),
+            (
+                with("uplink.address", Some(json!("192.0.2.2"))),
+                "uplink.address",
+            ),
+            (
+                with("uplink.address", Some(json!("192.0.2.2/33"))),
+                "uplink.address",
+            ),
+            (
+                with("uplink.address", Some(json!("192.0.2.0/24"))),
+                "uplink.address",
+            ),
+            (
+                with("uplink.address", Some(json!("192.0.2.255/24"))),
+                "uplink.address",
+            ),
+            (
+                with("uplink.address", Some(json!("0.0.0.0/0"))),
+                "uplink.address",
+            ),
+            (
+                with("uplink.address", Some(json!("192.0.2.2/0"))),
+                "uplink.address",
+            ),
+            (
+                with("uplink.address", Some(json!("127.0.0.1/8"))),
+                "uplink.address",
+            ),
+            (
+                with("uplink.address", Some(json!("224.0.0.1/24"))),
+                "uplink.address",
+            ),
+            (
+                with("uplink.address", Some(json!("240.0.0.1/24"))),
+                "uplink.address",
+            ),
+            (with("uplink.gateway", Some(json!(true))), "uplink.gateway"),
+            (
+                with("uplink.gateway", Some(json!("192.0.2.1/24"))),
+                "uplink.gateway",
+            ),
+            (
+                with("uplink.gateway", Some(json!("198.51.100.1"))),
+                "uplink.gateway",
+            ),
+            (
+                with("uplink.gateway", Some(json!("192.0.2.2"))),
+                "uplink.gateway",
+            ),
+            (
+                with("uplink.gateway", Some(json!("192.0.2.0"))),
+                "uplink.gateway",
+            ),
+            (
+                with("uplink.gateway", Some(json!("192.0.2.255"))),
+                "uplink.gateway",
+            ),
+            (
+                with("link.address", Some(json!("10.81.0.0/16"))),
+                "link.address",
+            ),
+            (
+                with("link.address", Some(json!("192.0.2.9/28"))),
+                "link.address",
+            ),
+            (
+                with("link.address", Some(json!("192.0.0.1/8"))),
+                "link.address",
+            ),
+            (
+                with("link.address", Some(json!(["10.81.0.1/16"]))),
+                "link.address",
+            ),
+        ];
+        for (doc, field) in cases {
+            let err = Config::from_json_value(&doc).expect_err(&doc.to_string());
+            assert_eq!(err.field, field, "{doc}: {err}");
+            assert!(!err.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn unknown_key_message_names_the_key() {
+        let err = Config::from_json_value(&with("uplink.mtu", Some(json!(1500)))).unwrap_err();
+        assert!(err.message.contains("mtu"), "{}", err.message);
+        let err = Config::from_json_str("{\"uplink\": ").unwrap_err();
+        assert_eq!(err.field, "");
+    }
+}

@@ -128,6 +128,23 @@ impl<'a, 'de> de::Deserializer<'de> for PathDeserializer<'a, 'de> {
         result.map_err(|e| self.track.fail(&self.path, e))
     }
 
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        // serde would also accept an array for a struct (by position); a document is
+        // keyed, so only an object is a struct here.
+        match self.value {
+            Value::Object(_) => self.deserialize_any(visitor),
+            other => {
+                let err = de::Error::invalid_type(unexpected(other), &visitor);
+                Err(self.track.fail(&self.path, err))
+            }
+        }
+    }
+
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         match self.value {
             Value::Null => visitor.visit_none(),
@@ -156,8 +173,24 @@ impl<'a, 'de> de::Deserializer<'de> for PathDeserializer<'a, 'de> {
 
     forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct seq tuple tuple_struct map struct
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map
         identifier ignored_any
+    }
+}
+
+fn unexpected(v: &Value) -> de::Unexpected<'_> {
+    match v {
+        Value::Null => de::Unexpected::Unit,
+        Value::Bool(b) => de::Unexpected::Bool(*b),
+        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => de::Unexpected::Unsigned(u),
+            (_, Some(i), _) => de::Unexpected::Signed(i),
+            (_, _, Some(f)) => de::Unexpected::Float(f),
+            _ => de::Unexpected::Other("number"),
+        },
+        Value::String(s) => de::Unexpected::Str(s),
+        Value::Array(_) => de::Unexpected::Seq,
+        Value::Object(_) => de::Unexpected::Map,
     }
 }
 
@@ -251,5 +284,98 @@ pub fn join(parent: &str, child: &str) -> String {
         child.to_string()
     } else {
         format!("{parent}.{child}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use serde_json::json;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Doc {
+        name: String,
+        #[serde(default)]
+        peers: Vec<Peer>,
+        nested: Option<Inner>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Peer {
+        port: u16,
+        mode: Mode,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Mode {
+        Vxlan,
+        Sleeve,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        deep: Vec<Vec<u8>>,
+    }
+
+    fn field_of(v: Value) -> String {
+        from_value::<Doc>(&v).expect_err("refused").field
+    }
+
+    #[test]
+    fn paths_point_at_the_failing_field() {
+        assert_eq!(field_of(json!({"peers": []})), "name");
+        assert_eq!(field_of(json!({"name": 1})), "name");
+        assert_eq!(field_of(json!({"name": "a", "extra": 1})), "extra");
+        assert_eq!(
+            field_of(
+                json!({"name": "a", "peers": [{"port": 1, "mode": "vxlan"}, {"port": 70000, "mode": "vxlan"}]})
+            ),
+            "peers[1].port"
+        );
+        assert_eq!(
+            field_of(json!({"name": "a", "peers": [{"port": 1, "mode": "gre"}]})),
+            "peers[0].mode"
+        );
+        assert_eq!(
+            field_of(json!({"name": "a", "peers": [{"mode": "sleeve"}]})),
+            "peers[0].port"
+        );
+        assert_eq!(
+            field_of(json!({"name": "a", "peers": [{"port": 1, "mode": "sleeve", "x": 0}]})),
+            "peers[0].x"
+        );
+        assert_eq!(
+            field_of(json!({"name": "a", "nested": {"deep": [[1], [2, -1]]}})),
+            "nested.deep[1][1]"
+        );
+        assert_eq!(
+            field_of(json!({"name": "a", "peers": {"port": 1}})),
+            "peers"
+        );
+        assert_eq!(field_of(json!(3)), "");
+        // A struct is an object, never a positional array.
+        assert_eq!(field_of(json!({"name": "a", "nested": [[[1]]]})), "nested");
+        assert_eq!(field_of(json!(["a"])), "");
+    }
+
+    #[test]
+    fn valid_values_still_deserialize() {
+        let doc: Doc = from_value(
+            &json!({"name": "a", "peers": [{"port": 1, "mode": "sleeve"}], "nested": null}),
+        )
+        .unwrap();
+        assert_eq!(doc.name, "a");
+        assert_eq!(doc.peers.len(), 1);
+        assert!(matches!(doc.peers[0].mode, Mode::Sleeve));
+        assert!(doc.nested.is_none());
+        let _ = Mode::Vxlan;
     }
 }

@@ -197,7 +197,7 @@ impl Appliance {
         let nic = self.netstack.nic(id);
         let address = nic.iface.address();
         InterfaceStatus {
-            mac: alloc::format!("{}", nic.iface.mac()),
+            mac: mac_string(nic.iface.mac()),
             addresses: address
                 .iter()
                 .filter_map(|a| Ipv4Cidr::new(a.cidr.address(), a.cidr.prefix_len()).ok())
@@ -206,6 +206,20 @@ impl Appliance {
             counters: nic.counters,
         }
     }
+}
+
+/// `52:54:00:12:34:56`, as `ip link` prints it (smoltcp's Display uses dashes).
+fn mac_string(mac: EthernetAddress) -> String {
+    let b = mac.0;
+    alloc::format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0],
+        b[1],
+        b[2],
+        b[3],
+        b[4],
+        b[5]
+    )
 }
 
 fn to_value<T: Serialize>(v: &T) -> Result<Value, ErrorBody> {

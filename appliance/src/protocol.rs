@@ -453,3 +453,161 @@ pub struct Applied {
 pub struct Pong {
     pub pong: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use serde_json::json;
+
+    fn config() -> Config {
+        Config::from_json_value(&json!({
+            "uplink": {"address": "192.0.2.2/24", "gateway": "192.0.2.1"},
+            "link": {"address": "10.81.0.1/16"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let requests = vec![
+            Request::new(1, Command::Status),
+            Request::new("abc", Command::Config),
+            Request::new(u64::MAX, Command::Ping),
+            Request::new(
+                RequestId::Number(Number::from(-3)),
+                Command::Apply(config()),
+            ),
+            Request::new(
+                RequestId::Number(Number::from_f64(1.5).unwrap()),
+                Command::Ping,
+            ),
+        ];
+        for req in requests {
+            let line = serde_json::to_string(&req).unwrap();
+            assert_eq!(
+                Request::parse_line(line.as_bytes()),
+                Ok(req.clone()),
+                "{line}"
+            );
+            assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), req);
+        }
+        assert_eq!(
+            serde_json::to_value(Request::new(1, Command::Status)).unwrap(),
+            json!({"id": 1, "cmd": "status"})
+        );
+        assert_eq!(
+            serde_json::to_value(Request::new(2, Command::Apply(config()))).unwrap(),
+            json!({"id": 2, "cmd": "apply", "args": serde_json::to_value(config()).unwrap()})
+        );
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let replies = vec![
+            Reply::result(RequestId::from(1), json!({"pong": true})),
+            Reply::result(RequestId::from("x"), Value::Null),
+            Reply::error(None, ErrorBody::new(ErrorCode::ParseError, "bad".into())),
+            Reply::error(
+                Some(RequestId::from(4)),
+                ErrorBody::with_field(ErrorCode::InvalidConfig, "no".into(), "uplink.gateway"),
+            ),
+        ];
+        for reply in replies {
+            let line = reply.to_line();
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+            let back: Reply = serde_json::from_slice(&line).unwrap();
+            assert_eq!(back, reply);
+        }
+        let line = Reply::error(None, ErrorBody::new(ErrorCode::LineTooLong, "m".into())).to_line();
+        assert_eq!(
+            core::str::from_utf8(&line).unwrap(),
+            "{\"id\":null,\"error\":{\"code\":\"line_too_long\",\"message\":\"m\"}}\n"
+        );
+    }
+
+    #[test]
+    fn error_codes_are_stable_snake_case() {
+        let all = [
+            (ErrorCode::ParseError, "parse_error"),
+            (ErrorCode::InvalidRequest, "invalid_request"),
+            (ErrorCode::UnknownCommand, "unknown_command"),
+            (ErrorCode::InvalidConfig, "invalid_config"),
+            (ErrorCode::LineTooLong, "line_too_long"),
+            (ErrorCode::NotReady, "not_ready"),
+            (ErrorCode::Internal, "internal"),
+        ];
+        for (code, text) in all {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(text));
+            assert_eq!(
+                serde_json::from_value::<ErrorCode>(json!(text)).unwrap(),
+                code
+            );
+        }
+    }
+
+    fn refusal(line: &str) -> RequestError {
+        Request::parse_line(line.as_bytes()).expect_err(line)
+    }
+
+    #[test]
+    fn malformed_requests_get_typed_errors() {
+        let cases: &[(&str, ErrorCode, Option<&str>, Option<RequestId>)] = &[
+            ("nope", ErrorCode::ParseError, None, None),
+            ("{\"id\":1,", ErrorCode::ParseError, None, None),
+            ("[1,2]", ErrorCode::InvalidRequest, None, None),
+            ("\"status\"", ErrorCode::InvalidRequest, None, None),
+            ("{\"cmd\":\"status\"}", ErrorCode::InvalidRequest, Some("id"), None),
+            ("{\"id\":null,\"cmd\":\"status\"}", ErrorCode::InvalidRequest, Some("id"), None),
+            ("{\"id\":[1],\"cmd\":\"status\"}", ErrorCode::InvalidRequest, Some("id"), None),
+            ("{\"id\":1}", ErrorCode::InvalidRequest, Some("cmd"), Some(RequestId::from(1))),
+            ("{\"id\":1,\"cmd\":5}", ErrorCode::InvalidRequest, Some("cmd"), Some(RequestId::from(1))),
+            ("{\"id\":1,\"cmd\":\"ping\",\"x\":0}", ErrorCode::InvalidRequest, Some("x"), Some(RequestId::from(1))),
+            ("{\"id\":1,\"cmd\":\"ping\",\"args\":[1]}", ErrorCode::InvalidRequest, Some("args"), Some(RequestId::from(1))),
+            ("{\"id\":\"a\",\"cmd\":\"apply\"}", ErrorCode::InvalidRequest, Some("args"), Some(RequestId::from("a"))),
+            ("{\"id\":2,\"cmd\":\"reboot\"}", ErrorCode::UnknownCommand, None, Some(RequestId::from(2))),
+            ("{\"id\":2,\"cmd\":\"STATUS\"}", ErrorCode::UnknownCommand, None, Some(RequestId::from(2))),
+            (
+                "{\"id\":3,\"cmd\":\"apply\",\"args\":{\"uplink\":{\"address\":\"192.0.2.2/24\"}}}",
+                ErrorCode::InvalidConfig,
+                Some("link"),
+                Some(RequestId::from(3)),
+            ),
+            (
+                "{\"id\":3,\"cmd\":\"apply\",\"args\":{\"uplink\":{\"address\":\"192.0.2.2/24\",\"gateway\":\"10.0.0.1\"},\"link\":{\"address\":\"10.81.0.1/16\"}}}",
+                ErrorCode::InvalidConfig,
+                Some("uplink.gateway"),
+                Some(RequestId::from(3)),
+            ),
+        ];
+        for (line, code, field, id) in cases {
+            let e = refusal(line);
+            assert_eq!(e.error.code, *code, "{line}: {}", e.error);
+            assert_eq!(e.error.field.as_deref(), *field, "{line}");
+            assert_eq!(&e.id, id, "{line}");
+        }
+    }
+
+    #[test]
+    fn empty_args_are_accepted_for_commands_without_args() {
+        for line in [
+            "{\"id\":1,\"cmd\":\"status\",\"args\":{}}",
+            "{\"id\":1,\"cmd\":\"status\",\"args\":null}",
+            "{\"args\":{},\"cmd\":\"ping\",\"id\":1}",
+        ] {
+            assert!(Request::parse_line(line.as_bytes()).is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn greeting_round_trips() {
+        let g = Greeting::current();
+        let text = serde_json::to_string(&g).unwrap();
+        assert_eq!(
+            text,
+            alloc::format!("{{\"weft\":{{\"version\":\"{VERSION}\",\"protocol\":1}}}}")
+        );
+        assert_eq!(serde_json::from_str::<Greeting>(&text).unwrap(), g);
+    }
+}

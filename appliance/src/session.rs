@@ -143,3 +143,145 @@ impl ControlSession {
         Some(Request::parse_line(line))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Command, RequestId};
+    use alloc::format;
+    use alloc::vec;
+
+    fn codes(results: &[LineResult]) -> Vec<Result<&'static str, ErrorCode>> {
+        results
+            .iter()
+            .map(|r| match r {
+                Ok(req) => Ok(req.command.name()),
+                Err(e) => Err(e.error.code),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn greeting_is_one_exact_line() {
+        let mut s = ControlSession::new();
+        let mut out = Vec::new();
+        s.connected(&mut out);
+        let expected = format!(
+            "{{\"weft\":{{\"version\":\"{}\",\"protocol\":1}}}}\n",
+            crate::protocol::VERSION
+        );
+        assert_eq!(core::str::from_utf8(&out).unwrap(), expected);
+        assert_eq!(s.counters().connects, 1);
+        assert!(s.is_connected());
+    }
+
+    #[test]
+    fn lines_split_anywhere_give_the_same_requests() {
+        let stream = b"{\"id\":1,\"cmd\":\"ping\"}\r\n\n   \r\n{\"id\":\"b\",\"cmd\":\"status\"}\n{oops\n{\"id\":3,\"cmd\":\"config\"}\n";
+        let expected = vec![
+            Ok("ping"),
+            Ok("status"),
+            Err(ErrorCode::ParseError),
+            Ok("config"),
+        ];
+        for split in 0..=stream.len() {
+            let mut s = ControlSession::new();
+            let mut got = s.input(&stream[..split]);
+            got.extend(s.input(&stream[split..]));
+            assert_eq!(codes(&got), expected, "split at {split}");
+            assert_eq!(got[1].as_ref().unwrap().id, RequestId::from("b"));
+        }
+        // Byte by byte.
+        let mut s = ControlSession::new();
+        let got: Vec<LineResult> = stream.iter().flat_map(|b| s.input(&[*b])).collect();
+        assert_eq!(codes(&got), expected);
+        let c = s.counters();
+        assert_eq!((c.lines, c.requests, c.errors), (4, 3, 1));
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_parse_error() {
+        let mut s = ControlSession::new();
+        let got = s.input(b"{\"id\":1,\"cmd\":\"pi\xffng\"}\n");
+        assert_eq!(codes(&got), vec![Err(ErrorCode::ParseError)]);
+        assert_eq!(got[0].as_ref().unwrap_err().id, None);
+    }
+
+    #[test]
+    fn over_long_line_gets_one_error_and_is_discarded_to_its_newline() {
+        let mut s = ControlSession::new();
+        let chunk = vec![b'x'; 10_000];
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            got.extend(s.input(&chunk));
+        }
+        // Reported as soon as it is known, once.
+        assert_eq!(codes(&got), vec![Err(ErrorCode::LineTooLong)]);
+        got.extend(s.input(b"still the long line\n{\"id\":2,\"cmd\":\"ping\"}\n"));
+        assert_eq!(codes(&got), vec![Err(ErrorCode::LineTooLong), Ok("ping")]);
+    }
+
+    #[test]
+    fn line_length_limit_is_exact() {
+        // A request padded with spaces to exactly MAX_LINE_LEN bytes is accepted, with `\n`
+        // or `\r\n`; one byte more is refused.
+        let request = b"{\"id\":1,\"cmd\":\"ping\"}";
+        for (extra, ending, expect) in [
+            (0usize, &b"\n"[..], Ok("ping")),
+            (0, b"\r\n", Ok("ping")),
+            (1, b"\n", Err(ErrorCode::LineTooLong)),
+            (1, b"\r\n", Err(ErrorCode::LineTooLong)),
+        ] {
+            let mut line = request.to_vec();
+            line.resize(MAX_LINE_LEN + extra, b' ');
+            line.extend_from_slice(ending);
+            let mut s = ControlSession::new();
+            assert_eq!(
+                codes(&s.input(&line)),
+                vec![expect],
+                "extra {extra} ending {ending:?}"
+            );
+            // The session is in a clean state afterwards.
+            assert_eq!(
+                codes(&s.input(b"{\"id\":9,\"cmd\":\"ping\"}\n")),
+                vec![Ok("ping")]
+            );
+        }
+    }
+
+    #[test]
+    fn disconnect_mid_line_discards_the_partial_line() {
+        let mut s = ControlSession::new();
+        let mut out = Vec::new();
+        s.connected(&mut out);
+        assert!(s.input(b"{\"id\":1,\"cm").is_empty());
+        s.disconnected();
+        assert!(!s.is_connected());
+        assert_eq!(s.counters().partial_discarded, 1);
+        s.connected(&mut out);
+        let got = s.input(b"d\":\"ping\"}\n{\"id\":2,\"cmd\":\"ping\"}\n");
+        assert_eq!(codes(&got), vec![Err(ErrorCode::ParseError), Ok("ping")]);
+        // Also while skipping an over-long line: the next connection starts clean.
+        s.input(&vec![b'x'; MAX_LINE_LEN + 10]);
+        s.disconnected();
+        s.connected(&mut out);
+        assert_eq!(
+            codes(&s.input(b"{\"id\":3,\"cmd\":\"ping\"}\n")),
+            vec![Ok("ping")]
+        );
+    }
+
+    #[test]
+    fn parsed_requests_are_typed() {
+        let mut s = ControlSession::new();
+        let got = s.input(b"{\"id\":7,\"cmd\":\"apply\",\"args\":{\"uplink\":{\"address\":\"192.0.2.2/24\"},\"link\":{\"address\":\"10.81.0.1/16\"}}}\n");
+        let req = got[0].as_ref().unwrap();
+        assert_eq!(req.id, RequestId::from(7));
+        let Command::Apply(config) = &req.command else {
+            panic!("not apply: {req:?}");
+        };
+        assert_eq!(config.link.address.to_string(), "10.81.0.1/16");
+    }
+
+    use alloc::string::ToString;
+}
