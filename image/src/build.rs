@@ -83,18 +83,34 @@ pub struct BuiltImage {
     pub size_bytes: u64,
 }
 
-/// Builds the kernel and copies it to [`paths::image_path`].
+/// Builds the kernel and copies it to [`paths::image_path`]; cargo's output goes to
+/// our stdout/stderr.
 pub fn build_image(profile: Profile) -> Result<BuiltImage> {
+    build_image_with(profile, false)
+}
+
+/// [`build_image`]; with `quiet`, cargo's output is kept and shown only on failure.
+pub fn build_image_with(profile: Profile, quiet: bool) -> Result<BuiltImage> {
     let kdir = paths::kernel_dir();
     let mut cmd = kernel_cargo("build", &kdir);
     if profile == Profile::Release {
         cmd.arg("--release");
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("running cargo build in {}", kdir.display()))?;
-    if !status.success() {
-        bail!("kernel build failed ({status})");
+    let context = || format!("running cargo build in {}", kdir.display());
+    if quiet {
+        let out = cmd.output().with_context(context)?;
+        if !out.status.success() {
+            bail!(
+                "kernel build failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    } else {
+        let status = cmd.status().with_context(context)?;
+        if !status.success() {
+            bail!("kernel build failed ({status})");
+        }
     }
     let elf = kernel_elf(&kdir, profile);
     check_pvh_elf(&elf)?;

@@ -98,6 +98,7 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     let _dir_guard = RemoveDir(dir.clone());
     let control = dir.join("control.sock");
     let serial = dir.join("serial.log");
+    let qemu_log = dir.join("qemu.log");
 
     steps.step("booting the appliance under QEMU")?;
     let mut cfg = QemuConfig::new(
@@ -109,13 +110,14 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     cfg.accel = opts.accel;
     cfg.serial = Serial::File(serial.clone());
     cfg.netns = Some(topo.names.hv_ns.clone());
+    cfg.log = Some(qemu_log.clone());
     say(&format!(
         "uplink {} mac {}, link {} mac {}",
         topo.names.uplink_tap, cfg.uplink.mac, topo.names.link_tap, cfg.link.mac
     ));
     say(&format!("control socket {}", control.display()));
     say(&format!("serial log {}", serial.display()));
-    let mut vm = qemu_guard(cfg.spawn()?, serial.clone());
+    let mut vm = qemu_guard(cfg.spawn()?, vec![serial.clone(), qemu_log]);
     let (mut client, took) = vm
         .qemu
         .greet(&control, Duration::from_secs(60))
@@ -176,17 +178,17 @@ fn print_indented(text: &str) {
     }
 }
 
-/// QEMU plus its serial log, which is shown if the demo fails.
+/// QEMU plus its logs (serial console, QEMU's own output), shown if the demo fails.
 struct VmGuard {
     qemu: qemu::Qemu,
-    serial: PathBuf,
+    logs: Vec<PathBuf>,
     ok: bool,
 }
 
-fn qemu_guard(qemu: qemu::Qemu, serial: PathBuf) -> VmGuard {
+fn qemu_guard(qemu: qemu::Qemu, logs: Vec<PathBuf>) -> VmGuard {
     VmGuard {
         qemu,
-        serial,
+        logs,
         ok: false,
     }
 }
@@ -195,10 +197,11 @@ impl Drop for VmGuard {
     fn drop(&mut self) {
         self.qemu.stop(Duration::from_secs(2));
         if !self.ok {
-            if let Ok(log) = std::fs::read_to_string(&self.serial) {
-                eprintln!("---- appliance serial log ({}) ----", self.serial.display());
-                eprintln!("{log}");
-                eprintln!("---- end of serial log ----");
+            for path in &self.logs {
+                if let Ok(log) = std::fs::read_to_string(path) {
+                    eprintln!("---- {} ----", path.display());
+                    eprintln!("{log}");
+                }
             }
         }
     }

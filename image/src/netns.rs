@@ -3,6 +3,7 @@
 //! creates objects under names it is given and deletes only what it created.
 
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -302,27 +303,40 @@ impl Topology {
     }
 
     /// `ping` from a namespace: `count` replies wanted within `deadline_s` seconds.
+    /// A run that ends early on "host unreachable" (a failed ARP entry, e.g. from
+    /// before the address was configured) is retried with the entry flushed.
     pub fn ping(ns: &Netns, addr: &str, count: u32, deadline_s: u32) -> Result<String> {
-        let out = ns
-            .command("ping")
-            .args([
-                "-n",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.2",
-                "-w",
-                &deadline_s.to_string(),
-                addr,
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .context("running ping")?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            bail!("ping {addr} from {} failed:\n{text}", ns.name());
+        let deadline = Instant::now() + Duration::from_secs(u64::from(deadline_s));
+        loop {
+            let _ = ns.ip(&["neigh", "flush", "to", addr]);
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+                .max(1);
+            let out = ns
+                .command("ping")
+                .args([
+                    "-n",
+                    "-c",
+                    &count.to_string(),
+                    "-i",
+                    "0.2",
+                    "-w",
+                    &left.to_string(),
+                    addr,
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .context("running ping")?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() {
+                return Ok(text);
+            }
+            if Instant::now() + Duration::from_millis(300) >= deadline {
+                bail!("ping {addr} from {} failed:\n{text}", ns.name());
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(text)
     }
 }
 

@@ -215,6 +215,8 @@ pub struct QemuConfig {
     pub control: PathBuf,
     /// Run QEMU inside this network namespace (`ip netns exec`), where its taps live.
     pub netns: Option<String>,
+    /// QEMU's own stdout/stderr to this file (default: inherited).
+    pub log: Option<PathBuf>,
 }
 
 impl QemuConfig {
@@ -231,6 +233,7 @@ impl QemuConfig {
             link,
             control,
             netns: None,
+            log: None,
         }
     }
 
@@ -349,6 +352,11 @@ impl QemuConfig {
         let mut cmd = self.command();
         if self.serial != Serial::Stdio {
             cmd.stdin(Stdio::null());
+        }
+        if let Some(log) = &self.log {
+            let f = std::fs::File::create(log)
+                .with_context(|| format!("creating {}", log.display()))?;
+            cmd.stdout(f.try_clone()?).stderr(f);
         }
         let started = Instant::now();
         let child = cmd
