@@ -44,6 +44,12 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
         tsc_hz / 1_000_000,
         cmdline
     );
+    if let Some(kind) = cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("weft.fault="))
+    {
+        arch::provoke_fault(kind);
+    }
     mainloop::run(cmdline)
 }
 

@@ -86,7 +86,13 @@ pub fn run(cmdline: String) -> ! {
         },
         now,
     );
-    log::info!("weft ready: {} ms after boot", crate::time::micros() / 1000);
+    let (heap_used, heap_free) = crate::mem::usage();
+    log::info!(
+        "weft ready: {} ms after boot, heap {} KiB used, {} KiB free",
+        crate::time::micros() / 1000,
+        heap_used / 1024,
+        heap_free / 1024
+    );
 
     let mut out = Vec::new();
     loop {

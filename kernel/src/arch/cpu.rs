@@ -10,7 +10,7 @@ use spin::{Mutex, Once};
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
 use x86_64::instructions::tables::load_tss;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
-use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame};
 use x86_64::structures::tss::TaskStateSegment;
 use x86_64::VirtAddr;
 
@@ -145,13 +145,18 @@ irq_handlers!(
 );
 
 fn fatal(vector: u8, name: &str, error: Option<u64>, frame: &InterruptStackFrame) -> ! {
-    crate::console::emergency(format_args!(
-        "\nweft: CPU exception {vector} ({name}) error={error:#x?} rip={:#x} rsp={:#x} cs={:#x} rflags={:#x}\n",
+    let (rip, rsp) = (
         frame.instruction_pointer.as_u64(),
         frame.stack_pointer.as_u64(),
-        frame.code_segment.0,
-        frame.cpu_flags.bits(),
-    ));
+    );
+    match error {
+        Some(code) => crate::console::emergency(format_args!(
+            "\nweft: CPU exception {vector} ({name}) error={code:#x} rip={rip:#x} rsp={rsp:#x}\n"
+        )),
+        None => crate::console::emergency(format_args!(
+            "\nweft: CPU exception {vector} ({name}) rip={rip:#x} rsp={rsp:#x}\n"
+        )),
+    }
     crate::arch::halt_forever()
 }
 
@@ -159,11 +164,6 @@ macro_rules! exception {
     ($name:ident, $vector:expr, $text:expr) => {
         extern "x86-interrupt" fn $name(frame: InterruptStackFrame) {
             fatal($vector, $text, None, &frame)
-        }
-    };
-    ($name:ident, $vector:expr, $text:expr, code) => {
-        extern "x86-interrupt" fn $name(frame: InterruptStackFrame, code: u64) {
-            fatal($vector, $text, Some(code), &frame)
         }
     };
 }
@@ -175,29 +175,92 @@ exception!(overflow, 4, "overflow");
 exception!(bound_range, 5, "bound range exceeded");
 exception!(invalid_opcode, 6, "invalid opcode");
 exception!(device_not_available, 7, "device not available");
-exception!(invalid_tss, 10, "invalid TSS", code);
-exception!(segment_not_present, 11, "segment not present", code);
-exception!(stack_segment, 12, "stack-segment fault", code);
-exception!(general_protection, 13, "general protection fault", code);
 exception!(x87_floating_point, 16, "x87 floating point");
-exception!(alignment_check, 17, "alignment check", code);
 exception!(simd_floating_point, 19, "SIMD floating point");
 exception!(virtualization, 20, "virtualization");
-exception!(control_protection, 21, "control protection", code);
 exception!(hv_injection, 28, "hypervisor injection");
-exception!(vmm_communication, 29, "VMM communication", code);
-exception!(security, 30, "security", code);
 
-extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) -> ! {
-    fatal(8, "double fault", Some(code), &frame)
-}
 extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
     fatal(18, "machine check", None, &frame)
 }
-extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {
-    let addr = x86_64::registers::control::Cr2::read_raw();
-    crate::console::emergency(format_args!("\nweft: page fault at address {addr:#x}\n"));
-    fatal(14, "page fault", Some(code.bits()), &frame)
+
+// Exceptions that push an error code enter through these stubs: the CPU leaves the stack
+// 16-byte aligned *with* the error code on it, which the x86-interrupt ABI does not
+// expect (SSE spills in the handler fault). Each stub pushes its vector and jumps to a
+// common path that realigns the stack and calls `weft_exception_with_code` (no return).
+core::arch::global_asm!(
+    r#"
+    .section .text
+    .macro weft_exc_code vec
+    .global weft_exc_\vec
+weft_exc_\vec:
+    push \vec
+    jmp weft_exc_common
+    .endm
+    weft_exc_code 8
+    weft_exc_code 10
+    weft_exc_code 11
+    weft_exc_code 12
+    weft_exc_code 13
+    weft_exc_code 14
+    weft_exc_code 17
+    weft_exc_code 21
+    weft_exc_code 29
+    weft_exc_code 30
+weft_exc_common:
+    mov rdi, [rsp]
+    mov rsi, [rsp + 8]
+    lea rdx, [rsp + 16]
+    and rsp, -16
+    call weft_exception_with_code
+    ud2
+"#
+);
+
+unsafe extern "C" {
+    fn weft_exc_8();
+    fn weft_exc_10();
+    fn weft_exc_11();
+    fn weft_exc_12();
+    fn weft_exc_13();
+    fn weft_exc_14();
+    fn weft_exc_17();
+    fn weft_exc_21();
+    fn weft_exc_29();
+    fn weft_exc_30();
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn weft_exception_with_code(
+    vector: u64,
+    code: u64,
+    frame: *const InterruptStackFrame,
+) -> ! {
+    // SAFETY: the stub passes the address of the frame the CPU pushed (rip, cs, rflags,
+    // rsp, ss), which is exactly the layout of InterruptStackFrame.
+    let frame = unsafe { &*frame };
+    let name = match vector {
+        8 => "double fault",
+        10 => "invalid TSS",
+        11 => "segment not present",
+        12 => "stack-segment fault",
+        13 => "general protection fault",
+        14 => {
+            let addr = x86_64::registers::control::Cr2::read_raw();
+            crate::console::emergency(format_args!("\nweft: page fault at address {addr:#x}\n"));
+            "page fault"
+        }
+        17 => "alignment check",
+        21 => "control protection",
+        29 => "VMM communication",
+        30 => "security",
+        _ => "unknown",
+    };
+    fatal(vector as u8, name, Some(code), frame)
+}
+
+fn stub(f: unsafe extern "C" fn()) -> VirtAddr {
+    VirtAddr::new(f as usize as u64)
 }
 
 fn build_idt() -> InterruptDescriptorTable {
@@ -211,29 +274,31 @@ fn build_idt() -> InterruptDescriptorTable {
     idt.invalid_opcode.set_handler_fn(invalid_opcode);
     idt.device_not_available
         .set_handler_fn(device_not_available);
-    // SAFETY: the IST index refers to the double-fault stack set up in the TSS above.
-    unsafe {
-        idt.double_fault
-            .set_handler_fn(double_fault)
-            .set_stack_index(DOUBLE_FAULT_IST);
-    }
-    idt.invalid_tss.set_handler_fn(invalid_tss);
-    idt.segment_not_present.set_handler_fn(segment_not_present);
-    idt.stack_segment_fault.set_handler_fn(stack_segment);
-    idt.general_protection_fault
-        .set_handler_fn(general_protection);
-    idt.page_fault.set_handler_fn(page_fault);
     idt.x87_floating_point.set_handler_fn(x87_floating_point);
-    idt.alignment_check.set_handler_fn(alignment_check);
     idt.machine_check.set_handler_fn(machine_check);
     idt.simd_floating_point.set_handler_fn(simd_floating_point);
     idt.virtualization.set_handler_fn(virtualization);
-    idt.cp_protection_exception
-        .set_handler_fn(control_protection);
     idt.hv_injection_exception.set_handler_fn(hv_injection);
-    idt.vmm_communication_exception
-        .set_handler_fn(vmm_communication);
-    idt.security_exception.set_handler_fn(security);
+    // SAFETY: every stub address is a weft_exc_* entry above, which matches the CPU's frame
+    // for its vector (error code pushed) and never returns; the double-fault IST index
+    // refers to the stack set up in the TSS.
+    unsafe {
+        idt.double_fault
+            .set_handler_addr(stub(weft_exc_8))
+            .set_stack_index(DOUBLE_FAULT_IST);
+        idt.invalid_tss.set_handler_addr(stub(weft_exc_10));
+        idt.segment_not_present.set_handler_addr(stub(weft_exc_11));
+        idt.stack_segment_fault.set_handler_addr(stub(weft_exc_12));
+        idt.general_protection_fault
+            .set_handler_addr(stub(weft_exc_13));
+        idt.page_fault.set_handler_addr(stub(weft_exc_14));
+        idt.alignment_check.set_handler_addr(stub(weft_exc_17));
+        idt.cp_protection_exception
+            .set_handler_addr(stub(weft_exc_21));
+        idt.vmm_communication_exception
+            .set_handler_addr(stub(weft_exc_29));
+        idt.security_exception.set_handler_addr(stub(weft_exc_30));
+    }
     for (line, handler) in IRQ_HANDLERS.iter().enumerate() {
         idt[PIC_BASE + line as u8].set_handler_fn(*handler);
     }

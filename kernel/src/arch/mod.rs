@@ -12,3 +12,24 @@ pub fn halt_forever() -> ! {
         x86_64::instructions::hlt();
     }
 }
+
+/// Raises a CPU exception on purpose (`weft.fault=` on the command line), so tests can
+/// check that every fault is reported on the serial console instead of a silent reset.
+pub fn provoke_fault(kind: &str) {
+    log::warn!("provoking a {kind} fault as asked on the command line");
+    match kind {
+        // SAFETY: ud2 only raises #UD, which the IDT reports and halts on.
+        "ud" => unsafe { core::arch::asm!("ud2") },
+        // SAFETY: a read from a non-canonical address raises #GP, reported and halted on.
+        "gp" => unsafe {
+            core::ptr::read_volatile(0x8000_0000_0000_0000usize as *const u8);
+        },
+        // SAFETY: a read above the identity-mapped 4 GiB raises #PF, reported and halted on.
+        "pf" => unsafe {
+            core::ptr::read_volatile(0x40_0000_0000usize as *const u8);
+        },
+        // SAFETY: int3 raises #BP, reported and halted on.
+        "bp" => unsafe { core::arch::asm!("int3") },
+        other => log::warn!("unknown fault kind {other:?} (ud, gp, pf, bp)"),
+    }
+}
