@@ -1,33 +1,80 @@
-//! A virtio-net device as a weft `Port`: receive hands frames to the netstack, transmit
-//! queues one frame. The device's rx buffers are recycled right after the sink has seen
-//! the frame, so the netstack never holds device memory.
+//! A virtio-net device as a weft `Port`, on `virtio-drivers`' raw (token) interface so
+//! that neither direction ever waits for the device: receive hands each completed frame
+//! to the netstack and re-posts its buffer at once; transmit posts a frame and returns,
+//! and finished transmissions are reaped on the next call. Buffers live in fixed slots
+//! indexed by the queue token, so a buffer never moves while the device owns it.
 
 use crate::virtio::hal::KernelHal;
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
 use smoltcp::wire::EthernetAddress;
-use virtio_drivers::device::net::VirtIONet;
+use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::Error;
 use weft_netstack::port::{Port, TxError};
 
-const QUEUE_SIZE: usize = 64;
-/// Room for a 1500-byte MTU frame plus the virtio-net header, with slack.
+const QUEUE_SIZE: usize = 128;
+/// Room for a 1514-byte frame plus the virtio-net header, with slack.
 const BUF_LEN: usize = 2048;
 
 pub struct NetPort {
-    dev: VirtIONet<KernelHal, PciTransport, QUEUE_SIZE>,
+    dev: VirtIONetRaw<KernelHal, PciTransport, QUEUE_SIZE>,
     mac: EthernetAddress,
+    /// Receive buffers the device owns, by token.
+    rx: Vec<Option<Box<[u8]>>>,
+    /// Transmit buffers the device owns, by token, with the length posted.
+    tx: Vec<Option<(Box<[u8]>, usize)>>,
+    /// Transmit buffers ready for reuse.
+    tx_pool: Vec<Box<[u8]>>,
 }
 
 impl NetPort {
     pub fn new(transport: PciTransport) -> Result<Self, Error> {
-        let dev = VirtIONet::new(transport, BUF_LEN)?;
+        let dev = VirtIONetRaw::new(transport)?;
         let mac = EthernetAddress(dev.mac_address());
-        Ok(NetPort { dev, mac })
+        let mut port = NetPort {
+            dev,
+            mac,
+            rx: (0..QUEUE_SIZE).map(|_| None).collect(),
+            tx: (0..QUEUE_SIZE).map(|_| None).collect(),
+            tx_pool: Vec::new(),
+        };
+        for _ in 0..QUEUE_SIZE {
+            port.post_rx(vec![0u8; BUF_LEN].into_boxed_slice())?;
+        }
+        Ok(port)
     }
 
-    /// Reads (and so clears) the device's interrupt status; true if it had raised one.
-    pub fn ack_interrupt(&mut self) -> bool {
-        !self.dev.ack_interrupt().is_empty()
+    fn post_rx(&mut self, mut buf: Box<[u8]>) -> Result<(), Error> {
+        // SAFETY: the buffer is stored in `self.rx` under its token and not touched until
+        // `receive_complete` is called with that token.
+        let token = unsafe { self.dev.receive_begin(&mut buf)? };
+        self.rx[token as usize] = Some(buf);
+        Ok(())
+    }
+
+    fn reap_tx(&mut self) {
+        while let Some(token) = self.dev.poll_transmit() {
+            let Some((buf, len)) = self.tx[token as usize].take() else {
+                log::error!("virtio-net: completed tx token {token} has no buffer");
+                break;
+            };
+            // SAFETY: `buf[..len]` is exactly the slice posted with this token.
+            if let Err(e) = unsafe { self.dev.transmit_complete(token, &buf[..len]) } {
+                log::warn!("virtio-net: tx completion failed: {e:?}");
+            }
+            self.tx_pool.push(buf);
+        }
+    }
+
+    /// Reads (and so clears) the device's interrupt status.
+    pub fn ack_interrupt(&mut self) {
+        self.dev.ack_interrupt();
+    }
+
+    pub fn mac_addr(&self) -> EthernetAddress {
+        self.mac
     }
 }
 
@@ -39,40 +86,57 @@ impl Port for NetPort {
     fn receive_batch(&mut self, max: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
         let mut n = 0;
         while n < max {
-            match self.dev.receive() {
-                Ok(rx) => {
-                    sink(rx.packet());
-                    n += 1;
-                    if let Err(e) = self.dev.recycle_rx_buffer(rx) {
-                        log::error!("virtio-net: recycling an rx buffer failed: {e:?}");
-                        break;
+            let Some(token) = self.dev.poll_receive() else {
+                break;
+            };
+            let Some(mut buf) = self.rx[token as usize].take() else {
+                log::error!("virtio-net: completed rx token {token} has no buffer");
+                break;
+            };
+            // SAFETY: `buf` is the buffer posted with this token.
+            match unsafe { self.dev.receive_complete(token, &mut buf) } {
+                Ok((hdr, len)) => {
+                    if let Some(frame) = buf.get(hdr..hdr + len) {
+                        sink(frame);
                     }
+                    n += 1;
                 }
-                Err(Error::NotReady) => break,
-                Err(e) => {
-                    log::warn!("virtio-net: receive failed: {e:?}");
-                    break;
-                }
+                Err(e) => log::warn!("virtio-net: rx completion failed: {e:?}"),
+            }
+            if let Err(e) = self.post_rx(buf) {
+                log::error!("virtio-net: re-posting an rx buffer failed: {e:?}");
+                break;
             }
         }
         n
     }
 
     fn transmit(&mut self, frame: &[u8]) -> Result<(), TxError> {
-        if !self.dev.can_send() {
-            return Err(TxError::QueueFull);
+        self.reap_tx();
+        let mut buf = self
+            .tx_pool
+            .pop()
+            .unwrap_or_else(|| vec![0u8; BUF_LEN].into_boxed_slice());
+        let Ok(hdr) = self.dev.fill_buffer_header(&mut buf) else {
+            return Err(TxError::TooLarge);
+        };
+        let len = hdr + frame.len();
+        let Some(payload) = buf.get_mut(hdr..len) else {
+            self.tx_pool.push(buf);
+            return Err(TxError::TooLarge);
+        };
+        payload.copy_from_slice(frame);
+        // SAFETY: `buf` moves into `self.tx` under the returned token and is not touched
+        // until `transmit_complete` with that token.
+        match unsafe { self.dev.transmit_begin(&buf[..len]) } {
+            Ok(token) => {
+                self.tx[token as usize] = Some((buf, len));
+                Ok(())
+            }
+            Err(_) => {
+                self.tx_pool.push(buf);
+                Err(TxError::QueueFull)
+            }
         }
-        let mut tx = self.dev.new_tx_buffer(frame.len());
-        tx.packet_mut().copy_from_slice(frame);
-        self.dev.send(tx).map_err(|e| {
-            log::warn!("virtio-net: send failed: {e:?}");
-            TxError::QueueFull
-        })
-    }
-}
-
-impl NetPort {
-    pub fn mac_addr(&self) -> EthernetAddress {
-        self.mac
     }
 }
