@@ -248,6 +248,12 @@ impl Topology {
         }
         // The hypervisor namespace only switches frames; it must not answer or route.
         hv.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        // Where br_netfilter is loaded (Docker hosts), bridged IPv4 is validated and
+        // malformed packets never reach the tap. These sysctls are per namespace;
+        // they are absent when the module is not loaded, which is what we want anyway.
+        for key in ["iptables", "ip6tables", "arptables"] {
+            let _ = hv.sysctl(&format!("net.bridge.bridge-nf-call-{key}"), "0");
+        }
 
         for (peer, hv_end, peer_end, bridge, addr) in [
             (

@@ -235,6 +235,24 @@ impl TestVm {
         }
     }
 
+    /// Polls `status` until `done` holds (frames sent to a tap may still be queued
+    /// when the sender returns); after `timeout`, the last status is returned as is
+    /// and the caller's assertions report what was missing.
+    pub fn status_when(&self, timeout: Duration, done: impl Fn(&Status) -> bool) -> Status {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut c = self.client();
+        loop {
+            let s = match c.status() {
+                Ok(s) => s,
+                Err(e) => panic!("{}: status: {e}", self.test),
+            };
+            if done(&s) || std::time::Instant::now() >= deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn host(&self) -> &Netns {
         &self.topo.host
     }
