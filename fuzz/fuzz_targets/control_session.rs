@@ -51,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         assert!(obj.contains_key("id"), "{line}");
-        assert!(obj.contains_key("result") != obj.contains_key("error"), "{line}");
+        assert!(
+            obj.contains_key("result") != obj.contains_key("error"),
+            "{line}"
+        );
         last_id = obj.get("id").cloned();
     }
     assert_eq!(last_id, Some(Value::from("end")));

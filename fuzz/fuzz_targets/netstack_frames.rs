@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use weft_netstack::smoltcp::time::{Duration, Instant};
 use weft_netstack::smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
-use weft_netstack::{MemPort, NicAddress, NicId, Netstack, MAX_FRAME_LEN};
+use weft_netstack::{MemPort, Netstack, NicAddress, NicId, MAX_FRAME_LEN};
 
 const UPLINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 1]);
 const LINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 2]);
@@ -62,14 +62,25 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert_eq!(uplink.pending_rx() + link.pending_rx(), 0);
-    for (i, (id, port)) in [(NicId::Uplink, &mut uplink), (NicId::Link, &mut link)].into_iter().enumerate() {
+    for (i, (id, port)) in [(NicId::Uplink, &mut uplink), (NicId::Link, &mut link)]
+        .into_iter()
+        .enumerate()
+    {
         let counters = stack.nic(id).counters;
         assert_eq!(counters.rx_packets, injected[i]);
         let sent = port.take_transmitted();
         assert_eq!(counters.tx_packets, sent.len() as u64);
         for frame in sent {
-            assert!(frame.len() >= 14 && frame.len() <= MAX_FRAME_LEN, "{}", frame.len());
-            let own = if id == NicId::Uplink { UPLINK_MAC } else { LINK_MAC };
+            assert!(
+                frame.len() >= 14 && frame.len() <= MAX_FRAME_LEN,
+                "{}",
+                frame.len()
+            );
+            let own = if id == NicId::Uplink {
+                UPLINK_MAC
+            } else {
+                LINK_MAC
+            };
             assert_eq!(&frame[6..12], own.as_bytes(), "source MAC is the NIC's own");
         }
     }
