@@ -129,10 +129,14 @@ impl Appliance {
         let result = match request.command {
             Command::Status => to_value(&self.status(now)),
             Command::Config => to_value(&self.running),
-            Command::Apply(config) => {
-                let changed = self.apply(config);
-                to_value(&Applied { changed })
-            }
+            Command::Apply(config) => match self.apply(config) {
+                Ok(changed) => to_value(&Applied { changed }),
+                Err(e) => Err(ErrorBody {
+                    code: ErrorCode::InvalidConfig,
+                    message: e.message,
+                    field: Some(e.field),
+                }),
+            },
             Command::Ping => to_value(&Pong { pong: true }),
         };
         match result {
@@ -144,11 +148,13 @@ impl Appliance {
         }
     }
 
-    /// Apply a validated configuration; returns whether it changed anything.
-    /// Atomic: everything below is infallible once `Config::validate` passed.
-    pub fn apply(&mut self, config: Config) -> bool {
+    /// Validate, then apply a configuration; returns whether it changed anything.
+    /// Atomic: nothing changes unless `Config::validate` passes, and everything after it
+    /// is infallible.
+    pub fn apply(&mut self, config: Config) -> Result<bool, ConfigError> {
+        config.validate()?;
         if self.running.as_ref() == Some(&config) {
-            return false;
+            return Ok(false);
         }
         self.netstack.configure(
             NicId::Uplink,
@@ -170,7 +176,7 @@ impl Appliance {
             config.link.address
         );
         self.running = Some(config);
-        true
+        Ok(true)
     }
 
     /// The `status` result at `now`.

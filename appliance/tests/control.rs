@@ -372,3 +372,17 @@ fn several_requests_in_one_chunk_get_replies_in_order() {
         json!({"pong": true})
     );
 }
+
+#[test]
+fn apply_through_the_api_validates_too() {
+    let mut app = boot();
+    let mut config: Config = serde_json::from_value(good_config()).unwrap();
+    config.uplink.gateway = Some("198.51.100.1".parse().unwrap());
+    let err = app.apply(config).unwrap_err();
+    assert_eq!(err.field, "uplink.gateway");
+    assert!(app.running_config().is_none());
+    let config: Config = serde_json::from_value(good_config()).unwrap();
+    assert_eq!(app.apply(config.clone()), Ok(true));
+    assert_eq!(app.apply(config.clone()), Ok(false));
+    assert_eq!(app.running_config(), Some(&config));
+}
