@@ -4,12 +4,14 @@ extern crate alloc;
 
 pub mod counters;
 pub mod iface;
+pub mod pcap;
 pub mod port;
 pub mod probe;
 pub mod stack;
 
 pub use counters::{DropCounters, DropReason, NicCounters};
 pub use iface::{NicAddress, NicIface, QueueDevice, IP_MTU, MAX_FRAME_LEN};
+pub use pcap::PcapPort;
 pub use port::{MemPort, Port, TxError};
 pub use stack::{Netstack, Nic, NicId, PollResult, RX_BATCH};
 // The kernel and the appliance name time and addresses with smoltcp's types.
