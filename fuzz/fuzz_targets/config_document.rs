@@ -1,0 +1,36 @@
+//! Arbitrary text as a configuration document: parsing never panics; an accepted
+//! document validates and survives a serialize/parse round trip; a refused one names a
+//! field path built from known field names or keys present in the input.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use weft_appliance::Config;
+
+const KNOWN: &[&str] = &["uplink", "link", "address", "gateway"];
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Config::from_json_str(text) {
+        Ok(config) => {
+            assert_eq!(config.validate(), Ok(()));
+            let again = serde_json::to_string(&config).expect("serializes");
+            assert_eq!(Config::from_json_str(&again), Ok(config));
+        }
+        Err(e) => {
+            assert!(!e.message.is_empty());
+            // With escapes, a key's text in the input may differ from its value.
+            if !text.contains('\\') {
+                for segment in e.field.split('.') {
+                    let name = segment.split('[').next().unwrap_or("");
+                    assert!(
+                        name.is_empty() || KNOWN.contains(&name) || text.contains(name),
+                        "field {:?} not from the input",
+                        e.field
+                    );
+                }
+            }
+        }
+    }
+});
