@@ -116,7 +116,7 @@ fn run_stage(action: Action) -> Result<()> {
         Action::Run(mut cmd) => {
             let status = cmd.status()?;
             if !status.success() {
-                bail!("exit status {status}");
+                bail!("{status}");
             }
             Ok(())
         }

@@ -123,6 +123,9 @@ pub struct BootOptions {
     pub memory: MemoryMib,
     pub append: String,
     pub time_limit: Duration,
+    pub greeting_timeout: Duration,
+    /// The image to boot (default: the one [`preflight`] builds).
+    pub image: Option<PathBuf>,
 }
 
 impl Default for BootOptions {
@@ -131,6 +134,8 @@ impl Default for BootOptions {
             memory: MemoryMib(128),
             append: String::new(),
             time_limit: VM_TIME_LIMIT,
+            greeting_timeout: GREETING_TIMEOUT,
+            image: None,
         }
     }
 }
@@ -159,14 +164,23 @@ impl TestVm {
     }
 
     pub fn boot_with(test: &str, opts: BootOptions) -> TestVm {
-        let image = preflight();
+        TestVm::try_boot_with(test, opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Boots and waits for the greeting; an error carries the serial console and
+    /// QEMU's output (everything is cleaned up before it returns).
+    pub fn try_boot_with(test: &str, opts: BootOptions) -> Result<TestVm, String> {
+        let image = match &opts.image {
+            Some(p) => p.clone(),
+            None => preflight(),
+        };
         let prefix = unique_prefix();
-        let names = TopologyNames::new(&prefix).unwrap_or_else(|e| panic!("{e:#}"));
+        let names = TopologyNames::new(&prefix).map_err(|e| format!("{e:#}"))?;
         let topo = Topology::create(names, PeerAddresses::default(), &mut |_| {})
-            .unwrap_or_else(|e| panic!("{test}: creating the topology: {e:#}"));
+            .map_err(|e| format!("{test}: creating the topology: {e:#}"))?;
         let dir = std::env::temp_dir().join(format!("weft-qt-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let control = dir.join("control.sock");
         let serial = dir.join("serial.log");
         let qemu_log = dir.join("qemu.log");
@@ -184,7 +198,7 @@ impl TestVm {
         let (uplink_mac, link_mac) = (cfg.uplink.mac, cfg.link.mac);
         let qemu = cfg
             .spawn()
-            .unwrap_or_else(|e| panic!("{test}: starting QEMU: {e:#}"));
+            .map_err(|e| format!("{test}: starting QEMU: {e:#}"))?;
         let watchdog = Watchdog::start(qemu.pid(), opts.time_limit);
         let mut vm = TestVm {
             test: test.to_string(),
@@ -201,13 +215,32 @@ impl TestVm {
         };
         // The first connection measures boot to greeting; it is closed at once so
         // the test's own client can connect (QEMU serves one client at a time).
-        if let Some(q) = vm.qemu.as_mut() {
-            match q.greet(&vm.control, GREETING_TIMEOUT) {
-                Ok((_client, took)) => vm.greeted_after = took,
-                Err(e) => panic!("{test}: no greeting from the appliance: {e}"),
+        let greeted = match vm.qemu.as_mut() {
+            Some(q) => q.greet(&vm.control, opts.greeting_timeout),
+            None => return Err(format!("{test}: QEMU vanished")),
+        };
+        match greeted {
+            Ok((_client, took)) => {
+                vm.greeted_after = took;
+                Ok(vm)
+            }
+            Err(e) => {
+                if let Some(q) = vm.qemu.as_mut() {
+                    q.stop(Duration::from_secs(2));
+                }
+                Err(format!(
+                    "{test}: no greeting from the appliance ({} booting with -m {}): {e}\n\
+                     ---- serial console ----\n{}\n---- qemu ----\n{}",
+                    opts.image
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new("default image"))
+                        .display(),
+                    opts.memory,
+                    vm.serial_log(),
+                    std::fs::read_to_string(&vm.qemu_log).unwrap_or_default()
+                ))
             }
         }
-        vm
     }
 
     /// A new control connection (greeting checked). Drop it before opening another.
