@@ -12,15 +12,14 @@ pub mod session;
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::Serialize;
-use serde_json::Value;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
 use weft_netstack::{Netstack, NicAddress, NicId};
 
 pub use config::{Config, ConfigError, Ipv4Cidr, LinkConfig, UplinkConfig};
 pub use protocol::{
-    Applied, Command, ControlCounters, ErrorBody, ErrorCode, Greeting, InterfaceStatus, Interfaces,
-    Outcome, Pong, Reply, Request, RequestError, RequestId, Status,
+    Applied, Command, CommandResult, ControlCounters, ErrorBody, ErrorCode, Greeting,
+    InterfaceStatus, Interfaces, Outcome, Pong, Reply, Request, RequestError, RequestId, Status,
 };
 pub use session::ControlSession;
 pub use weft_netstack;
@@ -99,10 +98,10 @@ impl Appliance {
     pub fn control_input(&mut self, now: Instant, bytes: &[u8], out: &mut Vec<u8>) {
         for line in self.session.input(bytes) {
             let reply = match line {
-                Ok(request) => self.execute(now, request),
-                Err(e) => e.into_reply(),
+                Ok(request) => self.respond(now, request),
+                Err(e) => e.into_reply().to_line(),
             };
-            out.extend_from_slice(&reply.to_line());
+            out.extend_from_slice(&reply);
         }
     }
 
@@ -126,26 +125,60 @@ impl Appliance {
     /// Execute a parsed request (arguments already validated).
     pub fn execute(&mut self, now: Instant, request: Request) -> Reply {
         let id = request.id;
-        let result = match request.command {
-            Command::Status => to_value(&self.status(now)),
-            Command::Config => to_value(&self.running),
+        match self.run(now, request.command) {
+            Ok(result) => match serde_json::to_value(&result) {
+                Ok(value) => Reply::result(id, value),
+                Err(e) => Reply::error(Some(id), internal(e)),
+            },
+            Err(error) => Reply::error(Some(id), error),
+        }
+    }
+
+    /// Execute a request and serialize its reply line straight from the typed result,
+    /// so fields keep their declared order on the wire (a `Value` would sort them).
+    fn respond(&mut self, now: Instant, request: Request) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct ResultLine<'a> {
+            id: &'a RequestId,
+            result: &'a CommandResult,
+        }
+        let id = request.id;
+        let reply = match self.run(now, request.command) {
+            Ok(result) => match serde_json::to_vec(&ResultLine {
+                id: &id,
+                result: &result,
+            }) {
+                Ok(mut line) => {
+                    line.push(b'\n');
+                    return line;
+                }
+                Err(e) => Reply::error(Some(id), internal(e)),
+            },
+            Err(error) => Reply::error(Some(id), error),
+        };
+        reply.to_line()
+    }
+
+    fn run(&mut self, now: Instant, command: Command) -> Result<CommandResult, ErrorBody> {
+        let result = match command {
+            Command::Status => Ok(CommandResult::Status(alloc::boxed::Box::new(
+                self.status(now),
+            ))),
+            Command::Config => Ok(CommandResult::Config(self.running.clone())),
             Command::Apply(config) => match self.apply(config) {
-                Ok(changed) => to_value(&Applied { changed }),
+                Ok(changed) => Ok(CommandResult::Applied(Applied { changed })),
                 Err(e) => Err(ErrorBody {
                     code: ErrorCode::InvalidConfig,
                     message: e.message,
                     field: Some(e.field),
                 }),
             },
-            Command::Ping => to_value(&Pong { pong: true }),
+            Command::Ping => Ok(CommandResult::Pong(Pong { pong: true })),
         };
-        match result {
-            Ok(value) => Reply::result(id, value),
-            Err(error) => {
-                self.session.count_error();
-                Reply::error(Some(id), error)
-            }
+        if result.is_err() {
+            self.session.count_error();
         }
+        result
     }
 
     /// Validate, then apply a configuration; returns whether it changed anything.
@@ -228,11 +261,9 @@ fn mac_string(mac: EthernetAddress) -> String {
     )
 }
 
-fn to_value<T: Serialize>(v: &T) -> Result<Value, ErrorBody> {
-    serde_json::to_value(v).map_err(|e| {
-        ErrorBody::new(
-            ErrorCode::Internal,
-            alloc::format!("serializing the result: {e}"),
-        )
-    })
+fn internal(e: serde_json::Error) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::Internal,
+        alloc::format!("serializing the result: {e}"),
+    )
 }

@@ -391,6 +391,17 @@ impl Reply {
     }
 }
 
+/// The typed result of a command; serializes as the bare result (`{"pong":true}`,
+/// a `Status`, the config document or null, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CommandResult {
+    Status(alloc::boxed::Box<Status>),
+    Config(Option<Config>),
+    Applied(Applied),
+    Pong(Pong),
+}
+
 /// The result of `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
