@@ -3,4 +3,5 @@
 extern crate alloc;
 
 pub mod fdb;
+pub mod overlay;
 pub mod vxlan;

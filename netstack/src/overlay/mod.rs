@@ -1,0 +1,3 @@
+//! The overlay VTEP (placeholder while it is written).
+
+pub mod config;
