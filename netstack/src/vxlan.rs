@@ -7,11 +7,9 @@
 //! `overlay`), keeps no state, and never panics on what the network sends.
 
 use core::fmt;
-use core::hash::Hasher as _;
 
 use alloc::vec::Vec;
 use byteorder::{ByteOrder, NetworkEndian};
-use hash32::Hasher as _;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
@@ -476,26 +474,52 @@ pub fn flow_src_port(inner: &[u8], seed: u32, range: SrcPortRange) -> u16 {
 }
 
 fn flow_hash(inner: &[u8], seed: u32) -> u32 {
-    let mut h = hash32::Murmur3Hasher::default();
-    h.write(&seed.to_be_bytes());
+    // The flow key, laid out in 4-byte words: sorted MACs (12), ethertype and IP
+    // protocol (4), sorted address+port pairs (12); unused parts stay zero.
+    let mut key = [0u8; 28];
     if inner.len() < ETHERNET_HEADER_LEN {
-        h.write(inner);
-        return h.finish32();
+        key[..inner.len()].copy_from_slice(inner);
+    } else {
+        let (a, b) = (&inner[0..6], &inner[6..12]);
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        key[0..6].copy_from_slice(lo);
+        key[6..12].copy_from_slice(hi);
+        key[12..14].copy_from_slice(&inner[12..14]);
+        let is_ipv4 = inner[12..14] == [0x08, 0x00];
+        if let Some((src, dst, proto)) = ipv4_flow(&inner[ETHERNET_HEADER_LEN..], is_ipv4) {
+            let (lo, hi) = if src <= dst { (src, dst) } else { (dst, src) };
+            key[15] = proto;
+            key[16..22].copy_from_slice(&lo);
+            key[22..28].copy_from_slice(&hi);
+        }
     }
-    let (a, b) = (&inner[0..6], &inner[6..12]);
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    h.write(lo);
-    h.write(hi);
-    h.write(&inner[12..14]);
-    if let Some((src, dst, proto)) =
-        ipv4_flow(&inner[ETHERNET_HEADER_LEN..], inner[12..14] == [0x08, 0x00])
-    {
-        let (lo, hi) = if src <= dst { (src, dst) } else { (dst, src) };
-        h.write(&lo);
-        h.write(&hi);
-        h.write_u8(proto);
+    let mut h = seed;
+    for word in key.chunks_exact(4) {
+        h = murmur3_round(h, NetworkEndian::read_u32(word));
     }
-    h.finish32()
+    murmur3_finish(h, key.len() as u32)
+}
+
+/// One block step of MurmurHash3 (x86, 32-bit).
+fn murmur3_round(h: u32, k: u32) -> u32 {
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+/// MurmurHash3's finalization: every input bit affects every output bit.
+fn murmur3_finish(mut h: u32, len: u32) -> u32 {
+    h ^= len;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// For IPv4, `(src addr ++ src port, dst addr ++ dst port, protocol)`; ports are zero
@@ -816,6 +840,12 @@ mod test {
             seen.insert(p);
         }
         assert!(seen.len() > 150, "only {} distinct ports", seen.len());
+
+        // The seed keys the hash: the same flow lands elsewhere under another seed.
+        let by_seed: alloc::collections::BTreeSet<u16> = (0..50)
+            .map(|seed| flow_src_port(inner, seed, DEFAULT_SRC_PORT_RANGE))
+            .collect();
+        assert!(by_seed.len() > 40, "only {} distinct ports", by_seed.len());
 
         // A degenerate range gives its minimum; runts and garbage still hash.
         let r = SrcPortRange { min: 5, max: 5 };

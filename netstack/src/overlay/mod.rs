@@ -733,16 +733,21 @@ impl Overlay {
         let src_port = vxlan::flow_src_port(frame, self.hash_seed, self.src_ports);
         let mut sent = 0u64;
         let mut missing_neighbor = 0u64;
-        let targets: Vec<Ipv4Address> = match to_peer {
-            Some(peer) => vec![peer],
-            None => self
-                .peers
-                .iter()
-                .filter(|(_, p)| p.networks.contains(&vni))
-                .map(|(a, _)| *a)
-                .collect(),
+        // Known unicast needs no list of targets (and no allocation for one).
+        let flood_targets: Vec<Ipv4Address>;
+        let targets: &[Ipv4Address] = match &to_peer {
+            Some(peer) => core::slice::from_ref(peer),
+            None => {
+                flood_targets = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.networks.contains(&vni))
+                    .map(|(a, _)| *a)
+                    .collect();
+                &flood_targets
+            }
         };
-        for addr in targets {
+        for &addr in targets {
             let Some(peer) = self.peers.get_mut(&addr) else {
                 continue;
             };
