@@ -140,10 +140,10 @@ impl DropCounters {
         }
     }
 
-    /// Every drop, whatever the reason.
+    /// Every frame the overlay refused, whatever the reason, except `not_vxlan`: those
+    /// were handed back to the rest of the stack, not lost.
     pub fn total(&self) -> u64 {
         [
-            self.not_vxlan,
             self.bad_outer_header,
             self.outer_fragment,
             self.bad_vxlan_header,
@@ -286,6 +286,44 @@ struct Peer {
 }
 
 /// The VTEP and bridge for every overlay network of this appliance.
+///
+/// ```
+/// use smoltcp::time::Instant;
+/// use smoltcp::wire::{EthernetAddress, Ipv4Address};
+/// use weft_netstack::fdb::Location;
+/// use weft_netstack::overlay::{Egress, Limits, Overlay, Underlay, Verdict};
+/// use weft_netstack::overlay::config::OverlayConfig;
+///
+/// let config: OverlayConfig = serde_json::from_str(r#"{
+///     "grid": {"node": 1},
+///     "networks": [{"name": "default", "vni": 1}],
+///     "peers": [{"node": 2, "address": "192.0.2.2", "networks": ["default"]}]
+/// }"#).unwrap();
+/// let uplink = Underlay {
+///     mac: EthernetAddress([0x02, 0, 0, 0, 0, 1]),
+///     ip: Ipv4Address::new(192, 0, 2, 1),
+/// };
+/// let mut overlay = Overlay::from_config(&config, uplink, Limits::default(), 0x5eed).unwrap();
+/// let now = Instant::from_secs(0);
+/// let peer = Ipv4Address::new(192, 0, 2, 2);
+/// // The uplink's ARP resolved the peer; control says where a remote container lives.
+/// overlay.set_neighbor(peer, Some(EthernetAddress([0x02, 0, 0, 0, 0, 2]))).unwrap();
+/// let vni = overlay.vni_of("default").unwrap();
+/// let remote = EthernetAddress([0x02, 0x42, 0x0a, 0x51, 0x80, 2]);
+/// overlay
+///     .add_static(vni, remote, Location::Remote(peer), Some(Ipv4Address::new(10, 81, 128, 2)), now)
+///     .unwrap();
+///
+/// // A frame from a local container to the remote one leaves encapsulated.
+/// let mut frame = vec![0u8; 60];
+/// frame[..6].copy_from_slice(&remote.0);
+/// frame[6..12].copy_from_slice(&[0x02, 0x42, 0x0a, 0x51, 0x80, 1]);
+/// frame[12..14].copy_from_slice(&[0x08, 0x00]);
+/// let Verdict::Forward(out) = overlay.rx_link(now, vni, &frame) else { panic!() };
+/// assert_eq!(out.len(), 1);
+/// assert_eq!(out[0].0, Egress::Uplink);
+/// assert_eq!(out[0].1.len(), 50 + 60);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Overlay {
     grid: GridConfig,
@@ -798,7 +836,7 @@ impl Overlay {
 
     /// A frame received on the uplink. Anything that is not VXLAN for us comes back as
     /// `Drop(NotVxlan)` for the rest of the stack to look at.
-    pub fn rx_uplink(&mut self, _now: Instant, frame: &[u8]) -> Verdict {
+    pub fn rx_uplink(&mut self, now: Instant, frame: &[u8]) -> Verdict {
         let d = match vxlan::decapsulate(frame, self.grid.vxlan_port) {
             Ok(d) => d,
             Err(e) => {
@@ -844,7 +882,7 @@ impl Overlay {
         } else if Some(dst) == net.appliance_mac {
             egress.push(Egress::Appliance);
         } else {
-            match net.fdb.lookup(&dst, _now) {
+            match net.fdb.lookup(&dst, now) {
                 Some(Location::Remote(_)) => return self.drop(Some(vni), DropReason::NotLocal),
                 // Local, or unknown: the link is one segment, deliver it there.
                 Some(Location::Local) | None => egress.push(Egress::Link),
