@@ -873,21 +873,22 @@ impl Overlay {
         let Some(net) = self.networks.get(&vni) else {
             return self.drop(None, DropReason::UnknownVni);
         };
-        let mut egress: Vec<Egress> = Vec::with_capacity(2);
-        if !dst.is_unicast() {
-            egress.push(Egress::Link);
+        // At most two local ports: the link and the appliance.
+        let egress: &[Egress] = if !dst.is_unicast() {
             if net.appliance_mac.is_some() {
-                egress.push(Egress::Appliance);
+                &[Egress::Link, Egress::Appliance]
+            } else {
+                &[Egress::Link]
             }
         } else if Some(dst) == net.appliance_mac {
-            egress.push(Egress::Appliance);
+            &[Egress::Appliance]
         } else {
             match net.fdb.lookup(&dst, now) {
                 Some(Location::Remote(_)) => return self.drop(Some(vni), DropReason::NotLocal),
                 // Local, or unknown: the link is one segment, deliver it there.
-                Some(Location::Local) | None => egress.push(Egress::Link),
+                Some(Location::Local) | None => &[Egress::Link],
             }
-        }
+        };
         if let Some(peer) = self.peers.get_mut(&d.src_ip) {
             peer.counters.rx_packets += 1;
             peer.counters.rx_bytes += frame.len() as u64;
@@ -897,8 +898,8 @@ impl Overlay {
         };
         net.counters.uplink_rx += 1;
         let out = egress
-            .into_iter()
-            .map(|e| {
+            .iter()
+            .map(|&e| {
                 match e {
                     Egress::Link => net.counters.link_tx += 1,
                     Egress::Appliance => net.counters.appliance_tx += 1,
