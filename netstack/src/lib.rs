@@ -3,11 +3,14 @@
 extern crate alloc;
 
 pub mod counters;
+pub mod fdb;
 pub mod iface;
+pub mod overlay;
 pub mod pcap;
 pub mod port;
 pub mod probe;
 pub mod stack;
+pub mod vxlan;
 
 pub use counters::{DropCounters, DropReason, NicCounters};
 pub use iface::{NicAddress, NicIface, QueueDevice, IP_MTU, MAX_FRAME_LEN};

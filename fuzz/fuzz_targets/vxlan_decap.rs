@@ -1,0 +1,59 @@
+//! Arbitrary bytes on the uplink: the VXLAN header parser, the outer-frame decap and
+//! the VTEP's uplink path must refuse or deliver, never panic. Frames that decap are
+//! checked to deliver exactly the inner bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, Ipv4Address};
+use weft_netstack::overlay::config::{GridConfig, NetworkConfig, NodeId, PeerConfig};
+use weft_netstack::overlay::{Limits, Overlay, Underlay, Verdict};
+use weft_netstack::vxlan::{self, Vni};
+
+fn overlay() -> Overlay {
+    let underlay = Underlay {
+        mac: EthernetAddress([0x02, 0, 0, 0, 0, 1]),
+        ip: Ipv4Address::new(192, 0, 2, 1),
+    };
+    let node = NodeId::new(1).expect("1 is a node number");
+    let mut o = Overlay::new(GridConfig::new(node), underlay, Limits::default(), 1)
+        .expect("default grid is valid");
+    for (name, vni) in [("a", 1), ("b", 42)] {
+        o.add_network(&NetworkConfig {
+            name: name.into(),
+            vni: Vni::new(vni).expect("small VNI"),
+        })
+        .expect("network");
+    }
+    o.add_peer(&PeerConfig {
+        node: NodeId::new(2).expect("2 is a node number"),
+        name: None,
+        address: Ipv4Address::new(192, 0, 2, 2),
+        networks: vec!["a".into(), "b".into()],
+    })
+    .expect("peer");
+    o.attach_appliance(
+        Vni::new(42).expect("small VNI"),
+        Some(EthernetAddress([0x02, 0x42, 0, 0, 0, 1])),
+    )
+    .expect("attach");
+    o
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(packet) = vxlan::Packet::new_checked(data) {
+        let _ = vxlan::Repr::parse(&packet);
+    }
+    let decap = vxlan::decapsulate(data, vxlan::VXLAN_PORT);
+    let mut o = overlay();
+    match o.rx_uplink(Instant::from_millis(0), data) {
+        Verdict::Forward(out) => {
+            let inner = decap.expect("forwarded frames decapsulate").inner;
+            for (_, frame) in out {
+                assert_eq!(frame, inner);
+            }
+        }
+        Verdict::Drop(_) => {}
+        Verdict::Refuse { .. } => panic!("the uplink never refuses with a reply"),
+    }
+});

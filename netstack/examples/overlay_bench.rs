@@ -1,0 +1,187 @@
+//! Host benchmark of the overlay packet path: VXLAN encap and decap of 64-byte and
+//! 1400-byte inner frames, in ns/packet and packets/s on one core.
+//!
+//! Run with `cargo run --release -p weft-netstack --example overlay_bench`
+//! (optionally followed by the number of packets per case and a substring that selects
+//! the cases to run, e.g. `-- 5000000 "vtep encap 64B"`; under `perf stat -e cycles:u`
+//! one case gives cycles/packet that do not depend on the machine's load). Two layers
+//! are measured:
+//! `wire` is `vxlan::encapsulate`/`decapsulate` into a reused buffer; `vtep` is the
+//! whole decision (`Overlay::rx_link`/`rx_uplink`: FDB lookup, flow hash, MTU check,
+//! counters, one allocation per output frame). Figures, not assertions.
+
+use std::hint::black_box;
+use std::time::Instant as Clock;
+
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, Ipv4Address};
+use weft_netstack::fdb::Location;
+use weft_netstack::overlay::config::{GridConfig, NetworkConfig, NodeId, PeerConfig};
+use weft_netstack::overlay::{Limits, Overlay, Underlay, Verdict};
+use weft_netstack::vxlan::{self, DfPolicy, Outer, Vni};
+
+const LOCAL: Underlay = Underlay {
+    mac: EthernetAddress([0x02, 0, 0, 0, 0, 1]),
+    ip: Ipv4Address::new(192, 0, 2, 1),
+};
+const PEER: Ipv4Address = Ipv4Address::new(192, 0, 2, 2);
+const PEER_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 2]);
+const CONTAINER: EthernetAddress = EthernetAddress([0x02, 0x42, 0x0a, 0x51, 0x80, 1]);
+const REMOTE_CONTAINER: EthernetAddress = EthernetAddress([0x02, 0x42, 0x0a, 0x51, 0x80, 2]);
+
+/// An inner Ethernet/IPv4/UDP frame of `len` bytes in total.
+fn inner_frame(dst: EthernetAddress, src: EthernetAddress, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst.0);
+    f[6..12].copy_from_slice(&src.0);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (len - 14) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[10, 81, 128, 1]);
+    f[30..34].copy_from_slice(&[10, 81, 128, 2]);
+    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&5201u16.to_be_bytes());
+    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f
+}
+
+fn overlay(udp_checksum: bool) -> (Overlay, Vni) {
+    let vni = Vni::new(42).unwrap();
+    let mut grid = GridConfig::new(NodeId::new(1).unwrap());
+    grid.udp_checksum = udp_checksum;
+    let mut o = Overlay::new(grid, LOCAL, Limits::default(), 0x5eed).unwrap();
+    o.add_network(&NetworkConfig {
+        name: "bench".into(),
+        vni,
+    })
+    .unwrap();
+    o.add_peer(&PeerConfig {
+        node: NodeId::new(2).unwrap(),
+        name: None,
+        address: PEER,
+        networks: vec!["bench".into()],
+    })
+    .unwrap();
+    o.set_neighbor(PEER, Some(PEER_MAC)).unwrap();
+    o.add_static(
+        vni,
+        REMOTE_CONTAINER,
+        Location::Remote(PEER),
+        None,
+        Instant::from_millis(0),
+    )
+    .unwrap();
+    (o, vni)
+}
+
+fn outer(vni: Vni, udp_checksum: bool, src_ip: Ipv4Address, dst_ip: Ipv4Address) -> Outer {
+    Outer {
+        src_mac: LOCAL.mac,
+        dst_mac: PEER_MAC,
+        src_ip,
+        dst_ip,
+        src_port: 50000,
+        dst_port: vxlan::VXLAN_PORT,
+        vni,
+        ident: 0,
+        ttl: 64,
+        df: DfPolicy::Unset,
+        udp_checksum,
+    }
+}
+
+fn report(name: &str, packets: u64, elapsed: std::time::Duration) {
+    let ns = elapsed.as_nanos() as f64 / packets as f64;
+    println!("{name:<44} {ns:>8.1} ns/packet {:>8.2} Mpps", 1e3 / ns);
+}
+
+fn run(name: &str, packets: u64, mut f: impl FnMut(u64)) {
+    let filter = std::env::args().nth(2).unwrap_or_default();
+    if !name.contains(&filter) {
+        return;
+    }
+    for i in 0..packets / 10 {
+        f(i); // warm up caches and the allocator
+    }
+    let start = Clock::now();
+    for i in 0..packets {
+        f(i);
+    }
+    report(name, packets, start.elapsed());
+}
+
+fn main() {
+    let packets: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
+    println!("{packets} packets per case, one core");
+    for size in [64usize, 1400] {
+        for csum in [false, true] {
+            let label = |what: &str| {
+                format!(
+                    "{what} {size}B inner, udp csum {}",
+                    if csum { "on" } else { "off" }
+                )
+            };
+            let (mut o, vni) = overlay(csum);
+            let to_remote = inner_frame(REMOTE_CONTAINER, CONTAINER, size);
+            let from_remote = inner_frame(CONTAINER, REMOTE_CONTAINER, size);
+
+            if !csum {
+                run(
+                    &format!("flow hash (UDP src port) {size}B inner"),
+                    packets,
+                    |i| {
+                        black_box(vxlan::flow_src_port(
+                            black_box(&to_remote),
+                            i as u32,
+                            vxlan::DEFAULT_SRC_PORT_RANGE,
+                        ));
+                    },
+                );
+            }
+            let o_out = outer(vni, csum, LOCAL.ip, PEER);
+            let mut buf = Vec::with_capacity(2048);
+            run(&label("wire encap"), packets, |_| {
+                buf.clear();
+                vxlan::encapsulate(&o_out, black_box(&to_remote), &mut buf).unwrap();
+                black_box(&buf);
+            });
+
+            let mut received = Vec::new();
+            vxlan::encapsulate(
+                &outer(vni, csum, PEER, LOCAL.ip),
+                &from_remote,
+                &mut received,
+            )
+            .unwrap();
+            run(&label("wire decap"), packets, |_| {
+                let d = vxlan::decapsulate(black_box(&received), vxlan::VXLAN_PORT).unwrap();
+                black_box(d.inner);
+            });
+
+            run(&label("vtep encap (rx_link)"), packets, |i| {
+                let now = Instant::from_micros(i as i64);
+                match o.rx_link(now, vni, black_box(&to_remote)) {
+                    Verdict::Forward(out) => {
+                        black_box(out);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            });
+            run(&label("vtep decap (rx_uplink)"), packets, |i| {
+                let now = Instant::from_micros(i as i64);
+                match o.rx_uplink(now, black_box(&received)) {
+                    Verdict::Forward(out) => {
+                        black_box(out);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! The overlay's part of the config document: `[grid]`, `[[networks]]` and `[[peers]]`,
+//! as serde types that refuse unknown fields, and their validation.
+//!
+//! The appliance's top-level document holds these three sections as fields and builds an
+//! [`OverlayConfig`] from them; nothing here applies anything, it only says whether a
+//! configuration makes sense before any of it is used.
+
+use alloc::collections::BTreeSet;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
+
+use crate::vxlan::{DfPolicy, Vni, VXLAN_PORT};
+
+/// The grid subnet when none is configured (Kontena's `10.81.0.0/16`).
+pub const DEFAULT_SUBNET: Ipv4Cidr = Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 16);
+/// The default overlay MTU: a 1500-byte underlay minus the 50 bytes VXLAN adds.
+pub const DEFAULT_MTU: u16 = 1500 - crate::vxlan::ENCAP_OVERHEAD as u16;
+/// The smallest MTU an IPv4 link may have (RFC 791).
+pub const MIN_MTU: u16 = 68;
+/// The largest overlay MTU: a 9000-byte jumbo underlay minus the VXLAN overhead.
+pub const MAX_MTU: u16 = 9000 - crate::vxlan::ENCAP_OVERHEAD as u16;
+/// At most this many networks and this many peers.
+pub const MAX_NETWORKS: usize = 1024;
+pub const MAX_PEERS: usize = 1024;
+/// Names of networks and peers: 1 to 64 characters of `[A-Za-z0-9_.-]`.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A node's number in the grid: 1..=254, so that its overlay address is
+/// `<subnet>.0.<n>` (`10.81.0.<n>` in the default subnet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(u8);
+
+impl NodeId {
+    pub const fn new(n: u8) -> Option<NodeId> {
+        if n >= 1 && n <= 254 {
+            Some(NodeId(n))
+        } else {
+            None
+        }
+    }
+
+    pub const fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NodeId, D::Error> {
+        let n = u32::deserialize(d)?;
+        u8::try_from(n)
+            .ok()
+            .and_then(NodeId::new)
+            .ok_or_else(|| serde::de::Error::custom("node number must be 1..=254"))
+    }
+}
+
+/// An IPv4 subnet written `a.b.c.d/len`, with no host bits set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet(pub Ipv4Cidr);
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for Subnet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Subnet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Subnet, D::Error> {
+        let text = String::deserialize(d)?;
+        let cidr = Ipv4Cidr::from_str(&text)
+            .map_err(|()| serde::de::Error::custom("expected an IPv4 subnet a.b.c.d/len"))?;
+        Ok(Subnet(cidr))
+    }
+}
+
+fn default_subnet() -> Subnet {
+    Subnet(DEFAULT_SUBNET)
+}
+
+fn default_port() -> u16 {
+    VXLAN_PORT
+}
+
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+
+/// `[grid]`: the overlay as a whole and this node's place in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridConfig {
+    #[serde(default = "default_subnet")]
+    pub subnet: Subnet,
+    /// This node's number.
+    pub node: NodeId,
+    #[serde(default = "default_port")]
+    pub vxlan_port: u16,
+    /// The overlay MTU: the largest inner IP packet carried without refusal.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// The outer DF bit (Linux's default: unset).
+    #[serde(default)]
+    pub df: DfPolicy,
+    /// Send outer UDP checksums (Linux's `udpcsum`, its default); zero when false.
+    #[serde(default = "default_true")]
+    pub udp_checksum: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl GridConfig {
+    /// A grid section with every default and node number `node`.
+    pub fn new(node: NodeId) -> GridConfig {
+        GridConfig {
+            subnet: default_subnet(),
+            node,
+            vxlan_port: VXLAN_PORT,
+            mtu: DEFAULT_MTU,
+            df: DfPolicy::default(),
+            udp_checksum: true,
+        }
+    }
+
+    /// The overlay address of node `node`: the subnet's base plus the node number
+    /// (`10.81.0.<n>`).
+    pub fn node_address(&self, node: NodeId) -> Ipv4Address {
+        let base = u32::from(self.subnet.0.network().address());
+        Ipv4Address::from(base + u32::from(node.get()))
+    }
+}
+
+/// `[[networks]]`: one L2 overlay network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub name: String,
+    pub vni: Vni,
+}
+
+/// `[[peers]]`: another node of the grid and the networks it takes part in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub node: NodeId,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The peer's underlay (VTEP) address.
+    pub address: Ipv4Address,
+    /// Names of the networks, from `[[networks]]`, that the peer carries.
+    #[serde(default)]
+    pub networks: Vec<String>,
+}
+
+/// The three overlay sections together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayConfig {
+    pub grid: GridConfig,
+    #[serde(default)]
+    pub networks: Vec<NetworkConfig>,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+/// What is wrong with an overlay configuration; the first problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Host bits set in the grid subnet, or a prefix longer than /24 (no room for
+    /// node addresses below containers).
+    BadSubnet(Subnet),
+    ZeroPort,
+    MtuOutOfRange(u16),
+    BadName(String),
+    DuplicateNetworkName(String),
+    DuplicateVni(Vni),
+    TooManyNetworks,
+    TooManyPeers,
+    /// A peer with this node's own number.
+    PeerIsSelf(NodeId),
+    DuplicatePeerNode(NodeId),
+    DuplicatePeerName(String),
+    DuplicatePeerAddress(Ipv4Address),
+    /// An underlay address that cannot be one host's (unspecified, broadcast,
+    /// multicast, loopback).
+    BadPeerAddress(Ipv4Address),
+    UnknownNetwork {
+        peer: NodeId,
+        network: String,
+    },
+    DuplicatePeerNetwork {
+        peer: NodeId,
+        network: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        use ConfigError::*;
+        match self {
+            BadSubnet(s) => write!(f, "grid subnet {s} has host bits set or is longer than /24"),
+            ZeroPort => write!(f, "vxlan_port must not be 0"),
+            MtuOutOfRange(m) => write!(f, "mtu {m} is outside {MIN_MTU}..={MAX_MTU}"),
+            BadName(n) => write!(
+                f,
+                "name {n:?} must be 1..={MAX_NAME_LEN} characters of A-Z a-z 0-9 _ . -"
+            ),
+            DuplicateNetworkName(n) => write!(f, "network {n:?} is defined twice"),
+            DuplicateVni(v) => write!(f, "VNI {v} is used by two networks"),
+            TooManyNetworks => write!(f, "more than {MAX_NETWORKS} networks"),
+            TooManyPeers => write!(f, "more than {MAX_PEERS} peers"),
+            PeerIsSelf(n) => write!(f, "peer {n} has this node's own number"),
+            DuplicatePeerNode(n) => write!(f, "peer node {n} is listed twice"),
+            DuplicatePeerName(n) => write!(f, "peer name {n:?} is used twice"),
+            DuplicatePeerAddress(a) => write!(f, "peer address {a} is used twice"),
+            BadPeerAddress(a) => write!(f, "peer address {a} is not a unicast host address"),
+            UnknownNetwork { peer, network } => {
+                write!(f, "peer {peer} names unknown network {network:?}")
+            }
+            DuplicatePeerNetwork { peer, network } => {
+                write!(f, "peer {peer} lists network {network:?} twice")
+            }
+        }
+    }
+}
+
+/// Whether `name` is acceptable for a network or a peer.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Whether `addr` can be a peer's underlay address.
+pub fn valid_underlay_address(addr: Ipv4Address) -> bool {
+    !(addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback())
+}
+
+impl GridConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let cidr = self.subnet.0;
+        if cidr.prefix_len() > 24 || cidr.network().address() != cidr.address() {
+            return Err(ConfigError::BadSubnet(self.subnet));
+        }
+        if self.vxlan_port == 0 {
+            return Err(ConfigError::ZeroPort);
+        }
+        if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
+            return Err(ConfigError::MtuOutOfRange(self.mtu));
+        }
+        Ok(())
+    }
+}
+
+impl NetworkConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !valid_name(&self.name) {
+            return Err(ConfigError::BadName(self.name.clone()));
+        }
+        Ok(())
+    }
+}
+
+impl OverlayConfig {
+    /// Check the whole configuration; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.grid.validate()?;
+        if self.networks.len() > MAX_NETWORKS {
+            return Err(ConfigError::TooManyNetworks);
+        }
+        if self.peers.len() > MAX_PEERS {
+            return Err(ConfigError::TooManyPeers);
+        }
+        let mut names = BTreeSet::new();
+        let mut vnis = BTreeSet::new();
+        for net in &self.networks {
+            net.validate()?;
+            if !names.insert(net.name.as_str()) {
+                return Err(ConfigError::DuplicateNetworkName(net.name.clone()));
+            }
+            if !vnis.insert(net.vni) {
+                return Err(ConfigError::DuplicateVni(net.vni));
+            }
+        }
+        let mut nodes = BTreeSet::new();
+        let mut peer_names = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        for peer in &self.peers {
+            if peer.node == self.grid.node {
+                return Err(ConfigError::PeerIsSelf(peer.node));
+            }
+            if !nodes.insert(peer.node) {
+                return Err(ConfigError::DuplicatePeerNode(peer.node));
+            }
+            if let Some(name) = &peer.name {
+                if !valid_name(name) {
+                    return Err(ConfigError::BadName(name.clone()));
+                }
+                if !peer_names.insert(name.as_str()) {
+                    return Err(ConfigError::DuplicatePeerName(name.clone()));
+                }
+            }
+            if !valid_underlay_address(peer.address) {
+                return Err(ConfigError::BadPeerAddress(peer.address));
+            }
+            if !addresses.insert(peer.address) {
+                return Err(ConfigError::DuplicatePeerAddress(peer.address));
+            }
+            let mut seen = BTreeSet::new();
+            for network in &peer.networks {
+                if !names.contains(network.as_str()) {
+                    return Err(ConfigError::UnknownNetwork {
+                        peer: peer.node,
+                        network: network.clone(),
+                    });
+                }
+                if !seen.insert(network.as_str()) {
+                    return Err(ConfigError::DuplicatePeerNetwork {
+                        peer: peer.node,
+                        network: network.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The VNI of the network called `name`.
+    pub fn vni_of(&self, name: &str) -> Option<Vni> {
+        self.networks.iter().find(|n| n.name == name).map(|n| n.vni)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    const DOC: &str = r#"{
+        "grid": {"node": 1},
+        "networks": [{"name": "default", "vni": 1}, {"name": "db", "vni": 42}],
+        "peers": [
+            {"node": 2, "name": "node-2", "address": "192.0.2.2", "networks": ["default", "db"]},
+            {"node": 3, "address": "192.0.2.3", "networks": ["default"]}
+        ]
+    }"#;
+
+    fn parse(doc: &str) -> Result<OverlayConfig, serde_json::Error> {
+        serde_json::from_str(doc)
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = parse(DOC).unwrap();
+        assert_eq!(cfg.grid.subnet.0, DEFAULT_SUBNET);
+        assert_eq!(cfg.grid.vxlan_port, 4789);
+        assert_eq!(cfg.grid.mtu, 1450);
+        assert_eq!(cfg.grid.df, DfPolicy::Unset);
+        assert!(cfg.grid.udp_checksum);
+        assert_eq!(cfg.grid, GridConfig::new(NodeId::new(1).unwrap()));
+        assert_eq!(
+            cfg.grid.node_address(cfg.grid.node),
+            Ipv4Address::new(10, 81, 0, 1)
+        );
+        assert_eq!(cfg.vni_of("db"), Vni::new(42));
+        assert_eq!(cfg.validate(), Ok(()));
+    }
+
+    #[test]
+    fn round_trip() {
+        let cfg = parse(DOC).unwrap();
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(parse(&text).unwrap(), cfg);
+        assert!(text.contains("\"subnet\":\"10.81.0.0/16\""), "{text}");
+    }
+
+    #[test]
+    fn refused_at_parse() {
+        for doc in [
+            r#"{"grid": {"node": 1, "nodes": 2}}"#,
+            r#"{"grid": {"node": 0}}"#,
+            r#"{"grid": {"node": 255}}"#,
+            r#"{"grid": {"node": 1}, "networks": [{"name": "a", "vni": 16777216}]}"#,
+            r#"{"grid": {"node": 1}, "networks": [{"name": "a", "vni": 1, "x": 1}]}"#,
+            r#"{"grid": {"node": 1, "subnet": "10.81.0.0"}}"#,
+            r#"{"grid": {"node": 1, "subnet": "10.81.0.0/33"}}"#,
+            r#"{"grid": {"node": 1, "mtu": 70000}}"#,
+            r#"{"grid": {"node": 1, "df": "sometimes"}}"#,
+            r#"{"grid": {"node": 1}, "peers": [{"node": 2, "address": "192.0.2"}]}"#,
+            r#"{"grid": {"node": 1}, "extra": {}}"#,
+        ] {
+            assert!(parse(doc).is_err(), "{doc}");
+        }
+    }
+
+    #[test]
+    fn refused_at_validation() {
+        let base = parse(DOC).unwrap();
+        type Mutation = fn(&mut OverlayConfig);
+        let cases: Vec<(Mutation, ConfigError)> = vec![
+            (
+                |c| c.grid.subnet = Subnet(Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 1), 16)),
+                ConfigError::BadSubnet(Subnet(Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 1), 16))),
+            ),
+            (
+                |c| c.grid.subnet = Subnet(Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 25)),
+                ConfigError::BadSubnet(Subnet(Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 25))),
+            ),
+            (|c| c.grid.vxlan_port = 0, ConfigError::ZeroPort),
+            (|c| c.grid.mtu = 67, ConfigError::MtuOutOfRange(67)),
+            (|c| c.grid.mtu = 8951, ConfigError::MtuOutOfRange(8951)),
+            (
+                |c| c.networks[1].name = "de fault".to_string(),
+                ConfigError::BadName("de fault".to_string()),
+            ),
+            (
+                |c| c.networks[1].name = "default".to_string(),
+                ConfigError::DuplicateNetworkName("default".to_string()),
+            ),
+            (
+                |c| c.networks[1].vni = c.networks[0].vni,
+                ConfigError::DuplicateVni(Vni::new(1).unwrap()),
+            ),
+            (
+                |c| c.peers[0].node = c.grid.node,
+                ConfigError::PeerIsSelf(NodeId(1)),
+            ),
+            (
+                |c| c.peers[1].node = c.peers[0].node,
+                ConfigError::DuplicatePeerNode(NodeId(2)),
+            ),
+            (
+                |c| c.peers[1].name = Some("node-2".to_string()),
+                ConfigError::DuplicatePeerName("node-2".to_string()),
+            ),
+            (
+                |c| c.peers[1].address = c.peers[0].address,
+                ConfigError::DuplicatePeerAddress(Ipv4Address::new(192, 0, 2, 2)),
+            ),
+            (
+                |c| c.peers[1].address = Ipv4Address::new(127, 0, 0, 1),
+                ConfigError::BadPeerAddress(Ipv4Address::new(127, 0, 0, 1)),
+            ),
+            (
+                |c| c.peers[1].address = Ipv4Address::BROADCAST,
+                ConfigError::BadPeerAddress(Ipv4Address::BROADCAST),
+            ),
+            (
+                |c| c.peers[1].networks.push("web".to_string()),
+                ConfigError::UnknownNetwork {
+                    peer: NodeId(3),
+                    network: "web".to_string(),
+                },
+            ),
+            (
+                |c| c.peers[1].networks.push("default".to_string()),
+                ConfigError::DuplicatePeerNetwork {
+                    peer: NodeId(3),
+                    network: "default".to_string(),
+                },
+            ),
+        ];
+        for (i, (mutate, want)) in cases.into_iter().enumerate() {
+            let mut cfg = base.clone();
+            mutate(&mut cfg);
+            assert_eq!(cfg.validate(), Err(want), "case {i}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("a"));
+        assert!(valid_name("front-end_1.x"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name("ä"));
+        assert!(valid_name(&"x".repeat(64)));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+}

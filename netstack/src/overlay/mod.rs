@@ -1,0 +1,1178 @@
+//! The overlay VTEP: the L2 bridge decision for every overlay network (VXLAN VNI)
+//! between the container link, the appliance's own interface and the peers on the
+//! uplink, and the VXLAN encapsulation that carries frames to those peers.
+//!
+//! Sans-I/O, boringtun style: [`Overlay::rx_link`], [`Overlay::rx_appliance`] and
+//! [`Overlay::rx_uplink`] take one received frame and return a [`Verdict`]: the frames
+//! to send and where, or a counted [`DropReason`]. Frames never cross from one network
+//! to another; nothing is learned from the uplink (remote entries are static, pushed by
+//! control, as Docker's overlay does). Time is an argument; no clock, no I/O, no panics
+//! on input.
+
+pub mod config;
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::Serialize;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Address,
+    Ipv4Packet, Ipv4Repr, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
+};
+
+use crate::fdb::{self, ArpTable, Fdb, Learn, Location, Origin, TableError};
+use crate::vxlan::{self, DecapError, Outer, SrcPortRange, Vni};
+use config::{ConfigError, GridConfig, NetworkConfig, NodeId, OverlayConfig, PeerConfig};
+
+/// Where a frame leaves the appliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    /// The container link (the local segment of the network).
+    Link,
+    /// The appliance's own interface on this network (its overlay address).
+    Appliance,
+    /// The uplink, already encapsulated for one peer.
+    Uplink,
+}
+
+/// One frame to transmit: where, and the complete Ethernet frame (no FCS).
+pub type Output = (Egress, Vec<u8>);
+
+/// What became of one received frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send these frames. Empty when the frame stays on the segment it came from.
+    Forward(Vec<Output>),
+    /// Refused and counted.
+    Drop(DropReason),
+    /// Refused and counted, with a reply for the sender: ICMP "fragmentation needed"
+    /// for an IPv4 packet with DF set that is larger than the overlay MTU.
+    Refuse { reason: DropReason, reply: Output },
+}
+
+/// Why a frame was dropped. Each reason has a counter in [`DropCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// An uplink frame that is not VXLAN to our address and port: the rest of the stack
+    /// may want it.
+    NotVxlan,
+    /// Outer IPv4/UDP header truncated, inconsistent or with a bad checksum.
+    BadOuterHeader,
+    /// An outer IPv4 fragment (VTEPs do not reassemble).
+    OuterFragment,
+    /// A VXLAN header without the I flag, or truncated.
+    BadVxlanHeader,
+    /// A VNI (from the wire or the caller) with no configured network.
+    UnknownVni,
+    /// VXLAN from an address that is not a peer of that network.
+    UnknownPeer,
+    /// A frame shorter than an Ethernet header.
+    Runt,
+    /// A broadcast or multicast source MAC address.
+    BadSourceMac,
+    /// A frame from a peer for a MAC that control says lives on another peer.
+    NotLocal,
+    /// Larger than the overlay MTU.
+    TooBig,
+    /// The underlay MAC address of the peer (or its next hop) is not known yet.
+    NoNeighbor,
+    /// A frame from the appliance on a network it is not attached to.
+    NotAttached,
+}
+
+/// Frames dropped, by reason. Serialized as-is into `status`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DropCounters {
+    pub not_vxlan: u64,
+    pub bad_outer_header: u64,
+    pub outer_fragment: u64,
+    pub bad_vxlan_header: u64,
+    pub unknown_vni: u64,
+    pub unknown_peer: u64,
+    pub runt: u64,
+    pub bad_source_mac: u64,
+    pub not_local: u64,
+    pub too_big: u64,
+    pub no_neighbor: u64,
+    pub not_attached: u64,
+}
+
+impl DropCounters {
+    fn count(&mut self, reason: DropReason) {
+        let c = match reason {
+            DropReason::NotVxlan => &mut self.not_vxlan,
+            DropReason::BadOuterHeader => &mut self.bad_outer_header,
+            DropReason::OuterFragment => &mut self.outer_fragment,
+            DropReason::BadVxlanHeader => &mut self.bad_vxlan_header,
+            DropReason::UnknownVni => &mut self.unknown_vni,
+            DropReason::UnknownPeer => &mut self.unknown_peer,
+            DropReason::Runt => &mut self.runt,
+            DropReason::BadSourceMac => &mut self.bad_source_mac,
+            DropReason::NotLocal => &mut self.not_local,
+            DropReason::TooBig => &mut self.too_big,
+            DropReason::NoNeighbor => &mut self.no_neighbor,
+            DropReason::NotAttached => &mut self.not_attached,
+        };
+        *c = c.wrapping_add(1);
+    }
+
+    /// The counter for `reason`.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        match reason {
+            DropReason::NotVxlan => self.not_vxlan,
+            DropReason::BadOuterHeader => self.bad_outer_header,
+            DropReason::OuterFragment => self.outer_fragment,
+            DropReason::BadVxlanHeader => self.bad_vxlan_header,
+            DropReason::UnknownVni => self.unknown_vni,
+            DropReason::UnknownPeer => self.unknown_peer,
+            DropReason::Runt => self.runt,
+            DropReason::BadSourceMac => self.bad_source_mac,
+            DropReason::NotLocal => self.not_local,
+            DropReason::TooBig => self.too_big,
+            DropReason::NoNeighbor => self.no_neighbor,
+            DropReason::NotAttached => self.not_attached,
+        }
+    }
+
+    /// Every frame the overlay refused, whatever the reason, except `not_vxlan`: those
+    /// were handed back to the rest of the stack, not lost.
+    pub fn total(&self) -> u64 {
+        [
+            self.bad_outer_header,
+            self.outer_fragment,
+            self.bad_vxlan_header,
+            self.unknown_vni,
+            self.unknown_peer,
+            self.runt,
+            self.bad_source_mac,
+            self.not_local,
+            self.too_big,
+            self.no_neighbor,
+            self.not_attached,
+        ]
+        .iter()
+        .fold(0u64, |a, b| a.wrapping_add(*b))
+    }
+}
+
+/// Traffic of one overlay network.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NetworkCounters {
+    /// Frames taken from the container link / the appliance / peers (decapsulated).
+    pub link_rx: u64,
+    pub appliance_rx: u64,
+    pub uplink_rx: u64,
+    /// Frames handed to the container link / the appliance / peers (encapsulated).
+    pub link_tx: u64,
+    pub appliance_tx: u64,
+    pub uplink_tx: u64,
+    /// Frames replicated to every peer (broadcast, multicast, unknown unicast).
+    pub flooded: u64,
+    /// Frames that stayed on the segment they came from.
+    pub filtered: u64,
+    /// ARP requests answered from the ARP table.
+    pub arp_suppressed: u64,
+    /// ICMP "fragmentation needed" sent back to senders.
+    pub icmp_frag_needed: u64,
+    /// Source addresses not learned because the FDB was full.
+    pub learn_refused: u64,
+    /// Drops attributed to this network (also counted in the overlay's totals).
+    pub drops: DropCounters,
+}
+
+/// Traffic exchanged with one peer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PeerCounters {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Packets for this peer dropped because its underlay MAC was unknown.
+    pub no_neighbor: u64,
+}
+
+/// This appliance's own address on the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Underlay {
+    pub mac: EthernetAddress,
+    pub ip: Ipv4Address,
+}
+
+/// Table sizes and timers of each network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub fdb_capacity: usize,
+    pub arp_capacity: usize,
+    pub ageing: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            fdb_capacity: 4096,
+            arp_capacity: 4096,
+            ageing: fdb::DEFAULT_AGEING,
+        }
+    }
+}
+
+/// Why a control operation on the overlay was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverlayError {
+    Config(ConfigError),
+    Table(TableError),
+    /// No network with this name or VNI.
+    UnknownNetwork(String),
+    /// No peer with this underlay address.
+    UnknownPeer(Ipv4Address),
+    /// A static entry that points at a peer which does not carry the network.
+    PeerNotInNetwork {
+        peer: Ipv4Address,
+        vni: Vni,
+    },
+    /// An underlay address equal to this appliance's own.
+    PeerIsSelf(Ipv4Address),
+}
+
+impl fmt::Display for OverlayError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            OverlayError::Config(e) => write!(f, "{e}"),
+            OverlayError::Table(e) => write!(f, "{e}"),
+            OverlayError::UnknownNetwork(n) => write!(f, "no network {n}"),
+            OverlayError::UnknownPeer(a) => write!(f, "no peer at {a}"),
+            OverlayError::PeerNotInNetwork { peer, vni } => {
+                write!(f, "peer {peer} does not carry VNI {vni}")
+            }
+            OverlayError::PeerIsSelf(a) => write!(f, "{a} is this appliance's own address"),
+        }
+    }
+}
+
+impl From<ConfigError> for OverlayError {
+    fn from(e: ConfigError) -> OverlayError {
+        OverlayError::Config(e)
+    }
+}
+
+impl From<TableError> for OverlayError {
+    fn from(e: TableError) -> OverlayError {
+        OverlayError::Table(e)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Network {
+    name: String,
+    fdb: Fdb,
+    arp: ArpTable,
+    appliance_mac: Option<EthernetAddress>,
+    counters: NetworkCounters,
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    node: NodeId,
+    name: Option<String>,
+    networks: BTreeSet<Vni>,
+    neighbor: Option<EthernetAddress>,
+    counters: PeerCounters,
+}
+
+/// The VTEP and bridge for every overlay network of this appliance.
+///
+/// ```
+/// use smoltcp::time::Instant;
+/// use smoltcp::wire::{EthernetAddress, Ipv4Address};
+/// use weft_netstack::fdb::Location;
+/// use weft_netstack::overlay::{Egress, Limits, Overlay, Underlay, Verdict};
+/// use weft_netstack::overlay::config::OverlayConfig;
+///
+/// let config: OverlayConfig = serde_json::from_str(r#"{
+///     "grid": {"node": 1},
+///     "networks": [{"name": "default", "vni": 1}],
+///     "peers": [{"node": 2, "address": "192.0.2.2", "networks": ["default"]}]
+/// }"#).unwrap();
+/// let uplink = Underlay {
+///     mac: EthernetAddress([0x02, 0, 0, 0, 0, 1]),
+///     ip: Ipv4Address::new(192, 0, 2, 1),
+/// };
+/// let mut overlay = Overlay::from_config(&config, uplink, Limits::default(), 0x5eed).unwrap();
+/// let now = Instant::from_secs(0);
+/// let peer = Ipv4Address::new(192, 0, 2, 2);
+/// // The uplink's ARP resolved the peer; control says where a remote container lives.
+/// overlay.set_neighbor(peer, Some(EthernetAddress([0x02, 0, 0, 0, 0, 2]))).unwrap();
+/// let vni = overlay.vni_of("default").unwrap();
+/// let remote = EthernetAddress([0x02, 0x42, 0x0a, 0x51, 0x80, 2]);
+/// overlay
+///     .add_static(vni, remote, Location::Remote(peer), Some(Ipv4Address::new(10, 81, 128, 2)), now)
+///     .unwrap();
+///
+/// // A frame from a local container to the remote one leaves encapsulated.
+/// let mut frame = vec![0u8; 60];
+/// frame[..6].copy_from_slice(&remote.0);
+/// frame[6..12].copy_from_slice(&[0x02, 0x42, 0x0a, 0x51, 0x80, 1]);
+/// frame[12..14].copy_from_slice(&[0x08, 0x00]);
+/// let Verdict::Forward(out) = overlay.rx_link(now, vni, &frame) else { panic!() };
+/// assert_eq!(out.len(), 1);
+/// assert_eq!(out[0].0, Egress::Uplink);
+/// assert_eq!(out[0].1.len(), 50 + 60);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    grid: GridConfig,
+    underlay: Underlay,
+    limits: Limits,
+    ttl: u8,
+    src_ports: SrcPortRange,
+    hash_seed: u32,
+    next_ident: u16,
+    networks: BTreeMap<Vni, Network>,
+    peers: BTreeMap<Ipv4Address, Peer>,
+    drops: DropCounters,
+}
+
+/// The port a frame came in on, for the split-horizon rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ingress {
+    Link,
+    Appliance,
+}
+
+impl Ingress {
+    fn egress(self) -> Egress {
+        match self {
+            Ingress::Link => Egress::Link,
+            Ingress::Appliance => Egress::Appliance,
+        }
+    }
+}
+
+/// Linux's default TTL for tunnel packets (`ip4_dst_hoplimit`, sysctl default 64).
+const DEFAULT_TTL: u8 = 64;
+/// RFC 1812 section 4.3.2.3: an ICMP error is at most 576 bytes of IP.
+const ICMP_ERROR_MAX_IP_LEN: usize = 576;
+const ICMP_HEADER_LEN: usize = 8;
+const VLAN_TAG_LEN: usize = 4;
+
+impl Overlay {
+    /// An overlay with no networks or peers. `seed` keys the flow hash of the UDP source
+    /// ports and starts the outer IPv4 identification; pass a random value.
+    pub fn new(
+        grid: GridConfig,
+        underlay: Underlay,
+        limits: Limits,
+        seed: u64,
+    ) -> Result<Overlay, OverlayError> {
+        grid.validate()?;
+        Ok(Overlay {
+            grid,
+            underlay,
+            limits,
+            ttl: DEFAULT_TTL,
+            src_ports: vxlan::DEFAULT_SRC_PORT_RANGE,
+            hash_seed: (seed ^ (seed >> 32)) as u32,
+            next_ident: (seed >> 16) as u16,
+            networks: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            drops: DropCounters::default(),
+        })
+    }
+
+    /// An overlay set up from the config document's three sections, validated first.
+    pub fn from_config(
+        config: &OverlayConfig,
+        underlay: Underlay,
+        limits: Limits,
+        seed: u64,
+    ) -> Result<Overlay, OverlayError> {
+        config.validate()?;
+        let mut overlay = Overlay::new(config.grid.clone(), underlay, limits, seed)?;
+        for net in &config.networks {
+            overlay.add_network(net)?;
+        }
+        for peer in &config.peers {
+            overlay.add_peer(peer)?;
+        }
+        Ok(overlay)
+    }
+
+    pub fn grid(&self) -> &GridConfig {
+        &self.grid
+    }
+
+    pub fn underlay(&self) -> Underlay {
+        self.underlay
+    }
+
+    /// This node's overlay address (`10.81.0.<n>`).
+    pub fn node_address(&self) -> Ipv4Address {
+        self.grid.node_address(self.grid.node)
+    }
+
+    /// Add a network, or rename the one with the same VNI; its tables are kept.
+    pub fn add_network(&mut self, net: &NetworkConfig) -> Result<(), OverlayError> {
+        net.validate()?;
+        if self
+            .networks
+            .iter()
+            .any(|(vni, n)| n.name == net.name && *vni != net.vni)
+        {
+            return Err(ConfigError::DuplicateNetworkName(net.name.clone()).into());
+        }
+        if let Some(existing) = self.networks.get_mut(&net.vni) {
+            existing.name = net.name.clone();
+            return Ok(());
+        }
+        if self.networks.len() >= config::MAX_NETWORKS {
+            return Err(ConfigError::TooManyNetworks.into());
+        }
+        self.networks.insert(
+            net.vni,
+            Network {
+                name: net.name.clone(),
+                fdb: Fdb::new(self.limits.fdb_capacity, self.limits.ageing),
+                arp: ArpTable::new(self.limits.arp_capacity),
+                appliance_mac: None,
+                counters: NetworkCounters::default(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Remove a network, its tables, and its membership in every peer.
+    pub fn remove_network(&mut self, vni: Vni) -> bool {
+        for peer in self.peers.values_mut() {
+            peer.networks.remove(&vni);
+        }
+        self.networks.remove(&vni).is_some()
+    }
+
+    /// The VNI of the network called `name`.
+    pub fn vni_of(&self, name: &str) -> Option<Vni> {
+        self.networks
+            .iter()
+            .find(|(_, n)| n.name == name)
+            .map(|(vni, _)| *vni)
+    }
+
+    /// Add a peer, or replace the one at the same underlay address (its counters and
+    /// neighbor MAC are kept; static entries of networks it left are removed).
+    pub fn add_peer(&mut self, peer: &PeerConfig) -> Result<(), OverlayError> {
+        if peer.node == self.grid.node {
+            return Err(ConfigError::PeerIsSelf(peer.node).into());
+        }
+        if peer.address == self.underlay.ip {
+            return Err(OverlayError::PeerIsSelf(peer.address));
+        }
+        if !config::valid_underlay_address(peer.address) {
+            return Err(ConfigError::BadPeerAddress(peer.address).into());
+        }
+        if let Some(name) = &peer.name {
+            if !config::valid_name(name) {
+                return Err(ConfigError::BadName(name.clone()).into());
+            }
+        }
+        if self
+            .peers
+            .iter()
+            .any(|(addr, p)| *addr != peer.address && p.node == peer.node)
+        {
+            return Err(ConfigError::DuplicatePeerNode(peer.node).into());
+        }
+        let mut networks = BTreeSet::new();
+        for name in &peer.networks {
+            let vni = self
+                .vni_of(name)
+                .ok_or_else(|| OverlayError::UnknownNetwork(name.clone()))?;
+            networks.insert(vni);
+        }
+        if !self.peers.contains_key(&peer.address) && self.peers.len() >= config::MAX_PEERS {
+            return Err(ConfigError::TooManyPeers.into());
+        }
+        let entry = self.peers.entry(peer.address).or_insert_with(|| Peer {
+            node: peer.node,
+            name: None,
+            networks: BTreeSet::new(),
+            neighbor: None,
+            counters: PeerCounters::default(),
+        });
+        let left: Vec<Vni> = entry.networks.difference(&networks).copied().collect();
+        entry.node = peer.node;
+        entry.name = peer.name.clone();
+        entry.networks = networks;
+        for vni in left {
+            if let Some(net) = self.networks.get_mut(&vni) {
+                forget_remote(net, peer.address);
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove a peer and every static entry that points at it.
+    pub fn remove_peer(&mut self, address: Ipv4Address) -> bool {
+        if self.peers.remove(&address).is_none() {
+            return false;
+        }
+        for net in self.networks.values_mut() {
+            forget_remote(net, address);
+        }
+        true
+    }
+
+    /// Record the underlay MAC to send a peer's packets to (the peer's own, or its
+    /// router's), as the uplink's ARP resolved it; `None` forgets it.
+    pub fn set_neighbor(
+        &mut self,
+        peer: Ipv4Address,
+        mac: Option<EthernetAddress>,
+    ) -> Result<(), OverlayError> {
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(OverlayError::UnknownPeer(peer))?;
+        p.neighbor = mac;
+        Ok(())
+    }
+
+    /// Peers whose underlay MAC is still unknown: the uplink should ARP for them.
+    pub fn peers_without_neighbor(&self) -> impl Iterator<Item = Ipv4Address> + '_ {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.neighbor.is_none())
+            .map(|(a, _)| *a)
+    }
+
+    /// Attach the appliance's own interface to a network with this MAC (so frames to it
+    /// reach [`Egress::Appliance`] and broadcasts are copied to it), or detach it.
+    pub fn attach_appliance(
+        &mut self,
+        vni: Vni,
+        mac: Option<EthernetAddress>,
+    ) -> Result<(), OverlayError> {
+        if mac.is_some_and(|m| !m.is_unicast()) {
+            return Err(TableError::NotUnicastMac.into());
+        }
+        self.network_mut(vni)?.appliance_mac = mac;
+        Ok(())
+    }
+
+    /// Pin `mac` in network `vni` at `location` (control's static entry) and, with `ip`,
+    /// bind that overlay address to it for ARP suppression.
+    pub fn add_static(
+        &mut self,
+        vni: Vni,
+        mac: EthernetAddress,
+        location: Location,
+        ip: Option<Ipv4Address>,
+        now: Instant,
+    ) -> Result<(), OverlayError> {
+        if let Location::Remote(peer) = location {
+            let p = self
+                .peers
+                .get(&peer)
+                .ok_or(OverlayError::UnknownPeer(peer))?;
+            if !p.networks.contains(&vni) {
+                return Err(OverlayError::PeerNotInNetwork { peer, vni });
+            }
+        }
+        let net = self.network_mut(vni)?;
+        if let Some(ip) = ip {
+            // Check the ARP binding first so that a refusal leaves both tables untouched.
+            if !mac.is_unicast() {
+                return Err(TableError::NotUnicastMac.into());
+            }
+            if net.arp.lookup(&ip).is_none() && net.arp.len() >= net.arp.capacity() {
+                return Err(TableError::Full.into());
+            }
+        }
+        net.fdb.insert_static(mac, location, now)?;
+        if let Some(ip) = ip {
+            net.arp.insert(ip, mac)?;
+        }
+        Ok(())
+    }
+
+    /// Remove the static entry for `mac` in `vni` and the ARP bindings to it.
+    pub fn remove_static(&mut self, vni: Vni, mac: EthernetAddress) -> Result<bool, OverlayError> {
+        let net = self.network_mut(vni)?;
+        let removed = net.fdb.remove_static(&mac);
+        net.arp.remove_mac(&mac);
+        Ok(removed)
+    }
+
+    /// Sweep expired learned entries of every network.
+    pub fn age(&mut self, now: Instant) -> usize {
+        self.networks.values_mut().map(|n| n.fdb.age(now)).sum()
+    }
+
+    /// Overlay-wide drop counters (every drop, all networks).
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    pub fn network_counters(&self, vni: Vni) -> Option<&NetworkCounters> {
+        self.networks.get(&vni).map(|n| &n.counters)
+    }
+
+    pub fn peer_counters(&self, peer: Ipv4Address) -> Option<&PeerCounters> {
+        self.peers.get(&peer).map(|p| &p.counters)
+    }
+
+    /// Where `mac` lives in network `vni` at `now`.
+    pub fn lookup(&self, vni: Vni, mac: &EthernetAddress, now: Instant) -> Option<Location> {
+        self.networks.get(&vni)?.fdb.lookup(mac, now)
+    }
+
+    fn network_mut(&mut self, vni: Vni) -> Result<&mut Network, OverlayError> {
+        self.networks
+            .get_mut(&vni)
+            .ok_or_else(|| OverlayError::UnknownNetwork(alloc::format!("VNI {vni}")))
+    }
+
+    fn drop(&mut self, vni: Option<Vni>, reason: DropReason) -> Verdict {
+        self.drops.count(reason);
+        if let Some(net) = vni.and_then(|v| self.networks.get_mut(&v)) {
+            net.counters.drops.count(reason);
+        }
+        Verdict::Drop(reason)
+    }
+
+    /// A frame received on the container link for network `vni`.
+    pub fn rx_link(&mut self, now: Instant, vni: Vni, frame: &[u8]) -> Verdict {
+        self.rx_local(now, vni, frame, Ingress::Link)
+    }
+
+    /// A frame the appliance's own interface sends on network `vni`.
+    pub fn rx_appliance(&mut self, now: Instant, vni: Vni, frame: &[u8]) -> Verdict {
+        self.rx_local(now, vni, frame, Ingress::Appliance)
+    }
+
+    fn rx_local(&mut self, now: Instant, vni: Vni, frame: &[u8], ingress: Ingress) -> Verdict {
+        let Some(net) = self.networks.get_mut(&vni) else {
+            return self.drop(None, DropReason::UnknownVni);
+        };
+        match ingress {
+            Ingress::Link => net.counters.link_rx += 1,
+            Ingress::Appliance => net.counters.appliance_rx += 1,
+        }
+        if ingress == Ingress::Appliance && net.appliance_mac.is_none() {
+            return self.drop(Some(vni), DropReason::NotAttached);
+        }
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return self.drop(Some(vni), DropReason::Runt);
+        };
+        let (src, dst) = (eth.src_addr(), eth.dst_addr());
+        if !src.is_unicast() {
+            return self.drop(Some(vni), DropReason::BadSourceMac);
+        }
+        if ingress == Ingress::Link
+            && Some(src) != net.appliance_mac
+            && net.fdb.learn(src, now) == Learn::Full
+        {
+            net.counters.learn_refused += 1;
+        }
+
+        if let Some(reply) = arp_suppress(net, &eth) {
+            net.counters.arp_suppressed += 1;
+            return Verdict::Forward(vec![(ingress.egress(), reply)]);
+        }
+
+        // Where the frame goes: local ports, and the peers (one or all).
+        let mut out = Vec::new();
+        let local_port = |e: Egress| e != ingress.egress();
+        let to_peer: Option<Ipv4Address>;
+        let flood: bool;
+        if !dst.is_unicast() {
+            flood = true;
+            to_peer = None;
+        } else if Some(dst) == net.appliance_mac {
+            flood = false;
+            to_peer = None;
+            if local_port(Egress::Appliance) {
+                out.push((Egress::Appliance, frame.to_vec()));
+            }
+        } else {
+            match net.fdb.lookup(&dst, now) {
+                Some(Location::Local) => {
+                    flood = false;
+                    to_peer = None;
+                    if local_port(Egress::Link) {
+                        out.push((Egress::Link, frame.to_vec()));
+                    }
+                }
+                Some(Location::Remote(peer)) => {
+                    flood = false;
+                    to_peer = Some(peer);
+                }
+                None => {
+                    flood = true;
+                    to_peer = None;
+                }
+            }
+        }
+        if flood {
+            net.counters.flooded += 1;
+            if local_port(Egress::Link) {
+                out.push((Egress::Link, frame.to_vec()));
+            }
+            if net.appliance_mac.is_some() && local_port(Egress::Appliance) {
+                out.push((Egress::Appliance, frame.to_vec()));
+            }
+        }
+        for (e, _) in &out {
+            match e {
+                Egress::Link => net.counters.link_tx += 1,
+                Egress::Appliance => net.counters.appliance_tx += 1,
+                Egress::Uplink => {}
+            }
+        }
+        if !flood && to_peer.is_none() {
+            if out.is_empty() {
+                net.counters.filtered += 1;
+            }
+            return Verdict::Forward(out);
+        }
+
+        // Everything below goes to the uplink: the overlay MTU applies.
+        if l3_len(&eth, frame.len()) > usize::from(self.grid.mtu) {
+            self.drops.count(DropReason::TooBig);
+            let net = match self.networks.get_mut(&vni) {
+                Some(net) => net,
+                None => return Verdict::Forward(out),
+            };
+            net.counters.drops.count(DropReason::TooBig);
+            if flood {
+                // Local copies are still delivered; only the remote ones are refused.
+                return Verdict::Forward(out);
+            }
+            return match frag_needed(frame, self.grid.mtu) {
+                Some(reply) => {
+                    net.counters.icmp_frag_needed += 1;
+                    match ingress {
+                        Ingress::Link => net.counters.link_tx += 1,
+                        Ingress::Appliance => net.counters.appliance_tx += 1,
+                    }
+                    Verdict::Refuse {
+                        reason: DropReason::TooBig,
+                        reply: (ingress.egress(), reply),
+                    }
+                }
+                None => Verdict::Drop(DropReason::TooBig),
+            };
+        }
+
+        let src_port = vxlan::flow_src_port(frame, self.hash_seed, self.src_ports);
+        let mut sent = 0u64;
+        let mut missing_neighbor = 0u64;
+        // Known unicast needs no list of targets (and no allocation for one).
+        let flood_targets: Vec<Ipv4Address>;
+        let targets: &[Ipv4Address] = match &to_peer {
+            Some(peer) => core::slice::from_ref(peer),
+            None => {
+                flood_targets = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.networks.contains(&vni))
+                    .map(|(a, _)| *a)
+                    .collect();
+                &flood_targets
+            }
+        };
+        for &addr in targets {
+            let Some(peer) = self.peers.get_mut(&addr) else {
+                continue;
+            };
+            let Some(neighbor) = peer.neighbor else {
+                peer.counters.no_neighbor += 1;
+                missing_neighbor += 1;
+                continue;
+            };
+            let outer = Outer {
+                src_mac: self.underlay.mac,
+                dst_mac: neighbor,
+                src_ip: self.underlay.ip,
+                dst_ip: addr,
+                src_port,
+                dst_port: self.grid.vxlan_port,
+                vni,
+                ident: self.next_ident,
+                ttl: self.ttl,
+                df: self.grid.df,
+                udp_checksum: self.grid.udp_checksum,
+            };
+            let mut buf = Vec::with_capacity(vxlan::ENCAP_OVERHEAD + frame.len());
+            // The MTU check above keeps the frame far below the IPv4 limit.
+            if vxlan::encapsulate(&outer, frame, &mut buf).is_err() {
+                continue;
+            }
+            self.next_ident = self.next_ident.wrapping_add(1);
+            peer.counters.tx_packets += 1;
+            peer.counters.tx_bytes += buf.len() as u64;
+            out.push((Egress::Uplink, buf));
+            sent += 1;
+        }
+        let unicast_unresolved = to_peer.is_some() && sent == 0 && missing_neighbor > 0;
+        for _ in 0..missing_neighbor {
+            self.drops.count(DropReason::NoNeighbor);
+        }
+        if let Some(net) = self.networks.get_mut(&vni) {
+            net.counters.uplink_tx += sent;
+            for _ in 0..missing_neighbor {
+                net.counters.drops.count(DropReason::NoNeighbor);
+            }
+        }
+        if unicast_unresolved {
+            return Verdict::Drop(DropReason::NoNeighbor);
+        }
+        Verdict::Forward(out)
+    }
+
+    /// A frame received on the uplink. Anything that is not VXLAN for us comes back as
+    /// `Drop(NotVxlan)` for the rest of the stack to look at.
+    pub fn rx_uplink(&mut self, now: Instant, frame: &[u8]) -> Verdict {
+        let d = match vxlan::decapsulate(frame, self.grid.vxlan_port) {
+            Ok(d) => d,
+            Err(e) => {
+                let reason = match e {
+                    DecapError::NotVxlan => DropReason::NotVxlan,
+                    DecapError::BadOuterHeader => DropReason::BadOuterHeader,
+                    DecapError::OuterFragment => DropReason::OuterFragment,
+                    DecapError::Vxlan(_) => DropReason::BadVxlanHeader,
+                };
+                return self.drop(None, reason);
+            }
+        };
+        if d.dst_ip != self.underlay.ip {
+            return self.drop(None, DropReason::NotVxlan);
+        }
+        let vni = d.vni;
+        if !self.networks.contains_key(&vni) {
+            return self.drop(None, DropReason::UnknownVni);
+        }
+        let known = self
+            .peers
+            .get(&d.src_ip)
+            .is_some_and(|p| p.networks.contains(&vni));
+        if !known {
+            return self.drop(Some(vni), DropReason::UnknownPeer);
+        }
+        let Ok(inner) = EthernetFrame::new_checked(d.inner) else {
+            return self.drop(Some(vni), DropReason::Runt);
+        };
+        if !inner.src_addr().is_unicast() {
+            return self.drop(Some(vni), DropReason::BadSourceMac);
+        }
+        let dst = inner.dst_addr();
+        let Some(net) = self.networks.get(&vni) else {
+            return self.drop(None, DropReason::UnknownVni);
+        };
+        // At most two local ports: the link and the appliance.
+        let egress: &[Egress] = if !dst.is_unicast() {
+            if net.appliance_mac.is_some() {
+                &[Egress::Link, Egress::Appliance]
+            } else {
+                &[Egress::Link]
+            }
+        } else if Some(dst) == net.appliance_mac {
+            &[Egress::Appliance]
+        } else {
+            match net.fdb.lookup(&dst, now) {
+                Some(Location::Remote(_)) => return self.drop(Some(vni), DropReason::NotLocal),
+                // Local, or unknown: the link is one segment, deliver it there.
+                Some(Location::Local) | None => &[Egress::Link],
+            }
+        };
+        if let Some(peer) = self.peers.get_mut(&d.src_ip) {
+            peer.counters.rx_packets += 1;
+            peer.counters.rx_bytes += frame.len() as u64;
+        }
+        let Some(net) = self.networks.get_mut(&vni) else {
+            return self.drop(None, DropReason::UnknownVni);
+        };
+        net.counters.uplink_rx += 1;
+        let out = egress
+            .iter()
+            .map(|&e| {
+                match e {
+                    Egress::Link => net.counters.link_tx += 1,
+                    Egress::Appliance => net.counters.appliance_tx += 1,
+                    Egress::Uplink => {}
+                }
+                (e, d.inner.to_vec())
+            })
+            .collect();
+        Verdict::Forward(out)
+    }
+
+    /// Everything `status` shows about the overlay, ready to serialize.
+    pub fn status(&self, now: Instant) -> OverlayStatus {
+        OverlayStatus {
+            node: self.grid.node,
+            node_address: self.node_address(),
+            underlay_address: self.underlay.ip,
+            vxlan_port: self.grid.vxlan_port,
+            mtu: self.grid.mtu,
+            drops: self.drops,
+            networks: self
+                .networks
+                .iter()
+                .map(|(vni, n)| NetworkStatus {
+                    name: n.name.clone(),
+                    vni: *vni,
+                    appliance_mac: n.appliance_mac.map(Mac),
+                    counters: n.counters,
+                    fdb: n
+                        .fdb
+                        .iter()
+                        .filter(|(mac, _)| n.fdb.lookup(mac, now).is_some())
+                        .map(|(mac, e)| FdbEntryStatus {
+                            mac: Mac(*mac),
+                            location: match e.location {
+                                Location::Local => None,
+                                Location::Remote(a) => Some(a),
+                            },
+                            is_static: e.origin == Origin::Static,
+                            age_secs: match e.origin {
+                                Origin::Static => None,
+                                Origin::Learned { last_seen } => {
+                                    Some((now - last_seen).total_millis() / 1000)
+                                }
+                            },
+                        })
+                        .collect(),
+                    arp: n
+                        .arp
+                        .iter()
+                        .map(|(ip, mac)| ArpEntryStatus {
+                            ip: *ip,
+                            mac: Mac(*mac),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(addr, p)| PeerStatus {
+                    node: p.node,
+                    name: p.name.clone(),
+                    address: *addr,
+                    networks: p.networks.iter().copied().collect(),
+                    neighbor: p.neighbor.map(Mac),
+                    counters: p.counters,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn forget_remote(net: &mut Network, peer: Ipv4Address) {
+    let macs: Vec<EthernetAddress> = net
+        .fdb
+        .iter()
+        .filter(|(_, e)| e.location == Location::Remote(peer))
+        .map(|(m, _)| *m)
+        .collect();
+    net.fdb.remove_remote(peer);
+    for mac in macs {
+        net.arp.remove_mac(&mac);
+    }
+}
+
+/// The length of the frame's L3 packet (after the Ethernet header and one VLAN tag).
+fn l3_len<T: AsRef<[u8]>>(eth: &EthernetFrame<T>, frame_len: usize) -> usize {
+    let header = if eth.ethertype() == EthernetProtocol::Unknown(0x8100) {
+        ETHERNET_HEADER_LEN + VLAN_TAG_LEN
+    } else {
+        ETHERNET_HEADER_LEN
+    };
+    frame_len.saturating_sub(header)
+}
+
+/// ARP suppression: the reply to an ARP request for an address in the network's ARP
+/// table, built with smoltcp's `ArpRepr`. Gratuitous ARP (sender = target) is not
+/// answered.
+fn arp_suppress<T: AsRef<[u8]>>(net: &Network, eth: &EthernetFrame<T>) -> Option<Vec<u8>> {
+    if eth.ethertype() != EthernetProtocol::Arp {
+        return None;
+    }
+    let packet = ArpPacket::new_checked(&eth.as_ref()[ETHERNET_HEADER_LEN..]).ok()?;
+    let ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr,
+        source_protocol_addr,
+        target_protocol_addr,
+        ..
+    } = ArpRepr::parse(&packet).ok()?
+    else {
+        return None;
+    };
+    if source_protocol_addr == target_protocol_addr {
+        return None;
+    }
+    let target_mac = net.arp.lookup(&target_protocol_addr)?;
+    let reply = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: target_mac,
+        source_protocol_addr: target_protocol_addr,
+        target_hardware_addr: source_hardware_addr,
+        target_protocol_addr: source_protocol_addr,
+    };
+    let eth_repr = EthernetRepr {
+        src_addr: target_mac,
+        dst_addr: eth.src_addr(),
+        ethertype: EthernetProtocol::Arp,
+    };
+    let mut buf = vec![0u8; eth_repr.buffer_len() + reply.buffer_len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth_repr.emit(&mut frame);
+    reply.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    Some(buf)
+}
+
+/// ICMP "fragmentation needed" (type 3 code 4, RFC 1191 next-hop MTU) for a too-big
+/// IPv4 frame with DF set, addressed back to its sender as if from its destination
+/// (as Linux's `iptunnel_pmtud_build_icmp` does for bridged tunnels). `None` when no
+/// error may be sent (RFC 1812 4.3.2.7: not for broadcast or multicast, not for a
+/// non-first fragment, not about an ICMP error).
+fn frag_needed(frame: &[u8], mtu: u16) -> Option<Vec<u8>> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Ipv4 || !eth.dst_addr().is_unicast() {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.version() != 4 || !ip.dont_frag() || ip.frag_offset() != 0 || !ip.verify_checksum() {
+        return None;
+    }
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if src.is_unspecified()
+        || src.is_broadcast()
+        || src.is_multicast()
+        || dst.is_broadcast()
+        || dst.is_multicast()
+    {
+        return None;
+    }
+    let l4 = ip.payload();
+    if ip.next_header() == IpProtocol::Icmp {
+        let is_error = l4
+            .first()
+            .is_some_and(|t| !matches!(*t, 0 | 8 | 13 | 14 | 15 | 16 | 17 | 18));
+        if is_error {
+            return None;
+        }
+    }
+    let original = &eth.payload()[..usize::from(ip.total_len())];
+    let quote_len = original
+        .len()
+        .min(ICMP_ERROR_MAX_IP_LEN - IPV4_HEADER_LEN - ICMP_HEADER_LEN);
+    let icmp_len = ICMP_HEADER_LEN + quote_len;
+    let ip_repr = Ipv4Repr {
+        src_addr: dst,
+        dst_addr: src,
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp_len,
+        hop_limit: DEFAULT_TTL,
+    };
+    let eth_repr = EthernetRepr {
+        src_addr: eth.dst_addr(),
+        dst_addr: eth.src_addr(),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let mut buf = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + icmp_len];
+    let mut out = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth_repr.emit(&mut out);
+    let mut out_ip = Ipv4Packet::new_unchecked(out.payload_mut());
+    ip_repr.emit(&mut out_ip, &ChecksumCapabilities::default());
+    let mut icmp = Icmpv4Packet::new_unchecked(out_ip.payload_mut());
+    icmp.set_msg_type(Icmpv4Message::DstUnreachable);
+    icmp.set_msg_code(Icmpv4DstUnreachable::FragRequired.into());
+    // RFC 1191 section 4: the next-hop MTU in the low 16 bits of the unused field.
+    let header = &mut icmp.into_inner()[..ICMP_HEADER_LEN];
+    header[4..6].fill(0);
+    header[6..8].copy_from_slice(&mtu.to_be_bytes());
+    let mut icmp = Icmpv4Packet::new_unchecked(out_ip.payload_mut());
+    icmp.data_mut()[..quote_len].copy_from_slice(&original[..quote_len]);
+    icmp.fill_checksum();
+    Some(buf)
+}
+
+/// A MAC address shown as `02:42:0a:51:00:02`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mac(pub EthernetAddress);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let b = self.0 .0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OverlayStatus {
+    pub node: NodeId,
+    pub node_address: Ipv4Address,
+    pub underlay_address: Ipv4Address,
+    pub vxlan_port: u16,
+    pub mtu: u16,
+    pub drops: DropCounters,
+    pub networks: Vec<NetworkStatus>,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkStatus {
+    pub name: String,
+    pub vni: Vni,
+    pub appliance_mac: Option<Mac>,
+    pub counters: NetworkCounters,
+    pub fdb: Vec<FdbEntryStatus>,
+    pub arp: Vec<ArpEntryStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FdbEntryStatus {
+    pub mac: Mac,
+    /// The peer's underlay address; `None` for the local container link.
+    pub location: Option<Ipv4Address>,
+    #[serde(rename = "static")]
+    pub is_static: bool,
+    /// Seconds since a learned entry was last seen.
+    pub age_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArpEntryStatus {
+    pub ip: Ipv4Address,
+    pub mac: Mac,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerStatus {
+    pub node: NodeId,
+    pub name: Option<String>,
+    pub address: Ipv4Address,
+    pub networks: Vec<Vni>,
+    pub neighbor: Option<Mac>,
+    pub counters: PeerCounters,
+}
+
+#[cfg(test)]
+mod test;
