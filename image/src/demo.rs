@@ -80,7 +80,7 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     say("ok");
 
     steps.step("building the appliance image (weft build)")?;
-    let img = build::build_image(opts.profile)?;
+    let img = build::build_image_with(opts.profile, true)?;
     say(&format!(
         "{} ({} bytes)",
         img.path.display(),

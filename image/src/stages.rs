@@ -89,9 +89,17 @@ pub fn plan(root: &Path) -> Vec<Stage> {
     }
     stages.push(Stage {
         name: "cargo test -p weft-qemu-tests -- --test-threads=1".into(),
+        // --no-fail-fast: one failing test file should not hide the others' results.
         action: Action::Run(cargo(
             root,
-            &["test", "-p", "weft-qemu-tests", "--", "--test-threads=1"],
+            &[
+                "test",
+                "-p",
+                "weft-qemu-tests",
+                "--no-fail-fast",
+                "--",
+                "--test-threads=1",
+            ],
         )),
     });
     stages

@@ -328,10 +328,11 @@ mod tests {
             Ipv4Addr::new(10, 0, 0, 1),
             Ipv4Addr::new(10, 0, 0, 2),
             1,
-            8,
+            0,
             0,
         );
         assert!(Ipv4Packet::new_checked(&h[..]).unwrap().verify_checksum());
+        assert_eq!(u16::from_be_bytes([h[2], h[3]]), 20);
         let mut rng = Rng::new(1);
         let p = icmp_echo(&mut rng, 13);
         assert!(Icmpv4Packet::new_checked(&p[..]).unwrap().verify_checksum());
