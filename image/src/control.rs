@@ -16,6 +16,8 @@ use weft_appliance::protocol::{
 };
 use weft_appliance::Config;
 
+const GREETING: &str = "the greeting";
+
 /// Replies longer than this are refused (a status reply is a few hundred bytes).
 pub const MAX_REPLY_BYTES: usize = 4 << 20;
 
@@ -55,7 +57,15 @@ impl fmt::Display for ControlError {
                 write!(f, "cannot connect to {}: {source}", path.display())
             }
             ControlError::Timeout { waiting_for } => {
-                write!(f, "timed out waiting for {waiting_for}")
+                write!(f, "timed out waiting for {waiting_for}")?;
+                if *waiting_for == GREETING {
+                    // QEMU's socket chardev serves one client; others wait in its backlog.
+                    write!(
+                        f,
+                        " (is another client connected? the appliance serves one at a time)"
+                    )?;
+                }
+                Ok(())
             }
             ControlError::Closed { waiting_for } => {
                 write!(
@@ -199,7 +209,7 @@ impl Client {
             timeout,
             skipped_lines: 0,
         };
-        let line = c.read_line_checked(deadline, "the greeting", alive)?;
+        let line = c.read_line_checked(deadline, GREETING, alive)?;
         c.greeting = parse_greeting(&line)?;
         Ok(c)
     }
@@ -451,6 +461,23 @@ mod tests {
         let st = b.status().unwrap();
         assert_eq!(st.control.connects, 2);
         assert_eq!(st.control.partial_discarded, 1);
+    }
+
+    #[test]
+    fn a_second_client_waits_like_with_qemu_and_is_told_why() {
+        let sim = SimAppliance::start(&tmp("busy")).unwrap();
+        let mut first = Client::connect(sim.path(), T).unwrap();
+        let second = Client::connect(sim.path(), Duration::from_millis(400));
+        match second {
+            Err(e @ ControlError::Timeout { .. }) => {
+                assert!(e.to_string().contains("another client"), "{e}")
+            }
+            other => panic!("expected a greeting timeout, got {other:?}"),
+        }
+        assert!(first.ping().unwrap().pong);
+        drop(first);
+        let mut third = Client::connect(sim.path(), T).unwrap();
+        assert!(third.ping().unwrap().pong);
     }
 
     /// A server that greets with `greeting` and then says nothing.

@@ -251,6 +251,12 @@ fn cmd_ctl(socket: &std::path::Path, json: bool, timeout: Duration, cmd: CtlCmd)
                 ("apply", Some(serde_json::to_value(config)?))
             }
         };
+        if !socket.exists() {
+            anyhow::bail!(
+                "cannot connect to {}: no such socket (is the appliance running?)",
+                socket.display()
+            );
+        }
         let mut client = Client::connect(socket, timeout)?;
         Ok((name, client.call(name, args)?))
     };
