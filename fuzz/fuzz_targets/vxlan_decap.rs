@@ -22,6 +22,7 @@ fn overlay() -> Overlay {
         o.add_network(&NetworkConfig {
             name: name.into(),
             vni: Vni::new(vni).expect("small VNI"),
+            vlan: None,
         })
         .expect("network");
     }

@@ -56,6 +56,7 @@ fn overlay(udp_checksum: bool) -> (Overlay, Vni) {
     o.add_network(&NetworkConfig {
         name: "bench".into(),
         vni,
+        vlan: None,
     })
     .unwrap();
     o.add_peer(&PeerConfig {

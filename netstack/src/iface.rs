@@ -108,6 +108,9 @@ pub struct NicIface {
     device: QueueDevice,
     sockets: SocketSet<'static>,
     address: Option<NicAddress>,
+    /// A second address: the overlay node address on the link, when the container
+    /// gateway address is another one.
+    extra: Option<Ipv4Cidr>,
 }
 
 impl NicIface {
@@ -122,6 +125,7 @@ impl NicIface {
             device,
             sockets: SocketSet::new(Vec::new()),
             address: None,
+            extra: None,
         }
     }
 
@@ -137,20 +141,44 @@ impl NicIface {
 
     /// Replace the interface's addressing (None removes the address and the default route).
     pub fn set_address(&mut self, address: Option<NicAddress>) {
-        self.iface.update_ip_addrs(|addrs| {
-            addrs.clear();
-            if let Some(a) = address {
-                // Capacity is IFACE_MAX_ADDR_COUNT (>= 1) and the list was just cleared.
-                let _ = addrs.push(IpCidr::Ipv4(a.cidr));
-            }
-        });
+        self.address = address;
+        self.update_addrs();
         let routes = self.iface.routes_mut();
         routes.remove_default_ipv4_route();
         if let Some(gw) = address.and_then(|a| a.gateway) {
             // Only fails when the route table is full; it was just emptied of defaults.
             let _ = routes.add_default_ipv4_route(gw);
         }
-        self.address = address;
+    }
+
+    /// Add (or with `None` remove) a second address, answered only while the primary
+    /// one is configured.
+    pub fn set_extra_address(&mut self, extra: Option<Ipv4Cidr>) {
+        self.extra = extra;
+        self.update_addrs();
+    }
+
+    pub fn extra_address(&self) -> Option<Ipv4Cidr> {
+        self.extra
+    }
+
+    fn update_addrs(&mut self) {
+        let (primary, extra) = (self.address.map(|a| a.cidr), self.extra);
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.clear();
+            if let Some(p) = primary {
+                // Capacity is IFACE_MAX_ADDR_COUNT (2) and the list was just cleared.
+                let _ = addrs.push(IpCidr::Ipv4(p));
+                if let Some(e) = extra.filter(|e| e.address() != p.address()) {
+                    let _ = addrs.push(IpCidr::Ipv4(e));
+                }
+            }
+        });
+    }
+
+    /// Frames queued for smoltcp that the next `poll` will process.
+    pub fn pending_rx(&self) -> usize {
+        self.device.rx_len()
     }
 
     /// The sockets bound on this interface (DNS, health checks, ... add theirs here).

@@ -3,13 +3,16 @@
 extern crate alloc;
 
 pub mod counters;
+pub mod datapath;
 pub mod fdb;
 pub mod iface;
+pub mod neighbor;
 pub mod overlay;
 pub mod pcap;
 pub mod port;
 pub mod probe;
 pub mod stack;
+pub mod vlan;
 pub mod vxlan;
 
 pub use counters::{DropCounters, DropReason, NicCounters};

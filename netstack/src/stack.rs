@@ -1,12 +1,15 @@
 //! The netstack as the kernel sees it: two NICs (uplink, container link), each a smoltcp
-//! interface plus counters. `poll` moves frames port -> checks -> smoltcp -> port. Frames
-//! that cannot be valid are dropped here with a named reason before smoltcp sees them.
-//! This module never blocks, never reads a clock and never panics on frame contents.
+//! interface plus counters, and optionally the overlay. `poll` moves frames port ->
+//! checks -> smoltcp -> port; with an overlay, `datapath` puts the VTEP and bridge in
+//! between. Frames that cannot be valid are dropped here with a named reason before
+//! smoltcp sees them. This module never blocks, never reads a clock and never panics on
+//! frame contents.
 
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
 
 use crate::counters::{DropReason, NicCounters};
+use crate::datapath::OverlayPath;
 use crate::iface::{NicAddress, NicIface, MAX_FRAME_LEN};
 use crate::port::Port;
 
@@ -77,16 +80,36 @@ impl Nic {
 
     /// The checks a frame passes before smoltcp sees it.
     fn classify(iface: &NicIface, frame: &[u8]) -> Result<(), DropReason> {
+        Nic::check_frame(iface, frame, MAX_FRAME_LEN)?;
+        Nic::check_destination(iface, frame)
+    }
+
+    /// The checks every received frame passes: an Ethernet header, at most `max_len`
+    /// bytes, and an address on the NIC.
+    pub(crate) fn check_frame(
+        iface: &NicIface,
+        frame: &[u8],
+        max_len: usize,
+    ) -> Result<(), DropReason> {
         if frame.len() < ETHERNET_HEADER_LEN {
             return Err(DropReason::Runt);
         }
-        if frame.len() > MAX_FRAME_LEN {
+        if frame.len() > max_len {
             return Err(DropReason::Oversize);
         }
         if iface.address().is_none() {
             return Err(DropReason::NotConfigured);
         }
-        let dst = EthernetAddress::from_bytes(&frame[..6]);
+        Ok(())
+    }
+
+    /// Unicast to another MAC is not the interface's business (the overlay bridge may
+    /// still want it: it asks first).
+    pub(crate) fn check_destination(iface: &NicIface, frame: &[u8]) -> Result<(), DropReason> {
+        let Some(dst) = frame.get(..6) else {
+            return Err(DropReason::Runt);
+        };
+        let dst = EthernetAddress::from_bytes(dst);
         if dst.is_unicast() && dst != iface.mac() {
             return Err(DropReason::OtherHost);
         }
@@ -103,10 +126,11 @@ pub struct PollResult {
     pub next_poll: Option<Duration>,
 }
 
-/// Both NICs of the appliance.
+/// Both NICs of the appliance, and the overlay between them when one is configured.
 pub struct Netstack {
     uplink: Nic,
     link: Nic,
+    overlay: Option<OverlayPath>,
 }
 
 impl Netstack {
@@ -121,7 +145,26 @@ impl Netstack {
             uplink: Nic::new(uplink_mac, seed, now),
             // Distinct seeds so the two interfaces do not pick the same ports/ISNs.
             link: Nic::new(link_mac, seed ^ 0x9e37_79b9_7f4a_7c15, now),
+            overlay: None,
         }
+    }
+
+    /// Run the overlay (or stop it with `None`). The link interface carries the node
+    /// address as well while an overlay runs.
+    pub fn set_overlay(&mut self, overlay: Option<OverlayPath>) {
+        let node = overlay.as_ref().map(|o| o.node_cidr());
+        self.link.iface.set_extra_address(node);
+        self.overlay = overlay;
+    }
+
+    pub fn overlay(&self) -> Option<&OverlayPath> {
+        self.overlay.as_ref()
+    }
+
+    /// For runtime changes (peers, networks, FDB entries). Changing the grid itself
+    /// (node number, subnet) takes a new `OverlayPath` through `set_overlay`.
+    pub fn overlay_mut(&mut self) -> Option<&mut OverlayPath> {
+        self.overlay.as_mut()
     }
 
     pub fn nic(&self, id: NicId) -> &Nic {
@@ -145,21 +188,35 @@ impl Netstack {
 
     /// Drain each port (at most `RX_BATCH` frames), let smoltcp answer, transmit its output.
     pub fn poll(&mut self, now: Instant, uplink: &mut dyn Port, link: &mut dyn Port) -> PollResult {
-        let (work_u, more_u) = self.uplink.poll(now, uplink);
-        let (work_l, more_l) = self.link.poll(now, link);
-        let next_poll = if more_u || more_l {
-            Some(Duration::ZERO)
-        } else {
-            match (
-                self.uplink.iface.poll_delay(now),
-                self.link.iface.poll_delay(now),
-            ) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
+        let (did_work, more) = match self.overlay.as_mut() {
+            Some(path) => path.poll(now, &mut self.uplink, &mut self.link, uplink, link),
+            None => {
+                let (work_u, more_u) = self.uplink.poll(now, uplink);
+                let (work_l, more_l) = self.link.poll(now, link);
+                (work_u || work_l, more_u || more_l)
             }
         };
+        let next_poll = if more {
+            Some(Duration::ZERO)
+        } else {
+            let overlay = self.overlay.as_ref().and_then(|o| o.poll_at()).map(|t| {
+                if t > now {
+                    t - now
+                } else {
+                    Duration::ZERO
+                }
+            });
+            [
+                self.uplink.iface.poll_delay(now),
+                self.link.iface.poll_delay(now),
+                overlay,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+        };
         PollResult {
-            did_work: work_u || work_l,
+            did_work,
             next_poll,
         }
     }

@@ -14,6 +14,7 @@ use core::str::FromStr;
 use serde::{Deserialize, Serialize};
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 
+use crate::vlan::VlanId;
 use crate::vxlan::{DfPolicy, Vni, VXLAN_PORT};
 
 /// The grid subnet when none is configured (Kontena's `10.81.0.0/16`).
@@ -160,6 +161,10 @@ impl GridConfig {
 pub struct NetworkConfig {
     pub name: String,
     pub vni: Vni,
+    /// The 802.1Q VLAN that carries this network on the container link; `None`: the
+    /// network's frames are untagged there (at most one network may be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<VlanId>,
 }
 
 /// `[[peers]]`: another node of the grid and the networks it takes part in.
@@ -198,6 +203,10 @@ pub enum ConfigError {
     BadName(String),
     DuplicateNetworkName(String),
     DuplicateVni(Vni),
+    /// Two networks on the same VLAN of the link.
+    DuplicateVlan(VlanId),
+    /// Two networks untagged on the link (the second one's name).
+    TwoUntagged(String),
     TooManyNetworks,
     TooManyPeers,
     /// A peer with this node's own number.
@@ -231,6 +240,11 @@ impl fmt::Display for ConfigError {
             ),
             DuplicateNetworkName(n) => write!(f, "network {n:?} is defined twice"),
             DuplicateVni(v) => write!(f, "VNI {v} is used by two networks"),
+            DuplicateVlan(v) => write!(f, "VLAN {v} is used by two networks"),
+            TwoUntagged(n) => write!(
+                f,
+                "network {n:?} has no vlan, and another network is already untagged on the link"
+            ),
             TooManyNetworks => write!(f, "more than {MAX_NETWORKS} networks"),
             TooManyPeers => write!(f, "more than {MAX_PEERS} peers"),
             PeerIsSelf(n) => write!(f, "peer {n} has this node's own number"),
@@ -299,6 +313,7 @@ impl OverlayConfig {
         }
         let mut names = BTreeSet::new();
         let mut vnis = BTreeSet::new();
+        let mut vlans = BTreeSet::new();
         for net in &self.networks {
             net.validate()?;
             if !names.insert(net.name.as_str()) {
@@ -306,6 +321,13 @@ impl OverlayConfig {
             }
             if !vnis.insert(net.vni) {
                 return Err(ConfigError::DuplicateVni(net.vni));
+            }
+            // `None` is the untagged slot: one network at most.
+            if !vlans.insert(net.vlan) {
+                return Err(match net.vlan {
+                    Some(v) => ConfigError::DuplicateVlan(v),
+                    None => ConfigError::TwoUntagged(net.name.clone()),
+                });
             }
         }
         let mut nodes = BTreeSet::new();
@@ -365,7 +387,7 @@ mod test {
 
     const DOC: &str = r#"{
         "grid": {"node": 1},
-        "networks": [{"name": "default", "vni": 1}, {"name": "db", "vni": 42}],
+        "networks": [{"name": "default", "vni": 1}, {"name": "db", "vni": 42, "vlan": 42}],
         "peers": [
             {"node": 2, "name": "node-2", "address": "192.0.2.2", "networks": ["default", "db"]},
             {"node": 3, "address": "192.0.2.3", "networks": ["default"]}
@@ -415,6 +437,8 @@ mod test {
             r#"{"grid": {"node": 1, "df": "sometimes"}}"#,
             r#"{"grid": {"node": 1}, "peers": [{"node": 2, "address": "192.0.2"}]}"#,
             r#"{"grid": {"node": 1}, "extra": {}}"#,
+            r#"{"grid": {"node": 1}, "networks": [{"name": "a", "vni": 1, "vlan": 0}]}"#,
+            r#"{"grid": {"node": 1}, "networks": [{"name": "a", "vni": 1, "vlan": 4095}]}"#,
         ] {
             assert!(parse(doc).is_err(), "{doc}");
         }
@@ -447,6 +471,14 @@ mod test {
             (
                 |c| c.networks[1].vni = c.networks[0].vni,
                 ConfigError::DuplicateVni(Vni::new(1).unwrap()),
+            ),
+            (
+                |c| c.networks[0].vlan = c.networks[1].vlan,
+                ConfigError::DuplicateVlan(VlanId::new(42).unwrap()),
+            ),
+            (
+                |c| c.networks[1].vlan = None,
+                ConfigError::TwoUntagged("db".to_string()),
             ),
             (
                 |c| c.peers[0].node = c.grid.node,

@@ -17,7 +17,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
@@ -27,6 +27,7 @@ use smoltcp::wire::{
 };
 
 use crate::fdb::{self, ArpTable, Fdb, Learn, Location, Origin, TableError};
+use crate::vlan::VlanId;
 use crate::vxlan::{self, DecapError, Outer, SrcPortRange, Vni};
 use config::{ConfigError, GridConfig, NetworkConfig, NodeId, OverlayConfig, PeerConfig};
 
@@ -87,7 +88,7 @@ pub enum DropReason {
 }
 
 /// Frames dropped, by reason. Serialized as-is into `status`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DropCounters {
     pub not_vxlan: u64,
     pub bad_outer_header: u64,
@@ -162,7 +163,7 @@ impl DropCounters {
 }
 
 /// Traffic of one overlay network.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkCounters {
     /// Frames taken from the container link / the appliance / peers (decapsulated).
     pub link_rx: u64,
@@ -187,7 +188,7 @@ pub struct NetworkCounters {
 }
 
 /// Traffic exchanged with one peer.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerCounters {
     pub tx_packets: u64,
     pub tx_bytes: u64,
@@ -270,6 +271,7 @@ impl From<TableError> for OverlayError {
 #[derive(Debug, Clone)]
 struct Network {
     name: String,
+    vlan: Option<VlanId>,
     fdb: Fdb,
     arp: ArpTable,
     appliance_mac: Option<EthernetAddress>,
@@ -416,7 +418,8 @@ impl Overlay {
         self.grid.node_address(self.grid.node)
     }
 
-    /// Add a network, or rename the one with the same VNI; its tables are kept.
+    /// Add a network, or rename (and re-VLAN) the one with the same VNI; its tables
+    /// are kept. Each network has its own VLAN on the link, at most one none.
     pub fn add_network(&mut self, net: &NetworkConfig) -> Result<(), OverlayError> {
         net.validate()?;
         if self
@@ -426,8 +429,20 @@ impl Overlay {
         {
             return Err(ConfigError::DuplicateNetworkName(net.name.clone()).into());
         }
+        if self
+            .networks
+            .iter()
+            .any(|(vni, n)| n.vlan == net.vlan && *vni != net.vni)
+        {
+            return Err(match net.vlan {
+                Some(v) => ConfigError::DuplicateVlan(v),
+                None => ConfigError::TwoUntagged(net.name.clone()),
+            }
+            .into());
+        }
         if let Some(existing) = self.networks.get_mut(&net.vni) {
             existing.name = net.name.clone();
+            existing.vlan = net.vlan;
             return Ok(());
         }
         if self.networks.len() >= config::MAX_NETWORKS {
@@ -437,6 +452,7 @@ impl Overlay {
             net.vni,
             Network {
                 name: net.name.clone(),
+                vlan: net.vlan,
                 fdb: Fdb::new(self.limits.fdb_capacity, self.limits.ageing),
                 arp: ArpTable::new(self.limits.arp_capacity),
                 appliance_mac: None,
@@ -539,6 +555,18 @@ impl Overlay {
             .ok_or(OverlayError::UnknownPeer(peer))?;
         p.neighbor = mac;
         Ok(())
+    }
+
+    /// Every network: its VNI, name and VLAN on the link.
+    pub fn networks(&self) -> impl Iterator<Item = (Vni, &str, Option<VlanId>)> + '_ {
+        self.networks
+            .iter()
+            .map(|(vni, n)| (*vni, n.name.as_str(), n.vlan))
+    }
+
+    /// Every peer: its underlay address and the underlay MAC its packets go to.
+    pub fn peers(&self) -> impl Iterator<Item = (Ipv4Address, Option<EthernetAddress>)> + '_ {
+        self.peers.iter().map(|(a, p)| (*a, p.neighbor))
     }
 
     /// Peers whose underlay MAC is still unknown: the uplink should ARP for them.
@@ -837,6 +865,21 @@ impl Overlay {
     /// A frame received on the uplink. Anything that is not VXLAN for us comes back as
     /// `Drop(NotVxlan)` for the rest of the stack to look at.
     pub fn rx_uplink(&mut self, now: Instant, frame: &[u8]) -> Verdict {
+        self.rx_uplink_vni(now, frame).0
+    }
+
+    /// [`Overlay::rx_uplink`], also saying which network the frame belonged to (the
+    /// datapath needs it to put the link's VLAN tag on what goes there).
+    pub fn rx_uplink_vni(&mut self, now: Instant, frame: &[u8]) -> (Verdict, Option<Vni>) {
+        let mut vni = None;
+        let verdict = self.decap(now, frame, &mut vni);
+        match verdict {
+            Verdict::Forward(_) => (verdict, vni),
+            _ => (verdict, None),
+        }
+    }
+
+    fn decap(&mut self, now: Instant, frame: &[u8], vni_out: &mut Option<Vni>) -> Verdict {
         let d = match vxlan::decapsulate(frame, self.grid.vxlan_port) {
             Ok(d) => d,
             Err(e) => {
@@ -853,6 +896,7 @@ impl Overlay {
             return self.drop(None, DropReason::NotVxlan);
         }
         let vni = d.vni;
+        *vni_out = Some(vni);
         if !self.networks.contains_key(&vni) {
             return self.drop(None, DropReason::UnknownVni);
         }
@@ -926,6 +970,7 @@ impl Overlay {
                 .map(|(vni, n)| NetworkStatus {
                     name: n.name.clone(),
                     vni: *vni,
+                    vlan: n.vlan,
                     appliance_mac: n.appliance_mac.map(Mac),
                     counters: n.counters,
                     fdb: n
@@ -1125,7 +1170,33 @@ impl Serialize for Mac {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Mac, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_mac(&text)
+            .map(Mac)
+            .ok_or_else(|| serde::de::Error::custom("expected a MAC address 02:42:0a:51:00:02"))
+    }
+}
+
+/// `02:42:0a:51:00:02` (two hex digits per octet, colons) as a MAC address.
+pub fn parse_mac(text: &str) -> Option<EthernetAddress> {
+    let mut out = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(p, 16).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(EthernetAddress(out))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverlayStatus {
     pub node: NodeId,
     pub node_address: Ipv4Address,
@@ -1137,17 +1208,18 @@ pub struct OverlayStatus {
     pub peers: Vec<PeerStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkStatus {
     pub name: String,
     pub vni: Vni,
+    pub vlan: Option<VlanId>,
     pub appliance_mac: Option<Mac>,
     pub counters: NetworkCounters,
     pub fdb: Vec<FdbEntryStatus>,
     pub arp: Vec<ArpEntryStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FdbEntryStatus {
     pub mac: Mac,
     /// The peer's underlay address; `None` for the local container link.
@@ -1158,13 +1230,13 @@ pub struct FdbEntryStatus {
     pub age_secs: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArpEntryStatus {
     pub ip: Ipv4Address,
     pub mac: Mac,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub node: NodeId,
     pub name: Option<String>,

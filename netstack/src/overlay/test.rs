@@ -38,7 +38,7 @@ fn config() -> OverlayConfig {
     serde_json::from_str(
         r#"{
             "grid": {"node": 1},
-            "networks": [{"name": "a", "vni": 100}, {"name": "b", "vni": 200}],
+            "networks": [{"name": "a", "vni": 100}, {"name": "b", "vni": 200, "vlan": 200}],
             "peers": [
                 {"node": 2, "address": "192.0.2.2", "networks": ["a", "b"]},
                 {"node": 3, "address": "192.0.2.3", "networks": ["a"]}
@@ -420,6 +420,7 @@ fn linux_vxlan_frame_is_accepted() {
     o.add_network(&NetworkConfig {
         name: "grid".to_string(),
         vni: vni(42),
+        vlan: None,
     })
     .unwrap();
     o.add_peer(&PeerConfig {

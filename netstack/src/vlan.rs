@@ -1,0 +1,209 @@
+//! IEEE 802.1Q tags on the container link: the VLAN id type, and taking a tag off a
+//! received frame or putting one on a frame to send. This is how several overlay
+//! networks share one link (one VLAN per network, at most one untagged). It only reads
+//! and writes the four tag bytes; it never decides which network a VLAN belongs to.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use byteorder::{ByteOrder, NetworkEndian};
+use serde::{Deserialize, Serialize};
+
+/// The 802.1Q TPID (the EtherType of a tagged frame).
+pub const TPID: u16 = 0x8100;
+/// Bytes a tag adds to a frame.
+pub const TAG_LEN: usize = 4;
+
+const ETHERTYPE: core::ops::Range<usize> = 12..14;
+const TCI: core::ops::Range<usize> = 14..16;
+const MAC_HEADER_LEN: usize = 12;
+const ETHERNET_HEADER_LEN: usize = 14;
+const VID_MASK: u16 = 0x0fff;
+
+/// A VLAN id that can carry a network: 1..=4094 (0 is "priority only", 4095 reserved;
+/// IEEE 802.1Q table 9-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VlanId(u16);
+
+impl VlanId {
+    pub const MIN: u16 = 1;
+    pub const MAX: u16 = 4094;
+
+    pub const fn new(id: u16) -> Option<VlanId> {
+        if id >= Self::MIN && id <= Self::MAX {
+            Some(VlanId(id))
+        } else {
+            None
+        }
+    }
+
+    pub const fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for VlanId {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for VlanId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u16(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for VlanId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<VlanId, D::Error> {
+        let n = u32::deserialize(d)?;
+        u16::try_from(n)
+            .ok()
+            .and_then(VlanId::new)
+            .ok_or_else(|| serde::de::Error::custom("vlan must be 1..=4094"))
+    }
+}
+
+/// The VLAN a received frame belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tag {
+    /// No tag, or a priority-only tag (VID 0), which 802.1Q treats as untagged.
+    Untagged,
+    Vlan(VlanId),
+    /// VID 4095, reserved: never a network.
+    Reserved,
+}
+
+/// Why a frame could not be read as (possibly tagged) Ethernet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncated;
+
+/// The tag of `frame` and the frame without it (borrowed when there was none).
+/// A frame with a tag but no room for an EtherType after it is `Truncated`.
+pub fn untag(frame: &[u8]) -> Result<(Tag, Untagged<'_>), Truncated> {
+    if frame.len() < ETHERNET_HEADER_LEN {
+        return Err(Truncated);
+    }
+    if NetworkEndian::read_u16(&frame[ETHERTYPE]) != TPID {
+        return Ok((Tag::Untagged, Untagged::Borrowed(frame)));
+    }
+    if frame.len() < ETHERNET_HEADER_LEN + TAG_LEN {
+        return Err(Truncated);
+    }
+    let vid = NetworkEndian::read_u16(&frame[TCI]) & VID_MASK;
+    let tag = match vid {
+        0 => Tag::Untagged,
+        VID_MASK => Tag::Reserved,
+        // 1..=4094 by the two arms above.
+        id => VlanId::new(id).map_or(Tag::Reserved, Tag::Vlan),
+    };
+    let mut out = Vec::with_capacity(frame.len() - TAG_LEN);
+    out.extend_from_slice(&frame[..MAC_HEADER_LEN]);
+    out.extend_from_slice(&frame[MAC_HEADER_LEN + TAG_LEN..]);
+    Ok((tag, Untagged::Owned(out)))
+}
+
+/// A frame with its tag removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Untagged<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Untagged<'_> {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Untagged::Borrowed(b) => b,
+            Untagged::Owned(v) => v,
+        }
+    }
+}
+
+/// `frame` with an 802.1Q tag for `vlan` (priority 0) after its MAC addresses; `None`
+/// keeps it as it is. Frames shorter than the two MAC addresses are returned unchanged.
+pub fn tag(frame: Vec<u8>, vlan: Option<VlanId>) -> Vec<u8> {
+    let Some(vlan) = vlan else {
+        return frame;
+    };
+    if frame.len() < MAC_HEADER_LEN {
+        return frame;
+    }
+    let mut out = Vec::with_capacity(frame.len() + TAG_LEN);
+    out.extend_from_slice(&frame[..MAC_HEADER_LEN]);
+    let mut header = [0u8; TAG_LEN];
+    NetworkEndian::write_u16(&mut header[..2], TPID);
+    NetworkEndian::write_u16(&mut header[2..], vlan.get());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&frame[MAC_HEADER_LEN..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// An ARP request from 02:00:00:00:00:01 as `ip link add ... type vlan id 100`
+    /// sends it: TPID 0x8100, TCI 0x0064, then the ARP EtherType.
+    const TAGGED: [u8; 18] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 0x01, 0x81, 0x00, 0x00, 0x64, 0x08,
+        0x06,
+    ];
+    const UNTAGGED: [u8; 14] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x06,
+    ];
+
+    #[test]
+    fn untag_and_tag_round_trip() {
+        let (t, inner) = untag(&TAGGED).unwrap();
+        assert_eq!(t, Tag::Vlan(VlanId::new(100).unwrap()));
+        assert_eq!(inner.as_ref(), &UNTAGGED[..]);
+        assert_eq!(tag(UNTAGGED.to_vec(), VlanId::new(100)), TAGGED.to_vec());
+        assert_eq!(tag(UNTAGGED.to_vec(), None), UNTAGGED.to_vec());
+        let (t, inner) = untag(&UNTAGGED).unwrap();
+        assert_eq!(t, Tag::Untagged);
+        assert!(matches!(inner, Untagged::Borrowed(_)));
+        // Every VID and priority bits survive a round trip; the PCP/DEI bits are ignored.
+        for id in VlanId::MIN..=VlanId::MAX {
+            let vlan = VlanId::new(id).unwrap();
+            let mut tagged = tag(UNTAGGED.to_vec(), Some(vlan));
+            tagged[14] |= 0xe0 | 0x10;
+            let (t, inner) = untag(&tagged).unwrap();
+            assert_eq!(t, Tag::Vlan(vlan));
+            assert_eq!(inner.as_ref(), &UNTAGGED[..]);
+        }
+    }
+
+    #[test]
+    fn priority_and_reserved_tags() {
+        let mut f = TAGGED;
+        f[14..16].copy_from_slice(&[0xa0, 0x00]);
+        assert_eq!(untag(&f).unwrap().0, Tag::Untagged);
+        f[14..16].copy_from_slice(&[0x0f, 0xff]);
+        assert_eq!(untag(&f).unwrap().0, Tag::Reserved);
+    }
+
+    #[test]
+    fn short_frames_are_refused_not_read_past() {
+        for len in 0..ETHERNET_HEADER_LEN {
+            assert_eq!(untag(&TAGGED[..len]), Err(Truncated));
+        }
+        for len in ETHERNET_HEADER_LEN..TAGGED.len() {
+            assert_eq!(untag(&TAGGED[..len]), Err(Truncated), "{len}");
+        }
+        assert_eq!(tag(vec![1, 2, 3], VlanId::new(5)), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn vlan_id_range_and_serde() {
+        assert!(VlanId::new(0).is_none());
+        assert!(VlanId::new(4095).is_none());
+        assert_eq!(VlanId::new(4094).unwrap().get(), 4094);
+        let v: VlanId = serde_json::from_str("100").unwrap();
+        assert_eq!(v.get(), 100);
+        assert_eq!(serde_json::to_string(&v).unwrap(), "100");
+        for bad in ["0", "4095", "65636", "-1", "\"7\""] {
+            assert!(serde_json::from_str::<VlanId>(bad).is_err(), "{bad}");
+        }
+    }
+}
