@@ -64,6 +64,15 @@ impl Zone {
         })
     }
 
+    /// `kontena.local`, no grid, short names on: the defaults of the `dns` section.
+    pub fn kontena_local() -> Zone {
+        Zone {
+            domain: alloc::vec!["kontena".into(), "local".into()],
+            grid: None,
+            short_names: true,
+        }
+    }
+
     /// The zone apex as an absolute name (`kontena.local.`): owner of the SOA.
     pub fn apex(&self) -> Name {
         let mut name = Name::root();
