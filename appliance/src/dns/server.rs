@@ -10,7 +10,7 @@ use core::net::SocketAddr;
 
 use hickory_proto::op::{Header, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, PTR, SOA};
-use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use smoltcp::time::{Duration, Instant};
 
@@ -54,6 +54,9 @@ pub struct DnsServer {
     forwarder: Forwarder,
     ttl: u32,
     negative_ttl: u32,
+    /// The zone apex and the SOA's RNAME, built once.
+    apex: Name,
+    hostmaster: Name,
     counters: DnsCounters,
 }
 
@@ -70,7 +73,13 @@ impl DnsServer {
     /// `seed` seeds the forwarder's ID and port choice: take it from a real entropy
     /// source (RDRAND, the host), never a constant.
     pub fn new(config: DnsConfig, seed: [u8; 32]) -> DnsServer {
+        let apex = config.zone.apex();
+        let hostmaster = apex
+            .prepend_label("hostmaster")
+            .unwrap_or_else(|_| apex.clone());
         DnsServer {
+            apex,
+            hostmaster,
             records: RecordStore::new(config.zone),
             forwarder: Forwarder::new(config.forwarder, seed),
             ttl: secs(config.ttl),
@@ -328,20 +337,16 @@ impl DnsServer {
 
     /// The zone's SOA (RFC 2308 §3: its TTL and MINIMUM give the negative TTL).
     fn soa(&self, ttl: u32) -> Record {
-        let apex = self.records.zone().apex();
-        let rname = apex
-            .prepend_label("hostmaster")
-            .unwrap_or_else(|_| apex.clone());
         let soa = SOA::new(
-            apex.clone(),
-            rname,
+            self.apex.clone(),
+            self.hostmaster.clone(),
             self.records.serial(),
             SOA_REFRESH,
             SOA_RETRY,
             SOA_EXPIRE,
             self.negative_ttl,
         );
-        Record::from_rdata(apex, ttl, RData::SOA(soa))
+        Record::from_rdata(self.apex.clone(), ttl, RData::SOA(soa))
     }
 
     fn reply(
