@@ -150,6 +150,14 @@ impl Forwarder {
         &self.config
     }
 
+    /// New settings for new attempts. Attempts in flight keep their upstream and
+    /// deadline; a failover continues in the new list. With no upstreams left, the
+    /// next timeout gives up.
+    pub fn set_config(&mut self, config: ForwarderConfig) {
+        self.config = config;
+        self.preferred = 0;
+    }
+
     pub fn in_flight(&self) -> usize {
         self.pending.len()
     }
@@ -281,6 +289,7 @@ impl Forwarder {
     /// reset from the upstream. `None` if nothing is in flight on that port.
     pub fn fail_attempt(&mut self, now: Instant, local_port: u16) -> Option<TimerEvent> {
         let mut pending = self.pending.remove(&local_port)?;
+        // Also the way out when a reconfiguration emptied the list.
         if pending.attempts >= self.config.upstreams.len() {
             return Some(TimerEvent::GiveUp {
                 released_port: local_port,

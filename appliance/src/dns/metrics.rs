@@ -113,3 +113,24 @@ pub struct DnsCounters {
     pub badvers: u64,
     pub drops: DnsDrops,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_serialize_with_named_drop_reasons() {
+        let mut counters = DnsCounters {
+            queries: 3,
+            ..DnsCounters::default()
+        };
+        counters.drops.count(DropReason::ShortHeader);
+        counters.drops.count(DropReason::ReplyIdMismatch);
+        counters.drops.count(DropReason::ReplyIdMismatch);
+        let json = serde_json::to_value(&counters).unwrap();
+        assert_eq!(json["queries"], 3);
+        assert_eq!(json["drops"]["short_header"], 1);
+        assert_eq!(json["drops"]["reply_id_mismatch"], 2);
+        assert_eq!(counters.drops.total(), 3);
+    }
+}

@@ -198,6 +198,14 @@ impl RecordStore {
         &self.zone
     }
 
+    /// Moves every record to another domain or grid; the names change, the entries stay.
+    pub fn set_zone(&mut self, zone: Zone) {
+        if zone != self.zone {
+            self.zone = zone;
+            self.bump();
+        }
+    }
+
     /// Changes with every record change (RFC 1982 arithmetic: it wraps).
     pub fn serial(&self) -> u32 {
         self.serial

@@ -88,6 +88,20 @@ impl DnsServer {
         }
     }
 
+    /// Applies a new `dns` section: records, counters and queries in flight are kept
+    /// (a pending query fails over within the new upstream list).
+    pub fn reconfigure(&mut self, config: DnsConfig) {
+        let apex = config.zone.apex();
+        self.hostmaster = apex
+            .prepend_label("hostmaster")
+            .unwrap_or_else(|_| apex.clone());
+        self.apex = apex;
+        self.records.set_zone(config.zone);
+        self.forwarder.set_config(config.forwarder);
+        self.ttl = secs(config.ttl);
+        self.negative_ttl = secs(config.negative_ttl);
+    }
+
     pub fn records(&self) -> &RecordStore {
         &self.records
     }

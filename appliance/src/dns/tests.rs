@@ -1059,3 +1059,46 @@ fn arbitrary_and_mutated_bytes_never_panic_and_are_always_accounted() {
     assert_eq!(c.servfail, c.forward_refused + c.upstream_failures);
     assert!(c.forwarded > 0 && c.local_answers > 0 && c.formerr > 0 && c.drops.short_header > 0);
 }
+
+#[test]
+fn reconfigure_keeps_records_and_queries_in_flight() {
+    let mut server = server();
+    let out = forwarded(server.handle_query(
+        at(0),
+        client(),
+        &query("example.com.", RecordType::A, 5),
+        Transport::Udp,
+    ));
+    server.reconfigure(config_with(|section| {
+        section.domain = "grid.internal".into();
+        section.ttl = 5;
+        section.upstreams = vec!["203.0.113.53".into()];
+    }));
+    let reply = ask(
+        &mut server,
+        "testapp-db-1.testgrid.grid.internal.",
+        RecordType::A,
+    );
+    assert_eq!(addresses(&reply), vec![Ipv4Addr::new(10, 81, 1, 1)]);
+    assert_eq!(reply.answers[0].ttl, 5);
+    let reply = ask(&mut server, "nope.grid.internal.", RecordType::A);
+    assert_eq!(reply.authorities[0].name.to_string(), "grid.internal.");
+    assert!(matches!(
+        server.handle_query(
+            at(0),
+            client(),
+            &query("testapp-db-1.kontena.local.", RecordType::A, 6),
+            Transport::Udp
+        ),
+        Action::Forward(_)
+    ));
+    // The query sent before still gets its reply from the upstream it went to.
+    assert!(matches!(
+        server.handle_upstream_reply(
+            out.upstream,
+            out.source_port,
+            &upstream_answer(&out, [1, 2, 3, 4])
+        ),
+        UpstreamAction::Reply(_)
+    ));
+}
