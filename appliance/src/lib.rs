@@ -5,6 +5,7 @@
 extern crate alloc;
 
 pub mod config;
+pub mod dns;
 pub mod field_path;
 pub mod protocol;
 pub mod session;
