@@ -6,7 +6,9 @@
 use libfuzzer_sys::fuzz_target;
 use smoltcp::time::Instant;
 use weft_netstack::sleeve::wire::Records;
-use weft_netstack::sleeve::{Config, Frame, GridSecret, NodeId, PskKeySource, Sleeve, Vni};
+use weft_netstack::sleeve::{
+    Config, Frame, GridSecret, NodeId, PskKeySource, SessionId, Sleeve, Vni,
+};
 
 const A: NodeId = NodeId(1);
 const B: NodeId = NodeId(2);
@@ -17,9 +19,9 @@ fn endpoint(local: NodeId, peer: NodeId, seed: u64) -> Sleeve<PskKeySource> {
         local,
         PskKeySource::new(local, secret),
         Config::default(),
-        seed,
+        SessionId(seed),
     );
-    s.add_peer(peer);
+    s.add_peer(peer).expect("new peer");
     s
 }
 

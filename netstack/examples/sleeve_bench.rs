@@ -12,7 +12,9 @@ use std::time::{Duration, Instant as Clock};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use smoltcp::time::Instant;
-use weft_netstack::sleeve::{Config, Frame, GridSecret, NodeId, PskKeySource, Sleeve, Vni};
+use weft_netstack::sleeve::{
+    Config, Frame, GridSecret, NodeId, PskKeySource, SessionId, Sleeve, Vni,
+};
 
 const A: NodeId = NodeId(1);
 const B: NodeId = NodeId(2);
@@ -26,8 +28,8 @@ fn endpoint(local: NodeId, peer: NodeId) -> Sleeve<PskKeySource> {
         rekey_after_packets: 1 << 20,
         ..Config::default()
     };
-    let mut s = Sleeve::new(local, keys, config, u64::from(local.0) << 32);
-    s.add_peer(peer);
+    let mut s = Sleeve::new(local, keys, config, SessionId::first_of_boot(0, local.0));
+    s.add_peer(peer).expect("new peer");
     s
 }
 

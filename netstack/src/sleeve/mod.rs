@@ -32,7 +32,7 @@ pub enum OpenError {
     UnknownType,
     /// Sender is not a configured peer.
     UnknownPeer,
-    /// Session id the peer already retired.
+    /// Session id lower than the peer's current one (a recording of an older boot).
     StaleSession,
     /// Epoch neither current, previous within grace, nor a little ahead.
     UnknownEpoch,
@@ -128,6 +128,15 @@ impl SealError {
     }
 }
 
+/// Why a peer was not added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerError {
+    /// It already is a peer (its state is kept).
+    AlreadyPeer,
+    /// No session id is left (the id space of this boot is used up).
+    SessionsExhausted,
+}
+
 /// Named counters of one sleeve endpoint (status / metrics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SleeveMetrics {
@@ -184,8 +193,8 @@ pub struct Sleeve<K: KeySource> {
     local: NodeId,
     keys: K,
     config: Config,
-    session_seed: u64,
-    sessions_started: u64,
+    /// The sending session the next new peer session gets; `None` once used up.
+    next_session: Option<SessionId>,
     peers: BTreeMap<NodeId, Session>,
     metrics: SleeveMetrics,
 }
@@ -201,16 +210,16 @@ impl<K: KeySource> core::fmt::Debug for Sleeve<K> {
 }
 
 impl<K: KeySource> Sleeve<K> {
-    /// `session_seed`: a random value drawn once per boot from the seeded source; this
-    /// endpoint's sending sessions are `seed, seed + 1, ...` so none repeats across
-    /// reboots or peer re-adds (docs/sleeve.md "Sessions").
-    pub fn new(local: NodeId, keys: K, config: Config, session_seed: u64) -> Sleeve<K> {
+    /// `first_session`: [`SessionId::first_of_boot`] with this boot's wall-clock time and
+    /// a value of the seeded random source. Sending sessions are `first, first + 1, ...`,
+    /// so none repeats across reboots or peer re-adds and they grow (docs/sleeve.md
+    /// "Sessions").
+    pub fn new(local: NodeId, keys: K, config: Config, first_session: SessionId) -> Sleeve<K> {
         Sleeve {
             local,
             keys,
             config,
-            session_seed,
-            sessions_started: 0,
+            next_session: Some(first_session),
             peers: BTreeMap::new(),
             metrics: SleeveMetrics::default(),
         }
@@ -228,21 +237,21 @@ impl<K: KeySource> Sleeve<K> {
         &self.metrics
     }
 
-    fn next_session(&mut self) -> SessionId {
-        let id = SessionId(self.session_seed.wrapping_add(self.sessions_started));
-        self.sessions_started += 1;
-        id
+    fn take_session(&mut self) -> Option<SessionId> {
+        let id = self.next_session?;
+        self.next_session = id.next();
+        Some(id)
     }
 
-    /// Start talking to `peer`; `false` (and no change) if it already is a peer.
-    pub fn add_peer(&mut self, peer: NodeId) -> bool {
+    /// Start talking to `peer` under a new sending session.
+    pub fn add_peer(&mut self, peer: NodeId) -> Result<(), PeerError> {
         if self.peers.contains_key(&peer) {
-            return false;
+            return Err(PeerError::AlreadyPeer);
         }
-        let session = self.next_session();
+        let session = self.take_session().ok_or(PeerError::SessionsExhausted)?;
         self.peers
             .insert(peer, Session::new(self.local, peer, session, self.config));
-        true
+        Ok(())
     }
 
     /// Forget `peer` and its keys; `false` if it was not a peer.
@@ -283,12 +292,12 @@ impl<K: KeySource> Sleeve<K> {
         frames: &[Frame<'_>],
         now: Instant,
     ) -> Result<Vec<Vec<u8>>, SealError> {
-        let fresh = SessionId(self.session_seed.wrapping_add(self.sessions_started));
         let session = self.peers.get_mut(&peer).ok_or(SealError::UnknownPeer)?;
         match session.seal(&self.keys, frames, now) {
             Err(SealError::EpochsExhausted) => {
+                let fresh = self.next_session.ok_or(SealError::EpochsExhausted)?;
+                self.next_session = fresh.next();
                 session.restart_tx(fresh);
-                self.sessions_started += 1;
                 session.seal(&self.keys, frames, now)
             }
             other => other,

@@ -23,8 +23,6 @@ use super::{OpenError, SealError};
 
 /// Epochs of the current session accepted ahead of the current one.
 pub const MAX_EPOCH_STEP: u32 = 8;
-/// Retired session ids remembered per peer (refused as `StaleSession`).
-pub const RETIRED_SESSIONS: usize = 8;
 /// Upper bound on `rekey_after_packets`.
 pub const MAX_REKEY_AFTER_PACKETS: u64 = 1 << 60;
 /// Outer IPv4 (20) + UDP (8) bytes around every message.
@@ -53,6 +51,9 @@ pub struct Config {
     pub rekey_after_time: Duration,
     /// How long the previous receiving epoch stays accepted after a newer one opened.
     pub old_key_grace: Duration,
+    /// Silence of the peer's current session after which a lower session id is adopted
+    /// (a peer whose clock went back across a reboot); until then it is `StaleSession`.
+    pub session_takeover_idle: Duration,
 }
 
 impl Default for Config {
@@ -69,6 +70,7 @@ impl Config {
             rekey_after_packets: 1 << 30,
             rekey_after_time: Duration::from_secs(120),
             old_key_grace: Duration::from_secs(30),
+            session_takeover_idle: Duration::from_secs(120),
         }
     }
 
@@ -172,8 +174,8 @@ pub struct Session {
     tx: Option<TxKey>,
     rx_current: Option<RxKey>,
     rx_previous: Option<Previous>,
-    retired: [Option<SessionId>; RETIRED_SESSIONS],
-    retired_next: usize,
+    /// When a message of the peer last authenticated.
+    rx_last: Instant,
     stats: SessionStats,
 }
 
@@ -204,8 +206,7 @@ impl Session {
             tx: None,
             rx_current: None,
             rx_previous: None,
-            retired: [None; RETIRED_SESSIONS],
-            retired_next: 0,
+            rx_last: Instant::ZERO,
             stats: SessionStats::default(),
         }
     }
@@ -295,8 +296,9 @@ impl Session {
     }
 
     /// Seal `frames` (in order) into as few messages as fit `max_datagram`. Each returned
-    /// buffer is `headroom` zero bytes followed by one message. A refused call spends no
-    /// counter.
+    /// buffer is `headroom` zero bytes followed by one message. Frame checks happen
+    /// before any counter is taken; a key refused at a rekey mid-call drops the whole
+    /// call (the counters already taken are simply never used again).
     pub fn seal(
         &mut self,
         keys: &impl KeySource,
@@ -367,7 +369,7 @@ impl Session {
         }
     }
 
-    fn select(&self, repr: &Repr) -> Result<Slot, OpenError> {
+    fn select(&self, repr: &Repr, now: Instant) -> Result<Slot, OpenError> {
         if let Some(cur) = &self.rx_current {
             if cur.session == repr.session {
                 if cur.epoch == repr.epoch {
@@ -383,18 +385,15 @@ impl Session {
                 }
                 return Err(OpenError::UnknownEpoch);
             }
-        }
-        if self.retired.contains(&Some(repr.session)) {
-            return Err(OpenError::StaleSession);
+            // Session ids grow across the peer's boots (docs/sleeve.md "Sessions"): a
+            // lower one is a recording of an older boot unless the current went silent.
+            if repr.session < cur.session
+                && elapsed(self.rx_last, now) < self.config.session_takeover_idle
+            {
+                return Err(OpenError::StaleSession);
+            }
         }
         Ok(Slot::Fresh { new_session: true })
-    }
-
-    fn retire(&mut self, session: SessionId) {
-        if !self.retired.contains(&Some(session)) {
-            self.retired[self.retired_next] = Some(session);
-            self.retired_next = (self.retired_next + 1) % RETIRED_SESSIONS;
-        }
     }
 
     /// Authenticate and decrypt one message in place; on success the frames borrow
@@ -411,7 +410,7 @@ impl Session {
             return Err(OpenError::UnknownPeer);
         }
         self.expire_previous(now);
-        let slot = self.select(&repr)?;
+        let slot = self.select(&repr, now)?;
         let mut fresh = None;
         let (cipher, window) = match slot {
             Slot::Current => self.rx_current.as_ref().map(|k| (&k.cipher, &k.window)),
@@ -466,9 +465,6 @@ impl Session {
                 key.window.accept(repr.counter)?;
                 let old = self.rx_current.replace(key);
                 if new_session {
-                    if let Some(old) = old {
-                        self.retire(old.session);
-                    }
                     self.rx_previous = None;
                     self.stats.rx_sessions_adopted += 1;
                 } else {
@@ -480,6 +476,7 @@ impl Session {
                 }
             }
         }
+        self.rx_last = now;
         let body: &'b [u8] = body;
         let frames = Records::new_checked(body)?;
         Ok(Opened {

@@ -26,8 +26,8 @@ fn endpoint(
     seed: u64,
 ) -> Sleeve<PskKeySource> {
     let keys = PskKeySource::new(local, GridSecret::new(secret).unwrap());
-    let mut s = Sleeve::new(local, keys, config, seed);
-    s.add_peer(peer);
+    let mut s = Sleeve::new(local, keys, config, SessionId(seed));
+    s.add_peer(peer).unwrap();
     s
 }
 
@@ -408,8 +408,8 @@ fn readding_a_peer_starts_a_new_session() {
     let (mut a, _) = pair(Config::default());
     let first = header(&seal_one(&mut a, 0, t(0)));
     assert!(a.remove_peer(B));
-    assert!(a.add_peer(B));
-    assert!(!a.add_peer(B));
+    assert_eq!(a.add_peer(B), Ok(()));
+    assert_eq!(a.add_peer(B), Err(PeerError::AlreadyPeer));
     let second = header(&seal_one(&mut a, 0, t(0)));
     assert_ne!(first.session, second.session);
     assert_eq!((first.epoch, first.counter), (second.epoch, second.counter));
@@ -435,7 +435,7 @@ fn counters_are_never_reused() {
             match rng.next() % 20 {
                 0 => {
                     a.remove_peer(B);
-                    a.add_peer(B);
+                    a.add_peer(B).unwrap();
                 }
                 _ => {
                     // Small frames keep the (unoptimised) test build fast; sizes matter little here.
@@ -569,8 +569,8 @@ fn missing_keys_are_refused() {
             None
         }
     }
-    let mut n = Sleeve::new(B, NoKeys, Config::default(), 0);
-    n.add_peer(A);
+    let mut n = Sleeve::new(B, NoKeys, Config::default(), SessionId(0));
+    n.add_peer(A).unwrap();
     let (mut a, _) = pair(Config::default());
     let msg = seal_one(&mut a, 0, t(0));
     let mut buf = msg.clone();
@@ -623,4 +623,68 @@ fn truncated_and_garbage_never_panic() {
     }
     assert_eq!(b.metrics().opened_messages, 0);
     assert_eq!(open_tags(&mut b, &msg, t(0)), Ok(vec![1]));
+}
+
+/// A receiver that restarted sees the peer's current session and then a recording of an
+/// older boot: the recording never displaces the current session.
+#[test]
+fn recorded_old_session_cannot_lock_out_the_current_one() {
+    let mut a_old = endpoint(A, B, &SECRET, Config::default(), 0x0000_0001_0000_0000);
+    let recorded: Vec<Vec<u8>> = (0..3).map(|i| seal_one(&mut a_old, i, t(0))).collect();
+    let mut a_now = endpoint(A, B, &SECRET, Config::default(), 0x0000_0002_0000_0000);
+    let (_, mut b) = pair(Config::default());
+    let first = seal_one(&mut a_now, 10, t(1000));
+    assert_eq!(open_tags(&mut b, &first, t(1000)), Ok(vec![10]));
+    for (i, r) in recorded.iter().enumerate() {
+        let now = t(1000 + 1000 * i as u64);
+        let tag = 11 + i as u32;
+        assert_eq!(open_tags(&mut b, r, now), Err(OpenError::StaleSession));
+        let live = seal_one(&mut a_now, tag, now);
+        assert_eq!(open_tags(&mut b, &live, now), Ok(vec![tag]));
+    }
+    // Even if the pair went quiet long enough for a lower session to be taken over, the
+    // real (higher) session wins back at its next message.
+    let quiet = t(1_000_000);
+    assert_eq!(open_tags(&mut b, &recorded[0], quiet), Ok(vec![0]));
+    let live = seal_one(&mut a_now, 20, quiet);
+    assert_eq!(open_tags(&mut b, &live, quiet), Ok(vec![20]));
+    assert_eq!(
+        open_tags(&mut b, &recorded[1], quiet),
+        Err(OpenError::StaleSession)
+    );
+}
+
+/// A peer whose clock went back across a reboot starts a lower session: refused while
+/// its old session may still be alive, adopted once that one has been silent.
+#[test]
+fn lower_session_is_taken_over_after_silence() {
+    let config = Config::default();
+    let mut a_high = endpoint(A, B, &SECRET, config, 0x0000_0009_0000_0000);
+    let mut a_low = endpoint(A, B, &SECRET, config, 0x0000_0003_0000_0000);
+    let (_, mut b) = pair(config);
+    let high = seal_one(&mut a_high, 1, t(0));
+    assert_eq!(open_tags(&mut b, &high, t(0)), Ok(vec![1]));
+    let low = seal_one(&mut a_low, 2, t(5_000));
+    assert_eq!(
+        open_tags(&mut b, &low, t(5_000)),
+        Err(OpenError::StaleSession)
+    );
+    let late = t(config.session_takeover_idle.total_millis());
+    assert_eq!(open_tags(&mut b, &low, late), Ok(vec![2]));
+    let current = b.peer(A).unwrap().rx_current().map(|c| c.0);
+    assert_eq!(current, Some(header(&low).session));
+}
+
+#[test]
+fn session_ids_grow_and_never_wrap() {
+    let next = SessionId::first_of_boot(2, u32::MAX).next();
+    assert_eq!(next, Some(SessionId::first_of_boot(3, 0)));
+    assert!(
+        SessionId::first_of_boot(1_700_000_000, 0)
+            > SessionId::first_of_boot(1_600_000_000, u32::MAX)
+    );
+    let keys = PskKeySource::new(A, GridSecret::new(&SECRET).unwrap());
+    let mut s = Sleeve::new(A, keys, Config::default(), SessionId(u64::MAX));
+    assert_eq!(s.add_peer(B), Ok(()));
+    assert_eq!(s.add_peer(NodeId(3)), Err(PeerError::SessionsExhausted));
 }

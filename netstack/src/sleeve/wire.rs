@@ -23,9 +23,26 @@ pub const MIN_MESSAGE_LEN: usize = HEADER_LEN + TAG_LEN;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub u32);
 
-/// A sender's key session towards one receiver; the HKDF salt. Never reused by a sender.
+/// A sender's key session towards one receiver; the HKDF salt. Never reused by a sender,
+/// and growing across its boots (docs/sleeve.md "Sessions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionId(pub u64);
+
+impl SessionId {
+    /// The first session of a boot: wall-clock seconds at boot (Unix time, from the RTC
+    /// or the host agent) in the high half, 32 bits of the seeded random source below.
+    pub const fn first_of_boot(unix_secs: u32, random: u32) -> SessionId {
+        SessionId(((unix_secs as u64) << 32) | random as u64)
+    }
+
+    /// The session after this one; `None` when the id space is used up.
+    pub const fn next(self) -> Option<SessionId> {
+        match self.0.checked_add(1) {
+            Some(v) => Some(SessionId(v)),
+            None => None,
+        }
+    }
+}
 
 /// Key epoch within a session; advanced by the sender on rekey.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
