@@ -11,6 +11,7 @@ pub mod overlay;
 pub mod pcap;
 pub mod port;
 pub mod probe;
+pub mod sleeve;
 pub mod stack;
 pub mod vlan;
 pub mod vxlan;
