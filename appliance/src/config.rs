@@ -12,6 +12,8 @@ use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::field_path::{self, FieldError};
+use alloc::vec::Vec;
+use weft_netstack::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
 
 /// An IPv4 address with the prefix length of its subnet: `"A.B.C.D/len"` on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -141,6 +143,15 @@ impl<'de> Deserialize<'de> for Ipv4Cidr {
 pub struct Config {
     pub uplink: UplinkConfig,
     pub link: LinkConfig,
+    /// `[grid]`: this node's place in the overlay; absent: no overlay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<GridConfig>,
+    /// `[[networks]]`: the overlay networks (VXLAN VNIs) this node takes part in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkConfig>,
+    /// `[[peers]]`: the other nodes and the networks each carries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerConfig>,
 }
 
 /// `[uplink]`: the NIC towards the host's network.
@@ -258,6 +269,7 @@ impl Config {
                 ),
             ));
         }
+        crate::overlay::validate(self)?;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ extern crate alloc;
 pub mod config;
 pub mod dns;
 pub mod field_path;
+pub mod overlay;
 pub mod protocol;
 pub mod session;
 
@@ -15,6 +16,8 @@ use alloc::vec::Vec;
 use serde::Serialize;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
+use weft_netstack::fdb::Location;
+use weft_netstack::overlay::OverlayError;
 use weft_netstack::{Netstack, NicAddress, NicId};
 
 pub use config::{Config, ConfigError, Ipv4Cidr, LinkConfig, UplinkConfig};
@@ -175,6 +178,28 @@ impl Appliance {
                 }),
             },
             Command::Ping => Ok(CommandResult::Pong(Pong { pong: true })),
+            Command::PeerAdd(peer) => self.edit(|c| {
+                let (edited, i) = overlay::with_peer(c, &peer);
+                Ok((edited, "peers", i))
+            }),
+            Command::PeerRemove(key) => self.edit(|c| {
+                let edited = overlay::without_peer(c, key.address).ok_or_else(|| {
+                    not_found("address", alloc::format!("no peer at {}", key.address))
+                })?;
+                Ok((edited, "peers", usize::MAX))
+            }),
+            Command::NetworkAdd(net) => self.edit(|c| {
+                let (edited, i) = overlay::with_network(c, &net);
+                Ok((edited, "networks", i))
+            }),
+            Command::NetworkRemove(key) => self.edit(|c| {
+                let edited = overlay::without_network(c, key.vni).ok_or_else(|| {
+                    not_found("vni", alloc::format!("no network with VNI {}", key.vni))
+                })?;
+                Ok((edited, "networks", usize::MAX))
+            }),
+            Command::FdbAdd(entry) => self.fdb_add(now, entry),
+            Command::FdbRemove(key) => self.fdb_remove(key),
         };
         if result.is_err() {
             self.session.count_error();
@@ -182,14 +207,85 @@ impl Appliance {
         result
     }
 
+    /// The running configuration, when it has an overlay (runtime overlay commands
+    /// need one).
+    fn grid_config(&self) -> Result<&Config, ErrorBody> {
+        self.running
+            .as_ref()
+            .filter(|c| c.grid.is_some())
+            .ok_or_else(|| {
+                ErrorBody::new(
+                    ErrorCode::NotReady,
+                    "no overlay: apply a document with a [grid] section first".into(),
+                )
+            })
+    }
+
+    /// Apply the running document as a runtime command edits it: `edit` returns the
+    /// new document and which item (`index` of `section`) the command is about, so a
+    /// refusal names the field inside the command's arguments.
+    fn edit(
+        &mut self,
+        edit: impl FnOnce(&Config) -> Result<(Config, &'static str, usize), ErrorBody>,
+    ) -> Result<CommandResult, ErrorBody> {
+        let (edited, section, index) = edit(self.grid_config()?)?;
+        match self.apply(edited) {
+            Ok(changed) => Ok(CommandResult::Applied(Applied { changed })),
+            Err(e) => Err(ErrorBody {
+                code: ErrorCode::InvalidConfig,
+                message: e.message,
+                field: Some(overlay::relative_field(&e.field, section, index)),
+            }),
+        }
+    }
+
+    fn fdb_add(&mut self, now: Instant, e: overlay::FdbEntry) -> Result<CommandResult, ErrorBody> {
+        self.grid_config()?;
+        let Some(path) = self.netstack.overlay_mut() else {
+            return Err(internal_msg("overlay configured but not running"));
+        };
+        let location = match e.peer {
+            Some(peer) => Location::Remote(peer),
+            None => Location::Local,
+        };
+        let before = path.overlay().lookup(e.vni, &e.mac.0, now);
+        path.add_static(e.vni, e.mac.0, location, e.ip, now)
+            .map_err(|err| overlay_error(err, "mac"))?;
+        Ok(CommandResult::Applied(Applied {
+            changed: before != Some(location) || e.ip.is_some(),
+        }))
+    }
+
+    fn fdb_remove(&mut self, key: overlay::FdbKey) -> Result<CommandResult, ErrorBody> {
+        self.grid_config()?;
+        let Some(path) = self.netstack.overlay_mut() else {
+            return Err(internal_msg("overlay configured but not running"));
+        };
+        match path.remove_static(key.vni, key.mac.0) {
+            Ok(true) => Ok(CommandResult::Applied(Applied { changed: true })),
+            Ok(false) => Err(not_found(
+                "mac",
+                alloc::format!("no static entry for {} in VNI {}", key.mac, key.vni),
+            )),
+            Err(err) => Err(overlay_error(err, "mac")),
+        }
+    }
+
     /// Validate, then apply a configuration; returns whether it changed anything.
-    /// Atomic: nothing changes unless `Config::validate` passes, and everything after it
-    /// is infallible.
+    /// Atomic: nothing changes unless `Config::validate` passes and the overlay for it
+    /// is built (aside, from the running one); everything after that is infallible.
     pub fn apply(&mut self, config: Config) -> Result<bool, ConfigError> {
         config.validate()?;
         if self.running.as_ref() == Some(&config) {
             return Ok(false);
         }
+        let overlay = overlay::plan(
+            &config,
+            self.netstack.overlay(),
+            EthernetAddress(self.info.uplink_mac),
+            EthernetAddress(self.info.link_mac),
+            self.info.seed,
+        )?;
         self.netstack.configure(
             NicId::Uplink,
             Some(NicAddress {
@@ -204,10 +300,20 @@ impl Appliance {
                 gateway: None,
             }),
         );
+        self.netstack.set_overlay(overlay);
         log::info!(
-            "applied: uplink {} link {}",
+            "applied: uplink {} link {}{}",
             config.uplink.address,
-            config.link.address
+            config.link.address,
+            match &config.grid {
+                Some(g) => alloc::format!(
+                    ", overlay node {} with {} networks and {} peers",
+                    g.node,
+                    config.networks.len(),
+                    config.peers.len()
+                ),
+                None => String::new(),
+            }
         );
         self.running = Some(config);
         Ok(true)
@@ -230,6 +336,7 @@ impl Appliance {
                 link: self.interface_status(NicId::Link),
             },
             control: self.session.counters(),
+            overlay: self.netstack.overlay().map(|o| o.status(now)),
         }
     }
 
@@ -239,9 +346,16 @@ impl Appliance {
         InterfaceStatus {
             mac: mac_string(nic.iface.mac()),
             addresses: address
-                .iter()
-                .filter_map(|a| Ipv4Cidr::new(a.cidr.address(), a.cidr.prefix_len()).ok())
-                .collect(),
+                .map(|a| a.cidr)
+                .into_iter()
+                .chain(nic.iface.extra_address().filter(|_| address.is_some()))
+                .filter_map(|c| Ipv4Cidr::new(c.address(), c.prefix_len()).ok())
+                .fold(Vec::new(), |mut v, c| {
+                    if !v.contains(&c) {
+                        v.push(c);
+                    }
+                    v
+                }),
             gateway: address.and_then(|a| a.gateway),
             counters: nic.counters,
         }
@@ -260,6 +374,29 @@ fn mac_string(mac: EthernetAddress) -> String {
         b[4],
         b[5]
     )
+}
+
+fn internal_msg(message: &str) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, message.into())
+}
+
+fn not_found(field: &str, message: String) -> ErrorBody {
+    ErrorBody::with_field(ErrorCode::NotFound, message, field)
+}
+
+/// A refused FDB change; `mac_field` is the argument a table refusal is about.
+fn overlay_error(e: OverlayError, mac_field: &str) -> ErrorBody {
+    let message = alloc::format!("{e}");
+    match e {
+        OverlayError::UnknownNetwork(_) => not_found("vni", message),
+        OverlayError::UnknownPeer(_) => not_found("peer", message),
+        OverlayError::PeerNotInNetwork { .. } | OverlayError::PeerIsSelf(_) => {
+            ErrorBody::with_field(ErrorCode::InvalidConfig, message, "peer")
+        }
+        OverlayError::Table(_) | OverlayError::Config(_) => {
+            ErrorBody::with_field(ErrorCode::InvalidConfig, message, mac_field)
+        }
+    }
 }
 
 fn internal(e: serde_json::Error) -> ErrorBody {

@@ -12,9 +12,12 @@ use core::net::Ipv4Addr;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Number, Value};
+use weft_netstack::datapath::DatapathStatus;
+use weft_netstack::overlay::config::{NetworkConfig, PeerConfig};
 use weft_netstack::NicCounters;
 
 use crate::config::{Config, Ipv4Cidr};
+use crate::overlay::{FdbEntry, FdbKey, NetworkKey, PeerKey};
 
 /// The protocol version this appliance speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -81,11 +84,34 @@ pub enum Command {
     Apply(Config),
     /// Cheap liveness: `{"pong":true}`.
     Ping,
+    /// Add an overlay peer, or replace the one at its underlay address.
+    PeerAdd(PeerConfig),
+    /// Remove an overlay peer (and every FDB entry behind it).
+    PeerRemove(PeerKey),
+    /// Add an overlay network, or change the one with its VNI.
+    NetworkAdd(NetworkConfig),
+    /// Remove an overlay network (and its tables).
+    NetworkRemove(NetworkKey),
+    /// Pin a MAC address of a network behind a peer or on the local link.
+    FdbAdd(FdbEntry),
+    /// Remove a pinned MAC address.
+    FdbRemove(FdbKey),
 }
 
 impl Command {
     /// Every command name, for error messages.
-    pub const NAMES: &'static [&'static str] = &["status", "config", "apply", "ping"];
+    pub const NAMES: &'static [&'static str] = &[
+        "status",
+        "config",
+        "apply",
+        "ping",
+        "peer-add",
+        "peer-remove",
+        "network-add",
+        "network-remove",
+        "fdb-add",
+        "fdb-remove",
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -93,6 +119,12 @@ impl Command {
             Command::Config => "config",
             Command::Apply(_) => "apply",
             Command::Ping => "ping",
+            Command::PeerAdd(_) => "peer-add",
+            Command::PeerRemove(_) => "peer-remove",
+            Command::NetworkAdd(_) => "network-add",
+            Command::NetworkRemove(_) => "network-remove",
+            Command::FdbAdd(_) => "fdb-add",
+            Command::FdbRemove(_) => "fdb-remove",
         }
     }
 
@@ -101,6 +133,12 @@ impl Command {
         match self {
             Command::Status | Command::Config | Command::Ping => None,
             Command::Apply(config) => serde_json::to_value(config).ok(),
+            Command::PeerAdd(a) => serde_json::to_value(a).ok(),
+            Command::PeerRemove(a) => serde_json::to_value(a).ok(),
+            Command::NetworkAdd(a) => serde_json::to_value(a).ok(),
+            Command::NetworkRemove(a) => serde_json::to_value(a).ok(),
+            Command::FdbAdd(a) => serde_json::to_value(a).ok(),
+            Command::FdbRemove(a) => serde_json::to_value(a).ok(),
         }
     }
 
@@ -126,6 +164,18 @@ impl Command {
                         field: Some(e.field),
                     })
             }
+            "peer-add" => overlay_args(name, args).map(Command::PeerAdd),
+            "peer-remove" => overlay_args(name, args).map(Command::PeerRemove),
+            "network-add" => overlay_args(name, args).map(Command::NetworkAdd),
+            "network-remove" => overlay_args(name, args).map(Command::NetworkRemove),
+            "fdb-add" => {
+                let entry: FdbEntry = overlay_args(name, args)?;
+                entry.check().map_err(|(field, message)| {
+                    ErrorBody::with_field(ErrorCode::InvalidConfig, message, field)
+                })?;
+                Ok(Command::FdbAdd(entry))
+            }
+            "fdb-remove" => overlay_args(name, args).map(Command::FdbRemove),
             other => Err(ErrorBody::new(
                 ErrorCode::UnknownCommand,
                 format!(
@@ -135,6 +185,25 @@ impl Command {
             )),
         }
     }
+}
+
+/// The typed `args` of an overlay command; refusals name the field inside `args`.
+fn overlay_args<T: serde::de::DeserializeOwned>(
+    name: &str,
+    args: Option<&Value>,
+) -> Result<T, ErrorBody> {
+    let args = args.ok_or_else(|| {
+        ErrorBody::with_field(
+            ErrorCode::InvalidRequest,
+            format!("{name} needs its arguments as `args`"),
+            "args",
+        )
+    })?;
+    crate::field_path::from_value(args).map_err(|e| ErrorBody {
+        code: ErrorCode::InvalidConfig,
+        message: e.message,
+        field: Some(e.field),
+    })
 }
 
 fn no_args(name: &str, args: Option<&Value>) -> Result<(), ErrorBody> {
@@ -307,6 +376,8 @@ pub enum ErrorCode {
     LineTooLong,
     /// The command needs state the appliance does not have yet (e.g. a configuration).
     NotReady,
+    /// The command names something that does not exist (a peer, network or FDB entry).
+    NotFound,
     /// A bug in the appliance; the request may or may not have taken effect.
     Internal,
 }
@@ -413,6 +484,10 @@ pub struct Status {
     pub configured: bool,
     pub interfaces: Interfaces,
     pub control: ControlCounters,
+    /// The overlay (present once a document with a `[grid]` is applied): per-network
+    /// and per-peer counters, drops by reason, FDB and ARP tables, underlay neighbours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<DatapathStatus>,
 }
 
 /// Per-NIC status, one named field per NIC.
@@ -547,6 +622,7 @@ mod tests {
             (ErrorCode::InvalidConfig, "invalid_config"),
             (ErrorCode::LineTooLong, "line_too_long"),
             (ErrorCode::NotReady, "not_ready"),
+            (ErrorCode::NotFound, "not_found"),
             (ErrorCode::Internal, "internal"),
         ];
         for (code, text) in all {

@@ -202,7 +202,11 @@ fn invalid_apply_names_the_field_and_changes_nothing() {
     doc["uplink"]["mtu"] = json!(9000);
     bad_cases.push((doc, "uplink.mtu"));
     let mut doc = good_config();
-    doc["peers"] = json!([]);
+    doc["routes"] = json!([]);
+    bad_cases.push((doc, "routes"));
+    // Overlay sections are checked with the rest, before anything is applied.
+    let mut doc = good_config();
+    doc["peers"] = json!([{"node": 2, "address": "192.0.2.12"}]);
     bad_cases.push((doc, "peers"));
     let mut doc = good_config();
     doc["link"]["address"] = json!(10);
@@ -268,6 +272,21 @@ fn every_error_code_the_protocol_produces_is_reachable() {
         "invalid_config",
         json!(3),
     );
+    check(
+        &mut app,
+        r#"{"id":5,"cmd":"peer-remove","args":{"address":"192.0.2.12"}}"#,
+        "not_ready",
+        json!(5),
+    );
+    let mut grid = good_config();
+    grid["grid"] = json!({"node": 1});
+    call(&mut app, now, &apply_line(6, &grid));
+    check(
+        &mut app,
+        r#"{"id":7,"cmd":"peer-remove","args":{"address":"192.0.2.12"}}"#,
+        "not_found",
+        json!(7),
+    );
 
     let mut out = Vec::new();
     app.control_input(now, &vec![b'{'; 70_000], &mut out);
@@ -278,7 +297,7 @@ fn every_error_code_the_protocol_produces_is_reachable() {
     assert_eq!(replies[0]["id"], Value::Null);
 
     let status = call(&mut app, now, r#"{"id":4,"cmd":"status"}"#);
-    assert_eq!(status["result"]["control"]["errors"], json!(7));
+    assert_eq!(status["result"]["control"]["errors"], json!(9));
 }
 
 #[test]

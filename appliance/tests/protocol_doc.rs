@@ -32,7 +32,7 @@ fn transcripts(doc: &str) -> Vec<Vec<(bool, String)>> {
 fn protocol_md_transcripts_are_exact() {
     let doc = include_str!("../PROTOCOL.md");
     let blocks = transcripts(doc);
-    assert_eq!(blocks.len(), 2, "two transcripts in PROTOCOL.md");
+    assert!(blocks.len() >= 3, "the transcripts in PROTOCOL.md");
     for block in blocks {
         let now = Instant::from_millis(0);
         let mut app = Appliance::new(

@@ -363,11 +363,27 @@ mod tests {
 
     const T: Duration = Duration::from_secs(10);
 
-    fn tmp(tag: &str) -> PathBuf {
+    /// A scratch directory removed on drop.
+    struct Tmp(PathBuf);
+
+    impl std::ops::Deref for Tmp {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tmp(tag: &str) -> Tmp {
         let d = std::env::temp_dir().join(format!("weft-ctl-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        Tmp(d)
     }
 
     fn demo_config() -> Config {
@@ -376,7 +392,8 @@ mod tests {
 
     #[test]
     fn greeting_requests_and_ids_against_the_real_appliance() {
-        let sim = SimAppliance::start(&tmp("basic")).unwrap();
+        let dir = tmp("basic");
+        let sim = SimAppliance::start(&dir).unwrap();
         let mut c = Client::connect(sim.path(), T).unwrap();
         assert_eq!(c.greeting(), &Greeting::current());
         assert!(c.ping().unwrap().pong);
@@ -399,7 +416,8 @@ mod tests {
 
     #[test]
     fn invalid_apply_is_a_remote_error_naming_the_field_and_changes_nothing() {
-        let sim = SimAppliance::start(&tmp("errors")).unwrap();
+        let dir = tmp("errors");
+        let sim = SimAppliance::start(&dir).unwrap();
         let mut c = Client::connect(sim.path(), T).unwrap();
         c.apply(&demo_config()).unwrap();
         let cases = [
@@ -437,7 +455,8 @@ mod tests {
 
     #[test]
     fn replies_to_garbage_are_skipped_until_our_id() {
-        let sim = SimAppliance::start(&tmp("garbage")).unwrap();
+        let dir = tmp("garbage");
+        let sim = SimAppliance::start(&dir).unwrap();
         let mut c = Client::connect(sim.path(), T).unwrap();
         let mut garbage = Vec::new();
         for i in 0..200 {
@@ -452,7 +471,8 @@ mod tests {
 
     #[test]
     fn reconnect_gets_a_new_greeting_and_a_partial_line_is_discarded() {
-        let sim = SimAppliance::start(&tmp("reconnect")).unwrap();
+        let dir = tmp("reconnect");
+        let sim = SimAppliance::start(&dir).unwrap();
         let mut a = Client::connect(sim.path(), T).unwrap();
         a.send_raw(b"{\"id\":1,\"cmd\":\"sta").unwrap();
         drop(a);
@@ -465,7 +485,8 @@ mod tests {
 
     #[test]
     fn a_second_client_waits_like_with_qemu_and_is_told_why() {
-        let sim = SimAppliance::start(&tmp("busy")).unwrap();
+        let dir = tmp("busy");
+        let sim = SimAppliance::start(&dir).unwrap();
         let mut first = Client::connect(sim.path(), T).unwrap();
         let second = Client::connect(sim.path(), Duration::from_millis(400));
         match second {
@@ -495,10 +516,8 @@ mod tests {
 
     #[test]
     fn wrong_protocol_is_refused() {
-        let (p, h) = one_shot(
-            &tmp("proto2"),
-            "{\"weft\":{\"version\":\"9\",\"protocol\":2}}\n",
-        );
+        let dir = tmp("proto2");
+        let (p, h) = one_shot(&dir, "{\"weft\":{\"version\":\"9\",\"protocol\":2}}\n");
         match Client::connect(&p, T) {
             Err(ControlError::BadGreeting(m)) => assert!(m.contains("protocol 2"), "{m}"),
             other => panic!("expected BadGreeting, got {other:?}"),
@@ -508,7 +527,8 @@ mod tests {
 
     #[test]
     fn silence_times_out_dead_peer_is_gone_absent_socket_fails() {
-        let (p, h) = one_shot(&tmp("silent"), "");
+        let dir = tmp("silent");
+        let (p, h) = one_shot(&dir, "");
         let t = Duration::from_millis(300);
         assert!(matches!(
             Client::connect(&p, t),
@@ -516,7 +536,8 @@ mod tests {
         ));
         h.join().unwrap();
 
-        let (p, h) = one_shot(&tmp("gone"), "");
+        let dir = tmp("gone");
+        let (p, h) = one_shot(&dir, "");
         let mut checks = 0;
         let r = Client::connect_while(&p, T, &mut || {
             checks += 1;

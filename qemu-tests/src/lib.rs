@@ -18,6 +18,7 @@ use weft_image::netns::{self, Netns, PeerAddresses, Topology, TopologyNames};
 use weft_image::qemu::{self, MacAddr, MemoryMib, Nic, Qemu, QemuConfig, Serial};
 
 pub mod frames;
+pub mod grid;
 
 /// Longest a test VM may run before the watchdog kills it.
 pub const VM_TIME_LIMIT: Duration = Duration::from_secs(240);
@@ -126,6 +127,8 @@ pub struct BootOptions {
     pub greeting_timeout: Duration,
     /// The image to boot (default: the one [`preflight`] builds).
     pub image: Option<PathBuf>,
+    /// Addresses of the host and container namespaces around the VM.
+    pub peers: PeerAddresses,
 }
 
 impl Default for BootOptions {
@@ -136,6 +139,7 @@ impl Default for BootOptions {
             time_limit: VM_TIME_LIMIT,
             greeting_timeout: GREETING_TIMEOUT,
             image: None,
+            peers: PeerAddresses::default(),
         }
     }
 }
@@ -176,7 +180,7 @@ impl TestVm {
         };
         let prefix = unique_prefix();
         let names = TopologyNames::new(&prefix).map_err(|e| format!("{e:#}"))?;
-        let topo = Topology::create(names, PeerAddresses::default(), &mut |_| {})
+        let topo = Topology::create(names, opts.peers.clone(), &mut |_| {})
             .map_err(|e| format!("{test}: creating the topology: {e:#}"))?;
         let dir = std::env::temp_dir().join(format!("weft-qt-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -355,9 +359,9 @@ impl Drop for TestVm {
                 eprintln!("{}", std::fs::read_to_string(path).unwrap_or_default());
             }
             eprintln!("==== end of {} logs ====", self.test);
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
+        // The logs were printed if they matter; keep no litter in /tmp.
+        let _ = std::fs::remove_dir_all(&self.dir);
         // The topology (namespaces, and with them every device) drops after this.
     }
 }

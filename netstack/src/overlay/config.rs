@@ -172,7 +172,7 @@ pub struct NetworkConfig {
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     pub node: NodeId,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The peer's underlay (VTEP) address.
     pub address: Ipv4Address,

@@ -1,0 +1,684 @@
+//! The overlay as the appliance runs it: the rules that tie the `[grid]`, `[[networks]]`
+//! and `[[peers]]` sections to the rest of the document (with the field path of each
+//! refusal), building the netstack's `OverlayPath` for a document, and the runtime
+//! commands (`peer-add`, `fdb-add`, ...) as typed arguments.
+//!
+//! Nothing here changes a running overlay in place: a new or changed overlay is built
+//! aside (from scratch, or as a copy of the running one with only the differences
+//! applied, so learned and static entries survive) and swapped in whole.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use smoltcp::wire::{EthernetAddress, Ipv4Address};
+use weft_netstack::datapath::OverlayPath;
+use weft_netstack::overlay::config::{
+    ConfigError as GridError, NetworkConfig, OverlayConfig, PeerConfig,
+};
+use weft_netstack::overlay::{Limits, Mac, Overlay, OverlayError, Underlay};
+use weft_netstack::vxlan::Vni;
+
+use crate::config::{Config, ConfigError};
+
+/// The three overlay sections of `config`, when it has a grid.
+pub fn sections(config: &Config) -> Option<OverlayConfig> {
+    config.grid.as_ref().map(|grid| OverlayConfig {
+        grid: grid.clone(),
+        networks: config.networks.clone(),
+        peers: config.peers.clone(),
+    })
+}
+
+fn refuse(field: String, message: String) -> ConfigError {
+    ConfigError { field, message }
+}
+
+/// Index of the `nth` (0-based) item matching `pred`.
+fn nth<T>(items: &[T], nth: usize, pred: impl Fn(&T) -> bool) -> Option<usize> {
+    items
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| pred(t))
+        .nth(nth)
+        .map(|(i, _)| i)
+}
+
+/// The field an overlay validation error is about, in the document.
+fn field_of(e: &GridError, c: &OverlayConfig) -> String {
+    use GridError::*;
+    let net = |i: Option<usize>, key: &str| match i {
+        Some(i) => format!("networks[{i}].{key}"),
+        None => "networks".to_string(),
+    };
+    let peer = |i: Option<usize>, key: &str| match i {
+        Some(i) => format!("peers[{i}].{key}"),
+        None => "peers".to_string(),
+    };
+    let n = &c.networks;
+    let p = &c.peers;
+    match e {
+        BadSubnet(_) => "grid.subnet".into(),
+        ZeroPort => "grid.vxlan_port".into(),
+        MtuOutOfRange(_) => "grid.mtu".into(),
+        BadName(name) => match nth(n, 0, |x| &x.name == name) {
+            Some(i) => net(Some(i), "name"),
+            None => peer(nth(p, 0, |x| x.name.as_ref() == Some(name)), "name"),
+        },
+        DuplicateNetworkName(name) => net(nth(n, 1, |x| &x.name == name), "name"),
+        DuplicateVni(v) => net(nth(n, 1, |x| x.vni == *v), "vni"),
+        DuplicateVlan(v) => net(nth(n, 1, |x| x.vlan == Some(*v)), "vlan"),
+        TwoUntagged(name) => net(nth(n, 0, |x| &x.name == name), "vlan"),
+        TooManyNetworks => "networks".into(),
+        TooManyPeers => "peers".into(),
+        PeerIsSelf(node) => peer(nth(p, 0, |x| x.node == *node), "node"),
+        DuplicatePeerNode(node) => peer(nth(p, 1, |x| x.node == *node), "node"),
+        DuplicatePeerName(name) => peer(nth(p, 1, |x| x.name.as_ref() == Some(name)), "name"),
+        DuplicatePeerAddress(a) => peer(nth(p, 1, |x| x.address == *a), "address"),
+        BadPeerAddress(a) => peer(nth(p, 0, |x| x.address == *a), "address"),
+        UnknownNetwork {
+            peer: node,
+            network,
+        }
+        | DuplicatePeerNetwork {
+            peer: node,
+            network,
+        } => {
+            let which = usize::from(matches!(e, DuplicatePeerNetwork { .. }));
+            match nth(p, 0, |x| x.node == *node) {
+                Some(i) => match nth(&p[i].networks, which, |x| x == network) {
+                    Some(j) => format!("peers[{i}].networks[{j}]"),
+                    None => peer(Some(i), "networks"),
+                },
+                None => "peers".into(),
+            }
+        }
+    }
+}
+
+/// Every overlay rule of the document; the first violation names its field.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    let Some(sections) = sections(config) else {
+        for (field, empty) in [
+            ("networks", config.networks.is_empty()),
+            ("peers", config.peers.is_empty()),
+        ] {
+            if !empty {
+                return Err(refuse(
+                    field.into(),
+                    "needs a [grid] section (this node's number in the overlay)".into(),
+                ));
+            }
+        }
+        return Ok(());
+    };
+    sections
+        .validate()
+        .map_err(|e| refuse(field_of(&e, &sections), e.to_string()))?;
+    let grid = &sections.grid;
+    let subnet = grid.subnet.0;
+    let up = &config.uplink.address;
+    if subnet.contains_addr(&up.address()) || up.contains(subnet.network().address()) {
+        return Err(refuse(
+            "grid.subnet".into(),
+            format!(
+                "{subnet} overlaps the uplink subnet {}/{}",
+                up.network(),
+                up.prefix_len()
+            ),
+        ));
+    }
+    let node = grid.node_address(grid.node);
+    let link = &config.link.address;
+    if subnet.contains_addr(&link.address())
+        && (link.address() != node || link.prefix_len() != subnet.prefix_len())
+    {
+        return Err(refuse(
+            "link.address".into(),
+            format!(
+                "inside the grid subnet {subnet}, the link address must be this node's \
+                 overlay address {node}/{}",
+                subnet.prefix_len()
+            ),
+        ));
+    }
+    for (i, p) in sections.peers.iter().enumerate() {
+        let field = format!("peers[{i}].address");
+        if p.address == up.address() {
+            return Err(refuse(
+                field,
+                format!("{} is this appliance's uplink address", p.address),
+            ));
+        }
+        if !up.contains(p.address) && config.uplink.gateway.is_none() {
+            return Err(refuse(
+                field,
+                format!(
+                    "{} is outside the uplink subnet {}/{} and there is no uplink.gateway",
+                    p.address,
+                    up.network(),
+                    up.prefix_len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The overlay the netstack should run for `config` (validated), given the one running
+/// now: `None` without a grid; a copy of `running` changed only where the document
+/// differs when the grid and the uplink are the same (tables and counters survive);
+/// otherwise a new one.
+pub fn plan(
+    config: &Config,
+    running: Option<&OverlayPath>,
+    uplink_mac: EthernetAddress,
+    link_mac: EthernetAddress,
+    seed: u64,
+) -> Result<Option<OverlayPath>, ConfigError> {
+    let Some(sections) = sections(config) else {
+        return Ok(None);
+    };
+    let internal = |e: OverlayError| refuse(String::new(), format!("overlay: {e}"));
+    let underlay = Underlay {
+        mac: uplink_mac,
+        ip: config.uplink.address.address(),
+    };
+    let reusable = running
+        .filter(|r| r.overlay().grid() == &sections.grid && r.overlay().underlay() == underlay);
+    let Some(running) = reusable else {
+        let overlay =
+            Overlay::from_config(&sections, underlay, Limits::default(), seed).map_err(internal)?;
+        return OverlayPath::new(overlay, link_mac)
+            .map(Some)
+            .map_err(internal);
+    };
+    let mut path = running.clone();
+    // Peers first (they name networks), then networks, then peers again.
+    let gone_peers: Vec<Ipv4Address> = path
+        .overlay()
+        .peers()
+        .map(|(a, _)| a)
+        .filter(|a| !sections.peers.iter().any(|p| p.address == *a))
+        .collect();
+    for a in gone_peers {
+        path.remove_peer(a);
+    }
+    let gone_networks: Vec<Vni> = path
+        .overlay()
+        .networks()
+        .map(|(v, _, _)| v)
+        .filter(|v| !sections.networks.iter().any(|n| n.vni == *v))
+        .collect();
+    for v in gone_networks {
+        path.remove_network(v);
+    }
+    // A VLAN (or a node number) may move from one item to another within one
+    // document, so updating in order can collide mid-way. An item whose update
+    // collides is removed and added again in a second pass (its tables start empty;
+    // every other item keeps its own).
+    for net in &sections.networks {
+        if path.add_network(net).is_err() {
+            path.remove_network(net.vni);
+        }
+    }
+    for net in &sections.networks {
+        path.add_network(net).map_err(internal)?;
+    }
+    for peer in &sections.peers {
+        if path.add_peer(peer).is_err() {
+            path.remove_peer(peer.address);
+        }
+    }
+    for peer in &sections.peers {
+        path.add_peer(peer).map_err(internal)?;
+    }
+    Ok(Some(path))
+}
+
+/// `fdb-add`'s arguments: pin `mac` in network `vni` behind `peer` (an underlay
+/// address) or on the local link (`local: true`); with `ip`, ARP requests for that
+/// overlay address are answered with `mac` (ARP suppression).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdbEntry {
+    pub vni: Vni,
+    pub mac: Mac,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "core::ops::Not::not")]
+    pub local: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// `fdb-remove`'s arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdbKey {
+    pub vni: Vni,
+    pub mac: Mac,
+}
+
+/// `peer-remove`'s arguments: the peer's underlay address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerKey {
+    pub address: Ipv4Addr,
+}
+
+/// `network-remove`'s arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkKey {
+    pub vni: Vni,
+}
+
+impl FdbEntry {
+    /// The rules serde cannot express; the first violation names its field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        match (self.peer, self.local) {
+            (Some(_), true) => Err(("local", "give either peer or local: true, not both".into())),
+            (None, false) => Err((
+                "peer",
+                "give the peer's underlay address, or local: true for the container link".into(),
+            )),
+            _ => Ok(()),
+        }?;
+        if !self.mac.0.is_unicast() {
+            return Err(("mac", format!("{} is not a unicast MAC address", self.mac)));
+        }
+        if let Some(ip) = self.ip {
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                return Err(("ip", format!("{ip} is not a unicast host address")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `config` with `peer` added, or replacing the peer at its address; and its index.
+pub fn with_peer(config: &Config, peer: &PeerConfig) -> (Config, usize) {
+    let mut c = config.clone();
+    let i = match c.peers.iter().position(|p| p.address == peer.address) {
+        Some(i) => {
+            c.peers[i] = peer.clone();
+            i
+        }
+        None => {
+            c.peers.push(peer.clone());
+            c.peers.len() - 1
+        }
+    };
+    (c, i)
+}
+
+/// `config` with `net` added, or replacing the network with its VNI; and its index.
+pub fn with_network(config: &Config, net: &NetworkConfig) -> (Config, usize) {
+    let mut c = config.clone();
+    let i = match c.networks.iter().position(|n| n.vni == net.vni) {
+        Some(i) => {
+            let old = core::mem::replace(&mut c.networks[i], net.clone());
+            // Peers name networks: a rename follows through.
+            if old.name != net.name {
+                for p in &mut c.peers {
+                    for n in &mut p.networks {
+                        if *n == old.name {
+                            *n = net.name.clone();
+                        }
+                    }
+                }
+            }
+            i
+        }
+        None => {
+            c.networks.push(net.clone());
+            c.networks.len() - 1
+        }
+    };
+    (c, i)
+}
+
+/// `config` without the network `vni` (and without it in any peer's list).
+pub fn without_network(config: &Config, vni: Vni) -> Option<Config> {
+    let i = config.networks.iter().position(|n| n.vni == vni)?;
+    let mut c = config.clone();
+    let gone = c.networks.remove(i);
+    for p in &mut c.peers {
+        p.networks.retain(|n| *n != gone.name);
+    }
+    Some(c)
+}
+
+/// `config` without the peer at `address`.
+pub fn without_peer(config: &Config, address: Ipv4Addr) -> Option<Config> {
+    let i = config.peers.iter().position(|p| p.address == address)?;
+    let mut c = config.clone();
+    c.peers.remove(i);
+    Some(c)
+}
+
+/// A document error about item `index` of `section` (`"peers"`), as a path inside
+/// that item (what the runtime command's arguments call it); other paths unchanged.
+pub fn relative_field(field: &str, section: &str, index: usize) -> String {
+    let prefix = format!("{section}[{index}]");
+    match field.strip_prefix(&prefix) {
+        Some(rest) => rest.trim_start_matches('.').to_string(),
+        None => field.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use serde_json::{json, Value};
+
+    fn doc() -> Value {
+        json!({
+            "uplink": {"address": "192.0.2.11/24", "gateway": "192.0.2.1"},
+            "link": {"address": "10.81.0.1/16"},
+            "grid": {"node": 1},
+            "networks": [{"name": "a", "vni": 100}, {"name": "b", "vni": 200, "vlan": 200}],
+            "peers": [
+                {"node": 2, "address": "192.0.2.12", "networks": ["a", "b"]},
+                {"node": 3, "name": "linux", "address": "192.0.2.13", "networks": ["a"]}
+            ]
+        })
+    }
+
+    fn set(mut v: Value, path: &[&str], new: Value) -> Value {
+        let mut node = &mut v;
+        for k in &path[..path.len() - 1] {
+            node = match k.parse::<usize>() {
+                Ok(i) => &mut node[i],
+                Err(_) => &mut node[*k],
+            };
+        }
+        let last = path[path.len() - 1];
+        match last.parse::<usize>() {
+            Ok(i) if node.as_array().is_some_and(|a| a.len() == i) => {
+                node.as_array_mut().unwrap().push(new)
+            }
+            Ok(i) => node[i] = new,
+            Err(_) => node[last] = new,
+        }
+        v
+    }
+
+    #[test]
+    fn a_good_document_round_trips() {
+        let c = Config::from_json_value(&doc()).unwrap();
+        let back = serde_json::to_value(&c).unwrap();
+        assert_eq!(Config::from_json_value(&back).unwrap(), c);
+        // Defaults are spelled out; nothing else is added.
+        assert_eq!(back["grid"]["mtu"], json!(1450));
+        assert_eq!(back["grid"]["vxlan_port"], json!(4789));
+        assert_eq!(back["peers"][0], doc()["peers"][0]);
+        let s = sections(&c).unwrap();
+        assert_eq!(s.networks.len(), 2);
+        assert_eq!(s.peers[1].name.as_deref(), Some("linux"));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let cases: Vec<(Value, &str)> = vec![
+            (set(doc(), &["grid", "node"], json!(0)), "grid.node"),
+            (set(doc(), &["grid", "mtu"], json!(20)), "grid.mtu"),
+            (set(doc(), &["grid", "colour"], json!(1)), "grid.colour"),
+            (
+                set(doc(), &["grid", "subnet"], json!("10.81.0.1/16")),
+                "grid.subnet",
+            ),
+            (
+                set(doc(), &["grid", "subnet"], json!("192.0.0.0/16")),
+                "grid.subnet",
+            ),
+            (
+                set(doc(), &["networks", "1", "vni"], json!(100)),
+                "networks[1].vni",
+            ),
+            (
+                set(doc(), &["networks", "1", "vni"], json!(1 << 24)),
+                "networks[1].vni",
+            ),
+            (
+                set(doc(), &["networks", "1", "name"], json!("a")),
+                "networks[1].name",
+            ),
+            (
+                set(doc(), &["networks", "0", "name"], json!("a b")),
+                "networks[0].name",
+            ),
+            (
+                set(doc(), &["networks", "1", "vlan"], json!(null)),
+                "networks[1].vlan",
+            ),
+            (
+                set(doc(), &["networks", "1", "vlan"], json!(4095)),
+                "networks[1].vlan",
+            ),
+            (
+                set(doc(), &["peers", "1", "node"], json!(2)),
+                "peers[1].node",
+            ),
+            (
+                set(doc(), &["peers", "0", "node"], json!(1)),
+                "peers[0].node",
+            ),
+            (
+                set(doc(), &["peers", "1", "address"], json!("192.0.2.12")),
+                "peers[1].address",
+            ),
+            (
+                set(doc(), &["peers", "1", "address"], json!("192.0.2.11")),
+                "peers[1].address",
+            ),
+            (
+                set(doc(), &["peers", "1", "address"], json!("224.0.0.1")),
+                "peers[1].address",
+            ),
+            (
+                set(doc(), &["peers", "1", "address"], json!("192.0.2")),
+                "peers[1].address",
+            ),
+            (
+                set(doc(), &["peers", "0", "networks", "1"], json!("c")),
+                "peers[0].networks[1]",
+            ),
+            (
+                set(doc(), &["peers", "0", "networks", "1"], json!("a")),
+                "peers[0].networks[1]",
+            ),
+            (
+                set(doc(), &["peers", "0", "name"], json!("linux")),
+                "peers[1].name",
+            ),
+            (
+                set(doc(), &["link", "address"], json!("10.81.0.2/16")),
+                "link.address",
+            ),
+            (
+                set(doc(), &["link", "address"], json!("10.81.0.1/24")),
+                "link.address",
+            ),
+            (
+                set(
+                    set(doc(), &["uplink", "gateway"], json!(null)),
+                    &["peers", "1", "address"],
+                    json!("198.51.100.13"),
+                ),
+                "peers[1].address",
+            ),
+            (
+                json!({
+                    "uplink": {"address": "192.0.2.11/24"},
+                    "link": {"address": "10.81.0.1/16"},
+                    "peers": [{"node": 2, "address": "192.0.2.12"}]
+                }),
+                "peers",
+            ),
+        ];
+        for (doc, field) in cases {
+            let err = Config::from_json_value(&doc).expect_err(&doc.to_string());
+            assert_eq!(err.field, field, "{doc}: {err}");
+            assert!(!err.message.is_empty());
+        }
+        // Outside the grid subnet, the link address is free (the node address is added).
+        let c = Config::from_json_value(&set(doc(), &["link", "address"], json!("172.17.0.1/16")));
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    const UPLINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 1]);
+    const LINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 2]);
+
+    #[test]
+    fn plan_keeps_tables_when_only_peers_and_networks_change() {
+        let c = Config::from_json_value(&doc()).unwrap();
+        let first = plan(&c, None, UPLINK_MAC, LINK_MAC, 1).unwrap().unwrap();
+        let mut running = first.clone();
+        let now = smoltcp::time::Instant::from_secs(1);
+        let vni = |n| Vni::new(n).unwrap();
+        let mac = EthernetAddress([0x02, 0x42, 0, 0, 0, 9]);
+        let p3 = Ipv4Address::new(192, 0, 2, 13);
+        running
+            .add_static(
+                vni(100),
+                mac,
+                weft_netstack::fdb::Location::Remote(p3),
+                None,
+                now,
+            )
+            .unwrap();
+        // Peer 2 leaves network b, network c arrives, b moves to VLAN 300.
+        let changed = set(
+            set(
+                set(doc(), &["peers", "0", "networks"], json!(["a"])),
+                &["networks", "1", "vlan"],
+                json!(300),
+            ),
+            &["networks", "2"],
+            json!({"name": "c", "vni": 300, "vlan": 200}),
+        );
+        let c2 = Config::from_json_value(&changed).unwrap();
+        let next = plan(&c2, Some(&running), UPLINK_MAC, LINK_MAC, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next.overlay().lookup(vni(100), &mac, now),
+            Some(weft_netstack::fdb::Location::Remote(p3)),
+            "the static entry survived"
+        );
+        let nets: Vec<(u32, Option<u16>)> = next
+            .overlay()
+            .networks()
+            .map(|(v, _, t)| (v.get(), t.map(|t| t.get())))
+            .collect();
+        assert_eq!(nets, vec![(100, None), (200, Some(300)), (300, Some(200))]);
+        // A new node number: a new overlay, tables start empty.
+        let renumbered = Config::from_json_value(&set(
+            set(changed, &["grid", "node"], json!(9)),
+            &["link", "address"],
+            json!("10.81.0.9/16"),
+        ))
+        .unwrap();
+        let fresh = plan(&renumbered, Some(&next), UPLINK_MAC, LINK_MAC, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(fresh.overlay().lookup(vni(100), &mac, now), None);
+        // No grid, no overlay.
+        let plain =
+            json!({"uplink": {"address": "192.0.2.11/24"}, "link": {"address": "10.81.0.1/16"}});
+        let c3 = Config::from_json_value(&plain).unwrap();
+        assert!(plan(&c3, Some(&fresh), UPLINK_MAC, LINK_MAC, 1)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn fdb_entry_rules() {
+        let entry = |v: Value| -> Result<(), (&'static str, String)> {
+            serde_json::from_value::<FdbEntry>(v).unwrap().check()
+        };
+        assert!(entry(json!({"vni": 1, "mac": "02:42:0a:51:80:02", "peer": "192.0.2.12"})).is_ok());
+        assert!(entry(
+            json!({"vni": 1, "mac": "02:42:0a:51:80:02", "local": true, "ip": "10.81.128.2"})
+        )
+        .is_ok());
+        let field = |v: Value| entry(v).unwrap_err().0;
+        assert_eq!(field(json!({"vni": 1, "mac": "02:42:0a:51:80:02"})), "peer");
+        assert_eq!(
+            field(
+                json!({"vni": 1, "mac": "02:42:0a:51:80:02", "peer": "192.0.2.12", "local": true})
+            ),
+            "local"
+        );
+        assert_eq!(
+            field(json!({"vni": 1, "mac": "ff:ff:ff:ff:ff:ff", "local": true})),
+            "mac"
+        );
+        assert_eq!(
+            field(json!({"vni": 1, "mac": "02:42:0a:51:80:02", "local": true, "ip": "0.0.0.0"})),
+            "ip"
+        );
+        for bad in [
+            json!("02:42:0a:51:80"),
+            json!("02-42-0a-51-80-02"),
+            json!("02:42:0a:51:80:zz"),
+            json!(7),
+        ] {
+            assert!(
+                serde_json::from_value::<FdbEntry>(json!({"vni": 1, "mac": bad, "local": true}))
+                    .is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn runtime_edits_of_the_document() {
+        let c = Config::from_json_value(&doc()).unwrap();
+        let p = PeerConfig {
+            node: weft_netstack::overlay::config::NodeId::new(4).unwrap(),
+            name: None,
+            address: Ipv4Address::new(192, 0, 2, 14),
+            networks: vec!["b".into()],
+        };
+        let (c2, i) = with_peer(&c, &p);
+        assert_eq!((i, c2.peers.len()), (2, 3));
+        let (c3, i) = with_peer(
+            &c2,
+            &PeerConfig {
+                networks: vec![],
+                ..p.clone()
+            },
+        );
+        assert_eq!((i, c3.peers.len()), (2, 3));
+        assert!(c3.peers[2].networks.is_empty());
+        let renamed = NetworkConfig {
+            name: "bee".into(),
+            vni: Vni::new(200).unwrap(),
+            vlan: None,
+        };
+        let (c4, i) = with_network(&c2, &renamed);
+        assert_eq!(i, 1);
+        assert_eq!(
+            c4.peers[0].networks,
+            vec!["a".to_string(), "bee".to_string()]
+        );
+        let c5 = without_network(&c2, Vni::new(200).unwrap()).unwrap();
+        assert!(c5
+            .peers
+            .iter()
+            .all(|p| !p.networks.contains(&"b".to_string())));
+        assert!(without_network(&c2, Vni::new(7).unwrap()).is_none());
+        assert_eq!(without_peer(&c2, p.address).unwrap().peers.len(), 2);
+        assert_eq!(
+            relative_field("peers[2].networks[0]", "peers", 2),
+            "networks[0]"
+        );
+        assert_eq!(relative_field("peers[1].node", "peers", 2), "peers[1].node");
+    }
+}

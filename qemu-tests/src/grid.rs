@@ -1,0 +1,465 @@
+//! Overlay topologies for the QEMU tests: several appliances whose uplink segments are
+//! joined on one underlay bridge (its own namespace), extra container namespaces on an
+//! appliance's link (optionally on a VLAN), a plain Linux host with a kernel `vxlan`
+//! device as a third VTEP, a packet capture on the underlay, and `iperf3` runs.
+//! Everything it creates lives in namespaces it owns, deleted on drop (also while a
+//! panic unwinds); processes it starts are killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use weft_image::netns::{run, Netns};
+
+use crate::TestVm;
+
+/// A short unique prefix (`wg` + pid + counter, 9 bytes) so names fit IFNAMSIZ.
+pub fn unique_prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    format!("wg{:05x}{:02x}", std::process::id() & 0xf_ffff, n & 0xff)
+}
+
+/// `ip -n NS ...` inside a namespace, with a readable error.
+fn ip(ns: &Netns, args: &[&str]) -> Result<()> {
+    ns.ip(args)
+        .with_context(|| format!("ip -n {} {}", ns.name(), args.join(" ")))
+}
+
+/// A namespace that only forwards frames: no IPv6 noise, no bridge netfilter.
+fn quiet(ns: &Netns) -> Result<()> {
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+    for key in ["iptables", "ip6tables", "arptables"] {
+        let _ = ns.sysctl(&format!("net.bridge.bridge-nf-call-{key}"), "0");
+    }
+    Ok(())
+}
+
+/// The shared underlay: a bridge in its own namespace that the appliances' uplink
+/// segments (and Linux VTEP hosts) are joined to.
+pub struct Underlay {
+    pub prefix: String,
+    pub bridge: String,
+    joined: u32,
+    pub ns: Netns,
+}
+
+impl Underlay {
+    pub fn create() -> Result<Underlay> {
+        let prefix = unique_prefix();
+        let ns = Netns::create(&format!("{prefix}-ul"))?;
+        quiet(&ns)?;
+        let bridge = "ulbr".to_string();
+        ip(&ns, &["link", "add", &bridge, "type", "bridge"])?;
+        ip(
+            &ns,
+            &[
+                "link",
+                "set",
+                &bridge,
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+            ],
+        )?;
+        ip(&ns, &["link", "set", &bridge, "up"])?;
+        Ok(Underlay {
+            prefix,
+            bridge,
+            joined: 0,
+            ns,
+        })
+    }
+
+    /// A veth from `ns` (named `ifname` there) to the underlay bridge; returns the name.
+    fn plug(&mut self, ns: &Netns, ifname: &str) -> Result<()> {
+        self.joined += 1;
+        let ul_end = format!("{}-j{}", self.prefix, self.joined);
+        ip(
+            &self.ns,
+            &[
+                "link",
+                "add",
+                &ul_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                ifname,
+                "netns",
+                ns.name(),
+            ],
+        )?;
+        ip(&self.ns, &["link", "set", &ul_end, "master", &self.bridge])?;
+        ip(&self.ns, &["link", "set", &ul_end, "up"])?;
+        Ok(())
+    }
+
+    /// Joins the appliance's uplink segment (its uplink bridge) to the underlay.
+    pub fn join(&mut self, vm: &TestVm) -> Result<()> {
+        let hv = &vm.topo.hv;
+        let end = format!("{}-ul", self.prefix);
+        self.plug(hv, &end)?;
+        ip(
+            hv,
+            &["link", "set", &end, "master", &vm.topo.names.uplink_bridge],
+        )?;
+        ip(hv, &["link", "set", &end, "up"])
+    }
+
+    /// Starts `tcpdump` on the underlay bridge, writing to `path`, and waits until it
+    /// listens.
+    pub fn capture(&self, path: &Path) -> Result<Capture> {
+        Capture::start(&self.ns, &self.bridge, path)
+    }
+}
+
+/// A `tcpdump` writing a pcap file; stopped (and the file flushed) by `stop` or drop.
+pub struct Capture {
+    child: Option<Child>,
+    pub path: PathBuf,
+}
+
+impl Capture {
+    fn start(ns: &Netns, ifname: &str, path: &Path) -> Result<Capture> {
+        let log = path.with_extension("log");
+        let err = std::fs::File::create(&log)?;
+        let child = ns
+            .command("tcpdump")
+            .args(["-i", ifname, "-U", "-s", "0", "-n", "-w"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .context("starting tcpdump")?;
+        let mut cap = Capture {
+            child: Some(child),
+            path: path.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("listening on") {
+                return Ok(cap);
+            }
+            if let Some(c) = cap.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    bail!("tcpdump exited ({status}): {text}");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("tcpdump did not start listening: {text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the capture (SIGINT, so the file is complete).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                // SAFETY: kill(2) has no memory effects; the pid is our unreaped child.
+                unsafe {
+                    libc::kill(pid, libc::SIGINT);
+                }
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `tshark -r` over the capture with VXLAN decoding on `port`, display filter
+    /// `filter` and the given fields; one line per packet, fields tab-separated.
+    pub fn fields(&self, port: u16, filter: &str, fields: &[&str]) -> Result<Vec<String>> {
+        let mut cmd = Command::new("tshark");
+        cmd.arg("-r")
+            .arg(&self.path)
+            .args(["-n", "-d", &format!("udp.port=={port},vxlan"), "-Y", filter])
+            .args(["-T", "fields"]);
+        for f in fields {
+            cmd.args(["-e", f]);
+        }
+        let out = run(&mut cmd)?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A container namespace on an appliance's link, its interface untagged or on a VLAN.
+pub struct Container {
+    /// The interface that carries the address (`eth0` or `eth0.<vlan>`).
+    pub ifname: String,
+    pub address: String,
+    pub ns: Netns,
+}
+
+impl Container {
+    /// Namespace `name` with `eth0` plugged into `vm`'s link bridge; `cidr` on `eth0`
+    /// or on a VLAN sub-interface of it; the link MTU `mtu`.
+    pub fn attach(
+        vm: &TestVm,
+        name: &str,
+        vlan: Option<u16>,
+        cidr: &str,
+        mtu: u32,
+    ) -> Result<Container> {
+        let ns = Netns::create(name)?;
+        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        let hv = &vm.topo.hv;
+        let hv_end = format!("{name}h");
+        ip(
+            hv,
+            &[
+                "link", "add", &hv_end, "type", "veth", "peer", "name", "eth0", "netns", name,
+            ],
+        )?;
+        ip(
+            hv,
+            &["link", "set", &hv_end, "master", &vm.topo.names.link_bridge],
+        )?;
+        ip(hv, &["link", "set", &hv_end, "up"])?;
+        let mtu = mtu.to_string();
+        ip(&ns, &["link", "set", "eth0", "mtu", &mtu, "up"])?;
+        let ifname = match vlan {
+            Some(id) => {
+                let sub = format!("eth0.{id}");
+                ip(
+                    &ns,
+                    &[
+                        "link",
+                        "add",
+                        "link",
+                        "eth0",
+                        "name",
+                        &sub,
+                        "type",
+                        "vlan",
+                        "id",
+                        &id.to_string(),
+                    ],
+                )?;
+                ip(&ns, &["link", "set", &sub, "mtu", &mtu, "up"])?;
+                sub
+            }
+            None => "eth0".to_string(),
+        };
+        ip(&ns, &["addr", "add", cidr, "dev", &ifname])?;
+        let address = cidr.split('/').next().unwrap_or(cidr).to_string();
+        Ok(Container {
+            ifname,
+            address,
+            ns,
+        })
+    }
+
+    pub fn mac(&self) -> String {
+        crate::mac_of(&self.ns, &self.ifname).to_string()
+    }
+}
+
+/// A plain Linux host on the underlay with a kernel `vxlan` device for one VNI,
+/// bridged to a container namespace: the interoperability peer.
+pub struct LinuxVtep {
+    pub underlay_addr: String,
+    pub container: String,
+    /// Field order is drop order: the container before the host.
+    pub ctr: Netns,
+    pub host: Netns,
+}
+
+impl LinuxVtep {
+    /// Host `<prefix>-lx` at `underlay_cidr` on the underlay, `vx0` (VNI `vni`, UDP
+    /// 4789, no learning) flooding to `peers`, bridged to `<prefix>-lc` whose `eth0`
+    /// has `ctr_cidr` (MTU 1450, as the vxlan device has).
+    pub fn create(
+        underlay: &mut Underlay,
+        underlay_cidr: &str,
+        vni: u32,
+        peers: &[&str],
+        ctr_cidr: &str,
+    ) -> Result<LinuxVtep> {
+        let prefix = underlay.prefix.clone();
+        let host = Netns::create(&format!("{prefix}-lx"))?;
+        let ctr = Netns::create(&format!("{prefix}-lc"))?;
+        quiet(&host)?;
+        ctr.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        underlay.plug(&host, "ul0")?;
+        let local = underlay_cidr.split('/').next().unwrap_or(underlay_cidr);
+        ip(&host, &["addr", "add", underlay_cidr, "dev", "ul0"])?;
+        ip(&host, &["link", "set", "ul0", "up"])?;
+        ip(
+            &host,
+            &[
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                &vni.to_string(),
+                "dstport",
+                "4789",
+                "local",
+                local,
+                "nolearning",
+            ],
+        )?;
+        ip(&host, &["link", "add", "br0", "type", "bridge"])?;
+        ip(
+            &host,
+            &[
+                "link",
+                "set",
+                "br0",
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+            ],
+        )?;
+        ip(&host, &["link", "set", "vx0", "master", "br0"])?;
+        ip(
+            &host,
+            &[
+                "link",
+                "add",
+                "c0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ctr.name(),
+            ],
+        )?;
+        ip(&host, &["link", "set", "c0", "master", "br0"])?;
+        for dev in ["vx0", "c0", "br0"] {
+            ip(&host, &["link", "set", dev, "up"])?;
+        }
+        for peer in peers {
+            run(host.command("bridge").args([
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dev",
+                "vx0",
+                "dst",
+                peer,
+            ]))?;
+        }
+        ip(&ctr, &["link", "set", "eth0", "mtu", "1450", "up"])?;
+        ip(&ctr, &["addr", "add", ctr_cidr, "dev", "eth0"])?;
+        Ok(LinuxVtep {
+            underlay_addr: local.to_string(),
+            container: ctr_cidr.split('/').next().unwrap_or(ctr_cidr).to_string(),
+            ctr,
+            host,
+        })
+    }
+
+    /// A static unicast entry: `mac` is behind the VTEP at `dst`.
+    pub fn pin(&self, mac: &str, dst: &str) -> Result<()> {
+        run(self
+            .host
+            .command("bridge")
+            .args(["fdb", "append", mac, "dev", "vx0", "dst", dst]))
+        .map(|_| ())
+    }
+}
+
+/// What one `iperf3` client run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Iperf {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub mbit_per_s: f64,
+}
+
+/// An `iperf3` TCP run of `secs` seconds from `client` to a one-off server started in
+/// `server` on `addr` (`reverse`: the server sends). Errors carry iperf3's own message.
+pub fn iperf3(
+    server: &Netns,
+    client: &Netns,
+    addr: &str,
+    secs: u32,
+    reverse: bool,
+) -> Result<Iperf> {
+    let mut srv = server
+        .command("iperf3")
+        .args(["-s", "-1", "-B", addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut c = client.command("iperf3");
+            c.args([
+                "-c",
+                addr,
+                "-t",
+                &secs.to_string(),
+                "-J",
+                "--connect-timeout",
+                "5000",
+            ]);
+            if reverse {
+                c.arg("-R");
+            }
+            let out = c
+                .stdin(Stdio::null())
+                .output()
+                .context("running iperf3 -c")?;
+            let json: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            let error = json["error"].as_str().map(str::to_string);
+            if out.status.success() && error.is_none() {
+                let end = &json["end"];
+                return Ok(Iperf {
+                    sent_bytes: end["sum_sent"]["bytes"].as_u64().unwrap_or(0),
+                    received_bytes: end["sum_received"]["bytes"].as_u64().unwrap_or(0),
+                    mbit_per_s: end["sum_received"]["bits_per_second"]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                        / 1e6,
+                });
+            }
+            let why = error.unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into());
+            // The server may not listen yet.
+            if why.contains("connect") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(300));
+                continue;
+            }
+            bail!("iperf3 -c {addr} from {}: {why}", client.name());
+        }
+    })();
+    let _ = srv.kill();
+    let _ = srv.wait();
+    result
+}
