@@ -4,3 +4,5 @@ extern crate alloc;
 
 pub mod checksum;
 pub mod conntrack;
+pub mod health;
+pub mod maglev;
