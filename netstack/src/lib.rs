@@ -5,4 +5,6 @@ extern crate alloc;
 pub mod checksum;
 pub mod conntrack;
 pub mod health;
+pub mod lb;
 pub mod maglev;
+pub mod nat;
