@@ -2024,4 +2024,116 @@ mod tests {
         let r = seen(&sa);
         assert_eq!((r.src, r.dst), (ep(UPLINK, 9000), ep(CLIENT, 41000)));
     }
+
+    #[test]
+    fn mutated_frames_never_panic_and_respect_the_capacity() {
+        let mut cfg = config();
+        cfg.conntrack.capacity = 16;
+        cfg.snat_ports = (40000, 40007);
+        let mut nat = Nat::new(cfg, 11);
+        nat.add_publish(PublishRule {
+            proto: Transport::Tcp,
+            host_port: 8080,
+            container_address: C1,
+            container_port: 80,
+        })
+        .unwrap();
+        nat.add_publish(PublishRule {
+            proto: Transport::Tcp,
+            host_port: 9000,
+            container_address: VIP,
+            container_port: 80,
+        })
+        .unwrap();
+        nat.lb_mut()
+            .add_service(
+                web(&[
+                    (Ipv4Address::new(10, 81, 1, 10), 1),
+                    (Ipv4Address::new(10, 81, 2, 10), 2),
+                ]),
+                t(0),
+            )
+            .unwrap();
+        let quoted = ip_packet(UPLINK, SERVER, L4::Udp(40000, 53, b"q"));
+        let seeds: Vec<(Side, Vec<u8>)> = vec![
+            (
+                Side::Uplink,
+                frame(CLIENT, UPLINK, L4::Tcp(40000, 8080, SYN, b"")),
+            ),
+            (
+                Side::Uplink,
+                frame(CLIENT, UPLINK, L4::Tcp(40000, 9000, SYN, b"x")),
+            ),
+            (
+                Side::Container,
+                frame(C1, CLIENT, L4::Tcp(80, 40000, SYNACK, b"")),
+            ),
+            (
+                Side::Container,
+                frame(C1, SERVER, L4::Udp(6000, 53, b"question")),
+            ),
+            (Side::Container, frame(C2, VIP, L4::Tcp(3000, 80, SYN, b""))),
+            (
+                Side::Container,
+                frame(C2, UPLINK, L4::Tcp(3000, 8080, SYN, b"")),
+            ),
+            (Side::Container, frame(C1, SERVER, L4::EchoRequest(9))),
+            (Side::Uplink, frame(SERVER, UPLINK, L4::EchoReply(40000))),
+            (
+                Side::Uplink,
+                frame(ROUTER, UPLINK, L4::Error(11, 0, &quoted)),
+            ),
+            (
+                Side::Uplink,
+                frame(SERVER, UPLINK, L4::Udp(53, 40000, b"answer")),
+            ),
+        ];
+        let mut rng = Rng(0xfeed_beef_1234_5678);
+        let mut now = t(0);
+        for _ in 0..100_000 {
+            let (side, base) = &seeds[(rng.next() % seeds.len() as u64) as usize];
+            let mut f = base.clone();
+            // Mostly a few flipped bytes in the headers; sometimes a cut.
+            for _ in 0..(rng.next() % 4) {
+                let at = (rng.next() % f.len() as u64) as usize;
+                f[at] ^= 1 << (rng.next() % 8);
+            }
+            if rng.next().is_multiple_of(8) {
+                f.truncate((rng.next() % f.len() as u64) as usize);
+            }
+            let side = if rng.next().is_multiple_of(5) {
+                match side {
+                    Side::Uplink => Side::Container,
+                    Side::Container => Side::Uplink,
+                }
+            } else {
+                *side
+            };
+            let len = f.len();
+            nat.process(&mut f, side, now);
+            assert_eq!(f.len(), len);
+            let st = nat.stats();
+            assert!(st.table_size <= 16);
+            assert!(st.snat_mappings <= 2 * 8 * 3);
+            now += Duration::from_millis(rng.next() % 3000);
+            if rng.next().is_multiple_of(64) {
+                nat.poll(now, 4);
+            }
+        }
+        // The mutations reach the translating paths, not only the parser.
+        let st = nat.stats();
+        assert!(st.translated > 10_000, "{st:?}");
+        assert!(
+            st.service_flows > 0 && st.hairpin_flows > 0 && st.snat_flows > 0,
+            "{st:?}"
+        );
+        assert!(
+            st.icmp_errors_translated > 0 && st.conntrack.evicted > 0,
+            "{st:?}"
+        );
+        assert!(
+            st.drops.malformed > 0 && st.drops.ports_exhausted > 0,
+            "{st:?}"
+        );
+    }
 }
