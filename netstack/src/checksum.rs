@@ -21,8 +21,9 @@ pub fn adjust(check: u16, old: &[u8], new: &[u8]) -> u16 {
 /// TCP pseudo-header).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Delta {
-    /// One's complement sum of (~old + new) over all rewrites so far.
-    sum: u16,
+    /// Sum of (~old + new) 16-bit words over all rewrites so far, carries not
+    /// yet folded (a handful of header fields cannot overflow 32 bits).
+    sum: u32,
 }
 
 impl Delta {
@@ -31,29 +32,32 @@ impl Delta {
     /// Records that `old` becomes `new` (same length, even offset).
     pub fn replace(&mut self, old: &[u8], new: &[u8]) {
         debug_assert_eq!(old.len(), new.len());
-        self.sum = checksum::combine(&[self.sum, !checksum::data(old), checksum::data(new)]);
+        self.sum += (!checksum::data(old)) as u32 + checksum::data(new) as u32;
+        self.sum = fold(self.sum) as u32;
     }
 
     /// Records a 16-bit field change.
     pub fn replace_u16(&mut self, old: u16, new: u16) {
-        self.replace(&old.to_be_bytes(), &new.to_be_bytes());
+        self.sum += (!old) as u32 + new as u32;
     }
 
     /// Records a 32-bit field change (an IPv4 address).
     pub fn replace_u32(&mut self, old: [u8; 4], new: [u8; 4]) {
-        self.replace(&old, &new);
+        let word = |b: [u8; 4], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        self.replace_u16(word(old, 0), word(new, 0));
+        self.replace_u16(word(old, 2), word(new, 2));
     }
 
     /// Combines two deltas (rewrites of disjoint fields).
     pub fn plus(self, other: Delta) -> Delta {
         Delta {
-            sum: checksum::combine(&[self.sum, other.sum]),
+            sum: fold(self.sum) as u32 + fold(other.sum) as u32,
         }
     }
 
     /// The checksum field after applying every recorded rewrite to `check`.
     pub fn apply(self, check: u16) -> u16 {
-        !checksum::combine(&[!check, self.sum])
+        !checksum::combine(&[!check, fold(self.sum)])
     }
 
     /// As [`Delta::apply`] for a UDP checksum: 0 means "no checksum" and stays 0,
@@ -67,6 +71,12 @@ impl Delta {
             c => c,
         }
     }
+}
+
+/// End-around carry of a 32-bit one's complement sum down to 16 bits.
+fn fold(sum: u32) -> u16 {
+    let s = (sum >> 16) + (sum & 0xffff);
+    ((s >> 16) + (s & 0xffff)) as u16
 }
 
 #[cfg(test)]
