@@ -296,6 +296,10 @@ pub struct Config {
     /// Most flows tracked at once.
     pub capacity: usize,
     pub timeouts: Timeouts,
+    /// How often a busy flow's place in its expiry list is refreshed. Lookups
+    /// see exact timeouts; sweeping and make-room eviction order are exact to
+    /// within this much. Zero refreshes on every packet.
+    pub refresh: Duration,
 }
 
 impl Default for Config {
@@ -303,6 +307,7 @@ impl Default for Config {
         Config {
             capacity: 65_536,
             timeouts: Timeouts::default(),
+            refresh: Duration::from_secs(1),
         }
     }
 }
@@ -365,6 +370,8 @@ pub struct Flow {
     orig: FlowTuple,
     reply: FlowTuple,
     last_seen: Instant,
+    /// When the flow took its place in its class list (lists are ordered by it).
+    linked_at: Instant,
     prev: u32,
     next: u32,
     state: FlowState,
@@ -627,6 +634,7 @@ impl Conntrack {
             orig,
             reply,
             last_seen: now,
+            linked_at: now,
             prev: NIL,
             next: NIL,
             state: FlowState::initial(orig.proto),
@@ -645,7 +653,7 @@ impl Conntrack {
             (self.flows.len() - 1) as u32
         };
         self.len += 1;
-        self.link_tail(slot);
+        self.link_tail(slot, now);
         let (seed, flows) = (&self.seed, &self.flows);
         let rehash = |e: &u32| hash_tuple(seed, flows[entry_slot(*e)].tuple(entry_dir(*e)));
         self.index.insert_unique(
@@ -694,10 +702,9 @@ impl Conntrack {
         now: Instant,
     ) -> Option<FlowState> {
         let slot = id.0;
-        self.flows.get(slot as usize).filter(|f| f.live)?;
-        // Unlink while the class still matches the list the flow is on.
-        self.unlink(slot);
-        let flow = &mut self.flows[slot as usize];
+        let granularity = self.config.refresh;
+        let flow = self.flows.get_mut(slot as usize).filter(|f| f.live)?;
+        let class = flow.state.class();
         if let (FlowState::Tcp(state), Some(event)) = (flow.state, tcp) {
             let (next, fins) = tcp_transition(state, flow.fins, dir, event);
             flow.state = FlowState::Tcp(next);
@@ -708,7 +715,13 @@ impl Conntrack {
         }
         flow.last_seen = now;
         let state = flow.state;
-        self.link_tail(slot);
+        // Moving to the list tail touches two neighbours' cache lines; a busy
+        // flow does it at most once per `refresh` (expiry stays exact: it reads
+        // `last_seen`; only sweeping may lag by up to `refresh`).
+        if state.class() != class || now >= flow.linked_at + granularity {
+            self.unlink_from(slot, class);
+            self.link_tail(slot, now);
+        }
         Some(state)
     }
 
@@ -822,13 +835,14 @@ impl Conntrack {
         self.len -= 1;
     }
 
-    fn link_tail(&mut self, slot: u32) {
+    fn link_tail(&mut self, slot: u32, now: Instant) {
         let class = self.flows[slot as usize].state.class() as usize;
         let tail = self.lists[class].tail;
         {
             let f = &mut self.flows[slot as usize];
             f.prev = tail;
             f.next = NIL;
+            f.linked_at = now;
         }
         if tail == NIL {
             self.lists[class].head = slot;
@@ -840,9 +854,16 @@ impl Conntrack {
 
     /// Unlinks from the list of the flow's current class.
     fn unlink(&mut self, slot: u32) {
-        let (prev, next, class) = {
+        let class = self.flows[slot as usize].state.class();
+        self.unlink_from(slot, class);
+    }
+
+    /// Unlinks from the list of `class` (the class the flow was linked under).
+    fn unlink_from(&mut self, slot: u32, class: Class) {
+        let class = class as usize;
+        let (prev, next) = {
             let f = &self.flows[slot as usize];
-            (f.prev, f.next, f.state.class() as usize)
+            (f.prev, f.next)
         };
         if prev == NIL {
             self.lists[class].head = next;
@@ -1259,7 +1280,15 @@ mod tests {
                 icmp: Duration::from_secs(15),
             };
             let capacity = 1 + rng.below(12) as usize;
-            let mut ct = Conntrack::new(Config { capacity, timeouts }, seed);
+            let refresh = Duration::ZERO;
+            let mut ct = Conntrack::new(
+                Config {
+                    capacity,
+                    timeouts,
+                    refresh,
+                },
+                seed,
+            );
             let mut model = Model {
                 flows: vec![],
                 capacity,
@@ -1361,6 +1390,56 @@ mod tests {
                 }
             }
             assert_eq!(ct.stats().refused_full, model.refused_full);
+        }
+    }
+
+    #[test]
+    fn coarse_refresh_keeps_lookups_exact_and_sweeps_within_the_refresh() {
+        let refresh = Duration::from_secs(1);
+        let timeouts = Timeouts {
+            udp: Duration::from_secs(10),
+            ..Timeouts::default()
+        };
+        let mut ct = Conntrack::new(
+            Config {
+                capacity: 64,
+                timeouts,
+                refresh,
+            },
+            5,
+        );
+        let mut rng = Rng(77);
+        let mut now = Instant::from_secs(0);
+        let tuples: Vec<FlowTuple> = (0..48u16)
+            .map(|p| FlowTuple::new(Proto::Udp, ep(1, p), ep(2, 53)))
+            .collect();
+        for step in 0..20_000 {
+            now += Duration::from_millis(rng.below(300));
+            let t = tuples[rng.below(48) as usize];
+            match ct.lookup(&t, now) {
+                Some((id, dir)) => {
+                    ct.update(id, dir, None, now);
+                }
+                None => {
+                    ct.insert(t, t.reversed(), now, &mut nop()).unwrap();
+                }
+            }
+            if rng.below(10) == 0 {
+                let mut early = false;
+                ct.expire(now, usize::MAX, &mut |f: &Flow| {
+                    early |= now < f.last_seen() + timeouts.udp;
+                });
+                assert!(!early, "step {step}: a live flow was swept");
+                // What is left expired has been so for less than `refresh`.
+                for (_, f) in ct.iter() {
+                    assert!(f.last_seen() + timeouts.udp + refresh > now, "step {step}");
+                }
+            }
+            // Lookups are exact whatever the list order.
+            for (_, f) in ct.iter() {
+                let alive = now < f.last_seen() + timeouts.udp;
+                assert_eq!(ct.lookup(f.original(), now).is_some(), alive);
+            }
         }
     }
 }
