@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 use weft_netstack::conntrack::{self, Endpoint, FlowFilter};
-use weft_netstack::lb::{BackendConfig, HealthSpec, Mode, ServiceConfig};
+use weft_netstack::lb::{BackendConfig, HealthSpec, LoadBalancer, Mode, ServiceConfig};
 use weft_netstack::nat::{Nat, NatConfig, PublishRule, Side, Transport, Verdict};
 
 const UPLINK: Ipv4Address = Ipv4Address::new(192, 0, 2, 10);
@@ -27,6 +27,8 @@ fn nat() -> Nat {
     ] {
         let _ = nat.add_publish(PublishRule { proto, host_port, container_address: addr, container_port: port });
     }
+    // A small prime table keeps each run cheap; the logic is the same.
+    *nat.lb_mut() = LoadBalancer::with_table_size(251);
     let _ = nat.lb_mut().add_service(
         ServiceConfig {
             name: "web".into(),
