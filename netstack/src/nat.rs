@@ -299,7 +299,9 @@ pub struct NatConfig {
     pub node: Ipv4Address,
     /// The inside networks (container subnet, overlay): never masqueraded.
     pub grid: Vec<Ipv4Cidr>,
-    /// External ports (and ICMP identifiers) for SNAT, inclusive.
+    /// External ports (and ICMP identifiers) for SNAT, inclusive. The local
+    /// stack's own ephemeral ports on the uplink and node addresses must lie
+    /// outside it, or replies to them could match a translated flow.
     pub snat_ports: (u16, u16),
     /// Control/health ports that publish rules may not use.
     pub reserved_ports: Vec<u16>,
@@ -626,6 +628,14 @@ fn rewrite(pkt: &mut [u8], ihl: usize, proto: Proto, out: &FlowTuple) -> Delta {
 
 /// The NAT stage: publish rules, SNAT mappings, service selection and the
 /// connection-tracking table, driven frame by frame.
+///
+/// In the poll loop: every Ethernet frame from either NIC goes through
+/// [`Nat::process`] before the bridge or the local stack sees it. `Forward { to }`
+/// means rewritten: route it out of `to` (neighbour MAC, TTL) toward its IPv4
+/// destination. `Pass` means untouched and not NAT business: bridge it or
+/// deliver it locally, but never out of the uplink with a grid source. `Drop`
+/// was counted. Call [`Nat::poll`] and `lb_mut().due()` when their deadlines
+/// come; feed health outcomes to `lb_mut().report()`.
 pub struct Nat {
     config: NatConfig,
     ct: Conntrack,
