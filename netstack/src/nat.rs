@@ -1690,6 +1690,16 @@ mod tests {
         let outer = Ipv4Packet::new_checked(&fneed[ETH_LEN..]).unwrap();
         assert_eq!((outer.src_addr(), outer.dst_addr()), (SERVER, C2));
 
+        // A whole quoted TCP segment: its checksum is translated too (`run`
+        // compares the frame with a full recompute, quoted packet included).
+        let whole = ip_packet(UPLINK, SERVER, L4::Tcp(ext.port, 443, ACK, b"data"));
+        let mut ttl = frame(ROUTER, UPLINK, L4::Error(11, 0, &whole));
+        assert_eq!(run(&mut nat, &mut ttl, Side::Uplink, t(3)), TO_CONTAINER);
+        assert_eq!(
+            &ttl[ETH_LEN + 28..],
+            &ip_packet(C2, SERVER, L4::Tcp(6001, 443, ACK, b"data"))[..]
+        );
+
         // An error about nothing we translated is not ours.
         let stray = ip_packet(UPLINK, SERVER, L4::Udp(1, 2, b""));
         let mut e = frame(ROUTER, UPLINK, L4::Error(11, 0, &stray));
