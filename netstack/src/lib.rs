@@ -2,10 +2,16 @@
 #![no_std]
 extern crate alloc;
 
+pub mod checksum;
+pub mod conntrack;
 pub mod counters;
 pub mod datapath;
 pub mod fdb;
+pub mod health;
 pub mod iface;
+pub mod lb;
+pub mod maglev;
+pub mod nat;
 pub mod neighbor;
 pub mod overlay;
 pub mod pcap;

@@ -1,0 +1,88 @@
+//! Arbitrary frames from either side through conntrack, NAT and the load
+//! balancer, with time moving and health reports arriving between them.
+//! Input: records of [side/op byte][time step byte][len: u16 BE][frame bytes].
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
+use weft_netstack::conntrack::{self, Endpoint, FlowFilter};
+use weft_netstack::lb::{BackendConfig, HealthSpec, LoadBalancer, Mode, ServiceConfig};
+use weft_netstack::nat::{Nat, NatConfig, PublishRule, Side, Transport, Verdict};
+
+const UPLINK: Ipv4Address = Ipv4Address::new(192, 0, 2, 10);
+const NODE: Ipv4Address = Ipv4Address::new(10, 81, 0, 1);
+const VIP: Ipv4Address = Ipv4Address::new(10, 81, 255, 1);
+
+fn nat() -> Nat {
+    let mut config = NatConfig::new(UPLINK, NODE, Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 16));
+    // Small enough that a fuzz input fills the table and the port range.
+    config.conntrack = conntrack::Config { capacity: 32, ..conntrack::Config::default() };
+    config.snat_ports = (40000, 40015);
+    let mut nat = Nat::new(config, 0x5eed);
+    for (proto, host_port, addr, port) in [
+        (Transport::Tcp, 8080, Ipv4Address::new(10, 81, 1, 5), 80),
+        (Transport::Udp, 5353, Ipv4Address::new(10, 81, 1, 5), 53),
+        (Transport::Tcp, 9000, VIP, 80),
+    ] {
+        let _ = nat.add_publish(PublishRule { proto, host_port, container_address: addr, container_port: port });
+    }
+    // A small prime table keeps each run cheap; the logic is the same.
+    *nat.lb_mut() = LoadBalancer::with_table_size(251);
+    let _ = nat.lb_mut().add_service(
+        ServiceConfig {
+            name: "web".into(),
+            vip: Some(VIP),
+            proto: Transport::Tcp,
+            port: 80,
+            mode: Mode::Vip,
+            backends: (1..=3)
+                .map(|i| BackendConfig { address: Ipv4Address::new(10, 81, i, 10), port: 8000, weight: i as u32 })
+                .collect(),
+            health: Some(HealthSpec { interval_ms: 100, timeout_ms: 50, rise: 1, fall: 1, proto: None }),
+        },
+        Instant::ZERO,
+    );
+    nat
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut nat = nat();
+    let mut now = Instant::ZERO;
+    let mut rest = data;
+    while rest.len() >= 4 {
+        let (op, step) = (rest[0], rest[1]);
+        let len = u16::from_be_bytes([rest[2], rest[3]]) as usize;
+        rest = &rest[4..];
+        let take = len.min(rest.len());
+        let mut frame = rest[..take].to_vec();
+        rest = &rest[take..];
+        now += Duration::from_millis(step as u64 * 997);
+        match op % 4 {
+            0 | 1 => {
+                let side = if op % 4 == 0 { Side::Uplink } else { Side::Container };
+                let before = frame.len();
+                let verdict = nat.process(&mut frame, side, now);
+                assert_eq!(frame.len(), before, "rewrites happen in place");
+                if let Verdict::Forward { .. } = verdict {
+                    assert!(frame.len() >= 14 + 20 + 8);
+                }
+            }
+            2 => {
+                nat.poll(now, (step % 8) as usize);
+            }
+            _ => {
+                for (i, check) in nat.lb_mut().due(now).into_iter().enumerate() {
+                    let ok = frame.get(i).is_some_and(|b| b & 1 == 1);
+                    nat.lb_mut().report(check.id, ok, now);
+                }
+                if step == 0xff {
+                    let _ = nat.remove_backend("web", Endpoint::new(Ipv4Address::new(10, 81, 1, 10), 8000));
+                }
+            }
+        }
+        let stats = nat.stats();
+        assert!(stats.table_size <= stats.table_capacity);
+    }
+    let _ = nat.flows(&FlowFilter::default(), 16, now);
+});

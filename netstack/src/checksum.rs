@@ -1,0 +1,145 @@
+//! Incremental Internet checksum update (RFC 1624) for header rewrites in place.
+//!
+//! Owns only the arithmetic: the one's complement sums come from smoltcp's
+//! `wire::checksum` (`data`, `combine`). Never recomputes a checksum over a payload.
+
+use smoltcp::wire::checksum;
+
+/// The new checksum field after the bytes `old` were replaced by `new` in the
+/// covered data. `old` and `new` have the same length and start at an even
+/// offset of the covered data.
+///
+/// RFC 1624 eqn. 3: `HC' = ~(~HC + ~m + m')`, which never produces the
+/// `0x0000`-for-`0xFFFF` slip of eqn. 2 that RFC 1624 §3 describes.
+pub fn adjust(check: u16, old: &[u8], new: &[u8]) -> u16 {
+    debug_assert_eq!(old.len(), new.len());
+    !checksum::combine(&[!check, !checksum::data(old), checksum::data(new)])
+}
+
+/// Accumulates several field rewrites so one adjustment can be applied to each
+/// checksum that covers them (e.g. an address is in both the IPv4 header and the
+/// TCP pseudo-header).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// Sum of (~old + new) 16-bit words over all rewrites so far, carries not
+    /// yet folded (a handful of header fields cannot overflow 32 bits).
+    sum: u32,
+}
+
+impl Delta {
+    pub const ZERO: Delta = Delta { sum: 0 };
+
+    /// Records that `old` becomes `new` (same length, even offset).
+    pub fn replace(&mut self, old: &[u8], new: &[u8]) {
+        debug_assert_eq!(old.len(), new.len());
+        self.sum += (!checksum::data(old)) as u32 + checksum::data(new) as u32;
+        self.sum = fold(self.sum) as u32;
+    }
+
+    /// Records a 16-bit field change.
+    pub fn replace_u16(&mut self, old: u16, new: u16) {
+        self.sum += (!old) as u32 + new as u32;
+    }
+
+    /// Records a 32-bit field change (an IPv4 address).
+    pub fn replace_u32(&mut self, old: [u8; 4], new: [u8; 4]) {
+        let word = |b: [u8; 4], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        self.replace_u16(word(old, 0), word(new, 0));
+        self.replace_u16(word(old, 2), word(new, 2));
+    }
+
+    /// Combines two deltas (rewrites of disjoint fields).
+    pub fn plus(self, other: Delta) -> Delta {
+        Delta {
+            sum: fold(self.sum) as u32 + fold(other.sum) as u32,
+        }
+    }
+
+    /// The checksum field after applying every recorded rewrite to `check`.
+    pub fn apply(self, check: u16) -> u16 {
+        !checksum::combine(&[!check, fold(self.sum)])
+    }
+
+    /// As [`Delta::apply`] for a UDP checksum: 0 means "no checksum" and stays 0,
+    /// and a computed 0 is sent as 0xFFFF (RFC 768).
+    pub fn apply_udp(self, check: u16) -> u16 {
+        if check == 0 {
+            return 0;
+        }
+        match self.apply(check) {
+            0 => 0xffff,
+            c => c,
+        }
+    }
+}
+
+/// End-around carry of a 32-bit one's complement sum down to 16 bits.
+fn fold(sum: u32) -> u16 {
+    let s = (sum >> 16) + (sum & 0xffff);
+    ((s >> 16) + (s & 0xffff)) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic xorshift; tests must not depend on an OS random source.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn full(data: &[u8]) -> u16 {
+        !checksum::data(data)
+    }
+
+    #[test]
+    fn rfc1624_example() {
+        // RFC 1624 §4 example: HC = 0xDD2F, m = 0x5555 -> m' = 0x3285 gives 0x0000.
+        let hc = 0xdd2f;
+        assert_eq!(adjust(hc, &[0x55, 0x55], &[0x32, 0x85]), 0x0000);
+    }
+
+    #[test]
+    fn adjust_matches_full_recompute_on_random_buffers() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let len = 2 * (4 + (rng.next() % 40) as usize);
+            let mut buf: alloc::vec::Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            // A first word that is never zero keeps the buffer away from the
+            // all-zero case, where +0 and -0 differ (never true of IP headers).
+            buf[0] |= 0x40;
+            let before = full(&buf);
+            let mut delta = Delta::ZERO;
+            let edits = 1 + rng.next() % 3;
+            let mut expected_by_adjust = before;
+            for _ in 0..edits {
+                let at = 2 * (1 + (rng.next() as usize % (len / 2 - 3)));
+                let width = if rng.next() & 1 == 0 { 2 } else { 4 };
+                let old: alloc::vec::Vec<u8> = buf[at..at + width].to_vec();
+                let new: alloc::vec::Vec<u8> = (0..width).map(|_| rng.next() as u8).collect();
+                buf[at..at + width].copy_from_slice(&new);
+                delta.replace(&old, &new);
+                expected_by_adjust = adjust(expected_by_adjust, &old, &new);
+            }
+            let after = full(&buf);
+            assert_eq!(delta.apply(before), after);
+            assert_eq!(expected_by_adjust, after);
+        }
+    }
+
+    #[test]
+    fn udp_zero_checksum_stays_zero_and_zero_result_is_all_ones() {
+        let mut d = Delta::ZERO;
+        d.replace_u16(1, 2);
+        assert_eq!(d.apply_udp(0), 0);
+        // Find a check value whose adjusted result is 0 and make sure UDP sends 0xFFFF.
+        let check = (0..=0xffffu16).find(|&c| d.apply(c) == 0).unwrap();
+        assert_eq!(d.apply_udp(check), 0xffff);
+    }
+}
