@@ -175,7 +175,37 @@ impl ControlConsole {
     }
 
     fn reap(&mut self) {
-        // Control messages first: data that arrives with a PORT_OPEN belongs to that session.
+        let messages = self.take_control_messages();
+        // QEMU queues an old client's bytes before its close event, and a new client's after
+        // its open event, but on different rings. So: when a close is pending, the data
+        // already waiting belongs to the session that is closing and is delivered first; an
+        // open is handled before the data that waits, so a client that writes at once (before
+        // the greeting reached it) is not lost. Clients that wait for the greeting, as the
+        // protocol asks, never straddle the two.
+        let closing = messages
+            .iter()
+            .any(|&(id, event, value)| (id, event, value) == (PORT, PORT_OPEN, 0));
+        if closing {
+            self.drain_rx();
+        }
+        for (id, event, value) in messages {
+            self.control_message(id, event, value);
+        }
+        self.drain_rx();
+        // Finished transmissions.
+        while let Some(token) = self.tx.peek_used() {
+            let Some(buf) = self.tx_posted.slots[token as usize].take() else {
+                break;
+            };
+            // SAFETY: `buf` is the buffer added with this token.
+            let _ = unsafe { self.tx.pop_used(token, &[&buf[..]], &mut []) };
+        }
+        if let Err(e) = self.post_receive_buffers() {
+            log::warn!("virtio-console: reposting receive buffers failed: {e:?}");
+        }
+    }
+
+    fn take_control_messages(&mut self) -> Vec<(u32, u16, u16)> {
         let mut messages = Vec::new();
         if let Some((crx, ctx)) = self.ctrl.as_mut() {
             while let Some(token) = crx.peek_used() {
@@ -200,10 +230,11 @@ impl ControlConsole {
                 let _ = unsafe { ctx.pop_used(token, &[&buf[..]], &mut []) };
             }
         }
-        for (id, event, value) in messages {
-            self.control_message(id, event, value);
-        }
-        // Port data from the host.
+        messages
+    }
+
+    /// Port data from the host, delivered to the session that is open now.
+    fn drain_rx(&mut self) {
         while let Some(token) = self.rx.peek_used() {
             let Some(mut buf) = self.rx_posted.slots[token as usize].take() else {
                 break;
@@ -217,17 +248,6 @@ impl ControlConsole {
                 self.events
                     .push_back(Event::Data(buf[..len.min(RX_BUF)].to_vec()));
             }
-        }
-        // Finished transmissions.
-        while let Some(token) = self.tx.peek_used() {
-            let Some(buf) = self.tx_posted.slots[token as usize].take() else {
-                break;
-            };
-            // SAFETY: `buf` is the buffer added with this token.
-            let _ = unsafe { self.tx.pop_used(token, &[&buf[..]], &mut []) };
-        }
-        if let Err(e) = self.post_receive_buffers() {
-            log::warn!("virtio-console: reposting receive buffers failed: {e:?}");
         }
     }
 

@@ -30,7 +30,7 @@ unsafe impl Hal for KernelHal {
 
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
         assert!(
-            (paddr as u64).saturating_add(size as u64) <= crate::mem::MAPPED_LIMIT,
+            paddr.saturating_add(size as u64) <= crate::mem::MAPPED_LIMIT,
             "virtio BAR at {paddr:#x} lies above the identity-mapped 4 GiB"
         );
         NonNull::new(paddr as *mut u8).unwrap_or_else(|| panic!("virtio BAR at address 0"))
