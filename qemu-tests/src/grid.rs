@@ -4,6 +4,11 @@
 //! device as a third VTEP, a packet capture on the underlay, and `iperf3` runs.
 //! Everything it creates lives in namespaces it owns, deleted on drop (also while a
 //! panic unwinds); processes it starts are killed on drop.
+//!
+//! VLAN access ports: kernels without 802.1Q devices (no `8021q`, no bridge VLAN
+//! filtering, as on the CI machines) cannot tag, so a container "on VLAN n" is plugged
+//! into a small AF_PACKET relay (python3, standard library) that adds the tag towards
+//! the link bridge and takes it off (keeping only VLAN n) towards the container.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -206,17 +211,92 @@ impl Drop for Capture {
     }
 }
 
-/// A container namespace on an appliance's link, its interface untagged or on a VLAN.
+/// The relay behind a VLAN access port: frames from `access` leave on `trunk` tagged
+/// with the VLAN; frames from `trunk` on that VLAN reach `access` untagged. The
+/// kernel hands received tags over as metadata (PACKET_AUXDATA), or inline.
+const VLAN_RELAY: &str = r#"
+import socket, struct, sys, select
+SOL_PACKET, PACKET_AUXDATA, VLAN_VALID = 263, 8, 0x10
+access, trunk, vid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def port(ifname):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+    s.bind((ifname, 0))
+    return s
+a, t = port(access), port(trunk)
+tag = struct.pack('!HH', 0x8100, vid)
+print('ready', flush=True)
+while True:
+    for s in select.select([a, t], [], [])[0]:
+        data, anc, _, addr = s.recvmsg(65535, socket.CMSG_SPACE(64))
+        if addr[2] == socket.PACKET_OUTGOING or len(data) < 14:
+            continue
+        v = None
+        for level, kind, d in anc:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(d) >= 20:
+                status, _, _, _, _, tci, _ = struct.unpack('IIIHHHH', d[:20])
+                if status & VLAN_VALID:
+                    v = tci & 0xfff
+        if s is a:
+            if v is None:
+                t.send(data[:12] + tag + data[12:])
+        else:
+            if v is None and len(data) >= 18 and data[12:14] == b'\x81\x00':
+                v = struct.unpack('!H', data[14:16])[0] & 0xfff
+                data = data[:12] + data[16:]
+            if v == vid:
+                a.send(data)
+"#;
+
+/// A running [`VLAN_RELAY`]; killed on drop.
+pub struct VlanRelay {
+    child: Child,
+}
+
+impl VlanRelay {
+    fn start(ns: &Netns, access: &str, trunk: &str, vid: u16) -> Result<VlanRelay> {
+        use std::io::BufRead;
+        let mut child = ns
+            .command("python3")
+            .args(["-c", VLAN_RELAY, access, trunk, &vid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the VLAN relay (python3)")?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        let relay = VlanRelay { child };
+        if line.trim() != "ready" {
+            bail!("the VLAN relay for {access} did not start");
+        }
+        Ok(relay)
+    }
+}
+
+impl Drop for VlanRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A container namespace on an appliance's link, untagged or on a VLAN access port.
 pub struct Container {
-    /// The interface that carries the address (`eth0` or `eth0.<vlan>`).
+    /// The interface that carries the address.
     pub ifname: String,
     pub address: String,
+    /// Field order is drop order: the relay before the namespace.
+    relay: Option<VlanRelay>,
     pub ns: Netns,
 }
 
 impl Container {
-    /// Namespace `name` with `eth0` plugged into `vm`'s link bridge; `cidr` on `eth0`
-    /// or on a VLAN sub-interface of it; the link MTU `mtu`.
+    /// Namespace `name` (at most 13 bytes) with `eth0` (`cidr`, MTU `mtu`) on `vm`'s
+    /// link: plugged into the link bridge, or with `vlan`, into an access port of
+    /// that VLAN (see [`VLAN_RELAY`]).
     pub fn attach(
         vm: &TestVm,
         name: &str,
@@ -227,6 +307,7 @@ impl Container {
         let ns = Netns::create(name)?;
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         let hv = &vm.topo.hv;
+        let bridge = &vm.topo.names.link_bridge;
         let hv_end = format!("{name}h");
         ip(
             hv,
@@ -234,43 +315,40 @@ impl Container {
                 "link", "add", &hv_end, "type", "veth", "peer", "name", "eth0", "netns", name,
             ],
         )?;
-        ip(
-            hv,
-            &["link", "set", &hv_end, "master", &vm.topo.names.link_bridge],
-        )?;
         ip(hv, &["link", "set", &hv_end, "up"])?;
-        let mtu = mtu.to_string();
-        ip(&ns, &["link", "set", "eth0", "mtu", &mtu, "up"])?;
-        let ifname = match vlan {
-            Some(id) => {
-                let sub = format!("eth0.{id}");
+        let relay = match vlan {
+            None => {
+                ip(hv, &["link", "set", &hv_end, "master", bridge])?;
+                None
+            }
+            Some(vid) => {
+                let (trunk, relay_end) = (format!("{name}t"), format!("{name}s"));
                 ip(
-                    &ns,
+                    hv,
                     &[
-                        "link",
-                        "add",
-                        "link",
-                        "eth0",
-                        "name",
-                        &sub,
-                        "type",
-                        "vlan",
-                        "id",
-                        &id.to_string(),
+                        "link", "add", &trunk, "type", "veth", "peer", "name", &relay_end,
                     ],
                 )?;
-                ip(&ns, &["link", "set", &sub, "mtu", &mtu, "up"])?;
-                sub
+                ip(hv, &["link", "set", &trunk, "master", bridge])?;
+                ip(hv, &["link", "set", &trunk, "up"])?;
+                ip(hv, &["link", "set", &relay_end, "up"])?;
+                Some(VlanRelay::start(hv, &hv_end, &relay_end, vid)?)
             }
-            None => "eth0".to_string(),
         };
-        ip(&ns, &["addr", "add", cidr, "dev", &ifname])?;
+        ip(&ns, &["link", "set", "eth0", "mtu", &mtu.to_string(), "up"])?;
+        ip(&ns, &["addr", "add", cidr, "dev", "eth0"])?;
         let address = cidr.split('/').next().unwrap_or(cidr).to_string();
         Ok(Container {
-            ifname,
+            ifname: "eth0".to_string(),
             address,
+            relay,
             ns,
         })
+    }
+
+    /// Whether the container sits behind a VLAN relay.
+    pub fn on_vlan(&self) -> bool {
+        self.relay.is_some()
     }
 
     pub fn mac(&self) -> String {

@@ -778,6 +778,17 @@ impl Overlay {
             net.counters.drops.count(DropReason::TooBig);
             if flood {
                 // Local copies are still delivered; only the remote ones are refused.
+                // A unicast sender (unknown destination) still learns the path MTU, as
+                // Linux's vxlan tells it for every remote of a flood.
+                let mut out = out;
+                if let Some(reply) = frag_needed(frame, self.grid.mtu) {
+                    net.counters.icmp_frag_needed += 1;
+                    match ingress {
+                        Ingress::Link => net.counters.link_tx += 1,
+                        Ingress::Appliance => net.counters.appliance_tx += 1,
+                    }
+                    out.push((ingress.egress(), reply));
+                }
                 return Verdict::Forward(out);
             }
             return match frag_needed(frame, self.grid.mtu) {

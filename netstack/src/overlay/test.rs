@@ -481,6 +481,22 @@ fn too_big_with_df_gets_fragmentation_needed() {
     // A too-big broadcast: nothing goes to the peers, no ICMP.
     let big_bcast = udp_frame(EthernetAddress::BROADCAST, mac(1), 1500, true);
     assert_eq!(forward(o.rx_link(t(0), vni(A), &big_bcast)), []);
+    // Too big for an unknown destination (flooded): no copy to the peers, but the
+    // sender hears the MTU all the same.
+    let big_unknown = udp_frame(mac(77), mac(1), 1450 - 28 + 1, true);
+    let out = forward(o.rx_link(t(0), vni(A), &big_unknown));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, Egress::Link);
+    let eth = EthernetFrame::new_checked(&out[0].1[..]).unwrap();
+    assert_eq!((eth.src_addr(), eth.dst_addr()), (mac(77), mac(1)));
+    let ipp = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    let icmp = Icmpv4Packet::new_checked(ipp.payload()).unwrap();
+    assert_eq!(
+        (icmp.msg_type(), icmp.msg_code()),
+        (Icmpv4Message::DstUnreachable, 4)
+    );
+    let c = o.network_counters(vni(A)).unwrap();
+    assert_eq!((c.drops.too_big, c.icmp_frag_needed), (4, 2));
 }
 
 #[test]
