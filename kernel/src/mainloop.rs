@@ -76,7 +76,7 @@ pub fn run(cmdline: String) -> ! {
     x86_64::instructions::interrupts::enable();
 
     let now = crate::time::now();
-    let seed = crate::time::micros() ^ 0x9e37_79b9_7f4a_7c15;
+    let seed = entropy_seed();
     let mut appliance = Appliance::new(
         BootInfo {
             uplink_mac: uplink.mac_addr().0,
@@ -136,4 +136,19 @@ fn sleep(delay: Duration) {
     pit::one_shot(ticks.max(1));
     // `sti; hlt` is atomic: an interrupt between the check and the halt still wakes us.
     x86_64::instructions::interrupts::enable_and_hlt();
+}
+
+/// A 64-bit seed for the appliance's random choices (DNS query ids and ports, hash keys):
+/// RDRAND where the CPU has it (QEMU's `-cpu max` does), mixed with the TSC, which alone
+/// is only a last resort.
+fn entropy_seed() -> u64 {
+    // SAFETY: rdtsc has no side effects.
+    let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+    match x86_64::instructions::random::RdRand::new().and_then(|r| r.get_u64()) {
+        Some(random) => random ^ tsc.rotate_left(32),
+        None => {
+            log::warn!("no RDRAND: seeding from the TSC only");
+            tsc ^ 0x9e37_79b9_7f4a_7c15
+        }
+    }
 }
