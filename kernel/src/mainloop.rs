@@ -86,12 +86,13 @@ pub fn run(cmdline: String) -> ! {
         },
         now,
     );
-    let (heap_used, heap_free) = crate::mem::usage();
+    let heap = crate::mem::usage();
     log::info!(
-        "weft ready: {} ms after boot, heap {} KiB used, {} KiB free",
+        "weft ready: {} ms after boot, heap {} KiB used (peak {} KiB) of {} KiB",
         crate::time::micros() / 1000,
-        heap_used / 1024,
-        heap_free / 1024
+        heap.used / 1024,
+        heap.peak / 1024,
+        heap.size / 1024
     );
 
     let mut out = Vec::new();

@@ -2,10 +2,43 @@
 //! memory map that lies above the kernel image and inside the identity-mapped 4 GiB.
 
 use crate::pvh::BootInfo;
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use linked_list_allocator::LockedHeap;
 
+/// The heap, counting bytes in use and their high-water mark (reported in `status`).
+struct CountingHeap {
+    heap: LockedHeap,
+    used: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+// SAFETY: every call is forwarded unchanged to LockedHeap, which upholds GlobalAlloc's
+// contract; the counters are only statistics.
+unsafe impl GlobalAlloc for CountingHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let ptr = unsafe { self.heap.alloc(layout) };
+        if !ptr.is_null() {
+            let used = self.used.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            self.peak.fetch_max(used, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded; the caller guarantees ptr/layout came from alloc.
+        unsafe { self.heap.dealloc(ptr, layout) };
+        self.used.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
 #[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: CountingHeap = CountingHeap {
+    heap: LockedHeap::empty(),
+    used: AtomicUsize::new(0),
+    peak: AtomicUsize::new(0),
+};
 
 /// Identity-mapped by the boot code.
 pub const MAPPED_LIMIT: u64 = 4 << 30;
@@ -37,7 +70,11 @@ pub fn init(boot: &BootInfo) -> Option<HeapInfo> {
     let (start, end) = best?;
     // SAFETY: [start, end) is RAM per the hypervisor's memory map, identity mapped, above
     // the kernel image and the command line, and handed to the allocator exactly once.
-    unsafe { HEAP.lock().init(start as *mut u8, (end - start) as usize) };
+    unsafe {
+        HEAP.heap
+            .lock()
+            .init(start as *mut u8, (end - start) as usize)
+    };
     Some(HeapInfo {
         start,
         size: end - start,
@@ -45,8 +82,17 @@ pub fn init(boot: &BootInfo) -> Option<HeapInfo> {
     })
 }
 
-/// Bytes in use and free on the heap.
-pub fn usage() -> (usize, usize) {
-    let heap = HEAP.lock();
-    (heap.used(), heap.free())
+pub struct HeapUsage {
+    pub size: usize,
+    pub used: usize,
+    pub peak: usize,
+}
+
+/// Heap size, bytes in use and the most ever in use.
+pub fn usage() -> HeapUsage {
+    HeapUsage {
+        size: HEAP.heap.lock().size(),
+        used: HEAP.used.load(Ordering::Relaxed),
+        peak: HEAP.peak.load(Ordering::Relaxed),
+    }
 }
