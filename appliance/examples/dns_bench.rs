@@ -27,7 +27,7 @@ fn server() -> DnsServer {
     let section = DnsSection {
         grid: Some("testgrid".into()),
         upstreams: vec!["192.0.2.53".into()],
-        max_in_flight: 4096,
+        max_in_flight: 1024,
         ..DnsSection::default()
     };
     let mut server = DnsServer::new(section.validate().unwrap(), [42; 32]);

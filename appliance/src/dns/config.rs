@@ -3,6 +3,7 @@
 //! the typed [`DnsConfig`] and [`Container`]s with errors that name the field.
 //! Validation only: applying a config is the server's and the record store's job.
 
+use alloc::collections::BTreeSet;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -12,7 +13,7 @@ use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use smoltcp::time::Duration;
 
-use super::forward::{ForwarderConfig, SOURCE_PORTS};
+use super::forward::{ForwarderConfig, MAX_IN_FLIGHT};
 use super::records::{is_valid_label, Container, RecordError, Zone};
 
 /// Kontena's grid domain (seed 000: `$service.$grid.kontena.local`).
@@ -163,9 +164,8 @@ impl DnsSection {
             ));
         }
         // Each query in flight holds a source port of its own.
-        let ports = usize::from(SOURCE_PORTS.end() - SOURCE_PORTS.start()) + 1;
-        if self.max_in_flight == 0 || self.max_in_flight > ports / 4 {
-            return Err(ConfigError::new("dns.max_in_flight", "must be 1..=4096"));
+        if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT {
+            return Err(ConfigError::new("dns.max_in_flight", "must be 1..=1024"));
         }
         if self.max_udp_payload < 512 {
             return Err(ConfigError::new("dns.max_udp_payload", "below 512 bytes"));
@@ -219,12 +219,11 @@ impl ContainerEntry {
 /// goes to `RecordStore::replace_all`.
 pub fn validate_containers(entries: &[ContainerEntry]) -> Result<Vec<Container>, ConfigError> {
     let mut containers: Vec<Container> = Vec::with_capacity(entries.len());
+    // Lowercase names seen so far: a grid may have thousands of containers.
+    let mut seen = BTreeSet::new();
     for (index, entry) in entries.iter().enumerate() {
         let container = entry.validate(index)?;
-        if containers
-            .iter()
-            .any(|seen| seen.name.eq_ignore_ascii_case(&container.name))
-        {
+        if !seen.insert(container.name.to_ascii_lowercase()) {
             return Err(ConfigError::new(
                 format!("containers[{index}].name"),
                 "used by an earlier entry",

@@ -24,8 +24,16 @@ use super::Transport;
 /// A DNS header's length (RFC 1035 §4.1.1).
 const HEADER_LEN: usize = 12;
 
-/// The dynamic port range (RFC 6335 §6) that source ports are drawn from.
-pub const SOURCE_PORTS: core::ops::RangeInclusive<u16> = 49152..=65535;
+/// The range source ports are drawn from: the top of the dynamic range (RFC 6335 §6)
+/// above 60999, so it stays clear of the masquerade range (`NatConfig::SNAT_PORTS`,
+/// Linux's `ip_local_port_range` 32768..=60999) on the same uplink address: a reply to
+/// a forwarded query must never match a translated flow. 4536 ports (12 bits) plus
+/// the 16-bit ID give RFC 5452 §10 about 28 bits against an off-path spoofer.
+pub const SOURCE_PORTS: core::ops::RangeInclusive<u16> = 61000..=65535;
+
+/// The most queries in flight `max_in_flight` may allow: a quarter of the source
+/// ports, so a free port is found in a few random draws.
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// The forwarder's settings (validated by `dns::config`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +42,8 @@ pub struct ForwarderConfig {
     pub upstreams: Vec<SocketAddr>,
     /// How long one attempt waits before failing over.
     pub timeout: Duration,
-    /// Client queries pending at once; one more is answered SERVFAIL at once. Must stay
-    /// well below the 16384 source ports.
+    /// Client queries pending at once; one more is answered SERVFAIL at once. At most
+    /// `MAX_IN_FLIGHT`, well below the number of source ports.
     pub max_in_flight: usize,
     /// Largest UDP payload we take; a client's larger EDNS size is lowered to this in
     /// the forwarded query so the upstream reply fits without IP fragments.

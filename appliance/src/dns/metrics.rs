@@ -1,7 +1,7 @@
 //! The resolver's counters, serialized for `status`, and the named reasons a datagram
 //! is dropped. Counting only: nothing here decides what happens to a packet.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a datagram was dropped without a reply. Each reason has its own counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,8 @@ pub enum DropReason {
 }
 
 /// Drop counters by reason.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DnsDrops {
     pub short_header: u64,
     pub not_a_query: u64,
@@ -73,7 +74,8 @@ impl DnsDrops {
 /// exactly one outcome: `local_answers`, `nodata`, `nxdomain`, `forwarded`,
 /// `formerr`, `notimp`, `refused`, `badvers`, `servfail` (immediate refusals) or
 /// a drop.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DnsCounters {
     /// Client queries received (UDP and TCP).
     pub queries: u64,
@@ -132,5 +134,10 @@ mod tests {
         assert_eq!(json["drops"]["short_header"], 1);
         assert_eq!(json["drops"]["reply_id_mismatch"], 2);
         assert_eq!(counters.drops.total(), 3);
+        // `weft ctl status` reads them back.
+        assert_eq!(
+            serde_json::from_value::<DnsCounters>(json).unwrap(),
+            counters
+        );
     }
 }
