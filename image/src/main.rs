@@ -108,6 +108,14 @@ enum CtlCmd {
     Apply { file: PathBuf },
     /// Liveness check.
     Ping,
+    /// Any command, its arguments as one JSON object, e.g.
+    /// `call peer-add '{"node":2,"address":"192.0.2.12","networks":["grid"]}'`
+    /// (overlay: peer-add, peer-remove, network-add, network-remove, fdb-add, fdb-remove).
+    Call {
+        cmd: String,
+        /// The `args` object (JSON); omitted for commands without arguments.
+        args: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -241,7 +249,7 @@ fn cmd_boot(cfg: QemuConfig, config: Option<PathBuf>, greeting_timeout: Duration
 }
 
 fn cmd_ctl(socket: &std::path::Path, json: bool, timeout: Duration, cmd: CtlCmd) -> ExitCode {
-    let run = || -> Result<(&'static str, Reply)> {
+    let run = || -> Result<(&str, Reply)> {
         let (name, args) = match &cmd {
             CtlCmd::Status => ("status", None),
             CtlCmd::Config => ("config", None),
@@ -249,6 +257,14 @@ fn cmd_ctl(socket: &std::path::Path, json: bool, timeout: Duration, cmd: CtlCmd)
             CtlCmd::Apply { file } => {
                 let config = configfile::load(file)?;
                 ("apply", Some(serde_json::to_value(config)?))
+            }
+            CtlCmd::Call { cmd, args } => {
+                let args = args
+                    .as_deref()
+                    .map(serde_json::from_str::<serde_json::Value>)
+                    .transpose()
+                    .context("the arguments are not JSON")?;
+                (cmd.as_str(), args)
             }
         };
         if !socket.exists() {
@@ -310,7 +326,8 @@ fn render(name: &str, v: serde_json::Value) -> String {
             Ok(c) => status::render_config(c.as_ref()),
             Err(_) => pretty(&v),
         },
-        "apply" => match serde_json::from_value::<Applied>(v.clone()) {
+        "apply" | "peer-add" | "peer-remove" | "network-add" | "network-remove" | "fdb-add"
+        | "fdb-remove" => match serde_json::from_value::<Applied>(v.clone()) {
             Ok(a) if a.changed => "applied\n".to_string(),
             Ok(_) => "applied (no change)\n".to_string(),
             Err(_) => pretty(&v),

@@ -3,6 +3,8 @@
 //! appliance.
 
 use weft_appliance::protocol::{InterfaceStatus, Status};
+use weft_appliance::weft_netstack::datapath::DatapathStatus;
+use weft_appliance::weft_netstack::overlay::DropCounters as OverlayDrops;
 use weft_appliance::Config;
 
 /// Non-zero drop counters of one interface, by reason.
@@ -85,6 +87,137 @@ pub fn render_status(s: &Status) -> String {
     out.push_str(&format!(
         "control: connects={} lines={} requests={} errors={} partial_discarded={}\n",
         k.connects, k.lines, k.requests, k.errors, k.partial_discarded
+    ));
+    if let Some(o) = &s.overlay {
+        out.push_str(&render_overlay(o));
+    }
+    out
+}
+
+/// Non-zero overlay drop counters, by reason (`not_vxlan` is not a loss: left out).
+pub fn overlay_drop_reasons(d: &OverlayDrops) -> Vec<(&'static str, u64)> {
+    [
+        ("bad_outer_header", d.bad_outer_header),
+        ("outer_fragment", d.outer_fragment),
+        ("bad_vxlan_header", d.bad_vxlan_header),
+        ("unknown_vni", d.unknown_vni),
+        ("unknown_peer", d.unknown_peer),
+        ("runt", d.runt),
+        ("bad_source_mac", d.bad_source_mac),
+        ("not_local", d.not_local),
+        ("too_big", d.too_big),
+        ("no_neighbor", d.no_neighbor),
+        ("not_attached", d.not_attached),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .collect()
+}
+
+fn reasons(list: &[(&str, u64)]) -> String {
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The overlay part of `weft ctl status`: networks, peers, FDB, drops.
+pub fn render_overlay(o: &DatapathStatus) -> String {
+    let s = &o.overlay;
+    let mut out = format!(
+        "\noverlay: node {} ({}), underlay {}, vxlan port {}, mtu {}\n",
+        s.node, s.node_address, s.underlay_address, s.vxlan_port, s.mtu
+    );
+    let mut rows = vec![[
+        "network", "vni", "vlan", "link rx", "link tx", "peers rx", "peers tx", "flooded",
+        "arp sup", "frag nd", "drops",
+    ]
+    .map(String::from)];
+    for n in &s.networks {
+        let c = &n.counters;
+        rows.push([
+            n.name.clone(),
+            n.vni.to_string(),
+            n.vlan.map_or("-".into(), |v| v.to_string()),
+            c.link_rx.to_string(),
+            c.link_tx.to_string(),
+            c.uplink_rx.to_string(),
+            c.uplink_tx.to_string(),
+            c.flooded.to_string(),
+            c.arp_suppressed.to_string(),
+            c.icmp_frag_needed.to_string(),
+            reasons(&overlay_drop_reasons(&c.drops)),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    let mut rows = vec![[
+        "peer",
+        "node",
+        "address",
+        "underlay mac",
+        "vnis",
+        "tx pkts",
+        "tx bytes",
+        "rx pkts",
+        "rx bytes",
+    ]
+    .map(String::from)];
+    for p in &s.peers {
+        let c = &p.counters;
+        rows.push([
+            p.name.clone().unwrap_or_else(|| "-".into()),
+            p.node.to_string(),
+            p.address.to_string(),
+            p.neighbor.map_or("(unresolved)".into(), |m| m.to_string()),
+            p.networks
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            c.tx_packets.to_string(),
+            c.tx_bytes.to_string(),
+            c.rx_packets.to_string(),
+            c.rx_bytes.to_string(),
+        ]);
+    }
+    if s.peers.is_empty() {
+        out.push_str("no peers\n");
+    } else {
+        out.push_str(&table(&rows));
+    }
+    for n in &s.networks {
+        if n.fdb.is_empty() && n.arp.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("fdb {} (vni {}):\n", n.name, n.vni));
+        for e in &n.fdb {
+            let ip = n
+                .arp
+                .iter()
+                .filter(|a| a.mac == e.mac)
+                .map(|a| format!(" ip {}", a.ip))
+                .collect::<String>();
+            out.push_str(&format!(
+                "  {}  {}  {}{ip}\n",
+                e.mac,
+                e.location.map_or("local".into(), |a| format!("peer {a}")),
+                match e.age_secs {
+                    Some(age) => format!("learned {age}s ago"),
+                    None => "static".into(),
+                }
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "overlay drops: {}; link vlan unknown={}; underlay arp requests={} learned={}\n",
+        reasons(&overlay_drop_reasons(&s.drops)),
+        o.datapath.unknown_vlan,
+        o.underlay_arp.requests,
+        o.underlay_arp.learned
     ));
     out
 }
@@ -176,6 +309,42 @@ mod tests {
         assert!(t.contains("drops on uplink: runt=2 not_configured=3\n"));
         assert!(!t.contains("drops on link"));
         assert!(t.contains("errors=2"));
+    }
+
+    #[test]
+    fn overlay_status_is_shown_when_there_is_one() {
+        use weft_appliance::{Appliance, BootInfo};
+        let now = weft_appliance::weft_netstack::smoltcp::time::Instant::from_secs(0);
+        let mut app = Appliance::new(
+            BootInfo {
+                uplink_mac: [0x52, 0x54, 0, 0, 0, 1],
+                link_mac: [0x52, 0x54, 0, 0, 0, 2],
+                seed: 1,
+                cmdline: String::new(),
+            },
+            now,
+        );
+        let doc = crate::configfile::load(&crate::paths::repo_root().join("examples/overlay.toml"))
+            .unwrap();
+        app.apply(doc).unwrap();
+        let t = render_status(&app.status(now));
+        assert!(
+            t.contains("overlay: node 1 (10.81.0.1), underlay 192.0.2.11"),
+            "{t}"
+        );
+        let net = t.lines().find(|l| l.starts_with("default")).unwrap();
+        assert_eq!(net.split_whitespace().nth(1), Some("100"), "{t}");
+        assert!(t.contains("(unresolved)"), "{t}");
+        assert!(!render_status(&sample()).contains("overlay"));
+    }
+
+    #[test]
+    fn overlay_config_renders_as_toml_that_reads_back() {
+        let path = crate::paths::repo_root().join("examples/overlay.toml");
+        let c = crate::configfile::load(&path).unwrap();
+        assert!(c.grid.is_some() && !c.networks.is_empty() && !c.peers.is_empty());
+        let t = render_config(Some(&c));
+        assert_eq!(crate::configfile::from_toml(&t).unwrap(), c, "{t}");
     }
 
     #[test]

@@ -541,3 +541,40 @@ pub fn iperf3(
     let _ = srv.wait();
     result
 }
+
+/// Builds the `weft` host tool (same profile as the calling test) and returns its path.
+pub fn weft_binary() -> PathBuf {
+    let root = weft_image::paths::repo_root();
+    let release = !cfg!(debug_assertions);
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&root)
+        .args(["build", "--quiet", "-p", "weft-image", "--bin", "weft"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().expect("running cargo build for weft");
+    assert!(st.success(), "building the weft binary failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target
+        .join(if release { "release" } else { "debug" })
+        .join("weft")
+}
+
+/// `weft ctl --socket SOCKET ARGS...`: (exit code, stdout, stderr).
+pub fn weft_ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(weft_binary())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running weft ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

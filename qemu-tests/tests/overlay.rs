@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use weft_image::control::Client;
 use weft_image::netns::{Netns, PeerAddresses};
-use weft_qemu_tests::grid::{iperf3, Container, LinuxVtep, Underlay};
+use weft_qemu_tests::grid::{iperf3, weft_ctl, Container, LinuxVtep, Underlay};
 use weft_qemu_tests::{BootOptions, TestVm};
 
 const W1: &str = "192.0.2.11";
@@ -298,14 +298,24 @@ fn two_wefts_and_a_linux_vtep_share_one_overlay_network() {
                 json!({"vni": 100, "mac": mac, "peer": peer, "ip": ip}),
             );
         }
-        let mut c = w2.client();
-        call(
-            &w2,
-            &mut c,
-            "fdb-add",
-            json!({"vni": 100, "mac": m1, "peer": W1, "ip": "10.81.128.11"}),
-        );
     }
+    // On node 2 through the host tool, as a person would.
+    let args = json!({"vni": 100, "mac": m1, "peer": W1, "ip": "10.81.128.11"}).to_string();
+    let (code, out, err) = weft_ctl(&w2.control, &["call", "fdb-add", &args]);
+    assert_eq!((code, out.as_str()), (0, "applied\n"), "{err}");
+    let (code, _, err) = weft_ctl(
+        &w2.control,
+        &[
+            "call",
+            "fdb-add",
+            r#"{"vni":100,"mac":"02:00:00:00:00:01"}"#,
+        ],
+    );
+    assert_eq!(code, 1, "an fdb-add without peer or local is refused");
+    assert!(
+        err.contains("invalid_config") && err.contains("field:   peer"),
+        "{err}"
+    );
     lx.pin(&m1, W1).unwrap();
     let before = overlay_status(&w1);
     let _ = c1.ip(&["neigh", "flush", "all"]);
@@ -387,6 +397,14 @@ fn two_wefts_and_a_linux_vtep_share_one_overlay_network() {
         assert_eq!(cfg["peers"].as_array().map(Vec::len), Some(2), "{cfg}");
     }
     ping(c1, "10.81.128.12", 2, "weft 1 -> weft 2 after peer-add");
+    let (code, table, err) = weft_ctl(&w1.control, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.contains("overlay: node 1 (10.81.0.1), underlay 192.0.2.11"),
+        "{table}"
+    );
+    assert!(table.contains("linux"), "{table}");
+    eprintln!("{test}: weft ctl status on node 1:\n{table}");
     let st = overlay_status(&w1);
     assert_eq!(st["drops"]["bad_outer_header"], json!(0), "{st}");
     assert_eq!(st["drops"]["unknown_peer"], json!(0), "{st}");
