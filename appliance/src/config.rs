@@ -152,6 +152,12 @@ pub struct Config {
     /// `[[peers]]`: the other nodes and the networks each carries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
+    /// `[dns]`: the grid resolver on port 53 of the link; absent: no DNS service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::DnsSection>,
+    /// `[[containers]]`: the grid's containers as DNS records (need a `[dns]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<crate::dns::ContainerEntry>,
 }
 
 /// `[uplink]`: the NIC towards the host's network.
@@ -270,6 +276,7 @@ impl Config {
             ));
         }
         crate::overlay::validate(self)?;
+        crate::dns_service::plan(self)?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod dns;
+pub mod dns_service;
 pub mod field_path;
 pub mod overlay;
 pub mod protocol;
@@ -49,6 +50,7 @@ pub struct Appliance {
     netstack: Netstack,
     running: Option<Config>,
     session: ControlSession,
+    dns: dns_service::DnsService,
 }
 
 impl Appliance {
@@ -73,6 +75,7 @@ impl Appliance {
             netstack,
             running: None,
             session: ControlSession::new(),
+            dns: dns_service::DnsService::new(),
         }
     }
 
@@ -83,7 +86,8 @@ impl Appliance {
         uplink: &mut dyn Port,
         link: &mut dyn Port,
     ) -> Option<Duration> {
-        self.netstack.poll(now, uplink, link).next_poll
+        let next_poll = self.netstack.poll(now, uplink, link).next_poll;
+        self.dns.poll(now, &mut self.netstack, next_poll)
     }
 
     /// A client connected to the control socket: the greeting line is appended to `out`.
@@ -200,6 +204,8 @@ impl Appliance {
             }),
             Command::FdbAdd(entry) => self.fdb_add(now, entry),
             Command::FdbRemove(key) => self.fdb_remove(key),
+            Command::ContainerAdd(entry) => self.dns.container_add(self.running.as_mut(), entry),
+            Command::ContainerRemove(key) => self.dns.container_remove(self.running.as_mut(), key),
         };
         if result.is_err() {
             self.session.count_error();
@@ -279,6 +285,7 @@ impl Appliance {
         if self.running.as_ref() == Some(&config) {
             return Ok(false);
         }
+        let dns = dns_service::plan(&config)?;
         let overlay = overlay::plan(
             &config,
             self.netstack.overlay(),
@@ -301,6 +308,7 @@ impl Appliance {
             }),
         );
         self.netstack.set_overlay(overlay);
+        self.dns.apply(dns, &mut self.netstack, self.info.seed);
         log::info!(
             "applied: uplink {} link {}{}",
             config.uplink.address,
@@ -337,6 +345,7 @@ impl Appliance {
             },
             control: self.session.counters(),
             overlay: self.netstack.overlay().map(|o| o.status(now)),
+            dns: self.dns.status(),
         }
     }
 

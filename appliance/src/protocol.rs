@@ -17,6 +17,8 @@ use weft_netstack::overlay::config::{NetworkConfig, PeerConfig};
 use weft_netstack::NicCounters;
 
 use crate::config::{Config, Ipv4Cidr};
+use crate::dns::ContainerEntry;
+use crate::dns_service::{ContainerKey, DnsStatus};
 use crate::overlay::{FdbEntry, FdbKey, NetworkKey, PeerKey};
 
 /// The protocol version this appliance speaks.
@@ -96,6 +98,10 @@ pub enum Command {
     FdbAdd(FdbEntry),
     /// Remove a pinned MAC address.
     FdbRemove(FdbKey),
+    /// Register a container as DNS records, or replace the one of its name.
+    ContainerAdd(ContainerEntry),
+    /// Remove a container's DNS records.
+    ContainerRemove(ContainerKey),
 }
 
 impl Command {
@@ -111,6 +117,8 @@ impl Command {
         "network-remove",
         "fdb-add",
         "fdb-remove",
+        "container-add",
+        "container-remove",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -125,6 +133,8 @@ impl Command {
             Command::NetworkRemove(_) => "network-remove",
             Command::FdbAdd(_) => "fdb-add",
             Command::FdbRemove(_) => "fdb-remove",
+            Command::ContainerAdd(_) => "container-add",
+            Command::ContainerRemove(_) => "container-remove",
         }
     }
 
@@ -139,6 +149,8 @@ impl Command {
             Command::NetworkRemove(a) => serde_json::to_value(a).ok(),
             Command::FdbAdd(a) => serde_json::to_value(a).ok(),
             Command::FdbRemove(a) => serde_json::to_value(a).ok(),
+            Command::ContainerAdd(a) => serde_json::to_value(a).ok(),
+            Command::ContainerRemove(a) => serde_json::to_value(a).ok(),
         }
     }
 
@@ -176,6 +188,12 @@ impl Command {
                 Ok(Command::FdbAdd(entry))
             }
             "fdb-remove" => overlay_args(name, args).map(Command::FdbRemove),
+            "container-add" => {
+                let entry: ContainerEntry = overlay_args(name, args)?;
+                crate::dns_service::check_entry(&entry)?;
+                Ok(Command::ContainerAdd(entry))
+            }
+            "container-remove" => overlay_args(name, args).map(Command::ContainerRemove),
             other => Err(ErrorBody::new(
                 ErrorCode::UnknownCommand,
                 format!(
@@ -488,6 +506,11 @@ pub struct Status {
     /// and per-peer counters, drops by reason, FDB and ARP tables, underlay neighbours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<DatapathStatus>,
+    /// The DNS service (present once a document with a `[dns]` is applied): zone,
+    /// containers, queries in flight, the resolver's counters and drops by reason, and
+    /// the socket side's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsStatus>,
 }
 
 /// Per-NIC status, one named field per NIC.
