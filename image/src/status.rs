@@ -108,6 +108,7 @@ pub fn overlay_drop_reasons(d: &OverlayDrops) -> Vec<(&'static str, u64)> {
         ("too_big", d.too_big),
         ("no_neighbor", d.no_neighbor),
         ("not_attached", d.not_attached),
+        ("tagged", d.tagged),
     ]
     .into_iter()
     .filter(|(_, n)| *n > 0)

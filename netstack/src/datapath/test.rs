@@ -644,3 +644,28 @@ fn runtime_changes_take_effect_without_touching_other_traffic() {
     assert!(rig.path_mut().add_network(&clash).is_err());
     assert_eq!(rig.path().vni_on_link(None), Some(vni(A)));
 }
+
+#[test]
+fn a_tag_inside_never_reaches_another_vlan() {
+    let mut rig = Rig::resolved();
+    let inner = probe::arp_request(mac(12), ip(12), ip(1));
+    // From a peer on a's VNI, a frame tagged for b's VLAN: delivering it as it is
+    // would put it on VLAN 200 of the link, i.e. on network b.
+    let (up, link) = rig.inject_uplink(&vxlan_from(P2, P2_MAC, vni(A), &tagged(&inner, VLAN_B)));
+    assert!(up.is_empty() && link.is_empty(), "{link:?}");
+    // From the link: double tagged (b outside, anything inside), and a tag inside
+    // the untagged network.
+    let (up, link) = rig.inject_link(&tagged(&tagged(&inner, 100), VLAN_B));
+    assert!(up.is_empty() && link.is_empty());
+    let (up, link) = rig.inject_link(&{
+        let mut f = tagged(&inner, VLAN_B);
+        // 802.1ad outer tag type: not ours to take off, so a's frame with a tag.
+        f[12..14].copy_from_slice(&[0x88, 0xa8]);
+        f
+    });
+    assert!(up.is_empty() && link.is_empty());
+    let o = rig.path().overlay();
+    assert_eq!(o.drops().tagged, 3);
+    assert_eq!(o.network_counters(vni(A)).unwrap().drops.tagged, 2);
+    assert_eq!(o.network_counters(vni(B)).unwrap().drops.tagged, 1);
+}

@@ -85,6 +85,10 @@ pub enum DropReason {
     NoNeighbor,
     /// A frame from the appliance on a network it is not attached to.
     NotAttached,
+    /// A frame with an 802.1Q/802.1ad tag of its own. Networks are told apart by their
+    /// VNI (and on the link by one tag the datapath takes off): a tag inside could
+    /// land the frame on another network's VLAN (double tagging).
+    Tagged,
 }
 
 /// Frames dropped, by reason. Serialized as-is into `status`.
@@ -102,6 +106,7 @@ pub struct DropCounters {
     pub too_big: u64,
     pub no_neighbor: u64,
     pub not_attached: u64,
+    pub tagged: u64,
 }
 
 impl DropCounters {
@@ -119,6 +124,7 @@ impl DropCounters {
             DropReason::TooBig => &mut self.too_big,
             DropReason::NoNeighbor => &mut self.no_neighbor,
             DropReason::NotAttached => &mut self.not_attached,
+            DropReason::Tagged => &mut self.tagged,
         };
         *c = c.wrapping_add(1);
     }
@@ -138,6 +144,7 @@ impl DropCounters {
             DropReason::TooBig => self.too_big,
             DropReason::NoNeighbor => self.no_neighbor,
             DropReason::NotAttached => self.not_attached,
+            DropReason::Tagged => self.tagged,
         }
     }
 
@@ -156,6 +163,7 @@ impl DropCounters {
             self.too_big,
             self.no_neighbor,
             self.not_attached,
+            self.tagged,
         ]
         .iter()
         .fold(0u64, |a, b| a.wrapping_add(*b))
@@ -700,6 +708,9 @@ impl Overlay {
         if !src.is_unicast() {
             return self.drop(Some(vni), DropReason::BadSourceMac);
         }
+        if is_tagged(&eth) {
+            return self.drop(Some(vni), DropReason::Tagged);
+        }
         if ingress == Ingress::Link
             && Some(src) != net.appliance_mac
             && net.fdb.learn(src, now) == Learn::Full
@@ -924,6 +935,9 @@ impl Overlay {
         if !inner.src_addr().is_unicast() {
             return self.drop(Some(vni), DropReason::BadSourceMac);
         }
+        if is_tagged(&inner) {
+            return self.drop(Some(vni), DropReason::Tagged);
+        }
         let dst = inner.dst_addr();
         let Some(net) = self.networks.get(&vni) else {
             return self.drop(None, DropReason::UnknownVni);
@@ -1040,6 +1054,15 @@ fn forget_remote(net: &mut Network, peer: Ipv4Address) {
     for mac in macs {
         net.arp.remove_mac(&mac);
     }
+}
+
+/// Whether the frame carries an 802.1Q (0x8100), 802.1ad (0x88a8) or pre-standard
+/// QinQ (0x9100) tag.
+fn is_tagged<T: AsRef<[u8]>>(eth: &EthernetFrame<T>) -> bool {
+    matches!(
+        eth.ethertype(),
+        EthernetProtocol::Unknown(0x8100 | 0x88a8 | 0x9100)
+    )
 }
 
 /// The length of the frame's L3 packet (after the Ethernet header and one VLAN tag).
