@@ -2,6 +2,7 @@
 //! one namespace/link builder, shared by the `weft` binary and by `qemu-tests`.
 //! Host `std` code only; it never runs inside the appliance.
 
+pub mod bench;
 pub mod build;
 pub mod configfile;
 pub mod control;

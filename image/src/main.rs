@@ -96,6 +96,8 @@ enum Cmd {
     },
     /// Run every check of the project (fmt, clippy, unit tests, image, QEMU tests).
     Test,
+    /// weft against a reference Linux VM doing the same job (docs/PERFORMANCE.md).
+    Bench(weft_image::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -164,6 +166,7 @@ fn main() -> ExitCode {
         } => return cmd_ctl(&socket, json, Duration::from_secs(timeout), cmd),
         Cmd::Demo { release, accel } => cmd_demo(release, accel),
         Cmd::Test => return cmd_test(),
+        Cmd::Bench(args) => return weft_image::bench::main(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

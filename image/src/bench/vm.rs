@@ -1,0 +1,296 @@
+//! One benchmark host: the namespaces of `netns::Topology` (hypervisor with taps and
+//! bridges, a "host" on the uplink segment, a "container" on the link segment) and the
+//! VM that serves it, weft or the reference Linux VM, under the same QEMU launcher with
+//! the same NIC layout. Hosts' uplink segments can be joined into one underlay. Every
+//! VM is stopped and every namespace deleted on drop; nothing outside them is touched.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::refvm::{RefJob, RefVm, FAILED_MARKER, READY_MARKER};
+use crate::control::Client;
+use crate::netns::{PeerAddresses, Topology, TopologyNames};
+use crate::qemu::{Accel, MacAddr, MemoryMib, Nic, Qemu, QemuConfig, Serial};
+
+/// Which appliance serves a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Weft,
+    Linux,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Weft => "weft",
+            Kind::Linux => "linux",
+        }
+    }
+}
+
+/// What the VMs boot from.
+#[derive(Clone, Debug)]
+pub struct Images {
+    pub weft: PathBuf,
+    pub linux: RefVm,
+    pub accel: Accel,
+    /// How long a VM may take to be ready.
+    pub ready_timeout: Duration,
+}
+
+/// A short unique prefix (`wb` + pid + counter) so names fit IFNAMSIZ.
+fn unique_prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    format!("wb{:05x}{:02x}", std::process::id() & 0xf_ffff, n & 0xff)
+}
+
+/// A running VM of either kind.
+pub struct Vm {
+    pub kind: Kind,
+    qemu: Qemu,
+    pub control: PathBuf,
+    pub serial: PathBuf,
+    pub qemu_log: PathBuf,
+    pub uplink_mac: MacAddr,
+    pub link_mac: MacAddr,
+    /// From QEMU start to ready: weft's greeting, or the reference VM's marker line.
+    pub ready_after: Duration,
+}
+
+impl Vm {
+    pub fn pid(&self) -> u32 {
+        self.qemu.pid()
+    }
+
+    pub fn cpu_time(&self) -> Result<Duration> {
+        self.qemu.cpu_time()
+    }
+
+    pub fn serial_log(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// A control client (weft only).
+    pub fn client(&self) -> Result<Client> {
+        Client::connect(&self.control, Duration::from_secs(20))
+            .with_context(|| format!("control socket {}", self.control.display()))
+    }
+
+    /// Applies a config document (weft only); the error names the refused field.
+    pub fn apply(&self, doc: &Value) -> Result<()> {
+        let mut c = self.client()?;
+        c.apply_value(doc).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+
+    /// The raw `status` result (weft only).
+    pub fn status(&self) -> Result<Value> {
+        let mut c = self.client()?;
+        let r = c.call("status", None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        r.outcome
+            .map_err(|e| anyhow::anyhow!("status: {}", e.message))
+    }
+
+    pub fn stop(&mut self) {
+        self.qemu.stop(Duration::from_secs(2));
+    }
+}
+
+/// One benchmark host. Field order is drop order: the VM before the namespaces.
+pub struct Host {
+    pub vm: Option<Vm>,
+    pub topo: Topology,
+    pub dir: PathBuf,
+}
+
+impl Host {
+    /// The namespaces around one appliance (`peers`: the host's and container's
+    /// addresses), no VM yet.
+    pub fn create(peers: PeerAddresses) -> Result<Host> {
+        let prefix = unique_prefix();
+        let names = TopologyNames::new(&prefix)?;
+        let topo = Topology::create(names, peers, &mut |_| {})?;
+        let dir = std::env::temp_dir().join(format!("weft-bench-{prefix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Host {
+            vm: None,
+            topo,
+            dir,
+        })
+    }
+
+    /// Boots the VM of `kind` on this host's taps and waits until it is ready. The
+    /// reference VM gets its job on the command line; weft is configured afterwards
+    /// through its control socket.
+    pub fn boot(
+        &mut self,
+        kind: Kind,
+        images: &Images,
+        memory: MemoryMib,
+        job: &RefJob,
+    ) -> Result<&Vm> {
+        let control = self.dir.join("control.sock");
+        let serial = self.dir.join("serial.log");
+        let qemu_log = self.dir.join("qemu.log");
+        let n = &self.topo.names;
+        let kernel = match kind {
+            Kind::Weft => images.weft.clone(),
+            Kind::Linux => images.linux.kernel.clone(),
+        };
+        let mut cfg = QemuConfig::new(
+            kernel,
+            Nic::tap(&n.uplink_tap),
+            Nic::tap(&n.link_tap),
+            control.clone(),
+        );
+        cfg.memory = memory;
+        cfg.accel = images.accel;
+        cfg.serial = Serial::File(serial.clone());
+        cfg.netns = Some(n.hv_ns.clone());
+        cfg.log = Some(qemu_log.clone());
+        if kind == Kind::Linux {
+            cfg.qemu = images.linux.qemu_wrapper.clone();
+            cfg.append = job.cmdline(cfg.uplink.mac, cfg.link.mac);
+        }
+        let _ = std::fs::remove_file(&serial);
+        let mut qemu = cfg.spawn()?;
+        let ready = match kind {
+            Kind::Weft => qemu
+                .greet(&control, images.ready_timeout)
+                .map(|(_client, took)| took)
+                .map_err(anyhow::Error::from),
+            Kind::Linux => wait_marker(&mut qemu, &serial, images.ready_timeout),
+        };
+        let ready_after = match ready {
+            Ok(t) => t,
+            Err(e) => {
+                qemu.stop(Duration::from_secs(2));
+                let console = std::fs::read_to_string(&serial).unwrap_or_default();
+                let tail: Vec<&str> = console.lines().rev().take(15).collect();
+                let qlog = std::fs::read_to_string(&qemu_log).unwrap_or_default();
+                bail!(
+                    "{} VM (-m {memory}) not ready: {e:#}\n  console (last lines): {}\n  qemu: {}",
+                    kind.name(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n    "),
+                    qlog.trim()
+                );
+            }
+        };
+        self.vm = Some(Vm {
+            kind,
+            qemu,
+            control,
+            serial,
+            qemu_log,
+            uplink_mac: cfg.uplink.mac,
+            link_mac: cfg.link.mac,
+            ready_after,
+        });
+        self.vm.as_ref().context("VM vanished")
+    }
+
+    pub fn vm(&self) -> Result<&Vm> {
+        self.vm.as_ref().context("no VM booted on this host")
+    }
+
+    /// Joins this host's uplink segment to `other`'s (a veth between the two uplink
+    /// bridges): one underlay for the overlay scenarios.
+    pub fn join_uplinks(&self, other: &Host) -> Result<()> {
+        let a = format!("{}-x", self.topo.names.hv_ns.trim_end_matches("-hv"));
+        let b = format!("{}-y", self.topo.names.hv_ns.trim_end_matches("-hv"));
+        let (hv1, hv2) = (&self.topo.hv, &other.topo.hv);
+        hv1.ip(&[
+            "link",
+            "add",
+            &a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b,
+            "netns",
+            hv2.name(),
+        ])?;
+        hv1.ip(&["link", "set", &a, "master", &self.topo.names.uplink_bridge])?;
+        hv2.ip(&["link", "set", &b, "master", &other.topo.names.uplink_bridge])?;
+        hv1.ip(&["link", "set", &a, "up"])?;
+        hv2.ip(&["link", "set", &b, "up"])?;
+        Ok(())
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut vm) = self.vm.take() {
+            vm.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits for the reference VM's ready marker on its console (a file QEMU writes).
+fn wait_marker(qemu: &mut Qemu, serial: &Path, timeout: Duration) -> Result<Duration> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(serial).unwrap_or_default();
+        if text.contains(READY_MARKER) {
+            return Ok(qemu.started().elapsed());
+        }
+        if let Some(line) = text.lines().find(|l| l.contains(FAILED_MARKER)) {
+            bail!("{}", line.trim());
+        }
+        if let Some(status) = qemu.try_wait()? {
+            bail!("QEMU exited ({status}) before the ready marker");
+        }
+        if Instant::now() > deadline {
+            bail!("no {READY_MARKER:?} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// weft's heap figures from the `weft ready: ... heap U KiB used (peak P KiB) of S KiB`
+/// console line: (used, peak, size) in KiB.
+pub fn heap_from_console(console: &str) -> Option<(u64, u64, u64)> {
+    let line = console.lines().rev().find(|l| l.contains("weft ready:"))?;
+    let after = line.split("heap ").nth(1)?;
+    let nums: Vec<u64> = after
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [used, peak, size, ..] => Some((*used, *peak, *size)),
+        _ => None,
+    }
+}
+
+/// weft's heap peak in KiB from `status`, if the kernel reports it there
+/// (`heap.peak_bytes`, or `heap.peak_kib`).
+pub fn heap_peak_from_status(status: &Value) -> Option<u64> {
+    let h = &status["heap"];
+    h["peak_bytes"]
+        .as_u64()
+        .map(|b| b / 1024)
+        .or_else(|| h["peak_kib"].as_u64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_line_is_read() {
+        let log = "[INFO] boot\n[INFO] weft ready: 35 ms after boot, heap 812 KiB used (peak 901 KiB) of 65536 KiB\n";
+        assert_eq!(heap_from_console(log), Some((812, 901, 65536)));
+        assert_eq!(heap_from_console("nothing here"), None);
+        let s = serde_json::json!({"heap": {"peak_bytes": 2048 * 1024}});
+        assert_eq!(heap_peak_from_status(&s), Some(2048));
+        assert_eq!(heap_peak_from_status(&serde_json::json!({})), None);
+    }
+}
