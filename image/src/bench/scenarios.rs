@@ -240,17 +240,21 @@ fn dns_addr(i: u8) -> String {
     format!("10.81.128.{}", 10 + i)
 }
 
-/// dnsperf queries/s at the gateway address: weft's resolver vs dnsmasq, grid names
-/// answered locally (A records and one NXDOMAIN in the grid domain).
-pub fn dns_qps(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
+/// The `[dns]` section and the containers the resolver answers for (issue 5).
+fn dns_doc() -> Value {
     let containers: Vec<Value> = (1..=DNS_CONTAINERS)
         .map(|i| json!({"name": format!("app-web-{i}"), "service": "app-web", "address": dns_addr(i)}))
         .collect();
-    // Issue 5: a `dns` section and the containers the resolver answers for.
-    let doc = weft_doc(json!({
+    weft_doc(json!({
         "dns": {"grid": GRID, "domain": DOMAIN},
         "containers": containers,
-    }));
+    }))
+}
+
+/// dnsperf queries/s at the gateway address: weft's resolver vs dnsmasq, grid names
+/// answered locally (A records and one NXDOMAIN in the grid domain).
+pub fn dns_qps(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
+    let doc = dns_doc();
     let mut job = single_job();
     job.dns = Some((
         DOMAIN.into(),
@@ -422,6 +426,12 @@ mod tests {
         let with = weft_doc(json!({"publish": []}));
         assert_eq!(with["uplink"]["address"], UPLINK);
         assert!(with.get("publish").is_some());
+    }
+
+    #[test]
+    fn the_dns_document_is_a_valid_weft_config() {
+        let c = Config::from_json_value(&dns_doc()).unwrap();
+        assert_eq!(c.containers.len(), usize::from(DNS_CONTAINERS));
     }
 
     #[test]
