@@ -311,11 +311,25 @@ impl OverlayPath {
             self.resolve(now, &own, &mut out);
         }
 
+        // What a frame sends out of the other port goes at once (so a flood to many
+        // peers never piles up a batch's worth of copies); only what goes back out of
+        // the receiving port waits for the end of the batch.
+        let mut sent_early = false;
         let taken_u = uplink_port.receive_batch(RX_BATCH, &mut |frame| {
-            self.rx_uplink(now, frame, own.as_ref(), uplink, &mut link.iface, &mut out)
+            self.rx_uplink(now, frame, own.as_ref(), uplink, &mut link.iface, &mut out);
+            sent_early |= flush(
+                core::mem::take(&mut out.link),
+                link_port,
+                &mut link.counters,
+            );
         });
         let taken_l = link_port.receive_batch(RX_BATCH, &mut |frame| {
-            self.rx_link(now, frame, link, &mut out)
+            self.rx_link(now, frame, link, &mut out);
+            sent_early |= flush(
+                core::mem::take(&mut out.uplink),
+                uplink_port,
+                &mut uplink.counters,
+            );
         });
 
         let changed_u = uplink.iface.poll(now);
@@ -338,7 +352,8 @@ impl OverlayPath {
             || taken_l >= RX_BATCH
             || uplink.iface.pending_rx() > 0
             || link.iface.pending_rx() > 0;
-        let work = taken_u > 0 || taken_l > 0 || changed_u || changed_l || sent_u || sent_l;
+        let work =
+            taken_u > 0 || taken_l > 0 || changed_u || changed_l || sent_u || sent_l || sent_early;
         (work, more)
     }
 
