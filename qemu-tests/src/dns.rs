@@ -73,6 +73,19 @@ impl Dnsmasq {
     /// each `(domain, ipv4)` of `records` (`--address=/domain/ipv4`) and refusing to
     /// recurse (no upstreams of its own). Returns once it answers.
     pub fn start(ns: &Netns, address: &str, records: &[(&str, &str)]) -> Result<Dnsmasq> {
+        let mut args = vec!["--log-queries".to_string()];
+        args.extend(
+            records
+                .iter()
+                .map(|(domain, ip)| format!("--address=/{domain}/{ip}")),
+        );
+        let probe = records.first().map(|(d, _)| *d).unwrap_or("localhost");
+        Dnsmasq::start_with(ns, address, &args, probe)
+    }
+
+    /// `dnsmasq` on `address` with `args` added (e.g. `--addn-hosts=FILE`); returns
+    /// once `probe` gets an answer. Queries are logged only if `args` ask for it.
+    pub fn start_with(ns: &Netns, address: &str, args: &[String], probe: &str) -> Result<Dnsmasq> {
         let log =
             std::env::temp_dir().join(format!("weft-dnsmasq-{}-{address}.log", std::process::id()));
         let log_file =
@@ -86,14 +99,11 @@ impl Dnsmasq {
             "--bind-interfaces",
             "--pid-file=",
             "--user=root",
-            "--log-queries",
             "--log-facility=-",
             "--cache-size=0",
         ])
-        .arg(format!("--listen-address={address}"));
-        for (domain, ip) in records {
-            cmd.arg(format!("--address=/{domain}/{ip}"));
-        }
+        .arg(format!("--listen-address={address}"))
+        .args(args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -107,7 +117,6 @@ impl Dnsmasq {
         };
         // Ready when it answers a query of its own.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let probe = records.first().map(|(d, _)| *d).unwrap_or("localhost");
         loop {
             if let Some(c) = d.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {

@@ -336,3 +336,90 @@ fn malformed_queries_get_formerr_or_are_counted_and_dig_still_works() {
     let r = ask(&vm, &["+tcp", "testapp-db-1.testgrid.kontena.local"]);
     assert_eq!(r.data("A"), ["10.81.1.1"], "{r}");
 }
+
+/// `dnsperf` from the container namespace for the figures in docs/PERFORMANCE.md (not
+/// an assertion of speed: it only checks that queries were answered). Beside it, the
+/// same names from a hosts file by `dnsmasq` in a plain network namespace on the same
+/// link bridge (no VM: not the same footing, a reference only). Run by hand:
+/// `WEFT_IMAGE=target/weft/weft.elf cargo test --release -p weft-qemu-tests --test dns
+///  -- --ignored --nocapture dnsperf`.
+#[test]
+#[ignore = "a figure, not a check: run by hand"]
+fn dnsperf_local_names() {
+    let vm = TestVm::boot("dns_dnsperf");
+    apply(&vm, document(&[]));
+    first_answer(&vm, "testapp-db-1.testgrid.kontena.local");
+    let dir = std::env::temp_dir().join(format!("weft-dnsperf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("container A", "testapp-db-1.testgrid.kontena.local A\n"),
+        (
+            "service A, 3 instances",
+            "testapp-web.testgrid.kontena.local A\n",
+        ),
+    ];
+    let hosts = dir.join("hosts");
+    std::fs::write(
+        &hosts,
+        "10.81.1.1 testapp-db-1.testgrid.kontena.local\n\
+         10.81.1.2 testapp-web.testgrid.kontena.local\n\
+         10.81.1.3 testapp-web.testgrid.kontena.local\n\
+         10.81.1.4 testapp-web.testgrid.kontena.local\n",
+    )
+    .unwrap();
+    // dnsmasq on the link segment, in its own namespace.
+    let peer = weft_qemu_tests::grid::Container::attach(
+        &vm,
+        &format!("{}-dm", vm.topo.names.hv_ns.trim_end_matches("-hv")),
+        None,
+        "10.81.0.53/16",
+        1500,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    // No query log (it would cost dnsmasq time); the TTL is weft's.
+    let _dnsmasq = Dnsmasq::start_with(
+        &peer.ns,
+        "10.81.0.53",
+        &[
+            format!("--addn-hosts={}", hosts.display()),
+            "--local-ttl=30".to_string(),
+        ],
+        "testapp-db-1.testgrid.kontena.local",
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for (label, line) in cases {
+        let queries = dir.join("queries");
+        std::fs::write(&queries, line).unwrap();
+        for (server, what) in [
+            (LINK_ADDR, "weft (QEMU TCG)"),
+            ("10.81.0.53", "dnsmasq (netns)"),
+        ] {
+            let out = vm
+                .ctr()
+                .command("dnsperf")
+                .args(["-s", server, "-l", "10", "-d"])
+                .arg(&queries)
+                .output()
+                .expect("dnsperf (apt-get install dnsperf)");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = |k: &str| {
+                text.lines()
+                    .find(|l| l.trim_start().starts_with(k))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            };
+            println!(
+                "dnsperf {label}, {what}: {} | {} | {} | {}",
+                line("Queries completed"),
+                line("Queries lost"),
+                line("Queries per second"),
+                line("Average Latency")
+            );
+            assert!(line("Queries completed").len() > 20, "{text}");
+        }
+    }
+    let st = dns_status(&vm);
+    println!("weft dns status after: {st}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
