@@ -423,3 +423,14 @@ fn dnsperf_local_names() {
     println!("weft dns status after: {st}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The example document applies as it stands (no VM needed).
+#[test]
+fn example_dns_toml_is_a_valid_document() {
+    let path = weft_image::paths::repo_root().join("examples/dns.toml");
+    let config = weft_image::configfile::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+    let dns = config.dns.as_ref().expect("a [dns] section");
+    assert_eq!(dns.grid.as_deref(), Some("testgrid"));
+    assert_eq!(config.containers.len(), 3);
+    assert_eq!(config.validate(), Ok(()));
+}

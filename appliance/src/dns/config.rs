@@ -77,7 +77,7 @@ impl Default for DnsSection {
 #[serde(deny_unknown_fields)]
 pub struct ContainerEntry {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     /// The container's overlay IPv4 address.
     pub address: String,
