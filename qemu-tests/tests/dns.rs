@@ -434,3 +434,30 @@ fn example_dns_toml_is_a_valid_document() {
     assert_eq!(config.containers.len(), 3);
     assert_eq!(config.validate(), Ok(()));
 }
+
+/// With an overlay, the node's overlay address is a second address of the link, and
+/// the resolver answers there too, from that address.
+#[test]
+fn answers_on_the_overlay_node_address() {
+    let vm = TestVm::boot("dns_node_address");
+    let mut doc = document(&[]);
+    // The gateway address outside the grid; the node address (10.81.0.1) inside it.
+    doc["link"] = json!({"address": "172.20.0.1/16"});
+    doc["grid"] = json!({"node": 1});
+    apply(&vm, doc);
+    let r = first_answer(&vm, "testapp-db-1.testgrid.kontena.local");
+    assert_eq!(r.data("A"), ["10.81.1.1"], "{r}");
+    assert!(r.raw.contains("SERVER: 10.81.0.1#53"), "{r}");
+    let r = ask(&vm, &["+tcp", "testapp-web.kontena.local"]);
+    assert_eq!(r.data("A").len(), 3, "{r}");
+    // And on the gateway address, reached through the container's default route.
+    let r = dig_until(
+        vm.ctr(),
+        "172.20.0.1",
+        &["testapp-db-1"],
+        Duration::from_secs(20),
+        |r| !r.answers.is_empty(),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.data("A"), ["10.81.1.1"], "{r}");
+}
