@@ -91,7 +91,62 @@ pub fn render_status(s: &Status) -> String {
     if let Some(o) = &s.overlay {
         out.push_str(&render_overlay(o));
     }
+    if let Some(d) = &s.dns {
+        out.push_str(&render_dns(d));
+    }
     out
+}
+
+/// The DNS part of `weft ctl status`: zone, queries by outcome, upstream attempts,
+/// non-zero drops by reason, the socket side.
+pub fn render_dns(d: &weft_appliance::dns_service::DnsStatus) -> String {
+    let c = &d.counters;
+    let s = &d.sockets;
+    let drops: Vec<(String, u64)> = serde_json::to_value(&c.drops)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_u64().filter(|n| *n > 0).map(|n| (k, n)))
+        .collect();
+    let drops: Vec<(&str, u64)> = drops.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    format!(
+        "dns: zone {} containers={} in_flight={} tcp_open={}\n  \
+         queries={} (tcp {}) local={} nodata={} nxdomain={} truncated={} formerr={} \
+         notimp={} refused={} badvers={} servfail={}\n  \
+         forwarded={} upstream: queries={} replies={} timeouts={} failures={} \
+         in_flight_full={}\n  \
+         tcp: accepted={} idle_closed={} aborted={}  undeliverable={} \
+         upstream_unsendable={} upstream_reset={}\n  drops: {}\n",
+        d.domain,
+        d.containers,
+        d.in_flight,
+        d.tcp_open,
+        c.queries,
+        c.queries_tcp,
+        c.local_answers,
+        c.nodata,
+        c.nxdomain,
+        c.truncated,
+        c.formerr,
+        c.notimp,
+        c.refused,
+        c.badvers,
+        c.servfail,
+        c.forwarded,
+        c.upstream_queries,
+        c.upstream_replies,
+        c.upstream_timeouts,
+        c.upstream_failures,
+        c.in_flight_full,
+        s.tcp_accepted,
+        s.tcp_idle_closed,
+        s.tcp_aborted,
+        s.reply_undeliverable,
+        s.upstream_unsendable,
+        s.upstream_reset,
+        reasons(&drops),
+    )
 }
 
 /// Non-zero overlay drop counters, by reason (`not_vxlan` is not a loss: left out).

@@ -461,3 +461,30 @@ fn answers_on_the_overlay_node_address() {
     .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(r.data("A"), ["10.81.1.1"], "{r}");
 }
+
+/// `weft ctl status` shows the resolver (no VM needed).
+#[test]
+fn ctl_status_renders_the_dns_counters() {
+    let status: weft_appliance::dns_service::DnsStatus = serde_json::from_value(json!({
+        "domain": "kontena.local.", "containers": 4, "in_flight": 1, "tcp_open": 0,
+        "counters": {"queries": 10, "queries_tcp": 2, "local_answers": 6, "nodata": 1,
+            "nxdomain": 1, "truncated": 1, "forwarded": 1, "upstream_queries": 2,
+            "upstream_replies": 0, "upstream_timeouts": 1, "servfail": 0, "forward_refused": 0,
+            "in_flight_full": 0, "upstream_failures": 0, "formerr": 1, "notimp": 0,
+            "refused": 0, "badvers": 0,
+            "drops": {"short_header": 3, "not_a_query": 0, "encode_failed": 0,
+                "reply_malformed": 0, "reply_not_a_response": 0, "reply_unknown_port": 0,
+                "reply_wrong_source": 0, "reply_id_mismatch": 0, "reply_question_mismatch": 0}},
+        "sockets": {"tcp_accepted": 2, "tcp_idle_closed": 1, "tcp_aborted": 0,
+            "reply_undeliverable": 0, "upstream_unsendable": 0, "upstream_reset": 0}
+    }))
+    .unwrap();
+    let text = weft_image::status::render_dns(&status);
+    assert!(
+        text.starts_with("dns: zone kontena.local. containers=4 in_flight=1"),
+        "{text}"
+    );
+    assert!(text.contains("queries=10 (tcp 2) local=6"), "{text}");
+    assert!(text.contains("timeouts=1"), "{text}");
+    assert!(text.contains("drops: short_header=3\n"), "{text}");
+}
