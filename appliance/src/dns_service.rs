@@ -368,6 +368,20 @@ struct Conn {
     closing_since: Option<Instant>,
 }
 
+impl Conn {
+    fn listening(handle: SocketHandle, now: Instant) -> Conn {
+        Conn {
+            handle,
+            decoder: StreamDecoder::new(),
+            out: Vec::new(),
+            accepted: false,
+            pending: 0,
+            last_active: now,
+            closing_since: None,
+        }
+    }
+}
+
 /// A forwarded query's current attempt.
 struct Upstream {
     /// The socket, absent when it could not be opened (the attempt is failing over).
@@ -563,7 +577,13 @@ impl Running {
         conns.retain_mut(|conn| {
             let socket = iface.sockets_mut().get_mut::<tcp::Socket>(conn.handle);
             match socket.state() {
-                tcp::State::Listen => return true,
+                tcp::State::Listen => {
+                    // Back from SynReceived (the handshake was reset): listening again.
+                    if conn.accepted {
+                        *conn = Conn::listening(conn.handle, now);
+                    }
+                    return true;
+                }
                 tcp::State::Closed | tcp::State::TimeWait => {
                     iface.sockets_mut().remove(conn.handle);
                     return false;
@@ -626,15 +646,8 @@ impl Running {
                 log::error!("dns: cannot listen on TCP port {DNS_PORT}: {e:?}");
                 return;
             }
-            self.tcp.push(Conn {
-                handle: iface.sockets_mut().add(socket),
-                decoder: StreamDecoder::new(),
-                out: Vec::new(),
-                accepted: false,
-                pending: 0,
-                last_active: now,
-                closing_since: None,
-            });
+            self.tcp
+                .push(Conn::listening(iface.sockets_mut().add(socket), now));
         }
     }
 
@@ -940,9 +953,11 @@ fn open_socket(netstack: &mut Netstack, out: &Outgoing) -> Option<(NicId, Socket
     let handle = match out.transport {
         Transport::Udp => {
             let mut socket = udp::Socket::new(
+                // One reply is expected; room for a second (a spoofer's, or a late
+                // duplicate) so the real one is not crowded out.
                 udp::PacketBuffer::new(
-                    vec![udp::PacketMetadata::EMPTY; 4],
-                    vec![0; 4 * MAX_DATAGRAM],
+                    vec![udp::PacketMetadata::EMPTY; 2],
+                    vec![0; 2 * MAX_DATAGRAM],
                 ),
                 udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 1], vec![0; MAX_DATAGRAM]),
             );
