@@ -51,6 +51,8 @@ pub struct Appliance {
     running: Option<Config>,
     session: ControlSession,
     dns: dns_service::DnsService,
+    /// Wall-clock seconds since the Unix epoch at boot, when the platform knows them.
+    unix_time_at_boot: Option<u64>,
 }
 
 impl Appliance {
@@ -76,7 +78,20 @@ impl Appliance {
             running: None,
             session: ControlSession::new(),
             dns: dns_service::DnsService::new(),
+            unix_time_at_boot: None,
         }
+    }
+
+    /// Tells the appliance the wall-clock time at boot (seconds since the Unix epoch), as
+    /// the platform read it (the kernel: the CMOS RTC, which the hypervisor sets from the
+    /// host). Sleeve session ids are derived from it so that they grow across reboots.
+    pub fn set_wall_clock(&mut self, unix_secs_at_boot: u64) {
+        self.unix_time_at_boot = Some(unix_secs_at_boot);
+    }
+
+    /// The wall-clock time at boot, if the platform gave one.
+    pub fn wall_clock_at_boot(&self) -> Option<u64> {
+        self.unix_time_at_boot
     }
 
     /// Drive the packet path; returns how long the caller may sleep (None = until an interrupt).

@@ -13,6 +13,7 @@ mod mainloop;
 mod mem;
 mod pci;
 mod pvh;
+mod rtc;
 mod time;
 mod virtio;
 

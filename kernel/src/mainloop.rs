@@ -86,6 +86,14 @@ pub fn run(cmdline: String) -> ! {
         },
         now,
     );
+    match crate::rtc::unix_time() {
+        Some(unix) => {
+            let at_boot = unix.saturating_sub(crate::time::micros() / 1_000_000);
+            log::info!("wall clock at boot: {at_boot} s since the Unix epoch (CMOS RTC)");
+            appliance.set_wall_clock(at_boot);
+        }
+        None => log::warn!("the CMOS RTC reads as nonsense; no wall clock"),
+    }
     let heap = crate::mem::usage();
     log::info!(
         "weft ready: {} ms after boot, heap {} KiB used (peak {} KiB) of {} KiB",
