@@ -7,6 +7,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -86,8 +87,12 @@ impl Dnsmasq {
     /// `dnsmasq` on `address` with `args` added (e.g. `--addn-hosts=FILE`); returns
     /// once `probe` gets an answer. Queries are logged only if `args` ask for it.
     pub fn start_with(ns: &Netns, address: &str, args: &[String], probe: &str) -> Result<Dnsmasq> {
-        let log =
-            std::env::temp_dir().join(format!("weft-dnsmasq-{}-{address}.log", std::process::id()));
+        static N: AtomicU32 = AtomicU32::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "weft-dnsmasq-{}-{}-{address}.log",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = ns.command("dnsmasq");
