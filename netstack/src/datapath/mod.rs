@@ -317,19 +317,11 @@ impl OverlayPath {
         let mut sent_early = false;
         let taken_u = uplink_port.receive_batch(RX_BATCH, &mut |frame| {
             self.rx_uplink(now, frame, own.as_ref(), uplink, &mut link.iface, &mut out);
-            sent_early |= flush(
-                core::mem::take(&mut out.link),
-                link_port,
-                &mut link.counters,
-            );
+            sent_early |= flush(&mut out.link, link_port, &mut link.counters);
         });
         let taken_l = link_port.receive_batch(RX_BATCH, &mut |frame| {
             self.rx_link(now, frame, link, &mut out);
-            sent_early |= flush(
-                core::mem::take(&mut out.uplink),
-                uplink_port,
-                &mut uplink.counters,
-            );
+            sent_early |= flush(&mut out.uplink, uplink_port, &mut uplink.counters);
         });
 
         let changed_u = uplink.iface.poll(now);
@@ -346,8 +338,8 @@ impl OverlayPath {
             self.next_age = Some(now + AGE_INTERVAL);
         }
 
-        let sent_u = flush(out.uplink, uplink_port, &mut uplink.counters);
-        let sent_l = flush(out.link, link_port, &mut link.counters);
+        let sent_u = flush(&mut out.uplink, uplink_port, &mut uplink.counters);
+        let sent_l = flush(&mut out.link, link_port, &mut link.counters);
         let more = taken_u >= RX_BATCH
             || taken_l >= RX_BATCH
             || uplink.iface.pending_rx() > 0
@@ -513,10 +505,11 @@ impl OverlayPath {
     }
 }
 
-/// Transmit `frames` on `port`, counting; true if any was sent.
-fn flush(frames: Vec<Vec<u8>>, port: &mut dyn Port, counters: &mut NicCounters) -> bool {
+/// Transmit (and take) `frames` on `port`, counting; true if any was sent. The
+/// vector keeps its buffer for the next frame.
+fn flush(frames: &mut Vec<Vec<u8>>, port: &mut dyn Port, counters: &mut NicCounters) -> bool {
     let any = !frames.is_empty();
-    for frame in frames {
+    for frame in frames.drain(..) {
         match port.transmit(&frame) {
             Ok(()) => counters.transmitted(frame.len()),
             Err(_) => counters.dropped(NicDrop::TxFull),
