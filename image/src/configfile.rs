@@ -90,7 +90,7 @@ mod tests {
             ("[uplink]\naddress = \"192.0.2.2/33\"\n[link]\naddress = \"10.81.0.1/16\"\n", "uplink.address"),
             ("[uplink]\naddress = \"192.0.2.2/24\"\n[link]\naddress = 5\n", "link.address"),
             ("[uplink]\naddress = \"10.81.0.2/24\"\n[link]\naddress = \"10.81.0.1/16\"\n", "link.address"),
-            ("[uplink]\naddress = \"192.0.2.2/24\"\n[link]\naddress = \"10.81.0.1/16\"\n[dns]\nx = 1\n", "dns"),
+            ("[uplink]\naddress = \"192.0.2.2/24\"\n[link]\naddress = \"10.81.0.1/16\"\n[routes]\nx = 1\n", "routes"),
         ];
         for (text, field) in cases {
             let e = from_toml(text).unwrap_err();
