@@ -25,6 +25,9 @@ pub struct Stage {
     pub action: Action,
 }
 
+/// How long `weft test` runs each fuzz target.
+const FUZZ_SMOKE_SECONDS: &str = "10";
+
 fn cargo(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(build::cargo_program());
     c.current_dir(dir).args(args);
@@ -77,14 +80,15 @@ pub fn plan(root: &Path) -> Vec<Stage> {
             action: Action::Run(c),
         });
     }
-    let fuzz: PathBuf = root.join("fuzz").join("Cargo.toml");
-    if fuzz.is_file() {
+    let smoke: PathBuf = root.join("fuzz").join("smoke.sh");
+    if smoke.is_file() {
+        // Builds every fuzz target with coverage instrumentation on the stable toolchain
+        // and runs each briefly from the committed seeds: a crash fails the stage.
+        let mut c = Command::new("bash");
+        c.current_dir(root).arg(&smoke).arg(FUZZ_SMOKE_SECONDS);
         stages.push(Stage {
-            name: "cargo check --manifest-path fuzz/Cargo.toml".into(),
-            action: Action::Run(cargo(
-                root,
-                &["check", "--manifest-path", "fuzz/Cargo.toml"],
-            )),
+            name: format!("fuzz smoke: every target for {FUZZ_SMOKE_SECONDS} s"),
+            action: Action::Run(c),
         });
     }
     stages.push(Stage {
