@@ -17,6 +17,7 @@ pub mod overlay;
 pub mod pcap;
 pub mod port;
 pub mod probe;
+pub mod router;
 pub mod sleeve;
 pub mod stack;
 pub mod vlan;

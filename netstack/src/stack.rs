@@ -5,13 +5,17 @@
 //! smoltcp sees them. This module never blocks, never reads a clock and never panics on
 //! frame contents.
 
+use core::cell::RefCell;
+
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
 
 use crate::counters::{DropReason, NicCounters};
 use crate::datapath::OverlayPath;
 use crate::iface::{NicAddress, NicIface, MAX_FRAME_LEN};
-use crate::port::Port;
+use crate::nat::Side;
+use crate::port::{Port, TxError};
+use crate::router::{Interfaces, Router};
 
 /// Frames taken from one port per `poll`, so one busy NIC cannot starve the other.
 pub const RX_BATCH: usize = 64;
@@ -131,6 +135,8 @@ pub struct Netstack {
     uplink: Nic,
     link: Nic,
     overlay: Option<OverlayPath>,
+    /// NAT and routing between the NICs (port publishing, masquerade); `None`: off.
+    router: Option<Router>,
 }
 
 impl Netstack {
@@ -146,6 +152,30 @@ impl Netstack {
             // Distinct seeds so the two interfaces do not pick the same ports/ISNs.
             link: Nic::new(link_mac, seed ^ 0x9e37_79b9_7f4a_7c15, now),
             overlay: None,
+            router: None,
+        }
+    }
+
+    /// Run the NAT router (or stop it with `None`); it sees every frame first.
+    pub fn set_router(&mut self, router: Option<Router>) {
+        self.router = router;
+    }
+
+    pub fn router(&self) -> Option<&Router> {
+        self.router.as_ref()
+    }
+
+    pub fn router_mut(&mut self) -> Option<&mut Router> {
+        self.router.as_mut()
+    }
+
+    fn interfaces(&self) -> Interfaces {
+        Interfaces {
+            uplink_mac: self.uplink.iface.mac(),
+            uplink: self.uplink.iface.address(),
+            link_mac: self.link.iface.mac(),
+            link: self.link.iface.address(),
+            link_extra: self.link.iface.extra_address(),
         }
     }
 
@@ -188,12 +218,49 @@ impl Netstack {
 
     /// Drain each port (at most `RX_BATCH` frames), let smoltcp answer, transmit its output.
     pub fn poll(&mut self, now: Instant, uplink: &mut dyn Port, link: &mut dyn Port) -> PollResult {
-        let (did_work, more) = match self.overlay.as_mut() {
-            Some(path) => path.poll(now, &mut self.uplink, &mut self.link, uplink, link),
-            None => {
-                let (work_u, more_u) = self.uplink.poll(now, uplink);
-                let (work_l, more_l) = self.link.poll(now, link);
-                (work_u || work_l, more_u || more_l)
+        let ifs = self.interfaces();
+        let mut router_at = None;
+        let (did_work, more) = match self.router.as_mut() {
+            None => Self::poll_nics(
+                &mut self.overlay,
+                &mut self.uplink,
+                &mut self.link,
+                now,
+                uplink,
+                link,
+            ),
+            Some(router) => {
+                // The router looks at each frame as the ports hand it over, before the
+                // interfaces and the overlay; what it takes never reaches them.
+                let cell = RefCell::new(router);
+                let (work, more) = {
+                    let mut up = Tap {
+                        inner: &mut *uplink,
+                        side: Side::Uplink,
+                        router: &cell,
+                        ifs: &ifs,
+                        now,
+                    };
+                    let mut lk = Tap {
+                        inner: &mut *link,
+                        side: Side::Container,
+                        router: &cell,
+                        ifs: &ifs,
+                        now,
+                    };
+                    Self::poll_nics(
+                        &mut self.overlay,
+                        &mut self.uplink,
+                        &mut self.link,
+                        now,
+                        &mut up,
+                        &mut lk,
+                    )
+                };
+                let router = cell.into_inner();
+                router_at = router.poll(&ifs, now);
+                let sent = router.flush(uplink, link);
+                (work || sent, more)
             }
         };
         let next_poll = if more {
@@ -210,6 +277,7 @@ impl Netstack {
                 self.uplink.iface.poll_delay(now),
                 self.link.iface.poll_delay(now),
                 overlay,
+                router_at.map(|t| if t > now { t - now } else { Duration::ZERO }),
             ]
             .into_iter()
             .flatten()
@@ -219,6 +287,56 @@ impl Netstack {
             did_work,
             next_poll,
         }
+    }
+}
+
+impl Netstack {
+    fn poll_nics(
+        overlay: &mut Option<OverlayPath>,
+        up_nic: &mut Nic,
+        link_nic: &mut Nic,
+        now: Instant,
+        uplink: &mut dyn Port,
+        link: &mut dyn Port,
+    ) -> (bool, bool) {
+        match overlay.as_mut() {
+            Some(path) => path.poll(now, up_nic, link_nic, uplink, link),
+            None => {
+                let (work_u, more_u) = up_nic.poll(now, uplink);
+                let (work_l, more_l) = link_nic.poll(now, link);
+                (work_u || work_l, more_u || more_l)
+            }
+        }
+    }
+}
+
+/// A port as the interfaces see it while the router runs: received frames pass the
+/// router first.
+struct Tap<'a, 'r> {
+    inner: &'a mut dyn Port,
+    side: Side,
+    router: &'a RefCell<&'r mut Router>,
+    ifs: &'a Interfaces,
+    now: Instant,
+}
+
+impl Port for Tap<'_, '_> {
+    fn mac(&self) -> EthernetAddress {
+        self.inner.mac()
+    }
+
+    fn receive_batch(&mut self, max: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
+        let (side, router, ifs, now) = (self.side, self.router, self.ifs, self.now);
+        self.inner.receive_batch(max, &mut |frame| {
+            let taken = router.borrow_mut().receive(side, frame, ifs, now);
+            if !taken {
+                sink(frame);
+            }
+        })
+    }
+
+    fn transmit(&mut self, frame: &[u8]) -> Result<(), TxError> {
+        self.inner.transmit(frame)
     }
 }
 

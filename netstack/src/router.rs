@@ -1,0 +1,702 @@
+//! The routed path between the uplink and the container link: every IPv4 frame sent to
+//! one of the appliance's MACs goes through the NAT first; what it translates (published
+//! ports, masquerade, hairpin) is sent out of the other NIC (or the same one, hairpin)
+//! with the next hop's MAC, the NIC's MAC as source and the TTL decremented. Next hops
+//! are resolved with ARP from the outgoing NIC's own address; a few frames wait for
+//! the answer. Everything else (ARP, frames for the appliance's own addresses, the
+//! container subnet, the overlay) continues to smoltcp and the overlay untouched.
+//!
+//! Sans-I/O: `Netstack::poll` hands it frames and takes its output; it never reads a
+//! clock, never sends by itself and never panics on frame contents.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Address, Ipv4Cidr,
+};
+
+use crate::checksum;
+use crate::iface::NicAddress;
+use crate::nat::{Nat, Side, Verdict};
+use crate::port::Port;
+use crate::probe;
+
+const ETHERNET_HEADER_LEN: usize = 14;
+/// Frames waiting for ARP, over all next hops; more are dropped (`unresolved`).
+pub const PENDING_CAPACITY: usize = 64;
+/// A frame waits at most this long for its next hop's MAC.
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(3);
+/// At most one ARP request per next hop this often.
+pub const ARP_RETRY: Duration = Duration::from_secs(1);
+/// Learned neighbours kept per router (both sides together).
+pub const NEIGHBOR_CAPACITY: usize = 4096;
+/// NAT expiry work per poll (flows swept).
+const NAT_BUDGET: usize = 256;
+
+/// The addressing of both NICs as the router needs it, read from the interfaces on
+/// every poll so reconfiguration takes effect at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interfaces {
+    pub uplink_mac: EthernetAddress,
+    pub uplink: Option<NicAddress>,
+    pub link_mac: EthernetAddress,
+    pub link: Option<NicAddress>,
+    /// The overlay node address on the link, when an overlay runs.
+    pub link_extra: Option<Ipv4Cidr>,
+}
+
+impl Interfaces {
+    fn mac(&self, side: Side) -> EthernetAddress {
+        match side {
+            Side::Uplink => self.uplink_mac,
+            Side::Container => self.link_mac,
+        }
+    }
+
+    fn address(&self, side: Side) -> Option<Ipv4Address> {
+        match side {
+            Side::Uplink => self.uplink.map(|a| a.cidr.address()),
+            Side::Container => self.link.map(|a| a.cidr.address()),
+        }
+    }
+
+    /// Frames for these destinations arriving on the link are the appliance's or the
+    /// bridge's business, never routed.
+    fn link_local(&self, dst: Ipv4Address) -> bool {
+        let on = |c: Ipv4Cidr| c.address() == dst || c.contains_addr(&dst);
+        self.link.is_some_and(|a| on(a.cidr))
+            || self.link_extra.is_some_and(on)
+            || dst.is_broadcast()
+            || dst.is_multicast()
+    }
+
+    /// The neighbour a frame for `dst` goes to when sent out of `side`.
+    fn next_hop(&self, side: Side, dst: Ipv4Address) -> Option<Ipv4Address> {
+        match side {
+            Side::Uplink => {
+                let a = self.uplink?;
+                if a.cidr.contains_addr(&dst) {
+                    Some(dst)
+                } else {
+                    a.gateway
+                }
+            }
+            Side::Container => {
+                let on = |c: Ipv4Cidr| c.contains_addr(&dst);
+                (self.link.is_some_and(|a| on(a.cidr)) || self.link_extra.is_some_and(on))
+                    .then_some(dst)
+            }
+        }
+    }
+}
+
+/// What the router did, beside the NAT's own counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterCounters {
+    /// Translated frames sent out of a NIC.
+    pub forwarded: u64,
+    /// Dropped: the TTL would reach zero.
+    pub ttl_expired: u64,
+    /// Dropped: no next hop (no uplink gateway, destination not on the link).
+    pub no_route: u64,
+    /// Dropped: the next hop did not answer ARP in time, or too many frames waited.
+    pub unresolved: u64,
+    pub arp_requests: u64,
+    /// Dropped: the NIC's transmit queue was full.
+    pub tx_full: u64,
+}
+
+struct Pending {
+    side: Side,
+    hop: Ipv4Address,
+    since: Instant,
+    frame: Vec<u8>,
+}
+
+/// The NAT plus what routing around it takes: neighbour tables and output queues.
+pub struct Router {
+    nat: Nat,
+    neighbors: BTreeMap<(SideKey, Ipv4Address), EthernetAddress>,
+    asked: BTreeMap<(SideKey, Ipv4Address), Instant>,
+    pending: VecDeque<Pending>,
+    out_uplink: Vec<Vec<u8>>,
+    out_link: Vec<Vec<u8>>,
+    counters: RouterCounters,
+}
+
+/// `Side` as a map key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SideKey {
+    Uplink,
+    Container,
+}
+
+impl From<Side> for SideKey {
+    fn from(s: Side) -> SideKey {
+        match s {
+            Side::Uplink => SideKey::Uplink,
+            Side::Container => SideKey::Container,
+        }
+    }
+}
+
+impl Router {
+    pub fn new(nat: Nat) -> Router {
+        Router {
+            nat,
+            neighbors: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            pending: VecDeque::new(),
+            out_uplink: Vec::new(),
+            out_link: Vec::new(),
+            counters: RouterCounters::default(),
+        }
+    }
+
+    pub fn nat(&self) -> &Nat {
+        &self.nat
+    }
+
+    pub fn nat_mut(&mut self) -> &mut Nat {
+        &mut self.nat
+    }
+
+    pub fn counters(&self) -> RouterCounters {
+        self.counters
+    }
+
+    /// A neighbour learned on `side`.
+    pub fn neighbor(&self, side: Side, ip: Ipv4Address) -> Option<EthernetAddress> {
+        self.neighbors.get(&(side.into(), ip)).copied()
+    }
+
+    fn learn(&mut self, side: Side, ip: Ipv4Address, mac: EthernetAddress) {
+        if !mac.is_unicast() || ip.is_unspecified() {
+            return;
+        }
+        let key = (SideKey::from(side), ip);
+        if self.neighbors.get(&key) == Some(&mac) {
+            return;
+        }
+        if self.neighbors.len() >= NEIGHBOR_CAPACITY && !self.neighbors.contains_key(&key) {
+            return;
+        }
+        self.neighbors.insert(key, mac);
+        self.asked.remove(&key);
+        // Frames that waited for this neighbour go now, in order.
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &self.pending[i];
+            if SideKey::from(p.side) == key.0 && p.hop == ip {
+                if let Some(p) = self.pending.remove(i) {
+                    self.emit(p.side, mac, p.frame);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn emit(&mut self, side: Side, dst: EthernetAddress, mut frame: Vec<u8>) {
+        frame[..6].copy_from_slice(&dst.0);
+        self.counters.forwarded += 1;
+        match side {
+            Side::Uplink => self.out_uplink.push(frame),
+            Side::Container => self.out_link.push(frame),
+        }
+    }
+
+    /// Looks at a frame received on `side`; returns true when the router took it (the
+    /// interface and overlay must not see it), false to hand it on unchanged.
+    pub fn receive(&mut self, side: Side, frame: &[u8], ifs: &Interfaces, now: Instant) -> bool {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return false;
+        };
+        match eth.ethertype() {
+            EthernetProtocol::Arp => {
+                if let Ok(ArpRepr::EthernetIpv4 {
+                    source_hardware_addr,
+                    source_protocol_addr,
+                    ..
+                }) = ArpPacket::new_checked(eth.payload()).and_then(|p| ArpRepr::parse(&p))
+                {
+                    self.learn(side, source_protocol_addr, source_hardware_addr);
+                }
+                false
+            }
+            EthernetProtocol::Ipv4 => {
+                if eth.dst_addr() != ifs.mac(side) || ifs.address(side).is_none() {
+                    return false;
+                }
+                let payload = eth.payload();
+                if payload.len() < 20 {
+                    return false;
+                }
+                let src = Ipv4Address::new(payload[12], payload[13], payload[14], payload[15]);
+                let dst = Ipv4Address::new(payload[16], payload[17], payload[18], payload[19]);
+                if side == Side::Container {
+                    if ifs.next_hop(Side::Container, src) == Some(src) {
+                        self.learn(side, src, eth.src_addr());
+                    }
+                    if ifs.link_local(dst) {
+                        return false;
+                    }
+                }
+                let mut frame = frame.to_vec();
+                match self.nat.process(&mut frame, side, now) {
+                    Verdict::Pass => false,
+                    // Counted by the NAT under its reason.
+                    Verdict::Drop(_) => true,
+                    Verdict::Forward { to } => {
+                        self.route(to, frame, ifs, now);
+                        true
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends a translated frame out of `to`: TTL, MACs, next hop.
+    fn route(&mut self, to: Side, mut frame: Vec<u8>, ifs: &Interfaces, now: Instant) {
+        let ip = &mut frame[ETHERNET_HEADER_LEN..];
+        // The NAT may have rewritten the destination: route on what it is now.
+        let dst = Ipv4Address::new(ip[16], ip[17], ip[18], ip[19]);
+        let ttl = ip[8];
+        if ttl <= 1 {
+            self.counters.ttl_expired += 1;
+            return;
+        }
+        // RFC 1624: the TTL shares a 16-bit word with the protocol.
+        let old = [ip[8], ip[9]];
+        let new = [ttl - 1, ip[9]];
+        let check = u16::from_be_bytes([ip[10], ip[11]]);
+        let check = checksum::adjust(check, &old, &new);
+        ip[8] = ttl - 1;
+        ip[10..12].copy_from_slice(&check.to_be_bytes());
+        let (Some(hop), Some(own)) = (ifs.next_hop(to, dst), ifs.address(to)) else {
+            self.counters.no_route += 1;
+            return;
+        };
+        frame[6..12].copy_from_slice(&ifs.mac(to).0);
+        if let Some(mac) = self.neighbor(to, hop) {
+            self.emit(to, mac, frame);
+            return;
+        }
+        if self.pending.len() >= PENDING_CAPACITY {
+            self.counters.unresolved += 1;
+            return;
+        }
+        self.pending.push_back(Pending {
+            side: to,
+            hop,
+            since: now,
+            frame,
+        });
+        self.solicit(to, hop, own, ifs, now);
+    }
+
+    fn solicit(
+        &mut self,
+        side: Side,
+        hop: Ipv4Address,
+        own: Ipv4Address,
+        ifs: &Interfaces,
+        now: Instant,
+    ) {
+        let key = (SideKey::from(side), hop);
+        if self.asked.get(&key).is_some_and(|t| now < *t + ARP_RETRY) {
+            return;
+        }
+        self.asked.insert(key, now);
+        self.counters.arp_requests += 1;
+        let request = probe::arp_request(ifs.mac(side), own, hop);
+        match side {
+            Side::Uplink => self.out_uplink.push(request),
+            Side::Container => self.out_link.push(request),
+        }
+    }
+
+    /// Timers: NAT expiry, ARP retries, frames that waited too long. Returns when to be
+    /// called again.
+    pub fn poll(&mut self, ifs: &Interfaces, now: Instant) -> Option<Instant> {
+        let nat_at = self.nat.poll(now, NAT_BUDGET);
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| now >= p.since + PENDING_TIMEOUT)
+        {
+            self.pending.pop_front();
+            self.counters.unresolved += 1;
+        }
+        let waiting: Vec<(Side, Ipv4Address)> =
+            self.pending.iter().map(|p| (p.side, p.hop)).collect();
+        for (side, hop) in waiting {
+            if let Some(own) = ifs.address(side) {
+                self.solicit(side, hop, own, ifs, now);
+            }
+        }
+        self.asked.retain(|_, t| now < *t + PENDING_TIMEOUT);
+        let retry = self.pending.front().map(|_| now + ARP_RETRY);
+        [nat_at, retry].into_iter().flatten().min()
+    }
+
+    /// Hands what the router queued to the ports.
+    pub fn flush(&mut self, uplink: &mut dyn Port, link: &mut dyn Port) -> bool {
+        let mut sent = false;
+        for frame in self.out_uplink.drain(..) {
+            sent = true;
+            if uplink.transmit(&frame).is_err() {
+                self.counters.tx_full += 1;
+            }
+        }
+        for frame in self.out_link.drain(..) {
+            sent = true;
+            if link.transmit(&frame).is_err() {
+                self.counters.tx_full += 1;
+            }
+        }
+        sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::{NatConfig, PublishRule, Transport};
+    use crate::port::MemPort;
+    use crate::probe::Echo;
+    use crate::stack::{Netstack, NicId};
+    use alloc::vec;
+    use smoltcp::wire::{ArpOperation, IpAddress, Ipv4Packet, TcpPacket, UdpPacket};
+
+    const UPLINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 0x01]);
+    const LINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 0x02]);
+    const GW_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x99]);
+    const C_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x42]);
+    const UPLINK_IP: Ipv4Address = Ipv4Address::new(192, 0, 2, 2);
+    const GW_IP: Ipv4Address = Ipv4Address::new(192, 0, 2, 1);
+    const LINK_IP: Ipv4Address = Ipv4Address::new(10, 81, 0, 1);
+    const C_IP: Ipv4Address = Ipv4Address::new(10, 81, 3, 4);
+    const FAR: Ipv4Address = Ipv4Address::new(203, 0, 113, 9);
+
+    struct Rig {
+        stack: Netstack,
+        uplink: MemPort,
+        link: MemPort,
+        now: Instant,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let now = Instant::from_millis(1_000);
+            let mut stack = Netstack::new(UPLINK_MAC, LINK_MAC, 7, now);
+            stack.configure(
+                NicId::Uplink,
+                Some(NicAddress {
+                    cidr: Ipv4Cidr::new(UPLINK_IP, 24),
+                    gateway: Some(GW_IP),
+                }),
+            );
+            stack.configure(
+                NicId::Link,
+                Some(NicAddress {
+                    cidr: Ipv4Cidr::new(LINK_IP, 16),
+                    gateway: None,
+                }),
+            );
+            let config = NatConfig::new(UPLINK_IP, LINK_IP, Ipv4Cidr::new(LINK_IP, 16));
+            let mut nat = Nat::new(config, 3);
+            nat.add_publish(PublishRule {
+                proto: Transport::Tcp,
+                host_port: 8080,
+                container_address: C_IP,
+                container_port: 80,
+            })
+            .unwrap();
+            stack.set_router(Some(Router::new(nat)));
+            Rig {
+                stack,
+                uplink: MemPort::new(UPLINK_MAC),
+                link: MemPort::new(LINK_MAC),
+                now,
+            }
+        }
+
+        fn send(&mut self, id: NicId, frame: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+            match id {
+                NicId::Uplink => self.uplink.inject(frame),
+                NicId::Link => self.link.inject(frame),
+            }
+            self.now += Duration::from_millis(1);
+            self.stack.poll(self.now, &mut self.uplink, &mut self.link);
+            (self.uplink.take_transmitted(), self.link.take_transmitted())
+        }
+    }
+
+    fn eth(src: EthernetAddress, dst: EthernetAddress, ip: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        f[0..6].copy_from_slice(&dst.0);
+        f[6..12].copy_from_slice(&src.0);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(ip);
+        f
+    }
+
+    /// An IPv4 packet (TCP with `flags`, or UDP when `flags` is None), checksums filled.
+    fn ip(src: (Ipv4Address, u16), dst: (Ipv4Address, u16), flags: Option<u8>) -> Vec<u8> {
+        let body = match flags {
+            Some(f) => {
+                let mut b = vec![0u8; 20];
+                b[0..2].copy_from_slice(&src.1.to_be_bytes());
+                b[2..4].copy_from_slice(&dst.1.to_be_bytes());
+                b[4..8].copy_from_slice(&7u32.to_be_bytes());
+                if f & 0x10 != 0 {
+                    b[8..12].copy_from_slice(&8u32.to_be_bytes());
+                }
+                b[12] = 5 << 4;
+                b[13] = f;
+                b[14..16].copy_from_slice(&64240u16.to_be_bytes());
+                TcpPacket::new_unchecked(&mut b[..]).fill_checksum(&src.0.into(), &dst.0.into());
+                b
+            }
+            None => {
+                let mut b = vec![0u8; 8 + 5];
+                b[0..2].copy_from_slice(&src.1.to_be_bytes());
+                b[2..4].copy_from_slice(&dst.1.to_be_bytes());
+                b[4..6].copy_from_slice(&13u16.to_be_bytes());
+                b[8..].copy_from_slice(b"hello");
+                UdpPacket::new_unchecked(&mut b[..]).fill_checksum(&src.0.into(), &dst.0.into());
+                b
+            }
+        };
+        let mut p = vec![0u8; 20];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((20 + body.len()) as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = if flags.is_some() { 6 } else { 17 };
+        p[12..16].copy_from_slice(&src.0.octets());
+        p[16..20].copy_from_slice(&dst.0.octets());
+        p.extend_from_slice(&body);
+        Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+        p
+    }
+
+    struct Out {
+        dst_mac: EthernetAddress,
+        src_mac: EthernetAddress,
+        src: (Ipv4Address, u16),
+        dst: (Ipv4Address, u16),
+        ttl: u8,
+    }
+
+    /// Parses a forwarded frame and checks every checksum against a full verify.
+    fn parse(f: &[u8]) -> Out {
+        let e = EthernetFrame::new_checked(f).unwrap();
+        let p = Ipv4Packet::new_checked(e.payload()).unwrap();
+        assert!(p.verify_checksum(), "IPv4 checksum");
+        let (s, d): (IpAddress, IpAddress) = (p.src_addr().into(), p.dst_addr().into());
+        let ports = match p.next_header() {
+            smoltcp::wire::IpProtocol::Tcp => {
+                let t = TcpPacket::new_checked(p.payload()).unwrap();
+                assert!(t.verify_checksum(&s, &d), "TCP checksum");
+                (t.src_port(), t.dst_port())
+            }
+            _ => {
+                let u = UdpPacket::new_checked(p.payload()).unwrap();
+                assert!(u.verify_checksum(&s, &d), "UDP checksum");
+                (u.src_port(), u.dst_port())
+            }
+        };
+        Out {
+            dst_mac: e.dst_addr(),
+            src_mac: e.src_addr(),
+            src: (p.src_addr(), ports.0),
+            dst: (p.dst_addr(), ports.1),
+            ttl: p.hop_limit(),
+        }
+    }
+
+    fn arp_target(f: &[u8]) -> (EthernetAddress, Ipv4Address, Ipv4Address) {
+        let e = EthernetFrame::new_checked(f).unwrap();
+        let Ok(ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        }) = ArpRepr::parse(&ArpPacket::new_checked(e.payload()).unwrap())
+        else {
+            panic!("not an ARP request");
+        };
+        (
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+        )
+    }
+
+    fn arp_reply(
+        mac: EthernetAddress,
+        ip: Ipv4Address,
+        to_mac: EthernetAddress,
+        to_ip: Ipv4Address,
+    ) -> Vec<u8> {
+        let repr = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: mac,
+            source_protocol_addr: ip,
+            target_hardware_addr: to_mac,
+            target_protocol_addr: to_ip,
+        };
+        let mut f = vec![0u8; 14 + repr.buffer_len()];
+        f[0..6].copy_from_slice(&to_mac.0);
+        f[6..12].copy_from_slice(&mac.0);
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        repr.emit(&mut ArpPacket::new_unchecked(&mut f[14..]));
+        f
+    }
+
+    #[test]
+    fn published_port_reaches_the_container_with_the_client_address_and_back() {
+        let mut rig = Rig::new();
+        let client = (GW_IP, 40000);
+        let syn = eth(
+            GW_MAC,
+            UPLINK_MAC,
+            &ip(client, (UPLINK_IP, 8080), Some(0x02)),
+        );
+        let (up, link) = rig.send(NicId::Uplink, &syn);
+        assert!(up.is_empty());
+        assert_eq!(link.len(), 1, "an ARP request for the container");
+        assert_eq!(arp_target(&link[0]), (LINK_MAC, LINK_IP, C_IP));
+        // The SYN waited for the answer.
+        let (_, link) = rig.send(NicId::Link, &arp_reply(C_MAC, C_IP, LINK_MAC, LINK_IP));
+        assert_eq!(link.len(), 1);
+        let o = parse(&link[0]);
+        assert_eq!((o.dst_mac, o.src_mac), (C_MAC, LINK_MAC));
+        assert_eq!((o.src, o.dst, o.ttl), (client, (C_IP, 80), 63));
+
+        // The reply leaves through the gateway (ARP first) from the published port.
+        let synack = eth(C_MAC, LINK_MAC, &ip((C_IP, 80), client, Some(0x12)));
+        let (up, link) = rig.send(NicId::Link, &synack);
+        assert!(link.is_empty());
+        assert_eq!(up.len(), 1);
+        assert_eq!(arp_target(&up[0]), (UPLINK_MAC, UPLINK_IP, GW_IP));
+        let (up, _) = rig.send(
+            NicId::Uplink,
+            &arp_reply(GW_MAC, GW_IP, UPLINK_MAC, UPLINK_IP),
+        );
+        assert_eq!(up.len(), 1);
+        let o = parse(&up[0]);
+        assert_eq!((o.dst_mac, o.src_mac), (GW_MAC, UPLINK_MAC));
+        assert_eq!((o.src, o.dst, o.ttl), ((UPLINK_IP, 8080), client, 63));
+        // Now both neighbours are known: the next segment goes at once.
+        let ack = eth(
+            GW_MAC,
+            UPLINK_MAC,
+            &ip(client, (UPLINK_IP, 8080), Some(0x10)),
+        );
+        let (_, link) = rig.send(NicId::Uplink, &ack);
+        assert_eq!(link.len(), 1);
+        assert_eq!(parse(&link[0]).dst, (C_IP, 80));
+        let r = rig.stack.router().unwrap();
+        assert_eq!(r.counters().forwarded, 3);
+        assert_eq!(r.nat().stats().dnat_flows, 1);
+    }
+
+    #[test]
+    fn masquerade_gives_distinct_ports_and_replies_come_back() {
+        let mut rig = Rig::new();
+        rig.send(
+            NicId::Uplink,
+            &arp_reply(GW_MAC, GW_IP, UPLINK_MAC, UPLINK_IP),
+        );
+        let mut ports = Vec::new();
+        for i in 0..50u16 {
+            let inside = (C_IP, 10_000 + i);
+            let f = eth(C_MAC, LINK_MAC, &ip(inside, (FAR, 53), None));
+            let (up, _) = rig.send(NicId::Link, &f);
+            assert_eq!(up.len(), 1);
+            let o = parse(&up[0]);
+            assert_eq!((o.dst_mac, o.src.0, o.dst), (GW_MAC, UPLINK_IP, (FAR, 53)));
+            assert!((32768..=60999).contains(&o.src.1));
+            ports.push(o.src.1);
+            let back = eth(GW_MAC, UPLINK_MAC, &ip((FAR, 53), o.src, None));
+            let (_, link) = rig.send(NicId::Link, &[]);
+            assert!(link.is_empty());
+            let (_, link) = rig.send(NicId::Uplink, &back);
+            assert_eq!(link.len(), 1);
+            let o = parse(&link[0]);
+            // The container was learned from its own frames: no ARP needed.
+            assert_eq!((o.dst_mac, o.dst, o.src), (C_MAC, inside, (FAR, 53)));
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 50);
+    }
+
+    #[test]
+    fn own_addresses_still_reach_the_interfaces() {
+        let mut rig = Rig::new();
+        for (id, mac, own, peer) in [
+            (NicId::Uplink, UPLINK_MAC, UPLINK_IP, GW_IP),
+            (NicId::Link, LINK_MAC, LINK_IP, C_IP),
+        ] {
+            let (up, link) = rig.send(id, &probe::arp_request(GW_MAC, peer, own));
+            let out = if id == NicId::Uplink { up } else { link };
+            assert_eq!(out.len(), 1);
+            let ping = probe::icmp_echo_request(&Echo {
+                src_mac: GW_MAC,
+                dst_mac: mac,
+                src_ip: peer,
+                dst_ip: own,
+                ident: 5,
+                seq_no: 1,
+                data: vec![1, 2, 3],
+            });
+            let (up, link) = rig.send(id, &ping);
+            let out = if id == NicId::Uplink { up } else { link };
+            assert_eq!(out.len(), 1, "{id:?}");
+            assert!(probe::parse_icmp_echo_reply(&out[0]).is_some());
+        }
+        // An unpublished port on the uplink address is not routed anywhere.
+        let f = eth(
+            GW_MAC,
+            UPLINK_MAC,
+            &ip((GW_IP, 1), (UPLINK_IP, 9999), Some(0x02)),
+        );
+        let (_, link) = rig.send(NicId::Uplink, &f);
+        assert!(link.is_empty());
+    }
+
+    #[test]
+    fn random_frames_never_panic() {
+        let mut rig = Rig::new();
+        let mut x: u32 = 0x9e37_79b9;
+        for i in 0..3_000usize {
+            let mut f: Vec<u8> = (0..(14 + i % 90))
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let (id, mac) = if i % 2 == 0 {
+                (NicId::Uplink, UPLINK_MAC)
+            } else {
+                (NicId::Link, LINK_MAC)
+            };
+            f[..6].copy_from_slice(&mac.0);
+            f[12..14].copy_from_slice(&[0x08, if i % 3 == 0 { 0x06 } else { 0x00 }]);
+            if f.len() > 14 && i % 3 != 0 {
+                f[14] = 0x45;
+            }
+            rig.send(id, &f);
+        }
+    }
+}
