@@ -14,7 +14,10 @@ use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::Error;
 use weft_netstack::port::{Port, TxError};
 
-const QUEUE_SIZE: usize = 128;
+const QUEUE_SIZE: usize = 256;
+/// How long `transmit` waits for the device to free a slot before counting a drop. QEMU
+/// drains the ring from another thread; a short wait beats losing a TCP segment.
+const TX_FULL_WAIT_US: u64 = 50;
 /// Room for a 1514-byte frame plus the virtio-net header, with slack.
 const BUF_LEN: usize = 2048;
 
@@ -126,16 +129,23 @@ impl Port for NetPort {
             return Err(TxError::TooLarge);
         };
         payload.copy_from_slice(frame);
-        // SAFETY: `buf` moves into `self.tx` under the returned token and is not touched
-        // until `transmit_complete` with that token.
-        match unsafe { self.dev.transmit_begin(&buf[..len]) } {
-            Ok(token) => {
-                self.tx[token as usize] = Some((buf, len));
-                Ok(())
-            }
-            Err(_) => {
-                self.tx_pool.push(buf);
-                Err(TxError::QueueFull)
+        let deadline = crate::time::micros() + TX_FULL_WAIT_US;
+        loop {
+            // SAFETY: `buf` moves into `self.tx` under the returned token and is not
+            // touched until `transmit_complete` with that token.
+            match unsafe { self.dev.transmit_begin(&buf[..len]) } {
+                Ok(token) => {
+                    self.tx[token as usize] = Some((buf, len));
+                    return Ok(());
+                }
+                Err(Error::QueueFull) if crate::time::micros() < deadline => {
+                    core::hint::spin_loop();
+                    self.reap_tx();
+                }
+                Err(_) => {
+                    self.tx_pool.push(buf);
+                    return Err(TxError::QueueFull);
+                }
             }
         }
     }
