@@ -143,9 +143,10 @@ impl<'de> Deserialize<'de> for Ipv4Cidr {
 pub struct Config {
     pub uplink: UplinkConfig,
     pub link: LinkConfig,
-    /// `[grid]`: this node's place in the overlay; absent: no overlay.
+    /// `[grid]`: this node's place in the overlay; absent: no overlay. Boxed: the
+    /// document travels inside control commands and results, which stay small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grid: Option<GridConfig>,
+    pub grid: Option<alloc::boxed::Box<GridConfig>>,
     /// `[[networks]]`: the overlay networks (VXLAN VNIs) this node takes part in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkConfig>,
@@ -158,6 +159,12 @@ pub struct Config {
     /// `[[containers]]`: the grid's containers as DNS records (need a `[dns]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<crate::dns::ContainerEntry>,
+    /// `[[publish]]`: ports published on the uplink address (DNAT to a container).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<weft_netstack::nat::PublishRule>,
+    /// `[nat]`: connection tracking limits; absent: defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<crate::publish::NatSection>,
 }
 
 /// `[uplink]`: the NIC towards the host's network.
@@ -277,6 +284,7 @@ impl Config {
         }
         crate::overlay::validate(self)?;
         crate::dns_service::plan(self)?;
+        crate::publish::validate(self)?;
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ pub mod dns_service;
 pub mod field_path;
 pub mod overlay;
 pub mod protocol;
+pub mod publish;
 pub mod session;
 
 use alloc::string::String;
@@ -187,7 +188,9 @@ impl Appliance {
             Command::Status => Ok(CommandResult::Status(alloc::boxed::Box::new(
                 self.status(now),
             ))),
-            Command::Config => Ok(CommandResult::Config(self.running.clone())),
+            Command::Config => Ok(CommandResult::Config(
+                self.running.clone().map(alloc::boxed::Box::new),
+            )),
             Command::Apply(config) => match self.apply(config) {
                 Ok(changed) => Ok(CommandResult::Applied(Applied { changed })),
                 Err(e) => Err(ErrorBody {
@@ -221,6 +224,16 @@ impl Appliance {
             Command::FdbRemove(key) => self.fdb_remove(key),
             Command::ContainerAdd(entry) => self.dns.container_add(self.running.as_mut(), entry),
             Command::ContainerRemove(key) => self.dns.container_remove(self.running.as_mut(), key),
+            Command::PublishAdd(rule) => self.publish_edit(|c| {
+                publish::with_rule(c, rule).map_err(|e| {
+                    ErrorBody::with_field(ErrorCode::InvalidConfig, e.message, &e.field)
+                })
+            }),
+            Command::PublishRemove(key) => self.publish_edit(|c| {
+                publish::without_rule(c, key)
+                    .ok_or_else(|| not_found("host_port", publish::not_published(key)))
+            }),
+            Command::Flows(q) => Ok(CommandResult::Flows(publish::flows(&self.netstack, q, now))),
         };
         if result.is_err() {
             self.session.count_error();
@@ -240,6 +253,29 @@ impl Appliance {
                     "no overlay: apply a document with a [grid] section first".into(),
                 )
             })
+    }
+
+    /// Apply the running document with a publish rule added or removed; the edit has
+    /// been validated, so a refusal here is about the rest of the document.
+    fn publish_edit(
+        &mut self,
+        edit: impl FnOnce(&Config) -> Result<Config, ErrorBody>,
+    ) -> Result<CommandResult, ErrorBody> {
+        let running = self.running.as_ref().ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::NotReady,
+                "no configuration: apply one first".into(),
+            )
+        })?;
+        let edited = edit(running)?;
+        match self.apply(edited) {
+            Ok(changed) => Ok(CommandResult::Applied(Applied { changed })),
+            Err(e) => Err(ErrorBody {
+                code: ErrorCode::InvalidConfig,
+                message: e.message,
+                field: Some(e.field),
+            }),
+        }
     }
 
     /// Apply the running document as a runtime command edits it: `edit` returns the
@@ -307,6 +343,7 @@ impl Appliance {
             EthernetAddress(self.info.uplink_mac),
             EthernetAddress(self.info.link_mac),
             self.info.seed,
+            self.unix_time_at_boot,
         )?;
         self.netstack.configure(
             NicId::Uplink,
@@ -323,6 +360,7 @@ impl Appliance {
             }),
         );
         self.netstack.set_overlay(overlay);
+        publish::apply(&mut self.netstack, &config, self.info.seed);
         self.dns.apply(dns, &mut self.netstack, self.info.seed);
         log::info!(
             "applied: uplink {} link {}{}",
@@ -361,6 +399,7 @@ impl Appliance {
             control: self.session.counters(),
             overlay: self.netstack.overlay().map(|o| o.status(now)),
             dns: self.dns.status(),
+            nat: publish::status(&self.netstack),
         }
     }
 

@@ -20,6 +20,8 @@ use crate::config::{Config, Ipv4Cidr};
 use crate::dns::ContainerEntry;
 use crate::dns_service::{ContainerKey, DnsStatus};
 use crate::overlay::{FdbEntry, FdbKey, NetworkKey, PeerKey};
+use crate::publish::{FlowsQuery, PublishKey};
+use weft_netstack::nat::PublishRule;
 
 /// The protocol version this appliance speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -102,6 +104,12 @@ pub enum Command {
     ContainerAdd(ContainerEntry),
     /// Remove a container's DNS records.
     ContainerRemove(ContainerKey),
+    /// Publish a port on the uplink address (DNAT to a container).
+    PublishAdd(PublishRule),
+    /// Withdraw a published port.
+    PublishRemove(PublishKey),
+    /// List tracked connections (limit and filter).
+    Flows(FlowsQuery),
 }
 
 impl Command {
@@ -119,6 +127,9 @@ impl Command {
         "fdb-remove",
         "container-add",
         "container-remove",
+        "publish-add",
+        "publish-remove",
+        "flows",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -135,6 +146,9 @@ impl Command {
             Command::FdbRemove(_) => "fdb-remove",
             Command::ContainerAdd(_) => "container-add",
             Command::ContainerRemove(_) => "container-remove",
+            Command::PublishAdd(_) => "publish-add",
+            Command::PublishRemove(_) => "publish-remove",
+            Command::Flows(_) => "flows",
         }
     }
 
@@ -151,6 +165,9 @@ impl Command {
             Command::FdbRemove(a) => serde_json::to_value(a).ok(),
             Command::ContainerAdd(a) => serde_json::to_value(a).ok(),
             Command::ContainerRemove(a) => serde_json::to_value(a).ok(),
+            Command::PublishAdd(a) => serde_json::to_value(a).ok(),
+            Command::PublishRemove(a) => serde_json::to_value(a).ok(),
+            Command::Flows(a) => serde_json::to_value(a).ok(),
         }
     }
 
@@ -194,6 +211,18 @@ impl Command {
                 Ok(Command::ContainerAdd(entry))
             }
             "container-remove" => overlay_args(name, args).map(Command::ContainerRemove),
+            "publish-add" => {
+                let rule: PublishRule = overlay_args(name, args)?;
+                weft_netstack::nat::validate_publish(&rule, [], &[]).map_err(|e| {
+                    ErrorBody::with_field(ErrorCode::InvalidConfig, format!("{e}"), e.field())
+                })?;
+                Ok(Command::PublishAdd(rule))
+            }
+            "publish-remove" => overlay_args(name, args).map(Command::PublishRemove),
+            "flows" => match args {
+                None | Some(Value::Null) => Ok(Command::Flows(FlowsQuery::default())),
+                Some(_) => overlay_args(name, args).map(Command::Flows),
+            },
             other => Err(ErrorBody::new(
                 ErrorCode::UnknownCommand,
                 format!(
@@ -486,9 +515,10 @@ impl Reply {
 #[serde(untagged)]
 pub enum CommandResult {
     Status(alloc::boxed::Box<Status>),
-    Config(Option<Config>),
+    Config(Option<alloc::boxed::Box<Config>>),
     Applied(Applied),
     Pong(Pong),
+    Flows(Vec<weft_netstack::conntrack::FlowInfo>),
 }
 
 /// The result of `status`.
@@ -511,6 +541,10 @@ pub struct Status {
     /// the socket side's counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsStatus>,
+    /// Port publishing and masquerade (present once configured): table size, inserts,
+    /// translations and drops by reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<crate::publish::NatStatus>,
 }
 
 /// Per-NIC status, one named field per NIC.
