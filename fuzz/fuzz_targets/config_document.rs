@@ -6,7 +6,23 @@
 use libfuzzer_sys::fuzz_target;
 use weft_appliance::Config;
 
-const KNOWN: &[&str] = &["uplink", "link", "address", "gateway"];
+/// Field names a refusal may name although the input lacks them (required fields of
+/// the document, the overlay sections and the DNS sections).
+const KNOWN: &[&str] = &[
+    "uplink",
+    "link",
+    "address",
+    "gateway",
+    "grid",
+    "node",
+    "networks",
+    "vni",
+    "peers",
+    "dns",
+    "containers",
+    "name",
+    "service",
+];
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
