@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
 use weft_netstack::datapath::OverlayPath;
 use weft_netstack::overlay::config::{
-    ConfigError as GridError, NetworkConfig, OverlayConfig, PeerConfig,
+    ConfigError as GridError, GridConfig, NetworkConfig, OverlayConfig, PeerConfig,
 };
 use weft_netstack::overlay::{Limits, Mac, Overlay, OverlayError, Underlay};
+use weft_netstack::sleeve::SessionId;
 use weft_netstack::vxlan::Vni;
 
 use crate::config::{Config, ConfigError};
@@ -26,7 +27,7 @@ use crate::config::{Config, ConfigError};
 /// The three overlay sections of `config`, when it has a grid.
 pub fn sections(config: &Config) -> Option<OverlayConfig> {
     config.grid.as_ref().map(|grid| OverlayConfig {
-        grid: grid.clone(),
+        grid: GridConfig::clone(grid),
         networks: config.networks.clone(),
         peers: config.peers.clone(),
     })
@@ -95,6 +96,7 @@ fn field_of(e: &GridError, c: &OverlayConfig) -> String {
                 None => "peers".into(),
             }
         }
+        SleeveWithoutSecret(_) => "grid.secret".into(),
     }
 }
 
@@ -170,13 +172,16 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 /// The overlay the netstack should run for `config` (validated), given the one running
 /// now: `None` without a grid; a copy of `running` changed only where the document
 /// differs when the grid and the uplink are the same (tables and counters survive);
-/// otherwise a new one.
+/// otherwise a new one. `wall_clock`: Unix seconds at boot, when known; a new sleeve
+/// endpoint's session ids start from it (and never below the running one's), so that
+/// they grow across reboots and never repeat under one key (docs/sleeve.md "Sessions").
 pub fn plan(
     config: &Config,
     running: Option<&OverlayPath>,
     uplink_mac: EthernetAddress,
     link_mac: EthernetAddress,
     seed: u64,
+    wall_clock: Option<u64>,
 ) -> Result<Option<OverlayPath>, ConfigError> {
     let Some(sections) = sections(config) else {
         return Ok(None);
@@ -189,8 +194,14 @@ pub fn plan(
     let reusable = running
         .filter(|r| r.overlay().grid() == &sections.grid && r.overlay().underlay() == underlay);
     let Some(running) = reusable else {
-        let overlay =
+        let mut overlay =
             Overlay::from_config(&sections, underlay, Limits::default(), seed).map_err(internal)?;
+        let secs = u32::try_from(wall_clock.unwrap_or(0)).unwrap_or(u32::MAX);
+        let first = SessionId::first_of_boot(secs, seed as u32);
+        let first = running
+            .and_then(|r| r.overlay().sleeve_next_session())
+            .map_or(first, |n| n.max(first));
+        overlay.set_sleeve_first_session(first);
         return OverlayPath::new(overlay, link_mac)
             .map(Some)
             .map_err(internal);
@@ -537,7 +548,9 @@ mod tests {
     #[test]
     fn plan_keeps_tables_when_only_peers_and_networks_change() {
         let c = Config::from_json_value(&doc()).unwrap();
-        let first = plan(&c, None, UPLINK_MAC, LINK_MAC, 1).unwrap().unwrap();
+        let first = plan(&c, None, UPLINK_MAC, LINK_MAC, 1, None)
+            .unwrap()
+            .unwrap();
         let mut running = first.clone();
         let now = smoltcp::time::Instant::from_secs(1);
         let vni = |n| Vni::new(n).unwrap();
@@ -563,7 +576,7 @@ mod tests {
             json!({"name": "c", "vni": 300, "vlan": 200}),
         );
         let c2 = Config::from_json_value(&changed).unwrap();
-        let next = plan(&c2, Some(&running), UPLINK_MAC, LINK_MAC, 1)
+        let next = plan(&c2, Some(&running), UPLINK_MAC, LINK_MAC, 1, None)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -584,7 +597,7 @@ mod tests {
             json!("10.81.0.9/16"),
         ))
         .unwrap();
-        let fresh = plan(&renumbered, Some(&next), UPLINK_MAC, LINK_MAC, 1)
+        let fresh = plan(&renumbered, Some(&next), UPLINK_MAC, LINK_MAC, 1, None)
             .unwrap()
             .unwrap();
         assert_eq!(fresh.overlay().lookup(vni(100), &mac, now), None);
@@ -592,7 +605,7 @@ mod tests {
         let plain =
             json!({"uplink": {"address": "192.0.2.11/24"}, "link": {"address": "10.81.0.1/16"}});
         let c3 = Config::from_json_value(&plain).unwrap();
-        assert!(plan(&c3, Some(&fresh), UPLINK_MAC, LINK_MAC, 1)
+        assert!(plan(&c3, Some(&fresh), UPLINK_MAC, LINK_MAC, 1, None)
             .unwrap()
             .is_none());
     }
@@ -661,6 +674,7 @@ mod tests {
             name: "bee".into(),
             vni: Vni::new(200).unwrap(),
             vlan: None,
+            mode: Default::default(),
         };
         let (c4, i) = with_network(&c2, &renamed);
         assert_eq!(i, 1);

@@ -63,6 +63,7 @@ fn overlay(udp_checksum: bool) -> (Overlay, Vni) {
         name: "bench".into(),
         vni,
         vlan: None,
+        mode: Default::default(),
     })
     .unwrap();
     o.add_peer(&PeerConfig {

@@ -632,6 +632,7 @@ fn runtime_changes_take_effect_without_touching_other_traffic() {
             name: "c".into(),
             vni: vni(300),
             vlan: VlanId::new(300),
+            mode: Default::default(),
         })
         .unwrap();
     assert_eq!(rig.path().vni_on_link(VlanId::new(300)), Some(vni(300)));
@@ -640,6 +641,7 @@ fn runtime_changes_take_effect_without_touching_other_traffic() {
         name: "d".into(),
         vni: vni(400),
         vlan: None,
+        mode: Default::default(),
     };
     assert!(rig.path_mut().add_network(&clash).is_err());
     assert_eq!(rig.path().vni_on_link(None), Some(vni(A)));

@@ -5,6 +5,7 @@
 //! [`OverlayConfig`] from them; nothing here applies anything, it only says whether a
 //! configuration makes sense before any of it is used.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeSet;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -128,6 +129,95 @@ pub struct GridConfig {
     /// Send outer UDP checksums (Linux's `udpcsum`, its default); zero when false.
     #[serde(default = "default_true")]
     pub udp_checksum: bool,
+    /// The pre-shared grid secret that sleeve keys derive from (docs/sleeve.md); shown
+    /// as `"set"`, never echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretText>,
+    /// Underlay subnets trusted with plaintext VXLAN by networks in `auto` mode
+    /// (Kontena's trusted subnets).
+    // Boxed slices, not vectors: the whole document travels in a control command.
+    #[serde(default, skip_serializing_if = "no_subnets")]
+    pub trusted_subnets: Box<[Subnet]>,
+}
+
+fn no_subnets(s: &[Subnet]) -> bool {
+    s.is_empty()
+}
+
+/// The grid secret as written in `[grid] secret`: hex, at least
+/// [`crate::sleeve::keys::MIN_SECRET_LEN`] bytes. Serializes as `"set"` and prints as
+/// `..`, so `config` and `status` never echo it; `"set"` itself is refused as input.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretText(Box<[u8]>);
+
+impl SecretText {
+    /// From hex text (upper or lower case, even length).
+    pub fn from_hex(text: &str) -> Option<SecretText> {
+        let digits = text.as_bytes();
+        if !digits.len().is_multiple_of(2) || digits.len() / 2 < crate::sleeve::keys::MIN_SECRET_LEN
+        {
+            return None;
+        }
+        let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let mut bytes = Vec::with_capacity(digits.len() / 2);
+        for pair in digits.chunks_exact(2) {
+            bytes.push(nibble(pair[0])? << 4 | nibble(pair[1])?);
+        }
+        Some(SecretText(bytes.into_boxed_slice()))
+    }
+
+    /// The key source's secret.
+    pub fn grid_secret(&self) -> Option<crate::sleeve::GridSecret> {
+        crate::sleeve::GridSecret::new(&self.0).ok()
+    }
+}
+
+impl Drop for SecretText {
+    fn drop(&mut self) {
+        // Not `zeroize` (the sleeve's GridSecret wipes its own copy); a plain overwrite is
+        // enough for text that lived in a config document.
+        self.0.iter_mut().for_each(|b| *b = 0);
+    }
+}
+
+impl fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("SecretText(..)")
+    }
+}
+
+impl Serialize for SecretText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("set")
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SecretText, D::Error> {
+        let text = String::deserialize(d)?;
+        SecretText::from_hex(&text).ok_or_else(|| {
+            serde::de::Error::custom("grid secret must be hex, at least 16 bytes (32 hex digits)")
+        })
+    }
+}
+
+/// How a network reaches its peers on the underlay.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Plaintext VXLAN (UDP 4789) to every peer.
+    #[default]
+    Vxlan,
+    /// Sleeve (encrypted, UDP 6783) to every peer.
+    Sleeve,
+    /// VXLAN to peers in `[grid] trusted_subnets`, sleeve to the others.
+    Auto,
+}
+
+impl Mode {
+    pub fn is_vxlan(&self) -> bool {
+        *self == Mode::Vxlan
+    }
 }
 
 fn default_true() -> bool {
@@ -144,6 +234,8 @@ impl GridConfig {
             mtu: DEFAULT_MTU,
             df: DfPolicy::default(),
             udp_checksum: true,
+            secret: None,
+            trusted_subnets: Box::default(),
         }
     }
 
@@ -165,6 +257,9 @@ pub struct NetworkConfig {
     /// network's frames are untagged there (at most one network may be).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<VlanId>,
+    /// VXLAN, sleeve, or chosen per peer by the trusted subnets.
+    #[serde(default, skip_serializing_if = "Mode::is_vxlan")]
+    pub mode: Mode,
 }
 
 /// `[[peers]]`: another node of the grid and the networks it takes part in.
@@ -225,6 +320,8 @@ pub enum ConfigError {
         peer: NodeId,
         network: String,
     },
+    /// A network in `sleeve` or `auto` mode without a `[grid] secret`.
+    SleeveWithoutSecret(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -257,6 +354,9 @@ impl fmt::Display for ConfigError {
             }
             DuplicatePeerNetwork { peer, network } => {
                 write!(f, "peer {peer} lists network {network:?} twice")
+            }
+            SleeveWithoutSecret(n) => {
+                write!(f, "network {n:?} uses sleeve but [grid] has no secret")
             }
         }
     }
@@ -316,6 +416,9 @@ impl OverlayConfig {
         let mut vlans = BTreeSet::new();
         for net in &self.networks {
             net.validate()?;
+            if !net.mode.is_vxlan() && self.grid.secret.is_none() {
+                return Err(ConfigError::SleeveWithoutSecret(net.name.clone()));
+            }
             if !names.insert(net.name.as_str()) {
                 return Err(ConfigError::DuplicateNetworkName(net.name.clone()));
             }

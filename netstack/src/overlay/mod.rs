@@ -10,6 +10,7 @@
 //! on input.
 
 pub mod config;
+pub mod transport;
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
@@ -27,9 +28,11 @@ use smoltcp::wire::{
 };
 
 use crate::fdb::{self, ArpTable, Fdb, Learn, Location, Origin, TableError};
+use crate::sleeve;
 use crate::vlan::VlanId;
 use crate::vxlan::{self, DecapError, Outer, SrcPortRange, Vni};
-use config::{ConfigError, GridConfig, NetworkConfig, NodeId, OverlayConfig, PeerConfig};
+use config::{ConfigError, GridConfig, Mode, NetworkConfig, NodeId, OverlayConfig, PeerConfig};
+use transport::{SleeveLink, SleeveStatus, Transport};
 
 /// Where a frame leaves the appliance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +92,14 @@ pub enum DropReason {
     /// VNI (and on the link by one tag the datapath takes off): a tag inside could
     /// land the frame on another network's VLAN (double tagging).
     Tagged,
+    /// A sleeve message refused (`status.overlay.sleeve.drops` says why).
+    SleeveRefused,
+    /// Plaintext VXLAN from a peer that this network only accepts sealed.
+    Unsealed,
+    /// A frame for a sleeve peer that could not be sealed (never sent in clear).
+    SealRefused,
+    /// A record of a sleeve message of another network than the message's first one.
+    MixedVni,
 }
 
 /// Frames dropped, by reason. Serialized as-is into `status`.
@@ -107,6 +118,14 @@ pub struct DropCounters {
     pub no_neighbor: u64,
     pub not_attached: u64,
     pub tagged: u64,
+    #[serde(default)]
+    pub sleeve_refused: u64,
+    #[serde(default)]
+    pub unsealed: u64,
+    #[serde(default)]
+    pub seal_refused: u64,
+    #[serde(default)]
+    pub mixed_vni: u64,
 }
 
 impl DropCounters {
@@ -125,6 +144,10 @@ impl DropCounters {
             DropReason::NoNeighbor => &mut self.no_neighbor,
             DropReason::NotAttached => &mut self.not_attached,
             DropReason::Tagged => &mut self.tagged,
+            DropReason::SleeveRefused => &mut self.sleeve_refused,
+            DropReason::Unsealed => &mut self.unsealed,
+            DropReason::SealRefused => &mut self.seal_refused,
+            DropReason::MixedVni => &mut self.mixed_vni,
         };
         *c = c.wrapping_add(1);
     }
@@ -145,6 +168,10 @@ impl DropCounters {
             DropReason::NoNeighbor => self.no_neighbor,
             DropReason::NotAttached => self.not_attached,
             DropReason::Tagged => self.tagged,
+            DropReason::SleeveRefused => self.sleeve_refused,
+            DropReason::Unsealed => self.unsealed,
+            DropReason::SealRefused => self.seal_refused,
+            DropReason::MixedVni => self.mixed_vni,
         }
     }
 
@@ -164,6 +191,10 @@ impl DropCounters {
             self.no_neighbor,
             self.not_attached,
             self.tagged,
+            self.sleeve_refused,
+            self.unsealed,
+            self.seal_refused,
+            self.mixed_vni,
         ]
         .iter()
         .fold(0u64, |a, b| a.wrapping_add(*b))
@@ -283,6 +314,7 @@ struct Network {
     fdb: Fdb,
     arp: ArpTable,
     appliance_mac: Option<EthernetAddress>,
+    mode: Mode,
     counters: NetworkCounters,
 }
 
@@ -346,6 +378,8 @@ pub struct Overlay {
     networks: BTreeMap<Vni, Network>,
     peers: BTreeMap<Ipv4Address, Peer>,
     drops: DropCounters,
+    /// The sleeve endpoint, when `[grid]` has a secret.
+    sleeve: Option<SleeveLink>,
 }
 
 /// The port a frame came in on, for the split-horizon rule.
@@ -381,7 +415,18 @@ impl Overlay {
         seed: u64,
     ) -> Result<Overlay, OverlayError> {
         grid.validate()?;
+        // Until the appliance gives a wall-clock based first session
+        // (`set_sleeve_first_session`), the session ids come from the seed alone.
+        let sleeve = grid.secret.as_ref().and_then(|secret| {
+            SleeveLink::new(
+                grid.node,
+                secret,
+                underlay_mtu(grid.mtu),
+                sleeve::SessionId::first_of_boot(0, seed as u32),
+            )
+        });
         Ok(Overlay {
+            sleeve,
             grid,
             underlay,
             limits,
@@ -451,6 +496,7 @@ impl Overlay {
         if let Some(existing) = self.networks.get_mut(&net.vni) {
             existing.name = net.name.clone();
             existing.vlan = net.vlan;
+            existing.mode = net.mode;
             return Ok(());
         }
         if self.networks.len() >= config::MAX_NETWORKS {
@@ -464,6 +510,7 @@ impl Overlay {
                 fdb: Fdb::new(self.limits.fdb_capacity, self.limits.ageing),
                 arp: ArpTable::new(self.limits.arp_capacity),
                 appliance_mac: None,
+                mode: net.mode,
                 counters: NetworkCounters::default(),
             },
         );
@@ -527,6 +574,12 @@ impl Overlay {
             neighbor: None,
             counters: PeerCounters::default(),
         });
+        if let Some(sleeve) = &mut self.sleeve {
+            if entry.node != peer.node {
+                sleeve.remove_peer(entry.node);
+            }
+            sleeve.add_peer(peer.node);
+        }
         let left: Vec<Vni> = entry.networks.difference(&networks).copied().collect();
         entry.node = peer.node;
         entry.name = peer.name.clone();
@@ -541,8 +594,11 @@ impl Overlay {
 
     /// Remove a peer and every static entry that points at it.
     pub fn remove_peer(&mut self, address: Ipv4Address) -> bool {
-        if self.peers.remove(&address).is_none() {
+        let Some(gone) = self.peers.remove(&address) else {
             return false;
+        };
+        if let Some(sleeve) = &mut self.sleeve {
+            sleeve.remove_peer(gone.node);
         }
         for net in self.networks.values_mut() {
             forget_remote(net, address);
@@ -779,8 +835,11 @@ impl Overlay {
             return Verdict::Forward(out);
         }
 
-        // Everything below goes to the uplink: the overlay MTU applies.
-        if l3_len(&eth, frame.len()) > usize::from(self.grid.mtu) {
+        // Everything below goes to the uplink: the overlay MTU applies (smaller for a
+        // network that may seal, by what sleeve adds over VXLAN).
+        let mode = net.mode;
+        let mtu = network_mtu(&self.grid, mode);
+        if l3_len(&eth, frame.len()) > usize::from(mtu) {
             self.drops.count(DropReason::TooBig);
             let net = match self.networks.get_mut(&vni) {
                 Some(net) => net,
@@ -792,7 +851,7 @@ impl Overlay {
                 // A unicast sender (unknown destination) still learns the path MTU, as
                 // Linux's vxlan tells it for every remote of a flood.
                 let mut out = out;
-                if let Some(reply) = frag_needed(frame, self.grid.mtu) {
+                if let Some(reply) = frag_needed(frame, mtu) {
                     net.counters.icmp_frag_needed += 1;
                     match ingress {
                         Ingress::Link => net.counters.link_tx += 1,
@@ -802,7 +861,7 @@ impl Overlay {
                 }
                 return Verdict::Forward(out);
             }
-            return match frag_needed(frame, self.grid.mtu) {
+            return match frag_needed(frame, mtu) {
                 Some(reply) => {
                     net.counters.icmp_frag_needed += 1;
                     match ingress {
@@ -821,6 +880,7 @@ impl Overlay {
         let src_port = vxlan::flow_src_port(frame, self.hash_seed, self.src_ports);
         let mut sent = 0u64;
         let mut missing_neighbor = 0u64;
+        let mut seal_refused = 0u64;
         // Known unicast needs no list of targets (and no allocation for one).
         let flood_targets: Vec<Ipv4Address>;
         let targets: &[Ipv4Address] = match &to_peer {
@@ -844,6 +904,31 @@ impl Overlay {
                 missing_neighbor += 1;
                 continue;
             };
+            if transport::transport(mode, &self.grid.trusted_subnets, addr) == Transport::Sleeve {
+                let outer = transport::OuterAddrs {
+                    src_mac: self.underlay.mac,
+                    dst_mac: neighbor,
+                    src_ip: self.underlay.ip,
+                    dst_ip: addr,
+                    src_port,
+                    ttl: self.ttl,
+                };
+                let sealed = match self.sleeve.as_mut() {
+                    Some(link) => link.seal(peer.node, &outer, vni, &[frame], now).ok(),
+                    None => None,
+                };
+                let Some(messages) = sealed else {
+                    seal_refused += 1;
+                    continue;
+                };
+                for m in messages {
+                    peer.counters.tx_packets += 1;
+                    peer.counters.tx_bytes += m.len() as u64;
+                    out.push((Egress::Uplink, m));
+                }
+                sent += 1;
+                continue;
+            }
             let outer = Outer {
                 src_mac: self.underlay.mac,
                 dst_mac: neighbor,
@@ -869,14 +954,24 @@ impl Overlay {
             sent += 1;
         }
         let unicast_unresolved = to_peer.is_some() && sent == 0 && missing_neighbor > 0;
+        let unicast_unsealed = to_peer.is_some() && sent == 0 && seal_refused > 0;
         for _ in 0..missing_neighbor {
             self.drops.count(DropReason::NoNeighbor);
+        }
+        for _ in 0..seal_refused {
+            self.drops.count(DropReason::SealRefused);
         }
         if let Some(net) = self.networks.get_mut(&vni) {
             net.counters.uplink_tx += sent;
             for _ in 0..missing_neighbor {
                 net.counters.drops.count(DropReason::NoNeighbor);
             }
+            for _ in 0..seal_refused {
+                net.counters.drops.count(DropReason::SealRefused);
+            }
+        }
+        if unicast_unsealed {
+            return Verdict::Drop(DropReason::SealRefused);
         }
         if unicast_unresolved {
             return Verdict::Drop(DropReason::NoNeighbor);
@@ -902,6 +997,18 @@ impl Overlay {
     }
 
     fn decap(&mut self, now: Instant, frame: &[u8], vni_out: &mut Option<Vni>) -> Verdict {
+        if self.sleeve.is_some() {
+            match transport::parse_outer(frame) {
+                Ok(rx) => return self.decap_sleeve(now, rx, vni_out),
+                Err(transport::OuterError::NotSleeve) => {}
+                Err(transport::OuterError::BadOuterHeader) => {
+                    return self.drop(None, DropReason::BadOuterHeader)
+                }
+                Err(transport::OuterError::OuterFragment) => {
+                    return self.drop(None, DropReason::OuterFragment)
+                }
+            }
+        }
         let d = match vxlan::decapsulate(frame, self.grid.vxlan_port) {
             Ok(d) => d,
             Err(e) => {
@@ -919,17 +1026,93 @@ impl Overlay {
         }
         let vni = d.vni;
         *vni_out = Some(vni);
+        // A network that seals for this peer takes nothing from it in plaintext: VXLAN
+        // carries no authentication, anyone on the path could inject it.
+        if let Some(net) = self.networks.get(&vni) {
+            if transport::transport(net.mode, &self.grid.trusted_subnets, d.src_ip)
+                == Transport::Sleeve
+            {
+                return self.drop(Some(vni), DropReason::Unsealed);
+            }
+        }
+        self.deliver(now, d.src_ip, vni, d.inner, frame.len())
+    }
+
+    /// A sleeve message to our port: open it, deliver each frame as VXLAN decap does.
+    fn decap_sleeve(
+        &mut self,
+        now: Instant,
+        rx: transport::Received<'_>,
+        vni_out: &mut Option<Vni>,
+    ) -> Verdict {
+        if rx.dst_ip != self.underlay.ip {
+            return self.drop(None, DropReason::NotVxlan);
+        }
+        let Some(link) = self.sleeve.as_mut() else {
+            return self.drop(None, DropReason::NotVxlan);
+        };
+        let Ok((sender, frames)) = link.open(rx.payload, now) else {
+            return self.drop(None, DropReason::SleeveRefused);
+        };
+        // The sender is authenticated; its underlay address is the configured one (the
+        // outer source may be rewritten by NAT on the way).
+        let Some(src_ip) = self
+            .peers
+            .iter()
+            .find(|(_, p)| transport::sleeve_node(p.node) == sender)
+            .map(|(a, _)| *a)
+        else {
+            return self.drop(None, DropReason::UnknownPeer);
+        };
+        let share = rx.payload.len() / frames.len().max(1);
+        let mut out = Vec::new();
+        let mut last = Verdict::Forward(Vec::new());
+        for (raw, inner) in frames {
+            let Some(vni) = Vni::new(raw) else {
+                last = self.drop(None, DropReason::UnknownVni);
+                continue;
+            };
+            // One verdict carries one network (the datapath tags the link by it).
+            if vni_out.is_some_and(|v| v != vni) {
+                last = self.drop(Some(vni), DropReason::MixedVni);
+                continue;
+            }
+            match self.deliver(now, src_ip, vni, &inner, share) {
+                Verdict::Forward(o) => {
+                    *vni_out = Some(vni);
+                    out.extend(o);
+                }
+                other => last = other,
+            }
+        }
+        if vni_out.is_some() {
+            Verdict::Forward(out)
+        } else {
+            last
+        }
+    }
+
+    /// A decapsulated frame of network `vni` from the peer at `src_ip`, `wire_len` bytes
+    /// on the underlay: the per-network rules, then the local ports.
+    fn deliver(
+        &mut self,
+        now: Instant,
+        src_ip: Ipv4Address,
+        vni: Vni,
+        inner_bytes: &[u8],
+        wire_len: usize,
+    ) -> Verdict {
         if !self.networks.contains_key(&vni) {
             return self.drop(None, DropReason::UnknownVni);
         }
         let known = self
             .peers
-            .get(&d.src_ip)
+            .get(&src_ip)
             .is_some_and(|p| p.networks.contains(&vni));
         if !known {
             return self.drop(Some(vni), DropReason::UnknownPeer);
         }
-        let Ok(inner) = EthernetFrame::new_checked(d.inner) else {
+        let Ok(inner) = EthernetFrame::new_checked(inner_bytes) else {
             return self.drop(Some(vni), DropReason::Runt);
         };
         if !inner.src_addr().is_unicast() {
@@ -958,9 +1141,9 @@ impl Overlay {
                 Some(Location::Local) | None => &[Egress::Link],
             }
         };
-        if let Some(peer) = self.peers.get_mut(&d.src_ip) {
+        if let Some(peer) = self.peers.get_mut(&src_ip) {
             peer.counters.rx_packets += 1;
-            peer.counters.rx_bytes += frame.len() as u64;
+            peer.counters.rx_bytes += wire_len as u64;
         }
         let Some(net) = self.networks.get_mut(&vni) else {
             return self.drop(None, DropReason::UnknownVni);
@@ -974,10 +1157,46 @@ impl Overlay {
                     Egress::Appliance => net.counters.appliance_tx += 1,
                     Egress::Uplink => {}
                 }
-                (e, d.inner.to_vec())
+                (e, inner_bytes.to_vec())
             })
             .collect();
         Verdict::Forward(out)
+    }
+
+    /// Start the sleeve endpoint's session ids at `first` (wall clock at boot and the
+    /// seeded random source, `SessionId::first_of_boot`) unless it sealed already: then
+    /// its ids are in use and are kept.
+    pub fn set_sleeve_first_session(&mut self, first: sleeve::SessionId) {
+        let Some(link) = &self.sleeve else {
+            return;
+        };
+        if link.metrics().sealed_messages != 0 {
+            return;
+        }
+        let Some(secret) = &self.grid.secret else {
+            return;
+        };
+        if let Some(mut fresh) =
+            SleeveLink::new(self.grid.node, secret, underlay_mtu(self.grid.mtu), first)
+        {
+            for p in self.peers.values() {
+                fresh.add_peer(p.node);
+            }
+            self.sleeve = Some(fresh);
+        }
+    }
+
+    /// The session id a replacement sleeve endpoint must start at, if one runs.
+    pub fn sleeve_next_session(&self) -> Option<sleeve::SessionId> {
+        self.sleeve.as_ref().and_then(|l| l.next_session())
+    }
+
+    /// The overlay MTU of network `vni` (the grid's, less sleeve's overhead when it
+    /// may seal).
+    pub fn mtu_of(&self, vni: Vni) -> Option<u16> {
+        self.networks
+            .get(&vni)
+            .map(|n| network_mtu(&self.grid, n.mode))
     }
 
     /// Everything `status` shows about the overlay, ready to serialize.
@@ -989,6 +1208,10 @@ impl Overlay {
             vxlan_port: self.grid.vxlan_port,
             mtu: self.grid.mtu,
             drops: self.drops,
+            sleeve: self
+                .sleeve
+                .as_ref()
+                .map(|l| SleeveStatus::from(l.metrics())),
             networks: self
                 .networks
                 .iter()
@@ -1040,6 +1263,19 @@ impl Overlay {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The underlay MTU the grid's overlay MTU was sized for (VXLAN's overhead above it).
+fn underlay_mtu(overlay_mtu: u16) -> u16 {
+    overlay_mtu.saturating_add(vxlan::ENCAP_OVERHEAD as u16)
+}
+
+/// The overlay MTU of a network in `mode`.
+fn network_mtu(grid: &GridConfig, mode: Mode) -> u16 {
+    match mode {
+        Mode::Vxlan => grid.mtu,
+        Mode::Sleeve | Mode::Auto => grid.mtu.saturating_sub(transport::EXTRA_OVERHEAD),
     }
 }
 
@@ -1238,6 +1474,9 @@ pub struct OverlayStatus {
     pub vxlan_port: u16,
     pub mtu: u16,
     pub drops: DropCounters,
+    /// The sleeve endpoint's counters, when `[grid]` has a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleeve: Option<SleeveStatus>,
     pub networks: Vec<NetworkStatus>,
     pub peers: Vec<PeerStatus>,
 }
@@ -1280,5 +1519,7 @@ pub struct PeerStatus {
     pub counters: PeerCounters,
 }
 
+#[cfg(test)]
+mod sleeve_test;
 #[cfg(test)]
 mod test;

@@ -421,6 +421,7 @@ fn linux_vxlan_frame_is_accepted() {
         name: "grid".to_string(),
         vni: vni(42),
         vlan: None,
+        mode: Default::default(),
     })
     .unwrap();
     o.add_peer(&PeerConfig {

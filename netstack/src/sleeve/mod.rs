@@ -188,7 +188,8 @@ impl SleeveMetrics {
 }
 
 /// The sleeve endpoint of one appliance: a session per configured peer, one key source,
-/// drop counters.
+/// drop counters. `Clone`: see [`Session`] (only one copy may seal).
+#[derive(Clone)]
 pub struct Sleeve<K: KeySource> {
     local: NodeId,
     keys: K,
@@ -235,6 +236,12 @@ impl<K: KeySource> Sleeve<K> {
 
     pub fn metrics(&self) -> &SleeveMetrics {
         &self.metrics
+    }
+
+    /// The sending session the next new peer (or restart) gets: a replacement endpoint
+    /// for the same grid secret must start at or above it, never below.
+    pub fn next_session(&self) -> Option<SessionId> {
+        self.next_session
     }
 
     fn take_session(&mut self) -> Option<SessionId> {

@@ -114,6 +114,7 @@ fn nonce(counter: u64) -> Nonce {
     Nonce::from(n)
 }
 
+#[derive(Clone)]
 struct TxKey {
     epoch: Epoch,
     next_counter: u64,
@@ -121,6 +122,7 @@ struct TxKey {
     cipher: ChaCha20Poly1305,
 }
 
+#[derive(Clone)]
 struct RxKey {
     session: SessionId,
     epoch: Epoch,
@@ -128,6 +130,7 @@ struct RxKey {
     window: ReplayWindow,
 }
 
+#[derive(Clone)]
 struct Previous {
     key: RxKey,
     until: Instant,
@@ -166,6 +169,10 @@ pub struct SessionStats {
 }
 
 /// Sleeve state for one peer: both directions.
+///
+/// `Clone` exists so that the appliance can build a changed overlay aside and swap it in;
+/// only one copy may ever seal (the other is dropped), or nonces would repeat.
+#[derive(Clone)]
 pub struct Session {
     local: NodeId,
     peer: NodeId,
