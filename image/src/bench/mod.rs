@@ -336,8 +336,21 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
                 .unwrap_or(0)),
         ),
         ("seconds".into(), json!(started.elapsed().as_secs())),
+        ("git_commit".into(), json!(git_head())),
     ];
     Ok(report)
+}
+
+/// The checked-out commit (for the record in the JSON), if git can tell.
+fn git_head() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(crate::paths::repo_root())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Puts one run's outcome into the table.
@@ -403,7 +416,7 @@ fn record(
 fn memory_rows(ctx: &Ctx, report: &mut Report) {
     // (kind, lo, hi, step) in MiB; --quick searches coarser.
     let plan = [
-        (Kind::Weft, 4, 128, if ctx.quick { 8 } else { 1 }),
+        (Kind::Weft, 1, 128, if ctx.quick { 8 } else { 1 }),
         (Kind::Linux, 32, 512, if ctx.quick { 32 } else { 4 }),
     ];
     for (kind, lo, hi, step) in plan {
@@ -425,8 +438,13 @@ fn memory_rows(ctx: &Ctx, report: &mut Report) {
             Err(RunError::Missing(w)) => *target = Side::Missing(w),
             Err(RunError::Failed(e)) => target.fail(format!("{e:#}")),
         }
+        let steps: Vec<String> = plan
+            .iter()
+            .map(|(k, lo, hi, step)| format!("{} {lo}M..{hi}M step {step}M", k.name()))
+            .collect();
         row.note = Some(format!(
-            "boots, takes the single-host config, answers ping on both NICs; binary search to {step}M (weft) / Linux step shown in JSON meta"
+            "boots, takes the single-host config, answers ping on both NICs (binary search: {})",
+            steps.join(", ")
         ));
     }
 }

@@ -161,22 +161,23 @@ pub fn boot_and_idle(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
 fn weft_overlay_doc(n: u8, sleeve: bool) -> Value {
     let other = 3 - n;
     let mut network = json!({"name": "grid", "vni": VNI});
+    let mut grid = json!({"node": n});
     if sleeve {
-        // Issue 4: the sleeve transport of a network, with its pre-shared key.
-        network["transport"] = json!("sleeve");
+        // docs/sleeve.md: a network's `mode` and the grid secret (hex) it derives keys from.
+        network["mode"] = json!("sleeve");
+        grid["secret"] = json!(SLEEVE_SECRET);
     }
-    let mut doc = json!({
+    json!({
         "uplink": {"address": format!("192.0.2.1{n}/24"), "gateway": GATEWAY},
         "link": {"address": format!("10.81.0.{n}/16")},
-        "grid": {"node": n},
+        "grid": grid,
         "networks": [network],
         "peers": [{"node": other, "address": format!("192.0.2.1{other}"), "networks": ["grid"]}],
-    });
-    if sleeve {
-        doc["sleeve"] = json!({"psk": "weft-bench-not-a-secret-0123456789abcdef"});
-    }
-    doc
+    })
 }
+
+/// The bench's grid secret: a fixed test value, never a real one.
+const SLEEVE_SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// iperf3 TCP container -> container across two hosts over the overlay (VXLAN, or
 /// sleeve for weft with `sleeve`; the reference VM always uses plain VXLAN).
@@ -217,11 +218,17 @@ pub fn overlay_tcp(ctx: &Ctx, kind: Kind, sleeve: bool) -> Result<Values, RunErr
                 .map_err(|e| RunError::Missing(format!("node {n} refused the config: {e:#}")))?;
         }
     }
-    // Docker's overlay MTU: 1500 minus the VXLAN overhead.
+    // The overlay MTU: 1500 minus the VXLAN overhead (Docker's 1450), or minus
+    // sleeve's (1408, docs/sleeve.md) where weft seals.
+    let mtu = if sleeve && kind == Kind::Weft {
+        "1408"
+    } else {
+        "1450"
+    };
     for h in [&h1, &h2] {
         h.topo
             .ctr
-            .ip(&["link", "set", &h.topo.names.ctr_veth, "mtu", "1450"])?;
+            .ip(&["link", "set", &h.topo.names.ctr_veth, "mtu", mtu])?;
     }
     Topology::ping(&h1.topo.ctr, "10.81.128.12", 2, 30)
         .context("container 1 -> container 2 over the overlay")?;
@@ -309,13 +316,17 @@ fn conn_rate(ctx: &Ctx, host: &Host, to: SocketAddr) -> Result<f64, RunError> {
     Ok(r.per_second)
 }
 
+/// `[[publish]]`: the uplink port to the container's server (issue 6).
+fn publish_doc() -> Value {
+    weft_doc(json!({
+        "publish": [{"proto": "tcp", "host_port": PUBLISHED_PORT,
+                     "container_address": CTR_ADDR, "container_port": SERVER_PORT}],
+    }))
+}
+
 /// Connections/s through a published port: weft's DNAT vs nftables DNAT.
 pub fn publish_cps(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
-    // Issue 6: `publish` entries of the config document.
-    let doc = weft_doc(json!({
-        "publish": [{"protocol": "tcp", "port": PUBLISHED_PORT,
-                     "container": CTR_ADDR, "container_port": SERVER_PORT}],
-    }));
+    let doc = publish_doc();
     let mut job = single_job();
     job.publish = vec![(PUBLISHED_PORT, format!("{CTR_ADDR}:{SERVER_PORT}"))];
     let host = single_host(ctx, kind, &doc, &job)?;
@@ -435,11 +446,19 @@ mod tests {
     }
 
     #[test]
-    fn the_vxlan_overlay_documents_are_valid_weft_configs() {
-        for n in [1, 2] {
-            let c = Config::from_json_value(&weft_overlay_doc(n, false))
-                .unwrap_or_else(|e| panic!("node {n}: {e}"));
-            assert_eq!(c.peers.len(), 1);
+    fn the_publish_document_is_a_valid_weft_config() {
+        let c = Config::from_json_value(&publish_doc()).unwrap();
+        assert_eq!(c.publish.len(), 1);
+    }
+
+    #[test]
+    fn the_overlay_documents_are_valid_weft_configs() {
+        for sleeve in [false, true] {
+            for n in [1, 2] {
+                let c = Config::from_json_value(&weft_overlay_doc(n, sleeve))
+                    .unwrap_or_else(|e| panic!("node {n} sleeve {sleeve}: {e}"));
+                assert_eq!(c.peers.len(), 1);
+            }
         }
     }
 }
