@@ -226,3 +226,83 @@ pub fn status(netstack: &Netstack) -> Option<NatStatus> {
 pub fn not_published(key: PublishKey) -> String {
     format!("{} port {} is not published", key.proto, key.host_port)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(publish: Value) -> Value {
+        json!({
+            "uplink": {"address": "192.0.2.2/24", "gateway": "192.0.2.1"},
+            "link": {"address": "10.81.0.1/16"},
+            "publish": publish,
+        })
+    }
+
+    #[test]
+    fn document_refusals_name_the_entry_and_field() {
+        let rule = |proto: &str, port: u16| json!({"proto": proto, "host_port": port, "container_address": "10.81.1.2", "container_port": 80});
+        let ok = doc(json!([rule("tcp", 8080), rule("udp", 8080)]));
+        assert_eq!(Config::from_json_value(&ok).unwrap().publish.len(), 2);
+        for (list, field) in [
+            (
+                json!([rule("tcp", 8080), rule("tcp", 8080)]),
+                "publish[1].host_port",
+            ),
+            (json!([rule("udp", 53)]), "publish[0].host_port"),
+            (
+                json!([rule("udp", 5353), rule("udp", 4789)]),
+                "publish[1].host_port",
+            ),
+            (json!([rule("tcp", 6783)]), "publish[0].host_port"),
+            (json!([rule("tcp", 0)]), "publish[0].host_port"),
+        ] {
+            let e = Config::from_json_value(&doc(list.clone())).unwrap_err();
+            assert_eq!(e.field, field, "{list}: {e}");
+        }
+        let mut zero = doc(json!([]));
+        zero["nat"] = json!({"capacity": 0});
+        assert_eq!(
+            Config::from_json_value(&zero).unwrap_err().field,
+            "nat.capacity"
+        );
+    }
+
+    #[test]
+    fn runtime_edits_keep_the_nat_and_follow_the_document() {
+        let now = Instant::from_millis(0);
+        let mac = weft_netstack::smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]);
+        let mut stack = Netstack::new(mac, mac, 1, now);
+        let base = Config::from_json_value(&doc(json!([]))).unwrap();
+        apply(&mut stack, &base, 1);
+        assert_eq!(stack.router().unwrap().nat().publish_rules().count(), 0);
+        let rule = PublishRule {
+            proto: Transport::Tcp,
+            host_port: 8080,
+            container_address: Ipv4Addr::new(10, 81, 1, 2),
+            container_port: 80,
+        };
+        let with = with_rule(&base, rule).unwrap();
+        let e = with_rule(&with, rule).unwrap_err();
+        assert_eq!(e.field, "host_port");
+        apply(&mut stack, &with, 1);
+        let rules: Vec<_> = stack
+            .router()
+            .unwrap()
+            .nat()
+            .publish_rules()
+            .copied()
+            .collect();
+        assert_eq!(rules, [rule]);
+        let key = PublishKey {
+            proto: Transport::Tcp,
+            host_port: 8080,
+        };
+        let without = without_rule(&with, key).unwrap();
+        assert!(without_rule(&without, key).is_none());
+        apply(&mut stack, &without, 1);
+        assert_eq!(stack.router().unwrap().nat().publish_rules().count(), 0);
+        assert_eq!(status(&stack).unwrap().published, 0);
+    }
+}

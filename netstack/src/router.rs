@@ -19,7 +19,7 @@ use smoltcp::wire::{
 };
 
 use crate::checksum;
-use crate::iface::NicAddress;
+use crate::iface::{NicAddress, MAX_FRAME_LEN};
 use crate::nat::{Nat, Side, Verdict};
 use crate::port::Port;
 use crate::probe;
@@ -212,6 +212,10 @@ impl Router {
     /// Looks at a frame received on `side`; returns true when the router took it (the
     /// interface and overlay must not see it), false to hand it on unchanged.
     pub fn receive(&mut self, side: Side, frame: &[u8], ifs: &Interfaces, now: Instant) -> bool {
+        // Oversize frames are the interface's to count and drop.
+        if frame.len() > MAX_FRAME_LEN {
+            return false;
+        }
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
             return false;
         };
