@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use smoltcp::iface::SocketHandle;
-use smoltcp::socket::{tcp, udp};
+use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 use weft_netstack::{Netstack, NicId, NicIface};
@@ -91,6 +91,8 @@ pub struct SocketCounters {
     pub upstream_unsendable: u64,
     /// TCP attempts the upstream refused or reset before its reply; each fails over.
     pub upstream_reset: u64,
+    /// UDP attempts answered by an ICMP host/port unreachable; each fails over at once.
+    pub upstream_unreachable: u64,
 }
 
 /// The DNS service: off until a document with a `[dns]` section is applied.
@@ -386,6 +388,8 @@ impl Conn {
 struct Upstream {
     /// The socket, absent when it could not be opened (the attempt is failing over).
     socket: Option<(NicId, SocketHandle)>,
+    /// For UDP: an ICMP socket for the errors about datagrams from the source port.
+    icmp: Option<SocketHandle>,
     /// Where the client's query arrived: the reply leaves from the same address.
     client_local: Option<IpAddress>,
     /// The upstream asked, and for TCP the stream state.
@@ -464,7 +468,10 @@ impl Running {
         let handles = self
             .upstreams
             .into_values()
-            .filter_map(|u| u.socket)
+            .flat_map(|u| {
+                let icmp = u.socket.zip(u.icmp).map(|((nic, _), h)| (nic, h));
+                u.socket.into_iter().chain(icmp)
+            })
             .chain(self.closing.into_iter().map(|(nic, h, _)| (nic, h)));
         for (nic, handle) in handles {
             netstack.nic_mut(nic).iface.sockets_mut().remove(handle);
@@ -705,6 +712,7 @@ impl Running {
             match up.tcp.as_mut() {
                 None => {
                     let socket = sockets.get_mut::<udp::Socket>(handle);
+                    let mut relayed = false;
                     loop {
                         let (len, meta) = match socket.recv_slice(&mut self.scratch) {
                             Ok(got) => got,
@@ -713,12 +721,30 @@ impl Running {
                         };
                         work = true;
                         let from = SocketAddr::from(meta.endpoint);
-                        if let UpstreamAction::Reply(relayed) =
+                        if let UpstreamAction::Reply(r) =
                             self.server
                                 .handle_upstream_reply(from, port, &self.scratch[..len])
                         {
-                            todo.push_back(Todo::Relay(relayed.released_port, relayed.reply));
+                            todo.push_back(Todo::Relay(r.released_port, r.reply));
+                            relayed = true;
                             break;
+                        }
+                    }
+                    let Some(icmp) = up.icmp.filter(|_| !relayed) else {
+                        continue;
+                    };
+                    let socket = sockets.get_mut::<icmp::Socket>(icmp);
+                    let mut refused = false;
+                    while let Ok((bytes, from)) = socket.recv() {
+                        work = true;
+                        refused |= unreachable(bytes, from, up.upstream, port);
+                    }
+                    if refused {
+                        // RFC 1122 §4.1.3.3: a port or host unreachable for our query is
+                        // passed up; here it fails the attempt over without waiting.
+                        self.counters.upstream_unreachable += 1;
+                        if let Some(event) = self.server.upstream_failed(now, port) {
+                            todo.push_back(Todo::Timer(event));
                         }
                     }
                 }
@@ -795,10 +821,12 @@ impl Running {
         todo: &mut VecDeque<Todo>,
     ) {
         let port = out.source_port;
-        let socket = open_socket(netstack, &out);
-        if socket.is_none() {
+        let opened = open_socket(netstack, &out);
+        if opened.is_none() {
             self.counters.upstream_unsendable += 1;
         }
+        let socket = opened.map(|(nic, handle, _)| (nic, handle));
+        let icmp = opened.and_then(|(_, _, icmp)| icmp);
         let tcp = match out.transport {
             Transport::Udp => None,
             Transport::Tcp => Some(TcpAttempt {
@@ -810,6 +838,7 @@ impl Running {
             port,
             Upstream {
                 socket,
+                icmp,
                 client_local,
                 upstream: out.upstream,
                 tcp,
@@ -833,6 +862,9 @@ impl Running {
                 self.closing.push((nic, handle, now + TCP_LINGER));
             } else {
                 sockets.remove(handle);
+            }
+            if let Some(icmp) = up.icmp {
+                sockets.remove(icmp);
             }
         }
         up.client_local
@@ -937,9 +969,49 @@ fn route(netstack: &Netstack, upstream: Ipv4Addr) -> Option<(NicId, Ipv4Addr)> {
     Some((NicId::Uplink, uplink.cidr.address()))
 }
 
-/// A socket bound to the attempt's source port, with its query queued (UDP) or its
-/// connection started (TCP); None when it cannot be sent.
-fn open_socket(netstack: &mut Netstack, out: &Outgoing) -> Option<(NicId, SocketHandle)> {
+/// Whether `bytes`, an ICMP message from `from` about a datagram from our `port`, says
+/// that `upstream` cannot be reached (host, protocol or port unreachable). Checked
+/// against the quoted header so an off-path forger has to know the upstream and port.
+fn unreachable(bytes: &[u8], from: IpAddress, upstream: SocketAddr, port: u16) -> bool {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{Icmpv4DstUnreachable as Why, Icmpv4Packet, Icmpv4Repr, IpProtocol};
+    let Ok(packet) = Icmpv4Packet::new_checked(bytes) else {
+        return false;
+    };
+    let Ok(Icmpv4Repr::DstUnreachable {
+        reason,
+        header,
+        data,
+    }) = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default())
+    else {
+        return false;
+    };
+    let SocketAddr::V4(upstream) = upstream else {
+        return false;
+    };
+    let quoted_ports = data.get(..4).map(|d| {
+        (
+            u16::from_be_bytes([d[0], d[1]]),
+            u16::from_be_bytes([d[2], d[3]]),
+        )
+    });
+    matches!(
+        reason,
+        Why::HostUnreachable | Why::ProtoUnreachable | Why::PortUnreachable
+    ) && header.next_header == IpProtocol::Udp
+        && header.dst_addr == *upstream.ip()
+        && quoted_ports == Some((port, upstream.port()))
+        // A router on the way may report it too, but not a bystander on the link.
+        && (from == IpAddress::Ipv4(*upstream.ip()) || reason != Why::PortUnreachable)
+}
+
+/// A socket bound to the attempt's source port, with its query queued (UDP, with an
+/// ICMP socket for the errors about it) or its connection started (TCP); None when it
+/// cannot be sent.
+fn open_socket(
+    netstack: &mut Netstack,
+    out: &Outgoing,
+) -> Option<(NicId, SocketHandle, Option<SocketHandle>)> {
     let SocketAddr::V4(upstream) = out.upstream else {
         return None;
     };
@@ -963,7 +1035,16 @@ fn open_socket(netstack: &mut Netstack, out: &Outgoing) -> Option<(NicId, Socket
             );
             socket.bind(local).ok()?;
             socket.send_slice(&out.bytes, remote).ok()?;
-            iface.sockets_mut().add(socket)
+            let mut errors = icmp::Socket::new(
+                icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 2], vec![0; 2 * 576]),
+                icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 1], vec![0; 64]),
+            );
+            let icmp = errors
+                .bind(icmp::Endpoint::Udp(local))
+                .ok()
+                .map(|()| iface.sockets_mut().add(errors));
+            let handle = iface.sockets_mut().add(socket);
+            return Some((nic, handle, icmp));
         }
         Transport::Tcp => {
             let mut socket = tcp::Socket::new(
@@ -976,7 +1057,7 @@ fn open_socket(netstack: &mut Netstack, out: &Outgoing) -> Option<(NicId, Socket
             iface.sockets_mut().add(socket)
         }
     };
-    Some((nic, handle))
+    Some((nic, handle, None))
 }
 
 #[cfg(test)]

@@ -523,6 +523,8 @@ fn outside_names_fail_over_to_the_live_upstream_over_udp_and_tcp() {
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert_eq!(addresses(&reply), [EXAMPLE]);
     let dns = w.status_dns();
+    // The dead upstream's host says "port unreachable": failed over without a timeout.
+    assert_eq!(dns["sockets"]["upstream_unreachable"], json!(1), "{dns}");
     assert_eq!(dns["counters"]["upstream_timeouts"], json!(1), "{dns}");
     assert_eq!(dns["counters"]["upstream_replies"], json!(1), "{dns}");
     // The upstream that answered is asked first from now on: no timeout this time.

@@ -117,7 +117,7 @@ pub fn render_dns(d: &weft_appliance::dns_service::DnsStatus) -> String {
          forwarded={} upstream: queries={} replies={} timeouts={} failures={} \
          in_flight_full={}\n  \
          tcp: accepted={} idle_closed={} aborted={}  undeliverable={} \
-         upstream_unsendable={} upstream_reset={}\n  drops: {}\n",
+         upstream_unsendable={} upstream_reset={} upstream_unreachable={}\n  drops: {}\n",
         d.domain,
         d.containers,
         d.in_flight,
@@ -145,6 +145,7 @@ pub fn render_dns(d: &weft_appliance::dns_service::DnsStatus) -> String {
         s.reply_undeliverable,
         s.upstream_unsendable,
         s.upstream_reset,
+        s.upstream_unreachable,
         reasons(&drops),
     )
 }

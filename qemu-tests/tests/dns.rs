@@ -229,6 +229,11 @@ fn forwarding_through_dnsmasq_fails_over_and_servfails() {
     let r = ask(&vm, &["+time=10", "which.example.test"]);
     assert_eq!(r.data("A"), ["192.0.2.154"], "{r}");
     let dns = dns_status(&vm);
+    // Linux answers for the dead port with ICMP port unreachable: failed over at once.
+    assert!(
+        dns["sockets"]["upstream_unreachable"].as_u64() >= Some(1),
+        "{dns}"
+    );
     assert!(
         dns["counters"]["upstream_timeouts"].as_u64() >= Some(1),
         "{dns}"
@@ -476,7 +481,8 @@ fn ctl_status_renders_the_dns_counters() {
                 "reply_malformed": 0, "reply_not_a_response": 0, "reply_unknown_port": 0,
                 "reply_wrong_source": 0, "reply_id_mismatch": 0, "reply_question_mismatch": 0}},
         "sockets": {"tcp_accepted": 2, "tcp_idle_closed": 1, "tcp_aborted": 0,
-            "reply_undeliverable": 0, "upstream_unsendable": 0, "upstream_reset": 0}
+            "reply_undeliverable": 0, "upstream_unsendable": 0, "upstream_reset": 0,
+            "upstream_unreachable": 1}
     }))
     .unwrap();
     let text = weft_image::status::render_dns(&status);
@@ -486,5 +492,6 @@ fn ctl_status_renders_the_dns_counters() {
     );
     assert!(text.contains("queries=10 (tcp 2) local=6"), "{text}");
     assert!(text.contains("timeouts=1"), "{text}");
+    assert!(text.contains("upstream_unreachable=1"), "{text}");
     assert!(text.contains("drops: short_header=3\n"), "{text}");
 }
