@@ -222,3 +222,87 @@ fn two_wefts_in_sleeve_mode_carry_nothing_in_the_clear() {
         "{after}"
     );
 }
+
+/// Node `n`'s document with a network in `mode`, its `secret`, its trusted subnets and
+/// peers `others`.
+fn auto_document(n: u8, mode: &str, secret: &str, trusted: &[&str], others: &[u8]) -> Value {
+    let peers: Vec<Value> = others
+        .iter()
+        .map(|o| json!({"node": o, "address": format!("192.0.2.1{o}"), "networks": ["grid"]}))
+        .collect();
+    json!({
+        "uplink": {"address": format!("192.0.2.1{n}/24"), "gateway": "192.0.2.1"},
+        "link": {"address": format!("10.81.0.{n}/16")},
+        "grid": {"node": n, "secret": secret, "trusted_subnets": trusted},
+        "networks": [{"name": "grid", "vni": 100, "mode": mode}],
+        "peers": peers,
+    })
+}
+
+#[test]
+fn auto_mode_trusts_its_subnets_and_a_wrong_secret_exchanges_nothing() {
+    let test = "sleeve_auto";
+    let (w1, w2, w3) = std::thread::scope(|s| {
+        let a = s.spawn(|| boot(test, 1, "10.81.128.11/16"));
+        let b = s.spawn(|| boot(test, 2, "10.81.128.12/16"));
+        let c = s.spawn(|| boot(test, 3, "10.81.128.13/16"));
+        (
+            a.join().expect("booting node 1"),
+            b.join().expect("booting node 2"),
+            c.join().expect("booting node 3"),
+        )
+    });
+    let mut ul = Underlay::create().expect("underlay");
+    for vm in [&w1, &w2, &w3] {
+        ul.join(vm).expect("join");
+        vm.ctr()
+            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1408"])
+            .unwrap();
+    }
+    // Node 1 trusts node 2 (VXLAN) and not node 3 (sleeve); each of them agrees.
+    apply(
+        &w1,
+        &auto_document(1, "auto", SECRET, &["192.0.2.12/32"], &[2, 3]),
+    );
+    apply(
+        &w2,
+        &auto_document(2, "auto", SECRET, &["192.0.2.11/32"], &[1]),
+    );
+    apply(&w3, &auto_document(3, "sleeve", SECRET, &[], &[1]));
+
+    let cap_path = w1.dir.join("auto.pcap");
+    let mut cap = ul.capture(&cap_path).expect("tcpdump on the underlay");
+    let (c1, c3) = (w1.ctr(), w3.ctr());
+    let (ok, out) = ping_pattern(c1, "10.81.128.12");
+    assert!(ok, "node 1 -> node 2 (trusted, VXLAN): {out}");
+    let (ok, out) = ping_pattern(c1, "10.81.128.13");
+    assert!(ok, "node 1 -> node 3 (untrusted, sleeve): {out}");
+    cap.stop();
+    let frames = pcap_frames(&std::fs::read(&cap_path).expect("reading the capture"));
+    let to = |last: u8, port: u16| {
+        frames
+            .iter()
+            .filter(|f| f[30..34] == [192, 0, 2, last] && udp_dst_port(f) == Some(port))
+            .count()
+    };
+    assert!(to(12, 4789) >= 3, "VXLAN to node 2: {}", to(12, 4789));
+    assert_eq!(to(12, 6783), 0, "sleeve to trusted node 2");
+    assert!(to(13, 6783) >= 3, "sleeve to node 3: {}", to(13, 6783));
+    assert_eq!(to(13, 4789), 0, "VXLAN to untrusted node 3");
+
+    // Node 3 with another grid secret: nothing passes, and it says why.
+    let wrong = "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    apply(&w3, &auto_document(3, "sleeve", wrong, &[], &[1]));
+    let before = counter(&sleeve_status(&w3), &["drops", "auth_failed"]);
+    let (ok, out) = ping_pattern(c3, "10.81.128.11");
+    assert!(!ok, "node 3 with a wrong secret reached node 1: {out}");
+    let (ok, out) = ping_pattern(c1, "10.81.128.13");
+    assert!(!ok, "node 1 reached node 3 with a wrong secret: {out}");
+    let after = sleeve_status(&w3);
+    assert!(
+        counter(&after, &["drops", "auth_failed"]) > before,
+        "{after}"
+    );
+    let st1 = sleeve_status(&w1);
+    assert!(counter(&st1, &["drops", "auth_failed"]) >= 1, "{st1}");
+}
