@@ -63,10 +63,12 @@ impl Interfaces {
         }
     }
 
-    /// Frames for these destinations arriving on the link are the appliance's or the
-    /// bridge's business, never routed.
+    /// Frames for these destinations arriving on the link are the bridge's business,
+    /// never the NAT's: other addresses of the link subnets, broadcast, multicast. The
+    /// appliance's own addresses do go through the NAT: hairpin replies come back to
+    /// the node address (and what is not a tracked flow passes on to smoltcp).
     fn link_local(&self, dst: Ipv4Address) -> bool {
-        let on = |c: Ipv4Cidr| c.address() == dst || c.contains_addr(&dst);
+        let on = |c: Ipv4Cidr| c.address() != dst && c.contains_addr(&dst);
         self.link.is_some_and(|a| on(a.cidr))
             || self.link_extra.is_some_and(on)
             || dst.is_broadcast()
@@ -641,6 +643,29 @@ mod tests {
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), 50);
+    }
+
+    #[test]
+    fn hairpin_reaches_the_published_container_from_the_node_address() {
+        let mut rig = Rig::new();
+        rig.send(NicId::Link, &arp_reply(C_MAC, C_IP, LINK_MAC, LINK_IP));
+        let inside = (C_IP, 45_000);
+        let syn = eth(C_MAC, LINK_MAC, &ip(inside, (UPLINK_IP, 8080), Some(0x02)));
+        let (up, link) = rig.send(NicId::Link, &syn);
+        assert!(up.is_empty());
+        assert_eq!(link.len(), 1);
+        let o = parse(&link[0]);
+        assert_eq!((o.dst_mac, o.src_mac, o.dst), (C_MAC, LINK_MAC, (C_IP, 80)));
+        assert_eq!(o.src.0, LINK_IP, "hairpin is sourced from the node address");
+        // The reply goes to the node address, and must reach the NAT, not smoltcp.
+        let synack = eth(C_MAC, LINK_MAC, &ip((C_IP, 80), o.src, Some(0x12)));
+        let (up, link) = rig.send(NicId::Link, &synack);
+        assert!(up.is_empty());
+        assert_eq!(link.len(), 1, "the SYN-ACK comes back translated");
+        let o = parse(&link[0]);
+        assert_eq!((o.src, o.dst), ((UPLINK_IP, 8080), inside));
+        let nat = rig.stack.router().unwrap().nat().stats();
+        assert_eq!(nat.hairpin_flows, 1);
     }
 
     #[test]
