@@ -165,6 +165,9 @@ pub struct Config {
     /// `[nat]`: connection tracking limits; absent: defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<crate::publish::NatSection>,
+    /// `[[services]]`: L4 services (VIP, or DNS round robin) over weighted backends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<weft_netstack::lb::ServiceConfig>,
 }
 
 /// `[uplink]`: the NIC towards the host's network.
@@ -285,6 +288,7 @@ impl Config {
         crate::overlay::validate(self)?;
         crate::dns_service::plan(self)?;
         crate::publish::validate(self)?;
+        crate::services::validate(self)?;
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ pub mod field_path;
 pub mod overlay;
 pub mod protocol;
 pub mod publish;
+pub mod services;
 pub mod session;
 
 use alloc::string::String;
@@ -54,6 +55,8 @@ pub struct Appliance {
     dns: dns_service::DnsService,
     /// Wall-clock seconds since the Unix epoch at boot, when the platform knows them.
     unix_time_at_boot: Option<u64>,
+    /// The time of the latest `poll` (for what `apply` starts, such as health checks).
+    last_poll: Instant,
 }
 
 impl Appliance {
@@ -80,6 +83,7 @@ impl Appliance {
             session: ControlSession::new(),
             dns: dns_service::DnsService::new(),
             unix_time_at_boot: None,
+            last_poll: now,
         }
     }
 
@@ -102,6 +106,7 @@ impl Appliance {
         uplink: &mut dyn Port,
         link: &mut dyn Port,
     ) -> Option<Duration> {
+        self.last_poll = now;
         let next_poll = self.netstack.poll(now, uplink, link).next_poll;
         self.dns.poll(now, &mut self.netstack, next_poll)
     }
@@ -233,6 +238,37 @@ impl Appliance {
                 publish::without_rule(c, key)
                     .ok_or_else(|| not_found("host_port", publish::not_published(key)))
             }),
+            Command::ServiceAdd(s) => self.publish_edit(|c| {
+                services::with_service(c, s).map_err(|e| {
+                    ErrorBody::with_field(ErrorCode::InvalidConfig, e.message, &e.field)
+                })
+            }),
+            Command::ServiceRemove(key) => self.publish_edit(|c| {
+                services::without_service(c, &key)
+                    .ok_or_else(|| not_found("name", alloc::format!("no service {:?}", key.name)))
+            }),
+            Command::BackendSet(b) => self.publish_edit(|c| {
+                services::with_backend(c, &b)
+                    .ok_or_else(|| {
+                        not_found("service", alloc::format!("no service {:?}", b.service))
+                    })?
+                    .map_err(|e| {
+                        ErrorBody::with_field(ErrorCode::InvalidConfig, e.message, &e.field)
+                    })
+            }),
+            Command::BackendRemove(b) => self.publish_edit(|c| {
+                services::without_backend(c, &b).ok_or_else(|| {
+                    not_found(
+                        "address",
+                        alloc::format!(
+                            "no backend {}:{} in service {:?}",
+                            b.address,
+                            b.port,
+                            b.service
+                        ),
+                    )
+                })
+            }),
             Command::Flows(q) => Ok(CommandResult::Flows(publish::flows(&self.netstack, q, now))),
         };
         if result.is_err() {
@@ -361,6 +397,8 @@ impl Appliance {
         );
         self.netstack.set_overlay(overlay);
         publish::apply(&mut self.netstack, &config, self.info.seed);
+        // Health checkers start at the last poll's time (apply itself has no clock).
+        services::apply(&mut self.netstack, &config, self.last_poll);
         self.dns.apply(dns, &mut self.netstack, self.info.seed);
         log::info!(
             "applied: uplink {} link {}{}",
@@ -400,6 +438,7 @@ impl Appliance {
             overlay: self.netstack.overlay().map(|o| o.status(now)),
             dns: self.dns.status(),
             nat: publish::status(&self.netstack),
+            services: services::status(&self.netstack),
         }
     }
 

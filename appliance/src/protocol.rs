@@ -110,6 +110,14 @@ pub enum Command {
     PublishRemove(PublishKey),
     /// List tracked connections (limit and filter).
     Flows(FlowsQuery),
+    /// Add an L4 service, or replace the one of its name.
+    ServiceAdd(weft_netstack::lb::ServiceConfig),
+    /// Remove a service (its flows are cut).
+    ServiceRemove(crate::services::ServiceKey),
+    /// Add a backend to a service or change its weight (0 drains it).
+    BackendSet(crate::services::BackendSet),
+    /// Remove a backend (its flows are cut).
+    BackendRemove(crate::services::BackendKey),
 }
 
 impl Command {
@@ -130,6 +138,10 @@ impl Command {
         "publish-add",
         "publish-remove",
         "flows",
+        "service-add",
+        "service-remove",
+        "backend-set",
+        "backend-remove",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -149,6 +161,10 @@ impl Command {
             Command::PublishAdd(_) => "publish-add",
             Command::PublishRemove(_) => "publish-remove",
             Command::Flows(_) => "flows",
+            Command::ServiceAdd(_) => "service-add",
+            Command::ServiceRemove(_) => "service-remove",
+            Command::BackendSet(_) => "backend-set",
+            Command::BackendRemove(_) => "backend-remove",
         }
     }
 
@@ -168,6 +184,10 @@ impl Command {
             Command::PublishAdd(a) => serde_json::to_value(a).ok(),
             Command::PublishRemove(a) => serde_json::to_value(a).ok(),
             Command::Flows(a) => serde_json::to_value(a).ok(),
+            Command::ServiceAdd(a) => serde_json::to_value(a).ok(),
+            Command::ServiceRemove(a) => serde_json::to_value(a).ok(),
+            Command::BackendSet(a) => serde_json::to_value(a).ok(),
+            Command::BackendRemove(a) => serde_json::to_value(a).ok(),
         }
     }
 
@@ -219,6 +239,21 @@ impl Command {
                 Ok(Command::PublishAdd(rule))
             }
             "publish-remove" => overlay_args(name, args).map(Command::PublishRemove),
+            "service-add" => {
+                let s: weft_netstack::lb::ServiceConfig = overlay_args(name, args)?;
+                weft_netstack::lb::validate_service(0, &s).map_err(|e| {
+                    let field = e
+                        .field
+                        .strip_prefix("services[0].")
+                        .unwrap_or(&e.field)
+                        .to_owned();
+                    ErrorBody::with_field(ErrorCode::InvalidConfig, e.message, &field)
+                })?;
+                Ok(Command::ServiceAdd(s))
+            }
+            "service-remove" => overlay_args(name, args).map(Command::ServiceRemove),
+            "backend-set" => overlay_args(name, args).map(Command::BackendSet),
+            "backend-remove" => overlay_args(name, args).map(Command::BackendRemove),
             "flows" => match args {
                 None | Some(Value::Null) => Ok(Command::Flows(FlowsQuery::default())),
                 Some(_) => overlay_args(name, args).map(Command::Flows),
@@ -545,6 +580,10 @@ pub struct Status {
     /// translations and drops by reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<crate::publish::NatStatus>,
+    /// L4 services (present when any is configured): each with its backends' weight,
+    /// health and Maglev table slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Value>,
 }
 
 /// Per-NIC status, one named field per NIC.
