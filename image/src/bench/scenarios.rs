@@ -75,7 +75,8 @@ const CTR_ADDR: &str = "10.81.128.2";
 const CTR2_ADDR: &str = "10.81.128.3";
 const PUBLISHED_PORT: u16 = 8080;
 const SERVER_PORT: u16 = 80;
-const VIP: &str = "192.0.2.100";
+/// The service VIP: outside every segment, routed by the client's host to the uplink.
+const VIP: &str = "10.96.0.10";
 const VNI: u32 = 100;
 const DOMAIN: &str = "weft.local";
 const GRID: &str = "bench";
@@ -342,15 +343,23 @@ pub fn publish_cps(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
     Ok(out)
 }
 
+/// `[[services]]`: the VIP spread over two backends by weft's Maglev LB (issue 7).
+fn services_doc() -> Value {
+    let backends: Vec<Value> = [CTR_ADDR, CTR2_ADDR]
+        .iter()
+        .map(|b| json!({"address": b, "port": SERVER_PORT}))
+        .collect();
+    weft_doc(json!({
+        "services": [{"name": "web", "vip": VIP, "proto": "tcp", "port": SERVER_PORT,
+                      "backends": backends}],
+    }))
+}
+
 /// Connections/s through a service VIP with two backends: weft's Maglev LB vs IPVS
 /// (`mh`, NAT mode).
 pub fn vip_cps(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
     let backends = [CTR_ADDR, CTR2_ADDR];
-    // Issue 7: `services` with a VIP and backends.
-    let doc = weft_doc(json!({
-        "services": [{"name": "web", "vip": VIP, "protocol": "tcp", "port": SERVER_PORT,
-                      "backends": backends.iter().map(|b| json!({"address": b, "port": SERVER_PORT})).collect::<Vec<_>>()}],
-    }));
+    let doc = services_doc();
     let mut job = single_job();
     job.vip = Some((
         format!("{VIP}:{SERVER_PORT}"),
@@ -367,6 +376,9 @@ pub fn vip_cps(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
         "dev",
         &host.topo.names.ctr_veth,
     ])?;
+    host.topo
+        .host
+        .ip(&["route", "add", &format!("{VIP}/32"), "via", UPLINK_ADDR])?;
     let to = SocketAddr::V4(SocketAddrV4::new(
         VIP.parse::<Ipv4Addr>().map_err(anyhow::Error::from)?,
         SERVER_PORT,
