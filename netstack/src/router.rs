@@ -15,7 +15,8 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Address, Ipv4Cidr,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    Ipv4Address, Ipv4Cidr,
 };
 
 use crate::checksum;
@@ -223,13 +224,38 @@ impl Router {
         };
         match eth.ethertype() {
             EthernetProtocol::Arp => {
-                if let Ok(ArpRepr::EthernetIpv4 {
+                let Ok(ArpRepr::EthernetIpv4 {
+                    operation,
                     source_hardware_addr,
                     source_protocol_addr,
+                    target_protocol_addr,
                     ..
                 }) = ArpPacket::new_checked(eth.payload()).and_then(|p| ArpRepr::parse(&p))
+                else {
+                    return false;
+                };
+                self.learn(side, source_protocol_addr, source_hardware_addr);
+                // Service VIPs sit in the container subnet with no host behind them:
+                // the appliance answers for them on the link (proxy ARP).
+                if side == Side::Container
+                    && operation == ArpOperation::Request
+                    && self.nat.lb().is_vip(target_protocol_addr)
+                    && source_hardware_addr.is_unicast()
                 {
-                    self.learn(side, source_protocol_addr, source_hardware_addr);
+                    let reply = ArpRepr::EthernetIpv4 {
+                        operation: ArpOperation::Reply,
+                        source_hardware_addr: ifs.link_mac,
+                        source_protocol_addr: target_protocol_addr,
+                        target_hardware_addr: source_hardware_addr,
+                        target_protocol_addr: source_protocol_addr,
+                    };
+                    let mut f = alloc::vec![0u8; ETHERNET_HEADER_LEN + reply.buffer_len()];
+                    f[0..6].copy_from_slice(&source_hardware_addr.0);
+                    f[6..12].copy_from_slice(&ifs.link_mac.0);
+                    f[12..14].copy_from_slice(&[0x08, 0x06]);
+                    reply.emit(&mut ArpPacket::new_unchecked(&mut f[ETHERNET_HEADER_LEN..]));
+                    self.out_link.push(f);
+                    return true;
                 }
                 false
             }
@@ -247,7 +273,7 @@ impl Router {
                     if ifs.next_hop(Side::Container, src) == Some(src) {
                         self.learn(side, src, eth.src_addr());
                     }
-                    if ifs.link_local(dst) {
+                    if ifs.link_local(dst) && !self.nat.lb().is_vip(dst) {
                         return false;
                     }
                 }
@@ -666,6 +692,67 @@ mod tests {
         assert_eq!((o.src, o.dst), ((UPLINK_IP, 8080), inside));
         let nat = rig.stack.router().unwrap().nat().stats();
         assert_eq!(nat.hairpin_flows, 1);
+    }
+
+    #[test]
+    fn a_service_vip_is_answered_on_the_link_and_spread_over_backends() {
+        use crate::lb::{BackendConfig, Mode, ServiceConfig};
+        let mut rig = Rig::new();
+        let vip = Ipv4Address::new(10, 81, 255, 1);
+        let backends = [
+            Ipv4Address::new(10, 81, 1, 2),
+            Ipv4Address::new(10, 81, 1, 3),
+        ];
+        let service = ServiceConfig {
+            name: "web".into(),
+            vip: Some(vip),
+            proto: Transport::Tcp,
+            port: 80,
+            mode: Mode::Vip,
+            backends: backends
+                .iter()
+                .map(|&address| BackendConfig {
+                    address,
+                    port: 8080,
+                    weight: 1,
+                })
+                .collect(),
+            health: None,
+        };
+        let nat = rig.stack.router_mut().unwrap().nat_mut();
+        nat.lb_mut().add_service(service, rig.now).unwrap();
+        // Proxy ARP for the VIP.
+        let (_, link) = rig.send(NicId::Link, &probe::arp_request(C_MAC, C_IP, vip));
+        assert_eq!(link.len(), 1);
+        let reply = probe::parse_arp_reply(&link[0]).expect("an ARP reply");
+        assert_eq!((reply.sender_mac, reply.sender_ip), (LINK_MAC, vip));
+        for (i, b) in backends.iter().enumerate() {
+            let bmac = EthernetAddress([2, 0, 0, 0, 1, i as u8]);
+            rig.send(NicId::Link, &arp_reply(bmac, *b, LINK_MAC, LINK_IP));
+        }
+        let mut per_backend = [0u32; 2];
+        for port in 0..400u16 {
+            let syn = eth(
+                C_MAC,
+                LINK_MAC,
+                &ip((C_IP, 20_000 + port), (vip, 80), Some(0x02)),
+            );
+            let (_, link) = rig.send(NicId::Link, &syn);
+            assert_eq!(link.len(), 1, "port {port}");
+            let o = parse(&link[0]);
+            assert_eq!(o.dst.1, 8080);
+            let i = backends
+                .iter()
+                .position(|b| *b == o.dst.0)
+                .expect("a backend");
+            assert_eq!(o.dst_mac, EthernetAddress([2, 0, 0, 0, 1, i as u8]));
+            per_backend[i] += 1;
+        }
+        // 400 flows over two equal backends: each gets a fair share (binomial sd 10).
+        assert!(
+            per_backend.iter().all(|&n| (140..=260).contains(&n)),
+            "{per_backend:?}"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! reach a server in the container namespace with the client's real address (TCP and
 //! UDP, with socat), containers reach a server in the uplink-side namespace as the
 //! uplink address with distinct masquerade ports, hairpin to the host's own published
-//! port, and refused runtime publishes that change nothing.
+//! port, refused runtime publishes that change nothing, and (issue 7) a service VIP
+//! answered by proxy ARP and translated to its backend.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,7 +148,26 @@ fn published_ports_masquerade_and_hairpin() {
     let seen = until_answer(|| socat(vm.ctr(), "", &target));
     assert_eq!(seen, LINK_ADDR, "hairpin");
 
-    // 5. Refused publishes name the field and change nothing.
+    // 5. A service VIP in the container subnet (issue 7): proxy ARP and DNAT to its
+    // backend, here the container's own server.
+    let mut c = vm.client();
+    let reply = c
+        .call(
+            "service-add",
+            Some(
+                json!({"name": "web", "vip": "10.81.255.1", "proto": "tcp", "port": 80,
+                "backends": [{"address": CTR_ADDR, "port": 8080}]}),
+            ),
+        )
+        .unwrap();
+    assert!(reply.outcome.is_ok(), "{:?}", reply.raw);
+    drop(c);
+    let seen = until_answer(|| socat(vm.ctr(), "", "TCP:10.81.255.1:80"));
+    // The backend sees the node address (the NAT's source for service traffic from
+    // the grid), so its reply comes back through the appliance.
+    assert_eq!(seen, LINK_ADDR, "through the VIP");
+
+    // 6. Refused publishes name the field and change nothing.
     let mut c = vm.client();
     let before = c.config().unwrap();
     let reply = c
