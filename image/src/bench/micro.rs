@@ -113,9 +113,51 @@ pub fn run(log: &mut dyn FnMut(&str)) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The micro table: benchmark, ns/op, ops/s per core (Linux has no column here).
+pub fn render(rows: &[Row]) -> String {
+    let name_w = rows
+        .iter()
+        .map(|r| r.title.chars().count())
+        .max()
+        .unwrap_or(9);
+    let mut out = format!(
+        "{:<name_w$}  {:>12}  {:>16}\n",
+        "benchmark", "ns/op", "ops/s per core"
+    );
+    out.push_str(&format!(
+        "{}  {}  {}\n",
+        "-".repeat(name_w),
+        "-".repeat(12),
+        "-".repeat(16)
+    ));
+    for r in rows {
+        if let Some(ns) = r.weft.median() {
+            let pad = name_w - r.title.chars().count();
+            out.push_str(&format!(
+                "{}{}  {:>12.1}  {:>16.0}\n",
+                r.title,
+                " ".repeat(pad),
+                ns,
+                1e9 / ns
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_micro_table_has_ns_and_ops_per_second() {
+        let mut r = Row::new("x_0", "x: seal", "ns/op", Better::Lower, 1);
+        r.weft = Side::Measured(vec![250.0]);
+        let t = render(&[r]);
+        let line = t.lines().nth(2).unwrap();
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols, ["x:", "seal", "250.0", "4000000"]);
+    }
 
     #[test]
     fn every_kind_of_example_line_is_read() {

@@ -514,7 +514,7 @@ fn cmd_micro(json: Option<PathBuf>) -> Result<()> {
         rows,
         meta: vec![("kind".into(), json!("micro"))],
     };
-    print!("{}", report.render());
+    print!("{}", micro::render(&report.rows));
     let path = json.unwrap_or_else(|| default_json("bench-micro.json"));
     write_json(&report, &path)?;
     println!("JSON: {}", path.display());
