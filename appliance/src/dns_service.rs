@@ -214,18 +214,22 @@ impl DnsService {
             }
             (None, None) => {}
             (Some(plan), Some(running)) => {
-                running.server.reconfigure(plan.config);
+                // Only a changed section reconfigures: that resets the preferred upstream.
+                if running.config != plan.config {
+                    running.server.reconfigure(plan.config.clone());
+                    running.config = plan.config;
+                }
                 running.replace_records(plan.containers);
             }
             (Some(plan), None) => {
                 let seed = forwarder_seed(boot_seed, self.starts);
                 self.starts += 1;
-                let mut server = DnsServer::new(plan.config, seed);
+                let mut server = DnsServer::new(plan.config.clone(), seed);
                 // `plan` validated every entry and their uniqueness.
                 if let Err(e) = server.records_mut().replace_all(plan.containers) {
                     log::error!("dns: records refused after validation: {e}");
                 }
-                self.running = Some(Running::start(server, netstack));
+                self.running = Some(Running::start(server, plan.config, netstack));
             }
         }
     }
@@ -411,6 +415,8 @@ enum Todo {
 
 struct Running {
     server: DnsServer,
+    /// The section the server runs on.
+    config: DnsConfig,
     /// Port 53 UDP, on the link.
     udp: SocketHandle,
     /// Port 53 TCP, on the link.
@@ -425,7 +431,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(server: DnsServer, netstack: &mut Netstack) -> Running {
+    fn start(server: DnsServer, config: DnsConfig, netstack: &mut Netstack) -> Running {
         let sockets = netstack.nic_mut(NicId::Link).iface.sockets_mut();
         let mut socket = udp::Socket::new(
             udp::PacketBuffer::new(
@@ -444,6 +450,7 @@ impl Running {
         let udp = sockets.add(socket);
         let mut running = Running {
             server,
+            config,
             udp,
             tcp: Vec::new(),
             upstreams: BTreeMap::new(),

@@ -532,6 +532,23 @@ fn outside_names_fail_over_to_the_live_upstream_over_udp_and_tcp() {
     let reply = w.ask_udp("Example.Test.", RecordType::A);
     assert_eq!(addresses(&reply), [EXAMPLE]);
     assert!(w.now - started < Duration::from_millis(1200));
+    // An apply that leaves the [dns] section as it is keeps that preference.
+    let mut doc = document(&["192.0.2.53", "192.0.2.54"]);
+    doc["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "extra", "address": "10.81.1.99"}));
+    assert_eq!(
+        w.control("apply", Some(doc))["result"]["changed"],
+        json!(true)
+    );
+    let reply = w.ask_udp("example.test.", RecordType::A);
+    assert_eq!(addresses(&reply), [EXAMPLE]);
+    assert_eq!(w.status_dns()["sockets"]["upstream_unreachable"], json!(1));
+    assert_eq!(
+        addresses(&w.ask_udp("extra.testgrid.kontena.local.", RecordType::A)),
+        [Ipv4Addr::new(10, 81, 1, 99)]
+    );
     // Over TCP, the upstream is asked over TCP.
     let reply = w.ask_tcp("big.example.test.", RecordType::A);
     assert_eq!(addresses(&reply).len(), 120);
@@ -541,7 +558,8 @@ fn outside_names_fail_over_to_the_live_upstream_over_udp_and_tcp() {
     assert!(reply.metadata.truncation);
     // A local name is answered while a forwarded query waits for its timeout.
     let (_, slow) = w.query("nothing-there.invalid.", RecordType::A, None);
-    w.control("apply", Some(document(&["192.0.2.53"])));
+    // No host at all there: no ICMP either, so the query waits for its timeout.
+    w.control("apply", Some(document(&["192.0.2.99"])));
     let slow_port = w.next_port + 1;
     let handle = w.ctr.sockets.add(udp_socket(slow_port));
     w.next_port += 1;
