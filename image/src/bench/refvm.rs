@@ -37,6 +37,7 @@ pub const MODULES: &[&str] = &[
     "ip_vs",
     "ip_vs_rr",
     "ip_vs_mh",
+    "wireguard",
 ];
 
 /// Tools copied in with their libraries: (program name, where Debian installs it).
@@ -46,11 +47,12 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("nft", "/usr/sbin/nft"),
     ("ipvsadm", "/usr/sbin/ipvsadm"),
     ("dnsmasq", "/usr/sbin/dnsmasq"),
+    ("wg", "/usr/bin/wg"),
 ];
 
 /// The Debian packages the builder reads (what `.ci/install` installs).
 pub const PACKAGES: &str =
-    "linux-image-amd64 busybox-static iproute2 nftables ipvsadm dnsmasq-base";
+    "linux-image-amd64 busybox-static iproute2 nftables ipvsadm dnsmasq-base wireguard-tools";
 
 /// What the builder produced.
 #[derive(Clone, Debug)]
@@ -533,14 +535,31 @@ pub fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>> {
     Ok(elf)
 }
 
+/// One WireGuard tunnel (`wg0`, UDP 51820) to one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WgJob {
+    /// This end's private key (base64).
+    pub private_key: String,
+    /// This end's tunnel address, CIDR.
+    pub address: String,
+    pub peer_public_key: String,
+    /// The peer's underlay (uplink) address.
+    pub peer_endpoint: String,
+    /// The peer's tunnel address.
+    pub peer_address: String,
+}
+
 /// What the reference VM is to do: the `wr.*` keys of its `/init` (image/refvm/README.md).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RefJob {
     pub uplink: String,
     pub gateway: Option<String>,
     pub link: String,
-    /// Overlay: VNI and the peers' underlay addresses.
+    /// Overlay: VNI and the peers' underlay addresses (their tunnel addresses when
+    /// the overlay runs over `wireguard`).
     pub vxlan: Option<(u32, Vec<String>)>,
+    /// The overlay's underlay encrypted: VXLAN over a WireGuard tunnel to one peer.
+    pub wireguard: Option<WgJob>,
     /// dnsmasq records (name, address) in `domain`.
     pub dns: Option<(String, Vec<(String, String)>)>,
     /// nftables DNAT: (uplink port, container address:port).
@@ -569,6 +588,13 @@ impl RefJob {
         if let Some((vni, peers)) = &self.vxlan {
             a.push(format!("wr.vni={vni}"));
             a.push(format!("wr.peers={}", peers.join(",")));
+        }
+        if let Some(wg) = &self.wireguard {
+            a.push(format!("wr.wgkey={}", wg.private_key));
+            a.push(format!("wr.wgip={}", wg.address));
+            a.push(format!("wr.wgpeer={}", wg.peer_public_key));
+            a.push(format!("wr.wgend={}", wg.peer_endpoint));
+            a.push(format!("wr.wgpeerip={}", wg.peer_address));
         }
         if let Some((domain, records)) = &self.dns {
             a.push(format!("wr.domain={domain}"));
@@ -703,6 +729,13 @@ kernel/c/crc32c_generic.ko:\n";
                 "192.0.2.100:80".into(),
                 vec!["10.81.128.2:80".into(), "10.81.128.3:80".into()],
             )),
+            wireguard: Some(WgJob {
+                private_key: "CAyFgo3BwHCY+bbD62/BFR7NT5bai2Ie7hqWtrSYgH4=".into(),
+                address: "10.99.0.1/24".into(),
+                peer_public_key: "BYArR9AKX4RgJyHpl3JjU7o4QCgeAJrepz7S/K/9fyE=".into(),
+                peer_endpoint: "192.0.2.12".into(),
+                peer_address: "10.99.0.2".into(),
+            }),
         };
         let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
         let c = job.cmdline(mac, "52:54:00:00:00:02".parse().unwrap());
@@ -720,13 +753,18 @@ kernel/c/crc32c_generic.ko:\n";
             "wr.publish=8080:10.81.128.2:80",
             "wr.vip=192.0.2.100:80",
             "wr.backends=10.81.128.2:80,10.81.128.3:80",
+            "wr.wgkey=CAyFgo3BwHCY+bbD62/BFR7NT5bai2Ie7hqWtrSYgH4=",
+            "wr.wgip=10.99.0.1/24",
+            "wr.wgpeer=BYArR9AKX4RgJyHpl3JjU7o4QCgeAJrepz7S/K/9fyE=",
+            "wr.wgend=192.0.2.12",
+            "wr.wgpeerip=10.99.0.2",
         ] {
             assert!(c.split(' ').any(|w| w == want), "{want} missing in {c}");
         }
         // The init script reads exactly these keys.
         for key in [
             "upmac", "lkmac", "up", "gw", "link", "vni", "peers", "domain", "dns", "publish",
-            "vip", "backends",
+            "vip", "backends", "wgkey", "wgip", "wgpeer", "wgend", "wgpeerip",
         ] {
             assert!(INIT_SCRIPT.contains(&format!("WR_{key}")), "{key}");
         }

@@ -14,7 +14,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 
 use super::load;
-use super::refvm::RefJob;
+use super::refvm::{RefJob, WgJob};
 use super::vm::{heap_from_console, heap_peak_from_status, Host, Images, Kind};
 use crate::netns::{PeerAddresses, Topology};
 use crate::qemu::MemoryMib;
@@ -180,8 +180,46 @@ fn weft_overlay_doc(n: u8, sleeve: bool) -> Value {
 /// The bench's grid secret: a fixed test value, never a real one.
 const SLEEVE_SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
-/// iperf3 TCP container -> container across two hosts over the overlay (VXLAN, or
-/// sleeve for weft with `sleeve`; the reference VM always uses plain VXLAN).
+/// WireGuard keys of the reference VMs (private, public): fixed test keys, never real.
+const WG_KEYS: [(&str, &str); 2] = [
+    (
+        "CAyFgo3BwHCY+bbD62/BFR7NT5bai2Ie7hqWtrSYgH4=",
+        "IFDchO9WRuxA6MIAhpqON5yV03AbXYoOOXkXj92FyyU=",
+    ),
+    (
+        "MCt6unKVmDfAsYd+IsGlMd/CE+ukRsU0JPUEyM71Akk=",
+        "BYArR9AKX4RgJyHpl3JjU7o4QCgeAJrepz7S/K/9fyE=",
+    ),
+];
+
+/// The reference VM's overlay job for node `n`: VXLAN on the uplink, or with
+/// `encrypted`, VXLAN over a WireGuard tunnel to the other node.
+fn linux_overlay_job(n: u8, encrypted: bool) -> RefJob {
+    let other = 3 - n;
+    let (peer, wireguard) = if encrypted {
+        let wg = WgJob {
+            private_key: WG_KEYS[usize::from(n - 1)].0.into(),
+            address: format!("10.99.0.{n}/24"),
+            peer_public_key: WG_KEYS[usize::from(other - 1)].1.into(),
+            peer_endpoint: format!("192.0.2.1{other}"),
+            peer_address: format!("10.99.0.{other}"),
+        };
+        (wg.peer_address.clone(), Some(wg))
+    } else {
+        (format!("192.0.2.1{other}"), None)
+    };
+    RefJob {
+        uplink: format!("192.0.2.1{n}/24"),
+        gateway: Some(GATEWAY.into()),
+        link: format!("10.81.0.{n}/16"),
+        vxlan: Some((VNI, vec![peer])),
+        wireguard,
+        ..RefJob::default()
+    }
+}
+
+/// iperf3 TCP container -> container across two hosts over the overlay: VXLAN, or
+/// with `sleeve` the encrypted overlay (weft's sleeve; Linux's VXLAN over WireGuard).
 pub fn overlay_tcp(ctx: &Ctx, kind: Kind, sleeve: bool) -> Result<Values, RunError> {
     let peers = |n: u8| PeerAddresses {
         host: format!("192.0.2.{n}/24"),
@@ -191,14 +229,7 @@ pub fn overlay_tcp(ctx: &Ctx, kind: Kind, sleeve: bool) -> Result<Values, RunErr
     let mut h1 = Host::create(peers(1))?;
     let mut h2 = Host::create(peers(2))?;
     h1.join_uplinks(&h2)?;
-    let job = |n: u8| RefJob {
-        uplink: format!("192.0.2.1{n}/24"),
-        gateway: Some(GATEWAY.into()),
-        link: format!("10.81.0.{n}/16"),
-        vxlan: Some((VNI, vec![format!("192.0.2.1{}", 3 - n)])),
-        ..RefJob::default()
-    };
-    let (j1, j2) = (job(1), job(2));
+    let (j1, j2) = (linux_overlay_job(1, sleeve), linux_overlay_job(2, sleeve));
     // Both VMs boot at once: TCG boots are slow and independent.
     let (r1, r2) = std::thread::scope(|s| {
         let a = s.spawn(|| h1.boot(kind, &ctx.images, ctx.memory, &j1).map(|_| ()));
@@ -219,12 +250,13 @@ pub fn overlay_tcp(ctx: &Ctx, kind: Kind, sleeve: bool) -> Result<Values, RunErr
                 .map_err(|e| RunError::Missing(format!("node {n} refused the config: {e:#}")))?;
         }
     }
-    // The overlay MTU: 1500 minus the VXLAN overhead (Docker's 1450), or minus
-    // sleeve's (1408, docs/sleeve.md) where weft seals.
-    let mtu = if sleeve && kind == Kind::Weft {
-        "1408"
-    } else {
-        "1450"
+    // The overlay MTU: 1500 minus the VXLAN overhead (Docker's 1450); minus sleeve's
+    // (1408, docs/sleeve.md) where weft seals; minus WireGuard's 80 and VXLAN's 50
+    // (1370) where Linux does.
+    let mtu = match (sleeve, kind) {
+        (false, _) => "1450",
+        (true, Kind::Weft) => "1408",
+        (true, Kind::Linux) => "1370",
     };
     for h in [&h1, &h2] {
         h.topo
