@@ -240,6 +240,7 @@ impl Netstack {
                         router: &cell,
                         ifs: &ifs,
                         now,
+                        taken: NicCounters::default(),
                     };
                     let mut lk = Tap {
                         inner: &mut *link,
@@ -247,15 +248,24 @@ impl Netstack {
                         router: &cell,
                         ifs: &ifs,
                         now,
+                        taken: NicCounters::default(),
                     };
-                    Self::poll_nics(
+                    let result = Self::poll_nics(
                         &mut self.overlay,
                         &mut self.uplink,
                         &mut self.link,
                         now,
                         &mut up,
                         &mut lk,
-                    )
+                    );
+                    // Frames the router took were received by the NIC all the same.
+                    for (nic, taken) in [(&mut self.uplink, &up.taken), (&mut self.link, &lk.taken)]
+                    {
+                        nic.counters.rx_packets =
+                            nic.counters.rx_packets.wrapping_add(taken.rx_packets);
+                        nic.counters.rx_bytes = nic.counters.rx_bytes.wrapping_add(taken.rx_bytes);
+                    }
+                    result
                 };
                 let router = cell.into_inner();
                 router_at = router.poll(&ifs, now);
@@ -318,6 +328,8 @@ struct Tap<'a, 'r> {
     router: &'a RefCell<&'r mut Router>,
     ifs: &'a Interfaces,
     now: Instant,
+    /// What the router took (counted as received on the NIC after the poll).
+    taken: NicCounters,
 }
 
 impl Port for Tap<'_, '_> {
@@ -327,9 +339,11 @@ impl Port for Tap<'_, '_> {
 
     fn receive_batch(&mut self, max: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
         let (side, router, ifs, now) = (self.side, self.router, self.ifs, self.now);
+        let counted = &mut self.taken;
         self.inner.receive_batch(max, &mut |frame| {
-            let taken = router.borrow_mut().receive(side, frame, ifs, now);
-            if !taken {
+            if router.borrow_mut().receive(side, frame, ifs, now) {
+                counted.received(frame.len());
+            } else {
                 sink(frame);
             }
         })

@@ -43,7 +43,9 @@ impl Drop for Server {
 /// Runs `socat` as a client in `ns` with `input` on stdin; its stdout, trimmed.
 fn socat(ns: &Netns, input: &str, target: &str) -> String {
     let mut c: Command = ns.command("socat");
-    c.args(["-T", "5", "-", target])
+    // -t 5: after stdin's EOF socat half-closes and by default waits only 0.5 s for
+    // the answer, which an emulated (TCG) path under load can exceed.
+    c.args(["-t", "5", "-T", "5", "-", target])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
