@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::load;
 use super::refvm::{RefJob, WgJob};
 use super::vm::{heap_from_console, heap_peak_from_status, Host, Images, Kind};
-use crate::netns::{PeerAddresses, Topology};
+use crate::netns::{Netns, PeerAddresses, Topology};
 use crate::qemu::MemoryMib;
 
 /// Why a run produced no number.
@@ -75,8 +75,11 @@ const CTR_ADDR: &str = "10.81.128.2";
 const CTR2_ADDR: &str = "10.81.128.3";
 const PUBLISHED_PORT: u16 = 8080;
 const SERVER_PORT: u16 = 80;
-/// The service VIP: outside every segment, routed by the client's host to the uplink.
-const VIP: &str = "10.96.0.10";
+/// The service VIP: in the container subnet with no host behind it (weft answers ARP
+/// for it on the link; the reference VM holds it as a local address on its link).
+const VIP: &str = "10.81.255.10";
+/// The client container of the VIP scenario.
+const CLIENT_ADDR: &str = "10.81.128.9";
 const VNI: u32 = 100;
 const DOMAIN: &str = "weft.local";
 const GRID: &str = "bench";
@@ -328,17 +331,12 @@ pub fn dns_qps(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
 
 /// Connections/s from the host namespace to `to`, served by a one-byte server in the
 /// container namespace (also on `extra_addr`, a second backend address).
-fn conn_rate(ctx: &Ctx, host: &Host, to: SocketAddr) -> Result<f64, RunError> {
-    let _server = load::ByteServer::start(host.topo.ctr.name(), SERVER_PORT)?;
-    load::wait_connectable(host.topo.host.name(), to, Duration::from_secs(30))?;
+fn conn_rate(ctx: &Ctx, client: &str, server: &str, to: SocketAddr) -> Result<f64, RunError> {
+    let _server = load::ByteServer::start(server, SERVER_PORT)?;
+    load::wait_connectable(client, to, Duration::from_secs(30))?;
     ctx.check_interrupt()?;
     let secs = ctx.secs(10, 3);
-    let r = load::connections_per_second(
-        host.topo.host.name(),
-        to,
-        PARALLEL,
-        Duration::from_secs(secs.into()),
-    )?;
+    let r = load::connections_per_second(client, to, PARALLEL, Duration::from_secs(secs.into()))?;
     if r.failed > r.ok / 100 {
         (ctx.log)(&format!(
             "  note: {} of {} connections to {to} failed",
@@ -369,7 +367,7 @@ pub fn publish_cps(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
             .map_err(anyhow::Error::from)?,
         PUBLISHED_PORT,
     ));
-    let cps = conn_rate(ctx, &host, to)?;
+    let cps = conn_rate(ctx, host.topo.host.name(), host.topo.ctr.name(), to)?;
     let mut out = vec![("publish_cps", cps)];
     heap_after(&host, &mut out);
     Ok(out)
@@ -387,8 +385,10 @@ fn services_doc() -> Value {
     }))
 }
 
-/// Connections/s through a service VIP with two backends: weft's Maglev LB vs IPVS
-/// (`mh`, NAT mode).
+/// Connections/s through a service VIP with two backends, from a client container on
+/// the same link: weft's Maglev LB vs IPVS (`mh`, NAT mode). The backends' replies
+/// must pass the appliance to be translated back, so the backend container routes
+/// even its own subnet via the gateway (no direct L2 return path to the client).
 pub fn vip_cps(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
     let backends = [CTR_ADDR, CTR2_ADDR];
     let doc = services_doc();
@@ -408,17 +408,48 @@ pub fn vip_cps(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
         "dev",
         &host.topo.names.ctr_veth,
     ])?;
-    host.topo
-        .host
-        .ip(&["route", "add", &format!("{VIP}/32"), "via", UPLINK_ADDR])?;
+    let ctr = &host.topo.ctr;
+    let veth = &host.topo.names.ctr_veth;
+    ctr.sysctl("net.ipv4.conf.all.accept_redirects", "0")?;
+    ctr.ip(&["route", "replace", &format!("{LINK_ADDR}/32"), "dev", veth])?;
+    ctr.ip(&["route", "del", "10.81.0.0/16", "dev", veth, "src", CTR_ADDR])?;
+    ctr.ip(&[
+        "route",
+        "replace",
+        "10.81.0.0/16",
+        "via",
+        LINK_ADDR,
+        "dev",
+        veth,
+    ])?;
+    let client = client_container(&host)?;
     let to = SocketAddr::V4(SocketAddrV4::new(
         VIP.parse::<Ipv4Addr>().map_err(anyhow::Error::from)?,
         SERVER_PORT,
     ));
-    let cps = conn_rate(ctx, &host, to)?;
+    let cps = conn_rate(ctx, client.name(), ctr.name(), to)?;
     let mut out = vec![("vip_cps", cps)];
     heap_after(&host, &mut out);
     Ok(out)
+}
+
+/// A second container on the host's link (`CLIENT_ADDR`), deleted on drop.
+fn client_container(host: &Host) -> Result<Netns> {
+    let n = &host.topo.names;
+    let name = format!("{}-cli", n.hv_ns.trim_end_matches("-hv"));
+    let ns = Netns::create(&name)?;
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+    let hv_end = format!("{}-vc", n.hv_ns.trim_end_matches("-hv"));
+    let hv = &host.topo.hv;
+    hv.ip(&[
+        "link", "add", &hv_end, "type", "veth", "peer", "name", "eth0", "netns", &name,
+    ])?;
+    hv.ip(&["link", "set", &hv_end, "master", &n.link_bridge])?;
+    hv.ip(&["link", "set", &hv_end, "up"])?;
+    ns.ip(&["addr", "add", &format!("{CLIENT_ADDR}/16"), "dev", "eth0"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&["route", "add", "default", "via", LINK_ADDR])?;
+    Ok(ns)
 }
 
 /// Whether a VM of `kind` boots with `memory`, takes the single-host config and answers
