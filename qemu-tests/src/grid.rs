@@ -18,9 +18,44 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use weft_image::netns::{run, Netns};
 
-use crate::TestVm;
+use weft_image::netns::PeerAddresses;
+
+use crate::{BootOptions, TestVm};
 
 /// A short unique prefix (`wg` + pid + counter, 9 bytes) so names fit IFNAMSIZ.
+/// Boots node `n` of a grid test: its host namespace at `192.0.2.<n>/24` on the uplink
+/// segment, its container at `ctr` behind the link with the node address `10.81.0.<n>`
+/// as gateway.
+pub fn boot_node(test: &str, n: u8, ctr: &str) -> TestVm {
+    TestVm::boot_with(
+        &format!("{test}-w{n}"),
+        BootOptions {
+            peers: PeerAddresses {
+                host: format!("192.0.2.{n}/24"),
+                ctr: ctr.to_string(),
+                ctr_gateway: format!("10.81.0.{n}"),
+            },
+            time_limit: Duration::from_secs(600),
+            ..BootOptions::default()
+        },
+    )
+}
+
+/// Nodes 1 and 2 at once: TCG boots are slow, and the two do not depend on each other.
+pub fn boot_two(test: &str, ctr1: &str, ctr2: &str) -> (TestVm, TestVm) {
+    std::thread::scope(|s| {
+        let a = s.spawn(|| boot_node(test, 1, ctr1));
+        let b = s.spawn(|| boot_node(test, 2, ctr2));
+        let a = a
+            .join()
+            .unwrap_or_else(|_| panic!("{test}: booting node 1 failed"));
+        let b = b
+            .join()
+            .unwrap_or_else(|_| panic!("{test}: booting node 2 failed"));
+        (a, b)
+    })
+}
+
 pub fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);

@@ -266,6 +266,13 @@ impl TestVm {
         cfg
     }
 
+    /// Applies a whole config document as JSON; the test fails if it is refused.
+    pub fn apply_json(&self, doc: &serde_json::Value) {
+        if let Err(e) = self.client().apply_value(doc) {
+            panic!("{}: apply {doc}: {e}", self.test);
+        }
+    }
+
     pub fn status(&self) -> Status {
         match self.client().status() {
             Ok(s) => s,

@@ -6,49 +6,15 @@
 //!
 //! Each test boots its two VMs once (in parallel) and reuses them for every check.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 use weft_image::control::Client;
-use weft_image::netns::{Netns, PeerAddresses};
-use weft_qemu_tests::grid::{iperf3, weft_ctl, Container, LinuxVtep, Underlay};
-use weft_qemu_tests::{BootOptions, TestVm};
+use weft_image::netns::Netns;
+use weft_qemu_tests::grid::{boot_two, iperf3, weft_ctl, Container, LinuxVtep, Underlay};
+use weft_qemu_tests::TestVm;
 
 const W1: &str = "192.0.2.11";
 const W2: &str = "192.0.2.12";
 const LX: &str = "192.0.2.13";
-
-/// Boots node `n` (1 or 2) with its host namespace at `192.0.2.<n>` on the uplink
-/// segment and its container at `ctr` behind the link, gateway the node address.
-fn boot(test: &str, n: u8, ctr: &str) -> TestVm {
-    TestVm::boot_with(
-        &format!("{test}-w{n}"),
-        BootOptions {
-            peers: PeerAddresses {
-                host: format!("192.0.2.{n}/24"),
-                ctr: ctr.to_string(),
-                ctr_gateway: format!("10.81.0.{n}"),
-            },
-            time_limit: Duration::from_secs(600),
-            ..BootOptions::default()
-        },
-    )
-}
-
-/// Both VMs at once: TCG boots are slow, and the two do not depend on each other.
-fn boot_two(test: &str, ctr1: &str, ctr2: &str) -> (TestVm, TestVm) {
-    std::thread::scope(|s| {
-        let a = s.spawn(|| boot(test, 1, ctr1));
-        let b = s.spawn(|| boot(test, 2, ctr2));
-        let a = a
-            .join()
-            .unwrap_or_else(|_| panic!("{test}: booting node 1 failed"));
-        let b = b
-            .join()
-            .unwrap_or_else(|_| panic!("{test}: booting node 2 failed"));
-        (a, b)
-    })
-}
 
 /// The document for node `n`: uplink `192.0.2.1<n>`, link = node address.
 fn document(n: u8, networks: Value, peers: Value) -> Value {
@@ -68,13 +34,6 @@ fn call(vm: &TestVm, c: &mut Client, cmd: &str, args: Value) -> Value {
             Err(e) => panic!("{}: {cmd} {args}: {e}", vm.test),
         },
         Err(e) => panic!("{}: {cmd}: {e}", vm.test),
-    }
-}
-
-fn apply(vm: &TestVm, doc: &Value) {
-    let mut c = vm.client();
-    if let Err(e) = c.apply_value(doc) {
-        panic!("{}: apply {doc}: {e}", vm.test);
     }
 }
 
@@ -145,8 +104,8 @@ fn two_wefts_and_a_linux_vtep_share_one_overlay_network() {
             {"node": 3, "name": "linux", "address": LX, "networks": ["grid"]}
         ])
     };
-    apply(&w1, &document(1, networks.clone(), peers(2)));
-    apply(&w2, &document(2, networks, peers(1)));
+    w1.apply_json(&document(1, networks.clone(), peers(2)));
+    w2.apply_json(&document(2, networks, peers(1)));
 
     let cap_path = w1.dir.join("underlay.pcap");
     let mut cap = ul.capture(&cap_path).expect("tcpdump on the underlay");
@@ -422,8 +381,8 @@ fn networks_on_different_vnis_never_meet() {
         {"name": "b", "vni": 200, "vlan": 200}
     ]);
     let peer = |other: u8| json!([{"node": other, "address": format!("192.0.2.1{other}"), "networks": ["a", "b"]}]);
-    apply(&w1, &document(1, networks.clone(), peer(2)));
-    apply(&w2, &document(2, networks, peer(1)));
+    w1.apply_json(&document(1, networks.clone(), peer(2)));
+    w2.apply_json(&document(2, networks, peer(1)));
 
     // On each host a container on a (VLAN 100) and one on b (VLAN 200); a's live in
     // 10.81.128.0/24, b's in 10.81.129.0/24, all in the one grid subnet.

@@ -8,43 +8,14 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use weft_image::netns::{Netns, PeerAddresses};
-use weft_qemu_tests::grid::{iperf3, Underlay};
-use weft_qemu_tests::{BootOptions, TestVm};
+use weft_image::netns::Netns;
+use weft_qemu_tests::grid::{boot_node, boot_two, iperf3, Underlay};
+use weft_qemu_tests::TestVm;
 
 const SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const W2: [u8; 4] = [192, 0, 2, 12];
 /// The echo payload pattern searched for in the capture.
 const PATTERN: &str = "deadbeefcafe";
-
-fn boot(test: &str, n: u8, ctr: &str) -> TestVm {
-    TestVm::boot_with(
-        &format!("{test}-w{n}"),
-        BootOptions {
-            peers: PeerAddresses {
-                host: format!("192.0.2.{n}/24"),
-                ctr: ctr.to_string(),
-                ctr_gateway: format!("10.81.0.{n}"),
-            },
-            time_limit: Duration::from_secs(600),
-            ..BootOptions::default()
-        },
-    )
-}
-
-fn boot_two(test: &str, ctr1: &str, ctr2: &str) -> (TestVm, TestVm) {
-    std::thread::scope(|s| {
-        let a = s.spawn(|| boot(test, 1, ctr1));
-        let b = s.spawn(|| boot(test, 2, ctr2));
-        let a = a
-            .join()
-            .unwrap_or_else(|_| panic!("{test}: booting node 1"));
-        let b = b
-            .join()
-            .unwrap_or_else(|_| panic!("{test}: booting node 2"));
-        (a, b)
-    })
-}
 
 fn document(n: u8, other: u8) -> Value {
     json!({
@@ -54,12 +25,6 @@ fn document(n: u8, other: u8) -> Value {
         "networks": [{"name": "grid", "vni": 100, "mode": "sleeve"}],
         "peers": [{"node": other, "address": format!("192.0.2.1{other}"), "networks": ["grid"]}],
     })
-}
-
-fn apply(vm: &TestVm, doc: &Value) {
-    if let Err(e) = vm.client().apply_value(doc) {
-        panic!("{}: apply {doc}: {e}", vm.test);
-    }
 }
 
 fn result(vm: &TestVm, cmd: &str) -> Value {
@@ -148,8 +113,8 @@ fn two_wefts_in_sleeve_mode_carry_nothing_in_the_clear() {
             .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1408"])
             .unwrap();
     }
-    apply(&w1, &document(1, 2));
-    apply(&w2, &document(2, 1));
+    w1.apply_json(&document(1, 2));
+    w2.apply_json(&document(2, 1));
     let config = result(&w1, "config");
     assert_eq!(config["grid"]["secret"], "set", "{config}");
     assert!(!config.to_string().contains(&SECRET[..16]), "{config}");
@@ -243,9 +208,9 @@ fn auto_document(n: u8, mode: &str, secret: &str, trusted: &[&str], others: &[u8
 fn auto_mode_trusts_its_subnets_and_a_wrong_secret_exchanges_nothing() {
     let test = "sleeve_auto";
     let (w1, w2, w3) = std::thread::scope(|s| {
-        let a = s.spawn(|| boot(test, 1, "10.81.128.11/16"));
-        let b = s.spawn(|| boot(test, 2, "10.81.128.12/16"));
-        let c = s.spawn(|| boot(test, 3, "10.81.128.13/16"));
+        let a = s.spawn(|| boot_node(test, 1, "10.81.128.11/16"));
+        let b = s.spawn(|| boot_node(test, 2, "10.81.128.12/16"));
+        let c = s.spawn(|| boot_node(test, 3, "10.81.128.13/16"));
         (
             a.join().expect("booting node 1"),
             b.join().expect("booting node 2"),
@@ -260,15 +225,15 @@ fn auto_mode_trusts_its_subnets_and_a_wrong_secret_exchanges_nothing() {
             .unwrap();
     }
     // Node 1 trusts node 2 (VXLAN) and not node 3 (sleeve); each of them agrees.
-    apply(
-        &w1,
-        &auto_document(1, "auto", SECRET, &["192.0.2.12/32"], &[2, 3]),
-    );
-    apply(
-        &w2,
-        &auto_document(2, "auto", SECRET, &["192.0.2.11/32"], &[1]),
-    );
-    apply(&w3, &auto_document(3, "sleeve", SECRET, &[], &[1]));
+    w1.apply_json(&auto_document(
+        1,
+        "auto",
+        SECRET,
+        &["192.0.2.12/32"],
+        &[2, 3],
+    ));
+    w2.apply_json(&auto_document(2, "auto", SECRET, &["192.0.2.11/32"], &[1]));
+    w3.apply_json(&auto_document(3, "sleeve", SECRET, &[], &[1]));
 
     let cap_path = w1.dir.join("auto.pcap");
     let mut cap = ul.capture(&cap_path).expect("tcpdump on the underlay");
@@ -292,7 +257,7 @@ fn auto_mode_trusts_its_subnets_and_a_wrong_secret_exchanges_nothing() {
 
     // Node 3 with another grid secret: nothing passes, and it says why.
     let wrong = "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-    apply(&w3, &auto_document(3, "sleeve", wrong, &[], &[1]));
+    w3.apply_json(&auto_document(3, "sleeve", wrong, &[], &[1]));
     let before = counter(&sleeve_status(&w3), &["drops", "auth_failed"]);
     let (ok, out) = ping_pattern(c3, "10.81.128.11");
     assert!(!ok, "node 3 with a wrong secret reached node 1: {out}");

@@ -2,31 +2,11 @@
 //! --control .. --config ..` in a namespace, `weft ctl` against it, and Ctrl-C
 //! (SIGINT) stopping the appliance and QEMU with it.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_image::netns::Netns;
-
-/// Builds the `weft` binary (same profile as this test) and returns its path.
-fn weft_binary() -> PathBuf {
-    let root = weft_image::paths::repo_root();
-    let release = !cfg!(debug_assertions);
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(&root)
-        .args(["build", "--quiet", "-p", "weft-image", "--bin", "weft"]);
-    if release {
-        cmd.arg("--release");
-    }
-    let st = cmd.status().expect("running cargo build for weft");
-    assert!(st.success(), "building the weft binary failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target
-        .join(if release { "release" } else { "debug" })
-        .join("weft")
-}
+use weft_qemu_tests::grid::weft_binary;
 
 #[test]
 fn boot_with_config_then_ctl_then_ctrl_c() {
