@@ -22,7 +22,6 @@ use weft_image::netns::PeerAddresses;
 
 use crate::{BootOptions, TestVm};
 
-/// A short unique prefix (`wg` + pid + counter, 9 bytes) so names fit IFNAMSIZ.
 /// Boots node `n` of a grid test: its host namespace at `192.0.2.<n>/24` on the uplink
 /// segment, its container at `ctr` behind the link with the node address `10.81.0.<n>`
 /// as gateway.
@@ -56,6 +55,7 @@ pub fn boot_two(test: &str, ctr1: &str, ctr2: &str) -> (TestVm, TestVm) {
     })
 }
 
+/// A short unique prefix (`wg` + pid + counter, 9 bytes) so names fit IFNAMSIZ.
 pub fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
