@@ -55,6 +55,7 @@ pub struct Appliance {
     dns: dns_service::DnsService,
     /// Wall-clock seconds since the Unix epoch at boot, when the platform knows them.
     unix_time_at_boot: Option<u64>,
+    heap: Option<protocol::HeapStatus>,
     /// The time of the latest `poll` (for what `apply` starts, such as health checks).
     last_poll: Instant,
 }
@@ -83,6 +84,7 @@ impl Appliance {
             session: ControlSession::new(),
             dns: dns_service::DnsService::new(),
             unix_time_at_boot: None,
+            heap: None,
             last_poll: now,
         }
     }
@@ -92,6 +94,12 @@ impl Appliance {
     /// host). Sleeve session ids are derived from it so that they grow across reboots.
     pub fn set_wall_clock(&mut self, unix_secs_at_boot: u64) {
         self.unix_time_at_boot = Some(unix_secs_at_boot);
+    }
+
+    /// Tells the appliance how its heap stands (the kernel calls this on every loop turn;
+    /// `status` reports the latest figures).
+    pub fn set_heap_usage(&mut self, heap: protocol::HeapStatus) {
+        self.heap = Some(heap);
     }
 
     /// The wall-clock time at boot, if the platform gave one.
@@ -439,6 +447,7 @@ impl Appliance {
             dns: self.dns.status(),
             nat: publish::status(&self.netstack),
             services: services::status(&self.netstack),
+            heap: self.heap,
         }
     }
 

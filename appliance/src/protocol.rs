@@ -584,6 +584,19 @@ pub struct Status {
     /// health and Maglev table slots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<Value>,
+    /// The appliance's heap, as the platform measures it (absent when it does not): its
+    /// size, the bytes in use now and the most ever in use since boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap: Option<HeapStatus>,
+}
+
+/// Heap figures in bytes: `peak_bytes` is the high-water mark since boot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeapStatus {
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub peak_bytes: u64,
 }
 
 /// Per-NIC status, one named field per NIC.

@@ -15,6 +15,7 @@ use smoltcp::time::Duration;
 use virtio_drivers::transport::pci::bus::PciRoot;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::DeviceType;
+use weft_appliance::protocol::HeapStatus;
 use weft_appliance::{Appliance, BootInfo};
 
 /// The longest the loop sleeps without a reason (bounded anyway by the 16-bit PIT).
@@ -114,6 +115,12 @@ pub fn run(cmdline: String) -> ! {
             cpu::unmask_enabled();
         }
         let now = crate::time::now();
+        let heap = crate::mem::usage();
+        appliance.set_heap_usage(HeapStatus {
+            size_bytes: heap.size as u64,
+            used_bytes: heap.used as u64,
+            peak_bytes: heap.peak as u64,
+        });
         let mut busy = false;
         while let Some(event) = control.poll() {
             busy = true;

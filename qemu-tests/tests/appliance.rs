@@ -26,6 +26,21 @@ fn boots_to_greeting_with_both_nics_in_order() {
     assert!(c.ping().unwrap().pong);
     let later = c.status().unwrap();
     assert!(later.uptime_ms >= st.uptime_ms);
+    // The kernel reports its heap: in use never above the high-water mark, which never
+    // exceeds the heap and never falls.
+    let (h0, h1) = (
+        st.heap.expect("status.heap"),
+        later.heap.expect("status.heap"),
+    );
+    assert!(
+        h0.used_bytes > 0 && h0.used_bytes <= h0.peak_bytes,
+        "{h0:?}"
+    );
+    assert!(h0.peak_bytes <= h0.size_bytes, "{h0:?}");
+    assert!(
+        h1.peak_bytes >= h0.peak_bytes && h1.size_bytes == h0.size_bytes,
+        "{h0:?} then {h1:?}"
+    );
     assert!(!vm.serial_log().is_empty(), "nothing on the serial console");
 }
 

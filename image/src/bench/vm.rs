@@ -270,14 +270,9 @@ pub fn heap_from_console(console: &str) -> Option<(u64, u64, u64)> {
     }
 }
 
-/// weft's heap peak in KiB from `status`, if the kernel reports it there
-/// (`heap.peak_bytes`, or `heap.peak_kib`).
+/// weft's heap high-water mark in KiB from `status` (`heap.peak_bytes`).
 pub fn heap_peak_from_status(status: &Value) -> Option<u64> {
-    let h = &status["heap"];
-    h["peak_bytes"]
-        .as_u64()
-        .map(|b| b / 1024)
-        .or_else(|| h["peak_kib"].as_u64())
+    status["heap"]["peak_bytes"].as_u64().map(|b| b / 1024)
 }
 
 #[cfg(test)]
