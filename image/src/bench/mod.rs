@@ -440,7 +440,7 @@ fn memory_rows(ctx: &Ctx, report: &mut Report) {
             .map(|(k, lo, hi, step)| format!("{} {lo}M..{hi}M step {step}M", k.name()))
             .collect();
         row.note = Some(format!(
-            "boots, takes the single-host config, answers ping on both NICs (binary search: {})",
+            "two VMs with that RAM boot, take the overlay config and pass the overlay ping test (binary search: {})",
             steps.join(", ")
         ));
     }

@@ -224,6 +224,23 @@ fn linux_overlay_job(n: u8, encrypted: bool) -> RefJob {
 /// iperf3 TCP container -> container across two hosts over the overlay: VXLAN, or
 /// with `sleeve` the encrypted overlay (weft's sleeve; Linux's VXLAN over WireGuard).
 pub fn overlay_tcp(ctx: &Ctx, kind: Kind, sleeve: bool) -> Result<Values, RunError> {
+    let (h1, h2) = overlay_pair(ctx, kind, sleeve, ctx.memory)?;
+    ctx.check_interrupt()?;
+    let mbit = load::iperf3(&h2.topo.ctr, &h1.topo.ctr, "10.81.128.12", ctx.secs(10, 3))?;
+    let mut out = vec![(if sleeve { "sleeve_tcp" } else { "vxlan_tcp" }, mbit)];
+    heap_after(&h1, &mut out);
+    Ok(out)
+}
+
+/// Two hosts of `kind` with `memory` each on one underlay, their containers on one
+/// overlay network (VXLAN, or sleeve/WireGuard), and a ping from container 1 to
+/// container 2 across it: the overlay ping test.
+fn overlay_pair(
+    ctx: &Ctx,
+    kind: Kind,
+    sleeve: bool,
+    memory: MemoryMib,
+) -> Result<(Host, Host), RunError> {
     let peers = |n: u8| PeerAddresses {
         host: format!("192.0.2.{n}/24"),
         ctr: format!("10.81.128.1{n}/16"),
@@ -235,8 +252,8 @@ pub fn overlay_tcp(ctx: &Ctx, kind: Kind, sleeve: bool) -> Result<Values, RunErr
     let (j1, j2) = (linux_overlay_job(1, sleeve), linux_overlay_job(2, sleeve));
     // Both VMs boot at once: TCG boots are slow and independent.
     let (r1, r2) = std::thread::scope(|s| {
-        let a = s.spawn(|| h1.boot(kind, &ctx.images, ctx.memory, &j1).map(|_| ()));
-        let b = s.spawn(|| h2.boot(kind, &ctx.images, ctx.memory, &j2).map(|_| ()));
+        let a = s.spawn(|| h1.boot(kind, &ctx.images, memory, &j1).map(|_| ()));
+        let b = s.spawn(|| h2.boot(kind, &ctx.images, memory, &j2).map(|_| ()));
         (
             a.join()
                 .unwrap_or_else(|_| Err(anyhow!("boot thread panicked"))),
@@ -268,11 +285,7 @@ pub fn overlay_tcp(ctx: &Ctx, kind: Kind, sleeve: bool) -> Result<Values, RunErr
     }
     Topology::ping(&h1.topo.ctr, "10.81.128.12", 2, 30)
         .context("container 1 -> container 2 over the overlay")?;
-    ctx.check_interrupt()?;
-    let mbit = load::iperf3(&h2.topo.ctr, &h1.topo.ctr, "10.81.128.12", ctx.secs(10, 3))?;
-    let mut out = vec![(if sleeve { "sleeve_tcp" } else { "vxlan_tcp" }, mbit)];
-    heap_after(&h1, &mut out);
-    Ok(out)
+    Ok((h1, h2))
 }
 
 fn dns_name(i: u8) -> String {
@@ -452,21 +465,10 @@ fn client_container(host: &Host) -> Result<Netns> {
     Ok(ns)
 }
 
-/// Whether a VM of `kind` boots with `memory`, takes the single-host config and answers
-/// ping on both NICs.
+/// Whether VMs of `kind` with `memory` each boot, take the overlay config and pass the
+/// overlay ping test (container 1 -> container 2 across two hosts over VXLAN).
 pub fn serves_with(ctx: &Ctx, kind: Kind, memory: MemoryMib) -> bool {
-    let attempt = || -> Result<(), RunError> {
-        let mut host = Host::create(PeerAddresses::default())?;
-        host.boot(kind, &ctx.images, memory, &single_job())?;
-        if kind == Kind::Weft {
-            host.vm()?.apply(&weft_doc(json!({})))?;
-        }
-        for (ns, addr) in [(&host.topo.host, UPLINK_ADDR), (&host.topo.ctr, LINK_ADDR)] {
-            Topology::ping(ns, addr, 1, 10)?;
-        }
-        Ok(())
-    };
-    attempt().is_ok()
+    overlay_pair(ctx, kind, false, memory).is_ok()
 }
 
 /// The smallest `-m` (MiB) in `lo..=hi` with which `kind` serves, to within `step`
