@@ -380,7 +380,28 @@ pub struct Overlay {
     drops: DropCounters,
     /// The sleeve endpoint, when `[grid]` has a secret.
     sleeve: Option<SleeveLink>,
+    /// Seal frames for sleeve peers when [`Overlay::flush_sleeve`] is called, not at
+    /// once (docs/sleeve.md "Batching").
+    batch_sleeve: bool,
+    /// Frames waiting to be sealed, one entry per (peer, network), in arrival order.
+    pending: Vec<PendingSeal>,
+    pending_frames: usize,
 }
+
+/// The frames of one network for one sleeve peer that will share messages.
+#[derive(Debug, Clone)]
+struct PendingSeal {
+    peer: Ipv4Address,
+    node: NodeId,
+    vni: Vni,
+    /// The outer headers, from the first frame (its flow's source port).
+    outer: transport::OuterAddrs,
+    frames: Vec<Vec<u8>>,
+}
+
+/// With batching on, frames waiting to be sealed are sealed at once when this many
+/// pile up, even before [`Overlay::flush_sleeve`] (a bound on memory, not a timer).
+pub const MAX_PENDING_FRAMES: usize = 256;
 
 /// The port a frame came in on, for the split-horizon rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,6 +458,9 @@ impl Overlay {
             networks: BTreeMap::new(),
             peers: BTreeMap::new(),
             drops: DropCounters::default(),
+            batch_sleeve: false,
+            pending: Vec::new(),
+            pending_frames: 0,
         })
     }
 
@@ -880,7 +904,7 @@ impl Overlay {
         let src_port = vxlan::flow_src_port(frame, self.hash_seed, self.src_ports);
         let mut sent = 0u64;
         let mut missing_neighbor = 0u64;
-        let mut seal_refused = 0u64;
+        let mut queued = 0u64;
         // Known unicast needs no list of targets (and no allocation for one).
         let flood_targets: Vec<Ipv4Address>;
         let targets: &[Ipv4Address] = match &to_peer {
@@ -905,28 +929,31 @@ impl Overlay {
                 continue;
             };
             if transport::transport(mode, &self.grid.trusted_subnets, addr) == Transport::Sleeve {
-                let outer = transport::OuterAddrs {
-                    src_mac: self.underlay.mac,
-                    dst_mac: neighbor,
-                    src_ip: self.underlay.ip,
-                    dst_ip: addr,
-                    src_port,
-                    ttl: self.ttl,
-                };
-                let sealed = match self.sleeve.as_mut() {
-                    Some(link) => link.seal(peer.node, &outer, vni, &[frame], now).ok(),
-                    None => None,
-                };
-                let Some(messages) = sealed else {
-                    seal_refused += 1;
-                    continue;
-                };
-                for m in messages {
-                    peer.counters.tx_packets += 1;
-                    peer.counters.tx_bytes += m.len() as u64;
-                    out.push((Egress::Uplink, m));
+                // Sealed with the other frames for this peer and network (at once
+                // unless batching, see `flush_sleeve`).
+                match self
+                    .pending
+                    .iter_mut()
+                    .find(|p| p.peer == addr && p.vni == vni)
+                {
+                    Some(p) => p.frames.push(frame.to_vec()),
+                    None => self.pending.push(PendingSeal {
+                        peer: addr,
+                        node: peer.node,
+                        vni,
+                        outer: transport::OuterAddrs {
+                            src_mac: self.underlay.mac,
+                            dst_mac: neighbor,
+                            src_ip: self.underlay.ip,
+                            dst_ip: addr,
+                            src_port,
+                            ttl: self.ttl,
+                        },
+                        frames: vec![frame.to_vec()],
+                    }),
                 }
-                sent += 1;
+                self.pending_frames += 1;
+                queued += 1;
                 continue;
             }
             let outer = Outer {
@@ -953,21 +980,27 @@ impl Overlay {
             out.push((Egress::Uplink, buf));
             sent += 1;
         }
-        let unicast_unresolved = to_peer.is_some() && sent == 0 && missing_neighbor > 0;
-        let unicast_unsealed = to_peer.is_some() && sent == 0 && seal_refused > 0;
+        // Unbatched, the frames just queued are the only ones pending. Sealed frames
+        // count `uplink_tx` when they are sealed, refused ones `seal_refused`.
+        let mut seal_refused = 0u64;
+        let mut accepted = queued;
+        if !self.batch_sleeve || self.pending_frames >= MAX_PENDING_FRAMES {
+            let (sealed, refused) = self.seal_pending(now);
+            out.extend(sealed.into_iter().map(|m| (Egress::Uplink, m)));
+            if !self.batch_sleeve {
+                seal_refused = refused;
+                accepted = queued.saturating_sub(refused);
+            }
+        }
+        let unicast_unresolved = to_peer.is_some() && sent + accepted == 0 && missing_neighbor > 0;
+        let unicast_unsealed = to_peer.is_some() && sent + accepted == 0 && seal_refused > 0;
         for _ in 0..missing_neighbor {
             self.drops.count(DropReason::NoNeighbor);
-        }
-        for _ in 0..seal_refused {
-            self.drops.count(DropReason::SealRefused);
         }
         if let Some(net) = self.networks.get_mut(&vni) {
             net.counters.uplink_tx += sent;
             for _ in 0..missing_neighbor {
                 net.counters.drops.count(DropReason::NoNeighbor);
-            }
-            for _ in 0..seal_refused {
-                net.counters.drops.count(DropReason::SealRefused);
             }
         }
         if unicast_unsealed {
@@ -977,6 +1010,71 @@ impl Overlay {
             return Verdict::Drop(DropReason::NoNeighbor);
         }
         Verdict::Forward(out)
+    }
+
+    /// Batch frames for sleeve peers (docs/sleeve.md "Batching"): `rx_link` and
+    /// `rx_appliance` queue them and [`Overlay::flush_sleeve`] seals each peer's frames
+    /// of one network together, as few messages as fit the underlay MTU. The datapath
+    /// turns it on and flushes once per poll. Off (the default), every call seals its
+    /// own frames and returns them in its verdict. Turning it off flushes nothing:
+    /// call `flush_sleeve` first.
+    pub fn batch_sleeve(&mut self, on: bool) {
+        self.batch_sleeve = on;
+    }
+
+    /// Seal every queued sleeve frame: the complete underlay frames to send, in the
+    /// order the (peer, network) pairs first had a frame. Refusals are counted
+    /// (`drops.seal_refused`); their frames are never sent in clear.
+    pub fn flush_sleeve(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        self.seal_pending(now).0
+    }
+
+    /// Frames queued for sealing (batching on), not yet flushed.
+    pub fn pending_sleeve_frames(&self) -> usize {
+        self.pending_frames
+    }
+
+    /// Seal and count the queued frames: (underlay frames, frames refused).
+    fn seal_pending(&mut self, now: Instant) -> (Vec<Vec<u8>>, u64) {
+        let pending = core::mem::take(&mut self.pending);
+        self.pending_frames = 0;
+        let mut out = Vec::new();
+        let mut refused = 0u64;
+        for p in pending {
+            let frames: Vec<&[u8]> = p.frames.iter().map(|f| f.as_slice()).collect();
+            let n = frames.len() as u64;
+            let sealed = match (self.sleeve.as_mut(), self.peers.get_mut(&p.peer)) {
+                (Some(link), Some(peer)) if peer.node == p.node => link
+                    .seal(p.node, &p.outer, p.vni, &frames, now)
+                    .ok()
+                    .map(|messages| (peer, messages)),
+                _ => None,
+            };
+            match sealed {
+                Some((peer, messages)) => {
+                    for m in messages {
+                        peer.counters.tx_packets += 1;
+                        peer.counters.tx_bytes += m.len() as u64;
+                        out.push(m);
+                    }
+                    if let Some(net) = self.networks.get_mut(&p.vni) {
+                        net.counters.uplink_tx += n;
+                    }
+                }
+                None => {
+                    refused += n;
+                    for _ in 0..n {
+                        self.drops.count(DropReason::SealRefused);
+                    }
+                    if let Some(net) = self.networks.get_mut(&p.vni) {
+                        for _ in 0..n {
+                            net.counters.drops.count(DropReason::SealRefused);
+                        }
+                    }
+                }
+            }
+        }
+        (out, refused)
     }
 
     /// A frame received on the uplink. Anything that is not VXLAN for us comes back as

@@ -75,6 +75,9 @@ pub struct SleeveStatus {
     pub port: u16,
     pub sealed_messages: u64,
     pub sealed_frames: u64,
+    /// Frames sealed into a message together with an earlier frame (batching).
+    #[serde(default)]
+    pub frames_batched: u64,
     pub opened_messages: u64,
     pub opened_frames: u64,
     pub seal_refused: u64,
@@ -104,6 +107,7 @@ impl From<&SleeveMetrics> for SleeveStatus {
             port: SLEEVE_PORT,
             sealed_messages: m.sealed_messages,
             sealed_frames: m.sealed_frames,
+            frames_batched: m.frames_batched,
             opened_messages: m.opened_messages,
             opened_frames: m.opened_frames,
             seal_refused: m.seal_refused,
