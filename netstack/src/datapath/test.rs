@@ -614,7 +614,10 @@ fn runtime_changes_take_effect_without_touching_other_traffic() {
         .add_peer(&PeerConfig {
             node: crate::overlay::config::NodeId::new(2).unwrap(),
             name: None,
-            address: P2,
+            address: Some(P2),
+            region: None,
+            private_address: None,
+            public_address: None,
             networks: vec!["a".into()],
         })
         .unwrap();

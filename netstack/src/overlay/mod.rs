@@ -322,6 +322,9 @@ struct Network {
 struct Peer {
     node: NodeId,
     name: Option<String>,
+    region: Option<String>,
+    /// Whether the address it is keyed by is its private or its public one.
+    kind: transport::AddressKind,
     networks: BTreeSet<Vni>,
     neighbor: Option<EthernetAddress>,
     counters: PeerCounters,
@@ -557,27 +560,24 @@ impl Overlay {
             .map(|(vni, _)| *vni)
     }
 
-    /// Add a peer, or replace the one at the same underlay address (its counters and
-    /// neighbor MAC are kept; static entries of networks it left are removed).
+    /// Add a peer, or replace the one at the same underlay address in use (its counters
+    /// and neighbor MAC are kept; static entries of networks it left are removed). The
+    /// address in use is its private one if it is in this node's region, else its
+    /// public one ([`transport::route`]).
     pub fn add_peer(&mut self, peer: &PeerConfig) -> Result<(), OverlayError> {
         if peer.node == self.grid.node {
             return Err(ConfigError::PeerIsSelf(peer.node).into());
         }
-        if peer.address == self.underlay.ip {
-            return Err(OverlayError::PeerIsSelf(peer.address));
-        }
-        if !config::valid_underlay_address(peer.address) {
-            return Err(ConfigError::BadPeerAddress(peer.address).into());
-        }
-        if let Some(name) = &peer.name {
-            if !config::valid_name(name) {
-                return Err(ConfigError::BadName(name.clone()).into());
-            }
+        // Which of its addresses (by region) is the one place this is decided.
+        let route = peer.validate(&self.grid)?;
+        let address = route.address;
+        if address == self.underlay.ip {
+            return Err(OverlayError::PeerIsSelf(address));
         }
         if self
             .peers
             .iter()
-            .any(|(addr, p)| *addr != peer.address && p.node == peer.node)
+            .any(|(addr, p)| *addr != address && p.node == peer.node)
         {
             return Err(ConfigError::DuplicatePeerNode(peer.node).into());
         }
@@ -588,12 +588,14 @@ impl Overlay {
                 .ok_or_else(|| OverlayError::UnknownNetwork(name.clone()))?;
             networks.insert(vni);
         }
-        if !self.peers.contains_key(&peer.address) && self.peers.len() >= config::MAX_PEERS {
+        if !self.peers.contains_key(&address) && self.peers.len() >= config::MAX_PEERS {
             return Err(ConfigError::TooManyPeers.into());
         }
-        let entry = self.peers.entry(peer.address).or_insert_with(|| Peer {
+        let entry = self.peers.entry(address).or_insert_with(|| Peer {
             node: peer.node,
             name: None,
+            region: None,
+            kind: route.kind,
             networks: BTreeSet::new(),
             neighbor: None,
             counters: PeerCounters::default(),
@@ -607,10 +609,12 @@ impl Overlay {
         let left: Vec<Vni> = entry.networks.difference(&networks).copied().collect();
         entry.node = peer.node;
         entry.name = peer.name.clone();
+        entry.region = peer.region.clone();
+        entry.kind = route.kind;
         entry.networks = networks;
         for vni in left {
             if let Some(net) = self.networks.get_mut(&vni) {
-                forget_remote(net, peer.address);
+                forget_remote(net, address);
             }
         }
         Ok(())
@@ -1355,6 +1359,8 @@ impl Overlay {
                     node: p.node,
                     name: p.name.clone(),
                     address: *addr,
+                    address_kind: p.kind,
+                    region: p.region.clone(),
                     networks: p.networks.iter().copied().collect(),
                     neighbor: p.neighbor.map(Mac),
                     counters: p.counters,
@@ -1611,7 +1617,12 @@ pub struct ArpEntryStatus {
 pub struct PeerStatus {
     pub node: NodeId,
     pub name: Option<String>,
+    /// The underlay address in use (private in the same region, else public).
     pub address: Ipv4Address,
+    /// Which of the peer's addresses `address` is.
+    pub address_kind: transport::AddressKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     pub networks: Vec<Vni>,
     pub neighbor: Option<Mac>,
     pub counters: PeerCounters,
