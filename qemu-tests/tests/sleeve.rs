@@ -270,21 +270,38 @@ fn udp_burst(ns: &Netns, to: &str, count: usize) {
 }
 
 /// Node `n`'s document with a network in `mode`, its `secret`, its trusted subnets and
-/// peers `others`.
+/// peers `others`. Nodes 1 and 2 are in region "east", node 3 in "west"; every peer has
+/// its underlay address as public address and an unreachable TEST-NET-2 one as private
+/// address, so only the region rule (public across regions) lets node 3 talk to node 1.
 fn auto_document(n: u8, mode: &str, secret: &str, trusted: &[&str], others: &[u8]) -> Value {
+    let region = |n: u8| if n == 3 { "west" } else { "east" };
     let peers: Vec<Value> = others
         .iter()
-        .map(|o| json!({"node": o, "address": format!("192.0.2.1{o}"), "networks": ["grid"]}))
+        .map(|&o| {
+            if region(o) == region(n) {
+                json!({"node": o, "address": format!("192.0.2.1{o}"), "networks": ["grid"]})
+            } else {
+                json!({
+                    "node": o,
+                    "region": region(o),
+                    "private_address": format!("198.51.100.1{o}"),
+                    "public_address": format!("192.0.2.1{o}"),
+                    "networks": ["grid"],
+                })
+            }
+        })
         .collect();
     json!({
         "uplink": {"address": format!("192.0.2.1{n}/24"), "gateway": "192.0.2.1"},
         "link": {"address": format!("10.81.0.{n}/16")},
-        "grid": {"node": n, "secret": secret, "trusted_subnets": trusted},
+        "grid": {"node": n, "secret": secret, "trusted_subnets": trusted, "region": region(n)},
         "networks": [{"name": "grid", "vni": 100, "mode": mode}],
         "peers": peers,
     })
 }
 
+/// Auto mode (by trusted subnets) and regions (node 3 across regions, at its public
+/// address), then a wrong secret.
 #[test]
 fn auto_mode_trusts_its_subnets_and_a_wrong_secret_exchanges_nothing() {
     let test = "sleeve_auto";
@@ -335,6 +352,20 @@ fn auto_mode_trusts_its_subnets_and_a_wrong_secret_exchanges_nothing() {
     assert_eq!(to(12, 6783), 0, "sleeve to trusted node 2");
     assert!(to(13, 6783) >= 3, "sleeve to node 3: {}", to(13, 6783));
     assert_eq!(to(13, 4789), 0, "VXLAN to untrusted node 3");
+    // Node 3 is in another region: reached at its public address, never its private.
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f.len() >= 34 && f[12..14] == [8, 0] && f[30..33] == [198, 51, 100]),
+        "a private address used across regions"
+    );
+    let peers = result(&w1, "status")["overlay"]["peers"].clone();
+    let node3 = peers
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["node"] == 3))
+        .unwrap_or_else(|| panic!("no peer 3 in {peers}"));
+    assert_eq!(node3["address"], "192.0.2.13", "{node3}");
+    assert_eq!(node3["address_kind"], "public", "{node3}");
 
     // Node 3 with another grid secret: nothing passes, and it says why.
     let wrong = "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
