@@ -18,6 +18,7 @@ use weft_netstack::datapath::OverlayPath;
 use weft_netstack::overlay::config::{
     ConfigError as GridError, GridConfig, NetworkConfig, OverlayConfig, PeerConfig,
 };
+use weft_netstack::overlay::transport::route;
 use weft_netstack::overlay::{Limits, Mac, Overlay, OverlayError, Underlay};
 use weft_netstack::sleeve::SessionId;
 use weft_netstack::vxlan::Vni;
@@ -45,6 +46,25 @@ fn nth<T>(items: &[T], nth: usize, pred: impl Fn(&T) -> bool) -> Option<usize> {
         .filter(|(_, t)| pred(t))
         .nth(nth)
         .map(|(i, _)| i)
+}
+
+/// The underlay address this node reaches `peer` at (private in the same region, else
+/// public), when the peer's addresses allow one.
+pub fn in_use(grid: &GridConfig, peer: &PeerConfig) -> Option<Ipv4Address> {
+    route(grid, peer).ok().map(|r| r.address)
+}
+
+/// Which of `peer`'s address fields holds `a`.
+fn address_field(peer: &PeerConfig, a: Ipv4Address) -> &'static str {
+    if peer.address == Some(a) {
+        "address"
+    } else if peer.private_address == Some(a) {
+        "private_address"
+    } else if peer.public_address == Some(a) {
+        "public_address"
+    } else {
+        "address"
+    }
 }
 
 /// The field an overlay validation error is about, in the document.
@@ -77,8 +97,20 @@ fn field_of(e: &GridError, c: &OverlayConfig) -> String {
         PeerIsSelf(node) => peer(nth(p, 0, |x| x.node == *node), "node"),
         DuplicatePeerNode(node) => peer(nth(p, 1, |x| x.node == *node), "node"),
         DuplicatePeerName(name) => peer(nth(p, 1, |x| x.name.as_ref() == Some(name)), "name"),
-        DuplicatePeerAddress(a) => peer(nth(p, 1, |x| x.address == *a), "address"),
-        BadPeerAddress(a) => peer(nth(p, 0, |x| x.address == *a), "address"),
+        DuplicatePeerAddress(a) => {
+            let i = nth(p, 1, |x| in_use(&c.grid, x) == Some(*a));
+            peer(i, i.map_or("address", |i| address_field(&p[i], *a)))
+        }
+        BadPeerAddress(a) => {
+            let i = nth(p, 0, |x| x.addresses().any(|y| y == *a));
+            peer(i, i.map_or("address", |i| address_field(&p[i], *a)))
+        }
+        BadRegion(r) if c.grid.region.as_ref() == Some(r) => "grid.region".into(),
+        BadRegion(r) => peer(nth(p, 0, |x| x.region.as_ref() == Some(r)), "region"),
+        NoPeerAddress(node) | AmbiguousPeerAddress(node) => {
+            peer(nth(p, 0, |x| x.node == *node), "address")
+        }
+        NoPublicAddress(node) => peer(nth(p, 0, |x| x.node == *node), "public_address"),
         UnknownNetwork {
             peer: node,
             network,
@@ -147,19 +179,23 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     for (i, p) in sections.peers.iter().enumerate() {
-        let field = format!("peers[{i}].address");
-        if p.address == up.address() {
+        // Only the address in use must be reachable (a public address of a peer in
+        // this region may well not be, from here).
+        let Some(address) = in_use(grid, p) else {
+            continue;
+        };
+        let field = format!("peers[{i}].{}", address_field(p, address));
+        if address == up.address() {
             return Err(refuse(
                 field,
-                format!("{} is this appliance's uplink address", p.address),
+                format!("{address} is this appliance's uplink address"),
             ));
         }
-        if !up.contains(p.address) && config.uplink.gateway.is_none() {
+        if !up.contains(address) && config.uplink.gateway.is_none() {
             return Err(refuse(
                 field,
                 format!(
-                    "{} is outside the uplink subnet {}/{} and there is no uplink.gateway",
-                    p.address,
+                    "{address} is outside the uplink subnet {}/{} and there is no uplink.gateway",
                     up.network(),
                     up.prefix_len()
                 ),
@@ -212,7 +248,12 @@ pub fn plan(
         .overlay()
         .peers()
         .map(|(a, _)| a)
-        .filter(|a| !sections.peers.iter().any(|p| p.address == *a))
+        .filter(|a| {
+            !sections
+                .peers
+                .iter()
+                .any(|p| in_use(&sections.grid, p) == Some(*a))
+        })
         .collect();
     for a in gone_peers {
         path.remove_peer(a);
@@ -240,7 +281,9 @@ pub fn plan(
     }
     for peer in &sections.peers {
         if path.add_peer(peer).is_err() {
-            path.remove_peer(peer.address);
+            if let Some(a) = in_use(&sections.grid, peer) {
+                path.remove_peer(a);
+            }
         }
     }
     for peer in &sections.peers {
@@ -310,10 +353,16 @@ impl FdbEntry {
     }
 }
 
-/// `config` with `peer` added, or replacing the peer at its address; and its index.
+/// `config` with `peer` added, or replacing the peer at its address in use; and its
+/// index.
 pub fn with_peer(config: &Config, peer: &PeerConfig) -> (Config, usize) {
     let mut c = config.clone();
-    let i = match c.peers.iter().position(|p| p.address == peer.address) {
+    let address = config.grid.as_ref().and_then(|g| in_use(g, peer));
+    let same = |p: &PeerConfig| match (&config.grid, address) {
+        (Some(g), Some(a)) => in_use(g, p) == Some(a),
+        _ => false,
+    };
+    let i = match c.peers.iter().position(same) {
         Some(i) => {
             c.peers[i] = peer.clone();
             i
@@ -363,9 +412,24 @@ pub fn without_network(config: &Config, vni: Vni) -> Option<Config> {
     Some(c)
 }
 
-/// `config` without the peer at `address`.
+/// `config` without the peer at `address` (the one in use, or any it was given).
 pub fn without_peer(config: &Config, address: Ipv4Addr) -> Option<Config> {
-    let i = config.peers.iter().position(|p| p.address == address)?;
+    let i = match &config.grid {
+        Some(g) => config
+            .peers
+            .iter()
+            .position(|p| in_use(g, p) == Some(address))
+            .or_else(|| {
+                config
+                    .peers
+                    .iter()
+                    .position(|p| p.addresses().any(|a| a == address))
+            })?,
+        None => config
+            .peers
+            .iter()
+            .position(|p| p.addresses().any(|a| a == address))?,
+    };
     let mut c = config.clone();
     c.peers.remove(i);
     Some(c)
@@ -507,6 +571,59 @@ mod tests {
                 set(doc(), &["peers", "0", "name"], json!("linux")),
                 "peers[1].name",
             ),
+            (set(doc(), &["grid", "region"], json!("e u")), "grid.region"),
+            (
+                set(doc(), &["peers", "1", "region"], json!("")),
+                "peers[1].region",
+            ),
+            (
+                set(
+                    doc(),
+                    &["peers", "1", "private_address"],
+                    json!("224.0.0.1"),
+                ),
+                "peers[1].private_address",
+            ),
+            (
+                set(
+                    set(
+                        set(doc(), &["peers", "1", "region"], json!("us")),
+                        &["peers", "1", "address"],
+                        json!(null),
+                    ),
+                    &["peers", "1", "private_address"],
+                    json!("10.0.0.3"),
+                ),
+                "peers[1].public_address",
+            ),
+            (
+                set(
+                    set(doc(), &["peers", "1", "private_address"], json!("10.0.0.3")),
+                    &["peers", "1", "public_address"],
+                    json!("203.0.113.3"),
+                ),
+                "peers[1].address",
+            ),
+            (
+                set(
+                    set(doc(), &["peers", "1", "address"], json!(null)),
+                    &["peers", "1", "public_address"],
+                    json!("192.0.2.12"),
+                ),
+                "peers[1].public_address",
+            ),
+            (
+                set(
+                    set(
+                        set(doc(), &["uplink", "gateway"], json!(null)),
+                        &["peers", "1", "address"],
+                        json!(null),
+                    ),
+                    &["peers", "1", "private_address"],
+                    json!("198.51.100.13"),
+                ),
+                "peers[1].private_address",
+            ),
             (
                 set(doc(), &["link", "address"], json!("10.81.0.2/16")),
                 "link.address",
@@ -537,6 +654,31 @@ mod tests {
             assert_eq!(err.field, field, "{doc}: {err}");
             assert!(!err.message.is_empty());
         }
+        // A peer in this region needs only its private address reachable.
+        let regional = set(
+            set(
+                set(
+                    set(doc(), &["uplink", "gateway"], json!(null)),
+                    &["peers", "1", "address"],
+                    json!(null),
+                ),
+                &["peers", "1", "private_address"],
+                json!("192.0.2.13"),
+            ),
+            &["peers", "1", "public_address"],
+            json!("203.0.113.13"),
+        );
+        let c = Config::from_json_value(&regional).expect("private address in use");
+        let (_, i) = with_peer(&c, &c.peers[1]);
+        assert_eq!(i, 1, "replaced at its address in use");
+        assert_eq!(
+            without_peer(&c, Ipv4Addr::new(203, 0, 113, 13))
+                .unwrap()
+                .peers
+                .len(),
+            1,
+            "removed by another of its addresses"
+        );
         // Outside the grid subnet, the link address is free (the node address is added).
         let c = Config::from_json_value(&set(doc(), &["link", "address"], json!("172.17.0.1/16")));
         assert!(c.is_ok(), "{c:?}");
@@ -656,7 +798,10 @@ mod tests {
         let p = PeerConfig {
             node: weft_netstack::overlay::config::NodeId::new(4).unwrap(),
             name: None,
-            address: Ipv4Address::new(192, 0, 2, 14),
+            address: Some(Ipv4Address::new(192, 0, 2, 14)),
+            region: None,
+            private_address: None,
+            public_address: None,
             networks: vec!["b".into()],
         };
         let (c2, i) = with_peer(&c, &p);
@@ -688,7 +833,10 @@ mod tests {
             .iter()
             .all(|p| !p.networks.contains(&"b".to_string())));
         assert!(without_network(&c2, Vni::new(7).unwrap()).is_none());
-        assert_eq!(without_peer(&c2, p.address).unwrap().peers.len(), 2);
+        assert_eq!(
+            without_peer(&c2, p.address.unwrap()).unwrap().peers.len(),
+            2
+        );
         assert_eq!(
             relative_field("peers[2].networks[0]", "peers", 2),
             "networks[0]"

@@ -30,7 +30,10 @@ fn overlay() -> Overlay {
     o.add_peer(&PeerConfig {
         node: NodeId::new(2).expect("2 is a node number"),
         name: None,
-        address: Ipv4Address::new(192, 0, 2, 2),
+        address: Some(Ipv4Address::new(192, 0, 2, 2)),
+        region: None,
+        private_address: None,
+        public_address: None,
         networks: vec!["a".into(), "b".into()],
     })
     .expect("peer");

@@ -69,7 +69,10 @@ fn overlay(udp_checksum: bool) -> (Overlay, Vni) {
     o.add_peer(&PeerConfig {
         node: NodeId::new(2).unwrap(),
         name: None,
-        address: PEER,
+        address: Some(PEER),
+        region: None,
+        private_address: None,
+        public_address: None,
         networks: vec!["bench".into()],
     })
     .unwrap();

@@ -1,7 +1,9 @@
-//! Issue 4 end to end: two weft appliances whose overlay network is in sleeve mode.
-//! Their containers reach each other (ping, iperf3); a capture of the underlay holds
+//! Issue 4 end to end: two weft appliances whose overlay network is in sleeve mode, in
+//! one region (so at their private addresses). Their containers reach each other (ping,
+//! iperf3); a capture of the underlay holds
 //! only UDP 6783 and no inner payload in the clear; a captured datagram replayed, and
-//! one with a byte changed, are dropped and counted by reason.
+//! one with a byte changed, are dropped and counted by reason; a burst of small frames
+//! to one peer shares datagrams (batching).
 //!
 //! The test boots its two VMs once (in parallel) and reuses them for every check.
 
@@ -17,13 +19,21 @@ const W2: [u8; 4] = [192, 0, 2, 12];
 /// The echo payload pattern searched for in the capture.
 const PATTERN: &str = "deadbeefcafe";
 
+/// Both nodes in region "lab": each reaches the other at its private address (the
+/// underlay); the public ones are TEST-NET-3 addresses nothing answers on.
 fn document(n: u8, other: u8) -> Value {
     json!({
         "uplink": {"address": format!("192.0.2.1{n}/24"), "gateway": "192.0.2.1"},
         "link": {"address": format!("10.81.0.{n}/16")},
-        "grid": {"node": n, "secret": SECRET},
+        "grid": {"node": n, "secret": SECRET, "region": "lab"},
         "networks": [{"name": "grid", "vni": 100, "mode": "sleeve"}],
-        "peers": [{"node": other, "address": format!("192.0.2.1{other}"), "networks": ["grid"]}],
+        "peers": [{
+            "node": other,
+            "region": "lab",
+            "private_address": format!("192.0.2.1{other}"),
+            "public_address": format!("203.0.113.1{other}"),
+            "networks": ["grid"],
+        }],
     })
 }
 
@@ -118,6 +128,9 @@ fn two_wefts_in_sleeve_mode_carry_nothing_in_the_clear() {
     let config = result(&w1, "config");
     assert_eq!(config["grid"]["secret"], "set", "{config}");
     assert!(!config.to_string().contains(&SECRET[..16]), "{config}");
+    let peer = &result(&w1, "status")["overlay"]["peers"][0];
+    assert_eq!(peer["address"], "192.0.2.12", "{peer}");
+    assert_eq!(peer["address_kind"], "private", "{peer}");
 
     let cap_path = w1.dir.join("sleeve.pcap");
     let mut cap = ul.capture(&cap_path).expect("tcpdump on the underlay");
@@ -148,6 +161,12 @@ fn two_wefts_in_sleeve_mode_carry_nothing_in_the_clear() {
     assert!(
         !frames.iter().any(|f| udp_dst_port(f) == Some(4789)),
         "VXLAN on a sleeve network"
+    );
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f.len() >= 34 && f[12..14] == [8, 0] && f[30..33] == [203, 0, 113]),
+        "a public address used inside the region"
     );
     let before = sleeve_status(&w2);
     assert!(counter(&before, &["opened_frames"]) >= 6, "{before}");
@@ -186,24 +205,103 @@ fn two_wefts_in_sleeve_mode_carry_nothing_in_the_clear() {
         counter(&before, &["drops", "auth_failed"]) + 1,
         "{after}"
     );
+
+    // Batching: a burst of small frames from a container to one peer shares datagrams.
+    let burst_path = w1.dir.join("burst.pcap");
+    let mut cap = ul.capture(&burst_path).expect("tcpdump on the underlay");
+    let (sent_before, opened_before) = (sleeve_status(&w1), sleeve_status(&w2));
+    udp_burst(c1, "10.81.128.12", BURST);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (sent, opened) = loop {
+        let (s1, s2) = (sleeve_status(&w1), sleeve_status(&w2));
+        let grew = |v: &Value, b: &Value, k: &str| counter(v, &[k]) - counter(b, &[k]);
+        let done = grew(&s2, &opened_before, "opened_frames") >= BURST as u64;
+        if done || std::time::Instant::now() > deadline {
+            break (s1, s2);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let grew = |v: &Value, b: &Value, k: &str| counter(v, &[k]) - counter(b, &[k]);
+    let (frames, messages) = (
+        grew(&opened, &opened_before, "opened_frames"),
+        grew(&opened, &opened_before, "opened_messages"),
+    );
+    eprintln!("{test}: burst of {BURST}: {frames} frames opened in {messages} datagrams");
+    assert!(frames >= BURST as u64, "{opened}");
+    assert!(frames > messages, "no batching: {opened}");
+    assert!(grew(&sent, &sent_before, "frames_batched") > 0, "{sent}");
+    // The UDP payload sizes of the sleeve datagrams to node 2 in the capture, once
+    // tcpdump has written as many as node 2 opened (it may lag behind the wire).
+    let sizes = || -> Vec<usize> {
+        pcap_frames(&std::fs::read(&burst_path).unwrap_or_default())
+            .iter()
+            .filter(|f| f[30..34] == W2 && udp_dst_port(f) == Some(6783))
+            .map(|f| usize::from(u16::from_be_bytes([f[38], f[39]])).saturating_sub(8))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (sizes().len() as u64) < messages && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cap.stop();
+    let sizes = sizes();
+    // One record of a 58/60-byte frame makes a 108/110-byte UDP payload; two at least
+    // 44 + 2 * (6 + 58) = 172.
+    assert!(
+        sizes.iter().any(|payload| *payload >= 172),
+        "no datagram to node 2 holds two frames: UDP payloads {sizes:?}"
+    );
+}
+
+/// Small UDP datagrams sent back to back to a container across the grid.
+const BURST: usize = 200;
+
+/// `count` UDP datagrams of 16 bytes from `ns` to `to`, port 9, as fast as it goes.
+fn udp_burst(ns: &Netns, to: &str, count: usize) {
+    let script = "import socket,sys\n\
+                  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                  for _ in range(int(sys.argv[2])): s.sendto(b'0123456789abcdef',(sys.argv[1],9))\n";
+    let out = ns
+        .command("python3")
+        .args(["-c", script, to, &count.to_string()])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "udp burst: {out:?}");
 }
 
 /// Node `n`'s document with a network in `mode`, its `secret`, its trusted subnets and
-/// peers `others`.
+/// peers `others`. Nodes 1 and 2 are in region "east", node 3 in "west"; every peer has
+/// its underlay address as public address and an unreachable TEST-NET-2 one as private
+/// address, so only the region rule (public across regions) lets node 3 talk to node 1.
 fn auto_document(n: u8, mode: &str, secret: &str, trusted: &[&str], others: &[u8]) -> Value {
+    let region = |n: u8| if n == 3 { "west" } else { "east" };
     let peers: Vec<Value> = others
         .iter()
-        .map(|o| json!({"node": o, "address": format!("192.0.2.1{o}"), "networks": ["grid"]}))
+        .map(|&o| {
+            if region(o) == region(n) {
+                json!({"node": o, "address": format!("192.0.2.1{o}"), "networks": ["grid"]})
+            } else {
+                json!({
+                    "node": o,
+                    "region": region(o),
+                    "private_address": format!("198.51.100.1{o}"),
+                    "public_address": format!("192.0.2.1{o}"),
+                    "networks": ["grid"],
+                })
+            }
+        })
         .collect();
     json!({
         "uplink": {"address": format!("192.0.2.1{n}/24"), "gateway": "192.0.2.1"},
         "link": {"address": format!("10.81.0.{n}/16")},
-        "grid": {"node": n, "secret": secret, "trusted_subnets": trusted},
+        "grid": {"node": n, "secret": secret, "trusted_subnets": trusted, "region": region(n)},
         "networks": [{"name": "grid", "vni": 100, "mode": mode}],
         "peers": peers,
     })
 }
 
+/// Auto mode (by trusted subnets) and regions (node 3 across regions, at its public
+/// address), then a wrong secret.
 #[test]
 fn auto_mode_trusts_its_subnets_and_a_wrong_secret_exchanges_nothing() {
     let test = "sleeve_auto";
@@ -254,6 +352,20 @@ fn auto_mode_trusts_its_subnets_and_a_wrong_secret_exchanges_nothing() {
     assert_eq!(to(12, 6783), 0, "sleeve to trusted node 2");
     assert!(to(13, 6783) >= 3, "sleeve to node 3: {}", to(13, 6783));
     assert_eq!(to(13, 4789), 0, "VXLAN to untrusted node 3");
+    // Node 3 is in another region: reached at its public address, never its private.
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f.len() >= 34 && f[12..14] == [8, 0] && f[30..33] == [198, 51, 100]),
+        "a private address used across regions"
+    );
+    let peers = result(&w1, "status")["overlay"]["peers"].clone();
+    let node3 = peers
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["node"] == 3))
+        .unwrap_or_else(|| panic!("no peer 3 in {peers}"));
+    assert_eq!(node3["address"], "192.0.2.13", "{node3}");
+    assert_eq!(node3["address_kind"], "public", "{node3}");
 
     // Node 3 with another grid secret: nothing passes, and it says why.
     let wrong = "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";

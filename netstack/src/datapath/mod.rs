@@ -179,7 +179,12 @@ pub struct OverlayPath {
 impl OverlayPath {
     /// Run `overlay` with the appliance's link interface (MAC `link_mac`) attached to
     /// every network, as the node address.
-    pub fn new(overlay: Overlay, link_mac: EthernetAddress) -> Result<OverlayPath, OverlayError> {
+    /// Frames for a sleeve peer are sealed together once per poll (batching).
+    pub fn new(
+        mut overlay: Overlay,
+        link_mac: EthernetAddress,
+    ) -> Result<OverlayPath, OverlayError> {
+        overlay.batch_sleeve(true);
         let mut path = OverlayPath {
             overlay,
             link_mac,
@@ -313,7 +318,8 @@ impl OverlayPath {
 
         // What a frame sends out of the other port goes at once (so a flood to many
         // peers never piles up a batch's worth of copies); only what goes back out of
-        // the receiving port waits for the end of the batch.
+        // the receiving port waits for the end of the batch. Frames for sleeve peers
+        // wait too, to be sealed together (bounded by `overlay::MAX_PENDING_FRAMES`).
         let mut sent_early = false;
         let taken_u = uplink_port.receive_batch(RX_BATCH, &mut |frame| {
             self.rx_uplink(now, frame, own.as_ref(), uplink, &mut link.iface, &mut out);
@@ -338,6 +344,9 @@ impl OverlayPath {
             self.next_age = Some(now + AGE_INTERVAL);
         }
 
+        // The sleeve peers' frames of this poll, sealed together (docs/sleeve.md
+        // "Batching"): small frames share datagrams, none waits for a later poll.
+        out.uplink.extend(self.overlay.flush_sleeve(now));
         let sent_u = flush(&mut out.uplink, uplink_port, &mut uplink.counters);
         let sent_l = flush(&mut out.link, link_port, &mut link.counters);
         let more = taken_u >= RX_BATCH

@@ -138,6 +138,10 @@ pub struct GridConfig {
     // Boxed slices, not vectors: the whole document travels in a control command.
     #[serde(default, skip_serializing_if = "no_subnets")]
     pub trusted_subnets: Box<[Subnet]>,
+    /// This node's region: peers in the same region are reached at their private
+    /// address, others at their public one. None is the region `"default"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 fn no_subnets(s: &[Subnet]) -> bool {
@@ -236,6 +240,7 @@ impl GridConfig {
             udp_checksum: true,
             secret: None,
             trusted_subnets: Box::default(),
+            region: None,
         }
     }
 
@@ -263,18 +268,57 @@ pub struct NetworkConfig {
 }
 
 /// `[[peers]]`: another node of the grid and the networks it takes part in.
+///
+/// Its underlay addresses, as Kontena's nodes have them: a private one used from nodes
+/// of the same region and a public one used from everywhere else
+/// ([`super::transport::route`] picks). `address` alone is both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     pub node: NodeId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The peer's underlay (VTEP) address.
-    pub address: Ipv4Address,
+    /// The peer's underlay (VTEP) address, private and public at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Address>,
+    /// The peer's region; none is the region `"default"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Used by nodes in the peer's region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_address: Option<Ipv4Address>,
+    /// Used by nodes in other regions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<Ipv4Address>,
     /// Names of the networks, from `[[networks]]`, that the peer carries.
     #[serde(default)]
     pub networks: Vec<String>,
 }
+
+impl PeerConfig {
+    /// Peer `node` at underlay `address` (private and public), in no network.
+    pub fn new(node: NodeId, address: Ipv4Address) -> PeerConfig {
+        PeerConfig {
+            node,
+            name: None,
+            address: Some(address),
+            region: None,
+            private_address: None,
+            public_address: None,
+            networks: Vec::new(),
+        }
+    }
+
+    /// Every underlay address given for the peer (`address`, private, public).
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Address> + '_ {
+        [self.address, self.private_address, self.public_address]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// The region of a node or peer without one (Kontena's default region).
+pub const DEFAULT_REGION: &str = "default";
 
 /// The three overlay sections together.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -322,6 +366,14 @@ pub enum ConfigError {
     },
     /// A network in `sleeve` or `auto` mode without a `[grid] secret`.
     SleeveWithoutSecret(String),
+    /// A region name that is not 1..=64 characters of `[A-Za-z0-9_.-]`.
+    BadRegion(String),
+    /// A peer with no underlay address at all.
+    NoPeerAddress(NodeId),
+    /// A peer with `address` and both `private_address` and `public_address`.
+    AmbiguousPeerAddress(NodeId),
+    /// A peer in another region than this node's, without a public address.
+    NoPublicAddress(NodeId),
 }
 
 impl fmt::Display for ConfigError {
@@ -358,6 +410,22 @@ impl fmt::Display for ConfigError {
             SleeveWithoutSecret(n) => {
                 write!(f, "network {n:?} uses sleeve but [grid] has no secret")
             }
+            BadRegion(r) => write!(
+                f,
+                "region {r:?} must be 1..={MAX_NAME_LEN} characters of A-Z a-z 0-9 _ . -"
+            ),
+            NoPeerAddress(n) => write!(
+                f,
+                "peer {n} needs an address, or a private_address and/or public_address"
+            ),
+            AmbiguousPeerAddress(n) => write!(
+                f,
+                "peer {n}: give address, or private_address and public_address, not all three"
+            ),
+            NoPublicAddress(n) => write!(
+                f,
+                "peer {n} is in another region than this node and has no public_address"
+            ),
         }
     }
 }
@@ -388,7 +456,17 @@ impl GridConfig {
         if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
             return Err(ConfigError::MtuOutOfRange(self.mtu));
         }
+        if let Some(region) = &self.region {
+            if !valid_name(region) {
+                return Err(ConfigError::BadRegion(region.clone()));
+            }
+        }
         Ok(())
+    }
+
+    /// This node's region (`"default"` when none is set).
+    pub fn region(&self) -> &str {
+        self.region.as_deref().unwrap_or(DEFAULT_REGION)
     }
 }
 
@@ -398,6 +476,27 @@ impl NetworkConfig {
             return Err(ConfigError::BadName(self.name.clone()));
         }
         Ok(())
+    }
+}
+
+impl PeerConfig {
+    /// Check the peer's own fields (name, region, addresses) and say which address this
+    /// node (of `grid`) reaches it at.
+    pub fn validate(&self, grid: &GridConfig) -> Result<super::transport::Route, ConfigError> {
+        if let Some(name) = &self.name {
+            if !valid_name(name) {
+                return Err(ConfigError::BadName(name.clone()));
+            }
+        }
+        if let Some(region) = &self.region {
+            if !valid_name(region) {
+                return Err(ConfigError::BadRegion(region.clone()));
+            }
+        }
+        if let Some(bad) = self.addresses().find(|a| !valid_underlay_address(*a)) {
+            return Err(ConfigError::BadPeerAddress(bad));
+        }
+        super::transport::route(grid, self)
     }
 }
 
@@ -451,11 +550,9 @@ impl OverlayConfig {
                     return Err(ConfigError::DuplicatePeerName(name.clone()));
                 }
             }
-            if !valid_underlay_address(peer.address) {
-                return Err(ConfigError::BadPeerAddress(peer.address));
-            }
-            if !addresses.insert(peer.address) {
-                return Err(ConfigError::DuplicatePeerAddress(peer.address));
+            let route = peer.validate(&self.grid)?;
+            if !addresses.insert(route.address) {
+                return Err(ConfigError::DuplicatePeerAddress(route.address));
             }
             let mut seen = BTreeSet::new();
             for network in &peer.networks {
@@ -600,11 +697,11 @@ mod test {
                 ConfigError::DuplicatePeerAddress(Ipv4Address::new(192, 0, 2, 2)),
             ),
             (
-                |c| c.peers[1].address = Ipv4Address::new(127, 0, 0, 1),
+                |c| c.peers[1].address = Some(Ipv4Address::new(127, 0, 0, 1)),
                 ConfigError::BadPeerAddress(Ipv4Address::new(127, 0, 0, 1)),
             ),
             (
-                |c| c.peers[1].address = Ipv4Address::BROADCAST,
+                |c| c.peers[1].address = Some(Ipv4Address::BROADCAST),
                 ConfigError::BadPeerAddress(Ipv4Address::BROADCAST),
             ),
             (
@@ -627,6 +724,127 @@ mod test {
             mutate(&mut cfg);
             assert_eq!(cfg.validate(), Err(want), "case {i}");
         }
+    }
+
+    #[test]
+    fn the_address_in_use_follows_the_region() {
+        use crate::overlay::transport::{route, AddressKind, Route};
+        let a = |n: u8| Ipv4Address::new(10, 0, 0, n);
+        let public = |n: u8| Ipv4Address::new(203, 0, 113, n);
+        let mut grid = GridConfig::new(NodeId(1));
+        grid.region = Some("eu".to_string());
+        let peer = |region: Option<&str>,
+                    address: Option<Ipv4Address>,
+                    private: Option<Ipv4Address>,
+                    public: Option<Ipv4Address>| PeerConfig {
+            region: region.map(|r| r.to_string()),
+            address,
+            private_address: private,
+            public_address: public,
+            ..PeerConfig::new(NodeId(2), a(2))
+        };
+        let private_route = |address| {
+            Ok(Route {
+                address,
+                kind: AddressKind::Private,
+            })
+        };
+        let public_route = |address| {
+            Ok(Route {
+                address,
+                kind: AddressKind::Public,
+            })
+        };
+        let both = |region| peer(region, None, Some(a(2)), Some(public(2)));
+        // Same region: private; another region: public.
+        assert_eq!(route(&grid, &both(Some("eu"))), private_route(a(2)));
+        assert_eq!(route(&grid, &both(Some("us"))), public_route(public(2)));
+        // No region is the region "default", on either side.
+        assert_eq!(route(&grid, &both(None)), public_route(public(2)));
+        let no_region = GridConfig::new(NodeId(1));
+        assert_eq!(route(&no_region, &both(None)), private_route(a(2)));
+        assert_eq!(
+            route(&no_region, &both(Some("default"))),
+            private_route(a(2))
+        );
+        // `address` alone is both, and stands for whichever is missing.
+        let plain = peer(Some("us"), Some(a(3)), None, None);
+        assert_eq!(route(&grid, &plain), public_route(a(3)));
+        assert_eq!(route(&no_region, &plain), public_route(a(3)));
+        let with_private = peer(Some("us"), Some(public(3)), Some(a(3)), None);
+        assert_eq!(route(&grid, &with_private), public_route(public(3)));
+        let with_private = peer(Some("eu"), Some(public(3)), Some(a(3)), None);
+        assert_eq!(route(&grid, &with_private), private_route(a(3)));
+        // Same region without a private address: the public one (reachable anyway).
+        assert_eq!(
+            route(&grid, &peer(Some("eu"), None, None, Some(public(4)))),
+            public_route(public(4))
+        );
+        // Refusals.
+        assert_eq!(
+            route(&grid, &peer(Some("us"), None, Some(a(5)), None)),
+            Err(ConfigError::NoPublicAddress(NodeId(2)))
+        );
+        assert_eq!(
+            route(&grid, &peer(Some("eu"), None, None, None)),
+            Err(ConfigError::NoPeerAddress(NodeId(2)))
+        );
+        assert_eq!(
+            route(&grid, &peer(None, Some(a(6)), Some(a(7)), Some(public(6)))),
+            Err(ConfigError::AmbiguousPeerAddress(NodeId(2)))
+        );
+    }
+
+    #[test]
+    fn region_fields_are_validated() {
+        let doc = r#"{
+            "grid": {"node": 1, "region": "eu"},
+            "peers": [
+                {"node": 2, "region": "eu", "private_address": "10.0.0.2", "public_address": "203.0.113.2"},
+                {"node": 3, "region": "us", "private_address": "10.0.0.3", "public_address": "203.0.113.3"}
+            ]
+        }"#;
+        let cfg = parse(doc).unwrap();
+        assert_eq!(cfg.validate(), Ok(()));
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(parse(&text).unwrap(), cfg);
+        assert!(!text.contains("\"address\""), "{text}");
+        type Mutation = fn(&mut OverlayConfig);
+        let cases: Vec<(Mutation, ConfigError)> = vec![
+            (
+                |c| c.grid.region = Some("e u".to_string()),
+                ConfigError::BadRegion("e u".to_string()),
+            ),
+            (
+                |c| c.peers[0].region = Some(String::new()),
+                ConfigError::BadRegion(String::new()),
+            ),
+            (
+                |c| c.peers[1].private_address = Some(Ipv4Address::BROADCAST),
+                ConfigError::BadPeerAddress(Ipv4Address::BROADCAST),
+            ),
+            (
+                |c| c.peers[1].public_address = None,
+                ConfigError::NoPublicAddress(NodeId(3)),
+            ),
+            (
+                |c| c.peers[0].address = Some(Ipv4Address::new(10, 0, 0, 9)),
+                ConfigError::AmbiguousPeerAddress(NodeId(2)),
+            ),
+            (
+                |c| c.peers[0].private_address = Some(Ipv4Address::new(203, 0, 113, 3)),
+                ConfigError::DuplicatePeerAddress(Ipv4Address::new(203, 0, 113, 3)),
+            ),
+        ];
+        for (i, (mutate, want)) in cases.into_iter().enumerate() {
+            let mut cfg = parse(doc).unwrap();
+            mutate(&mut cfg);
+            assert_eq!(cfg.validate(), Err(want), "case {i}");
+        }
+        // Peer 3's private address is not in use here: the same one elsewhere is fine.
+        let mut cfg = parse(doc).unwrap();
+        cfg.peers[1].private_address = Some(Ipv4Address::new(10, 0, 0, 2));
+        assert_eq!(cfg.validate(), Ok(()));
     }
 
     #[test]

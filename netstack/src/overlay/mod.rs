@@ -322,6 +322,9 @@ struct Network {
 struct Peer {
     node: NodeId,
     name: Option<String>,
+    region: Option<String>,
+    /// Whether the address it is keyed by is its private or its public one.
+    kind: transport::AddressKind,
     networks: BTreeSet<Vni>,
     neighbor: Option<EthernetAddress>,
     counters: PeerCounters,
@@ -380,7 +383,28 @@ pub struct Overlay {
     drops: DropCounters,
     /// The sleeve endpoint, when `[grid]` has a secret.
     sleeve: Option<SleeveLink>,
+    /// Seal frames for sleeve peers when [`Overlay::flush_sleeve`] is called, not at
+    /// once (docs/sleeve.md "Batching").
+    batch_sleeve: bool,
+    /// Frames waiting to be sealed, one entry per (peer, network), in arrival order.
+    pending: Vec<PendingSeal>,
+    pending_frames: usize,
 }
+
+/// The frames of one network for one sleeve peer that will share messages.
+#[derive(Debug, Clone)]
+struct PendingSeal {
+    peer: Ipv4Address,
+    node: NodeId,
+    vni: Vni,
+    /// The outer headers, from the first frame (its flow's source port).
+    outer: transport::OuterAddrs,
+    frames: Vec<Vec<u8>>,
+}
+
+/// With batching on, frames waiting to be sealed are sealed at once when this many
+/// pile up, even before [`Overlay::flush_sleeve`] (a bound on memory, not a timer).
+pub const MAX_PENDING_FRAMES: usize = 256;
 
 /// The port a frame came in on, for the split-horizon rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,6 +461,9 @@ impl Overlay {
             networks: BTreeMap::new(),
             peers: BTreeMap::new(),
             drops: DropCounters::default(),
+            batch_sleeve: false,
+            pending: Vec::new(),
+            pending_frames: 0,
         })
     }
 
@@ -533,27 +560,24 @@ impl Overlay {
             .map(|(vni, _)| *vni)
     }
 
-    /// Add a peer, or replace the one at the same underlay address (its counters and
-    /// neighbor MAC are kept; static entries of networks it left are removed).
+    /// Add a peer, or replace the one at the same underlay address in use (its counters
+    /// and neighbor MAC are kept; static entries of networks it left are removed). The
+    /// address in use is its private one if it is in this node's region, else its
+    /// public one ([`transport::route`]).
     pub fn add_peer(&mut self, peer: &PeerConfig) -> Result<(), OverlayError> {
         if peer.node == self.grid.node {
             return Err(ConfigError::PeerIsSelf(peer.node).into());
         }
-        if peer.address == self.underlay.ip {
-            return Err(OverlayError::PeerIsSelf(peer.address));
-        }
-        if !config::valid_underlay_address(peer.address) {
-            return Err(ConfigError::BadPeerAddress(peer.address).into());
-        }
-        if let Some(name) = &peer.name {
-            if !config::valid_name(name) {
-                return Err(ConfigError::BadName(name.clone()).into());
-            }
+        // Which of its addresses (by region) is the one place this is decided.
+        let route = peer.validate(&self.grid)?;
+        let address = route.address;
+        if address == self.underlay.ip {
+            return Err(OverlayError::PeerIsSelf(address));
         }
         if self
             .peers
             .iter()
-            .any(|(addr, p)| *addr != peer.address && p.node == peer.node)
+            .any(|(addr, p)| *addr != address && p.node == peer.node)
         {
             return Err(ConfigError::DuplicatePeerNode(peer.node).into());
         }
@@ -564,12 +588,14 @@ impl Overlay {
                 .ok_or_else(|| OverlayError::UnknownNetwork(name.clone()))?;
             networks.insert(vni);
         }
-        if !self.peers.contains_key(&peer.address) && self.peers.len() >= config::MAX_PEERS {
+        if !self.peers.contains_key(&address) && self.peers.len() >= config::MAX_PEERS {
             return Err(ConfigError::TooManyPeers.into());
         }
-        let entry = self.peers.entry(peer.address).or_insert_with(|| Peer {
+        let entry = self.peers.entry(address).or_insert_with(|| Peer {
             node: peer.node,
             name: None,
+            region: None,
+            kind: route.kind,
             networks: BTreeSet::new(),
             neighbor: None,
             counters: PeerCounters::default(),
@@ -583,10 +609,12 @@ impl Overlay {
         let left: Vec<Vni> = entry.networks.difference(&networks).copied().collect();
         entry.node = peer.node;
         entry.name = peer.name.clone();
+        entry.region = peer.region.clone();
+        entry.kind = route.kind;
         entry.networks = networks;
         for vni in left {
             if let Some(net) = self.networks.get_mut(&vni) {
-                forget_remote(net, peer.address);
+                forget_remote(net, address);
             }
         }
         Ok(())
@@ -880,7 +908,7 @@ impl Overlay {
         let src_port = vxlan::flow_src_port(frame, self.hash_seed, self.src_ports);
         let mut sent = 0u64;
         let mut missing_neighbor = 0u64;
-        let mut seal_refused = 0u64;
+        let mut queued = 0u64;
         // Known unicast needs no list of targets (and no allocation for one).
         let flood_targets: Vec<Ipv4Address>;
         let targets: &[Ipv4Address] = match &to_peer {
@@ -905,28 +933,31 @@ impl Overlay {
                 continue;
             };
             if transport::transport(mode, &self.grid.trusted_subnets, addr) == Transport::Sleeve {
-                let outer = transport::OuterAddrs {
-                    src_mac: self.underlay.mac,
-                    dst_mac: neighbor,
-                    src_ip: self.underlay.ip,
-                    dst_ip: addr,
-                    src_port,
-                    ttl: self.ttl,
-                };
-                let sealed = match self.sleeve.as_mut() {
-                    Some(link) => link.seal(peer.node, &outer, vni, &[frame], now).ok(),
-                    None => None,
-                };
-                let Some(messages) = sealed else {
-                    seal_refused += 1;
-                    continue;
-                };
-                for m in messages {
-                    peer.counters.tx_packets += 1;
-                    peer.counters.tx_bytes += m.len() as u64;
-                    out.push((Egress::Uplink, m));
+                // Sealed with the other frames for this peer and network (at once
+                // unless batching, see `flush_sleeve`).
+                match self
+                    .pending
+                    .iter_mut()
+                    .find(|p| p.peer == addr && p.vni == vni)
+                {
+                    Some(p) => p.frames.push(frame.to_vec()),
+                    None => self.pending.push(PendingSeal {
+                        peer: addr,
+                        node: peer.node,
+                        vni,
+                        outer: transport::OuterAddrs {
+                            src_mac: self.underlay.mac,
+                            dst_mac: neighbor,
+                            src_ip: self.underlay.ip,
+                            dst_ip: addr,
+                            src_port,
+                            ttl: self.ttl,
+                        },
+                        frames: vec![frame.to_vec()],
+                    }),
                 }
-                sent += 1;
+                self.pending_frames += 1;
+                queued += 1;
                 continue;
             }
             let outer = Outer {
@@ -953,21 +984,27 @@ impl Overlay {
             out.push((Egress::Uplink, buf));
             sent += 1;
         }
-        let unicast_unresolved = to_peer.is_some() && sent == 0 && missing_neighbor > 0;
-        let unicast_unsealed = to_peer.is_some() && sent == 0 && seal_refused > 0;
+        // Unbatched, the frames just queued are the only ones pending. Sealed frames
+        // count `uplink_tx` when they are sealed, refused ones `seal_refused`.
+        let mut seal_refused = 0u64;
+        let mut accepted = queued;
+        if !self.batch_sleeve || self.pending_frames >= MAX_PENDING_FRAMES {
+            let (sealed, refused) = self.seal_pending(now);
+            out.extend(sealed.into_iter().map(|m| (Egress::Uplink, m)));
+            if !self.batch_sleeve {
+                seal_refused = refused;
+                accepted = queued.saturating_sub(refused);
+            }
+        }
+        let unicast_unresolved = to_peer.is_some() && sent + accepted == 0 && missing_neighbor > 0;
+        let unicast_unsealed = to_peer.is_some() && sent + accepted == 0 && seal_refused > 0;
         for _ in 0..missing_neighbor {
             self.drops.count(DropReason::NoNeighbor);
-        }
-        for _ in 0..seal_refused {
-            self.drops.count(DropReason::SealRefused);
         }
         if let Some(net) = self.networks.get_mut(&vni) {
             net.counters.uplink_tx += sent;
             for _ in 0..missing_neighbor {
                 net.counters.drops.count(DropReason::NoNeighbor);
-            }
-            for _ in 0..seal_refused {
-                net.counters.drops.count(DropReason::SealRefused);
             }
         }
         if unicast_unsealed {
@@ -977,6 +1014,71 @@ impl Overlay {
             return Verdict::Drop(DropReason::NoNeighbor);
         }
         Verdict::Forward(out)
+    }
+
+    /// Batch frames for sleeve peers (docs/sleeve.md "Batching"): `rx_link` and
+    /// `rx_appliance` queue them and [`Overlay::flush_sleeve`] seals each peer's frames
+    /// of one network together, as few messages as fit the underlay MTU. The datapath
+    /// turns it on and flushes once per poll. Off (the default), every call seals its
+    /// own frames and returns them in its verdict. Turning it off flushes nothing:
+    /// call `flush_sleeve` first.
+    pub fn batch_sleeve(&mut self, on: bool) {
+        self.batch_sleeve = on;
+    }
+
+    /// Seal every queued sleeve frame: the complete underlay frames to send, in the
+    /// order the (peer, network) pairs first had a frame. Refusals are counted
+    /// (`drops.seal_refused`); their frames are never sent in clear.
+    pub fn flush_sleeve(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        self.seal_pending(now).0
+    }
+
+    /// Frames queued for sealing (batching on), not yet flushed.
+    pub fn pending_sleeve_frames(&self) -> usize {
+        self.pending_frames
+    }
+
+    /// Seal and count the queued frames: (underlay frames, frames refused).
+    fn seal_pending(&mut self, now: Instant) -> (Vec<Vec<u8>>, u64) {
+        let pending = core::mem::take(&mut self.pending);
+        self.pending_frames = 0;
+        let mut out = Vec::new();
+        let mut refused = 0u64;
+        for p in pending {
+            let frames: Vec<&[u8]> = p.frames.iter().map(|f| f.as_slice()).collect();
+            let n = frames.len() as u64;
+            let sealed = match (self.sleeve.as_mut(), self.peers.get_mut(&p.peer)) {
+                (Some(link), Some(peer)) if peer.node == p.node => link
+                    .seal(p.node, &p.outer, p.vni, &frames, now)
+                    .ok()
+                    .map(|messages| (peer, messages)),
+                _ => None,
+            };
+            match sealed {
+                Some((peer, messages)) => {
+                    for m in messages {
+                        peer.counters.tx_packets += 1;
+                        peer.counters.tx_bytes += m.len() as u64;
+                        out.push(m);
+                    }
+                    if let Some(net) = self.networks.get_mut(&p.vni) {
+                        net.counters.uplink_tx += n;
+                    }
+                }
+                None => {
+                    refused += n;
+                    for _ in 0..n {
+                        self.drops.count(DropReason::SealRefused);
+                    }
+                    if let Some(net) = self.networks.get_mut(&p.vni) {
+                        for _ in 0..n {
+                            net.counters.drops.count(DropReason::SealRefused);
+                        }
+                    }
+                }
+            }
+        }
+        (out, refused)
     }
 
     /// A frame received on the uplink. Anything that is not VXLAN for us comes back as
@@ -1257,6 +1359,8 @@ impl Overlay {
                     node: p.node,
                     name: p.name.clone(),
                     address: *addr,
+                    address_kind: p.kind,
+                    region: p.region.clone(),
                     networks: p.networks.iter().copied().collect(),
                     neighbor: p.neighbor.map(Mac),
                     counters: p.counters,
@@ -1513,7 +1617,12 @@ pub struct ArpEntryStatus {
 pub struct PeerStatus {
     pub node: NodeId,
     pub name: Option<String>,
+    /// The underlay address in use (private in the same region, else public).
     pub address: Ipv4Address,
+    /// Which of the peer's addresses `address` is.
+    pub address_kind: transport::AddressKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     pub networks: Vec<Vni>,
     pub neighbor: Option<Mac>,
     pub counters: PeerCounters,

@@ -298,3 +298,61 @@ fn a_replacement_endpoint_continues_the_session_ids() {
     a.set_sleeve_first_session(sleeve::SessionId(1));
     assert_eq!(a.sleeve_next_session(), Some(next));
 }
+
+#[test]
+fn status_shows_the_address_in_use_per_peer() {
+    let config: OverlayConfig = serde_json::from_str(
+        r#"{"grid": {"node": 1, "region": "eu"},
+            "networks": [{"name": "a", "vni": 100}],
+            "peers": [
+              {"node": 2, "region": "eu", "private_address": "198.51.100.2",
+               "public_address": "203.0.113.2", "networks": ["a"]},
+              {"node": 3, "region": "us", "private_address": "198.51.100.3",
+               "public_address": "203.0.113.3", "networks": ["a"]},
+              {"node": 4, "address": "192.0.2.4", "networks": ["a"]}
+            ]}"#,
+    )
+    .unwrap();
+    let mut o = Overlay::from_config(
+        &config,
+        Underlay {
+            mac: N1_MAC,
+            ip: N1,
+        },
+        Limits::default(),
+        1,
+    )
+    .unwrap();
+    let shown: Vec<(u8, Ipv4Address, transport::AddressKind)> = o
+        .status(t(0))
+        .peers
+        .iter()
+        .map(|p| (p.node.get(), p.address, p.address_kind))
+        .collect();
+    use transport::AddressKind::{Private, Public};
+    assert_eq!(
+        shown,
+        vec![
+            (4, Ipv4Address::new(192, 0, 2, 4), Public),
+            (2, Ipv4Address::new(198, 51, 100, 2), Private),
+            (3, Ipv4Address::new(203, 0, 113, 3), Public),
+        ]
+    );
+    // Frames leave for the address in use.
+    for (a, m) in [
+        (Ipv4Address::new(198, 51, 100, 2), N2_MAC),
+        (Ipv4Address::new(203, 0, 113, 3), N3_MAC),
+        (Ipv4Address::new(192, 0, 2, 4), N2_MAC),
+    ] {
+        o.set_neighbor(a, Some(m)).unwrap();
+    }
+    let mut to: Vec<[u8; 4]> = uplink(o.rx_link(t(0), vni(), &inner(C2, 64)))
+        .iter()
+        .map(|f| f[30..34].try_into().unwrap())
+        .collect();
+    to.sort();
+    assert_eq!(
+        to,
+        vec![[192, 0, 2, 4], [198, 51, 100, 2], [203, 0, 113, 3]]
+    );
+}

@@ -427,7 +427,10 @@ fn linux_vxlan_frame_is_accepted() {
     o.add_peer(&PeerConfig {
         node: NodeId::new(1).unwrap(),
         name: Some("linux".to_string()),
-        address: US.ip,
+        address: Some(US.ip),
+        region: None,
+        private_address: None,
+        public_address: None,
         networks: vec!["grid".to_string()],
     })
     .unwrap();
@@ -643,7 +646,10 @@ fn control_operations() {
     o.add_peer(&PeerConfig {
         node: NodeId::new(2).unwrap(),
         name: None,
-        address: P2,
+        address: Some(P2),
+        region: None,
+        private_address: None,
+        public_address: None,
         networks: vec!["b".to_string()],
     })
     .unwrap();
@@ -664,7 +670,10 @@ fn control_operations() {
         o.add_peer(&PeerConfig {
             node: NodeId::new(3).unwrap(),
             name: None,
-            address: Ipv4Address::new(192, 0, 2, 50),
+            address: Some(Ipv4Address::new(192, 0, 2, 50)),
+            region: None,
+            private_address: None,
+            public_address: None,
             networks: vec![],
         }),
         Err(OverlayError::Config(ConfigError::DuplicatePeerNode(
@@ -675,7 +684,10 @@ fn control_operations() {
         o.add_peer(&PeerConfig {
             node: NodeId::new(9).unwrap(),
             name: None,
-            address: US.ip,
+            address: Some(US.ip),
+            region: None,
+            private_address: None,
+            public_address: None,
             networks: vec![],
         }),
         Err(OverlayError::PeerIsSelf(US.ip))

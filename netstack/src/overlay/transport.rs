@@ -1,5 +1,7 @@
-//! The overlay's choice of transport per peer and network (plaintext VXLAN or sleeve),
-//! and sleeve messages in and out of complete underlay frames (Ethernet + IPv4 + UDP to
+//! The overlay's choice of how to reach a peer: at which of its underlay addresses
+//! (private in the same region, public otherwise, as Kontena's grid) and with which
+//! transport per network (plaintext VXLAN or sleeve, by the trusted subnets); and
+//! sleeve messages in and out of complete underlay frames (Ethernet + IPv4 + UDP to
 //! port 6783). Owns this appliance's sleeve endpoint.
 //!
 //! It never decides where a frame goes on L2 (the overlay does), never reads a clock and
@@ -15,7 +17,7 @@ use smoltcp::wire::{
     Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
 
-use super::config::{Mode, NodeId, SecretText, Subnet};
+use super::config::{ConfigError, GridConfig, Mode, NodeId, PeerConfig, SecretText, Subnet};
 use crate::sleeve::{
     self, Config, Frame, OpenError, PskKeySource, SealError, SessionId, Sleeve, SleeveMetrics,
 };
@@ -47,6 +49,53 @@ pub fn transport(mode: Mode, trusted: &[Subnet], peer: Ipv4Address) -> Transport
     }
 }
 
+/// Which of a peer's addresses is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressKind {
+    Private,
+    Public,
+}
+
+/// How this node reaches one peer: the underlay address in use, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub address: Ipv4Address,
+    pub kind: AddressKind,
+}
+
+impl Route {
+    /// The transport of a network in `mode` to this peer (by the address in use).
+    pub fn transport(&self, mode: Mode, trusted: &[Subnet]) -> Transport {
+        transport(mode, trusted, self.address)
+    }
+}
+
+/// The address this node (of `grid`) reaches `peer` at: its private address when both
+/// are in the same region (a node or peer without a region is in `"default"`), else its
+/// public address; `address` stands for whichever of the two is not given. In the same
+/// region without a private address the public one is used (it is reachable from
+/// anywhere); in another region a private address never is.
+pub fn route(grid: &GridConfig, peer: &PeerConfig) -> Result<Route, ConfigError> {
+    if peer.address.is_some() && peer.private_address.is_some() && peer.public_address.is_some() {
+        return Err(ConfigError::AmbiguousPeerAddress(peer.node));
+    }
+    let private = peer.private_address.or(peer.address);
+    let public = peer.public_address.or(peer.address);
+    let peer_region = peer
+        .region
+        .as_deref()
+        .unwrap_or(super::config::DEFAULT_REGION);
+    let same_region = grid.region() == peer_region;
+    let (address, kind) = match (same_region, private, public) {
+        (true, Some(a), _) => (a, AddressKind::Private),
+        (_, _, Some(a)) => (a, AddressKind::Public),
+        (false, Some(_), None) => return Err(ConfigError::NoPublicAddress(peer.node)),
+        (_, None, None) => return Err(ConfigError::NoPeerAddress(peer.node)),
+    };
+    Ok(Route { address, kind })
+}
+
 /// The sleeve node id of an overlay node (the same number).
 pub fn sleeve_node(node: NodeId) -> sleeve::NodeId {
     sleeve::NodeId(u32::from(node.get()))
@@ -75,6 +124,9 @@ pub struct SleeveStatus {
     pub port: u16,
     pub sealed_messages: u64,
     pub sealed_frames: u64,
+    /// Frames sealed into a message together with an earlier frame (batching).
+    #[serde(default)]
+    pub frames_batched: u64,
     pub opened_messages: u64,
     pub opened_frames: u64,
     pub seal_refused: u64,
@@ -104,6 +156,7 @@ impl From<&SleeveMetrics> for SleeveStatus {
             port: SLEEVE_PORT,
             sealed_messages: m.sealed_messages,
             sealed_frames: m.sealed_frames,
+            frames_batched: m.frames_batched,
             opened_messages: m.opened_messages,
             opened_frames: m.opened_frames,
             seal_refused: m.seal_refused,

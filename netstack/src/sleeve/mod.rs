@@ -142,6 +142,9 @@ pub enum PeerError {
 pub struct SleeveMetrics {
     pub sealed_messages: u64,
     pub sealed_frames: u64,
+    /// Frames that shared a message with an earlier frame (`sealed_frames` less
+    /// `sealed_messages`): what batching saved in datagrams.
+    pub frames_batched: u64,
     pub opened_messages: u64,
     pub opened_frames: u64,
     pub seal_refused: u64,
@@ -287,6 +290,7 @@ impl<K: KeySource> Sleeve<K> {
             Ok(messages) => {
                 self.metrics.sealed_messages += messages.len() as u64;
                 self.metrics.sealed_frames += frames.len() as u64;
+                self.metrics.frames_batched += frames.len().saturating_sub(messages.len()) as u64;
             }
             Err(_) => self.metrics.seal_refused += 1,
         }
