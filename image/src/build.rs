@@ -55,7 +55,10 @@ pub fn build_std_args() -> Vec<String> {
 /// `cargo <subcommand> <build-std flags>` with current dir `kernel/`.
 pub fn kernel_cargo(subcommand: &str, kernel_dir: &Path) -> Command {
     let mut cmd = Command::new(cargo_program());
+    // The kernel always builds into `kernel/target` (where `kernel_elf` looks), also when
+    // the caller points the workspace's builds elsewhere with CARGO_TARGET_DIR.
     cmd.current_dir(kernel_dir)
+        .env_remove("CARGO_TARGET_DIR")
         .env("RUSTC_BOOTSTRAP", "1")
         .arg(subcommand)
         .args(build_std_args());
