@@ -690,6 +690,13 @@ impl Nat {
         &self.config
     }
 
+    /// Changes the conntrack timeouts all at once; live flows keep their last
+    /// activity time and are judged by the new timeouts from the next packet on.
+    pub fn set_timeouts(&mut self, timeouts: conntrack::Timeouts) {
+        self.config.conntrack.timeouts = timeouts;
+        self.ct.set_timeouts(timeouts);
+    }
+
     /// Publishes a port; refused (and nothing changed) when invalid, reserved or
     /// already published.
     pub fn add_publish(&mut self, rule: PublishRule) -> Result<(), PublishError> {
