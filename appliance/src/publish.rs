@@ -427,7 +427,11 @@ mod tests {
         let nat = cfg.nat.unwrap();
         assert_eq!(nat.timeouts(), Timeouts::default());
         assert_eq!(
-            (nat.tcp_established_secs, nat.tcp_transitory_secs, nat.udp_secs),
+            (
+                nat.tcp_established_secs,
+                nat.tcp_transitory_secs,
+                nat.udp_secs
+            ),
             (7440, 240, 300)
         );
         let shown = serde_json::to_value(&cfg).unwrap();
@@ -517,7 +521,14 @@ mod tests {
         let shorter = Config::from_json_value(&d).unwrap();
         apply(&mut stack, &shorter, 1);
         assert_eq!(
-            stack.router().unwrap().nat().config().conntrack.timeouts.udp,
+            stack
+                .router()
+                .unwrap()
+                .nat()
+                .config()
+                .conntrack
+                .timeouts
+                .udp,
             Duration::from_secs(30)
         );
         assert_eq!(held(&stack, 29), 1, "the flow survived the apply");
