@@ -458,27 +458,44 @@ const EMPTY: u64 = u64::MAX;
 
 /// The index from tuple to flow: open addressing with linear probing over one
 /// `u64` per bucket, `fingerprint << 32 | entry`, eight buckets to a cache line.
-/// The fingerprint is the high half of the tuple's hash and its low bits pick the
-/// home bucket, so a lookup reads one line of buckets (entries whose fingerprint
-/// differs are skipped without touching their flow) and then the one flow it names;
-/// removal shifts the cluster back (no tombstones) using the fingerprints alone.
-/// Sized once for twice the capacity's tuples at most half full.
+/// The fingerprint is 32 bits of the tuple's keyed hash and its high bits pick the
+/// home bucket (multiply-shift, so any table size works), so a lookup reads one
+/// line of buckets (entries whose fingerprint differs are skipped without touching
+/// their flow) and then the one flow it names; removal shifts the cluster back (no
+/// tombstones) using the fingerprints alone. Sized once, never more than two
+/// thirds full.
 struct Index {
     buckets: Vec<u64>,
-    mask: usize,
 }
 
 impl Index {
+    /// An index for at most `entries` entries.
     fn with_entries(entries: usize) -> Index {
-        let n = (2 * entries.max(4)).next_power_of_two();
+        let n = (entries.max(4) * 3).div_ceil(2);
         Index {
             buckets: alloc::vec![EMPTY; n],
-            mask: n - 1,
         }
     }
 
     fn home(&self, fp: u32) -> usize {
-        fp as usize & self.mask
+        ((fp as u64 * self.buckets.len() as u64) >> 32) as usize
+    }
+
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.buckets.len() {
+            0
+        } else {
+            i + 1
+        }
+    }
+
+    /// Probe steps from bucket `from` forward to bucket `to`.
+    fn distance(&self, from: usize, to: usize) -> usize {
+        if to >= from {
+            to - from
+        } else {
+            to + self.buckets.len() - from
+        }
     }
 
     /// The entry whose fingerprint is `fp` and for which `is` holds.
@@ -492,15 +509,15 @@ impl Index {
             if (b >> 32) as u32 == fp && is(b as u32) {
                 return Some(b as u32);
             }
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
     }
 
-    /// Adds an entry; the table never fills (at most half of it is used).
+    /// Adds an entry; the table never fills (at most two thirds of it is used).
     fn insert(&mut self, fp: u32, e: u32) {
         let mut i = self.home(fp);
         while self.buckets[i] != EMPTY {
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
         self.buckets[i] = (fp as u64) << 32 | e as u64;
     }
@@ -513,20 +530,20 @@ impl Index {
             match self.buckets[hole] {
                 EMPTY => return,
                 b if b == want => break,
-                _ => hole = (hole + 1) & self.mask,
+                _ => hole = self.next(hole),
             }
         }
         // Backward shift: a later entry of the cluster moves into the hole when
         // its home is not after the hole, so every probe sequence stays unbroken.
         let mut j = hole;
         loop {
-            j = (j + 1) & self.mask;
+            j = self.next(j);
             let b = self.buckets[j];
             if b == EMPTY {
                 break;
             }
             let home = self.home((b >> 32) as u32);
-            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
+            if self.distance(home, j) >= self.distance(hole, j) {
                 self.buckets[hole] = b;
                 hole = j;
             }
