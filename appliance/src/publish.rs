@@ -11,10 +11,10 @@ use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use weft_netstack::conntrack::{FlowFilter, FlowInfo, Proto};
+use weft_netstack::conntrack::{FlowFilter, FlowInfo, Proto, Timeouts};
 use weft_netstack::nat::{validate_publish_list, Nat, NatConfig, PublishRule, Transport};
 use weft_netstack::router::{Router, RouterCounters};
-use weft_netstack::smoltcp::time::Instant;
+use weft_netstack::smoltcp::time::{Duration, Instant};
 use weft_netstack::Netstack;
 
 use crate::config::{Config, ConfigError};
@@ -24,17 +24,110 @@ pub const DEFAULT_FLOWS_LIMIT: usize = 100;
 /// Most flows `flows` returns at all (one reply line stays reasonable).
 pub const MAX_FLOWS_LIMIT: usize = 10_000;
 
-/// `[nat]`: connection tracking limits.
+/// `[nat]`: connection tracking limits and idle timeouts. Every timeout defaults
+/// to the RFC value `conntrack::Timeouts::default()` holds (RFC 5382 REQ-5 for TCP,
+/// RFC 4787 REQ-5 for UDP, RFC 5508 REQ-1 for ICMP echo); a document that names
+/// `[nat]` shows them all in `config`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatSection {
     /// Most flows tracked at once (new ones are dropped and counted beyond it).
     #[serde(default = "default_capacity")]
     pub capacity: u32,
+    /// Idle timeout of an established TCP flow (RFC 5382: at least 2 h 4 min).
+    #[serde(default = "default_tcp_established")]
+    pub tcp_established_secs: u32,
+    /// Idle timeout of a TCP flow opening or closing (RFC 7857 §2.1: 4 min).
+    #[serde(default = "default_tcp_transitory")]
+    pub tcp_transitory_secs: u32,
+    /// How long a TCP flow lingers after the last ACK of its close.
+    #[serde(default = "default_tcp_time_wait")]
+    pub tcp_time_wait_secs: u32,
+    /// How long a reset TCP flow lingers.
+    #[serde(default = "default_tcp_closed")]
+    pub tcp_closed_secs: u32,
+    /// Idle timeout of a UDP flow (RFC 4787 REQ-5: at least 2 min, 5 recommended).
+    #[serde(default = "default_udp")]
+    pub udp_secs: u32,
+    /// Idle timeout of an ICMP echo flow (RFC 5508 REQ-1: at least 60 s).
+    #[serde(default = "default_icmp")]
+    pub icmp_secs: u32,
 }
+
+/// The longest idle timeout `[nat]` takes: a week.
+pub const MAX_TIMEOUT_SECS: u32 = 7 * 24 * 3600;
 
 fn default_capacity() -> u32 {
     65_536
+}
+
+fn secs(d: Duration) -> u32 {
+    d.secs() as u32
+}
+
+fn default_tcp_established() -> u32 {
+    secs(Timeouts::default().tcp_established)
+}
+
+fn default_tcp_transitory() -> u32 {
+    secs(Timeouts::default().tcp_transitory)
+}
+
+fn default_tcp_time_wait() -> u32 {
+    secs(Timeouts::default().tcp_time_wait)
+}
+
+fn default_tcp_closed() -> u32 {
+    secs(Timeouts::default().tcp_closed)
+}
+
+fn default_udp() -> u32 {
+    secs(Timeouts::default().udp)
+}
+
+fn default_icmp() -> u32 {
+    secs(Timeouts::default().icmp)
+}
+
+impl Default for NatSection {
+    fn default() -> Self {
+        NatSection {
+            capacity: default_capacity(),
+            tcp_established_secs: default_tcp_established(),
+            tcp_transitory_secs: default_tcp_transitory(),
+            tcp_time_wait_secs: default_tcp_time_wait(),
+            tcp_closed_secs: default_tcp_closed(),
+            udp_secs: default_udp(),
+            icmp_secs: default_icmp(),
+        }
+    }
+}
+
+impl NatSection {
+    /// The timeouts with their field names, in document order.
+    fn timeout_fields(&self) -> [(&'static str, u32); 6] {
+        [
+            ("tcp_established_secs", self.tcp_established_secs),
+            ("tcp_transitory_secs", self.tcp_transitory_secs),
+            ("tcp_time_wait_secs", self.tcp_time_wait_secs),
+            ("tcp_closed_secs", self.tcp_closed_secs),
+            ("udp_secs", self.udp_secs),
+            ("icmp_secs", self.icmp_secs),
+        ]
+    }
+
+    /// The conntrack timeouts this section sets.
+    pub fn timeouts(&self) -> Timeouts {
+        let s = |v: u32| Duration::from_secs(v as u64);
+        Timeouts {
+            tcp_established: s(self.tcp_established_secs),
+            tcp_transitory: s(self.tcp_transitory_secs),
+            tcp_time_wait: s(self.tcp_time_wait_secs),
+            tcp_closed: s(self.tcp_closed_secs),
+            udp: s(self.udp_secs),
+            icmp: s(self.icmp_secs),
+        }
+    }
 }
 
 /// The args of `publish-remove`.
@@ -104,6 +197,14 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 message: "the flow table needs room for at least one flow".into(),
             });
         }
+        for (name, value) in nat.timeout_fields() {
+            if value == 0 || value > MAX_TIMEOUT_SECS {
+                return Err(ConfigError {
+                    field: format!("nat.{name}"),
+                    message: format!("{value} s is outside 1..={MAX_TIMEOUT_SECS} s"),
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -123,6 +224,7 @@ fn nat_config(config: &Config) -> NatConfig {
     }
     if let Some(n) = config.nat {
         nat.conntrack.capacity = n.capacity as usize;
+        nat.conntrack.timeouts = n.timeouts();
     }
     nat
 }
@@ -132,14 +234,25 @@ fn nat_config(config: &Config) -> NatConfig {
 /// that differ are removed and added so live flows keep going.
 pub fn apply(netstack: &mut Netstack, config: &Config, seed: u64) {
     let want = nat_config(config);
-    let keep = netstack.router().is_some_and(|r| r.nat().config() == &want);
+    // New timeouts alone keep the NAT and its flows: they change all at once.
+    let keep = netstack.router().is_some_and(|r| {
+        let mut have = r.nat().config().clone();
+        have.conntrack.timeouts = want.conntrack.timeouts;
+        have == want
+    });
     if !keep {
-        netstack.set_router(Some(Router::new(Nat::new(want, seed ^ 0x6e61_7421))));
+        netstack.set_router(Some(Router::new(Nat::new(
+            want.clone(),
+            seed ^ 0x6e61_7421,
+        ))));
     }
     let Some(router) = netstack.router_mut() else {
         return;
     };
     let nat = router.nat_mut();
+    if nat.config().conntrack.timeouts != want.conntrack.timeouts {
+        nat.set_timeouts(want.conntrack.timeouts);
+    }
     let stale: Vec<PublishRule> = nat
         .publish_rules()
         .filter(|r| !config.publish.contains(r))
@@ -304,5 +417,135 @@ mod tests {
         apply(&mut stack, &without, 1);
         assert_eq!(stack.router().unwrap().nat().publish_rules().count(), 0);
         assert_eq!(status(&stack).unwrap().published, 0);
+    }
+
+    #[test]
+    fn nat_timeouts_default_to_the_rfc_values_and_are_shown_by_config() {
+        let mut d = doc(json!([]));
+        d["nat"] = json!({"capacity": 1024});
+        let cfg = Config::from_json_value(&d).unwrap();
+        let nat = cfg.nat.unwrap();
+        assert_eq!(nat.timeouts(), Timeouts::default());
+        assert_eq!(
+            (
+                nat.tcp_established_secs,
+                nat.tcp_transitory_secs,
+                nat.udp_secs
+            ),
+            (7440, 240, 300)
+        );
+        let shown = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(
+            shown["nat"],
+            json!({"capacity": 1024, "tcp_established_secs": 7440,
+                   "tcp_transitory_secs": 240, "tcp_time_wait_secs": 120,
+                   "tcp_closed_secs": 10, "udp_secs": 300, "icmp_secs": 60})
+        );
+        // What `config` shows reads back as the same document.
+        assert_eq!(Config::from_json_value(&shown).unwrap(), cfg);
+    }
+
+    #[test]
+    fn nat_timeout_refusals_name_the_field() {
+        for field in [
+            "tcp_established_secs",
+            "tcp_transitory_secs",
+            "tcp_time_wait_secs",
+            "tcp_closed_secs",
+            "udp_secs",
+            "icmp_secs",
+        ] {
+            for bad in [0, MAX_TIMEOUT_SECS + 1] {
+                let mut d = doc(json!([]));
+                d["nat"] = json!({ field: bad });
+                let e = Config::from_json_value(&d).unwrap_err();
+                assert_eq!(e.field, format!("nat.{field}"), "{e}");
+            }
+            let mut d = doc(json!([]));
+            d["nat"] = json!({ field: MAX_TIMEOUT_SECS });
+            assert!(Config::from_json_value(&d).is_ok());
+        }
+        let mut d = doc(json!([]));
+        d["nat"] = json!({"udp_timeout": 30});
+        assert!(Config::from_json_value(&d).is_err(), "unknown keys");
+    }
+
+    /// A UDP frame (Ethernet + IPv4 + UDP), checksums filled.
+    fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+        use weft_netstack::smoltcp::wire::{Ipv4Packet, UdpPacket};
+        let mut f = alloc::vec![0u8; 14 + 20 + 8 + 4];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[14..];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&32u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&src.0.octets());
+        ip[16..20].copy_from_slice(&dst.0.octets());
+        let udp = &mut ip[20..];
+        udp[0..2].copy_from_slice(&src.1.to_be_bytes());
+        udp[2..4].copy_from_slice(&dst.1.to_be_bytes());
+        udp[4..6].copy_from_slice(&12u16.to_be_bytes());
+        udp[8..].copy_from_slice(b"ping");
+        UdpPacket::new_unchecked(&mut udp[..]).fill_checksum(&src.0.into(), &dst.0.into());
+        Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
+        f
+    }
+
+    #[test]
+    fn new_timeouts_apply_at_once_and_keep_live_flows() {
+        use weft_netstack::nat::{Side, Verdict};
+        let mac = weft_netstack::smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]);
+        let mut stack = Netstack::new(mac, mac, 1, Instant::from_millis(0));
+        let mut d = doc(json!([]));
+        d["nat"] = json!({"capacity": 64});
+        let base = Config::from_json_value(&d).unwrap();
+        apply(&mut stack, &base, 1);
+        let inside = (Ipv4Addr::new(10, 81, 1, 2), 5000);
+        let server = (Ipv4Addr::new(203, 0, 113, 9), 53);
+        let nat = stack.router_mut().unwrap().nat_mut();
+        let v = nat.process(
+            &mut udp_frame(inside, server),
+            Side::Container,
+            Instant::from_secs(0),
+        );
+        assert_eq!(v, Verdict::Forward { to: Side::Uplink });
+        let held = |stack: &Netstack, at: i64| {
+            flows(stack, FlowsQuery::default(), Instant::from_secs(at)).len()
+        };
+        assert_eq!(held(&stack, 299), 1, "default UDP timeout: 300 s");
+
+        // 30 s for UDP: the same NAT (the flow is still there at 29 s), judged by
+        // the new timeout from now on.
+        d["nat"]["udp_secs"] = json!(30);
+        let shorter = Config::from_json_value(&d).unwrap();
+        apply(&mut stack, &shorter, 1);
+        assert_eq!(
+            stack
+                .router()
+                .unwrap()
+                .nat()
+                .config()
+                .conntrack
+                .timeouts
+                .udp,
+            Duration::from_secs(30)
+        );
+        assert_eq!(held(&stack, 29), 1, "the flow survived the apply");
+        assert_eq!(held(&stack, 30), 0, "and expires by the new timeout");
+        // Every timeout changes together with the others.
+        d["nat"]["tcp_established_secs"] = json!(600);
+        d["nat"]["icmp_secs"] = json!(5);
+        let both = Config::from_json_value(&d).unwrap();
+        apply(&mut stack, &both, 1);
+        let t = stack.router().unwrap().nat().config().conntrack.timeouts;
+        assert_eq!(t, both.nat.unwrap().timeouts());
+        assert_eq!(t.udp, Duration::from_secs(30));
+        assert_eq!(held(&stack, 29), 1);
+        // A new capacity is a new table.
+        d["nat"]["capacity"] = json!(128);
+        apply(&mut stack, &Config::from_json_value(&d).unwrap(), 1);
+        assert_eq!(held(&stack, 1), 0);
+        assert_eq!(status(&stack).unwrap().table_capacity, 128);
     }
 }

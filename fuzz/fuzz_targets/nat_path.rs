@@ -1,18 +1,21 @@
 //! Arbitrary frames from either side through conntrack, NAT and the load
 //! balancer, with time moving and health reports arriving between them.
-//! Input: records of [side/op byte][time step byte][len: u16 BE][frame bytes].
+//! The router's TTL check (`would_forward`, ICMP time exceeded) and timeout
+//! changes ride along. Input: records of [side/op byte][time step byte][len: u16 BE][frame bytes].
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
-use weft_netstack::conntrack::{self, Endpoint, FlowFilter};
+use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
+use weft_netstack::conntrack::{self, Endpoint, FlowFilter, Timeouts};
+use weft_netstack::icmp_error;
 use weft_netstack::lb::{BackendConfig, HealthSpec, LoadBalancer, Mode, ServiceConfig};
 use weft_netstack::nat::{Nat, NatConfig, PublishRule, Side, Transport, Verdict};
 
 const UPLINK: Ipv4Address = Ipv4Address::new(192, 0, 2, 10);
 const NODE: Ipv4Address = Ipv4Address::new(10, 81, 0, 1);
 const VIP: Ipv4Address = Ipv4Address::new(10, 81, 255, 1);
+const MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 1]);
 
 fn nat() -> Nat {
     let mut config = NatConfig::new(UPLINK, NODE, Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 16));
@@ -62,13 +65,39 @@ fuzz_target!(|data: &[u8]| {
             0 | 1 => {
                 let side = if op % 4 == 0 { Side::Uplink } else { Side::Container };
                 let before = frame.len();
+                // The router's TTL check: a packet the NAT says it would forward is
+                // translated or refused, never passed on untouched.
+                let would = nat.would_forward(&frame, side, now);
+                if let Some(error) = icmp_error::time_exceeded(&frame, MAC, UPLINK) {
+                    assert!(error.len() <= 14 + 576 && error.len() >= 14 + 28 + 20);
+                }
                 let verdict = nat.process(&mut frame, side, now);
                 assert_eq!(frame.len(), before, "rewrites happen in place");
+                if would {
+                    assert_ne!(verdict, Verdict::Pass, "would_forward and process agree");
+                }
                 if let Verdict::Forward { .. } = verdict {
                     assert!(frame.len() >= 14 + 20 + 8);
                 }
             }
             2 => {
+                if step & 0x80 != 0 {
+                    // Short, then default timeouts: live flows are judged anew.
+                    let t = if step & 0x40 != 0 {
+                        let s = |k: u8| Duration::from_secs(1 + ((step >> k) & 3) as u64);
+                        Timeouts {
+                            tcp_established: s(0),
+                            tcp_transitory: s(1),
+                            tcp_time_wait: s(2),
+                            tcp_closed: s(3),
+                            udp: s(4),
+                            icmp: s(5),
+                        }
+                    } else {
+                        Timeouts::default()
+                    };
+                    nat.set_timeouts(t);
+                }
                 nat.poll(now, (step % 8) as usize);
             }
             _ => {

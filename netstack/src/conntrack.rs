@@ -13,7 +13,6 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use hashbrown::HashTable;
 use serde::Serialize;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::Ipv4Address;
@@ -364,8 +363,9 @@ const CLASSES: [Class; 6] = [
 const EVICTABLE: [Class; 3] = [Class::Closed, Class::TimeWait, Class::Transitory];
 const NIL: u32 = u32::MAX;
 
-/// One tracked flow.
+/// One tracked flow: one cache line (the lookup's second and last memory access).
 #[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
 pub struct Flow {
     orig: FlowTuple,
     reply: FlowTuple,
@@ -453,14 +453,116 @@ struct List {
     tail: u32,
 }
 
+/// An empty bucket of the index.
+const EMPTY: u64 = u64::MAX;
+
+/// The index from tuple to flow: open addressing with linear probing over one
+/// `u64` per bucket, `fingerprint << 32 | entry`, eight buckets to a cache line.
+/// The fingerprint is 32 bits of the tuple's keyed hash and its high bits pick the
+/// home bucket (multiply-shift, so any table size works), so a lookup reads one
+/// line of buckets (entries whose fingerprint differs are skipped without touching
+/// their flow) and then the one flow it names; removal shifts the cluster back (no
+/// tombstones) using the fingerprints alone. Sized once, never more than 80 %
+/// full.
+struct Index {
+    buckets: Vec<u64>,
+}
+
+impl Index {
+    /// An index for at most `entries` entries. At most 80 % full: 10 bytes of
+    /// index per tuple, what hashbrown took before, so the appliance's default
+    /// table still fits its smallest memory (`-m 10M`); a lookup in a full table
+    /// probes 3 buckets on average, usually in one cache line.
+    fn with_entries(entries: usize) -> Index {
+        let n = (entries.max(4) * 5).div_ceil(4);
+        Index {
+            buckets: alloc::vec![EMPTY; n],
+        }
+    }
+
+    fn home(&self, fp: u32) -> usize {
+        ((fp as u64 * self.buckets.len() as u64) >> 32) as usize
+    }
+
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.buckets.len() {
+            0
+        } else {
+            i + 1
+        }
+    }
+
+    /// Probe steps from bucket `from` forward to bucket `to`.
+    fn distance(&self, from: usize, to: usize) -> usize {
+        if to >= from {
+            to - from
+        } else {
+            to + self.buckets.len() - from
+        }
+    }
+
+    /// The entry whose fingerprint is `fp` and for which `is` holds.
+    fn find(&self, fp: u32, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
+        let mut i = self.home(fp);
+        loop {
+            let b = self.buckets[i];
+            if b == EMPTY {
+                return None;
+            }
+            if (b >> 32) as u32 == fp && is(b as u32) {
+                return Some(b as u32);
+            }
+            i = self.next(i);
+        }
+    }
+
+    /// Adds an entry; the table never fills (at most 80 % of it is used).
+    fn insert(&mut self, fp: u32, e: u32) {
+        let mut i = self.home(fp);
+        while self.buckets[i] != EMPTY {
+            i = self.next(i);
+        }
+        self.buckets[i] = (fp as u64) << 32 | e as u64;
+    }
+
+    /// Removes entry `e` (fingerprint `fp`) if present.
+    fn remove(&mut self, fp: u32, e: u32) {
+        let want = (fp as u64) << 32 | e as u64;
+        let mut hole = self.home(fp);
+        loop {
+            match self.buckets[hole] {
+                EMPTY => return,
+                b if b == want => break,
+                _ => hole = self.next(hole),
+            }
+        }
+        // Backward shift: a later entry of the cluster moves into the hole when
+        // its home is not after the hole, so every probe sequence stays unbroken.
+        let mut j = hole;
+        loop {
+            j = self.next(j);
+            let b = self.buckets[j];
+            if b == EMPTY {
+                break;
+            }
+            let home = self.home((b >> 32) as u32);
+            if self.distance(home, j) >= self.distance(hole, j) {
+                self.buckets[hole] = b;
+                hole = j;
+            }
+        }
+        self.buckets[hole] = EMPTY;
+    }
+}
+
 /// The connection-tracking table.
 pub struct Conntrack {
     config: Config,
     flows: Vec<Flow>,
     free: u32,
     len: usize,
-    /// Both tuples of each flow: `index << 1 | direction`.
-    index: HashTable<u32>,
+    /// Both tuples of each flow: `slot << 1 | direction`.
+    index: Index,
     lists: [List; 6],
     seed: [u64; 2],
     stats: Stats,
@@ -495,6 +597,12 @@ fn hash_tuple(seed: &[u64; 2], t: &FlowTuple) -> u64 {
     fold_mul(a ^ seed[0], b ^ seed[1])
 }
 
+/// The index key of a tuple: 32 well-mixed bits of its keyed hash.
+fn fingerprint(seed: &[u64; 2], t: &FlowTuple) -> u32 {
+    let h = hash_tuple(seed, t);
+    (h ^ (h >> 32)) as u32
+}
+
 impl Conntrack {
     /// A table for `config.capacity` flows; `seed` keys the hash (pass a random
     /// value from the platform).
@@ -505,7 +613,7 @@ impl Conntrack {
             flows: Vec::with_capacity(capacity),
             free: NIL,
             len: 0,
-            index: HashTable::with_capacity(2 * capacity),
+            index: Index::with_entries(2 * capacity),
             lists: [List {
                 head: NIL,
                 tail: NIL,
@@ -549,10 +657,10 @@ impl Conntrack {
         self.stats.tcp_invalid += 1;
     }
 
-    /// Approximate bytes of memory used per flow slot (flow + two index entries).
-    pub fn bytes_per_flow() -> usize {
-        // hashbrown keeps one control byte per bucket and fills buckets to 7/8.
-        core::mem::size_of::<Flow>() + 2 * (core::mem::size_of::<u32>() + 1) * 8 / 7
+    /// Bytes of memory per flow of capacity: the flow and its share of the index.
+    pub fn bytes_per_flow(&self) -> usize {
+        let index = self.index.buckets.len() * core::mem::size_of::<u64>();
+        core::mem::size_of::<Flow>() + index / self.config.capacity.max(1)
     }
 
     fn deadline(&self, flow: &Flow) -> Instant {
@@ -564,11 +672,10 @@ impl Conntrack {
     }
 
     fn find(&self, tuple: &FlowTuple) -> Option<u32> {
-        let h = hash_tuple(&self.seed, tuple);
+        let fp = fingerprint(&self.seed, tuple);
         let flows = &self.flows;
         self.index
-            .find(h, |&e| flows[entry_slot(e)].tuple(entry_dir(e)) == tuple)
-            .copied()
+            .find(fp, |e| flows[entry_slot(e)].tuple(entry_dir(e)) == tuple)
     }
 
     /// The live flow a packet with `tuple` belongs to, and its direction.
@@ -654,17 +761,13 @@ impl Conntrack {
         };
         self.len += 1;
         self.link_tail(slot, now);
-        let (seed, flows) = (&self.seed, &self.flows);
-        let rehash = |e: &u32| hash_tuple(seed, flows[entry_slot(*e)].tuple(entry_dir(*e)));
-        self.index.insert_unique(
-            hash_tuple(seed, &orig),
+        self.index.insert(
+            fingerprint(&self.seed, &orig),
             entry(slot, Direction::Original),
-            rehash,
         );
-        self.index.insert_unique(
-            hash_tuple(seed, &reply),
+        self.index.insert(
+            fingerprint(&self.seed, &reply),
             entry(slot, Direction::Reply),
-            rehash,
         );
         self.stats.inserts += 1;
         Ok(FlowId(slot))
@@ -819,13 +922,8 @@ impl Conntrack {
             (&flow.orig, Direction::Original),
             (&flow.reply, Direction::Reply),
         ] {
-            let want = entry(slot, dir);
-            if let Ok(found) = self
-                .index
-                .find_entry(hash_tuple(&self.seed, t), |&e| e == want)
-            {
-                found.remove();
-            }
+            self.index
+                .remove(fingerprint(&self.seed, t), entry(slot, dir));
         }
         on_remove(&flow);
         let f = &mut self.flows[slot as usize];
@@ -1127,6 +1225,64 @@ mod tests {
             ..FlowFilter::default()
         };
         assert_eq!(ct.flows(&by_addr, 100, t(1)).len(), 10);
+    }
+
+    #[test]
+    fn index_matches_a_map_through_inserts_and_removals() {
+        use alloc::collections::BTreeMap;
+        // A small table so that clusters form, wrap around the end and fingerprints
+        // share home buckets; few distinct fingerprints so that equal ones meet.
+        for seed in 1..=20u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut index = Index::with_entries(24);
+            let mut model: BTreeMap<u32, u32> = BTreeMap::new();
+            for step in 0..4000 {
+                let e = rng.below(40) as u32;
+                let fp = match rng.below(3) {
+                    0 => (e % 5) | 0xffff_0000,
+                    1 => e * 7,
+                    _ => e.wrapping_mul(0x9e37_79b9),
+                };
+                match model.get(&e) {
+                    Some(&have) if rng.below(2) == 0 => {
+                        index.remove(have, e);
+                        model.remove(&e);
+                    }
+                    None if model.len() < 24 => {
+                        index.insert(fp, e);
+                        model.insert(e, fp);
+                    }
+                    _ => {}
+                }
+                for probe in 0..40u32 {
+                    let want = model.get(&probe).copied();
+                    let got = want.and_then(|fp| index.find(fp, |x| x == probe));
+                    assert_eq!(got.is_some(), want.is_some(), "seed {seed} step {step}");
+                }
+                let used = index.buckets.iter().filter(|&&b| b != EMPTY).count();
+                assert_eq!(used, model.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_flow_is_one_cache_line_and_the_table_stays_within_128_bytes_a_flow() {
+        assert_eq!(core::mem::size_of::<Flow>(), 64);
+        assert_eq!(core::mem::align_of::<Flow>(), 64);
+        for capacity in [1usize, 16, 1000, 65_536, 1 << 20] {
+            let ct = Conntrack::new(
+                Config {
+                    capacity,
+                    ..Config::default()
+                },
+                1,
+            );
+            assert!(
+                ct.bytes_per_flow() <= 128,
+                "{capacity}: {}",
+                ct.bytes_per_flow()
+            );
+        }
     }
 
     /// Deterministic xorshift for property tests.

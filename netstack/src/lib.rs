@@ -8,6 +8,7 @@ pub mod counters;
 pub mod datapath;
 pub mod fdb;
 pub mod health;
+pub mod icmp_error;
 pub mod iface;
 pub mod lb;
 pub mod maglev;

@@ -626,6 +626,25 @@ fn rewrite(pkt: &mut [u8], ihl: usize, proto: Proto, out: &FlowTuple) -> Delta {
     }
 }
 
+/// An echo request matches only the original direction of a flow and a reply
+/// only the reply direction: a peer's own ping to a mapped id is new traffic.
+fn echo_direction_fits(kind: Kind, dir: Direction) -> bool {
+    match kind {
+        Kind::EchoRequest => dir == Direction::Original,
+        Kind::EchoReply => dir == Direction::Reply,
+        _ => true,
+    }
+}
+
+/// Whether a packet that matched no flow may open one.
+fn opens_flow(kind: Kind, tcp: Option<TcpEvent>) -> bool {
+    match kind {
+        Kind::Tcp(_) => tcp == Some(TcpEvent::Syn),
+        Kind::Udp | Kind::EchoRequest => true,
+        Kind::EchoReply | Kind::IcmpError => false,
+    }
+}
+
 /// The NAT stage: publish rules, SNAT mappings, service selection and the
 /// connection-tracking table, driven frame by frame.
 ///
@@ -688,6 +707,13 @@ impl Nat {
 
     pub fn config(&self) -> &NatConfig {
         &self.config
+    }
+
+    /// Changes the conntrack timeouts all at once; live flows keep their last
+    /// activity time and are judged by the new timeouts from the next packet on.
+    pub fn set_timeouts(&mut self, timeouts: conntrack::Timeouts) {
+        self.config.conntrack.timeouts = timeouts;
+        self.ct.set_timeouts(timeouts);
     }
 
     /// Publishes a port; refused (and nothing changed) when invalid, reserved or
@@ -831,16 +857,10 @@ impl Nat {
             },
             _ => None,
         };
-        // An echo request matches only the original direction and a reply only
-        // the reply direction: a peer's own ping to a mapped id is new traffic.
         let found = self
             .ct
             .lookup(&p.tuple, now)
-            .filter(|&(_, dir)| match p.kind {
-                Kind::EchoRequest => dir == Direction::Original,
-                Kind::EchoReply => dir == Direction::Reply,
-                _ => true,
-            });
+            .filter(|&(_, dir)| echo_direction_fits(p.kind, dir));
         let (id, dir) = match found {
             Some(hit) => hit,
             None => match self.open(&p, tcp, from, now) {
@@ -858,6 +878,34 @@ impl Nat {
         Verdict::Forward {
             to: self.side_of(out.dst.addr),
         }
+    }
+
+    /// Whether [`Nat::process`] would translate this frame and forward it, found
+    /// without changing anything: no flow opened or refreshed, no port taken, no
+    /// counter moved. The router asks it for a packet whose TTL runs out here, to
+    /// answer with ICMP time exceeded (RFC 1812 §5.3.1) instead of opening a flow
+    /// for a packet that is never sent. ICMP errors are never answered (RFC 1812
+    /// §4.3.2.7): false.
+    pub fn would_forward(&self, frame: &[u8], from: Side, now: Instant) -> bool {
+        let Parse::Ok(p) = parse(frame) else {
+            return false;
+        };
+        let tcp = match p.kind {
+            Kind::IcmpError => return false,
+            Kind::Tcp(flags) => match TcpEvent::classify(flags) {
+                Some(ev) => Some(ev),
+                None => return false,
+            },
+            _ => None,
+        };
+        if self
+            .ct
+            .lookup(&p.tuple, now)
+            .is_some_and(|(_, dir)| echo_direction_fits(p.kind, dir))
+        {
+            return true;
+        }
+        opens_flow(p.kind, tcp) && matches!(self.decide(&p.tuple, from), Decision::Open { .. })
     }
 
     /// Decides and inserts a new flow for a packet that matched none.
@@ -882,12 +930,7 @@ impl Nat {
                 tag,
             } => (reply, snat, kind, tag),
         };
-        let opens = match p.kind {
-            Kind::Tcp(_) => tcp == Some(TcpEvent::Syn),
-            Kind::Udp | Kind::EchoRequest => true,
-            Kind::EchoReply | Kind::IcmpError => false,
-        };
-        if !opens {
+        if !opens_flow(p.kind, tcp) {
             return Err(self.drop(DropReason::NoFlow));
         }
         let orig = p.tuple;
@@ -942,7 +985,7 @@ impl Nat {
     }
 
     /// Where a packet of a new flow goes, before any port is taken.
-    fn decide(&mut self, t: &FlowTuple, from: Side) -> Decision {
+    fn decide(&self, t: &FlowTuple, from: Side) -> Decision {
         let published = match t.proto {
             Proto::Tcp => Some(Transport::Tcp),
             Proto::Udp => Some(Transport::Udp),
@@ -1012,7 +1055,7 @@ impl Nat {
         }
     }
 
-    fn service(&mut self, t: &FlowTuple, vip: Endpoint, snat: Option<Ipv4Address>) -> Decision {
+    fn service(&self, t: &FlowTuple, vip: Endpoint, snat: Option<Ipv4Address>) -> Decision {
         match self.lb.pick(t.proto, vip, t) {
             Pick::NotAService => Decision::Pass,
             Pick::NoBackend => Decision::Drop(DropReason::NoBackend),
@@ -1770,6 +1813,69 @@ mod tests {
         }
         // The refused endpoint holds no mapping.
         assert_eq!(nat.stats().snat_mappings, 3);
+    }
+
+    #[test]
+    fn would_forward_predicts_process_and_changes_nothing() {
+        let mut nat = nat();
+        let quoted = ip_packet(UPLINK, SERVER, L4::Udp(40000, 53, b"q"));
+        let cases: Vec<(Side, Vec<u8>, bool)> = vec![
+            // New flows: published, masquerade, hairpin, echo.
+            (
+                Side::Uplink,
+                frame(CLIENT, UPLINK, L4::Tcp(1, 8080, SYN, b"")),
+                true,
+            ),
+            (
+                Side::Container,
+                frame(C1, SERVER, L4::Udp(6000, 53, b"q")),
+                true,
+            ),
+            (
+                Side::Container,
+                frame(C2, UPLINK, L4::Tcp(2, 8080, SYN, b"")),
+                true,
+            ),
+            (Side::Container, frame(C1, SERVER, L4::EchoRequest(9)), true),
+            // The replies of the flows just opened.
+            (
+                Side::Container,
+                frame(C1, CLIENT, L4::Tcp(80, 1, SYNACK, b"")),
+                true,
+            ),
+            // Not NAT business, cannot open, or an error (never answered).
+            (
+                Side::Uplink,
+                frame(CLIENT, UPLINK, L4::Tcp(1, 9999, SYN, b"")),
+                false,
+            ),
+            (
+                Side::Uplink,
+                frame(CLIENT, UPLINK, L4::Tcp(3, 8080, ACK, b"")),
+                false,
+            ),
+            (Side::Container, frame(C1, C2, L4::Udp(1, 2, b"x")), false),
+            (
+                Side::Uplink,
+                frame(SERVER, UPLINK, L4::EchoReply(77)),
+                false,
+            ),
+            (
+                Side::Uplink,
+                frame(ROUTER, UPLINK, L4::Error(11, 0, &quoted)),
+                false,
+            ),
+        ];
+        for (side, mut f, want) in cases {
+            let before = (nat.stats(), nat.flows(&FlowFilter::default(), 100, t(0)));
+            assert_eq!(nat.would_forward(&f, side, t(0)), want, "{f:?}");
+            assert_eq!(
+                (nat.stats(), nat.flows(&FlowFilter::default(), 100, t(0))),
+                before
+            );
+            let v = nat.process(&mut f, side, t(0));
+            assert_eq!(matches!(v, Verdict::Forward { .. }), want, "{v:?}");
+        }
     }
 
     #[test]

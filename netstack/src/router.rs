@@ -20,6 +20,7 @@ use smoltcp::wire::{
 };
 
 use crate::checksum;
+use crate::icmp_error::{self, RateLimit};
 use crate::iface::{NicAddress, MAX_FRAME_LEN};
 use crate::nat::{Nat, Side, Verdict};
 use crate::port::Port;
@@ -103,6 +104,10 @@ pub struct RouterCounters {
     pub forwarded: u64,
     /// Dropped: the TTL would reach zero.
     pub ttl_expired: u64,
+    /// ICMP time exceeded sent back for such a packet (RFC 1812 §5.3.1).
+    pub time_exceeded_sent: u64,
+    /// ICMP errors not sent: over the rate limit (RFC 1812 §4.3.2.8).
+    pub icmp_rate_limited: u64,
     /// Dropped: no next hop (no uplink gateway, destination not on the link).
     pub no_route: u64,
     /// Dropped: the next hop did not answer ARP in time, or too many frames waited.
@@ -128,6 +133,7 @@ pub struct Router {
     out_uplink: Vec<Vec<u8>>,
     out_link: Vec<Vec<u8>>,
     counters: RouterCounters,
+    icmp_limit: RateLimit,
 }
 
 /// `Side` as a map key.
@@ -156,6 +162,7 @@ impl Router {
             out_uplink: Vec::new(),
             out_link: Vec::new(),
             counters: RouterCounters::default(),
+            icmp_limit: RateLimit::default(),
         }
     }
 
@@ -277,6 +284,13 @@ impl Router {
                         return false;
                     }
                 }
+                // A packet that would be forwarded with no TTL left opens no flow:
+                // it is answered from here (RFC 1812 §5.3.1), as traceroute expects.
+                if payload[8] <= 1 && self.nat.would_forward(frame, side, now) {
+                    self.counters.ttl_expired += 1;
+                    self.time_exceeded(side, frame, ifs, now);
+                    return true;
+                }
                 let mut frame = frame.to_vec();
                 match self.nat.process(&mut frame, side, now) {
                     Verdict::Pass => false,
@@ -289,6 +303,26 @@ impl Router {
                 }
             }
             _ => false,
+        }
+    }
+
+    /// ICMP time exceeded for `frame`, back out of the NIC it came in on, from that
+    /// NIC's address (the sender's gateway), within the rate limit.
+    fn time_exceeded(&mut self, side: Side, frame: &[u8], ifs: &Interfaces, now: Instant) {
+        let Some(own) = ifs.address(side) else {
+            return;
+        };
+        let Some(error) = icmp_error::time_exceeded(frame, ifs.mac(side), own) else {
+            return;
+        };
+        if !self.icmp_limit.allow(now) {
+            self.counters.icmp_rate_limited += 1;
+            return;
+        }
+        self.counters.time_exceeded_sent += 1;
+        match side {
+            Side::Uplink => self.out_uplink.push(error),
+            Side::Container => self.out_link.push(error),
         }
     }
 
@@ -787,6 +821,109 @@ mod tests {
         );
         let (_, link) = rig.send(NicId::Uplink, &f);
         assert!(link.is_empty());
+    }
+
+    fn with_ttl(mut p: Vec<u8>, ttl: u8) -> Vec<u8> {
+        p[8] = ttl;
+        Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+        p
+    }
+
+    /// The sender, destination and quoted packet of an ICMP time exceeded frame.
+    fn time_exceeded_of(f: &[u8]) -> Option<(EthernetAddress, Ipv4Address, Ipv4Address, Vec<u8>)> {
+        use smoltcp::wire::{Icmpv4Message, Icmpv4Packet};
+        let e = EthernetFrame::new_checked(f).ok()?;
+        let p = Ipv4Packet::new_checked(e.payload()).ok()?;
+        assert!(p.verify_checksum());
+        let icmp = Icmpv4Packet::new_checked(p.payload()).ok()?;
+        if p.next_header() != smoltcp::wire::IpProtocol::Icmp
+            || icmp.msg_type() != Icmpv4Message::TimeExceeded
+        {
+            return None;
+        }
+        assert!(icmp.verify_checksum());
+        Some((
+            e.dst_addr(),
+            p.src_addr(),
+            p.dst_addr(),
+            icmp.data().to_vec(),
+        ))
+    }
+
+    #[test]
+    fn ttl_one_is_answered_with_time_exceeded_and_opens_no_flow() {
+        let mut rig = Rig::new();
+        rig.send(
+            NicId::Uplink,
+            &arp_reply(GW_MAC, GW_IP, UPLINK_MAC, UPLINK_IP),
+        );
+        // Masquerade: the container learns its gateway is the hop that ran out.
+        let probe = with_ttl(ip((C_IP, 33434), (FAR, 33435), None), 1);
+        let (up, link) = rig.send(NicId::Link, &eth(C_MAC, LINK_MAC, &probe));
+        assert!(up.is_empty(), "nothing leaves");
+        assert_eq!(link.len(), 1);
+        let (mac, from, to, quoted) = time_exceeded_of(&link[0]).expect("time exceeded");
+        assert_eq!((mac, from, to), (C_MAC, LINK_IP, C_IP));
+        assert_eq!(quoted, probe, "the packet as the container sent it");
+        // A published port: the client hears it from the uplink address.
+        let syn = with_ttl(ip((GW_IP, 40000), (UPLINK_IP, 8080), Some(0x02)), 1);
+        let (up, link) = rig.send(NicId::Uplink, &eth(GW_MAC, UPLINK_MAC, &syn));
+        assert!(link.is_empty());
+        assert_eq!(up.len(), 1);
+        let (mac, from, to, quoted) = time_exceeded_of(&up[0]).expect("time exceeded");
+        assert_eq!((mac, from, to, quoted), (GW_MAC, UPLINK_IP, GW_IP, syn));
+        let r = rig.stack.router().unwrap();
+        assert_eq!(
+            r.nat().stats().table_size,
+            0,
+            "no flow for a packet never sent"
+        );
+        assert_eq!(
+            (r.counters().ttl_expired, r.counters().time_exceeded_sent),
+            (2, 2)
+        );
+        // TTL 2 leaves with TTL 1.
+        let probe = with_ttl(ip((C_IP, 33434), (FAR, 33436), None), 2);
+        let (up, _) = rig.send(NicId::Link, &eth(C_MAC, LINK_MAC, &probe));
+        assert_eq!(up.len(), 1);
+        assert_eq!(parse(&up[0]).ttl, 1);
+        // TTL 1 for the appliance itself is no transit: ping is answered.
+        rig.send(NicId::Link, &probe::arp_request(C_MAC, C_IP, LINK_IP));
+        let mut ping = probe::icmp_echo_request(&Echo {
+            src_mac: C_MAC,
+            dst_mac: LINK_MAC,
+            src_ip: C_IP,
+            dst_ip: LINK_IP,
+            ident: 5,
+            seq_no: 1,
+            data: vec![1, 2, 3],
+        });
+        ping[14 + 8] = 1;
+        Ipv4Packet::new_unchecked(&mut ping[14..]).fill_checksum();
+        let (_, link) = rig.send(NicId::Link, &ping);
+        assert_eq!(link.len(), 1);
+        assert!(probe::parse_icmp_echo_reply(&link[0]).is_some());
+        // Nor are unpublished ports of the uplink address (the local stack's).
+        let other = with_ttl(ip((GW_IP, 40001), (UPLINK_IP, 9999), Some(0x02)), 1);
+        let (up, _) = rig.send(NicId::Uplink, &eth(GW_MAC, UPLINK_MAC, &other));
+        assert!(up.iter().all(|f| time_exceeded_of(f).is_none()));
+        assert_eq!(rig.stack.router().unwrap().counters().ttl_expired, 2);
+
+        // A flood is answered within the rate limit and counted either way.
+        for i in 0..300u16 {
+            let p = with_ttl(ip((C_IP, 20_000 + i), (FAR, 33434), None), 1);
+            rig.send(NicId::Link, &eth(C_MAC, LINK_MAC, &p));
+        }
+        let c = rig.stack.router().unwrap().counters();
+        assert_eq!(c.ttl_expired, 302);
+        assert_eq!(c.time_exceeded_sent + c.icmp_rate_limited, 302);
+        // 300 packets 1 ms apart: the burst of 50 and ~100 a second after it.
+        assert!(
+            (70..=90).contains(&c.time_exceeded_sent),
+            "{} sent",
+            c.time_exceeded_sent
+        );
+        assert_eq!(rig.stack.router().unwrap().nat().stats().table_size, 1);
     }
 
     #[test]

@@ -2,13 +2,19 @@
 //! reach a server in the container namespace with the client's real address (TCP and
 //! UDP, with socat), containers reach a server in the uplink-side namespace as the
 //! uplink address with distinct masquerade ports, hairpin to the host's own published
-//! port, refused runtime publishes that change nothing, and (issue 7) a service VIP
-//! answered by proxy ARP and translated to its backend.
+//! port, refused runtime publishes that change nothing, (issue 7) a service VIP
+//! answered by proxy ARP and translated to its backend, ICMP port unreachable
+//! translated back both ways, TTL exceeded answered by the gateway, and a full flow
+//! table: new connections refused and counted while established ones carry data, and
+//! room again once those close.
 
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use weft_appliance::publish::NatSection;
 use weft_image::configfile;
 use weft_image::netns::Netns;
 use weft_qemu_tests::{TestVm, LINK_ADDR, UPLINK_ADDR};
@@ -57,6 +63,95 @@ fn socat(ns: &Netns, input: &str, target: &str) -> String {
     }
     let out = child.wait_with_output().expect("socat client ends");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `socat` as a client in `ns` with `input` on stdin; its stderr (where socat
+/// reports an error such as "Connection refused").
+fn socat_error(ns: &Netns, input: &str, target: &str) -> String {
+    let mut child = ns
+        .command("socat")
+        .args(["-T", "5", "-", target])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("socat client starts");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(input.as_bytes());
+        // stdin stays open until here: socat waits for the answer or the error.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let out = child.wait_with_output().expect("socat client ends");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A long-lived TCP client: lines written to it come back from an echo server.
+struct Stream {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl Stream {
+    fn open(ns: &Netns, target: &str) -> Stream {
+        let mut child = ns
+            .command("socat")
+            .args(["-", target])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat stream starts");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Stream {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Sends `line` and waits (up to 30 s) for its echo; false if none came.
+    fn echo(&mut self, line: &str) -> bool {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return false;
+        };
+        if writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .is_err()
+        {
+            return false;
+        }
+        matches!(self.lines.recv_timeout(Duration::from_secs(30)), Ok(l) if l == line)
+    }
+
+    /// Closes our side (FIN) and waits for socat to finish the close.
+    fn close(mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Retries `f` until it returns a non-empty answer (the server may still be starting,
@@ -223,4 +318,138 @@ fn published_ports_masquerade_and_hairpin() {
     assert!(nat.snat_flows >= 51, "{nat:?}");
     assert!(nat.hairpin_flows >= 1, "{nat:?}");
     assert!(nat.router.forwarded > 0, "{nat:?}");
+
+    // 7. ICMP errors translated back to the inside flow. Masquerade: UDP to a closed
+    // port of the outside namespace; its kernel answers port unreachable to the
+    // uplink address and masquerade port, and the container's connected socket
+    // hears "Connection refused" only if the quoted header names its own address
+    // and port again.
+    let err = socat_error(vm.ctr(), "anyone?\n", &format!("UDP:{HOST_ADDR}:9999"));
+    assert!(err.contains("Connection refused"), "masquerade: {err:?}");
+    // Published: a port nobody listens on in the container; the outside client's
+    // socket hears the container's port unreachable as coming from the host address
+    // and published port.
+    let mut c = vm.client();
+    let reply = c
+        .call(
+            "publish-add",
+            Some(json!({"proto": "udp", "host_port": 5354, "container_address": CTR_ADDR, "container_port": 5354})),
+        )
+        .unwrap();
+    assert!(reply.outcome.is_ok(), "{:?}", reply.raw);
+    drop(c);
+    let err = socat_error(vm.host(), "anyone?\n", &format!("UDP:{UPLINK_ADDR}:5354"));
+    assert!(err.contains("Connection refused"), "published: {err:?}");
+    let nat = vm.status().nat.expect("nat status");
+    assert!(nat.icmp_errors_translated >= 2, "{nat:?}");
+
+    // 8. TTL exceeded: ping with TTL 1 through the gateway hears it from the gateway.
+    let out = vm
+        .ctr()
+        .command("ping")
+        .args(["-n", "-c", "1", "-W", "5", "-t", "1", HOST_ADDR])
+        .output()
+        .expect("ping runs");
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.contains(&format!("From {LINK_ADDR}")) && out.contains("Time to live exceeded"),
+        "ping -t 1: {out}"
+    );
+    let nat = vm.status().nat.expect("nat status");
+    assert!(nat.router.ttl_expired >= 1, "{nat:?}");
+    assert!(nat.router.time_exceeded_sent >= 1, "{nat:?}");
+
+    // 9. A full table. A new capacity is a new (empty) table of 16 flows: 8 streams in
+    // through a published echo port and 8 out through masquerade fill it.
+    cfg.nat = Some(NatSection {
+        capacity: 16,
+        ..NatSection::default()
+    });
+    cfg.publish.push(
+        serde_json::from_value(json!(
+            {"proto": "tcp", "host_port": 7000, "container_address": CTR_ADDR, "container_port": 7000}
+        ))
+        .unwrap(),
+    );
+    let mut c = vm.client();
+    assert!(c.apply(&cfg).unwrap().changed);
+    drop(c);
+    let _echo_in = Server::start(vm.ctr(), &["TCP-LISTEN:7000,fork,reuseaddr", "PIPE"]);
+    let _echo_out = Server::start(vm.host(), &["TCP-LISTEN:7001,fork,reuseaddr", "PIPE"]);
+    let inbound = format!("TCP:{UPLINK_ADDR}:7000");
+    let outbound = format!("TCP:{HOST_ADDR}:7001");
+    // The servers may still be starting: the first stream of each kind retries.
+    let first = |ns: &Netns, target: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut s = Stream::open(ns, target);
+            if s.echo("first") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no echo from {target}");
+            drop(s);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let mut streams = vec![first(vm.host(), &inbound), first(vm.ctr(), &outbound)];
+    for i in 0..7 {
+        for (ns, target) in [(vm.host(), &inbound), (vm.ctr(), &outbound)] {
+            let mut s = Stream::open(ns, target);
+            assert!(s.echo(&format!("hello {i}")), "stream {i} to {target}");
+            streams.push(s);
+        }
+    }
+    let nat = vm.status().nat.expect("nat status");
+    assert_eq!(nat.table_size, 16, "{nat:?}");
+    assert_eq!(nat.table_capacity, 16, "{nat:?}");
+    // New connections either way fail, and are counted by reason.
+    // (The SYNs are dropped: socat gives up after its connect timeout.)
+    let timed = |t: &str| format!("{t},connect-timeout=8");
+    assert_eq!(
+        socat(vm.host(), "new\n", &timed(&inbound)),
+        "",
+        "inbound, full table"
+    );
+    assert_eq!(
+        socat(vm.ctr(), "new\n", &timed(&outbound)),
+        "",
+        "outbound, full table"
+    );
+    let nat = vm.status().nat.expect("nat status");
+    assert!(
+        nat.drops["table_full"].as_u64().unwrap_or(0) >= 2,
+        "{nat:?}"
+    );
+    assert!(
+        nat.conntrack["refused_full"].as_u64().unwrap_or(0) >= 2,
+        "{nat:?}"
+    );
+    // The established streams still carry data both ways.
+    for (i, s) in streams.iter_mut().enumerate() {
+        assert!(
+            s.echo(&format!("still here {i}")),
+            "stream {i} after the refusals"
+        );
+    }
+    // Once they close, their flows make room (closed ones go first): new connections
+    // work again, in and out.
+    for s in streams {
+        s.close();
+    }
+    assert_eq!(
+        until_answer(|| socat(vm.host(), "again\n", &inbound)),
+        "again"
+    );
+    assert_eq!(
+        until_answer(|| socat(vm.ctr(), "again\n", &outbound)),
+        "again"
+    );
+    let nat = vm.status().nat.expect("nat status");
+    assert!(
+        nat.conntrack["evicted"].as_u64().unwrap_or(0)
+            + nat.conntrack["expired"].as_u64().unwrap_or(0)
+            >= 2,
+        "{nat:?}"
+    );
+    assert!(nat.table_size <= 16, "{nat:?}");
 }
