@@ -190,6 +190,13 @@ impl NicIface {
         &mut self.sockets
     }
 
+    /// The interface's context (to connect a socket) and its sockets, at once.
+    pub fn context_and_sockets(
+        &mut self,
+    ) -> (&mut smoltcp::iface::Context, &mut SocketSet<'static>) {
+        (self.iface.context(), &mut self.sockets)
+    }
+
     pub fn interface(&self) -> &Interface {
         &self.iface
     }

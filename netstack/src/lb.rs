@@ -308,6 +308,10 @@ pub struct BackendStatus {
     pub health: Health,
     /// Lookup-table slots it holds (its share of new flows).
     pub slots: usize,
+    /// Health checks that succeeded and failed (timeouts included); 0 when the
+    /// service has no `health` table.
+    pub checks_ok: u64,
+    pub checks_failed: u64,
 }
 
 /// A service's line in `status`.
@@ -612,15 +616,20 @@ impl LoadBalancer {
                         .config
                         .backends
                         .iter()
-                        .map(|b| BackendStatus {
-                            address: b.address,
-                            port: b.port,
-                            weight: b.weight,
-                            health: s.health(b),
-                            slots: shares
-                                .iter()
-                                .find(|(id, _)| *id == backend_id(b.endpoint()))
-                                .map_or(0, |&(_, n)| n),
+                        .map(|b| {
+                            let checked = s.checker.as_ref().and_then(|c| c.state(b.endpoint()));
+                            BackendStatus {
+                                address: b.address,
+                                port: b.port,
+                                weight: b.weight,
+                                health: s.health(b),
+                                slots: shares
+                                    .iter()
+                                    .find(|(id, _)| *id == backend_id(b.endpoint()))
+                                    .map_or(0, |&(_, n)| n),
+                                checks_ok: checked.map_or(0, |c| c.checks_ok),
+                                checks_failed: checked.map_or(0, |c| c.checks_failed),
+                            }
                         })
                         .collect(),
                 }

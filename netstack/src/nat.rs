@@ -156,7 +156,12 @@ pub fn validate_publish<'a>(
     if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
         return Err(PublishError::ContainerAddress(a));
     }
-    if RESERVED_PORTS.contains(&rule.host_port) || extra_reserved.contains(&rule.host_port) {
+    // The health checks' source ports: a backend's answer on the uplink must reach them.
+    let checks = crate::health_runner::CHECK_PORTS.contains(&rule.host_port);
+    if RESERVED_PORTS.contains(&rule.host_port)
+        || extra_reserved.contains(&rule.host_port)
+        || checks
+    {
         return Err(PublishError::Reserved {
             proto: rule.proto,
             port: rule.host_port,
