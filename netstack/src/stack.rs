@@ -682,6 +682,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn reapplying_the_same_address_keeps_the_neighbours() {
+        let mut rig = Rig::configured();
+        let (mac, ip) = own(NicId::Link);
+        let peer = peer_ip(NicId::Link);
+        assert_eq!(
+            rig.exchange(NicId::Link, &probe::arp_request(PEER_MAC, peer, ip))
+                .len(),
+            1
+        );
+        let address = rig.stack.nic(NicId::Link).iface.address();
+        rig.stack.configure(NicId::Link, address);
+        // The echo reply goes straight out: no ARP request for a peer already known.
+        let ping = probe::icmp_echo_request(&Echo {
+            src_mac: PEER_MAC,
+            dst_mac: mac,
+            src_ip: peer,
+            dst_ip: ip,
+            ident: 3,
+            seq_no: 1,
+            data: Vec::new(),
+        });
+        let out = rig.exchange(NicId::Link, &ping);
+        assert_eq!(out.len(), 1);
+        assert!(probe::parse_icmp_echo_reply(&out[0]).is_some(), "{out:?}");
+    }
+
     fn off_subnet_ping() -> Vec<u8> {
         probe::icmp_echo_request(&Echo {
             src_mac: PEER_MAC,
