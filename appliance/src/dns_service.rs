@@ -220,6 +220,7 @@ impl DnsService {
                     running.config = plan.config;
                 }
                 running.replace_records(plan.containers);
+                running.lb_seen = None;
             }
             (Some(plan), None) => {
                 let seed = forwarder_seed(boot_seed, self.starts);
@@ -428,6 +429,9 @@ struct Running {
     counters: SocketCounters,
     /// One datagram, reused.
     scratch: Vec<u8>,
+    /// The load balancer's `generation` the service names were last taken at; `None`
+    /// takes them again (after an `apply`, which may have replaced the balancer).
+    lb_seen: Option<u64>,
 }
 
 impl Running {
@@ -457,6 +461,7 @@ impl Running {
             closing: Vec::new(),
             counters: SocketCounters::default(),
             scratch: vec![0; MAX_DATAGRAM],
+            lb_seen: None,
         };
         running.top_up_listeners(Instant::ZERO, &mut netstack.nic_mut(NicId::Link).iface);
         log::info!(
@@ -500,8 +505,28 @@ impl Running {
         }
     }
 
+    /// Takes the load balancer's service names when they may have changed (a
+    /// `service-add`, a backend edit, a health transition): the next query sees them.
+    fn sync_services(&mut self, netstack: &Netstack) {
+        let lb = netstack.router().map(|r| r.nat().lb());
+        let generation = lb.map(|lb| lb.generation());
+        if self.lb_seen.is_some() && self.lb_seen == generation {
+            return;
+        }
+        self.lb_seen = generation;
+        let names: Vec<(String, Vec<Ipv4Addr>)> = lb
+            .into_iter()
+            .flat_map(|lb| {
+                lb.services()
+                    .filter_map(move |s| Some((s.name.clone(), lb.resolve(&s.name)?)))
+            })
+            .collect();
+        self.server.records_mut().set_lb_services(names);
+    }
+
     /// One round; true when something was queued for sending.
     fn poll(&mut self, now: Instant, netstack: &mut Netstack) -> bool {
+        self.sync_services(netstack);
         let mut todo = VecDeque::new();
         // Clients first: local answers go out in this round whatever upstreams do.
         let mut work = self.serve_udp(now, netstack, &mut todo);

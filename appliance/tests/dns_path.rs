@@ -724,3 +724,98 @@ fn reply_source_is_the_node_address_when_asked_there() {
     assert_eq!(reply.metadata.id, id);
     assert_eq!(addresses(&reply), [Ipv4Addr::new(10, 81, 1, 1)]);
 }
+
+fn rcode_and_addresses(m: &Message) -> (ResponseCode, Vec<Ipv4Addr>) {
+    (m.metadata.response_code, addresses(m))
+}
+
+#[test]
+fn lb_service_names_resolve_to_the_vip_or_the_healthy_backends() {
+    let mut w = World::new();
+    let vip = Ipv4Addr::new(10, 81, 255, 1);
+    let r = w.control(
+        "service-add",
+        Some(
+            json!({"name": "web", "vip": "10.81.255.1", "proto": "tcp", "port": 80,
+                    "backends": [{"address": "10.81.1.2", "port": 8080}]}),
+        ),
+    );
+    assert_eq!(r["result"]["changed"], json!(true), "{r}");
+    // All three name forms, on the very next query.
+    for name in ["web.", "web.kontena.local.", "web.testgrid.kontena.local."] {
+        let reply = w.ask_udp(name, RecordType::A);
+        assert_eq!(
+            rcode_and_addresses(&reply),
+            (ResponseCode::NoError, vec![vip]),
+            "{name}"
+        );
+        assert!(reply.metadata.authoritative, "{name}");
+    }
+
+    // dnsrr: the backends' addresses, rotating; a backend edit shows at once.
+    let r = w.control(
+        "service-add",
+        Some(
+            json!({"name": "db", "mode": "dnsrr", "proto": "tcp", "port": 5432,
+                    "backends": [{"address": "10.81.1.20", "port": 5432},
+                                 {"address": "10.81.1.21", "port": 5432},
+                                 {"address": "10.81.1.22", "port": 5432, "weight": 0}]}),
+        ),
+    );
+    assert_eq!(r["result"]["changed"], json!(true), "{r}");
+    let first = addresses(&w.ask_udp("db.testgrid.kontena.local.", RecordType::A));
+    let second = addresses(&w.ask_udp("db.kontena.local.", RecordType::A));
+    let (a, b) = (Ipv4Addr::new(10, 81, 1, 20), Ipv4Addr::new(10, 81, 1, 21));
+    assert_eq!(first, [a, b], "a drained backend is not answered");
+    assert_eq!(second, [b, a], "answers rotate");
+    let r = w.control(
+        "backend-set",
+        Some(json!({"service": "db", "address": "10.81.1.23", "port": 5432})),
+    );
+    assert_eq!(r["result"]["changed"], json!(true), "{r}");
+    let mut now = addresses(&w.ask_udp("db.", RecordType::A));
+    now.sort();
+    assert_eq!(now, [a, b, Ipv4Addr::new(10, 81, 1, 23)]);
+
+    // No healthy backend: NOERROR with no address (as Docker), the SOA for caching.
+    for backend in ["10.81.1.20", "10.81.1.21", "10.81.1.22", "10.81.1.23"] {
+        let r = w.control(
+            "backend-remove",
+            Some(json!({"service": "db", "address": backend, "port": 5432})),
+        );
+        assert_eq!(r["result"]["changed"], json!(true), "{r}");
+    }
+    let empty = w.ask_udp("db.testgrid.kontena.local.", RecordType::A);
+    assert_eq!(rcode_and_addresses(&empty), (ResponseCode::NoError, vec![]));
+    assert_eq!(empty.authorities.len(), 1, "{empty:?}");
+
+    // Health decides too: backends nobody answers for fail their checks and leave.
+    let r = w.control(
+        "service-add",
+        Some(
+            json!({"name": "cache", "mode": "dnsrr", "proto": "tcp", "port": 6379,
+                    "backends": [{"address": "10.81.1.30", "port": 6379}],
+                    "health": {"interval_ms": 200, "timeout_ms": 100, "fall": 1}}),
+        ),
+    );
+    assert_eq!(r["result"]["changed"], json!(true), "{r}");
+    assert_eq!(
+        addresses(&w.ask_udp("cache.", RecordType::A)),
+        [Ipv4Addr::new(10, 81, 1, 30)]
+    );
+    for _ in 0..200 {
+        w.step();
+    }
+    let gone = w.ask_udp("cache.", RecordType::A);
+    assert_eq!(rcode_and_addresses(&gone), (ResponseCode::NoError, vec![]));
+    let st = w.control("status", None);
+    let cache = &st["result"]["services"][2]["backends"][0];
+    assert_eq!(cache["health"], json!("down"), "{st}");
+    assert!(cache["checks_failed"].as_u64().unwrap() >= 1, "{st}");
+
+    // A removed service is gone from DNS.
+    let r = w.control("service-remove", Some(json!({"name": "web"})));
+    assert_eq!(r["result"]["changed"], json!(true), "{r}");
+    let nx = w.ask_udp("web.testgrid.kontena.local.", RecordType::A);
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+}

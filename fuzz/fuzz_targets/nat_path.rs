@@ -108,6 +108,17 @@ fuzz_target!(|data: &[u8]| {
                 if step == 0xff {
                     let _ = nat.remove_backend("web", Endpoint::new(Ipv4Address::new(10, 81, 1, 10), 8000));
                 }
+                // Drain, re-weight or add a backend between frames (weight 0 drains).
+                if step == 0xfe {
+                    let b = frame.first().copied().unwrap_or(0);
+                    let backend = BackendConfig {
+                        address: Ipv4Address::new(10, 81, 1 + b % 4, 10),
+                        port: 8000,
+                        weight: u32::from(b >> 4),
+                    };
+                    let _ = nat.lb_mut().set_backend("web", backend, now);
+                }
+                let _ = nat.lb().resolve("web");
             }
         }
         let stats = nat.stats();

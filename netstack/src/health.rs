@@ -79,6 +79,9 @@ pub struct TargetState<T> {
     /// Consecutive successes (when positive) or failures of the latest checks.
     pub ok_streak: u32,
     pub fail_streak: u32,
+    /// Checks that succeeded, and that failed (timeouts included), since it was added.
+    pub checks_ok: u64,
+    pub checks_failed: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -121,6 +124,8 @@ impl<T: Copy + PartialEq> HealthChecker<T> {
                 health: initial,
                 ok_streak: 0,
                 fail_streak: 0,
+                checks_ok: 0,
+                checks_failed: 0,
             },
             next_due: now,
             in_flight: None,
@@ -142,6 +147,10 @@ impl<T: Copy + PartialEq> HealthChecker<T> {
 
     pub fn states(&self) -> impl Iterator<Item = &TargetState<T>> {
         self.entries.iter().map(|e| &e.state)
+    }
+
+    pub fn state(&self, target: T) -> Option<&TargetState<T>> {
+        self.states().find(|s| s.target == target)
     }
 
     /// Fails the checks past their deadline, then returns the checks to start.
@@ -177,8 +186,10 @@ impl<T: Copy + PartialEq> HealthChecker<T> {
         due
     }
 
-    /// The outcome of a started check. Outcomes after the deadline (the check
-    /// already failed) or for a removed target are ignored.
+    /// The outcome of a started check, known at `now`. An outcome at the deadline
+    /// still counts (a UDP probe succeeds by staying unanswered until then); one
+    /// after it is a failure, and one for a check `due` already failed or for a
+    /// removed target is ignored.
     pub fn report(&mut self, id: CheckId, ok: bool, now: Instant) -> Option<Transition<T>> {
         let config = self.config;
         let e = self
@@ -186,7 +197,7 @@ impl<T: Copy + PartialEq> HealthChecker<T> {
             .iter_mut()
             .find(|e| matches!(e.in_flight, Some((i, _)) if i == id))?;
         let (_, deadline) = e.in_flight.take()?;
-        let ok = ok && now < deadline;
+        let ok = ok && now <= deadline;
         outcome(&config, &mut e.state, ok)
     }
 
@@ -204,6 +215,7 @@ impl<T: Copy + PartialEq> HealthChecker<T> {
 
 fn outcome<T: Copy>(c: &HealthConfig, s: &mut TargetState<T>, ok: bool) -> Option<Transition<T>> {
     if ok {
+        s.checks_ok = s.checks_ok.saturating_add(1);
         s.fail_streak = 0;
         s.ok_streak = s.ok_streak.saturating_add(1);
         if s.health == Health::Down && s.ok_streak >= c.rise {
@@ -214,6 +226,7 @@ fn outcome<T: Copy>(c: &HealthConfig, s: &mut TargetState<T>, ok: bool) -> Optio
             });
         }
     } else {
+        s.checks_failed = s.checks_failed.saturating_add(1);
         s.ok_streak = 0;
         s.fail_streak = s.fail_streak.saturating_add(1);
         if s.health == Health::Up && s.fail_streak >= c.fall {
@@ -316,11 +329,16 @@ mod tests {
         // The late outcome of the timed-out check changes nothing.
         assert_eq!(h.report(c.id, true, ms(310)), None);
         assert_eq!(h.health(3), Some(Health::Down));
-        // An outcome that arrives after its deadline is a failure.
+        // An outcome that arrives after its deadline is a failure; one at it counts.
         let c = h.due(ms(1000)).start[0];
-        assert_eq!(h.report(c.id, true, ms(1300)), None);
+        assert_eq!(h.report(c.id, true, ms(1301)), None);
         let s = h.states().next().unwrap();
         assert_eq!((s.ok_streak, s.fail_streak), (0, 2));
+        assert_eq!((s.checks_ok, s.checks_failed), (0, 2));
+        let c = h.due(ms(2000)).start[0];
+        assert_eq!(h.report(c.id, true, ms(2300)), None);
+        let s = h.state(3).unwrap();
+        assert_eq!((s.ok_streak, s.checks_ok, s.checks_failed), (1, 1, 2));
     }
 
     #[test]

@@ -141,6 +141,12 @@ impl NicIface {
 
     /// Replace the interface's addressing (None removes the address and the default route).
     pub fn set_address(&mut self, address: Option<NicAddress>) {
+        // smoltcp forgets every neighbour when the addresses are set: an `apply` that
+        // keeps them must not make the appliance ARP again for every peer (one unknown
+        // neighbour per second per interface).
+        if address == self.address {
+            return;
+        }
         self.address = address;
         self.update_addrs();
         let routes = self.iface.routes_mut();
@@ -154,6 +160,9 @@ impl NicIface {
     /// Add (or with `None` remove) a second address, answered only while the primary
     /// one is configured.
     pub fn set_extra_address(&mut self, extra: Option<Ipv4Cidr>) {
+        if extra == self.extra {
+            return;
+        }
         self.extra = extra;
         self.update_addrs();
     }
@@ -188,6 +197,13 @@ impl NicIface {
 
     pub fn sockets_mut(&mut self) -> &mut SocketSet<'static> {
         &mut self.sockets
+    }
+
+    /// The interface's context (to connect a socket) and its sockets, at once.
+    pub fn context_and_sockets(
+        &mut self,
+    ) -> (&mut smoltcp::iface::Context, &mut SocketSet<'static>) {
+        (self.iface.context(), &mut self.sockets)
     }
 
     pub fn interface(&self) -> &Interface {

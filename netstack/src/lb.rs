@@ -308,6 +308,10 @@ pub struct BackendStatus {
     pub health: Health,
     /// Lookup-table slots it holds (its share of new flows).
     pub slots: usize,
+    /// Health checks that succeeded and failed (timeouts included); 0 when the
+    /// service has no `health` table.
+    pub checks_ok: u64,
+    pub checks_failed: u64,
 }
 
 /// A service's line in `status`.
@@ -374,6 +378,8 @@ pub struct LoadBalancer {
     services: Vec<Service>,
     table_size: usize,
     next_tag: u32,
+    /// Bumped by every change that may change what `resolve` answers.
+    generation: u64,
 }
 
 impl Default for LoadBalancer {
@@ -393,6 +399,7 @@ impl LoadBalancer {
             services: Vec::new(),
             table_size: size,
             next_tag: 1,
+            generation: 0,
         }
     }
 
@@ -418,12 +425,14 @@ impl LoadBalancer {
         service.table = service.build(self.table_size).map_err(LbError::Table)?;
         self.next_tag += 1;
         self.services.push(service);
+        self.generation += 1;
         Ok(())
     }
 
     /// Removes a service; returns its conntrack tag so its flows can be cut.
     pub fn remove_service(&mut self, name: &str) -> Result<u32, LbError> {
         let i = self.index(name)?;
+        self.generation += 1;
         Ok(self.services.remove(i).tag)
     }
 
@@ -458,6 +467,7 @@ impl LoadBalancer {
         if let Some(c) = &mut s.checker {
             c.add(backend.endpoint(), Health::Up, now);
         }
+        self.generation += 1;
         Ok(())
     }
 
@@ -479,6 +489,7 @@ impl LoadBalancer {
         if let Some(c) = &mut s.checker {
             c.remove(backend);
         }
+        self.generation += 1;
         s.table = s.build(size).map_err(LbError::Table)?;
         Ok(s.tag)
     }
@@ -488,6 +499,16 @@ impl LoadBalancer {
             .iter()
             .position(|s| s.config.name == name)
             .ok_or_else(|| LbError::UnknownService(name.into()))
+    }
+
+    /// Changes with every change that may change what `resolve` answers (services,
+    /// backends, weights, health), so a cache of names knows when to refresh.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceConfig> {
+        self.services.iter().map(|s| &s.config)
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
@@ -563,6 +584,7 @@ impl LoadBalancer {
                 deadline: k.deadline,
             }));
             if !due.transitions.is_empty() {
+                self.generation += 1;
                 if let Ok(t) = s.build(size) {
                     s.table = t;
                 }
@@ -582,6 +604,7 @@ impl LoadBalancer {
         let size = self.table_size;
         let s = self.services.iter_mut().find(|s| s.tag == id.service)?;
         let t = s.checker.as_mut()?.report(id.check, ok, now)?;
+        self.generation += 1;
         if let Ok(table) = s.build(size) {
             s.table = table;
         }
@@ -612,15 +635,20 @@ impl LoadBalancer {
                         .config
                         .backends
                         .iter()
-                        .map(|b| BackendStatus {
-                            address: b.address,
-                            port: b.port,
-                            weight: b.weight,
-                            health: s.health(b),
-                            slots: shares
-                                .iter()
-                                .find(|(id, _)| *id == backend_id(b.endpoint()))
-                                .map_or(0, |&(_, n)| n),
+                        .map(|b| {
+                            let checked = s.checker.as_ref().and_then(|c| c.state(b.endpoint()));
+                            BackendStatus {
+                                address: b.address,
+                                port: b.port,
+                                weight: b.weight,
+                                health: s.health(b),
+                                slots: shares
+                                    .iter()
+                                    .find(|(id, _)| *id == backend_id(b.endpoint()))
+                                    .map_or(0, |&(_, n)| n),
+                                checks_ok: checked.map_or(0, |c| c.checks_ok),
+                                checks_failed: checked.map_or(0, |c| c.checks_failed),
+                            }
                         })
                         .collect(),
                 }
@@ -841,6 +869,41 @@ mod tests {
             Some(vec![b(3, 1).address, b(5, 1).address])
         );
         assert_eq!(lb.resolve("nope"), None);
+    }
+
+    #[test]
+    fn generation_moves_with_every_change_resolve_may_see() {
+        let mut lb = LoadBalancer::new();
+        let mut seen = lb.generation();
+        let mut moved = |lb: &LoadBalancer| {
+            let now = lb.generation();
+            core::mem::replace(&mut seen, now) != now
+        };
+        let mut rr = svc("db", vec![b(3, 1)]);
+        rr.mode = Mode::Dnsrr;
+        rr.vip = None;
+        rr.health = Some(HealthSpec {
+            fall: 1,
+            ..HealthSpec::default()
+        });
+        lb.add_service(rr, Instant::ZERO).unwrap();
+        assert!(moved(&lb));
+        lb.set_backend("db", b(4, 2), Instant::ZERO).unwrap();
+        assert!(moved(&lb));
+        assert_eq!(lb.services().count(), 1);
+        // A check that changes nothing leaves it; one that takes a backend out moves it.
+        let checks = lb.due(Instant::ZERO);
+        assert!(!moved(&lb));
+        lb.report(checks[0].id, true, Instant::ZERO);
+        assert!(!moved(&lb));
+        lb.report(checks[1].id, false, Instant::ZERO);
+        assert!(moved(&lb));
+        assert_eq!(lb.resolve("db"), Some(vec![b(3, 1).address]));
+        lb.remove_backend("db", b(3, 1).endpoint()).unwrap();
+        assert!(moved(&lb));
+        assert_eq!(lb.resolve("db"), Some(vec![]));
+        lb.remove_service("db").unwrap();
+        assert!(moved(&lb));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod counters;
 pub mod datapath;
 pub mod fdb;
 pub mod health;
+pub mod health_runner;
 pub mod icmp_error;
 pub mod iface;
 pub mod lb;

@@ -26,8 +26,8 @@ use smoltcp::wire::{
 
 use crate::checksum::Delta;
 use crate::conntrack::{
-    self, Conntrack, Direction, Endpoint, Flow, FlowFilter, FlowId, FlowInfo, FlowTuple,
-    InsertError, Proto, TcpEvent, TcpFlags,
+    self, Conntrack, Direction, Endpoint, Flow, FlowFilter, FlowId, FlowInfo, FlowState, FlowTuple,
+    InsertError, Proto, TcpEvent, TcpFlags, TcpState,
 };
 use crate::lb::{LbError, LoadBalancer, Pick};
 
@@ -156,7 +156,12 @@ pub fn validate_publish<'a>(
     if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
         return Err(PublishError::ContainerAddress(a));
     }
-    if RESERVED_PORTS.contains(&rule.host_port) || extra_reserved.contains(&rule.host_port) {
+    // The health checks' source ports: a backend's answer on the uplink must reach them.
+    let checks = crate::health_runner::CHECK_PORTS.contains(&rule.host_port);
+    if RESERVED_PORTS.contains(&rule.host_port)
+        || extra_reserved.contains(&rule.host_port)
+        || checks
+    {
         return Err(PublishError::Reserved {
             proto: rule.proto,
             port: rule.host_port,
@@ -861,6 +866,28 @@ impl Nat {
             .ct
             .lookup(&p.tuple, now)
             .filter(|&(_, dir)| echo_direction_fits(p.kind, dir));
+        // A SYN reusing the tuple of a finished service connection is a new
+        // connection: it gets a new choice (so a drained or re-weighted backend gets
+        // no new connection through an old tuple), as IPVS's `conn_reuse_mode`.
+        let found = match found {
+            Some((id, Direction::Original)) if tcp == Some(TcpEvent::Syn) => {
+                let reopen = self.ct.get(id).is_some_and(|f| {
+                    f.tag() != 0
+                        && matches!(
+                            f.state(),
+                            FlowState::Tcp(TcpState::TimeWait | TcpState::Closed)
+                        )
+                });
+                if reopen {
+                    let maps = &mut self.maps;
+                    self.ct.remove(id, &mut |f: &Flow| maps.release_flow(f));
+                    None
+                } else {
+                    found
+                }
+            }
+            _ => found,
+        };
         let (id, dir) = match found {
             Some(hit) => hit,
             None => match self.open(&p, tcp, from, now) {
@@ -1960,6 +1987,45 @@ mod tests {
             "service traffic comes from the node address"
         );
         Ok(s.dst)
+    }
+
+    #[test]
+    fn a_syn_reusing_a_finished_service_flow_is_a_new_choice() {
+        let b = [
+            Ipv4Address::new(10, 81, 1, 10),
+            Ipv4Address::new(10, 81, 2, 10),
+        ];
+        let mut nat = nat();
+        nat.lb_mut()
+            .add_service(web(&[(b[0], 1), (b[1], 1)]), t(0))
+            .unwrap();
+        // Clients whose first connection reached backend 0, then reset.
+        let mut on_first = vec![];
+        for i in 0..40u16 {
+            let client = ep(C2, 30000 + i);
+            if connect_vip(&mut nat, client, t(0)).unwrap().addr == b[0] {
+                on_first.push(client);
+            }
+            let rst = TcpFlags { rst: true, ..ACK };
+            let mut r = frame(client.addr, VIP, L4::Tcp(client.port, 80, rst, b""));
+            assert_eq!(run(&mut nat, &mut r, Side::Container, t(1)), TO_CONTAINER);
+        }
+        assert!(on_first.len() >= 10, "{}", on_first.len());
+        nat.lb_mut()
+            .set_backend(
+                "web",
+                BackendConfig {
+                    address: b[0],
+                    port: 8000,
+                    weight: 0,
+                },
+                t(2),
+            )
+            .unwrap();
+        // The same tuples again: new connections, so none to the drained backend.
+        for client in on_first {
+            assert_eq!(connect_vip(&mut nat, client, t(3)).unwrap().addr, b[1]);
+        }
     }
 
     #[test]

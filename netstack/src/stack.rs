@@ -12,6 +12,7 @@ use smoltcp::wire::EthernetAddress;
 
 use crate::counters::{DropReason, NicCounters};
 use crate::datapath::OverlayPath;
+use crate::health_runner::HealthRunner;
 use crate::iface::{NicAddress, NicIface, MAX_FRAME_LEN};
 use crate::nat::Side;
 use crate::port::{Port, TxError};
@@ -137,6 +138,8 @@ pub struct Netstack {
     overlay: Option<OverlayPath>,
     /// NAT and routing between the NICs (port publishing, masquerade); `None`: off.
     router: Option<Router>,
+    /// Performs the router's load-balancer health checks on the NICs' sockets.
+    health: HealthRunner,
 }
 
 impl Netstack {
@@ -153,12 +156,21 @@ impl Netstack {
             link: Nic::new(link_mac, seed ^ 0x9e37_79b9_7f4a_7c15, now),
             overlay: None,
             router: None,
+            health: HealthRunner::new(),
         }
     }
 
     /// Run the NAT router (or stop it with `None`); it sees every frame first.
     pub fn set_router(&mut self, router: Option<Router>) {
+        // The checks in flight belong to the old router's load balancer.
+        self.health
+            .reset(&mut self.uplink.iface, &mut self.link.iface);
         self.router = router;
+    }
+
+    /// The runner of the load balancer's health checks.
+    pub fn health_runner(&self) -> &HealthRunner {
+        &self.health
     }
 
     pub fn router(&self) -> Option<&Router> {
@@ -220,6 +232,7 @@ impl Netstack {
     pub fn poll(&mut self, now: Instant, uplink: &mut dyn Port, link: &mut dyn Port) -> PollResult {
         let ifs = self.interfaces();
         let mut router_at = None;
+        let mut checks_sent = false;
         let (did_work, more) = match self.router.as_mut() {
             None => Self::poll_nics(
                 &mut self.overlay,
@@ -270,10 +283,25 @@ impl Netstack {
                 let router = cell.into_inner();
                 router_at = router.poll(&ifs, now);
                 let sent = router.flush(uplink, link);
+                checks_sent = self.health.run(
+                    now,
+                    router.nat_mut().lb_mut(),
+                    &mut self.uplink.iface,
+                    &mut self.link.iface,
+                );
+                router_at = [
+                    router_at,
+                    router.nat().lb().next_deadline(),
+                    self.health.poll_at(),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
                 (work || sent, more)
             }
         };
-        let next_poll = if more {
+        // A check socket just opened or aborted has a segment to send.
+        let next_poll = if more || checks_sent {
             Some(Duration::ZERO)
         } else {
             let overlay = self.overlay.as_ref().and_then(|o| o.poll_at()).map(|t| {
@@ -652,6 +680,33 @@ mod tests {
             rig.stack.nic(NicId::Uplink).counters.drops.not_configured,
             1
         );
+    }
+
+    #[test]
+    fn reapplying_the_same_address_keeps_the_neighbours() {
+        let mut rig = Rig::configured();
+        let (mac, ip) = own(NicId::Link);
+        let peer = peer_ip(NicId::Link);
+        assert_eq!(
+            rig.exchange(NicId::Link, &probe::arp_request(PEER_MAC, peer, ip))
+                .len(),
+            1
+        );
+        let address = rig.stack.nic(NicId::Link).iface.address();
+        rig.stack.configure(NicId::Link, address);
+        // The echo reply goes straight out: no ARP request for a peer already known.
+        let ping = probe::icmp_echo_request(&Echo {
+            src_mac: PEER_MAC,
+            dst_mac: mac,
+            src_ip: peer,
+            dst_ip: ip,
+            ident: 3,
+            seq_no: 1,
+            data: Vec::new(),
+        });
+        let out = rig.exchange(NicId::Link, &ping);
+        assert_eq!(out.len(), 1);
+        assert!(probe::parse_icmp_echo_reply(&out[0]).is_some(), "{out:?}");
     }
 
     fn off_subnet_ping() -> Vec<u8> {

@@ -168,6 +168,14 @@ struct Service {
     next: usize,
 }
 
+/// A load-balancer service's name: what it resolves to now (the VIP, or the healthy
+/// backends in `dnsrr` mode) and where the next answer starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct LbName {
+    addresses: Vec<Ipv4Addr>,
+    next: usize,
+}
+
 /// The record store. Changes are visible to the very next lookup.
 #[derive(Debug, Clone)]
 pub struct RecordStore {
@@ -176,6 +184,9 @@ pub struct RecordStore {
     containers: BTreeMap<String, Container>,
     /// Keyed by lowercase service name; a service exists while it has an instance.
     services: BTreeMap<String, Service>,
+    /// The load balancer's services (`[[services]]`), by lowercase name; they exist
+    /// while configured, with or without addresses.
+    lb: BTreeMap<String, LbName>,
     /// Address -> lowercase container keys (an address may briefly be held by two
     /// containers while one replaces the other).
     by_address: BTreeMap<Ipv4Addr, Vec<String>>,
@@ -189,8 +200,31 @@ impl RecordStore {
             zone,
             containers: BTreeMap::new(),
             services: BTreeMap::new(),
+            lb: BTreeMap::new(),
             by_address: BTreeMap::new(),
             serial: 1,
+        }
+    }
+
+    /// Replaces the load balancer's service names with `services` (name, addresses in
+    /// answer order); a name that stays keeps its round-robin position.
+    pub fn set_lb_services<I>(&mut self, services: I)
+    where
+        I: IntoIterator<Item = (String, Vec<Ipv4Addr>)>,
+    {
+        let mut fresh = BTreeMap::new();
+        for (name, addresses) in services {
+            let key = name.to_ascii_lowercase();
+            let next = self.lb.get(&key).map_or(0, |s| s.next);
+            fresh.insert(key, LbName { addresses, next });
+        }
+        let same = fresh.len() == self.lb.len()
+            && fresh
+                .iter()
+                .all(|(k, v)| self.lb.get(k).is_some_and(|o| o.addresses == v.addresses));
+        self.lb = fresh;
+        if !same {
+            self.bump();
         }
     }
 
@@ -257,6 +291,7 @@ impl RecordStore {
         I: IntoIterator<Item = Container>,
     {
         let mut fresh = RecordStore::new(self.zone.clone());
+        fresh.lb = self.lb.clone();
         for container in containers {
             validate(&container)?;
             let key = container.name.to_ascii_lowercase();
@@ -351,10 +386,27 @@ impl RecordStore {
         }
     }
 
-    /// Container first, then service: a container's own name is the more specific.
+    /// Container first, then a load-balancer service, then the service its instances
+    /// name: a container's own name is the more specific, and a configured service
+    /// (VIP, health-checked backends) overrides what containers say of themselves.
     fn addresses_of(&mut self, key: &str, rotation: Rotation) -> Option<Lookup> {
         if let Some(container) = self.containers.get(key) {
             return Some(Lookup::Addresses(alloc::vec![container.address]));
+        }
+        if let Some(lb) = self.lb.get_mut(key) {
+            let count = lb.addresses.len();
+            if count == 0 {
+                // Configured, nothing healthy: the name exists with no address.
+                return Some(Lookup::Addresses(Vec::new()));
+            }
+            let start = lb.next % count;
+            if rotation == Rotation::Advance {
+                lb.next = start.wrapping_add(1);
+            }
+            let (head, tail) = lb.addresses.split_at(start);
+            return Some(Lookup::Addresses(
+                tail.iter().chain(head).copied().collect(),
+            ));
         }
         let service = self.services.get_mut(key)?;
         let count = service.instances.len();
@@ -566,6 +618,62 @@ mod tests {
             addrs(&[[10, 81, 2, 1]])
         );
         assert!(store.container("LOUD-1").is_some());
+    }
+
+    #[test]
+    fn lb_service_names_rotate_and_yield_to_containers() {
+        let mut store =
+            RecordStore::new(Zone::new("kontena.local", Some("testgrid"), true).unwrap());
+        store
+            .replace_all([
+                container("web", None, [10, 81, 1, 1]),
+                container("app-1", Some("db"), [10, 81, 1, 2]),
+            ])
+            .unwrap();
+        let (a, b) = (Ipv4Addr::new(10, 81, 2, 1), Ipv4Addr::new(10, 81, 2, 2));
+        let serial = store.serial();
+        store.set_lb_services([
+            ("web".into(), alloc::vec![Ipv4Addr::new(10, 81, 255, 1)]),
+            ("db".into(), alloc::vec![a, b]),
+            ("empty".into(), Vec::new()),
+        ]);
+        assert_ne!(store.serial(), serial);
+        let addrs = |store: &mut RecordStore, n: &str| store.lookup(&name(n), Rotation::Advance);
+        // A container's own name wins; a configured service beats its instances' one.
+        assert_eq!(
+            addrs(&mut store, "web.testgrid.kontena.local."),
+            Lookup::Addresses(alloc::vec![Ipv4Addr::new(10, 81, 1, 1)])
+        );
+        assert_eq!(
+            addrs(&mut store, "db."),
+            Lookup::Addresses(alloc::vec![a, b])
+        );
+        assert_eq!(
+            addrs(&mut store, "db.kontena.local."),
+            Lookup::Addresses(alloc::vec![b, a])
+        );
+        assert_eq!(addrs(&mut store, "empty."), Lookup::Addresses(Vec::new()));
+        // The same names again change nothing, and keep the rotation; containers
+        // replaced keep the services.
+        let serial = store.serial();
+        store.set_lb_services([
+            ("web".into(), alloc::vec![Ipv4Addr::new(10, 81, 255, 1)]),
+            ("db".into(), alloc::vec![a, b]),
+            ("empty".into(), Vec::new()),
+        ]);
+        assert_eq!(store.serial(), serial);
+        store.replace_all([]).unwrap();
+        assert_eq!(
+            addrs(&mut store, "db.testgrid.kontena.local."),
+            Lookup::Addresses(alloc::vec![a, b])
+        );
+        assert_eq!(
+            addrs(&mut store, "web."),
+            Lookup::Addresses(alloc::vec![Ipv4Addr::new(10, 81, 255, 1)])
+        );
+        store.set_lb_services([]);
+        assert_eq!(addrs(&mut store, "empty."), Lookup::NotOurs);
+        assert_eq!(addrs(&mut store, "empty.kontena.local."), Lookup::NxDomain);
     }
 
     #[test]

@@ -303,6 +303,9 @@ impl DnsServer {
             return Local::Refused;
         }
         match lookup {
+            // A `dnsrr` service with no healthy backend: NOERROR with no answer (as
+            // Docker), with the SOA so that resolvers cache the absence briefly.
+            Lookup::Addresses(addresses) if addresses.is_empty() => Local::NoData,
             Lookup::Addresses(addresses) if wants_address => Local::Answer(
                 addresses
                     .into_iter()
