@@ -11,7 +11,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
 
 use crate::counters::{DropReason, NicCounters};
-use crate::datapath::OverlayPath;
+use crate::datapath::{OverlayPath, RouterHook};
 use crate::iface::{NicAddress, NicIface, MAX_FRAME_LEN};
 use crate::nat::Side;
 use crate::port::{Port, TxError};
@@ -176,6 +176,7 @@ impl Netstack {
             link_mac: self.link.iface.mac(),
             link: self.link.iface.address(),
             link_extra: self.link.iface.extra_address(),
+            overlay: self.overlay.is_some(),
         }
     }
 
@@ -228,6 +229,7 @@ impl Netstack {
                 now,
                 uplink,
                 link,
+                None,
             ),
             Some(router) => {
                 // The router looks at each frame as the ports hand it over, before the
@@ -241,7 +243,10 @@ impl Netstack {
                         ifs: &ifs,
                         now,
                         taken: NicCounters::default(),
+                        active: true,
                     };
+                    // With an overlay the datapath hands the router what reaches the
+                    // appliance on each segment of the link instead (`routed`).
                     let mut lk = Tap {
                         inner: &mut *link,
                         side: Side::Container,
@@ -249,6 +254,12 @@ impl Netstack {
                         ifs: &ifs,
                         now,
                         taken: NicCounters::default(),
+                        active: !ifs.overlay,
+                    };
+                    let hook = RouterHook {
+                        router: &cell,
+                        ifs: &ifs,
+                        now,
                     };
                     let result = Self::poll_nics(
                         &mut self.overlay,
@@ -257,6 +268,7 @@ impl Netstack {
                         now,
                         &mut up,
                         &mut lk,
+                        Some(&hook),
                     );
                     // Frames the router took were received by the NIC all the same.
                     for (nic, taken) in [(&mut self.uplink, &up.taken), (&mut self.link, &lk.taken)]
@@ -267,10 +279,20 @@ impl Netstack {
                     }
                     result
                 };
-                let router = cell.into_inner();
-                router_at = router.poll(&ifs, now);
-                let sent = router.flush(uplink, link);
-                (work || sent, more)
+                let hook = RouterHook {
+                    router: &cell,
+                    ifs: &ifs,
+                    now,
+                };
+                router_at = cell.borrow_mut().poll(&ifs, now);
+                let routed = match self.overlay.as_mut() {
+                    Some(path) => {
+                        path.send_routed(now, &hook, &mut self.uplink, &mut self.link, uplink, link)
+                    }
+                    None => false,
+                };
+                let sent = cell.into_inner().flush(uplink, link);
+                (work || sent || routed, more)
             }
         };
         let next_poll = if more {
@@ -308,9 +330,10 @@ impl Netstack {
         now: Instant,
         uplink: &mut dyn Port,
         link: &mut dyn Port,
+        hook: Option<&RouterHook>,
     ) -> (bool, bool) {
         match overlay.as_mut() {
-            Some(path) => path.poll(now, up_nic, link_nic, uplink, link),
+            Some(path) => path.poll(now, up_nic, link_nic, uplink, link, hook),
             None => {
                 let (work_u, more_u) = up_nic.poll(now, uplink);
                 let (work_l, more_l) = link_nic.poll(now, link);
@@ -330,6 +353,8 @@ struct Tap<'a, 'r> {
     now: Instant,
     /// What the router took (counted as received on the NIC after the poll).
     taken: NicCounters,
+    /// Whether the router sees this port's frames here at all.
+    active: bool,
 }
 
 impl Port for Tap<'_, '_> {
@@ -338,6 +363,9 @@ impl Port for Tap<'_, '_> {
     }
 
     fn receive_batch(&mut self, max: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
+        if !self.active {
+            return self.inner.receive_batch(max, sink);
+        }
         let (side, router, ifs, now) = (self.side, self.router, self.ifs, self.now);
         let counted = &mut self.taken;
         self.inner.receive_batch(max, &mut |frame| {

@@ -671,3 +671,5 @@ fn a_tag_inside_never_reaches_another_vlan() {
     assert_eq!(o.network_counters(vni(A)).unwrap().drops.tagged, 2);
     assert_eq!(o.network_counters(vni(B)).unwrap().drops.tagged, 1);
 }
+
+mod routed;
