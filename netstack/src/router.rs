@@ -28,7 +28,7 @@ use smoltcp::wire::{
 
 use crate::checksum;
 use crate::iface::{NicAddress, MAX_FRAME_LEN};
-use crate::nat::{Nat, Side, Verdict};
+use crate::nat::{Nat, Side, Transport, Verdict};
 use crate::port::Port;
 use crate::probe;
 use crate::vxlan::Vni;
@@ -169,6 +169,14 @@ struct Pending {
     frame: Vec<u8>,
 }
 
+/// An untranslated uplink frame for a published port whose target is not placed yet:
+/// whether the flow needs the node address as source depends on where it lives.
+struct Held {
+    target: Ipv4Address,
+    since: Instant,
+    frame: Vec<u8>,
+}
+
 /// The NAT plus what routing around it takes: neighbour tables and output queues.
 pub struct Router {
     nat: Nat,
@@ -182,6 +190,9 @@ pub struct Router {
     out_routed: Vec<(Option<Segment>, Vec<u8>)>,
     /// Container-side neighbours' segments (same capacity as `neighbors`).
     placement: BTreeMap<Ipv4Address, Placement>,
+    /// Frames for published ports waiting for their target's placement (counted in
+    /// `PENDING_CAPACITY` with `pending`).
+    held: VecDeque<Held>,
     counters: RouterCounters,
 }
 
@@ -212,6 +223,7 @@ impl Router {
             out_link: Vec::new(),
             out_routed: Vec::new(),
             placement: BTreeMap::new(),
+            held: VecDeque::new(),
             counters: RouterCounters::default(),
         }
     }
@@ -255,6 +267,7 @@ impl Router {
         }
         if let Some(at) = at.filter(|_| side == Side::Container) {
             self.placement.insert(ip, at);
+            self.nat.set_remote(ip, at.origin == Origin::Remote);
         }
         if self.neighbors.get(&key) == Some(&mac) {
             return;
@@ -358,6 +371,7 @@ impl Router {
                     return false;
                 };
                 self.learn(side, source_protocol_addr, source_hardware_addr, at, ifs);
+                self.release_held(ifs, now);
                 // Service VIPs sit in the container subnet with no host behind them:
                 // the appliance answers for them on the link (proxy ARP).
                 if side == Side::Container
@@ -399,9 +413,16 @@ impl Router {
                 if side == Side::Container {
                     if ifs.next_hop(Side::Container, src) == Some(src) {
                         self.learn(side, src, eth.src_addr(), at, ifs);
+                        self.release_held(ifs, now);
                     }
                     if ifs.link_local(dst) && !self.nat.lb().is_vip(dst) {
                         return false;
+                    }
+                }
+                if side == Side::Uplink && ifs.overlay {
+                    if let Some(target) = self.unplaced_target(payload, ifs) {
+                        self.hold(target, frame, ifs, now);
+                        return true;
                     }
                 }
                 let mut frame = frame.to_vec();
@@ -416,6 +437,61 @@ impl Router {
                 }
             }
             _ => false,
+        }
+    }
+
+    /// The target of a published port that `ip` (an IPv4 packet from the uplink) is
+    /// for, when that target is an inside address not placed on a segment yet. VIPs
+    /// are not: service flows from the uplink always take the node address.
+    fn unplaced_target(&self, ip: &[u8], ifs: &Interfaces) -> Option<Ipv4Address> {
+        let ihl = usize::from(ip.first()? & 0x0f) * 4;
+        let fragment_offset = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
+        if ihl < 20 || fragment_offset != 0 {
+            return None;
+        }
+        let proto = match ip.get(9)? {
+            6 => Transport::Tcp,
+            17 => Transport::Udp,
+            _ => return None,
+        };
+        let dst = Ipv4Address::new(*ip.get(16)?, *ip.get(17)?, *ip.get(18)?, *ip.get(19)?);
+        if !self.nat.config().uplink.contains(&dst) {
+            return None;
+        }
+        let port = u16::from_be_bytes([*ip.get(ihl + 2)?, *ip.get(ihl + 3)?]);
+        let target = self.nat.published(proto, port)?.addr;
+        let unplaced = !self.nat.lb().is_vip(target)
+            && ifs.next_hop(Side::Container, target) == Some(target)
+            && !self.placement.contains_key(&target);
+        unplaced.then_some(target)
+    }
+
+    fn hold(&mut self, target: Ipv4Address, frame: &[u8], ifs: &Interfaces, now: Instant) {
+        if self.pending.len() + self.held.len() >= PENDING_CAPACITY {
+            self.counters.unresolved += 1;
+            return;
+        }
+        self.held.push_back(Held {
+            target,
+            since: now,
+            frame: frame.to_vec(),
+        });
+        if let Some(own) = ifs.arp_source(Side::Container) {
+            self.solicit(Side::Container, target, own, ifs, now);
+        }
+    }
+
+    /// Runs the held frames whose target is placed now, in order.
+    fn release_held(&mut self, ifs: &Interfaces, now: Instant) {
+        if self.held.is_empty() {
+            return;
+        }
+        let (ready, waiting): (VecDeque<Held>, VecDeque<Held>) = core::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| self.placement.contains_key(&h.target));
+        self.held = waiting;
+        for h in ready {
+            self.receive_at(Side::Uplink, None, &h.frame, ifs, now);
         }
     }
 
@@ -495,15 +571,27 @@ impl Router {
             self.pending.pop_front();
             self.counters.unresolved += 1;
         }
-        let waiting: Vec<(Side, Ipv4Address)> =
-            self.pending.iter().map(|p| (p.side, p.hop)).collect();
+        while self
+            .held
+            .front()
+            .is_some_and(|h| now >= h.since + PENDING_TIMEOUT)
+        {
+            self.held.pop_front();
+            self.counters.unresolved += 1;
+        }
+        let waiting: Vec<(Side, Ipv4Address)> = self
+            .pending
+            .iter()
+            .map(|p| (p.side, p.hop))
+            .chain(self.held.iter().map(|h| (Side::Container, h.target)))
+            .collect();
         for (side, hop) in waiting {
             if let Some(own) = ifs.arp_source(side) {
                 self.solicit(side, hop, own, ifs, now);
             }
         }
         self.asked.retain(|_, t| now < *t + PENDING_TIMEOUT);
-        let retry = self.pending.front().map(|_| now + ARP_RETRY);
+        let retry = (!self.pending.is_empty() || !self.held.is_empty()).then(|| now + ARP_RETRY);
         [nat_at, retry].into_iter().flatten().min()
     }
 

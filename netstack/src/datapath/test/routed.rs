@@ -391,7 +391,7 @@ fn vips_are_proxy_answered_to_local_containers_only() {
 }
 
 #[test]
-fn a_backend_the_overlay_answers_for_is_reached_in_the_same_poll() {
+fn a_published_container_behind_a_peer_is_reached_as_the_node_address_in_one_poll() {
     let mut rig = routed_rig(&[publish(8081, ip(12), 8080)]);
     // A static entry with the address: the overlay answers ARP for it (suppression).
     rig.pin(vni(A), mac(12), P2, Some(ip(12)));
@@ -415,4 +415,11 @@ fn a_backend_the_overlay_answers_for_is_reached_in_the_same_poll() {
         Some(Origin::Remote),
         "placed behind its peer, as the FDB says"
     );
+    // Behind another host: the flow takes the node address, so the reply returns here.
+    assert_eq!(s.src.0, NODE);
+    let synack = frame((mac(12), LINK_MAC), (ip(12), 8080), s.src, Some(SYNACK));
+    let (up, _) = rig.inject_uplink(&vxlan_from(P2, P2_MAC, vni(A), &synack));
+    let got: Vec<Seen> = up.iter().filter_map(|f| seen(f)).collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].src, got[0].dst), ((UPLINK_IP, 8081), client));
 }
