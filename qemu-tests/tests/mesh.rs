@@ -4,7 +4,9 @@
 //! the remote ones crossing the underlay as VXLAN. (b) The routing mesh: a client in A's
 //! host namespace connects to a port A publishes for a service whose backends all run
 //! on B; it is answered, and the backend sees A's node address (the source translation
-//! that brings the reply back through A).
+//! that brings the reply back through A). (c) A port published to one container sees
+//! the client's own address when the container is on A, and A's node address when it
+//! is behind B.
 //!
 //! Both VMs boot once (in parallel) and serve every check.
 
@@ -20,6 +22,8 @@ const W1: &str = "192.0.2.11";
 const W2: &str = "192.0.2.12";
 /// A's node address: what every backend sees as the client of service traffic.
 const NODE1: &str = "10.81.0.1";
+/// A's host namespace on its uplink segment: the client of A's published ports.
+const HOST1: &str = "192.0.2.1";
 const VIP_WEB: &str = "10.81.255.1";
 const VIP_MESH: &str = "10.81.255.2";
 /// Connections of the distribution check: with weights 2:1:1 the smallest share is
@@ -176,6 +180,10 @@ fn the_routing_mesh_spreads_a_vip_over_both_hosts_and_publishes_it_on_a_host_wit
     let b1 = Container::attach(&w1, &format!("{p}b1"), None, "10.81.128.21/16", 1450).expect("b1");
     let b2 = Container::attach(&w2, &format!("{p}b2"), None, "10.81.128.22/16", 1450).expect("b2");
     let b3 = Container::attach(&w2, &format!("{p}b3"), None, "10.81.128.23/16", 1450).expect("b3");
+    // Each container's gateway is its own node's address.
+    for (c, gw) in [(&b1, NODE1), (&b2, "10.81.0.2"), (&b3, "10.81.0.2")] {
+        c.ns.ip(&["route", "add", "default", "via", gw]).unwrap();
+    }
     w1.ctr()
         .ip(&["link", "set", &w1.topo.names.ctr_veth, "mtu", "1450"])
         .unwrap();
@@ -197,7 +205,11 @@ fn the_routing_mesh_spreads_a_vip_over_both_hosts_and_publishes_it_on_a_host_wit
         1,
         json!({
             "services": services,
-            "publish": [{"proto": "tcp", "host_port": 8080, "container_address": VIP_MESH, "container_port": 80}],
+            "publish": [
+                {"proto": "tcp", "host_port": 8080, "container_address": VIP_MESH, "container_port": 80},
+                {"proto": "tcp", "host_port": 8081, "container_address": "10.81.128.21", "container_port": 8080},
+                {"proto": "tcp", "host_port": 8082, "container_address": "10.81.128.22", "container_port": 8080},
+            ],
         }),
     ));
     w2.apply_json(&document(2, json!({})));
@@ -234,6 +246,19 @@ fn the_routing_mesh_spreads_a_vip_over_both_hosts_and_publishes_it_on_a_host_wit
     }
     eprintln!("mesh: published port on A answered from B by {mesh:?}");
     assert_eq!(mesh.len(), 2, "both backends on B served: {mesh:?}");
+
+    // (c) A port published to one container: on A it sees the client's own address;
+    // behind B it sees A's node address (its reply must come back through A).
+    let answers = connect_many(w1.host(), W1, 8081, 31_000, 5);
+    assert!(
+        answers.iter().all(|(n, seen)| n == "b1" && seen == HOST1),
+        "local container: {answers:?}"
+    );
+    let answers = connect_many(w1.host(), W1, 8082, 32_000, 5);
+    assert!(
+        answers.iter().all(|(n, seen)| n == "b2" && seen == NODE1),
+        "container behind B: {answers:?}"
+    );
 
     let router = nat_router(&w1);
     assert!(router["routed_into_overlay"].as_u64() > Some(0), "{router}");
