@@ -289,6 +289,7 @@ impl Config {
         crate::dns_service::plan(self)?;
         crate::publish::validate(self)?;
         crate::services::validate(self)?;
+        crate::mesh::validate(self)?;
         Ok(())
     }
 }

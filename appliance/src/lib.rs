@@ -8,6 +8,7 @@ pub mod config;
 pub mod dns;
 pub mod dns_service;
 pub mod field_path;
+pub mod mesh;
 pub mod overlay;
 pub mod protocol;
 pub mod publish;

@@ -11,7 +11,7 @@
 //! `Verdict::Forward` is the only verdict that means "rewritten, send it".
 //! Routing (MACs, TTL) is the caller's job.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -666,6 +666,9 @@ pub struct Nat {
     publish: BTreeMap<(Transport, u16), PublishRule>,
     maps: Mappings,
     lb: LoadBalancer,
+    /// Inside addresses behind another host (the router places them): published
+    /// ports' flows to them take the node address as source.
+    remote: BTreeSet<Ipv4Address>,
     stats: NatStats,
 }
 
@@ -707,7 +710,30 @@ impl Nat {
             publish: BTreeMap::new(),
             maps,
             lb: LoadBalancer::new(),
+            remote: BTreeSet::new(),
         }
+    }
+
+    /// Marks `addr` as a container behind another host (`remote`) or not. New flows
+    /// of a published port to a remote container are source-translated to the node
+    /// address, so that the reply returns through this node (the routing mesh's
+    /// return path); flows to local containers keep the client's address.
+    pub fn set_remote(&mut self, addr: Ipv4Address, remote: bool) {
+        if remote {
+            self.remote.insert(addr);
+        } else {
+            self.remote.remove(&addr);
+        }
+    }
+
+    /// Whether `addr` is marked as behind another host.
+    pub fn is_remote(&self, addr: Ipv4Address) -> bool {
+        self.remote.contains(&addr)
+    }
+
+    /// The target of the published `proto` port `host_port`, if any.
+    pub fn published(&self, proto: Transport, host_port: u16) -> Option<Endpoint> {
+        self.publish.get(&(proto, host_port)).map(|r| r.target())
     }
 
     pub fn config(&self) -> &NatConfig {
@@ -1036,9 +1062,12 @@ impl Nat {
                     // come back here: source-translate to the node address.
                     return self.service(t, target, Some(node));
                 }
+                // A container behind another host answers through its own node
+                // unless the flow comes from this one's address.
+                let snat = self.remote.contains(&target.addr).then_some(node);
                 Decision::Open {
                     reply: FlowTuple::new(t.proto, target, t.src),
-                    snat: None,
+                    snat,
                     kind: FlowKind::Dnat,
                     tag: 0,
                 }

@@ -6,6 +6,13 @@
 //! the answer. Everything else (ARP, frames for the appliance's own addresses, the
 //! container subnet, the overlay) continues to smoltcp and the overlay untouched.
 //!
+//! With an overlay, the container side is split into segments (the plain link and each
+//! overlay network): the datapath hands the router what reaches the appliance on a
+//! segment ([`Router::receive_on`]), and the router's container-side output leaves with
+//! the segment its next hop was learned on ([`Router::take_routed`]), so a translated
+//! frame reaches a container on an overlay network, local or behind a peer, through that
+//! network's bridge (`datapath::routed`).
+//!
 //! Sans-I/O: `Netstack::poll` hands it frames and takes its output; it never reads a
 //! clock, never sends by itself and never panics on frame contents.
 
@@ -22,9 +29,10 @@ use smoltcp::wire::{
 use crate::checksum;
 use crate::icmp_error::{self, RateLimit};
 use crate::iface::{NicAddress, MAX_FRAME_LEN};
-use crate::nat::{Nat, Side, Verdict};
+use crate::nat::{Nat, Side, Transport, Verdict};
 use crate::port::Port;
 use crate::probe;
+use crate::vxlan::Vni;
 
 const ETHERNET_HEADER_LEN: usize = 14;
 /// Frames waiting for ARP, over all next hops; more are dropped (`unresolved`).
@@ -48,6 +56,33 @@ pub struct Interfaces {
     pub link: Option<NicAddress>,
     /// The overlay node address on the link, when an overlay runs.
     pub link_extra: Option<Ipv4Cidr>,
+    /// An overlay runs: the container side is reached through its segments.
+    pub overlay: bool,
+}
+
+/// A part of the container side when an overlay runs: the untagged link outside every
+/// network, or one overlay network (its VLAN on the link and its peers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Segment {
+    Plain,
+    Network(Vni),
+}
+
+/// How a frame handed to [`Router::receive_on`] reached this node: from the link
+/// (`Local`), or decapsulated from a peer (`Remote`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Local,
+    Remote,
+}
+
+/// Where a container-side neighbour was last heard from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub segment: Segment,
+    pub origin: Origin,
 }
 
 impl Interfaces {
@@ -62,6 +97,15 @@ impl Interfaces {
         match side {
             Side::Uplink => self.uplink.map(|a| a.cidr.address()),
             Side::Container => self.link.map(|a| a.cidr.address()),
+        }
+    }
+
+    /// The sender address of the router's ARP requests out of `side`: on the overlay's
+    /// networks the node address (every network has it), else the NIC's own.
+    fn arp_source(&self, side: Side) -> Option<Ipv4Address> {
+        match (side, self.link_extra) {
+            (Side::Container, Some(node)) if self.overlay => Some(node.address()),
+            _ => self.address(side),
         }
     }
 
@@ -115,11 +159,25 @@ pub struct RouterCounters {
     pub arp_requests: u64,
     /// Dropped: the NIC's transmit queue was full.
     pub tx_full: u64,
+    /// Translated frames sent into an overlay network (local or remote container).
+    #[serde(default)]
+    pub routed_into_overlay: u64,
+    /// Frames taken from an overlay network that arrived from a peer.
+    #[serde(default)]
+    pub from_remote: u64,
 }
 
 struct Pending {
     side: Side,
     hop: Ipv4Address,
+    since: Instant,
+    frame: Vec<u8>,
+}
+
+/// An untranslated uplink frame for a published port whose target is not placed yet:
+/// whether the flow needs the node address as source depends on where it lives.
+struct Held {
+    target: Ipv4Address,
     since: Instant,
     frame: Vec<u8>,
 }
@@ -132,6 +190,14 @@ pub struct Router {
     pending: VecDeque<Pending>,
     out_uplink: Vec<Vec<u8>>,
     out_link: Vec<Vec<u8>>,
+    /// Container-side output while an overlay runs, with the segment it goes to
+    /// (`None`: every segment, for ARP requests to a host not yet placed).
+    out_routed: Vec<(Option<Segment>, Vec<u8>)>,
+    /// Container-side neighbours' segments (same capacity as `neighbors`).
+    placement: BTreeMap<Ipv4Address, Placement>,
+    /// Frames for published ports waiting for their target's placement (counted in
+    /// `PENDING_CAPACITY` with `pending`).
+    held: VecDeque<Held>,
     counters: RouterCounters,
     icmp_limit: RateLimit,
 }
@@ -161,6 +227,9 @@ impl Router {
             pending: VecDeque::new(),
             out_uplink: Vec::new(),
             out_link: Vec::new(),
+            out_routed: Vec::new(),
+            placement: BTreeMap::new(),
+            held: VecDeque::new(),
             counters: RouterCounters::default(),
             icmp_limit: RateLimit::default(),
         }
@@ -183,15 +252,31 @@ impl Router {
         self.neighbors.get(&(side.into(), ip)).copied()
     }
 
-    fn learn(&mut self, side: Side, ip: Ipv4Address, mac: EthernetAddress) {
+    /// Where a container-side neighbour was last heard from (with an overlay).
+    pub fn placement(&self, ip: Ipv4Address) -> Option<Placement> {
+        self.placement.get(&ip).copied()
+    }
+
+    fn learn(
+        &mut self,
+        side: Side,
+        ip: Ipv4Address,
+        mac: EthernetAddress,
+        at: Option<Placement>,
+        ifs: &Interfaces,
+    ) {
         if !mac.is_unicast() || ip.is_unspecified() {
             return;
         }
         let key = (SideKey::from(side), ip);
-        if self.neighbors.get(&key) == Some(&mac) {
+        if self.neighbors.len() >= NEIGHBOR_CAPACITY && !self.neighbors.contains_key(&key) {
             return;
         }
-        if self.neighbors.len() >= NEIGHBOR_CAPACITY && !self.neighbors.contains_key(&key) {
+        if let Some(at) = at.filter(|_| side == Side::Container) {
+            self.placement.insert(ip, at);
+            self.nat.set_remote(ip, at.origin == Origin::Remote);
+        }
+        if self.neighbors.get(&key) == Some(&mac) {
             return;
         }
         self.neighbors.insert(key, mac);
@@ -202,7 +287,7 @@ impl Router {
             let p = &self.pending[i];
             if SideKey::from(p.side) == key.0 && p.hop == ip {
                 if let Some(p) = self.pending.remove(i) {
-                    self.emit(p.side, mac, p.frame);
+                    self.emit(p.side, p.hop, mac, p.frame, ifs);
                 }
             } else {
                 i += 1;
@@ -210,18 +295,69 @@ impl Router {
         }
     }
 
-    fn emit(&mut self, side: Side, dst: EthernetAddress, mut frame: Vec<u8>) {
+    fn emit(
+        &mut self,
+        side: Side,
+        hop: Ipv4Address,
+        dst: EthernetAddress,
+        mut frame: Vec<u8>,
+        ifs: &Interfaces,
+    ) {
         frame[..6].copy_from_slice(&dst.0);
         self.counters.forwarded += 1;
         match side {
             Side::Uplink => self.out_uplink.push(frame),
+            Side::Container if ifs.overlay => {
+                let segment = self.placement.get(&hop).map(|p| p.segment);
+                if matches!(segment, Some(Segment::Network(_))) {
+                    self.counters.routed_into_overlay += 1;
+                }
+                self.out_routed.push((segment, frame));
+            }
             Side::Container => self.out_link.push(frame),
         }
+    }
+
+    /// The container-side frames queued for the overlay's segments; the datapath
+    /// sends each into its segment (`None`: every segment).
+    pub fn take_routed(&mut self) -> Vec<(Option<Segment>, Vec<u8>)> {
+        core::mem::take(&mut self.out_routed)
     }
 
     /// Looks at a frame received on `side`; returns true when the router took it (the
     /// interface and overlay must not see it), false to hand it on unchanged.
     pub fn receive(&mut self, side: Side, frame: &[u8], ifs: &Interfaces, now: Instant) -> bool {
+        self.receive_at(side, None, frame, ifs, now)
+    }
+
+    /// A frame that reached the appliance on a container-side `segment` of the overlay
+    /// (sent to its MAC, or broadcast): as [`Router::receive`] from the container side,
+    /// and the sender is placed on that segment. VIPs are proxy-answered only to local
+    /// containers: a remote one asks its own node.
+    pub fn receive_on(
+        &mut self,
+        segment: Segment,
+        origin: Origin,
+        frame: &[u8],
+        ifs: &Interfaces,
+        now: Instant,
+    ) -> bool {
+        let at = Placement { segment, origin };
+        let taken = self.receive_at(Side::Container, Some(at), frame, ifs, now);
+        if taken && origin == Origin::Remote {
+            self.counters.from_remote += 1;
+        }
+        taken
+    }
+
+    fn receive_at(
+        &mut self,
+        side: Side,
+        at: Option<Placement>,
+        frame: &[u8],
+        ifs: &Interfaces,
+        now: Instant,
+    ) -> bool {
         // Oversize frames are the interface's to count and drop.
         if frame.len() > MAX_FRAME_LEN {
             return false;
@@ -241,10 +377,12 @@ impl Router {
                 else {
                     return false;
                 };
-                self.learn(side, source_protocol_addr, source_hardware_addr);
+                self.learn(side, source_protocol_addr, source_hardware_addr, at, ifs);
+                self.release_held(ifs, now);
                 // Service VIPs sit in the container subnet with no host behind them:
                 // the appliance answers for them on the link (proxy ARP).
                 if side == Side::Container
+                    && at.is_none_or(|a| a.origin == Origin::Local)
                     && operation == ArpOperation::Request
                     && self.nat.lb().is_vip(target_protocol_addr)
                     && source_hardware_addr.is_unicast()
@@ -261,7 +399,10 @@ impl Router {
                     f[6..12].copy_from_slice(&ifs.link_mac.0);
                     f[12..14].copy_from_slice(&[0x08, 0x06]);
                     reply.emit(&mut ArpPacket::new_unchecked(&mut f[ETHERNET_HEADER_LEN..]));
-                    self.out_link.push(f);
+                    match at {
+                        Some(at) => self.out_routed.push((Some(at.segment), f)),
+                        None => self.out_link.push(f),
+                    }
                     return true;
                 }
                 false
@@ -278,7 +419,8 @@ impl Router {
                 let dst = Ipv4Address::new(payload[16], payload[17], payload[18], payload[19]);
                 if side == Side::Container {
                     if ifs.next_hop(Side::Container, src) == Some(src) {
-                        self.learn(side, src, eth.src_addr());
+                        self.learn(side, src, eth.src_addr(), at, ifs);
+                        self.release_held(ifs, now);
                     }
                     if ifs.link_local(dst) && !self.nat.lb().is_vip(dst) {
                         return false;
@@ -288,8 +430,14 @@ impl Router {
                 // it is answered from here (RFC 1812 §5.3.1), as traceroute expects.
                 if payload[8] <= 1 && self.nat.would_forward(frame, side, now) {
                     self.counters.ttl_expired += 1;
-                    self.time_exceeded(side, frame, ifs, now);
+                    self.time_exceeded(side, at, frame, ifs, now);
                     return true;
+                }
+                if side == Side::Uplink && ifs.overlay {
+                    if let Some(target) = self.unplaced_target(payload, ifs) {
+                        self.hold(target, frame, ifs, now);
+                        return true;
+                    }
                 }
                 let mut frame = frame.to_vec();
                 match self.nat.process(&mut frame, side, now) {
@@ -308,7 +456,14 @@ impl Router {
 
     /// ICMP time exceeded for `frame`, back out of the NIC it came in on, from that
     /// NIC's address (the sender's gateway), within the rate limit.
-    fn time_exceeded(&mut self, side: Side, frame: &[u8], ifs: &Interfaces, now: Instant) {
+    fn time_exceeded(
+        &mut self,
+        side: Side,
+        at: Option<Placement>,
+        frame: &[u8],
+        ifs: &Interfaces,
+        now: Instant,
+    ) {
         let Some(own) = ifs.address(side) else {
             return;
         };
@@ -322,7 +477,66 @@ impl Router {
         self.counters.time_exceeded_sent += 1;
         match side {
             Side::Uplink => self.out_uplink.push(error),
-            Side::Container => self.out_link.push(error),
+            // On an overlay segment, back into the segment it came from.
+            Side::Container => match at {
+                Some(at) => self.out_routed.push((Some(at.segment), error)),
+                None => self.out_link.push(error),
+            },
+        }
+    }
+
+    /// The target of a published port that `ip` (an IPv4 packet from the uplink) is
+    /// for, when that target is an inside address not placed on a segment yet. VIPs
+    /// are not: service flows from the uplink always take the node address.
+    fn unplaced_target(&self, ip: &[u8], ifs: &Interfaces) -> Option<Ipv4Address> {
+        let ihl = usize::from(ip.first()? & 0x0f) * 4;
+        let fragment_offset = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
+        if ihl < 20 || fragment_offset != 0 {
+            return None;
+        }
+        let proto = match ip.get(9)? {
+            6 => Transport::Tcp,
+            17 => Transport::Udp,
+            _ => return None,
+        };
+        let dst = Ipv4Address::new(*ip.get(16)?, *ip.get(17)?, *ip.get(18)?, *ip.get(19)?);
+        if !self.nat.config().uplink.contains(&dst) {
+            return None;
+        }
+        let port = u16::from_be_bytes([*ip.get(ihl + 2)?, *ip.get(ihl + 3)?]);
+        let target = self.nat.published(proto, port)?.addr;
+        let unplaced = !self.nat.lb().is_vip(target)
+            && ifs.next_hop(Side::Container, target) == Some(target)
+            && !self.placement.contains_key(&target);
+        unplaced.then_some(target)
+    }
+
+    fn hold(&mut self, target: Ipv4Address, frame: &[u8], ifs: &Interfaces, now: Instant) {
+        if self.pending.len() + self.held.len() >= PENDING_CAPACITY {
+            self.counters.unresolved += 1;
+            return;
+        }
+        self.held.push_back(Held {
+            target,
+            since: now,
+            frame: frame.to_vec(),
+        });
+        if let Some(own) = ifs.arp_source(Side::Container) {
+            self.solicit(Side::Container, target, own, ifs, now);
+        }
+    }
+
+    /// Runs the held frames whose target is placed now, in order.
+    fn release_held(&mut self, ifs: &Interfaces, now: Instant) {
+        if self.held.is_empty() {
+            return;
+        }
+        let (ready, waiting): (VecDeque<Held>, VecDeque<Held>) = core::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| self.placement.contains_key(&h.target));
+        self.held = waiting;
+        for h in ready {
+            self.receive_at(Side::Uplink, None, &h.frame, ifs, now);
         }
     }
 
@@ -343,13 +557,13 @@ impl Router {
         let check = checksum::adjust(check, &old, &new);
         ip[8] = ttl - 1;
         ip[10..12].copy_from_slice(&check.to_be_bytes());
-        let (Some(hop), Some(own)) = (ifs.next_hop(to, dst), ifs.address(to)) else {
+        let (Some(hop), Some(own)) = (ifs.next_hop(to, dst), ifs.arp_source(to)) else {
             self.counters.no_route += 1;
             return;
         };
         frame[6..12].copy_from_slice(&ifs.mac(to).0);
         if let Some(mac) = self.neighbor(to, hop) {
-            self.emit(to, mac, frame);
+            self.emit(to, hop, mac, frame, ifs);
             return;
         }
         if self.pending.len() >= PENDING_CAPACITY {
@@ -382,6 +596,10 @@ impl Router {
         let request = probe::arp_request(ifs.mac(side), own, hop);
         match side {
             Side::Uplink => self.out_uplink.push(request),
+            Side::Container if ifs.overlay => {
+                let segment = self.placement.get(&hop).map(|p| p.segment);
+                self.out_routed.push((segment, request));
+            }
             Side::Container => self.out_link.push(request),
         }
     }
@@ -398,15 +616,27 @@ impl Router {
             self.pending.pop_front();
             self.counters.unresolved += 1;
         }
-        let waiting: Vec<(Side, Ipv4Address)> =
-            self.pending.iter().map(|p| (p.side, p.hop)).collect();
+        while self
+            .held
+            .front()
+            .is_some_and(|h| now >= h.since + PENDING_TIMEOUT)
+        {
+            self.held.pop_front();
+            self.counters.unresolved += 1;
+        }
+        let waiting: Vec<(Side, Ipv4Address)> = self
+            .pending
+            .iter()
+            .map(|p| (p.side, p.hop))
+            .chain(self.held.iter().map(|h| (Side::Container, h.target)))
+            .collect();
         for (side, hop) in waiting {
-            if let Some(own) = ifs.address(side) {
+            if let Some(own) = ifs.arp_source(side) {
                 self.solicit(side, hop, own, ifs, now);
             }
         }
         self.asked.retain(|_, t| now < *t + PENDING_TIMEOUT);
-        let retry = self.pending.front().map(|_| now + ARP_RETRY);
+        let retry = (!self.pending.is_empty() || !self.held.is_empty()).then(|| now + ARP_RETRY);
         [nat_at, retry].into_iter().flatten().min()
     }
 

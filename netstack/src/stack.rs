@@ -11,7 +11,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
 
 use crate::counters::{DropReason, NicCounters};
-use crate::datapath::OverlayPath;
+use crate::datapath::{OverlayPath, RouterHook};
 use crate::health_runner::HealthRunner;
 use crate::iface::{NicAddress, NicIface, MAX_FRAME_LEN};
 use crate::nat::Side;
@@ -188,6 +188,7 @@ impl Netstack {
             link_mac: self.link.iface.mac(),
             link: self.link.iface.address(),
             link_extra: self.link.iface.extra_address(),
+            overlay: self.overlay.is_some(),
         }
     }
 
@@ -241,6 +242,7 @@ impl Netstack {
                 now,
                 uplink,
                 link,
+                None,
             ),
             Some(router) => {
                 // The router looks at each frame as the ports hand it over, before the
@@ -254,7 +256,10 @@ impl Netstack {
                         ifs: &ifs,
                         now,
                         taken: NicCounters::default(),
+                        active: true,
                     };
+                    // With an overlay the datapath hands the router what reaches the
+                    // appliance on each segment of the link instead (`routed`).
                     let mut lk = Tap {
                         inner: &mut *link,
                         side: Side::Container,
@@ -262,6 +267,12 @@ impl Netstack {
                         ifs: &ifs,
                         now,
                         taken: NicCounters::default(),
+                        active: !ifs.overlay,
+                    };
+                    let hook = RouterHook {
+                        router: &cell,
+                        ifs: &ifs,
+                        now,
                     };
                     let result = Self::poll_nics(
                         &mut self.overlay,
@@ -270,6 +281,7 @@ impl Netstack {
                         now,
                         &mut up,
                         &mut lk,
+                        Some(&hook),
                     );
                     // Frames the router took were received by the NIC all the same.
                     for (nic, taken) in [(&mut self.uplink, &up.taken), (&mut self.link, &lk.taken)]
@@ -280,8 +292,19 @@ impl Netstack {
                     }
                     result
                 };
+                let hook = RouterHook {
+                    router: &cell,
+                    ifs: &ifs,
+                    now,
+                };
+                router_at = cell.borrow_mut().poll(&ifs, now);
+                let routed = match self.overlay.as_mut() {
+                    Some(path) => {
+                        path.send_routed(now, &hook, &mut self.uplink, &mut self.link, uplink, link)
+                    }
+                    None => false,
+                };
                 let router = cell.into_inner();
-                router_at = router.poll(&ifs, now);
                 let sent = router.flush(uplink, link);
                 checks_sent = self.health.run(
                     now,
@@ -297,7 +320,7 @@ impl Netstack {
                 .into_iter()
                 .flatten()
                 .min();
-                (work || sent, more)
+                (work || sent || routed, more)
             }
         };
         // A check socket just opened or aborted has a segment to send.
@@ -336,9 +359,10 @@ impl Netstack {
         now: Instant,
         uplink: &mut dyn Port,
         link: &mut dyn Port,
+        hook: Option<&RouterHook>,
     ) -> (bool, bool) {
         match overlay.as_mut() {
-            Some(path) => path.poll(now, up_nic, link_nic, uplink, link),
+            Some(path) => path.poll(now, up_nic, link_nic, uplink, link, hook),
             None => {
                 let (work_u, more_u) = up_nic.poll(now, uplink);
                 let (work_l, more_l) = link_nic.poll(now, link);
@@ -358,6 +382,8 @@ struct Tap<'a, 'r> {
     now: Instant,
     /// What the router took (counted as received on the NIC after the poll).
     taken: NicCounters,
+    /// Whether the router sees this port's frames here at all.
+    active: bool,
 }
 
 impl Port for Tap<'_, '_> {
@@ -366,6 +392,9 @@ impl Port for Tap<'_, '_> {
     }
 
     fn receive_batch(&mut self, max: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
+        if !self.active {
+            return self.inner.receive_batch(max, sink);
+        }
         let (side, router, ifs, now) = (self.side, self.router, self.ifs, self.now);
         let counted = &mut self.taken;
         self.inner.receive_batch(max, &mut |frame| {

@@ -28,6 +28,7 @@ use crate::overlay::{
     DropReason, Egress, Mac, Output, Overlay, OverlayError, OverlayStatus, Verdict,
 };
 use crate::port::Port;
+use crate::router::{Origin, Segment};
 use crate::stack::{Nic, RX_BATCH};
 use crate::vlan::{self, Tag, VlanId};
 use crate::vxlan::Vni;
@@ -37,13 +38,8 @@ pub const AGE_INTERVAL: Duration = Duration::from_secs(1);
 /// At most this many hosts are remembered per table of [`ReplyRoutes`].
 pub const REPLY_ROUTES: usize = 1024;
 
-/// Where a frame of the appliance's own link interface goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Segment {
-    /// Untagged on the link, outside every overlay network.
-    Plain,
-    Network(Vni),
-}
+mod routed;
+pub(crate) use routed::RouterHook;
 
 /// Which segment each host that talked to the appliance's link interface was on, so
 /// that the interface's answers go back there (smoltcp itself knows nothing of VLANs
@@ -304,6 +300,7 @@ impl OverlayPath {
         link: &mut Nic,
         uplink_port: &mut dyn Port,
         link_port: &mut dyn Port,
+        hook: Option<&RouterHook>,
     ) -> (bool, bool) {
         let mut out = Outbox::default();
         let own = uplink.iface.address().map(|a| UplinkAddress {
@@ -322,11 +319,19 @@ impl OverlayPath {
         // wait too, to be sealed together (bounded by `overlay::MAX_PENDING_FRAMES`).
         let mut sent_early = false;
         let taken_u = uplink_port.receive_batch(RX_BATCH, &mut |frame| {
-            self.rx_uplink(now, frame, own.as_ref(), uplink, &mut link.iface, &mut out);
+            self.rx_uplink(
+                now,
+                frame,
+                own.as_ref(),
+                uplink,
+                &mut link.iface,
+                &mut out,
+                hook,
+            );
             sent_early |= flush(&mut out.link, link_port, &mut link.counters);
         });
         let taken_l = link_port.receive_batch(RX_BATCH, &mut |frame| {
-            self.rx_link(now, frame, link, &mut out);
+            self.rx_link(now, frame, link, &mut out, hook);
             sent_early |= flush(&mut out.uplink, uplink_port, &mut uplink.counters);
         });
 
@@ -336,7 +341,7 @@ impl OverlayPath {
         }
         let changed_l = link.iface.poll(now);
         while let Some(frame) = link.iface.pop_tx() {
-            self.rx_appliance(now, frame, &mut link.iface, &mut out);
+            self.rx_appliance(now, frame, &mut link.iface, &mut out, hook);
         }
 
         if self.next_age.is_none_or(|t| t <= now) {
@@ -358,6 +363,8 @@ impl OverlayPath {
         (work, more)
     }
 
+    // The receive path's whole context; a struct for it would only rename the list.
+    #[allow(clippy::too_many_arguments)]
     fn rx_uplink(
         &mut self,
         now: Instant,
@@ -366,6 +373,7 @@ impl OverlayPath {
         uplink: &mut Nic,
         link_iface: &mut NicIface,
         out: &mut Outbox,
+        hook: Option<&RouterHook>,
     ) {
         uplink.counters.received(frame.len());
         if let Err(reason) = Nic::check_frame(&uplink.iface, frame, MAX_FRAME_LEN) {
@@ -385,13 +393,22 @@ impl OverlayPath {
                     Err(reason) => uplink.counters.dropped(reason),
                 }
             }
-            (Verdict::Forward(outs), Some(vni)) => self.emit(vni, outs, link_iface, out),
+            (Verdict::Forward(outs), Some(vni)) => {
+                self.emit(vni, outs, link_iface, out, Origin::Remote, hook)
+            }
             // Counted by the overlay.
             _ => {}
         }
     }
 
-    fn rx_link(&mut self, now: Instant, frame: &[u8], link: &mut Nic, out: &mut Outbox) {
+    fn rx_link(
+        &mut self,
+        now: Instant,
+        frame: &[u8],
+        link: &mut Nic,
+        out: &mut Outbox,
+        hook: Option<&RouterHook>,
+    ) {
         link.counters.received(frame.len());
         let tagged = frame.get(12..14) == Some(&vlan::TPID.to_be_bytes()[..]);
         let max_len = MAX_FRAME_LEN + if tagged { vlan::TAG_LEN } else { 0 };
@@ -410,16 +427,25 @@ impl OverlayPath {
         };
         match (vni.copied(), tag) {
             (Some(vni), _) => match self.overlay.rx_link(now, vni, inner.as_ref()) {
-                Verdict::Forward(outs) => self.emit(vni, outs, &mut link.iface, out),
-                Verdict::Refuse { reply, .. } => {
-                    self.emit(vni, alloc::vec![reply], &mut link.iface, out)
+                Verdict::Forward(outs) => {
+                    self.emit(vni, outs, &mut link.iface, out, Origin::Local, hook)
                 }
+                Verdict::Refuse { reply, .. } => self.emit(
+                    vni,
+                    alloc::vec![reply],
+                    &mut link.iface,
+                    out,
+                    Origin::Local,
+                    hook,
+                ),
                 Verdict::Drop(_) => {}
             },
             (None, Tag::Untagged) => match Nic::check_destination(&link.iface, frame) {
                 Ok(()) => {
                     self.replies.record(frame, Segment::Plain);
-                    link.iface.push_rx(frame);
+                    if !routed::offer(hook, Segment::Plain, Origin::Local, frame) {
+                        link.iface.push_rx(frame);
+                    }
                 }
                 Err(reason) => link.counters.dropped(reason),
             },
@@ -434,6 +460,7 @@ impl OverlayPath {
         frame: Vec<u8>,
         link_iface: &mut NicIface,
         out: &mut Outbox,
+        hook: Option<&RouterHook>,
     ) {
         let targets: Vec<Segment> = match self.replies.route(&frame) {
             Some(Segment::Network(vni)) if self.vlan_of.contains_key(&vni) => {
@@ -454,19 +481,48 @@ impl OverlayPath {
         for seg in targets {
             match seg {
                 Segment::Plain => out.link.push(frame.clone()),
-                Segment::Network(vni) => match self.overlay.rx_appliance(now, vni, &frame) {
-                    Verdict::Forward(outs) => self.emit(vni, outs, link_iface, out),
-                    Verdict::Refuse { reply, .. } => {
-                        self.emit(vni, alloc::vec![reply], link_iface, out)
-                    }
-                    Verdict::Drop(_) => {}
-                },
+                Segment::Network(vni) => {
+                    self.appliance_into(now, vni, &frame, link_iface, out, hook)
+                }
             }
         }
     }
 
-    /// Send the overlay's output for network `vni` where it goes.
-    fn emit(&mut self, vni: Vni, outs: Vec<Output>, link_iface: &mut NicIface, out: &mut Outbox) {
+    /// A frame of the appliance (its interface or its router) into network `vni`.
+    fn appliance_into(
+        &mut self,
+        now: Instant,
+        vni: Vni,
+        frame: &[u8],
+        link_iface: &mut NicIface,
+        out: &mut Outbox,
+        hook: Option<&RouterHook>,
+    ) {
+        match self.overlay.rx_appliance(now, vni, frame) {
+            Verdict::Forward(outs) => self.emit(vni, outs, link_iface, out, Origin::Local, hook),
+            Verdict::Refuse { reply, .. } => self.emit(
+                vni,
+                alloc::vec![reply],
+                link_iface,
+                out,
+                Origin::Local,
+                hook,
+            ),
+            Verdict::Drop(_) => {}
+        }
+    }
+
+    /// Send the overlay's output for network `vni` where it goes. What reaches the
+    /// appliance is offered to the router first (`origin`: how it reached this node).
+    fn emit(
+        &mut self,
+        vni: Vni,
+        outs: Vec<Output>,
+        link_iface: &mut NicIface,
+        out: &mut Outbox,
+        origin: Origin,
+        hook: Option<&RouterHook>,
+    ) {
         let vlan = self.vlan_of.get(&vni).copied().flatten();
         for (egress, frame) in outs {
             match egress {
@@ -474,7 +530,11 @@ impl OverlayPath {
                 Egress::Uplink => out.uplink.push(frame),
                 Egress::Appliance => {
                     self.replies.record(&frame, Segment::Network(vni));
-                    link_iface.push_rx(&frame);
+                    let seg = Segment::Network(vni);
+                    let origin = routed::origin(&self.overlay, vni, &frame, origin, hook);
+                    if !routed::offer(hook, seg, origin, &frame) {
+                        link_iface.push_rx(&frame);
+                    }
                 }
             }
         }

@@ -814,3 +814,5 @@ fn large_frames_stay_one_per_datagram_and_mixed_sizes_keep_their_order() {
     assert_eq!(rig.path().overlay().drops().total(), 0);
     assert_eq!(peer.drops().total(), 0);
 }
+
+mod routed;
