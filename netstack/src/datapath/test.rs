@@ -816,3 +816,4 @@ fn large_frames_stay_one_per_datagram_and_mixed_sizes_keep_their_order() {
 }
 
 mod routed;
+mod two_hosts;

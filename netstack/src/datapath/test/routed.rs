@@ -17,7 +17,7 @@ const SYN: u8 = 0x02;
 const SYNACK: u8 = 0x12;
 
 /// An Ethernet frame around an IPv4 packet: TCP with `flags`, or UDP when `None`.
-fn frame(
+pub(super) fn frame(
     macs: (EthernetAddress, EthernetAddress),
     src: (Ipv4Address, u16),
     dst: (Ipv4Address, u16),
@@ -66,15 +66,15 @@ fn frame(
 
 /// What a forwarded frame carries, every checksum checked against a full verify.
 #[derive(Debug, PartialEq, Eq)]
-struct Seen {
-    dst_mac: EthernetAddress,
-    src_mac: EthernetAddress,
-    src: (Ipv4Address, u16),
-    dst: (Ipv4Address, u16),
-    ttl: u8,
+pub(super) struct Seen {
+    pub(super) dst_mac: EthernetAddress,
+    pub(super) src_mac: EthernetAddress,
+    pub(super) src: (Ipv4Address, u16),
+    pub(super) dst: (Ipv4Address, u16),
+    pub(super) ttl: u8,
 }
 
-fn seen(f: &[u8]) -> Option<Seen> {
+pub(super) fn seen(f: &[u8]) -> Option<Seen> {
     let e = EthernetFrame::new_checked(f).ok()?;
     if e.ethertype() != EthernetProtocol::Ipv4 {
         return None;
@@ -105,7 +105,7 @@ fn seen(f: &[u8]) -> Option<Seen> {
 }
 
 /// The frames on VLAN `vlan` (untagged with `None`) of the link output, tags removed.
-fn on_vlan(link: &[Vec<u8>], vlan: Option<u16>) -> Vec<Vec<u8>> {
+pub(super) fn on_vlan(link: &[Vec<u8>], vlan: Option<u16>) -> Vec<Vec<u8>> {
     link.iter()
         .filter_map(|f| match vlan::untag(f).ok()? {
             (Tag::Untagged, inner) if vlan.is_none() => Some(inner.as_ref().to_vec()),
