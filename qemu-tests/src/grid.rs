@@ -370,6 +370,23 @@ impl Container {
                 Some(VlanRelay::start(hv, &hv_end, &relay_end, vid)?)
             }
         };
+        if relay.is_some() {
+            // The relay copies frames as AF_PACKET hands them over: with the veth's
+            // transmit offloads on, TCP/UDP checksums would still be partial (the
+            // kernel fills them in only on the way to a real device) and large sends
+            // would be one GSO frame over the MTU. A Linux bridge port completes both;
+            // the relay cannot, so the container computes checksums and segments itself.
+            let st = ns
+                .command("ethtool")
+                .args(["-K", "eth0", "tx", "off", "tso", "off", "gso", "off"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .context("running ethtool (apt-get install ethtool, or .ci/install)")?;
+            if !st.success() {
+                bail!("ethtool -K eth0 tx off in {name} failed");
+            }
+        }
         ip(&ns, &["link", "set", "eth0", "mtu", &mtu.to_string(), "up"])?;
         ip(&ns, &["addr", "add", cidr, "dev", "eth0"])?;
         let address = cidr.split('/').next().unwrap_or(cidr).to_string();
