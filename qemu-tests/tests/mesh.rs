@@ -6,7 +6,7 @@
 //! on B; it is answered, and the backend sees A's node address (the source translation
 //! that brings the reply back through A). (c) A port published to one container sees
 //! the client's own address when the container is on A, and A's node address when it
-//! is behind B.
+//! is behind B. Backend b3 sits on a second network (VNI 300) on VLAN 300 of B's link.
 //!
 //! Both VMs boot once (in parallel) and serve every check.
 
@@ -26,6 +26,8 @@ const NODE1: &str = "10.81.0.1";
 const HOST1: &str = "192.0.2.1";
 const VIP_WEB: &str = "10.81.255.1";
 const VIP_MESH: &str = "10.81.255.2";
+/// b3, the backend on B's VLAN 300 (network n2).
+const B3: &str = "10.81.128.23";
 /// Connections of the distribution check: with weights 2:1:1 the smallest share is
 /// 300, and 10 % of it is about 2.5 binomial standard deviations.
 const CONNECTIONS: u16 = 1200;
@@ -37,8 +39,8 @@ fn document(n: u8, extra: Value) -> Value {
         "uplink": {"address": format!("192.0.2.1{n}/24"), "gateway": format!("192.0.2.{n}")},
         "link": {"address": format!("10.81.0.{n}/16")},
         "grid": {"node": n},
-        "networks": [{"name": "grid", "vni": 100}],
-        "peers": [{"node": other, "address": format!("192.0.2.1{other}"), "networks": ["grid"]}],
+        "networks": [{"name": "grid", "vni": 100}, {"name": "n2", "vni": 300, "vlan": 300}],
+        "peers": [{"node": other, "address": format!("192.0.2.1{other}"), "networks": ["grid", "n2"]}],
     });
     if let (Some(doc), Some(extra)) = (doc.as_object_mut(), extra.as_object()) {
         for (k, v) in extra {
@@ -175,11 +177,13 @@ fn the_routing_mesh_spreads_a_vip_over_both_hosts_and_publishes_it_on_a_host_wit
     ul.join(&w1).expect("join node 1");
     ul.join(&w2).expect("join node 2");
 
-    // Backends: b1 on A, b2 and b3 on B, all on the overlay network "grid".
+    // Backends: b1 on A and b2 on B on the untagged network "grid"; b3 on B on network
+    // n2, VLAN 300 on B's link.
     let p = &ul.prefix;
     let b1 = Container::attach(&w1, &format!("{p}b1"), None, "10.81.128.21/16", 1450).expect("b1");
     let b2 = Container::attach(&w2, &format!("{p}b2"), None, "10.81.128.22/16", 1450).expect("b2");
-    let b3 = Container::attach(&w2, &format!("{p}b3"), None, "10.81.128.23/16", 1450).expect("b3");
+    let b3 =
+        Container::attach(&w2, &format!("{p}b3"), Some(300), "10.81.128.23/16", 1450).expect("b3");
     // Each container's gateway is its own node's address.
     for (c, gw) in [(&b1, NODE1), (&b2, "10.81.0.2"), (&b3, "10.81.0.2")] {
         c.ns.ip(&["route", "add", "default", "via", gw]).unwrap();
@@ -277,13 +281,19 @@ fn the_routing_mesh_spreads_a_vip_over_both_hosts_and_publishes_it_on_a_host_wit
     let mut pairs = std::collections::BTreeSet::new();
     for l in &lines {
         let f: Vec<&str> = l.split('\t').collect();
-        assert_eq!(f[0], "100", "VXLAN with another VNI: {l}");
         let src: Vec<&str> = f[1].split(',').collect();
         let dst: Vec<&str> = f[2].split(',').collect();
         assert_eq!((src.len(), dst.len()), (2, 2), "{l}");
+        // b3 lives on network n2 (VNI 300), everything else on grid (VNI 100).
+        let vni = if src[1] == B3 || dst[1] == B3 {
+            "300"
+        } else {
+            "100"
+        };
+        assert_eq!(f[0], vni, "VXLAN with another VNI: {l}");
         pairs.insert((src[0], dst[0], src[1], dst[1]));
     }
-    for backend in ["10.81.128.22", "10.81.128.23"] {
+    for backend in ["10.81.128.22", B3] {
         assert!(
             pairs.contains(&(W1, W2, NODE1, backend)),
             "no VXLAN from A to B carrying {NODE1} -> {backend}: {pairs:?}"
