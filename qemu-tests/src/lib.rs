@@ -20,6 +20,7 @@ use weft_image::qemu::{self, MacAddr, MemoryMib, Nic, Qemu, QemuConfig, Serial};
 pub mod dns;
 pub mod frames;
 pub mod grid;
+pub mod socat;
 
 /// Longest a test VM may run before the watchdog kills it.
 pub const VM_TIME_LIMIT: Duration = Duration::from_secs(240);

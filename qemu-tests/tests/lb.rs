@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use weft_image::netns::Netns;
 use weft_qemu_tests::dns::dig;
 use weft_qemu_tests::grid::{unique_prefix, Container};
+use weft_qemu_tests::socat::Socat;
 use weft_qemu_tests::{BootOptions, TestVm, LINK_ADDR, UPLINK_ADDR};
 
 const VIP: &str = "10.81.255.1";
@@ -103,31 +104,15 @@ else:
         print(json.dumps(alive), flush=True)
 "#;
 
-/// A backend server, killed and reaped on drop (also while a test panics).
-struct Server(Child);
-
-impl Server {
-    fn start(ns: &Netns, name: &str) -> Server {
-        let child = ns
-            .command("socat")
-            .args([
-                &format!("TCP-LISTEN:{PORT},fork,reuseaddr,backlog=256"),
-                &format!("SYSTEM:echo {name}; exec cat"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat starts");
-        Server(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A backend's server: answers its name, then echoes.
+fn serve(ns: &Netns, name: &str) -> Socat {
+    Socat::start(
+        ns,
+        &[
+            &format!("TCP-LISTEN:{PORT},fork,reuseaddr,backlog=256"),
+            &format!("SYSTEM:echo {name}; exec cat"),
+        ],
+    )
 }
 
 /// Long-lived connections held by the Python client.
@@ -297,10 +282,10 @@ fn vip_spreads_by_weight_follows_health_and_moves_only_removed_flows() {
                 .unwrap_or_else(|e| panic!("backend {n}: {e:#}"))
         })
         .collect();
-    let mut servers: Vec<Option<Server>> = backends
+    let mut servers: Vec<Option<Socat>> = backends
         .iter()
         .zip(names)
-        .map(|(c, n)| Some(Server::start(&c.ns, n)))
+        .map(|(c, n)| Some(serve(&c.ns, n)))
         .collect();
 
     // Three backends, checked every second (down after 2 failures, up after 2 passes).
@@ -392,7 +377,7 @@ fn vip_spreads_by_weight_follows_health_and_moves_only_removed_flows() {
     let rr = dig(vm.ctr(), LINK_ADDR, &["webrr"]).unwrap();
     assert!(!rr.data("A").is_empty(), "{}", rr.raw);
     // Back: it returns after `rise` passes.
-    servers[vi] = Some(Server::start(&backends[vi].ns, victim));
+    servers[vi] = Some(serve(&backends[vi].ns, victim));
     let b = wait_health(&vm, addrs[vi], "up");
     assert_eq!(b["health"], "up", "{victim}: {b}");
     let counts = spread(vm.ctr(), VIP, 80, 300);

@@ -11,11 +11,12 @@
 //! Both VMs boot once (in parallel) and serve every check.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 
 use serde_json::{json, Value};
 use weft_image::netns::Netns;
 use weft_qemu_tests::grid::{boot_two, Container, Underlay};
+use weft_qemu_tests::socat::Socat;
 use weft_qemu_tests::TestVm;
 
 const W1: &str = "192.0.2.11";
@@ -50,32 +51,15 @@ fn document(n: u8, extra: Value) -> Value {
     doc
 }
 
-/// A `socat` backend answering every connection with its name and the address it
-/// sees the client at; killed on drop.
-struct Backend(Child);
-
-impl Backend {
-    fn start(ns: &Netns, name: &str) -> Backend {
-        let child = ns
-            .command("socat")
-            .args([
-                "TCP-LISTEN:8080,fork,reuseaddr,backlog=256",
-                &format!("SYSTEM:echo {name} $SOCAT_PEERADDR"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat starts");
-        Backend(child)
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A backend's server: answers its name and the client address it sees.
+fn serve(ns: &Netns, name: &str) -> Socat {
+    Socat::start(
+        ns,
+        &[
+            "TCP-LISTEN:8080,fork,reuseaddr,backlog=256",
+            &format!("SYSTEM:echo {name} $SOCAT_PEERADDR"),
+        ],
+    )
 }
 
 /// Connects from `first..first+count` (fixed source ports, 16 at a time) to
@@ -192,9 +176,9 @@ fn the_routing_mesh_spreads_a_vip_over_both_hosts_and_publishes_it_on_a_host_wit
         .ip(&["link", "set", &w1.topo.names.ctr_veth, "mtu", "1450"])
         .unwrap();
     let _servers = [
-        Backend::start(&b1.ns, "b1"),
-        Backend::start(&b2.ns, "b2"),
-        Backend::start(&b3.ns, "b3"),
+        serve(&b1.ns, "b1"),
+        serve(&b2.ns, "b2"),
+        serve(&b3.ns, "b3"),
     ];
 
     let backend =

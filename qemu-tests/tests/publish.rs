@@ -17,34 +17,11 @@ use serde_json::json;
 use weft_appliance::publish::NatSection;
 use weft_image::configfile;
 use weft_image::netns::Netns;
+use weft_qemu_tests::socat::Socat;
 use weft_qemu_tests::{TestVm, LINK_ADDR, UPLINK_ADDR};
 
 const CTR_ADDR: &str = "10.81.128.2";
 const HOST_ADDR: &str = "192.0.2.1";
-
-/// A background process, killed and reaped on drop (also while a test panics).
-struct Server(Child);
-
-impl Server {
-    fn start(ns: &Netns, args: &[&str]) -> Server {
-        let child = ns
-            .command("socat")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat starts");
-        Server(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs `socat` as a client in `ns` with `input` on stdin; its stdout, trimmed.
 fn socat(ns: &Netns, input: &str, target: &str) -> String {
@@ -182,18 +159,18 @@ fn published_ports_masquerade_and_hairpin() {
     vm.assert_pings();
 
     // Servers that answer with the address (and port) they see.
-    let _tcp = Server::start(
+    let _tcp = Socat::start(
         vm.ctr(),
         &[
             "TCP-LISTEN:8080,fork,reuseaddr",
             "SYSTEM:echo $SOCAT_PEERADDR",
         ],
     );
-    let _udp = Server::start(
+    let _udp = Socat::start(
         vm.ctr(),
         &["UDP-RECVFROM:5353,fork", "SYSTEM:echo $SOCAT_PEERADDR"],
     );
-    let _outside = Server::start(
+    let _outside = Socat::start(
         vm.host(),
         &[
             "TCP-LISTEN:9090,fork,reuseaddr,backlog=128",
@@ -374,8 +351,8 @@ fn published_ports_masquerade_and_hairpin() {
     let mut c = vm.client();
     assert!(c.apply(&cfg).unwrap().changed);
     drop(c);
-    let _echo_in = Server::start(vm.ctr(), &["TCP-LISTEN:7000,fork,reuseaddr", "PIPE"]);
-    let _echo_out = Server::start(vm.host(), &["TCP-LISTEN:7001,fork,reuseaddr", "PIPE"]);
+    let _echo_in = Socat::start(vm.ctr(), &["TCP-LISTEN:7000,fork,reuseaddr", "PIPE"]);
+    let _echo_out = Socat::start(vm.host(), &["TCP-LISTEN:7001,fork,reuseaddr", "PIPE"]);
     let inbound = format!("TCP:{UPLINK_ADDR}:7000");
     let outbound = format!("TCP:{HOST_ADDR}:7001");
     // The servers may still be starting: the first stream of each kind retries.
