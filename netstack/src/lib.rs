@@ -22,6 +22,8 @@ pub mod probe;
 pub mod router;
 pub mod sleeve;
 pub mod stack;
+#[cfg(test)]
+mod testing;
 pub mod vlan;
 pub mod vxlan;
 

@@ -666,8 +666,9 @@ mod tests {
     use crate::port::MemPort;
     use crate::probe::Echo;
     use crate::stack::{Netstack, NicId};
+    use crate::testing::Seen;
     use alloc::vec;
-    use smoltcp::wire::{ArpOperation, IpAddress, Ipv4Packet, TcpPacket, UdpPacket};
+    use smoltcp::wire::{ArpOperation, Ipv4Packet};
 
     const UPLINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 0x01]);
     const LINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 0x02]);
@@ -734,86 +735,17 @@ mod tests {
     }
 
     fn eth(src: EthernetAddress, dst: EthernetAddress, ip: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; 14];
-        f[0..6].copy_from_slice(&dst.0);
-        f[6..12].copy_from_slice(&src.0);
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        f.extend_from_slice(ip);
-        f
+        crate::testing::ethernet(src, dst, ip)
     }
 
     /// An IPv4 packet (TCP with `flags`, or UDP when `flags` is None), checksums filled.
     fn ip(src: (Ipv4Address, u16), dst: (Ipv4Address, u16), flags: Option<u8>) -> Vec<u8> {
-        let body = match flags {
-            Some(f) => {
-                let mut b = vec![0u8; 20];
-                b[0..2].copy_from_slice(&src.1.to_be_bytes());
-                b[2..4].copy_from_slice(&dst.1.to_be_bytes());
-                b[4..8].copy_from_slice(&7u32.to_be_bytes());
-                if f & 0x10 != 0 {
-                    b[8..12].copy_from_slice(&8u32.to_be_bytes());
-                }
-                b[12] = 5 << 4;
-                b[13] = f;
-                b[14..16].copy_from_slice(&64240u16.to_be_bytes());
-                TcpPacket::new_unchecked(&mut b[..]).fill_checksum(&src.0.into(), &dst.0.into());
-                b
-            }
-            None => {
-                let mut b = vec![0u8; 8 + 5];
-                b[0..2].copy_from_slice(&src.1.to_be_bytes());
-                b[2..4].copy_from_slice(&dst.1.to_be_bytes());
-                b[4..6].copy_from_slice(&13u16.to_be_bytes());
-                b[8..].copy_from_slice(b"hello");
-                UdpPacket::new_unchecked(&mut b[..]).fill_checksum(&src.0.into(), &dst.0.into());
-                b
-            }
-        };
-        let mut p = vec![0u8; 20];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&((20 + body.len()) as u16).to_be_bytes());
-        p[8] = 64;
-        p[9] = if flags.is_some() { 6 } else { 17 };
-        p[12..16].copy_from_slice(&src.0.octets());
-        p[16..20].copy_from_slice(&dst.0.octets());
-        p.extend_from_slice(&body);
-        Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
-        p
-    }
-
-    struct Out {
-        dst_mac: EthernetAddress,
-        src_mac: EthernetAddress,
-        src: (Ipv4Address, u16),
-        dst: (Ipv4Address, u16),
-        ttl: u8,
+        crate::testing::ipv4_l4(src, dst, flags, b"hello")
     }
 
     /// Parses a forwarded frame and checks every checksum against a full verify.
-    fn parse(f: &[u8]) -> Out {
-        let e = EthernetFrame::new_checked(f).unwrap();
-        let p = Ipv4Packet::new_checked(e.payload()).unwrap();
-        assert!(p.verify_checksum(), "IPv4 checksum");
-        let (s, d): (IpAddress, IpAddress) = (p.src_addr().into(), p.dst_addr().into());
-        let ports = match p.next_header() {
-            smoltcp::wire::IpProtocol::Tcp => {
-                let t = TcpPacket::new_checked(p.payload()).unwrap();
-                assert!(t.verify_checksum(&s, &d), "TCP checksum");
-                (t.src_port(), t.dst_port())
-            }
-            _ => {
-                let u = UdpPacket::new_checked(p.payload()).unwrap();
-                assert!(u.verify_checksum(&s, &d), "UDP checksum");
-                (u.src_port(), u.dst_port())
-            }
-        };
-        Out {
-            dst_mac: e.dst_addr(),
-            src_mac: e.src_addr(),
-            src: (p.src_addr(), ports.0),
-            dst: (p.dst_addr(), ports.1),
-            ttl: p.hop_limit(),
-        }
+    fn parse(f: &[u8]) -> Seen {
+        crate::testing::seen(f).expect("an IPv4 TCP/UDP frame")
     }
 
     fn arp_target(f: &[u8]) -> (EthernetAddress, Ipv4Address, Ipv4Address) {

@@ -8,7 +8,6 @@ use super::*;
 use crate::lb::{BackendConfig, Mode, ServiceConfig};
 use crate::nat::{Nat, NatConfig, PublishRule, Transport};
 use crate::router::{Origin, Placement, Router, Segment};
-use smoltcp::wire::{IpAddress, TcpPacket, UdpPacket};
 
 const CLIENT: Ipv4Address = Ipv4Address::new(203, 0, 113, 9);
 const FAR: Ipv4Address = Ipv4Address::new(198, 51, 100, 200);
@@ -16,93 +15,21 @@ const VIP: Ipv4Address = Ipv4Address::new(10, 81, 255, 1);
 const SYN: u8 = 0x02;
 const SYNACK: u8 = 0x12;
 
-/// An Ethernet frame around an IPv4 packet: TCP with `flags`, or UDP when `None`.
+/// A TCP (with `flags`) or UDP frame from `macs.0` to `macs.1`, checksums filled.
 pub(super) fn frame(
     macs: (EthernetAddress, EthernetAddress),
     src: (Ipv4Address, u16),
     dst: (Ipv4Address, u16),
     flags: Option<u8>,
 ) -> Vec<u8> {
-    let body = match flags {
-        Some(f) => {
-            let mut b = vec![0u8; 20];
-            b[0..2].copy_from_slice(&src.1.to_be_bytes());
-            b[2..4].copy_from_slice(&dst.1.to_be_bytes());
-            b[4..8].copy_from_slice(&7u32.to_be_bytes());
-            if f & 0x10 != 0 {
-                b[8..12].copy_from_slice(&8u32.to_be_bytes());
-            }
-            b[12] = 5 << 4;
-            b[13] = f;
-            b[14..16].copy_from_slice(&64240u16.to_be_bytes());
-            TcpPacket::new_unchecked(&mut b[..]).fill_checksum(&src.0.into(), &dst.0.into());
-            b
-        }
-        None => {
-            let mut b = vec![0u8; 8 + 4];
-            b[0..2].copy_from_slice(&src.1.to_be_bytes());
-            b[2..4].copy_from_slice(&dst.1.to_be_bytes());
-            b[4..6].copy_from_slice(&12u16.to_be_bytes());
-            b[8..].copy_from_slice(b"weft");
-            UdpPacket::new_unchecked(&mut b[..]).fill_checksum(&src.0.into(), &dst.0.into());
-            b
-        }
-    };
-    let mut f = vec![0u8; 14 + 20];
-    f[0..6].copy_from_slice(&macs.1 .0);
-    f[6..12].copy_from_slice(&macs.0 .0);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let p = &mut f[14..];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&((20 + body.len()) as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = if flags.is_some() { 6 } else { 17 };
-    p[12..16].copy_from_slice(&src.0.octets());
-    p[16..20].copy_from_slice(&dst.0.octets());
-    f.extend_from_slice(&body);
-    Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
-    f
+    crate::testing::ethernet(
+        macs.0,
+        macs.1,
+        &crate::testing::ipv4_l4(src, dst, flags, b"weft"),
+    )
 }
 
-/// What a forwarded frame carries, every checksum checked against a full verify.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct Seen {
-    pub(super) dst_mac: EthernetAddress,
-    pub(super) src_mac: EthernetAddress,
-    pub(super) src: (Ipv4Address, u16),
-    pub(super) dst: (Ipv4Address, u16),
-    pub(super) ttl: u8,
-}
-
-pub(super) fn seen(f: &[u8]) -> Option<Seen> {
-    let e = EthernetFrame::new_checked(f).ok()?;
-    if e.ethertype() != EthernetProtocol::Ipv4 {
-        return None;
-    }
-    let p = Ipv4Packet::new_checked(e.payload()).ok()?;
-    assert!(p.verify_checksum(), "IPv4 checksum");
-    let (s, d): (IpAddress, IpAddress) = (p.src_addr().into(), p.dst_addr().into());
-    let ports = match p.next_header() {
-        IpProtocol::Tcp => {
-            let t = TcpPacket::new_checked(p.payload()).ok()?;
-            assert!(t.verify_checksum(&s, &d), "TCP checksum");
-            (t.src_port(), t.dst_port())
-        }
-        IpProtocol::Udp => {
-            let u = UdpPacket::new_checked(p.payload()).ok()?;
-            assert!(u.verify_checksum(&s, &d), "UDP checksum");
-            (u.src_port(), u.dst_port())
-        }
-        _ => return None,
-    };
-    Some(Seen {
-        dst_mac: e.dst_addr(),
-        src_mac: e.src_addr(),
-        src: (p.src_addr(), ports.0),
-        dst: (p.dst_addr(), ports.1),
-        ttl: p.hop_limit(),
-    })
-}
+pub(super) use crate::testing::{seen, Seen};
 
 /// The frames on VLAN `vlan` (untagged with `None`) of the link output, tags removed.
 pub(super) fn on_vlan(link: &[Vec<u8>], vlan: Option<u16>) -> Vec<Vec<u8>> {
