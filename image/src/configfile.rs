@@ -70,6 +70,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Every example the README points to parses and passes the appliance's validation.
+    #[test]
+    fn every_example_is_a_valid_document() {
+        let dir = crate::paths::repo_root().join("examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 4, "only {n} examples in {}", dir.display());
+    }
+
     #[test]
     fn default_document_has_the_demo_addresses() {
         let c = default_config();
