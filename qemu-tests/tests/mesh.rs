@@ -224,8 +224,9 @@ fn the_routing_mesh_spreads_a_vip_over_both_hosts_and_publishes_it_on_a_host_wit
     eprintln!("mesh: VIP spread over b1 (A), b2, b3 (B) with weights 2:1:1: {per:?}");
 
     // (b) The routing mesh: A's host namespace to A's published port; every backend of
-    // the service is on B, and each sees A's node address.
-    let answers = connect_many(w1.host(), W1, 8080, 30_000, 40);
+    // the service is on B (weights 1:1), each sees A's node address, and the spread is
+    // as through the VIP: within 10 % of equal shares.
+    let answers = connect_many(w1.host(), W1, 8080, 24_000, CONNECTIONS);
     let mut mesh: BTreeMap<String, u32> = BTreeMap::new();
     for (name, seen) in &answers {
         assert!(name == "b2" || name == "b3", "answered by {name}");
@@ -233,7 +234,14 @@ fn the_routing_mesh_spreads_a_vip_over_both_hosts_and_publishes_it_on_a_host_wit
         *mesh.entry(name.clone()).or_default() += 1;
     }
     eprintln!("mesh: published port on A answered from B by {mesh:?}");
-    assert_eq!(mesh.len(), 2, "both backends on B served: {mesh:?}");
+    for name in ["b2", "b3"] {
+        let want = total / 2.0;
+        let got = f64::from(mesh.get(name).copied().unwrap_or(0));
+        assert!(
+            (got - want).abs() <= want * 0.10,
+            "{name}: {got} connections through the mesh, want {want} within 10 %: {mesh:?}"
+        );
+    }
 
     // (c) A port published to one container: on A it sees the client's own address;
     // behind B it sees A's node address (its reply must come back through A).
