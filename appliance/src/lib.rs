@@ -390,6 +390,7 @@ impl Appliance {
             self.info.seed,
             self.unix_time_at_boot,
         )?;
+        self.check_heap_room(&config)?;
         self.netstack.configure(
             NicId::Uplink,
             Some(NicAddress {
@@ -425,6 +426,33 @@ impl Appliance {
         );
         self.running = Some(config);
         Ok(true)
+    }
+
+    /// Refuses a document whose new flow table would not fit the free heap (when the
+    /// platform reports its heap): out of memory is fatal in the kernel, so a table
+    /// too large for this VM is a clear error before anything changes, not a crash.
+    fn check_heap_room(&self, config: &Config) -> Result<(), ConfigError> {
+        let (Some(heap), Some(need)) =
+            (self.heap, publish::new_table_bytes(&self.netstack, config))
+        else {
+            return Ok(());
+        };
+        let free = heap.size_bytes.saturating_sub(heap.used_bytes);
+        if need as u64 <= free {
+            return Ok(());
+        }
+        let flows = config
+            .nat
+            .map_or(publish::NatSection::default().capacity, |n| n.capacity);
+        Err(ConfigError {
+            field: "nat.capacity".into(),
+            message: alloc::format!(
+                "a flow table for {flows} flows needs {} KiB, and the heap has {} KiB free; \
+                 give the VM more memory or a smaller capacity",
+                need / 1024,
+                free / 1024
+            ),
+        })
     }
 
     /// The `status` result at `now`.

@@ -11,7 +11,7 @@ use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use weft_netstack::conntrack::{FlowFilter, FlowInfo, Proto, Timeouts};
+use weft_netstack::conntrack::{Conntrack, FlowFilter, FlowInfo, Proto, Timeouts};
 use weft_netstack::nat::{validate_publish_list, Nat, NatConfig, PublishRule, Transport};
 use weft_netstack::router::{Router, RouterCounters};
 use weft_netstack::smoltcp::time::{Duration, Instant};
@@ -229,18 +229,30 @@ fn nat_config(config: &Config) -> NatConfig {
     nat
 }
 
+/// Whether the running NAT (and its flow table) serves `want`: new timeouts alone keep
+/// the NAT and its flows (they change all at once).
+fn keeps_table(netstack: &Netstack, want: &NatConfig) -> bool {
+    netstack.router().is_some_and(|r| {
+        let mut have = r.nat().config().clone();
+        have.conntrack.timeouts = want.conntrack.timeouts;
+        &have == want
+    })
+}
+
+/// The bytes of the flow table that applying `config` would allocate, when it builds a
+/// new one (None when the running table is kept). The appliance checks this against
+/// its free heap before it changes anything: a failed allocation is fatal in the kernel.
+pub fn new_table_bytes(netstack: &Netstack, config: &Config) -> Option<usize> {
+    let want = nat_config(config);
+    (!keeps_table(netstack, &want)).then(|| Conntrack::table_bytes(want.conntrack.capacity))
+}
+
 /// Brings the router in line with `config`: a new NAT when the addressing changed
 /// (flows of the old addressing cannot be valid any more), otherwise only the rules
 /// that differ are removed and added so live flows keep going.
 pub fn apply(netstack: &mut Netstack, config: &Config, seed: u64) {
     let want = nat_config(config);
-    // New timeouts alone keep the NAT and its flows: they change all at once.
-    let keep = netstack.router().is_some_and(|r| {
-        let mut have = r.nat().config().clone();
-        have.conntrack.timeouts = want.conntrack.timeouts;
-        have == want
-    });
-    if !keep {
+    if !keeps_table(netstack, &want) {
         netstack.set_router(Some(Router::new(Nat::new(
             want.clone(),
             seed ^ 0x6e61_7421,

@@ -405,3 +405,42 @@ fn apply_through_the_api_validates_too() {
     assert_eq!(app.apply(config.clone()), Ok(false));
     assert_eq!(app.running_config(), Some(&config));
 }
+
+/// A flow table larger than the free heap is refused before anything changes (running
+/// out of memory is fatal in the kernel); the same document applies with room, and a
+/// document that keeps the running table needs no new room.
+#[test]
+fn a_flow_table_that_does_not_fit_the_heap_is_refused() {
+    use weft_appliance::protocol::HeapStatus;
+    let (mut app, now) = connected();
+    let heap = |free: u64| HeapStatus {
+        size_bytes: 8 << 20,
+        used_bytes: (8 << 20) - free,
+        peak_bytes: (8 << 20) - free,
+    };
+    let mut big = good_config();
+    big["nat"] = json!({"capacity": 1_000_000});
+    app.set_heap_usage(heap(6 << 20));
+    let reply = call(&mut app, now, &apply_line(1, &big));
+    assert_eq!(error_of(&reply), ("invalid_config", Some("nat.capacity")));
+    let msg = reply["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("1000000 flows") && msg.contains("6144 KiB free"),
+        "{msg}"
+    );
+    let status = call(&mut app, now, r#"{"id":2,"cmd":"status"}"#);
+    assert_eq!(status["result"]["configured"], false, "{status}");
+    // The default 65536-flow table fits in 6 MiB.
+    let reply = call(&mut app, now, &apply_line(3, &good_config()));
+    assert_eq!(reply["result"]["changed"], true, "{reply}");
+    // New timeouts keep the table: no new room needed even with none free.
+    app.set_heap_usage(heap(0));
+    let mut timeouts = good_config();
+    timeouts["nat"] = json!({"udp_secs": 30});
+    let reply = call(&mut app, now, &apply_line(4, &timeouts));
+    assert_eq!(reply["result"]["changed"], true, "{reply}");
+    // But a new capacity does.
+    timeouts["nat"]["capacity"] = json!(1024);
+    let reply = call(&mut app, now, &apply_line(5, &timeouts));
+    assert_eq!(error_of(&reply), ("invalid_config", Some("nat.capacity")));
+}

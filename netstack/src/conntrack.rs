@@ -473,8 +473,13 @@ impl Index {
     /// index per tuple, what hashbrown took before, so the appliance's default
     /// table still fits its smallest memory (`-m 10M`); a lookup in a full table
     /// probes 3 buckets on average, usually in one cache line.
+    /// Buckets for `entries` tuples, at most 80 % full.
+    fn buckets_for(entries: usize) -> usize {
+        (entries.max(4) * 5).div_ceil(4)
+    }
+
     fn with_entries(entries: usize) -> Index {
-        let n = (entries.max(4) * 5).div_ceil(4);
+        let n = Index::buckets_for(entries);
         Index {
             buckets: alloc::vec![EMPTY; n],
         }
@@ -658,6 +663,14 @@ impl Conntrack {
     }
 
     /// Bytes of memory per flow of capacity: the flow and its share of the index.
+    /// The bytes a table for `capacity` flows allocates up front (flows and index),
+    /// so a caller can tell whether it fits before asking for it.
+    pub fn table_bytes(capacity: usize) -> usize {
+        let capacity = capacity.min((u32::MAX >> 2) as usize);
+        capacity * core::mem::size_of::<Flow>()
+            + Index::buckets_for(2 * capacity) * core::mem::size_of::<u64>()
+    }
+
     pub fn bytes_per_flow(&self) -> usize {
         let index = self.index.buckets.len() * core::mem::size_of::<u64>();
         core::mem::size_of::<Flow>() + index / self.config.capacity.max(1)
@@ -1262,6 +1275,26 @@ mod tests {
                 let used = index.buckets.iter().filter(|&&b| b != EMPTY).count();
                 assert_eq!(used, model.len());
             }
+        }
+    }
+
+    #[test]
+    fn table_bytes_is_what_a_new_table_allocates() {
+        for capacity in [1, 16, 1000, 65_536] {
+            let ct = Conntrack::new(
+                Config {
+                    capacity,
+                    ..Config::default()
+                },
+                1,
+            );
+            let held = ct.flows.capacity() * core::mem::size_of::<Flow>()
+                + ct.index.buckets.len() * core::mem::size_of::<u64>();
+            assert_eq!(
+                Conntrack::table_bytes(capacity),
+                held,
+                "capacity {capacity}"
+            );
         }
     }
 

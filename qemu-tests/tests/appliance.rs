@@ -148,6 +148,11 @@ fn invalid_apply_changes_nothing() {
             "link.address",
         ),
         (json!({"uplink": {"address": "192.0.2.2/24"}}), "link"),
+        // A flow table far beyond the VM's heap: refused, not an out-of-memory crash.
+        (
+            json!({"uplink": {"address": "192.0.2.2/24"}, "link": good_link, "nat": {"capacity": 16_000_000}}),
+            "nat.capacity",
+        ),
     ];
     let mut c = vm.client();
     for (doc, field) in &cases {
