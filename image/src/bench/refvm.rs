@@ -358,8 +358,13 @@ pub fn build(log: &mut dyn FnMut(&str)) -> Result<RefVm> {
         bail!("/bin/busybox not found: install busybox-static");
     }
     // Reuse when the inputs are the same: kernel version, module list, init script and
-    // the sizes of the programs copied in.
-    let mut stamp = format!("{version}\n{}\n{INIT_SCRIPT}\n", order_lines.join(" "));
+    // the sizes of the programs copied in, and the directory itself (the QEMU wrapper
+    // names its files by absolute path, so a moved target dir must be rebuilt).
+    let mut stamp = format!(
+        "{}\n{version}\n{}\n{INIT_SCRIPT}\n",
+        dir.display(),
+        order_lines.join(" ")
+    );
     for p in tools.iter().chain(std::iter::once(&busybox.to_path_buf())) {
         let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         stamp.push_str(&format!("{} {len}\n", p.display()));
