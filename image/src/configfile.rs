@@ -1,7 +1,9 @@
 //! Config documents in files: TOML read from disk (or the embedded demo default),
-//! parsed and validated as `weft_appliance::Config` (the same rules the appliance
-//! applies, so a bad file is refused before it is sent). It only converts and checks;
-//! the appliance validates again and decides.
+//! checked against `weft_appliance::Config` (the same rules the appliance applies, so
+//! a bad file is refused before it is sent) and kept as the user wrote them. What is
+//! sent to the appliance is the document itself, never a re-serialization of
+//! `Config`: `Config` serializes for display (`config`, `status`), with secrets shown
+//! as `"set"`. It only converts and checks; the appliance validates again and decides.
 
 use std::fmt;
 use std::path::Path;
@@ -37,32 +39,143 @@ impl fmt::Display for InvalidConfig {
 
 impl std::error::Error for InvalidConfig {}
 
+/// A config document as its author wrote it, known to be valid: the JSON form of the
+/// file (every key and value as written, secrets included), which is what `apply`
+/// sends, beside the `Config` it validated to, which is what the host reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    json: Value,
+    config: Config,
+}
+
+impl Document {
+    /// Checks a JSON document with the appliance's own rules.
+    pub fn from_json(json: Value) -> Result<Document, InvalidConfig> {
+        let config = Config::from_json_value(&json).map_err(InvalidConfig)?;
+        Ok(Document { json, config })
+    }
+
+    /// The document for a `Config` built in code, provided its serialization says
+    /// everything: a `Config` with a secret serializes it as `"set"`, so it cannot
+    /// become a document this way and the call fails naming the field.
+    pub fn from_config(config: &Config) -> Result<Document, InvalidConfig> {
+        let json = serde_json::to_value(config).map_err(|e| {
+            InvalidConfig(ConfigError {
+                field: String::new(),
+                message: format!("config cannot be expressed as JSON: {e}"),
+            })
+        })?;
+        let doc = Document::from_json(json)?;
+        if &doc.config != config {
+            return Err(InvalidConfig(ConfigError {
+                field: String::new(),
+                message: "this config does not survive serialization (a redacted secret?)".into(),
+            }));
+        }
+        Ok(doc)
+    }
+
+    /// What `apply` sends: the document as written.
+    pub fn json(&self) -> &Value {
+        &self.json
+    }
+
+    /// What the appliance will run (for reading on the host; never sent).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// How a running configuration, as `config` shows it, reads against the document that
+/// was applied: `mismatched` lists the fields the document sets that read back
+/// otherwise (a secret must read back as `"set"`); `unwritten` the fields the appliance
+/// shows that the document left out (their defaults). Paths are dotted, `a.b[2].c`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Echo {
+    pub mismatched: Vec<String>,
+    pub unwritten: Vec<String>,
+}
+
+/// Compares field by field; see [`Echo`].
+pub fn echo(written: &Value, shown: &Value) -> Echo {
+    let mut e = Echo::default();
+    echo_at("", written, shown, &mut e);
+    e
+}
+
+fn echo_at(path: &str, written: &Value, shown: &Value, e: &mut Echo) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (written, shown) {
+        (Value::Object(w), Value::Object(s)) => {
+            for (k, wv) in w {
+                match s.get(k) {
+                    Some(sv) => echo_at(&join(k), wv, sv, e),
+                    None => e.mismatched.push(format!("{}: missing", join(k))),
+                }
+            }
+            for (k, sv) in s {
+                if !w.contains_key(k) && !sv.is_null() {
+                    e.unwritten.push(join(k));
+                }
+            }
+        }
+        (Value::Array(w), Value::Array(s)) if w.len() == s.len() => {
+            for (i, (wv, sv)) in w.iter().zip(s).enumerate() {
+                echo_at(&format!("{path}[{i}]"), wv, sv, e);
+            }
+        }
+        (Value::String(_), Value::String(s)) if path.ends_with("secret") => {
+            if s != "set" {
+                e.mismatched
+                    .push(format!("{path}: a secret shown as {s:?}, not \"set\""));
+            }
+        }
+        (w, s) if w == s => {}
+        (w, s) => e.mismatched.push(format!("{path}: wrote {w}, shows {s}")),
+    }
+}
+
 /// TOML text to the JSON form of the document, unchecked.
 pub fn toml_to_json(text: &str) -> Result<Value> {
     let table: toml::Table = toml::from_str(text).context("config is not valid TOML")?;
     serde_json::to_value(table).context("config cannot be expressed as JSON")
 }
 
-/// TOML text to a validated `Config`. Refusals are [`InvalidConfig`] (downcastable).
-pub fn from_toml(text: &str) -> Result<Config> {
-    let json = toml_to_json(text)?;
-    Config::from_json_value(&json).map_err(|e| InvalidConfig(e).into())
+/// TOML text to a checked [`Document`]. Refusals are [`InvalidConfig`] (downcastable).
+pub fn document_from_toml(text: &str) -> Result<Document> {
+    Ok(Document::from_json(toml_to_json(text)?)?)
 }
 
-/// Reads and validates a TOML config file.
-pub fn load(path: &Path) -> Result<Config> {
+/// TOML text to a validated `Config` (for reading; send a [`Document`]).
+pub fn from_toml(text: &str) -> Result<Config> {
+    Ok(document_from_toml(text)?.config)
+}
+
+/// Reads and checks a TOML config file.
+pub fn load(path: &Path) -> Result<Document> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
-    from_toml(&text).with_context(|| format!("in {}", path.display()))
+    document_from_toml(&text).with_context(|| format!("in {}", path.display()))
 }
 
 /// The embedded default.
-pub fn default_config() -> Config {
+pub fn default_document() -> Document {
     // The constant is checked by a unit test; an error here is a build defect.
-    match from_toml(DEFAULT_CONFIG_TOML) {
-        Ok(c) => c,
+    match document_from_toml(DEFAULT_CONFIG_TOML) {
+        Ok(d) => d,
         Err(e) => panic!("embedded default config is invalid: {e:#}"),
     }
+}
+
+/// The embedded default, read.
+pub fn default_config() -> Config {
+    default_document().config
 }
 
 #[cfg(test)]
@@ -83,6 +196,49 @@ mod tests {
             }
         }
         assert!(n >= 4, "only {n} examples in {}", dir.display());
+    }
+
+    /// The secret reaches the document as written; a `Config` that holds one cannot be
+    /// turned back into a document (it serializes as `"set"`).
+    #[test]
+    fn a_secret_is_sent_as_written_and_never_through_config() {
+        let path = crate::paths::repo_root().join("examples/sleeve.toml");
+        let doc = load(&path).unwrap();
+        let written = doc.json()["grid"]["secret"].as_str().unwrap();
+        assert_eq!(written.len(), 64);
+        assert!(std::fs::read_to_string(&path).unwrap().contains(written));
+        let shown = serde_json::to_value(doc.config()).unwrap();
+        assert_eq!(shown["grid"]["secret"], "set");
+        let e = Document::from_config(doc.config()).unwrap_err();
+        assert!(
+            e.0.field == "grid.secret" || e.0.message.contains("secret"),
+            "{e}"
+        );
+        // Without the secret the round trip is exact.
+        let plain = default_config();
+        assert_eq!(Document::from_config(&plain).unwrap().config(), &plain);
+    }
+
+    #[test]
+    fn echo_compares_field_by_field() {
+        let written = json!({"a": {"b": 1, "secret": "00ff"}, "l": [1, 2]});
+        let same = json!({"a": {"b": 1, "secret": "set", "d": 4, "n": null}, "l": [1, 2]});
+        assert_eq!(
+            echo(&written, &same),
+            Echo {
+                mismatched: vec![],
+                unwritten: vec!["a.d".into()]
+            }
+        );
+        let off = json!({"a": {"secret": "00ff"}, "l": [1, 3]});
+        assert_eq!(
+            echo(&written, &off).mismatched,
+            vec![
+                "a.b: missing".to_string(),
+                "a.secret: a secret shown as \"00ff\", not \"set\"".to_string(),
+                "l[1]: wrote 2, shows 3".to_string()
+            ]
+        );
     }
 
     #[test]
@@ -122,7 +278,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("c.toml");
         std::fs::write(&f, DEFAULT_CONFIG_TOML).unwrap();
-        assert_eq!(load(&f).unwrap(), default_config());
+        assert_eq!(load(&f).unwrap(), default_document());
         let back = toml::to_string(&default_config()).unwrap();
         assert_eq!(from_toml(&back).unwrap(), default_config());
         assert!(load(&dir.join("missing.toml")).is_err());

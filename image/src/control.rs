@@ -273,10 +273,9 @@ impl Client {
         self.request("ping", None)
     }
 
-    pub fn apply(&mut self, config: &Config) -> Result<Applied, ControlError> {
-        let doc = serde_json::to_value(config)
-            .map_err(|e| ControlError::BadReply(format!("config: {e}")))?;
-        self.apply_value(&doc)
+    /// Applies a checked document as its author wrote it.
+    pub fn apply(&mut self, doc: &crate::configfile::Document) -> Result<Applied, ControlError> {
+        self.apply_value(doc.json())
     }
 
     /// Applies a document as it is, valid or not (tests send broken ones).
@@ -386,8 +385,8 @@ mod tests {
         Tmp(d)
     }
 
-    fn demo_config() -> Config {
-        crate::configfile::default_config()
+    fn demo_config() -> crate::configfile::Document {
+        crate::configfile::default_document()
     }
 
     #[test]
@@ -404,11 +403,17 @@ mod tests {
         let cfg = demo_config();
         assert!(c.apply(&cfg).unwrap().changed);
         assert!(!c.apply(&cfg).unwrap().changed);
-        assert_eq!(c.config().unwrap(), Some(cfg.clone()));
+        assert_eq!(c.config().unwrap().as_ref(), Some(cfg.config()));
         let st = c.status().unwrap();
         assert!(st.configured);
-        assert_eq!(st.interfaces.uplink.addresses, vec![cfg.uplink.address]);
-        assert_eq!(st.interfaces.link.addresses, vec![cfg.link.address]);
+        assert_eq!(
+            st.interfaces.uplink.addresses,
+            vec![cfg.config().uplink.address]
+        );
+        assert_eq!(
+            st.interfaces.link.addresses,
+            vec![cfg.config().link.address]
+        );
         let reply = c.call("status", None).unwrap();
         assert_eq!(reply.id, Some(RequestId::from(8)));
         assert!(reply.raw.starts_with('{'));
@@ -442,7 +447,7 @@ mod tests {
                 }
                 other => panic!("{doc}: expected invalid_config, got {other:?}"),
             }
-            assert_eq!(c.config().unwrap(), Some(demo_config()));
+            assert_eq!(c.config().unwrap().as_ref(), Some(demo_config().config()));
         }
         match c.request::<Value>("frobnicate", None) {
             Err(ControlError::Remote(e)) => {

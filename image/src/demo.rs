@@ -136,7 +136,7 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     {
         say(line);
     }
-    let applied = client.apply(&configfile::default_config())?;
+    let applied = client.apply(&configfile::default_document())?;
     say(if applied.changed {
         "applied"
     } else {

@@ -258,8 +258,8 @@ fn cmd_ctl(socket: &std::path::Path, json: bool, timeout: Duration, cmd: CtlCmd)
             CtlCmd::Config => ("config", None),
             CtlCmd::Ping => ("ping", None),
             CtlCmd::Apply { file } => {
-                let config = configfile::load(file)?;
-                ("apply", Some(serde_json::to_value(config)?))
+                let doc = configfile::load(file)?;
+                ("apply", Some(doc.json().clone()))
             }
             CtlCmd::Call { cmd, args } => {
                 let args = args

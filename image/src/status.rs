@@ -383,7 +383,7 @@ mod tests {
         );
         let doc = crate::configfile::load(&crate::paths::repo_root().join("examples/overlay.toml"))
             .unwrap();
-        app.apply(doc).unwrap();
+        app.apply(doc.config().clone()).unwrap();
         let t = render_status(&app.status(now));
         assert!(
             t.contains("overlay: node 1 (10.81.0.1), underlay 192.0.2.11"),
@@ -398,7 +398,7 @@ mod tests {
     #[test]
     fn overlay_config_renders_as_toml_that_reads_back() {
         let path = crate::paths::repo_root().join("examples/overlay.toml");
-        let c = crate::configfile::load(&path).unwrap();
+        let c = crate::configfile::load(&path).unwrap().config().clone();
         assert!(c.grid.is_some() && !c.networks.is_empty() && !c.peers.is_empty());
         let t = render_config(Some(&c));
         assert_eq!(crate::configfile::from_toml(&t).unwrap(), c, "{t}");

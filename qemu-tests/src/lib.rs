@@ -17,6 +17,7 @@ use weft_image::control::Client;
 use weft_image::netns::{self, Netns, PeerAddresses, Topology, TopologyNames};
 use weft_image::qemu::{self, MacAddr, MemoryMib, Nic, Qemu, QemuConfig, Serial};
 
+pub mod cli;
 pub mod dns;
 pub mod frames;
 pub mod grid;
@@ -259,12 +260,12 @@ impl TestVm {
 
     /// Applies the embedded default config (uplink 192.0.2.2/24, link 10.81.0.1/16).
     pub fn apply_default(&self) -> Config {
-        let cfg = configfile::default_config();
+        let doc = configfile::default_document();
         let mut c = self.client();
-        if let Err(e) = c.apply(&cfg) {
+        if let Err(e) = c.apply(&doc) {
             panic!("{}: applying the default config: {e}", self.test);
         }
-        cfg
+        doc.config().clone()
     }
 
     /// Applies a whole config document as JSON; the test fails if it is refused.

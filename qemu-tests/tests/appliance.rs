@@ -84,10 +84,11 @@ fn control_status_apply_config_and_reconfigure() {
     let vm = TestVm::boot("control_apply_config");
     let mut c = vm.client();
     assert_eq!(c.config().unwrap(), None);
-    let cfg = configfile::default_config();
-    assert!(c.apply(&cfg).unwrap().changed);
+    let doc = configfile::default_document();
+    let cfg = doc.config().clone();
+    assert!(c.apply(&doc).unwrap().changed);
     assert!(
-        !c.apply(&cfg).unwrap().changed,
+        !c.apply(&doc).unwrap().changed,
         "same document again changes nothing"
     );
     assert_eq!(c.config().unwrap(), Some(cfg.clone()));
@@ -98,13 +99,13 @@ fn control_status_apply_config_and_reconfigure() {
     vm.assert_pings();
 
     // A new link address takes effect and the old one stops answering.
-    let moved = configfile::from_toml(
+    let moved = configfile::document_from_toml(
         "[uplink]\naddress = \"192.0.2.2/24\"\ngateway = \"192.0.2.1\"\n[link]\naddress = \"10.81.0.254/16\"\n",
     )
     .unwrap();
     let mut c = vm.client();
     assert!(c.apply(&moved).unwrap().changed);
-    assert_eq!(c.config().unwrap(), Some(moved));
+    assert_eq!(c.config().unwrap().as_ref(), Some(moved.config()));
     drop(c);
     vm.ping(vm.ctr(), "10.81.0.254", 2).unwrap();
     assert!(

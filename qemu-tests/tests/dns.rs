@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use weft_appliance::Config;
+use weft_image::configfile::Document;
 use weft_qemu_tests::dns::{dig, dig_until, raw_udp, DigReply, Dnsmasq, ResolverNs};
 use weft_qemu_tests::grid::weft_ctl;
 use weft_qemu_tests::{TestVm, LINK_ADDR};
@@ -31,8 +31,8 @@ fn document(upstreams: &[&str]) -> Value {
 }
 
 fn apply(vm: &TestVm, doc: Value) {
-    let config = Config::from_json_value(&doc).unwrap_or_else(|e| panic!("{e}"));
-    if let Err(e) = vm.client().apply(&config) {
+    let doc = Document::from_json(doc).unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = vm.client().apply(&doc) {
         panic!("{}: apply: {e}", vm.test);
     }
 }
@@ -433,7 +433,8 @@ fn dnsperf_local_names() {
 #[test]
 fn example_dns_toml_is_a_valid_document() {
     let path = weft_image::paths::repo_root().join("examples/dns.toml");
-    let config = weft_image::configfile::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+    let doc = weft_image::configfile::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+    let config = doc.config();
     let dns = config.dns.as_ref().expect("a [dns] section");
     assert_eq!(dns.grid.as_deref(), Some("testgrid"));
     assert_eq!(config.containers.len(), 3);

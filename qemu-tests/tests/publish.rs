@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weft_appliance::publish::NatSection;
-use weft_image::configfile;
+use weft_image::configfile::{self, Document};
 use weft_image::netns::Netns;
 use weft_qemu_tests::socat::Socat;
 use weft_qemu_tests::{TestVm, LINK_ADDR, UPLINK_ADDR};
@@ -154,7 +154,11 @@ fn published_ports_masquerade_and_hairpin() {
     ]))
     .unwrap();
     let mut c = vm.client();
-    assert!(c.apply(&cfg).unwrap().changed);
+    assert!(
+        c.apply(&Document::from_config(&cfg).unwrap())
+            .unwrap()
+            .changed
+    );
     drop(c);
     vm.assert_pings();
 
@@ -349,7 +353,11 @@ fn published_ports_masquerade_and_hairpin() {
         .unwrap(),
     );
     let mut c = vm.client();
-    assert!(c.apply(&cfg).unwrap().changed);
+    assert!(
+        c.apply(&Document::from_config(&cfg).unwrap())
+            .unwrap()
+            .changed
+    );
     drop(c);
     let _echo_in = Socat::start(vm.ctr(), &["TCP-LISTEN:7000,fork,reuseaddr", "PIPE"]);
     let _echo_out = Socat::start(vm.host(), &["TCP-LISTEN:7001,fork,reuseaddr", "PIPE"]);
