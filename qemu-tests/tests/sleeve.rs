@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use weft_image::netns::Netns;
-use weft_qemu_tests::grid::{boot_node, boot_two, iperf3, Underlay};
+use weft_qemu_tests::grid::{boot_node, boot_two, iperf3, weft_ctl, Underlay};
 use weft_qemu_tests::TestVm;
 
 const SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -19,22 +19,51 @@ const W2: [u8; 4] = [192, 0, 2, 12];
 /// The echo payload pattern searched for in the capture.
 const PATTERN: &str = "deadbeefcafe";
 
-/// Both nodes in region "lab": each reaches the other at its private address (the
-/// underlay); the public ones are TEST-NET-3 addresses nothing answers on.
-fn document(n: u8, other: u8) -> Value {
-    json!({
-        "uplink": {"address": format!("192.0.2.1{n}/24"), "gateway": "192.0.2.1"},
-        "link": {"address": format!("10.81.0.{n}/16")},
-        "grid": {"node": n, "secret": SECRET, "region": "lab"},
-        "networks": [{"name": "grid", "vni": 100, "mode": "sleeve"}],
-        "peers": [{
-            "node": other,
-            "region": "lab",
-            "private_address": format!("192.0.2.1{other}"),
-            "public_address": format!("203.0.113.1{other}"),
-            "networks": ["grid"],
-        }],
-    })
+/// Node `n`'s config file, as a user writes it: both nodes in region "lab", so each
+/// reaches the other at its private address (the underlay); the public ones are
+/// TEST-NET-3 addresses nothing answers on. The secret reaches the appliance from the
+/// file through `weft ctl apply`.
+fn config_file(vm: &TestVm, n: u8, other: u8) -> std::path::PathBuf {
+    let text = format!(
+        r#"[uplink]
+address = "192.0.2.1{n}/24"
+gateway = "192.0.2.1"
+
+[link]
+address = "10.81.0.{n}/16"
+
+[grid]
+node = {n}
+secret = "{SECRET}"
+region = "lab"
+
+[[networks]]
+name = "grid"
+vni = 100
+mode = "sleeve"
+
+[[peers]]
+node = {other}
+region = "lab"
+private_address = "192.0.2.1{other}"
+public_address = "203.0.113.1{other}"
+networks = ["grid"]
+"#
+    );
+    let path = vm.dir.join(format!("node-{n}.toml"));
+    std::fs::write(&path, text).expect("writing the config file");
+    path
+}
+
+fn apply_file(vm: &TestVm, file: &std::path::Path) {
+    let (code, out, err) = weft_ctl(&vm.control, &["apply", file.to_str().unwrap()]);
+    assert_eq!(
+        code,
+        0,
+        "{}: weft ctl apply {}: {out}{err}",
+        vm.test,
+        file.display()
+    );
 }
 
 fn result(vm: &TestVm, cmd: &str) -> Value {
@@ -123,8 +152,8 @@ fn two_wefts_in_sleeve_mode_carry_nothing_in_the_clear() {
             .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1408"])
             .unwrap();
     }
-    w1.apply_json(&document(1, 2));
-    w2.apply_json(&document(2, 1));
+    apply_file(&w1, &config_file(&w1, 1, 2));
+    apply_file(&w2, &config_file(&w2, 2, 1));
     let config = result(&w1, "config");
     assert_eq!(config["grid"]["secret"], "set", "{config}");
     assert!(!config.to_string().contains(&SECRET[..16]), "{config}");
