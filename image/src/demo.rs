@@ -12,10 +12,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::build::{self, Profile};
-use crate::configfile;
 use crate::netns::{self, PeerAddresses, Topology, TopologyNames};
 use crate::qemu::{self, Accel, Nic, QemuConfig, Serial};
 use crate::status;
+use weft_control::document;
 
 /// The prefix of every name the demo creates.
 pub const PREFIX: &str = "wd";
@@ -130,13 +130,13 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     ));
 
     steps.step("applying the default configuration")?;
-    for line in configfile::DEFAULT_CONFIG_TOML
+    for line in document::DEFAULT_CONFIG_TOML
         .lines()
         .filter(|l| !l.starts_with('#'))
     {
         say(line);
     }
-    let applied = client.apply(&configfile::default_document())?;
+    let applied = client.apply(&document::default_document())?;
     say(if applied.changed {
         "applied"
     } else {

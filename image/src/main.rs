@@ -13,11 +13,12 @@ use clap::{Parser, Subcommand};
 
 use weft_appliance::protocol::{Applied, Status};
 use weft_appliance::Config;
+use weft_control::client::{code_name, Client, Reply};
+use weft_control::document;
+use weft_control::document::InvalidConfig;
 use weft_image::build::{self, Profile};
-use weft_image::configfile::InvalidConfig;
-use weft_image::control::{code_name, Client, Reply};
 use weft_image::qemu::{Accel, MacAddr, MemoryMib, NetBackend, Nic, QemuConfig, Serial};
-use weft_image::{configfile, demo, paths, stages, status};
+use weft_image::{demo, paths, stages, status};
 
 #[derive(Parser)]
 #[command(
@@ -196,7 +197,7 @@ fn interrupt_flag() -> Arc<AtomicBool> {
 
 fn cmd_boot(cfg: QemuConfig, config: Option<PathBuf>, greeting_timeout: Duration) -> Result<()> {
     // Read the config before starting anything: a bad file must not leave a VM running.
-    let doc = config.as_deref().map(configfile::load).transpose()?;
+    let doc = config.as_deref().map(document::load).transpose()?;
     let interrupted = interrupt_flag();
     eprintln!(
         "weft: booting {} (uplink {} {}, link {} {}, control {})",
@@ -258,7 +259,7 @@ fn cmd_ctl(socket: &std::path::Path, json: bool, timeout: Duration, cmd: CtlCmd)
             CtlCmd::Config => ("config", None),
             CtlCmd::Ping => ("ping", None),
             CtlCmd::Apply { file } => {
-                let doc = configfile::load(file)?;
+                let doc = document::load(file)?;
                 ("apply", Some(doc.json().clone()))
             }
             CtlCmd::Call { cmd, args } => {

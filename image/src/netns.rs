@@ -176,7 +176,7 @@ pub struct PeerAddresses {
 }
 
 impl Default for PeerAddresses {
-    /// The embedded demo topology (see `configfile::DEFAULT_CONFIG_TOML`).
+    /// The embedded demo topology (see `document::DEFAULT_CONFIG_TOML`).
     fn default() -> Self {
         PeerAddresses {
             host: "192.0.2.1/24".into(),

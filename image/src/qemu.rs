@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::control::{Client, ControlError};
+use weft_control::client::{Client, ControlError};
 
 /// The QEMU binary the contract names.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";

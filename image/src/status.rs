@@ -381,8 +381,9 @@ mod tests {
             },
             now,
         );
-        let doc = crate::configfile::load(&crate::paths::repo_root().join("examples/overlay.toml"))
-            .unwrap();
+        let doc =
+            weft_control::document::load(&crate::paths::repo_root().join("examples/overlay.toml"))
+                .unwrap();
         app.apply(doc.config().clone()).unwrap();
         let t = render_status(&app.status(now));
         assert!(
@@ -398,17 +399,20 @@ mod tests {
     #[test]
     fn overlay_config_renders_as_toml_that_reads_back() {
         let path = crate::paths::repo_root().join("examples/overlay.toml");
-        let c = crate::configfile::load(&path).unwrap().config().clone();
+        let c = weft_control::document::load(&path)
+            .unwrap()
+            .config()
+            .clone();
         assert!(c.grid.is_some() && !c.networks.is_empty() && !c.peers.is_empty());
         let t = render_config(Some(&c));
-        assert_eq!(crate::configfile::from_toml(&t).unwrap(), c, "{t}");
+        assert_eq!(weft_control::document::from_toml(&t).unwrap(), c, "{t}");
     }
 
     #[test]
     fn config_renders_as_toml_that_reads_back() {
-        let c = crate::configfile::default_config();
+        let c = weft_control::document::default_config();
         let t = render_config(Some(&c));
-        assert_eq!(crate::configfile::from_toml(&t).unwrap(), c);
+        assert_eq!(weft_control::document::from_toml(&t).unwrap(), c);
         assert!(render_config(None).contains("no configuration"));
     }
 }

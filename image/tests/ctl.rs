@@ -1,10 +1,10 @@
 //! `weft ctl` as a user runs it: the real binary against the real appliance logic
-//! behind a unix socket (`weft_image::sim`), checking output and exit codes.
+//! behind a unix socket (`weft_control::sim`), checking output and exit codes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use weft_image::sim::SimAppliance;
+use weft_control::sim::SimAppliance;
 
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("weft-ctl-it-{tag}-{}", std::process::id()));
@@ -32,7 +32,7 @@ fn status_apply_config_round_trip() {
     let dir = tmp("rt");
     let sim = SimAppliance::start(&dir).unwrap();
     let cfg = dir.join("weft.toml");
-    std::fs::write(&cfg, weft_image::configfile::DEFAULT_CONFIG_TOML).unwrap();
+    std::fs::write(&cfg, weft_control::document::DEFAULT_CONFIG_TOML).unwrap();
 
     let out = weft(sim.path(), &["status"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -53,8 +53,8 @@ fn status_apply_config_round_trip() {
     assert_eq!(text(&out.stdout), "applied\n");
 
     let out = weft(sim.path(), &["config"]);
-    let back = weft_image::configfile::from_toml(&text(&out.stdout)).unwrap();
-    assert_eq!(back, weft_image::configfile::default_config());
+    let back = weft_control::document::from_toml(&text(&out.stdout)).unwrap();
+    assert_eq!(back, weft_control::document::default_config());
 
     let out = weft(sim.path(), &["--json", "status"]);
     assert!(out.status.success());
@@ -136,8 +136,8 @@ fn every_example_file_applies_and_reads_back_as_written() {
         let out = weft(sim.path(), &["--json", "config"]);
         let reply: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
         let written =
-            weft_image::configfile::toml_to_json(&std::fs::read_to_string(file).unwrap()).unwrap();
-        let echo = weft_image::configfile::echo(&written, &reply["result"]);
+            weft_control::document::toml_to_json(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let echo = weft_control::document::echo(&written, &reply["result"]);
         assert_eq!(echo.mismatched, Vec::<String>::new(), "{}", file.display());
         if file.ends_with("reference.toml") {
             assert_eq!(

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use weft_appliance::protocol::Status;
 use weft_appliance::Config;
+use weft_control::client::Client;
+use weft_control::document;
 use weft_image::build::{self, Profile};
-use weft_image::configfile;
-use weft_image::control::Client;
 use weft_image::netns::{self, Netns, PeerAddresses, Topology, TopologyNames};
 use weft_image::qemu::{self, MacAddr, MemoryMib, Nic, Qemu, QemuConfig, Serial};
 
@@ -260,7 +260,7 @@ impl TestVm {
 
     /// Applies the embedded default config (uplink 192.0.2.2/24, link 10.81.0.1/16).
     pub fn apply_default(&self) -> Config {
-        let doc = configfile::default_document();
+        let doc = document::default_document();
         let mut c = self.client();
         if let Err(e) = c.apply(&doc) {
             panic!("{}: applying the default config: {e}", self.test);

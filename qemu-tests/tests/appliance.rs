@@ -4,8 +4,8 @@
 
 use serde_json::json;
 use weft_appliance::protocol::{ErrorCode, Greeting};
-use weft_image::configfile;
-use weft_image::control::ControlError;
+use weft_control::client::ControlError;
+use weft_control::document;
 use weft_qemu_tests::{TestVm, LINK_ADDR, UPLINK_ADDR};
 
 #[test]
@@ -84,7 +84,7 @@ fn control_status_apply_config_and_reconfigure() {
     let vm = TestVm::boot("control_apply_config");
     let mut c = vm.client();
     assert_eq!(c.config().unwrap(), None);
-    let doc = configfile::default_document();
+    let doc = document::default_document();
     let cfg = doc.config().clone();
     assert!(c.apply(&doc).unwrap().changed);
     assert!(
@@ -99,7 +99,7 @@ fn control_status_apply_config_and_reconfigure() {
     vm.assert_pings();
 
     // A new link address takes effect and the old one stops answering.
-    let moved = configfile::document_from_toml(
+    let moved = document::document_from_toml(
         "[uplink]\naddress = \"192.0.2.2/24\"\ngateway = \"192.0.2.1\"\n[link]\naddress = \"10.81.0.254/16\"\n",
     )
     .unwrap();

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use weft_image::configfile::Document;
+use weft_control::document::Document;
 use weft_qemu_tests::dns::{dig, dig_until, raw_udp, DigReply, Dnsmasq, ResolverNs};
 use weft_qemu_tests::grid::weft_ctl;
 use weft_qemu_tests::{TestVm, LINK_ADDR};
@@ -433,7 +433,7 @@ fn dnsperf_local_names() {
 #[test]
 fn example_dns_toml_is_a_valid_document() {
     let path = weft_image::paths::repo_root().join("examples/dns.toml");
-    let doc = weft_image::configfile::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+    let doc = weft_control::document::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
     let config = doc.config();
     let dns = config.dns.as_ref().expect("a [dns] section");
     assert_eq!(dns.grid.as_deref(), Some("testgrid"));

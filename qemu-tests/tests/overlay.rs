@@ -7,7 +7,7 @@
 //! Each test boots its two VMs once (in parallel) and reuses them for every check.
 
 use serde_json::{json, Value};
-use weft_image::control::Client;
+use weft_control::client::Client;
 use weft_image::netns::Netns;
 use weft_qemu_tests::grid::{boot_two, iperf3, weft_ctl, Container, LinuxVtep, Underlay};
 use weft_qemu_tests::TestVm;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weft_appliance::publish::NatSection;
-use weft_image::configfile::{self, Document};
+use weft_control::document::{self, Document};
 use weft_image::netns::Netns;
 use weft_qemu_tests::socat::Socat;
 use weft_qemu_tests::{TestVm, LINK_ADDR, UPLINK_ADDR};
@@ -147,7 +147,7 @@ fn until_answer(f: impl Fn() -> String) -> String {
 #[test]
 fn published_ports_masquerade_and_hairpin() {
     let vm = TestVm::boot("publish");
-    let mut cfg = configfile::default_config();
+    let mut cfg = document::default_config();
     cfg.publish = serde_json::from_value(json!([
         {"proto": "tcp", "host_port": 8080, "container_address": CTR_ADDR, "container_port": 8080},
         {"proto": "udp", "host_port": 5353, "container_address": CTR_ADDR, "container_port": 5353},

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use weft_appliance::protocol::{ErrorCode, Status, MAX_LINE_LEN};
-use weft_image::control::Reply;
+use weft_control::client::Reply;
 use weft_qemu_tests::frames::{malformed_burst, Endpoints, Rng};
 use weft_qemu_tests::{mac_of, TestVm};
 

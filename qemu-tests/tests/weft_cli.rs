@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use weft_image::configfile;
+use weft_control::document;
 use weft_image::netns::Netns;
 use weft_qemu_tests::cli::WeftBoot;
 use weft_qemu_tests::grid::weft_ctl;
@@ -23,8 +23,8 @@ fn assert_reads_back(socket: &std::path::Path, file: &std::path::Path) {
     let (code, out, err) = weft_ctl(socket, &["--json", "config"]);
     assert_eq!(code, 0, "{err}");
     let reply: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let written = configfile::toml_to_json(&std::fs::read_to_string(file).unwrap()).unwrap();
-    let echo = configfile::echo(&written, &reply["result"]);
+    let written = document::toml_to_json(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let echo = document::echo(&written, &reply["result"]);
     assert_eq!(echo.mismatched, Vec::<String>::new(), "{}", file.display());
     if file.ends_with("reference.toml") {
         assert_eq!(
@@ -45,7 +45,7 @@ fn boot_with_config_then_ctl_then_ctrl_c() {
     let ns = Netns::create(&ns_name).unwrap();
     let dir = scratch(&ns_name);
     let cfg = dir.join("weft.toml");
-    std::fs::write(&cfg, configfile::DEFAULT_CONFIG_TOML).unwrap();
+    std::fs::write(&cfg, document::DEFAULT_CONFIG_TOML).unwrap();
 
     // Taps absent: QEMU creates them inside the namespace.
     let mut boot = WeftBoot::start(&ns, "cli", &dir, &image, Some(&cfg));

@@ -12,9 +12,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::refvm::{RefJob, RefVm, FAILED_MARKER, READY_MARKER};
-use crate::control::Client;
 use crate::netns::{PeerAddresses, Topology, TopologyNames};
 use crate::qemu::{Accel, MacAddr, MemoryMib, Nic, Qemu, QemuConfig, Serial};
+use weft_control::client::Client;
 
 /// Which appliance serves a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

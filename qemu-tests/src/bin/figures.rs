@@ -24,7 +24,7 @@ fn serves(image: &std::path::Path, memory: MemoryMib) -> bool {
     match TestVm::try_boot_with("figures-memory", opts(image, memory)) {
         Ok(vm) => {
             let mut c = vm.client();
-            let ok = c.apply(&weft_image::configfile::default_document()).is_ok();
+            let ok = c.apply(&weft_control::document::default_document()).is_ok();
             drop(c);
             ok && vm.ping(vm.ctr(), LINK_ADDR, 1).is_ok()
         }

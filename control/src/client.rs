@@ -274,7 +274,7 @@ impl Client {
     }
 
     /// Applies a checked document as its author wrote it.
-    pub fn apply(&mut self, doc: &crate::configfile::Document) -> Result<Applied, ControlError> {
+    pub fn apply(&mut self, doc: &crate::document::Document) -> Result<Applied, ControlError> {
         self.apply_value(doc.json())
     }
 
@@ -385,8 +385,8 @@ mod tests {
         Tmp(d)
     }
 
-    fn demo_config() -> crate::configfile::Document {
-        crate::configfile::default_document()
+    fn demo_config() -> crate::document::Document {
+        crate::document::default_document()
     }
 
     #[test]
