@@ -8,6 +8,7 @@ pub mod build;
 pub mod demo;
 pub mod netns;
 pub mod paths;
+pub mod process;
 pub mod qemu;
 pub mod stages;
 pub mod status;

@@ -11,9 +11,7 @@ use crate::qemu::check_ifname;
 
 /// Fails unless we run as root (namespaces and taps need CAP_NET_ADMIN).
 pub fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no memory effects and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("this needs root (creates network namespaces and tap devices); run it with sudo");
     }
     Ok(())

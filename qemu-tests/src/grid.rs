@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use weft_image::netns::{run, Netns};
+use weft_image::process::{self, Signal};
 
 use weft_image::netns::PeerAddresses;
 
@@ -203,12 +204,7 @@ impl Capture {
     /// Stops the capture (SIGINT, so the file is complete).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            if let Ok(pid) = i32::try_from(c.id()) {
-                // SAFETY: kill(2) has no memory effects; the pid is our unreaped child.
-                unsafe {
-                    libc::kill(pid, libc::SIGINT);
-                }
-            }
+            process::signal(c.id(), Signal::SIGINT);
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
