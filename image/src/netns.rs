@@ -43,7 +43,8 @@ pub fn netns_exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
 }
 
-/// A network namespace, deleted on drop (with every virtual device inside it).
+/// A network namespace, deleted on drop with every virtual device and every process
+/// inside it (a server a test started and whatever it forked).
 #[derive(Debug)]
 pub struct Netns {
     name: String,
@@ -77,6 +78,37 @@ impl Netns {
         c
     }
 
+    /// The processes that live in this namespace (`ip netns pids`).
+    pub fn pids(&self) -> Vec<u32> {
+        Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Kills every process in the namespace and waits (up to 5 s) until none is left.
+    pub fn kill_all(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() || Instant::now() >= deadline {
+                return;
+            }
+            for pid in pids {
+                crate::process::signal(pid, crate::process::Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         run(self
@@ -88,6 +120,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        self.kill_all();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stdin(Stdio::null())
