@@ -85,6 +85,12 @@ pub async fn follow(
             Stop::Resync => last = None,
             Stop::LeaseLost => lease = None,
             Stop::Failed(why) => {
+                // One member going away is not the store going away: if another member
+                // answers at once, carry on from where the watch was.
+                if up == Some(true) && store.probe().await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
                 if up != Some(false) {
                     up = Some(false);
                     let _ = events.send(StoreEvent::Down(why));

@@ -1,8 +1,12 @@
 //! The etcd backend: etcd's v3 API through `etcd-client` (gRPC), every call with a
 //! time limit, watches that require a leader (so a member cut off from the quorum
-//! fails the watch instead of going quiet). It translates; it keeps no state of its
-//! own besides the connection.
+//! fails the watch instead of going quiet). One connection per member: a call that a
+//! member does not answer goes to the next one, and the one that answered serves the
+//! following calls (a stopped member then costs one failed connect, not every call).
+//! It translates; it keeps no state of its own besides the connections.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -18,7 +22,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    /// One per endpoint, in the order given.
+    clients: Vec<Client>,
+    /// The member that answered last.
+    current: Arc<AtomicUsize>,
     endpoints: Vec<String>,
 }
 
@@ -55,9 +62,18 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        let client = timed("connect", Client::connect(endpoints, Some(opts))).await?;
+        let mut clients = Vec::new();
+        for e in endpoints {
+            // Lazy: nothing is sent before the first call.
+            let c = timed("connect", Client::connect([e], Some(opts.clone()))).await?;
+            clients.push(c);
+        }
+        if clients.is_empty() {
+            return Err(err("connect", "no endpoints"));
+        }
         Ok(EtcdStore {
-            client,
+            clients,
+            current: Arc::new(AtomicUsize::new(0)),
             endpoints: endpoints.to_vec(),
         })
     }
@@ -66,31 +82,54 @@ impl EtcdStore {
         &self.endpoints
     }
 
+    /// Runs `call` on the member that answered last, then on each other one until one
+    /// answers; the last error when none does.
+    async fn each<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut last = err(what, "no endpoints");
+        for i in 0..n {
+            let at = (first + i) % n;
+            match timed(what, call(self.clients[at].clone())).await {
+                Ok(v) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) => last = StoreError(format!("{} ({})", e.0, self.endpoints[at])),
+            }
+        }
+        Err(last)
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<Kv>, StoreError> {
-        let mut c = self.client.clone();
-        let r = timed("get", c.get(key, None)).await?;
+        let r = self
+            .each("get", |mut c| async move { c.get(key, None).await })
+            .await?;
         Ok(r.kvs().first().map(kv))
     }
 
     pub async fn range(&self, prefix: &str) -> Result<(Vec<Kv>, i64), StoreError> {
-        let mut c = self.client.clone();
-        let r = timed(
-            "range",
-            c.get(prefix, Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let r = self
+            .each("range", |mut c| async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
+            .await?;
         let rev = r.header().map_or(0, |h| h.revision());
         Ok((r.kvs().iter().map(kv).collect(), rev))
     }
 
     pub async fn probe(&self) -> Result<i64, StoreError> {
-        // A linearizable read of one key: served only with a quorum.
-        let mut c = self.client.clone();
-        let r = timed(
-            "probe",
-            c.get("/weft/", Some(GetOptions::new().with_count_only())),
-        )
-        .await?;
+        // A linearizable read: served only by a member with a quorum.
+        let r = self
+            .each("probe", |mut c| async move {
+                c.get("/weft/", Some(GetOptions::new().with_count_only()))
+                    .await
+            })
+            .await?;
         Ok(r.header().map_or(0, |h| h.revision()))
     }
 
@@ -115,12 +154,13 @@ impl EtcdStore {
                 Write::Delete(k) => TxnOp::delete(k, None),
             })
             .collect();
-        let mut c = self.client.clone();
-        let r = timed(
-            "txn",
-            c.txn(etcd_client::Txn::new().when(when).and_then(then)),
-        )
-        .await?;
+        let txn = etcd_client::Txn::new().when(when).and_then(then);
+        let r = self
+            .each("txn", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         Ok(Committed {
             ok: r.succeeded(),
             revision: r.header().map_or(0, |h| h.revision()),
@@ -128,22 +168,24 @@ impl EtcdStore {
     }
 
     pub async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
-        let mut c = self.client.clone();
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let r = timed("lease grant", c.lease_grant(secs, None)).await?;
+        let r = self
+            .each("lease grant", |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?;
         Ok(r.id())
     }
 
     /// One keep-alive round trip; false when the lease is gone.
     pub async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
-        let mut c = self.client.clone();
-        let run = async {
+        self.each("lease keep-alive", |mut c| async move {
             let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
             keeper.keep_alive().await?;
             let r = stream.message().await?;
-            Ok::<_, etcd_client::Error>(r.map(|r| r.ttl() > 0).unwrap_or(false))
-        };
-        timed("lease keep-alive", run).await
+            Ok(r.map(|r| r.ttl() > 0).unwrap_or(false))
+        })
+        .await
     }
 
     pub async fn watch(
@@ -151,12 +193,16 @@ impl EtcdStore {
         prefix: &str,
         from: i64,
     ) -> Result<mpsc::Receiver<WatchMsg>, StoreError> {
-        let mut c = self.client.clone();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from)
             .with_progress_notify();
-        let stream = timed("watch", c.watch(prefix, Some(opts))).await?;
+        let stream = self
+            .each("watch", |mut c| {
+                let opts = opts.clone();
+                async move { c.watch(prefix, Some(opts)).await }
+            })
+            .await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut stream = stream;
