@@ -353,6 +353,7 @@ struct Counters {
     plans: u64,
     commands: u64,
     command_errors: u64,
+    fdb_refused: u64,
     resyncs: u64,
     snapshots: u64,
     store_losses: u64,
@@ -546,24 +547,38 @@ impl Engine {
         if Some(out.generation) != self.generation {
             return;
         }
-        if out.failures.is_empty() && out.broken.is_none() {
+        // A full FDB table refuses pinned entries; the overlay still learns those MACs.
+        // That is counted, not retried: retrying could only fail again until entries
+        // leave, and the next whole apply pushes every entry anyway.
+        let (fdb, fatal): (Vec<_>, Vec<_>) = out
+            .failures
+            .into_iter()
+            .partition(|(_, cmd, _)| cmd == "fdb-add");
+        if !fdb.is_empty() {
+            self.counters.fdb_refused += fdb.len() as u64;
+            log(&format!(
+                "the appliance refused {} FDB entries (first: {}); their MACs are learned instead",
+                fdb.len(),
+                fdb[0].2
+            ));
+        }
+        if fatal.is_empty() && out.broken.is_none() {
             self.applied = Some(desired);
             self.applied_revision = revision;
             self.backoff = Duration::from_secs(1);
             return;
         }
-        self.counters.command_errors += out.failures.len() as u64;
-        for (i, cmd, e) in out.failures.iter().take(5) {
+        self.counters.command_errors += fatal.len() as u64;
+        for (i, cmd, e) in fatal.iter().take(5) {
             log(&format!("the appliance refused command {i} ({cmd}): {e}"));
         }
-        if out.failures.len() > 5 {
-            log(&format!("... and {} more refusals", out.failures.len() - 5));
+        if fatal.len() > 5 {
+            log(&format!("... and {} more refusals", fatal.len() - 5));
         }
         if let Some(why) = &out.broken {
             log(&format!("the connection broke during a sync: {why}"));
         }
-        self.last_error = out
-            .failures
+        self.last_error = fatal
             .first()
             .map(|(_, c, e)| format!("{c}: {e}"))
             .or(out.broken);
@@ -686,6 +701,7 @@ impl Engine {
                 "full_applies": c.full_applies,
                 "commands": c.commands,
                 "command_errors": c.command_errors,
+                "fdb_refused": c.fdb_refused,
                 "last_error": self.last_error,
                 "unappliable": self.unappliable,
                 "supervised": self.boots.is_some(),
