@@ -324,6 +324,8 @@ struct Engine {
     doc: Value,
     local: Option<Local>,
     have_grid: bool,
+    /// Something the desired state depends on changed since it was last planned.
+    dirty: bool,
     /// What the appliance runs, as far as the agent knows (None: unknown).
     applied: Option<Desired>,
     applied_revision: i64,
@@ -367,6 +369,7 @@ impl Engine {
             doc,
             local: None,
             have_grid: false,
+            dirty: true,
             applied: None,
             applied_revision: 0,
             generation: None,
@@ -419,6 +422,7 @@ impl Engine {
 
     fn on_store(&mut self, ev: StoreEvent) {
         let prefix = self.shared.prefix.clone();
+        self.dirty = true;
         match ev {
             StoreEvent::Joined(node) => {
                 log(&format!("joined the grid as node {node}"));
@@ -505,6 +509,7 @@ impl Engine {
                 self.generation = Some(generation);
                 self.version = Some(version);
                 self.applied = None;
+                self.dirty = true;
                 self.retry_at = None;
                 self.link_error = None;
             }
@@ -536,6 +541,7 @@ impl Engine {
             *d = doc;
         }
         self.unappliable = None;
+        self.dirty = true;
         changed
     }
 
@@ -584,6 +590,7 @@ impl Engine {
             .or(out.broken);
         // What the appliance runs is unknown now: the next sync applies it whole.
         self.applied = None;
+        self.dirty = true;
         self.retry_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
     }
@@ -598,6 +605,12 @@ impl Engine {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
+        // Nothing changed since the last plan and the appliance runs it: no work (the
+        // desired state costs O(grid) to build and check).
+        if !self.dirty && (self.applied.is_some() || self.unappliable.is_some()) {
+            return;
+        }
+        self.dirty = false;
         let (d, left, revision) = {
             let Ok(view) = self.shared.view.read() else {
                 return;
