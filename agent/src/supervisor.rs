@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 use crate::link::Link;
 
 /// How to boot the appliance (`weft boot`'s own options).
@@ -65,12 +68,12 @@ pub struct Supervisor {
     thread: Option<JoinHandle<()>>,
 }
 
-fn killpg(pid: u32, signal: i32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: kill(2) has no memory effects; a negative pid names the child's own
-        // process group, which we created (process_group(0)) and only we signal.
-        unsafe {
-            libc::kill(-pid, signal);
+/// Signals the process group the child leads (it was started with
+/// `process_group(0)`, so its pid names the group); a group already gone is fine.
+fn killpg(leader: u32, signal: Signal) {
+    if let Ok(p) = i32::try_from(leader) {
+        if p > 0 {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(p), signal);
         }
     }
 }
@@ -157,7 +160,7 @@ fn supervise(
         ));
         let status = loop {
             if stop.load(Ordering::SeqCst) {
-                killpg(child.id(), libc::SIGTERM);
+                killpg(child.id(), Signal::SIGTERM);
                 let until = Instant::now() + Duration::from_secs(10);
                 while Instant::now() < until {
                     if let Ok(Some(_)) = child.try_wait() {
@@ -165,7 +168,7 @@ fn supervise(
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                killpg(child.id(), libc::SIGKILL);
+                killpg(child.id(), Signal::SIGKILL);
                 break child.wait().ok();
             }
             match child.try_wait() {
@@ -175,7 +178,7 @@ fn supervise(
             }
         };
         // Whatever the group left (QEMU after its parent died) goes with it.
-        killpg(child.id(), libc::SIGKILL);
+        killpg(child.id(), Signal::SIGKILL);
         if let Ok(mut c) = child_pid.lock() {
             *c = None;
         }
