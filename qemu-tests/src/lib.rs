@@ -17,6 +17,7 @@ use weft_image::build::{self, Profile};
 use weft_image::netns::{self, Netns, PeerAddresses, Topology, TopologyNames};
 use weft_image::qemu::{self, MacAddr, MemoryMib, Nic, Qemu, QemuConfig, Serial};
 
+pub mod agent;
 pub mod cli;
 pub mod dns;
 pub mod frames;
