@@ -2,6 +2,7 @@
 //! netstack. `no_std` + `alloc`: it never reads a clock (time comes in as `Instant`),
 //! never touches hardware, and never panics on input from the network or the socket.
 #![no_std]
+#![forbid(unsafe_code)]
 extern crate alloc;
 
 pub mod config;

@@ -1,5 +1,6 @@
 //! weft's packet path. `no_std` + `alloc`; never touches hardware, never reads a clock.
 #![no_std]
+#![forbid(unsafe_code)]
 extern crate alloc;
 
 pub mod checksum;
