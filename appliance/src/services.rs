@@ -106,7 +106,7 @@ pub fn apply(netstack: &mut Netstack, config: &Config, now: Instant) {
     }
 }
 
-fn refused(e: weft_netstack::nat::FieldError) -> ConfigError {
+fn refused(e: weft_netstack::base::FieldError) -> ConfigError {
     // `services[n].backends[m].weight` -> `weight`: the args are the item itself.
     let field = e
         .field

@@ -7,10 +7,11 @@
 use libfuzzer_sys::fuzz_target;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
-use weft_netstack::conntrack::{self, Endpoint, FlowFilter, Timeouts};
+use weft_netstack::base::{Endpoint, NicId, Transport};
+use weft_netstack::conntrack::{self, FlowFilter, Timeouts};
 use weft_netstack::icmp_error;
 use weft_netstack::lb::{BackendConfig, HealthSpec, LoadBalancer, Mode, ServiceConfig};
-use weft_netstack::nat::{Nat, NatConfig, PublishRule, Side, Transport, Verdict};
+use weft_netstack::nat::{Nat, NatConfig, PublishRule, Verdict};
 
 const UPLINK: Ipv4Address = Ipv4Address::new(192, 0, 2, 10);
 const NODE: Ipv4Address = Ipv4Address::new(10, 81, 0, 1);
@@ -63,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
         now += Duration::from_millis(step as u64 * 997);
         match op % 4 {
             0 | 1 => {
-                let side = if op % 4 == 0 { Side::Uplink } else { Side::Container };
+                let side = if op % 4 == 0 { NicId::Uplink } else { NicId::Link };
                 let before = frame.len();
                 // The router's TTL check: a packet the NAT says it would forward is
                 // translated or refused, never passed on untouched.

@@ -7,8 +7,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use weft_netstack::base::VlanId;
 use weft_netstack::smoltcp::time::{Duration, Instant};
-use weft_netstack::vlan::{self, VlanId};
+use weft_netstack::vlan;
 use weft_netstack::{probe, MemPort};
 
 #[path = "common/overlay_grid.rs"]

@@ -5,6 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use weft_netstack::base::Vni;
 use weft_netstack::overlay::config::OverlayConfig;
 use weft_netstack::overlay::{Egress, Limits, Overlay, Underlay, Verdict};
 use weft_netstack::smoltcp::phy::ChecksumCapabilities;
@@ -13,7 +14,6 @@ use weft_netstack::smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
     Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
-use weft_netstack::vxlan::Vni;
 
 const CONFIG: &str = r#"{
     "grid": {"node": 1, "secret": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",

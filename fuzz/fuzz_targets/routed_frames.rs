@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_netstack::nat::{Nat, NatConfig, PublishRule, Transport};
+use weft_netstack::base::Transport;
+use weft_netstack::nat::{Nat, NatConfig, PublishRule};
 use weft_netstack::router::Router;
 use weft_netstack::smoltcp::time::{Duration, Instant};
 use weft_netstack::smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};

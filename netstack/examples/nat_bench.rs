@@ -13,10 +13,11 @@ use std::time::Instant as Clock;
 
 use smoltcp::time::Instant;
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv4Packet, TcpPacket};
-use weft_netstack::conntrack::{self, Endpoint, FlowTuple, Proto};
+use weft_netstack::base::{Endpoint, FlowTuple, NicId, Proto, Transport};
+use weft_netstack::conntrack;
 use weft_netstack::lb::{flow_hash, BackendConfig, LoadBalancer, Mode, ServiceConfig};
 use weft_netstack::maglev::{Maglev, Weighted, DEFAULT_TABLE_SIZE};
-use weft_netstack::nat::{Nat, NatConfig, PublishRule, Side, Transport, Verdict};
+use weft_netstack::nat::{Nat, NatConfig, PublishRule, Verdict};
 
 /// Resident set size of this process, from procfs (Linux), in bytes.
 fn rss() -> usize {
@@ -128,12 +129,12 @@ fn bench_dnat(flows: usize) {
     let establish = |nat: &mut Nat, i: u32| {
         expect_forward(nat.process(
             &mut tcp_frame(inside, client(i), true, true),
-            Side::Container,
+            NicId::Link,
             now,
         ));
         expect_forward(nat.process(
             &mut tcp_frame(client(i), host, false, true),
-            Side::Uplink,
+            NicId::Uplink,
             now,
         ));
     };
@@ -145,7 +146,7 @@ fn bench_dnat(flows: usize) {
     for i in 0..flows as u32 {
         expect_forward(nat.process(
             &mut tcp_frame(client(i), host, true, false),
-            Side::Uplink,
+            NicId::Uplink,
             now,
         ));
         establish(&mut nat, i);
@@ -160,7 +161,7 @@ fn bench_dnat(flows: usize) {
         .collect();
     let t = Clock::now();
     for f in work.iter_mut() {
-        expect_forward(nat.process(f, Side::Uplink, now));
+        expect_forward(nat.process(f, NicId::Uplink, now));
     }
     let setup = t.elapsed();
     drop(work);
@@ -180,7 +181,7 @@ fn bench_dnat(flows: usize) {
         let mut work = templates.clone();
         let (t, c) = (Clock::now(), cpu_time());
         for f in work.iter_mut() {
-            black_box(nat.process(black_box(f), Side::Uplink, now));
+            black_box(nat.process(black_box(f), NicId::Uplink, now));
         }
         total += t.elapsed();
         cpu += cpu_time() - c;
@@ -245,7 +246,7 @@ fn bench_lb_nat(flows: usize) {
     for i in 0..flows as u32 {
         expect_forward(nat.process(
             &mut tcp_frame(inside(i), vip, true, false),
-            Side::Container,
+            NicId::Link,
             now,
         ));
     }
@@ -259,7 +260,7 @@ fn bench_lb_nat(flows: usize) {
         let mut work = templates.clone();
         let t = Clock::now();
         for f in work.iter_mut() {
-            black_box(nat.process(black_box(f), Side::Container, now));
+            black_box(nat.process(black_box(f), NicId::Link, now));
         }
         total += t.elapsed();
     }

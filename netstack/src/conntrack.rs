@@ -11,92 +11,12 @@
 //! panic on what a packet says.
 
 use alloc::vec::Vec;
-use core::fmt;
 
 use serde::Serialize;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::Ipv4Address;
 
-/// The transport protocols the table tracks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Tcp,
-    Udp,
-    /// ICMP echo; the identifier plays the role of both ports.
-    Icmp,
-}
-
-impl Proto {
-    pub fn name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Icmp => "icmp",
-        }
-    }
-}
-
-/// An address and a transport port (or ICMP echo identifier).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Endpoint {
-    pub addr: Ipv4Address,
-    pub port: u16,
-}
-
-impl Endpoint {
-    pub const fn new(addr: Ipv4Address, port: u16) -> Endpoint {
-        Endpoint { addr, port }
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.addr, self.port)
-    }
-}
-
-/// A flow's 5-tuple as seen on the wire in one direction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub struct FlowTuple {
-    pub proto: Proto,
-    pub src: Endpoint,
-    pub dst: Endpoint,
-}
-
-impl FlowTuple {
-    pub const fn new(proto: Proto, src: Endpoint, dst: Endpoint) -> FlowTuple {
-        FlowTuple { proto, src, dst }
-    }
-
-    /// The tuple of a packet travelling the other way.
-    pub const fn reversed(&self) -> FlowTuple {
-        FlowTuple {
-            proto: self.proto,
-            src: self.dst,
-            dst: self.src,
-        }
-    }
-}
-
-/// Which of a flow's two tuples a packet matched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// From the endpoint that opened the flow.
-    Original,
-    /// From the endpoint that answers.
-    Reply,
-}
-
-impl Direction {
-    pub fn opposite(self) -> Direction {
-        match self {
-            Direction::Original => Direction::Reply,
-            Direction::Reply => Direction::Original,
-        }
-    }
-}
+use crate::base::{Direction, FlowTuple, Proto};
 
 /// TCP connection states as a middlebox sees them (both directions' flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -992,6 +912,7 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::Endpoint;
     use alloc::vec;
 
     fn ep(a: u8, port: u16) -> Endpoint {

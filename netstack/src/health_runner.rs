@@ -19,7 +19,6 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 use smoltcp::iface::SocketHandle;
@@ -29,15 +28,11 @@ use smoltcp::wire::{
     Icmpv4Message, Icmpv4Packet, IpAddress, IpEndpoint, IpListenEndpoint, Ipv4Address,
 };
 
-use crate::conntrack::Endpoint;
+use crate::base::ports::CHECK_PORTS;
+use crate::base::{Endpoint, NicId, Transport};
 use crate::iface::NicIface;
 use crate::lb::{HealthCheck, HealthCheckId, LoadBalancer};
-use crate::nat::Transport;
-use crate::stack::NicId;
 
-/// Source ports of health checks: just below `NatConfig::SNAT_PORTS` (32768..) and far
-/// from the DNS forwarder's (61000..); publish rules may not use them.
-pub const CHECK_PORTS: RangeInclusive<u16> = 31744..=32767;
 /// Socket buffers: a check carries no data (what a server sends is dropped).
 const TCP_BUFFER: usize = 256;
 const UDP_BUFFER: usize = 256;
@@ -379,9 +374,9 @@ fn endpoint(e: Endpoint) -> IpEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::{FlowTuple, Proto};
+    use crate::base::NicAddress;
+    use crate::base::{FlowTuple, Proto};
     use crate::health::Health;
-    use crate::iface::NicAddress;
     use crate::lb::{BackendConfig, HealthSpec, Mode, Pick, ServiceConfig};
     use crate::nat::{Nat, NatConfig};
     use crate::port::MemPort;

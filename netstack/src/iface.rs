@@ -9,12 +9,9 @@ use alloc::vec::Vec;
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Cidr};
 
-/// The IP MTU of every weft NIC.
-pub const IP_MTU: usize = 1500;
-/// The largest Ethernet frame (without FCS, without VLAN tag) a NIC accepts or sends.
-pub const MAX_FRAME_LEN: usize = IP_MTU + 14;
+use crate::base::{NicAddress, MAX_FRAME_LEN};
 
 /// A smoltcp device over two in-memory queues: the stack pushes received frames into
 /// `rx` before polling and drains `tx` to the port afterwards.
@@ -91,15 +88,6 @@ impl Device for QueueDevice {
         caps.max_transmission_unit = MAX_FRAME_LEN;
         caps
     }
-}
-
-/// The IPv4 addressing of one NIC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NicAddress {
-    /// The NIC's own address and the prefix of its subnet.
-    pub cidr: Ipv4Cidr,
-    /// The default gateway reached through this NIC (the uplink's only, in practice).
-    pub gateway: Option<Ipv4Address>,
 }
 
 /// A NIC's smoltcp interface, its queue device and its sockets.

@@ -17,10 +17,9 @@ use serde::{Deserialize, Serialize};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::Ipv4Address;
 
-use crate::conntrack::{Endpoint, FlowTuple, Proto};
+use crate::base::{Endpoint, FieldError, FlowTuple, Proto, Transport};
 use crate::health::{Check, CheckId, Health, HealthChecker, HealthConfig, Transition};
 use crate::maglev::{self, Maglev, MaglevError, Weighted};
-use crate::nat::{FieldError, Transport};
 
 /// Most backends one service may have.
 pub const MAX_BACKENDS: usize = 4096;

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 extern crate alloc;
 
+pub mod base;
 pub mod checksum;
 pub mod conntrack;
 pub mod counters;
@@ -28,10 +29,11 @@ mod testing;
 pub mod vlan;
 pub mod vxlan;
 
+pub use base::{NicAddress, NicId, IP_MTU, MAX_FRAME_LEN};
 pub use counters::{DropCounters, DropReason, NicCounters};
-pub use iface::{NicAddress, NicIface, QueueDevice, IP_MTU, MAX_FRAME_LEN};
+pub use iface::{NicIface, QueueDevice};
 pub use pcap::PcapPort;
 pub use port::{MemPort, Port, TxError};
-pub use stack::{Netstack, Nic, NicId, PollResult, RX_BATCH};
+pub use stack::{Netstack, Nic, PollResult, RX_BATCH};
 // The kernel and the appliance name time and addresses with smoltcp's types.
 pub use smoltcp;

@@ -12,7 +12,6 @@
 //! Routing (MACs, TTL) is the caller's job.
 
 use alloc::collections::{BTreeMap, BTreeSet};
-use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -24,39 +23,14 @@ use smoltcp::wire::{
     Ipv4Cidr, Ipv4Packet, TcpPacket, UdpPacket,
 };
 
+use crate::base::ports::{CHECK_PORTS, RESERVED_PORTS, SNAT_PORTS};
+use crate::base::{Direction, Endpoint, FieldError, FlowTuple, NicId, Proto, Transport};
 use crate::checksum::Delta;
 use crate::conntrack::{
-    self, Conntrack, Direction, Endpoint, Flow, FlowFilter, FlowId, FlowInfo, FlowState, FlowTuple,
-    InsertError, Proto, TcpEvent, TcpFlags, TcpState,
+    self, Conntrack, Flow, FlowFilter, FlowId, FlowInfo, FlowState, InsertError, TcpEvent,
+    TcpFlags, TcpState,
 };
 use crate::lb::{LbError, LoadBalancer, Pick};
-
-/// Ports the appliance itself serves on its addresses: DNS, VXLAN, sleeve
-/// control/data and fast datapath. Never publishable, for TCP or UDP.
-pub const RESERVED_PORTS: [u16; 4] = [53, 4789, 6783, 6784];
-
-/// The transport of a published port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Tcp,
-    Udp,
-}
-
-impl Transport {
-    pub fn proto(self) -> Proto {
-        match self {
-            Transport::Tcp => Proto::Tcp,
-            Transport::Udp => Proto::Udp,
-        }
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.proto().name())
-    }
-}
 
 /// A `[[publish]]` entry: `proto host_port -> container_address:container_port`.
 /// The target may be a service VIP and port; the load balancer then picks.
@@ -125,20 +99,6 @@ impl fmt::Display for PublishError {
     }
 }
 
-/// A refused entry of a list, named by its place: `publish[2].host_port: ...`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    /// Path of the offending field, e.g. `publish[2].host_port`.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
 /// Checks one rule against the rules already in force. `extra_reserved` are the
 /// appliance's configured control/health ports, refused like `RESERVED_PORTS`.
 pub fn validate_publish<'a>(
@@ -157,7 +117,7 @@ pub fn validate_publish<'a>(
         return Err(PublishError::ContainerAddress(a));
     }
     // The health checks' source ports: a backend's answer on the uplink must reach them.
-    let checks = crate::health_runner::CHECK_PORTS.contains(&rule.host_port);
+    let checks = CHECK_PORTS.contains(&rule.host_port);
     if RESERVED_PORTS.contains(&rule.host_port)
         || extra_reserved.contains(&rule.host_port)
         || checks
@@ -191,13 +151,6 @@ pub fn validate_publish_list(
         })?;
     }
     Ok(())
-}
-
-/// Which NIC a frame came from or goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    Uplink,
-    Container,
 }
 
 /// Why the NAT stage dropped a frame; each is a counter in `NatStats`.
@@ -288,7 +241,7 @@ pub enum Verdict {
     /// Not NAT business; unchanged. The next stage (bridge, local stack) decides.
     Pass,
     /// Rewritten in place: route it out of `to` toward its IPv4 destination.
-    Forward { to: Side },
+    Forward { to: NicId },
     /// Refused; counted under the reason.
     Drop(DropReason),
 }
@@ -314,8 +267,8 @@ pub struct NatConfig {
 }
 
 impl NatConfig {
-    /// Docker's ephemeral range for masquerade.
-    pub const SNAT_PORTS: (u16, u16) = (32768, 60999);
+    /// Docker's ephemeral range for masquerade (the port plan's).
+    pub const SNAT_PORTS: (u16, u16) = SNAT_PORTS;
 
     pub fn new(uplink: Ipv4Address, node: Ipv4Address, grid: Ipv4Cidr) -> NatConfig {
         NatConfig {
@@ -832,11 +785,11 @@ impl Nat {
     }
 
     /// Inside addresses are reached over the container side, all else over the uplink.
-    fn side_of(&self, a: Ipv4Address) -> Side {
+    fn side_of(&self, a: Ipv4Address) -> NicId {
         if self.in_grid(a) {
-            Side::Container
+            NicId::Link
         } else {
-            Side::Uplink
+            NicId::Uplink
         }
     }
 
@@ -852,7 +805,7 @@ impl Nat {
 
     /// Runs one Ethernet frame received on `from` through conntrack, NAT and
     /// service selection; rewrites it in place when translated.
-    pub fn process(&mut self, frame: &mut [u8], from: Side, now: Instant) -> Verdict {
+    pub fn process(&mut self, frame: &mut [u8], from: NicId, now: Instant) -> Verdict {
         let p = match parse(frame) {
             Parse::NotIpv4 => {
                 self.stats.passed += 1;
@@ -861,7 +814,7 @@ impl Nat {
             Parse::Bad(r) => return self.drop(r),
             Parse::Opaque { dst, fragment } => {
                 // Only what would have to be translated is refused.
-                let ours = from == Side::Container && self.is_external(dst) || self.lb.is_vip(dst);
+                let ours = from == NicId::Link && self.is_external(dst) || self.lb.is_vip(dst);
                 if ours {
                     let r = if fragment {
                         DropReason::Fragment
@@ -939,7 +892,7 @@ impl Nat {
     /// answer with ICMP time exceeded (RFC 1812 §5.3.1) instead of opening a flow
     /// for a packet that is never sent. ICMP errors are never answered (RFC 1812
     /// §4.3.2.7): false.
-    pub fn would_forward(&self, frame: &[u8], from: Side, now: Instant) -> bool {
+    pub fn would_forward(&self, frame: &[u8], from: NicId, now: Instant) -> bool {
         let Parse::Ok(p) = parse(frame) else {
             return false;
         };
@@ -966,7 +919,7 @@ impl Nat {
         &mut self,
         p: &Parsed,
         tcp: Option<TcpEvent>,
-        from: Side,
+        from: NicId,
         now: Instant,
     ) -> Result<FlowId, Verdict> {
         let decision = self.decide(&p.tuple, from);
@@ -994,11 +947,9 @@ impl Nat {
             // A published host port is never handed out as a SNAT port.
             let taken = |port: u16| {
                 is_uplink
-                    && match proto {
-                        Proto::Tcp => publish.contains_key(&(Transport::Tcp, port)),
-                        Proto::Udp => publish.contains_key(&(Transport::Udp, port)),
-                        Proto::Icmp => false,
-                    }
+                    && proto
+                        .transport()
+                        .is_some_and(|tr| publish.contains_key(&(tr, port)))
             };
             let Some(port) = self.maps.acquire(addr, proto, orig.src, taken) else {
                 return Err(self.drop(DropReason::PortsExhausted));
@@ -1038,19 +989,17 @@ impl Nat {
     }
 
     /// Where a packet of a new flow goes, before any port is taken.
-    fn decide(&self, t: &FlowTuple, from: Side) -> Decision {
-        let published = match t.proto {
-            Proto::Tcp => Some(Transport::Tcp),
-            Proto::Udp => Some(Transport::Udp),
-            Proto::Icmp => None,
-        }
-        .filter(|_| self.is_uplink(t.dst.addr))
-        .and_then(|tr| self.publish.get(&(tr, t.dst.port)))
-        .map(|r| r.target());
+    fn decide(&self, t: &FlowTuple, from: NicId) -> Decision {
+        let published = t
+            .proto
+            .transport()
+            .filter(|_| self.is_uplink(t.dst.addr))
+            .and_then(|tr| self.publish.get(&(tr, t.dst.port)))
+            .map(|r| r.target());
         let node = self.config.node;
         let ours = |a: Ipv4Address| a == node || self.is_uplink(a);
         match from {
-            Side::Uplink => {
+            NicId::Uplink => {
                 let Some(target) = published else {
                     return Decision::Pass;
                 };
@@ -1072,7 +1021,7 @@ impl Nat {
                     tag: 0,
                 }
             }
-            Side::Container => {
+            NicId::Link => {
                 let translated = published.is_some()
                     || self.lb.is_vip(t.dst.addr)
                     || self.is_external(t.dst.addr);
@@ -1427,7 +1376,7 @@ mod tests {
         nat
     }
 
-    fn run(nat: &mut Nat, f: &mut [u8], from: Side, now: Instant) -> Verdict {
+    fn run(nat: &mut Nat, f: &mut [u8], from: NicId, now: Instant) -> Verdict {
         let v = nat.process(f, from, now);
         if matches!(v, Verdict::Forward { .. }) {
             assert_checksums_as_recomputed(f);
@@ -1435,21 +1384,19 @@ mod tests {
         v
     }
 
-    const TO_CONTAINER: Verdict = Verdict::Forward {
-        to: Side::Container,
-    };
-    const TO_UPLINK: Verdict = Verdict::Forward { to: Side::Uplink };
+    const TO_CONTAINER: Verdict = Verdict::Forward { to: NicId::Link };
+    const TO_UPLINK: Verdict = Verdict::Forward { to: NicId::Uplink };
 
     #[test]
     fn published_port_reaches_the_container_with_the_clients_address() {
         let mut nat = nat();
         let mut syn = frame(CLIENT, UPLINK, L4::Tcp(40000, 8080, SYN, b""));
-        assert_eq!(run(&mut nat, &mut syn, Side::Uplink, t(0)), TO_CONTAINER);
+        assert_eq!(run(&mut nat, &mut syn, NicId::Uplink, t(0)), TO_CONTAINER);
         let s = seen(&syn);
         assert_eq!((s.src, s.dst), (ep(CLIENT, 40000), ep(C1, 80)));
 
         let mut synack = frame(C1, CLIENT, L4::Tcp(80, 40000, SYNACK, b""));
-        assert_eq!(run(&mut nat, &mut synack, Side::Container, t(0)), TO_UPLINK);
+        assert_eq!(run(&mut nat, &mut synack, NicId::Link, t(0)), TO_UPLINK);
         let s = seen(&synack);
         assert_eq!((s.src, s.dst), (ep(UPLINK, 8080), ep(CLIENT, 40000)));
 
@@ -1458,7 +1405,7 @@ mod tests {
             UPLINK,
             L4::Tcp(40000, 8080, ACK, b"GET / HTTP/1.0\r\n\r\n"),
         );
-        assert_eq!(run(&mut nat, &mut ack, Side::Uplink, t(1)), TO_CONTAINER);
+        assert_eq!(run(&mut nat, &mut ack, NicId::Uplink, t(1)), TO_CONTAINER);
         let flows = nat.flows(&FlowFilter::default(), 10, t(1));
         assert_eq!(flows.len(), 1);
         assert_eq!(flows[0].state, FlowState::Tcp(TcpState::Established));
@@ -1466,10 +1413,10 @@ mod tests {
 
         // UDP publish works both ways too.
         let mut q = frame(CLIENT, UPLINK, L4::Udp(5000, 5353, b"query"));
-        assert_eq!(run(&mut nat, &mut q, Side::Uplink, t(2)), TO_CONTAINER);
+        assert_eq!(run(&mut nat, &mut q, NicId::Uplink, t(2)), TO_CONTAINER);
         assert_eq!(seen(&q).dst, ep(C1, 53));
         let mut a = frame(C1, CLIENT, L4::Udp(53, 5000, b"answer!"));
-        assert_eq!(run(&mut nat, &mut a, Side::Container, t(2)), TO_UPLINK);
+        assert_eq!(run(&mut nat, &mut a, NicId::Link, t(2)), TO_UPLINK);
         assert_eq!(seen(&a).src, ep(UPLINK, 5353));
     }
 
@@ -1478,21 +1425,21 @@ mod tests {
         let mut nat = nat();
         let mut other = frame(CLIENT, UPLINK, L4::Tcp(40000, 9999, SYN, b""));
         let before = other.clone();
-        assert_eq!(nat.process(&mut other, Side::Uplink, t(0)), Verdict::Pass);
+        assert_eq!(nat.process(&mut other, NicId::Uplink, t(0)), Verdict::Pass);
         assert_eq!(other, before);
         let mut arp = frame(CLIENT, UPLINK, L4::Udp(1, 2, b""));
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        assert_eq!(nat.process(&mut arp, Side::Uplink, t(0)), Verdict::Pass);
+        assert_eq!(nat.process(&mut arp, NicId::Uplink, t(0)), Verdict::Pass);
         // Intra-grid traffic is the bridge's business.
         let mut east_west = frame(C1, C2, L4::Udp(1000, 2000, b"x"));
         assert_eq!(
-            nat.process(&mut east_west, Side::Container, t(0)),
+            nat.process(&mut east_west, NicId::Link, t(0)),
             Verdict::Pass
         );
         // A TCP segment that cannot open a flow to a published port.
         let mut ack = frame(CLIENT, UPLINK, L4::Tcp(40001, 8080, ACK, b""));
         assert_eq!(
-            nat.process(&mut ack, Side::Uplink, t(0)),
+            nat.process(&mut ack, NicId::Uplink, t(0)),
             Verdict::Drop(DropReason::NoFlow)
         );
         let mut bad = frame(
@@ -1510,7 +1457,7 @@ mod tests {
             ),
         );
         assert_eq!(
-            nat.process(&mut bad, Side::Uplink, t(0)),
+            nat.process(&mut bad, NicId::Uplink, t(0)),
             Verdict::Drop(DropReason::TcpInvalid)
         );
         let s = nat.stats();
@@ -1611,7 +1558,7 @@ mod tests {
             server.addr,
             L4::Tcp(inside.port, server.port, SYN, b""),
         );
-        match run(nat, &mut f, Side::Container, now) {
+        match run(nat, &mut f, NicId::Link, now) {
             TO_UPLINK => {}
             v => return Err(v),
         }
@@ -1634,7 +1581,7 @@ mod tests {
         assert_ne!(other.port, out.port);
 
         let mut reply = frame(SERVER, UPLINK, L4::Tcp(443, out.port, SYNACK, b""));
-        assert_eq!(run(&mut nat, &mut reply, Side::Uplink, t(1)), TO_CONTAINER);
+        assert_eq!(run(&mut nat, &mut reply, NicId::Uplink, t(1)), TO_CONTAINER);
         let s = seen(&reply);
         assert_eq!((s.src, s.dst), (ep(SERVER, 443), ep(C1, 5000)));
         // Inside ports in the range are kept when free.
@@ -1644,7 +1591,7 @@ mod tests {
         // mapped port is not translated.
         let mut stranger = frame(CLIENT, UPLINK, L4::Tcp(443, out.port, SYN, b""));
         assert_eq!(
-            nat.process(&mut stranger, Side::Uplink, t(1)),
+            nat.process(&mut stranger, NicId::Uplink, t(1)),
             Verdict::Pass
         );
         assert_eq!(nat.stats().snat_mappings, 3);
@@ -1690,7 +1637,7 @@ mod tests {
         assert_eq!(nat.stats().drops.ports_exhausted, 1);
         // Keep flow 0 alive, let the others (SYN_SENT, 4 min) expire.
         let mut syn = frame(held[0].0.addr, SERVER, L4::Tcp(1000, 443, SYN, b""));
-        assert_eq!(run(&mut nat, &mut syn, Side::Container, t(200)), TO_UPLINK);
+        assert_eq!(run(&mut nat, &mut syn, NicId::Link, t(200)), TO_UPLINK);
         nat.poll(t(241), usize::MAX);
         assert_eq!(nat.stats().snat_mappings, 1);
         let got = masquerade(&mut nat, late, ep(SERVER, 443), t(241)).unwrap();
@@ -1706,15 +1653,12 @@ mod tests {
     fn hairpin_reaches_the_published_container_through_the_node_address() {
         let mut nat = nat();
         let mut syn = frame(C2, UPLINK, L4::Tcp(33000, 8080, SYN, b""));
-        assert_eq!(run(&mut nat, &mut syn, Side::Container, t(0)), TO_CONTAINER);
+        assert_eq!(run(&mut nat, &mut syn, NicId::Link, t(0)), TO_CONTAINER);
         let s = seen(&syn);
         assert_eq!(s.dst, ep(C1, 80));
         assert_eq!(s.src.addr, NODE);
         let mut synack = frame(C1, NODE, L4::Tcp(80, s.src.port, SYNACK, b""));
-        assert_eq!(
-            run(&mut nat, &mut synack, Side::Container, t(0)),
-            TO_CONTAINER
-        );
+        assert_eq!(run(&mut nat, &mut synack, NicId::Link, t(0)), TO_CONTAINER);
         let r = seen(&synack);
         assert_eq!((r.src, r.dst), (ep(UPLINK, 8080), ep(C2, 33000)));
         assert_eq!(nat.stats().hairpin_flows, 1);
@@ -1724,18 +1668,18 @@ mod tests {
     fn icmp_echo_is_masqueraded_by_identifier() {
         let mut nat = nat();
         let mut req = frame(C1, SERVER, L4::EchoRequest(77));
-        assert_eq!(run(&mut nat, &mut req, Side::Container, t(0)), TO_UPLINK);
+        assert_eq!(run(&mut nat, &mut req, NicId::Link, t(0)), TO_UPLINK);
         let Parse::Ok(p) = parse(&req) else { panic!() };
         assert_eq!(p.tuple.src.addr, UPLINK);
         let id = p.tuple.src.port;
         assert!((32768..=60999).contains(&id));
         let mut rep = frame(SERVER, UPLINK, L4::EchoReply(id));
-        assert_eq!(run(&mut nat, &mut rep, Side::Uplink, t(1)), TO_CONTAINER);
+        assert_eq!(run(&mut nat, &mut rep, NicId::Uplink, t(1)), TO_CONTAINER);
         let Parse::Ok(p) = parse(&rep) else { panic!() };
         assert_eq!((p.tuple.dst, p.kind), (ep(C1, 77), Kind::EchoReply));
         // The server pinging the host with that identifier is not a reply.
         let mut ping = frame(SERVER, UPLINK, L4::EchoRequest(id));
-        assert_eq!(nat.process(&mut ping, Side::Uplink, t(1)), Verdict::Pass);
+        assert_eq!(nat.process(&mut ping, NicId::Uplink, t(1)), Verdict::Pass);
     }
 
     #[test]
@@ -1743,10 +1687,10 @@ mod tests {
         let mut nat = nat();
         // A masqueraded UDP flow; a router on the way reports TTL exceeded.
         let mut out = frame(C1, SERVER, L4::Udp(6000, 53, b"question"));
-        assert_eq!(run(&mut nat, &mut out, Side::Container, t(0)), TO_UPLINK);
+        assert_eq!(run(&mut nat, &mut out, NicId::Link, t(0)), TO_UPLINK);
         let sent = out[ETH_LEN..].to_vec();
         let mut err = frame(ROUTER, UPLINK, L4::Error(11, 0, &sent));
-        assert_eq!(run(&mut nat, &mut err, Side::Uplink, t(1)), TO_CONTAINER);
+        assert_eq!(run(&mut nat, &mut err, NicId::Uplink, t(1)), TO_CONTAINER);
         let outer = Ipv4Packet::new_checked(&err[ETH_LEN..]).unwrap();
         assert_eq!((outer.src_addr(), outer.dst_addr()), (ROUTER, C1));
         let quoted = &err[ETH_LEN + 28..];
@@ -1758,13 +1702,10 @@ mod tests {
 
         // The published container answers port unreachable to an outside client.
         let mut q = frame(CLIENT, UPLINK, L4::Udp(7000, 5353, b"q"));
-        assert_eq!(run(&mut nat, &mut q, Side::Uplink, t(2)), TO_CONTAINER);
+        assert_eq!(run(&mut nat, &mut q, NicId::Uplink, t(2)), TO_CONTAINER);
         let delivered = q[ETH_LEN..].to_vec();
         let mut unreach = frame(C1, CLIENT, L4::Error(3, 3, &delivered));
-        assert_eq!(
-            run(&mut nat, &mut unreach, Side::Container, t(2)),
-            TO_UPLINK
-        );
+        assert_eq!(run(&mut nat, &mut unreach, NicId::Link, t(2)), TO_UPLINK);
         let outer = Ipv4Packet::new_checked(&unreach[ETH_LEN..]).unwrap();
         assert_eq!((outer.src_addr(), outer.dst_addr()), (UPLINK, CLIENT));
         assert_eq!(
@@ -1778,7 +1719,7 @@ mod tests {
         let mut short = full[..28].to_vec();
         short[2..4].copy_from_slice(&(full.len() as u16).to_be_bytes());
         let mut fneed = frame(SERVER, UPLINK, L4::Error(3, 4, &short));
-        assert_eq!(nat.process(&mut fneed, Side::Uplink, t(3)), TO_CONTAINER);
+        assert_eq!(nat.process(&mut fneed, NicId::Uplink, t(3)), TO_CONTAINER);
         let icmp = Icmpv4Packet::new_checked(&fneed[ETH_LEN + 20..]).unwrap();
         assert!(icmp.verify_checksum());
         assert_eq!(read16(&fneed, ETH_LEN + 26), 1400, "MTU untouched");
@@ -1793,7 +1734,7 @@ mod tests {
         // compares the frame with a full recompute, quoted packet included).
         let whole = ip_packet(UPLINK, SERVER, L4::Tcp(ext.port, 443, ACK, b"data"));
         let mut ttl = frame(ROUTER, UPLINK, L4::Error(11, 0, &whole));
-        assert_eq!(run(&mut nat, &mut ttl, Side::Uplink, t(3)), TO_CONTAINER);
+        assert_eq!(run(&mut nat, &mut ttl, NicId::Uplink, t(3)), TO_CONTAINER);
         assert_eq!(
             &ttl[ETH_LEN + 28..],
             &ip_packet(C2, SERVER, L4::Tcp(6001, 443, ACK, b"data"))[..]
@@ -1802,7 +1743,7 @@ mod tests {
         // An error about nothing we translated is not ours.
         let stray = ip_packet(UPLINK, SERVER, L4::Udp(1, 2, b""));
         let mut e = frame(ROUTER, UPLINK, L4::Error(11, 0, &stray));
-        assert_eq!(nat.process(&mut e, Side::Uplink, t(3)), Verdict::Pass);
+        assert_eq!(nat.process(&mut e, NicId::Uplink, t(3)), Verdict::Pass);
     }
 
     /// Deterministic xorshift for property tests.
@@ -1833,7 +1774,7 @@ mod tests {
             };
             let mut f = frame(inside, outside, l4);
             // `run` compares every forwarded frame with a full recompute.
-            let v = run(&mut nat, &mut f, Side::Container, t(0));
+            let v = run(&mut nat, &mut f, NicId::Link, t(0));
             assert!(
                 v == TO_UPLINK || v == Verdict::Drop(DropReason::TupleClash),
                 "{v:?}"
@@ -1852,9 +1793,9 @@ mod tests {
             let inside = ep(C1, 1000 + i);
             let out = masquerade(&mut nat, inside, ep(SERVER, 443), t(0)).unwrap();
             let mut sa = frame(SERVER, UPLINK, L4::Tcp(443, out.port, SYNACK, b""));
-            assert_eq!(run(&mut nat, &mut sa, Side::Uplink, t(0)), TO_CONTAINER);
+            assert_eq!(run(&mut nat, &mut sa, NicId::Uplink, t(0)), TO_CONTAINER);
             let mut a = frame(C1, SERVER, L4::Tcp(1000 + i, 443, ACK, b""));
-            assert_eq!(run(&mut nat, &mut a, Side::Container, t(0)), TO_UPLINK);
+            assert_eq!(run(&mut nat, &mut a, NicId::Link, t(0)), TO_UPLINK);
             ext.push(out);
         }
         assert_eq!(
@@ -1864,7 +1805,7 @@ mod tests {
         assert_eq!(nat.stats().drops.table_full, 1);
         for (i, out) in ext.iter().enumerate() {
             let mut data = frame(SERVER, UPLINK, L4::Tcp(443, out.port, ACK, b"payload"));
-            assert_eq!(run(&mut nat, &mut data, Side::Uplink, t(2)), TO_CONTAINER);
+            assert_eq!(run(&mut nat, &mut data, NicId::Uplink, t(2)), TO_CONTAINER);
             assert_eq!(seen(&data).dst, ep(C1, 1000 + i as u16));
         }
         // The refused endpoint holds no mapping.
@@ -1875,49 +1816,49 @@ mod tests {
     fn would_forward_predicts_process_and_changes_nothing() {
         let mut nat = nat();
         let quoted = ip_packet(UPLINK, SERVER, L4::Udp(40000, 53, b"q"));
-        let cases: Vec<(Side, Vec<u8>, bool)> = vec![
+        let cases: Vec<(NicId, Vec<u8>, bool)> = vec![
             // New flows: published, masquerade, hairpin, echo.
             (
-                Side::Uplink,
+                NicId::Uplink,
                 frame(CLIENT, UPLINK, L4::Tcp(1, 8080, SYN, b"")),
                 true,
             ),
             (
-                Side::Container,
+                NicId::Link,
                 frame(C1, SERVER, L4::Udp(6000, 53, b"q")),
                 true,
             ),
             (
-                Side::Container,
+                NicId::Link,
                 frame(C2, UPLINK, L4::Tcp(2, 8080, SYN, b"")),
                 true,
             ),
-            (Side::Container, frame(C1, SERVER, L4::EchoRequest(9)), true),
+            (NicId::Link, frame(C1, SERVER, L4::EchoRequest(9)), true),
             // The replies of the flows just opened.
             (
-                Side::Container,
+                NicId::Link,
                 frame(C1, CLIENT, L4::Tcp(80, 1, SYNACK, b"")),
                 true,
             ),
             // Not NAT business, cannot open, or an error (never answered).
             (
-                Side::Uplink,
+                NicId::Uplink,
                 frame(CLIENT, UPLINK, L4::Tcp(1, 9999, SYN, b"")),
                 false,
             ),
             (
-                Side::Uplink,
+                NicId::Uplink,
                 frame(CLIENT, UPLINK, L4::Tcp(3, 8080, ACK, b"")),
                 false,
             ),
-            (Side::Container, frame(C1, C2, L4::Udp(1, 2, b"x")), false),
+            (NicId::Link, frame(C1, C2, L4::Udp(1, 2, b"x")), false),
             (
-                Side::Uplink,
+                NicId::Uplink,
                 frame(SERVER, UPLINK, L4::EchoReply(77)),
                 false,
             ),
             (
-                Side::Uplink,
+                NicId::Uplink,
                 frame(ROUTER, UPLINK, L4::Error(11, 0, &quoted)),
                 false,
             ),
@@ -1941,41 +1882,41 @@ mod tests {
         frag[ETH_LEN + 6] = 0x20; // MF
         Ipv4Packet::new_unchecked(&mut frag[ETH_LEN..]).fill_checksum();
         assert_eq!(
-            nat.process(&mut frag, Side::Container, t(0)),
+            nat.process(&mut frag, NicId::Link, t(0)),
             Verdict::Drop(DropReason::Fragment)
         );
         let mut local_frag = frame(C1, C2, L4::Udp(1, 2, b"0123456789"));
         local_frag[ETH_LEN + 6] = 0x20;
         assert_eq!(
-            nat.process(&mut local_frag, Side::Container, t(0)),
+            nat.process(&mut local_frag, NicId::Link, t(0)),
             Verdict::Pass
         );
         let mut gre = frame(C1, SERVER, L4::Udp(1, 2, b""));
         gre[ETH_LEN + 9] = 47;
         assert_eq!(
-            nat.process(&mut gre, Side::Container, t(0)),
+            nat.process(&mut gre, NicId::Link, t(0)),
             Verdict::Drop(DropReason::Unsupported)
         );
         let mut short = frame(C1, SERVER, L4::Tcp(1, 2, SYN, b""));
         short.truncate(ETH_LEN + 30);
         assert_eq!(
-            nat.process(&mut short, Side::Container, t(0)),
+            nat.process(&mut short, NicId::Link, t(0)),
             Verdict::Drop(DropReason::Malformed)
         );
         // Sources that cannot be on the side they came from are not translated.
         let mut spoof = frame(SERVER, CLIENT, L4::Udp(1, 2, b""));
         assert_eq!(
-            nat.process(&mut spoof, Side::Container, t(0)),
+            nat.process(&mut spoof, NicId::Link, t(0)),
             Verdict::Drop(DropReason::Spoofed)
         );
         let mut spoof = frame(NODE, UPLINK, L4::Udp(1, 5353, b""));
         assert_eq!(
-            nat.process(&mut spoof, Side::Container, t(0)),
+            nat.process(&mut spoof, NicId::Link, t(0)),
             Verdict::Drop(DropReason::Spoofed)
         );
         let mut spoof = frame(C2, UPLINK, L4::Tcp(1, 8080, SYN, b""));
         assert_eq!(
-            nat.process(&mut spoof, Side::Uplink, t(0)),
+            nat.process(&mut spoof, NicId::Uplink, t(0)),
             Verdict::Drop(DropReason::Spoofed)
         );
         let s = nat.stats().drops;
@@ -2006,7 +1947,7 @@ mod tests {
 
     fn connect_vip(nat: &mut Nat, client: Endpoint, now: Instant) -> Result<Endpoint, Verdict> {
         let mut f = frame(client.addr, VIP, L4::Tcp(client.port, 80, SYN, b""));
-        match run(nat, &mut f, Side::Container, now) {
+        match run(nat, &mut f, NicId::Link, now) {
             TO_CONTAINER => {}
             v => return Err(v),
         }
@@ -2037,7 +1978,7 @@ mod tests {
             }
             let rst = TcpFlags { rst: true, ..ACK };
             let mut r = frame(client.addr, VIP, L4::Tcp(client.port, 80, rst, b""));
-            assert_eq!(run(&mut nat, &mut r, Side::Container, t(1)), TO_CONTAINER);
+            assert_eq!(run(&mut nat, &mut r, NicId::Link, t(1)), TO_CONTAINER);
         }
         assert!(on_first.len() >= 10, "{}", on_first.len());
         nat.lb_mut()
@@ -2113,7 +2054,7 @@ mod tests {
             .unwrap();
         for (client, backend) in &pinned {
             let mut a = frame(client.addr, VIP, L4::Tcp(client.port, 80, ACK, b"x"));
-            assert_eq!(run(&mut nat, &mut a, Side::Container, t(2)), TO_CONTAINER);
+            assert_eq!(run(&mut nat, &mut a, NicId::Link, t(2)), TO_CONTAINER);
             assert_eq!(seen(&a).dst, *backend);
         }
         // New flows avoid the drained backend.
@@ -2139,7 +2080,7 @@ mod tests {
         );
         for (client, backend) in &pinned {
             let mut a = frame(client.addr, VIP, L4::Tcp(client.port, 80, ACK, b"x"));
-            let v = nat.process(&mut a, Side::Container, t(4));
+            let v = nat.process(&mut a, NicId::Link, t(4));
             if backend.addr == b[1] {
                 assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
             } else {
@@ -2236,12 +2177,12 @@ mod tests {
         })
         .unwrap();
         let mut syn = frame(CLIENT, UPLINK, L4::Tcp(41000, 9000, SYN, b""));
-        assert_eq!(run(&mut nat, &mut syn, Side::Uplink, t(0)), TO_CONTAINER);
+        assert_eq!(run(&mut nat, &mut syn, NicId::Uplink, t(0)), TO_CONTAINER);
         let s = seen(&syn);
         assert_eq!(s.dst, ep(backend, 8000));
         assert_eq!(s.src.addr, NODE, "the backend answers to this node");
         let mut sa = frame(backend, NODE, L4::Tcp(8000, s.src.port, SYNACK, b""));
-        assert_eq!(run(&mut nat, &mut sa, Side::Container, t(0)), TO_UPLINK);
+        assert_eq!(run(&mut nat, &mut sa, NicId::Link, t(0)), TO_UPLINK);
         let r = seen(&sa);
         assert_eq!((r.src, r.dst), (ep(UPLINK, 9000), ep(CLIENT, 41000)));
     }
@@ -2276,36 +2217,36 @@ mod tests {
             )
             .unwrap();
         let quoted = ip_packet(UPLINK, SERVER, L4::Udp(40000, 53, b"q"));
-        let seeds: Vec<(Side, Vec<u8>)> = vec![
+        let seeds: Vec<(NicId, Vec<u8>)> = vec![
             (
-                Side::Uplink,
+                NicId::Uplink,
                 frame(CLIENT, UPLINK, L4::Tcp(40000, 8080, SYN, b"")),
             ),
             (
-                Side::Uplink,
+                NicId::Uplink,
                 frame(CLIENT, UPLINK, L4::Tcp(40000, 9000, SYN, b"x")),
             ),
             (
-                Side::Container,
+                NicId::Link,
                 frame(C1, CLIENT, L4::Tcp(80, 40000, SYNACK, b"")),
             ),
             (
-                Side::Container,
+                NicId::Link,
                 frame(C1, SERVER, L4::Udp(6000, 53, b"question")),
             ),
-            (Side::Container, frame(C2, VIP, L4::Tcp(3000, 80, SYN, b""))),
+            (NicId::Link, frame(C2, VIP, L4::Tcp(3000, 80, SYN, b""))),
             (
-                Side::Container,
+                NicId::Link,
                 frame(C2, UPLINK, L4::Tcp(3000, 8080, SYN, b"")),
             ),
-            (Side::Container, frame(C1, SERVER, L4::EchoRequest(9))),
-            (Side::Uplink, frame(SERVER, UPLINK, L4::EchoReply(40000))),
+            (NicId::Link, frame(C1, SERVER, L4::EchoRequest(9))),
+            (NicId::Uplink, frame(SERVER, UPLINK, L4::EchoReply(40000))),
             (
-                Side::Uplink,
+                NicId::Uplink,
                 frame(ROUTER, UPLINK, L4::Error(11, 0, &quoted)),
             ),
             (
-                Side::Uplink,
+                NicId::Uplink,
                 frame(SERVER, UPLINK, L4::Udp(53, 40000, b"answer")),
             ),
         ];
@@ -2324,8 +2265,8 @@ mod tests {
             }
             let side = if rng.next().is_multiple_of(5) {
                 match side {
-                    Side::Uplink => Side::Container,
-                    Side::Container => Side::Uplink,
+                    NicId::Uplink => NicId::Link,
+                    NicId::Link => NicId::Uplink,
                 }
             } else {
                 *side

@@ -26,13 +26,12 @@ use smoltcp::wire::{
     Ipv4Address, Ipv4Cidr,
 };
 
+use crate::base::{NicAddress, NicId, Transport, Vni, MAX_FRAME_LEN};
 use crate::checksum;
 use crate::icmp_error::{self, RateLimit};
-use crate::iface::{NicAddress, MAX_FRAME_LEN};
-use crate::nat::{Nat, Side, Transport, Verdict};
+use crate::nat::{Nat, Verdict};
 use crate::port::Port;
 use crate::probe;
-use crate::vxlan::Vni;
 
 const ETHERNET_HEADER_LEN: usize = 14;
 /// Frames waiting for ARP, over all next hops; more are dropped (`unresolved`).
@@ -86,25 +85,25 @@ pub struct Placement {
 }
 
 impl Interfaces {
-    fn mac(&self, side: Side) -> EthernetAddress {
+    fn mac(&self, side: NicId) -> EthernetAddress {
         match side {
-            Side::Uplink => self.uplink_mac,
-            Side::Container => self.link_mac,
+            NicId::Uplink => self.uplink_mac,
+            NicId::Link => self.link_mac,
         }
     }
 
-    fn address(&self, side: Side) -> Option<Ipv4Address> {
+    fn address(&self, side: NicId) -> Option<Ipv4Address> {
         match side {
-            Side::Uplink => self.uplink.map(|a| a.cidr.address()),
-            Side::Container => self.link.map(|a| a.cidr.address()),
+            NicId::Uplink => self.uplink.map(|a| a.cidr.address()),
+            NicId::Link => self.link.map(|a| a.cidr.address()),
         }
     }
 
     /// The sender address of the router's ARP requests out of `side`: on the overlay's
     /// networks the node address (every network has it), else the NIC's own.
-    fn arp_source(&self, side: Side) -> Option<Ipv4Address> {
+    fn arp_source(&self, side: NicId) -> Option<Ipv4Address> {
         match (side, self.link_extra) {
-            (Side::Container, Some(node)) if self.overlay => Some(node.address()),
+            (NicId::Link, Some(node)) if self.overlay => Some(node.address()),
             _ => self.address(side),
         }
     }
@@ -122,17 +121,10 @@ impl Interfaces {
     }
 
     /// The neighbour a frame for `dst` goes to when sent out of `side`.
-    fn next_hop(&self, side: Side, dst: Ipv4Address) -> Option<Ipv4Address> {
+    fn next_hop(&self, side: NicId, dst: Ipv4Address) -> Option<Ipv4Address> {
         match side {
-            Side::Uplink => {
-                let a = self.uplink?;
-                if a.cidr.contains_addr(&dst) {
-                    Some(dst)
-                } else {
-                    a.gateway
-                }
-            }
-            Side::Container => {
+            NicId::Uplink => self.uplink?.next_hop(dst),
+            NicId::Link => {
                 let on = |c: Ipv4Cidr| c.contains_addr(&dst);
                 (self.link.is_some_and(|a| on(a.cidr)) || self.link_extra.is_some_and(on))
                     .then_some(dst)
@@ -168,7 +160,7 @@ pub struct RouterCounters {
 }
 
 struct Pending {
-    side: Side,
+    side: NicId,
     hop: Ipv4Address,
     since: Instant,
     frame: Vec<u8>,
@@ -185,8 +177,8 @@ struct Held {
 /// The NAT plus what routing around it takes: neighbour tables and output queues.
 pub struct Router {
     nat: Nat,
-    neighbors: BTreeMap<(SideKey, Ipv4Address), EthernetAddress>,
-    asked: BTreeMap<(SideKey, Ipv4Address), Instant>,
+    neighbors: BTreeMap<(NicId, Ipv4Address), EthernetAddress>,
+    asked: BTreeMap<(NicId, Ipv4Address), Instant>,
     pending: VecDeque<Pending>,
     out_uplink: Vec<Vec<u8>>,
     out_link: Vec<Vec<u8>>,
@@ -200,22 +192,6 @@ pub struct Router {
     held: VecDeque<Held>,
     counters: RouterCounters,
     icmp_limit: RateLimit,
-}
-
-/// `Side` as a map key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum SideKey {
-    Uplink,
-    Container,
-}
-
-impl From<Side> for SideKey {
-    fn from(s: Side) -> SideKey {
-        match s {
-            Side::Uplink => SideKey::Uplink,
-            Side::Container => SideKey::Container,
-        }
-    }
 }
 
 impl Router {
@@ -248,8 +224,8 @@ impl Router {
     }
 
     /// A neighbour learned on `side`.
-    pub fn neighbor(&self, side: Side, ip: Ipv4Address) -> Option<EthernetAddress> {
-        self.neighbors.get(&(side.into(), ip)).copied()
+    pub fn neighbor(&self, side: NicId, ip: Ipv4Address) -> Option<EthernetAddress> {
+        self.neighbors.get(&(side, ip)).copied()
     }
 
     /// Where a container-side neighbour was last heard from (with an overlay).
@@ -259,7 +235,7 @@ impl Router {
 
     fn learn(
         &mut self,
-        side: Side,
+        side: NicId,
         ip: Ipv4Address,
         mac: EthernetAddress,
         at: Option<Placement>,
@@ -268,11 +244,11 @@ impl Router {
         if !mac.is_unicast() || ip.is_unspecified() {
             return;
         }
-        let key = (SideKey::from(side), ip);
+        let key = (side, ip);
         if self.neighbors.len() >= NEIGHBOR_CAPACITY && !self.neighbors.contains_key(&key) {
             return;
         }
-        if let Some(at) = at.filter(|_| side == Side::Container) {
+        if let Some(at) = at.filter(|_| side == NicId::Link) {
             self.placement.insert(ip, at);
             self.nat.set_remote(ip, at.origin == Origin::Remote);
         }
@@ -285,7 +261,7 @@ impl Router {
         let mut i = 0;
         while i < self.pending.len() {
             let p = &self.pending[i];
-            if SideKey::from(p.side) == key.0 && p.hop == ip {
+            if p.side == key.0 && p.hop == ip {
                 if let Some(p) = self.pending.remove(i) {
                     self.emit(p.side, p.hop, mac, p.frame, ifs);
                 }
@@ -297,7 +273,7 @@ impl Router {
 
     fn emit(
         &mut self,
-        side: Side,
+        side: NicId,
         hop: Ipv4Address,
         dst: EthernetAddress,
         mut frame: Vec<u8>,
@@ -306,15 +282,15 @@ impl Router {
         frame[..6].copy_from_slice(&dst.0);
         self.counters.forwarded += 1;
         match side {
-            Side::Uplink => self.out_uplink.push(frame),
-            Side::Container if ifs.overlay => {
+            NicId::Uplink => self.out_uplink.push(frame),
+            NicId::Link if ifs.overlay => {
                 let segment = self.placement.get(&hop).map(|p| p.segment);
                 if matches!(segment, Some(Segment::Network(_))) {
                     self.counters.routed_into_overlay += 1;
                 }
                 self.out_routed.push((segment, frame));
             }
-            Side::Container => self.out_link.push(frame),
+            NicId::Link => self.out_link.push(frame),
         }
     }
 
@@ -326,7 +302,7 @@ impl Router {
 
     /// Looks at a frame received on `side`; returns true when the router took it (the
     /// interface and overlay must not see it), false to hand it on unchanged.
-    pub fn receive(&mut self, side: Side, frame: &[u8], ifs: &Interfaces, now: Instant) -> bool {
+    pub fn receive(&mut self, side: NicId, frame: &[u8], ifs: &Interfaces, now: Instant) -> bool {
         self.receive_at(side, None, frame, ifs, now)
     }
 
@@ -343,7 +319,7 @@ impl Router {
         now: Instant,
     ) -> bool {
         let at = Placement { segment, origin };
-        let taken = self.receive_at(Side::Container, Some(at), frame, ifs, now);
+        let taken = self.receive_at(NicId::Link, Some(at), frame, ifs, now);
         if taken && origin == Origin::Remote {
             self.counters.from_remote += 1;
         }
@@ -352,7 +328,7 @@ impl Router {
 
     fn receive_at(
         &mut self,
-        side: Side,
+        side: NicId,
         at: Option<Placement>,
         frame: &[u8],
         ifs: &Interfaces,
@@ -381,7 +357,7 @@ impl Router {
                 self.release_held(ifs, now);
                 // Service VIPs sit in the container subnet with no host behind them:
                 // the appliance answers for them on the link (proxy ARP).
-                if side == Side::Container
+                if side == NicId::Link
                     && at.is_none_or(|a| a.origin == Origin::Local)
                     && operation == ArpOperation::Request
                     && self.nat.lb().is_vip(target_protocol_addr)
@@ -417,8 +393,8 @@ impl Router {
                 }
                 let src = Ipv4Address::new(payload[12], payload[13], payload[14], payload[15]);
                 let dst = Ipv4Address::new(payload[16], payload[17], payload[18], payload[19]);
-                if side == Side::Container {
-                    if ifs.next_hop(Side::Container, src) == Some(src) {
+                if side == NicId::Link {
+                    if ifs.next_hop(NicId::Link, src) == Some(src) {
                         self.learn(side, src, eth.src_addr(), at, ifs);
                         self.release_held(ifs, now);
                     }
@@ -433,7 +409,7 @@ impl Router {
                     self.time_exceeded(side, at, frame, ifs, now);
                     return true;
                 }
-                if side == Side::Uplink && ifs.overlay {
+                if side == NicId::Uplink && ifs.overlay {
                     if let Some(target) = self.unplaced_target(payload, ifs) {
                         self.hold(target, frame, ifs, now);
                         return true;
@@ -458,7 +434,7 @@ impl Router {
     /// NIC's address (the sender's gateway), within the rate limit.
     fn time_exceeded(
         &mut self,
-        side: Side,
+        side: NicId,
         at: Option<Placement>,
         frame: &[u8],
         ifs: &Interfaces,
@@ -476,9 +452,9 @@ impl Router {
         }
         self.counters.time_exceeded_sent += 1;
         match side {
-            Side::Uplink => self.out_uplink.push(error),
+            NicId::Uplink => self.out_uplink.push(error),
             // On an overlay segment, back into the segment it came from.
-            Side::Container => match at {
+            NicId::Link => match at {
                 Some(at) => self.out_routed.push((Some(at.segment), error)),
                 None => self.out_link.push(error),
             },
@@ -506,7 +482,7 @@ impl Router {
         let port = u16::from_be_bytes([*ip.get(ihl + 2)?, *ip.get(ihl + 3)?]);
         let target = self.nat.published(proto, port)?.addr;
         let unplaced = !self.nat.lb().is_vip(target)
-            && ifs.next_hop(Side::Container, target) == Some(target)
+            && ifs.next_hop(NicId::Link, target) == Some(target)
             && !self.placement.contains_key(&target);
         unplaced.then_some(target)
     }
@@ -521,8 +497,8 @@ impl Router {
             since: now,
             frame: frame.to_vec(),
         });
-        if let Some(own) = ifs.arp_source(Side::Container) {
-            self.solicit(Side::Container, target, own, ifs, now);
+        if let Some(own) = ifs.arp_source(NicId::Link) {
+            self.solicit(NicId::Link, target, own, ifs, now);
         }
     }
 
@@ -536,12 +512,12 @@ impl Router {
             .partition(|h| self.placement.contains_key(&h.target));
         self.held = waiting;
         for h in ready {
-            self.receive_at(Side::Uplink, None, &h.frame, ifs, now);
+            self.receive_at(NicId::Uplink, None, &h.frame, ifs, now);
         }
     }
 
     /// Sends a translated frame out of `to`: TTL, MACs, next hop.
-    fn route(&mut self, to: Side, mut frame: Vec<u8>, ifs: &Interfaces, now: Instant) {
+    fn route(&mut self, to: NicId, mut frame: Vec<u8>, ifs: &Interfaces, now: Instant) {
         let ip = &mut frame[ETHERNET_HEADER_LEN..];
         // The NAT may have rewritten the destination: route on what it is now.
         let dst = Ipv4Address::new(ip[16], ip[17], ip[18], ip[19]);
@@ -581,13 +557,13 @@ impl Router {
 
     fn solicit(
         &mut self,
-        side: Side,
+        side: NicId,
         hop: Ipv4Address,
         own: Ipv4Address,
         ifs: &Interfaces,
         now: Instant,
     ) {
-        let key = (SideKey::from(side), hop);
+        let key = (side, hop);
         if self.asked.get(&key).is_some_and(|t| now < *t + ARP_RETRY) {
             return;
         }
@@ -595,12 +571,12 @@ impl Router {
         self.counters.arp_requests += 1;
         let request = probe::arp_request(ifs.mac(side), own, hop);
         match side {
-            Side::Uplink => self.out_uplink.push(request),
-            Side::Container if ifs.overlay => {
+            NicId::Uplink => self.out_uplink.push(request),
+            NicId::Link if ifs.overlay => {
                 let segment = self.placement.get(&hop).map(|p| p.segment);
                 self.out_routed.push((segment, request));
             }
-            Side::Container => self.out_link.push(request),
+            NicId::Link => self.out_link.push(request),
         }
     }
 
@@ -624,11 +600,11 @@ impl Router {
             self.held.pop_front();
             self.counters.unresolved += 1;
         }
-        let waiting: Vec<(Side, Ipv4Address)> = self
+        let waiting: Vec<(NicId, Ipv4Address)> = self
             .pending
             .iter()
             .map(|p| (p.side, p.hop))
-            .chain(self.held.iter().map(|h| (Side::Container, h.target)))
+            .chain(self.held.iter().map(|h| (NicId::Link, h.target)))
             .collect();
         for (side, hop) in waiting {
             if let Some(own) = ifs.arp_source(side) {
@@ -662,10 +638,10 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nat::{NatConfig, PublishRule, Transport};
+    use crate::nat::{NatConfig, PublishRule};
     use crate::port::MemPort;
     use crate::probe::Echo;
-    use crate::stack::{Netstack, NicId};
+    use crate::stack::Netstack;
     use crate::testing::Seen;
     use alloc::vec;
     use smoltcp::wire::{ArpOperation, Ipv4Packet};

@@ -8,40 +8,18 @@
 use core::cell::RefCell;
 
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::EthernetAddress;
+use smoltcp::wire::{EthernetAddress, EthernetFrame, ETHERNET_HEADER_LEN};
 
+use crate::base::{NicAddress, NicId, MAX_FRAME_LEN};
 use crate::counters::{DropReason, NicCounters};
 use crate::datapath::{OverlayPath, RouterHook};
 use crate::health_runner::HealthRunner;
-use crate::iface::{NicAddress, NicIface, MAX_FRAME_LEN};
-use crate::nat::Side;
+use crate::iface::NicIface;
 use crate::port::{Port, TxError};
 use crate::router::{Interfaces, Router};
 
 /// Frames taken from one port per `poll`, so one busy NIC cannot starve the other.
 pub const RX_BATCH: usize = 64;
-
-const ETHERNET_HEADER_LEN: usize = 14;
-
-/// Which NIC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum NicId {
-    /// virtio-net #0: towards the host's network.
-    Uplink,
-    /// virtio-net #1: towards the containers.
-    Link,
-}
-
-impl NicId {
-    pub const ALL: [NicId; 2] = [NicId::Uplink, NicId::Link];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            NicId::Uplink => "uplink",
-            NicId::Link => "link",
-        }
-    }
-}
 
 /// One NIC: its interface and its counters.
 pub struct Nic {
@@ -111,10 +89,10 @@ impl Nic {
     /// Unicast to another MAC is not the interface's business (the overlay bridge may
     /// still want it: it asks first).
     pub(crate) fn check_destination(iface: &NicIface, frame: &[u8]) -> Result<(), DropReason> {
-        let Some(dst) = frame.get(..6) else {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
             return Err(DropReason::Runt);
         };
-        let dst = EthernetAddress::from_bytes(dst);
+        let dst = eth.dst_addr();
         if dst.is_unicast() && dst != iface.mac() {
             return Err(DropReason::OtherHost);
         }
@@ -251,7 +229,7 @@ impl Netstack {
                 let (work, more) = {
                     let mut up = Tap {
                         inner: &mut *uplink,
-                        side: Side::Uplink,
+                        side: NicId::Uplink,
                         router: &cell,
                         ifs: &ifs,
                         now,
@@ -262,7 +240,7 @@ impl Netstack {
                     // appliance on each segment of the link instead (`routed`).
                     let mut lk = Tap {
                         inner: &mut *link,
-                        side: Side::Container,
+                        side: NicId::Link,
                         router: &cell,
                         ifs: &ifs,
                         now,
@@ -376,7 +354,7 @@ impl Netstack {
 /// router first.
 struct Tap<'a, 'r> {
     inner: &'a mut dyn Port,
-    side: Side,
+    side: NicId,
     router: &'a RefCell<&'r mut Router>,
     ifs: &'a Interfaces,
     now: Instant,

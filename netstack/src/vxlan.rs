@@ -17,8 +17,7 @@ use smoltcp::wire::{
     UDP_HEADER_LEN,
 };
 
-/// The IANA-assigned VXLAN UDP port (RFC 7348 section 5); Linux's default too.
-pub const VXLAN_PORT: u16 = 4789;
+use crate::base::Vni;
 
 /// Length of the VXLAN header.
 pub const HEADER_LEN: usize = field::RESERVED2 + 1;
@@ -46,75 +45,6 @@ mod field {
     pub const RESERVED1: Field = 1..4;
     pub const VNI: Field = 4..7;
     pub const RESERVED2: usize = 7;
-}
-
-/// A VXLAN Network Identifier: 24 bits, so at most 16 777 215.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Vni(u32);
-
-impl Vni {
-    /// The largest VNI (2^24 - 1).
-    pub const MAX: u32 = 0x00ff_ffff;
-
-    /// A VNI, or `None` when `value` does not fit in 24 bits.
-    pub const fn new(value: u32) -> Option<Vni> {
-        if value <= Self::MAX {
-            Some(Vni(value))
-        } else {
-            None
-        }
-    }
-
-    pub const fn get(self) -> u32 {
-        self.0
-    }
-}
-
-impl fmt::Display for Vni {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl TryFrom<u32> for Vni {
-    type Error = VniOutOfRange;
-    fn try_from(value: u32) -> Result<Vni, VniOutOfRange> {
-        Vni::new(value).ok_or(VniOutOfRange(value))
-    }
-}
-
-impl From<Vni> for u32 {
-    fn from(vni: Vni) -> u32 {
-        vni.0
-    }
-}
-
-/// A number that was offered as a VNI but does not fit in 24 bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VniOutOfRange(pub u32);
-
-impl fmt::Display for VniOutOfRange {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "VNI {} does not fit in 24 bits (max {})",
-            self.0,
-            Vni::MAX
-        )
-    }
-}
-
-impl serde::Serialize for Vni {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u32(self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Vni {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Vni, D::Error> {
-        let value = u32::deserialize(d)?;
-        Vni::try_from(value).map_err(serde::de::Error::custom)
-    }
 }
 
 /// Why a VXLAN header was refused.
@@ -182,7 +112,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The 24-bit VNI field.
     #[inline]
     pub fn vni(&self) -> Vni {
-        Vni(NetworkEndian::read_u24(&self.buffer.as_ref()[field::VNI]))
+        let b = &self.buffer.as_ref()[field::VNI];
+        Vni::from_be_bytes([b[0], b[1], b[2]])
     }
 }
 
@@ -202,7 +133,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     #[inline]
     pub fn set_vni(&mut self, value: Vni) {
-        NetworkEndian::write_u24(&mut self.buffer.as_mut()[field::VNI], value.0);
+        self.buffer.as_mut()[field::VNI].copy_from_slice(&value.to_be_bytes());
     }
 
     /// Zero both reserved fields (RFC 7348: "MUST be set to zero on transmission").
@@ -547,6 +478,7 @@ fn ipv4_flow(ip: &[u8], is_ipv4: bool) -> Option<([u8; 6], [u8; 6], u8)> {
 #[cfg(test)]
 mod test {
     use super::*;
+    use crate::base::ports::VXLAN_PORT;
     use alloc::vec;
 
     /// An ARP request for 10.81.1.2 sent by Linux 6.18's `vxlan` device (VNI 42, dstport
@@ -585,7 +517,7 @@ mod test {
             dst_ip: Ipv4Address::new(192, 0, 2, 2),
             src_port,
             dst_port: VXLAN_PORT,
-            vni: Vni(42),
+            vni: Vni::new(42).unwrap(),
             ident,
             ttl: 64,
             df: DfPolicy::Unset,
@@ -594,33 +526,36 @@ mod test {
     }
 
     #[test]
-    fn vni_is_24_bits() {
-        assert_eq!(Vni::new(0).map(Vni::get), Some(0));
-        assert_eq!(Vni::new(0xff_ffff).map(Vni::get), Some(0xff_ffff));
-        assert_eq!(Vni::new(0x100_0000), None);
-        assert_eq!(Vni::try_from(u32::MAX), Err(VniOutOfRange(u32::MAX)));
-        assert!(serde_json::from_str::<Vni>("16777216").is_err());
-        assert_eq!(serde_json::from_str::<Vni>("42").ok(), Vni::new(42));
-    }
-
-    #[test]
     fn header_deconstruct() {
         let bytes = [0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0, 0xaa];
         let packet = Packet::new_checked(&bytes[..]).unwrap();
         assert!(packet.vni_flag());
-        assert_eq!(packet.vni(), Vni(0x123456));
+        assert_eq!(packet.vni(), Vni::new(0x123456).unwrap());
         assert_eq!(packet.payload(), &[0xaa]);
-        assert_eq!(Repr::parse(&packet), Ok(Repr { vni: Vni(0x123456) }));
+        assert_eq!(
+            Repr::parse(&packet),
+            Ok(Repr {
+                vni: Vni::new(0x123456).unwrap()
+            })
+        );
     }
 
     #[test]
     fn reserved_bits_ignored_on_receive_zero_on_send() {
         let bytes = [0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x07, 0xff];
         let packet = Packet::new_checked(&bytes[..]).unwrap();
-        assert_eq!(Repr::parse(&packet), Ok(Repr { vni: Vni(7) }));
+        assert_eq!(
+            Repr::parse(&packet),
+            Ok(Repr {
+                vni: Vni::new(7).unwrap()
+            })
+        );
 
         let mut out = [0xffu8; 8];
-        Repr { vni: Vni(7) }.emit(&mut Packet::new_unchecked(&mut out[..]));
+        Repr {
+            vni: Vni::new(7).unwrap(),
+        }
+        .emit(&mut Packet::new_unchecked(&mut out[..]));
         assert_eq!(out, [0x08, 0, 0, 0, 0, 0, 7, 0]);
     }
 
@@ -643,7 +578,7 @@ mod test {
     #[test]
     fn decap_linux_frames() {
         let d = decapsulate(&LINUX_ARP, VXLAN_PORT).unwrap();
-        assert_eq!(d.vni, Vni(42));
+        assert_eq!(d.vni, Vni::new(42).unwrap());
         assert_eq!(d.src_ip, Ipv4Address::new(192, 0, 2, 1));
         assert_eq!(d.dst_ip, Ipv4Address::new(192, 0, 2, 2));
         assert_eq!(d.src_port, 34655);
@@ -654,7 +589,7 @@ mod test {
         assert!(inner.dst_addr().is_broadcast());
 
         let d = decapsulate(&LINUX_PING, VXLAN_PORT).unwrap();
-        assert_eq!(d.vni, Vni(42));
+        assert_eq!(d.vni, Vni::new(42).unwrap());
         assert_eq!(d.inner.len(), 58);
         assert_eq!(d.inner, &LINUX_PING[50..]);
     }
@@ -729,7 +664,7 @@ mod test {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let inner: Vec<u8> = (0..len).map(|i| (i as u32 ^ seed) as u8).collect();
             let mut outer = linux_outer(len as u16, 50000);
-            outer.vni = Vni(seed & Vni::MAX);
+            outer.vni = Vni::new(seed & Vni::MAX).unwrap();
             outer.udp_checksum = len % 2 == 0;
             let mut out = vec![0xee; 3]; // appends after what is there
             encapsulate(&outer, &inner, &mut out).unwrap();

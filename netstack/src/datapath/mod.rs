@@ -19,19 +19,17 @@ use smoltcp::wire::{
     Ipv4Packet,
 };
 
+use crate::base::{Mac, VlanId, Vni, MAX_FRAME_LEN};
 use crate::counters::{DropReason as NicDrop, NicCounters};
 use crate::fdb::Location;
-use crate::iface::{NicIface, MAX_FRAME_LEN};
+use crate::iface::NicIface;
 use crate::neighbor::{NeighborCounters, Neighbors, UplinkAddress};
 use crate::overlay::config::{NetworkConfig, PeerConfig};
-use crate::overlay::{
-    DropReason, Egress, Mac, Output, Overlay, OverlayError, OverlayStatus, Verdict,
-};
+use crate::overlay::{DropReason, Egress, Output, Overlay, OverlayError, OverlayStatus, Verdict};
 use crate::port::Port;
 use crate::router::{Origin, Segment};
 use crate::stack::{Nic, RX_BATCH};
-use crate::vlan::{self, Tag, VlanId};
-use crate::vxlan::Vni;
+use crate::vlan::{self, Tag};
 
 /// Learned FDB entries are swept this often.
 pub const AGE_INTERVAL: Duration = Duration::from_secs(1);

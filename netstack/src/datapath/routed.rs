@@ -16,12 +16,12 @@ use smoltcp::time::Instant;
 use smoltcp::wire::EthernetAddress;
 
 use super::{flush, Outbox, OverlayPath};
+use crate::base::Vni;
 use crate::fdb::Location;
 use crate::overlay::Overlay;
 use crate::port::Port;
 use crate::router::{Interfaces, Origin, Router, Segment};
 use crate::stack::Nic;
-use crate::vxlan::Vni;
 
 /// Rounds of routed output per poll: an ARP answer the overlay gives at once (ARP
 /// suppression) releases frames that waited for it, which go in the next round.

@@ -4,14 +4,15 @@
 //! frames never crossing networks.
 
 use super::*;
+use crate::base::ports::VXLAN_PORT;
+use crate::base::{NicAddress, NicId};
 use crate::fdb::Location;
-use crate::iface::NicAddress;
 use crate::overlay::config::OverlayConfig;
 use crate::overlay::{Limits, Underlay};
 use crate::port::MemPort;
 use crate::probe::{self, Echo};
-use crate::stack::{Netstack, NicId};
-use crate::vxlan::{self, DfPolicy, Outer, VXLAN_PORT};
+use crate::stack::Netstack;
+use crate::vxlan::{self, DfPolicy, Outer};
 use alloc::vec;
 use smoltcp::wire::{ArpOperation, Icmpv4Packet, IpProtocol};
 
@@ -612,7 +613,7 @@ fn runtime_changes_take_effect_without_touching_other_traffic() {
     assert_eq!(dest(&mut rig, &to_p3), vec![P3]);
     rig.path_mut()
         .add_peer(&PeerConfig {
-            node: crate::overlay::config::NodeId::new(2).unwrap(),
+            node: crate::base::NodeId::new(2).unwrap(),
             name: None,
             address: Some(P2),
             region: None,

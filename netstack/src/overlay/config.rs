@@ -15,8 +15,9 @@ use core::str::FromStr;
 use serde::{Deserialize, Serialize};
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 
-use crate::vlan::VlanId;
-use crate::vxlan::{DfPolicy, Vni, VXLAN_PORT};
+use crate::base::ports::VXLAN_PORT;
+use crate::base::{NodeId, VlanId, Vni};
+use crate::vxlan::DfPolicy;
 
 /// The grid subnet when none is configured (Kontena's `10.81.0.0/16`).
 pub const DEFAULT_SUBNET: Ipv4Cidr = Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 16);
@@ -31,47 +32,6 @@ pub const MAX_NETWORKS: usize = 1024;
 pub const MAX_PEERS: usize = 1024;
 /// Names of networks and peers: 1 to 64 characters of `[A-Za-z0-9_.-]`.
 pub const MAX_NAME_LEN: usize = 64;
-
-/// A node's number in the grid: 1..=254, so that its overlay address is
-/// `<subnet>.0.<n>` (`10.81.0.<n>` in the default subnet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(u8);
-
-impl NodeId {
-    pub const fn new(n: u8) -> Option<NodeId> {
-        if n >= 1 && n <= 254 {
-            Some(NodeId(n))
-        } else {
-            None
-        }
-    }
-
-    pub const fn get(self) -> u8 {
-        self.0
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl Serialize for NodeId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u8(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for NodeId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NodeId, D::Error> {
-        let n = u32::deserialize(d)?;
-        u8::try_from(n)
-            .ok()
-            .and_then(NodeId::new)
-            .ok_or_else(|| serde::de::Error::custom("node number must be 1..=254"))
-    }
-}
 
 /// An IPv4 subnet written `a.b.c.d/len`, with no host bits set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -682,11 +642,11 @@ mod test {
             ),
             (
                 |c| c.peers[0].node = c.grid.node,
-                ConfigError::PeerIsSelf(NodeId(1)),
+                ConfigError::PeerIsSelf(NodeId::new(1).unwrap()),
             ),
             (
                 |c| c.peers[1].node = c.peers[0].node,
-                ConfigError::DuplicatePeerNode(NodeId(2)),
+                ConfigError::DuplicatePeerNode(NodeId::new(2).unwrap()),
             ),
             (
                 |c| c.peers[1].name = Some("node-2".to_string()),
@@ -707,14 +667,14 @@ mod test {
             (
                 |c| c.peers[1].networks.push("web".to_string()),
                 ConfigError::UnknownNetwork {
-                    peer: NodeId(3),
+                    peer: NodeId::new(3).unwrap(),
                     network: "web".to_string(),
                 },
             ),
             (
                 |c| c.peers[1].networks.push("default".to_string()),
                 ConfigError::DuplicatePeerNetwork {
-                    peer: NodeId(3),
+                    peer: NodeId::new(3).unwrap(),
                     network: "default".to_string(),
                 },
             ),
@@ -731,7 +691,7 @@ mod test {
         use crate::overlay::transport::{route, AddressKind, Route};
         let a = |n: u8| Ipv4Address::new(10, 0, 0, n);
         let public = |n: u8| Ipv4Address::new(203, 0, 113, n);
-        let mut grid = GridConfig::new(NodeId(1));
+        let mut grid = GridConfig::new(NodeId::new(1).unwrap());
         grid.region = Some("eu".to_string());
         let peer = |region: Option<&str>,
                     address: Option<Ipv4Address>,
@@ -741,7 +701,7 @@ mod test {
             address,
             private_address: private,
             public_address: public,
-            ..PeerConfig::new(NodeId(2), a(2))
+            ..PeerConfig::new(NodeId::new(2).unwrap(), a(2))
         };
         let private_route = |address| {
             Ok(Route {
@@ -761,7 +721,7 @@ mod test {
         assert_eq!(route(&grid, &both(Some("us"))), public_route(public(2)));
         // No region is the region "default", on either side.
         assert_eq!(route(&grid, &both(None)), public_route(public(2)));
-        let no_region = GridConfig::new(NodeId(1));
+        let no_region = GridConfig::new(NodeId::new(1).unwrap());
         assert_eq!(route(&no_region, &both(None)), private_route(a(2)));
         assert_eq!(
             route(&no_region, &both(Some("default"))),
@@ -783,15 +743,15 @@ mod test {
         // Refusals.
         assert_eq!(
             route(&grid, &peer(Some("us"), None, Some(a(5)), None)),
-            Err(ConfigError::NoPublicAddress(NodeId(2)))
+            Err(ConfigError::NoPublicAddress(NodeId::new(2).unwrap()))
         );
         assert_eq!(
             route(&grid, &peer(Some("eu"), None, None, None)),
-            Err(ConfigError::NoPeerAddress(NodeId(2)))
+            Err(ConfigError::NoPeerAddress(NodeId::new(2).unwrap()))
         );
         assert_eq!(
             route(&grid, &peer(None, Some(a(6)), Some(a(7)), Some(public(6)))),
-            Err(ConfigError::AmbiguousPeerAddress(NodeId(2)))
+            Err(ConfigError::AmbiguousPeerAddress(NodeId::new(2).unwrap()))
         );
     }
 
@@ -825,11 +785,11 @@ mod test {
             ),
             (
                 |c| c.peers[1].public_address = None,
-                ConfigError::NoPublicAddress(NodeId(3)),
+                ConfigError::NoPublicAddress(NodeId::new(3).unwrap()),
             ),
             (
                 |c| c.peers[0].address = Some(Ipv4Address::new(10, 0, 0, 9)),
-                ConfigError::AmbiguousPeerAddress(NodeId(2)),
+                ConfigError::AmbiguousPeerAddress(NodeId::new(2).unwrap()),
             ),
             (
                 |c| c.peers[0].private_address = Some(Ipv4Address::new(203, 0, 113, 3)),

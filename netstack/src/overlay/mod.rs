@@ -27,12 +27,12 @@ use smoltcp::wire::{
     Ipv4Packet, Ipv4Repr, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
 };
 
+use crate::base::{Mac, NodeId, VlanId, Vni};
 use crate::fdb::{self, ArpTable, Fdb, Learn, Location, Origin, TableError};
 use crate::sleeve;
-use crate::vlan::VlanId;
-use crate::vxlan::{self, DecapError, Outer, SrcPortRange, Vni};
-use config::{ConfigError, GridConfig, Mode, NetworkConfig, NodeId, OverlayConfig, PeerConfig};
-use transport::{SleeveLink, SleeveStatus, Transport};
+use crate::vxlan::{self, DecapError, Outer, SrcPortRange};
+use config::{ConfigError, GridConfig, Mode, NetworkConfig, OverlayConfig, PeerConfig};
+use transport::{Encap, SleeveLink, SleeveStatus};
 
 /// Where a frame leaves the appliance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -932,7 +932,7 @@ impl Overlay {
                 missing_neighbor += 1;
                 continue;
             };
-            if transport::transport(mode, &self.grid.trusted_subnets, addr) == Transport::Sleeve {
+            if transport::encap(mode, &self.grid.trusted_subnets, addr) == Encap::Sleeve {
                 // Sealed with the other frames for this peer and network (at once
                 // unless batching, see `flush_sleeve`).
                 match self
@@ -1131,9 +1131,7 @@ impl Overlay {
         // A network that seals for this peer takes nothing from it in plaintext: VXLAN
         // carries no authentication, anyone on the path could inject it.
         if let Some(net) = self.networks.get(&vni) {
-            if transport::transport(net.mode, &self.grid.trusted_subnets, d.src_ip)
-                == Transport::Sleeve
-            {
+            if transport::encap(net.mode, &self.grid.trusted_subnets, d.src_ip) == Encap::Sleeve {
                 return self.drop(Some(vni), DropReason::Unsealed);
             }
         }
@@ -1161,7 +1159,7 @@ impl Overlay {
         let Some(src_ip) = self
             .peers
             .iter()
-            .find(|(_, p)| transport::sleeve_node(p.node) == sender)
+            .find(|(_, p)| p.node == sender)
             .map(|(a, _)| *a)
         else {
             return self.drop(None, DropReason::UnknownPeer);
@@ -1169,11 +1167,7 @@ impl Overlay {
         let share = rx.payload.len() / frames.len().max(1);
         let mut out = Vec::new();
         let mut last = Verdict::Forward(Vec::new());
-        for (raw, inner) in frames {
-            let Some(vni) = Vni::new(raw) else {
-                last = self.drop(None, DropReason::UnknownVni);
-                continue;
-            };
+        for (vni, inner) in frames {
             // One verdict carries one network (the datapath tags the link by it).
             if vni_out.is_some_and(|v| v != vni) {
                 last = self.drop(Some(vni), DropReason::MixedVni);
@@ -1521,53 +1515,6 @@ fn frag_needed(frame: &[u8], mtu: u16) -> Option<Vec<u8>> {
     icmp.data_mut()[..quote_len].copy_from_slice(&original[..quote_len]);
     icmp.fill_checksum();
     Some(buf)
-}
-
-/// A MAC address shown as `02:42:0a:51:00:02`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mac(pub EthernetAddress);
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        let b = self.0 .0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl Serialize for Mac {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Mac {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Mac, D::Error> {
-        let text = String::deserialize(d)?;
-        parse_mac(&text)
-            .map(Mac)
-            .ok_or_else(|| serde::de::Error::custom("expected a MAC address 02:42:0a:51:00:02"))
-    }
-}
-
-/// `02:42:0a:51:00:02` (two hex digits per octet, colons) as a MAC address.
-pub fn parse_mac(text: &str) -> Option<EthernetAddress> {
-    let mut out = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in out.iter_mut() {
-        let p = parts.next()?;
-        if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(p, 16).ok()?;
-    }
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(EthernetAddress(out))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -111,7 +111,7 @@ fn sleeve_round_trip_hides_the_inner_frame() {
     let mut b = node(2, "sleeve", SECRET, "");
     let now = t(1000);
     let frame = sealed_1_to_2(&mut a, now);
-    assert_eq!(udp_dst_port(&frame), transport::SLEEVE_PORT);
+    assert_eq!(udp_dst_port(&frame), crate::base::ports::SLEEVE_PORT);
     assert_eq!(&frame[30..34], &N2.octets());
     assert!(!contains(&frame, &PATTERN), "inner payload in the clear");
     assert!(!contains(&frame, &C1.0), "inner MAC in the clear");
@@ -214,7 +214,7 @@ fn plaintext_vxlan_is_refused_by_a_sleeve_network() {
     let mut a = node(1, "vxlan", SECRET, "");
     let mut b = node(2, "sleeve", SECRET, "");
     let frame = sealed_1_to_2(&mut a, t(0));
-    assert_eq!(udp_dst_port(&frame), vxlan::VXLAN_PORT);
+    assert_eq!(udp_dst_port(&frame), crate::base::ports::VXLAN_PORT);
     assert_eq!(
         b.rx_uplink(t(0), &frame),
         Verdict::Drop(DropReason::Unsealed)
@@ -232,8 +232,8 @@ fn auto_uses_vxlan_inside_trusted_subnets_and_sleeve_outside() {
     let out = uplink(a.rx_link(t(0), vni(), &inner(C2, 64)));
     assert_eq!(out.len(), 2);
     let to = |ip: Ipv4Address| out.iter().find(|f| f[30..34] == ip.octets()).unwrap();
-    assert_eq!(udp_dst_port(to(N2)), vxlan::VXLAN_PORT);
-    assert_eq!(udp_dst_port(to(N3)), transport::SLEEVE_PORT);
+    assert_eq!(udp_dst_port(to(N2)), crate::base::ports::VXLAN_PORT);
+    assert_eq!(udp_dst_port(to(N3)), crate::base::ports::SLEEVE_PORT);
     assert!(contains(to(N2), &PATTERN));
     assert!(!contains(to(N3), &PATTERN));
     assert!(matches!(b.rx_uplink(t(0), to(N2)), Verdict::Forward(_)));
@@ -242,7 +242,7 @@ fn auto_uses_vxlan_inside_trusted_subnets_and_sleeve_outside() {
     let mut plain = node(1, "vxlan", SECRET, "");
     let out = uplink(plain.rx_link(t(0), vni(), &inner(C2, 64)));
     let to_3 = out.iter().find(|f| f[30..34] == N3.octets()).unwrap();
-    assert_eq!(udp_dst_port(to_3), vxlan::VXLAN_PORT);
+    assert_eq!(udp_dst_port(to_3), crate::base::ports::VXLAN_PORT);
     assert_eq!(c.rx_uplink(t(0), to_3), Verdict::Drop(DropReason::Unsealed));
 }
 
@@ -323,7 +323,7 @@ fn status_shows_the_address_in_use_per_peer() {
         1,
     )
     .unwrap();
-    let shown: Vec<(u8, Ipv4Address, transport::AddressKind)> = o
+    let shown: Vec<(u16, Ipv4Address, transport::AddressKind)> = o
         .status(t(0))
         .peers
         .iter()

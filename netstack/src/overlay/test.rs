@@ -1,7 +1,8 @@
 //! Tests of the VTEP decision with real frames built by smoltcp's wire types.
 
 use super::*;
-use crate::vxlan::{DfPolicy, VXLAN_PORT};
+use crate::base::ports::VXLAN_PORT;
+use crate::vxlan::DfPolicy;
 use alloc::string::ToString;
 use smoltcp::wire::{IpAddress, UdpPacket, UdpRepr};
 

@@ -17,35 +17,35 @@ use smoltcp::wire::{
     Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
 
-use super::config::{ConfigError, GridConfig, Mode, NodeId, PeerConfig, SecretText, Subnet};
+use super::config::{ConfigError, GridConfig, Mode, PeerConfig, SecretText, Subnet};
+use crate::base::ports::SLEEVE_PORT;
+use crate::base::{NodeId, Vni};
 use crate::sleeve::{
     self, Config, Frame, OpenError, PskKeySource, SealError, SessionId, Sleeve, SleeveMetrics,
 };
-use crate::vxlan::{self, Vni};
+use crate::vxlan;
 
-/// Sleeve's UDP port (docs/sleeve.md).
-pub const SLEEVE_PORT: u16 = sleeve::DEFAULT_PORT;
 /// Ethernet + IPv4 + UDP in front of every sleeve message.
 pub const OUTER_LEN: usize = 14 + 20 + 8;
 /// What sleeve costs beyond what VXLAN costs, in overlay MTU.
 pub const EXTRA_OVERHEAD: u16 =
     sleeve::session::OVERLAY_MTU_OVERHEAD - vxlan::ENCAP_OVERHEAD as u16;
 
-/// How frames of one network reach one peer.
+/// How frames of one network are encapsulated for one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub enum Encap {
     Vxlan,
     Sleeve,
 }
 
-/// The transport of a network in `mode` towards a peer at underlay address `peer`:
+/// The encapsulation of a network in `mode` towards a peer at underlay address `peer`:
 /// `auto` trusts the peers inside `trusted` with VXLAN, as Kontena's trusted subnets.
-pub fn transport(mode: Mode, trusted: &[Subnet], peer: Ipv4Address) -> Transport {
+pub fn encap(mode: Mode, trusted: &[Subnet], peer: Ipv4Address) -> Encap {
     match mode {
-        Mode::Vxlan => Transport::Vxlan,
-        Mode::Sleeve => Transport::Sleeve,
-        Mode::Auto if trusted.iter().any(|s| s.0.contains_addr(&peer)) => Transport::Vxlan,
-        Mode::Auto => Transport::Sleeve,
+        Mode::Vxlan => Encap::Vxlan,
+        Mode::Sleeve => Encap::Sleeve,
+        Mode::Auto if trusted.iter().any(|s| s.0.contains_addr(&peer)) => Encap::Vxlan,
+        Mode::Auto => Encap::Sleeve,
     }
 }
 
@@ -65,9 +65,9 @@ pub struct Route {
 }
 
 impl Route {
-    /// The transport of a network in `mode` to this peer (by the address in use).
-    pub fn transport(&self, mode: Mode, trusted: &[Subnet]) -> Transport {
-        transport(mode, trusted, self.address)
+    /// The encapsulation of a network in `mode` to this peer (by the address in use).
+    pub fn encap(&self, mode: Mode, trusted: &[Subnet]) -> Encap {
+        encap(mode, trusted, self.address)
     }
 }
 
@@ -94,16 +94,6 @@ pub fn route(grid: &GridConfig, peer: &PeerConfig) -> Result<Route, ConfigError>
         (_, None, None) => return Err(ConfigError::NoPeerAddress(peer.node)),
     };
     Ok(Route { address, kind })
-}
-
-/// The sleeve node id of an overlay node (the same number).
-pub fn sleeve_node(node: NodeId) -> sleeve::NodeId {
-    sleeve::NodeId(u32::from(node.get()))
-}
-
-/// The sleeve VNI of an overlay VNI (both are 24-bit).
-pub fn sleeve_vni(vni: Vni) -> Option<sleeve::Vni> {
-    sleeve::Vni::new(vni.get())
 }
 
 /// The outer addresses of a sleeve frame.
@@ -232,7 +222,7 @@ pub fn parse_outer(frame: &[u8]) -> Result<Received<'_>, OuterError> {
 }
 
 /// The frames of one opened message: each network's number and the frame.
-pub type OpenedFrames = Vec<(u32, Vec<u8>)>;
+pub type OpenedFrames = Vec<(Vni, Vec<u8>)>;
 
 /// This appliance's sleeve endpoint, keyed by the grid secret.
 #[derive(Debug, Clone)]
@@ -250,11 +240,11 @@ impl SleeveLink {
         underlay_mtu: u16,
         first: SessionId,
     ) -> Option<SleeveLink> {
-        let keys = PskKeySource::new(sleeve_node(local), secret.grid_secret()?);
+        let keys = PskKeySource::new(local, secret.grid_secret()?);
         let mut config = Config::for_underlay_mtu(underlay_mtu);
         config.headroom = OUTER_LEN;
         Some(SleeveLink {
-            sleeve: Sleeve::new(sleeve_node(local), keys, config, first),
+            sleeve: Sleeve::new(local, keys, config, first),
             next_ident: (first.0 >> 7) as u16,
         })
     }
@@ -262,11 +252,11 @@ impl SleeveLink {
     pub fn add_peer(&mut self, node: NodeId) {
         // `AlreadyPeer` keeps the running session; `SessionsExhausted` leaves the peer
         // without one and its frames are refused (`seal_refused`), never sent in clear.
-        let _ = self.sleeve.add_peer(sleeve_node(node));
+        let _ = self.sleeve.add_peer(node);
     }
 
     pub fn remove_peer(&mut self, node: NodeId) {
-        self.sleeve.remove_peer(sleeve_node(node));
+        self.sleeve.remove_peer(node);
     }
 
     pub fn metrics(&self) -> &SleeveMetrics {
@@ -286,14 +276,8 @@ impl SleeveLink {
         frames: &[&[u8]],
         now: Instant,
     ) -> Result<Vec<Vec<u8>>, SealError> {
-        let Some(svni) = sleeve_vni(vni) else {
-            return Err(SealError::FrameTooBig);
-        };
-        let records: Vec<Frame<'_>> = frames
-            .iter()
-            .map(|bytes| Frame { vni: svni, bytes })
-            .collect();
-        let mut messages = self.sleeve.seal(sleeve_node(peer), &records, now)?;
+        let records: Vec<Frame<'_>> = frames.iter().map(|bytes| Frame { vni, bytes }).collect();
+        let mut messages = self.sleeve.seal(peer, &records, now)?;
         for m in &mut messages {
             self.write_outer(outer, m);
         }
@@ -341,13 +325,13 @@ impl SleeveLink {
         &mut self,
         payload: &[u8],
         now: Instant,
-    ) -> Result<(sleeve::NodeId, OpenedFrames), OpenError> {
+    ) -> Result<(NodeId, OpenedFrames), OpenError> {
         let mut buf = payload.to_vec();
         let opened = self.sleeve.open(&mut buf, now)?;
         let frames = opened
             .frames
             .iter()
-            .map(|f| (f.vni.get(), f.bytes.to_vec()))
+            .map(|f| (f.vni, f.bytes.to_vec()))
             .collect();
         Ok((opened.peer, frames))
     }

@@ -10,7 +10,8 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroize;
 
-use super::wire::{Epoch, NodeId, SessionId};
+use super::wire::{Epoch, SessionId};
+use crate::base::NodeId;
 
 /// HKDF info prefix; the version is part of every key.
 pub const KDF_LABEL: &[u8] = b"weft sleeve v1";
@@ -119,8 +120,8 @@ pub fn derive_key(
     let mut okm = [0u8; 32];
     let info: [&[u8]; 4] = [
         KDF_LABEL,
-        &sender.0.to_be_bytes(),
-        &receiver.0.to_be_bytes(),
+        &u32::from(sender).to_be_bytes(),
+        &u32::from(receiver).to_be_bytes(),
         &epoch.0.to_be_bytes(),
     ];
     // 32 bytes is far below HKDF-SHA256's 255 * 32 limit: expand does not fail.
@@ -179,12 +180,12 @@ mod tests {
     /// docs/sleeve.md "Test vectors": both directions of the pair 1 <-> 2.
     #[test]
     fn spec_vector_key_derivation() {
-        let one = PskKeySource::new(NodeId(1), spec_secret());
-        let two = PskKeySource::new(NodeId(2), spec_secret());
+        let one = PskKeySource::new(NodeId::new(1).unwrap(), spec_secret());
+        let two = PskKeySource::new(NodeId::new(2).unwrap(), spec_secret());
         let k12 = hex32("e7eac567189a1bd25b0ea51fbafc2ea9982dd4166ddd2fe1d087f88546113a82");
         let k21 = hex32("3470ed852040c7a9a7d858f7515a66404d755e21f5f660095d7fbfb6bbfee6ca");
         let id = |peer, direction| KeyId {
-            peer: NodeId(peer),
+            peer: NodeId::new(peer).unwrap(),
             direction,
             session: SESSION,
             epoch: Epoch(7),
@@ -206,9 +207,15 @@ mod tests {
     fn every_input_separates_keys() {
         let s = spec_secret();
         let key = |s: &GridSecret, a, b, session, epoch| {
-            *derive_key(s, NodeId(a), NodeId(b), session, Epoch(epoch))
-                .unwrap()
-                .as_bytes()
+            *derive_key(
+                s,
+                NodeId::new(a).unwrap(),
+                NodeId::new(b).unwrap(),
+                session,
+                Epoch(epoch),
+            )
+            .unwrap()
+            .as_bytes()
         };
         let base = key(&s, 1, 2, SESSION, 7);
         let other = GridSecret::new(&[0x55; 32]).unwrap();
@@ -238,7 +245,14 @@ mod tests {
     fn secrets_and_keys_are_not_printed() {
         let s = alloc::format!("{:?}", spec_secret());
         assert_eq!(s, "GridSecret(..)");
-        let k = derive_key(&spec_secret(), NodeId(1), NodeId(2), SESSION, Epoch(0)).unwrap();
+        let k = derive_key(
+            &spec_secret(),
+            NodeId::new(1).unwrap(),
+            NodeId::new(2).unwrap(),
+            SESSION,
+            Epoch(0),
+        )
+        .unwrap();
         assert_eq!(alloc::format!("{k:?}"), "AeadKey(..)");
     }
 }

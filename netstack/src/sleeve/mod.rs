@@ -16,10 +16,12 @@ use alloc::vec::Vec;
 
 use smoltcp::time::Instant;
 
+use crate::base::NodeId;
+
 pub use keys::{AeadKey, Direction, GridSecret, KeyId, KeySource, PskKeySource, SecretError};
 pub use replay::ReplayError;
 pub use session::{overlay_mtu, Config, Opened, Session, SessionStats};
-pub use wire::{Epoch, Frame, NodeId, SessionId, Vni, DEFAULT_PORT};
+pub use wire::{Epoch, Frame, SessionId};
 
 /// Why a received message was refused. Each variant is a drop counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,6 +89,8 @@ impl From<wire::Error> for OpenError {
             wire::Error::Truncated => OpenError::Truncated,
             wire::Error::BadVersion(_) => OpenError::BadVersion,
             wire::Error::UnknownType(_) => OpenError::UnknownType,
+            // No configured peer can have a number that is no node's.
+            wire::Error::BadSender(_) => OpenError::UnknownPeer,
             wire::Error::Malformed => OpenError::Malformed,
         }
     }

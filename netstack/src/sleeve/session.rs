@@ -16,10 +16,11 @@ use smoltcp::time::{Duration, Instant};
 use super::keys::{AeadKey, Direction, KeyId, KeySource};
 use super::replay::ReplayWindow;
 use super::wire::{
-    self, Epoch, Frame, MessageType, NodeId, Packet, Records, Repr, SessionId, HEADER_LEN,
-    MAX_FRAME_LEN, MIN_MESSAGE_LEN, RECORD_HEADER_LEN, TAG_LEN,
+    self, Epoch, Frame, MessageType, Packet, Records, Repr, SessionId, HEADER_LEN, MAX_FRAME_LEN,
+    MIN_MESSAGE_LEN, RECORD_HEADER_LEN, TAG_LEN,
 };
 use super::{OpenError, SealError};
+use crate::base::NodeId;
 
 /// Epochs of the current session accepted ahead of the current one.
 pub const MAX_EPOCH_STEP: u32 = 8;
@@ -499,8 +500,8 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::Vni;
     use crate::sleeve::keys::{GridSecret, PskKeySource};
-    use crate::sleeve::wire::Vni;
     use alloc::vec;
 
     fn unhex(s: &str) -> Vec<u8> {
@@ -518,19 +519,27 @@ mod tests {
         0a5100020000000000000a510001";
     const SPEC_SESSION: SessionId = SessionId(0x0123_4567_89ab_cdef);
 
-    fn keys(local: u32) -> PskKeySource {
+    fn keys(local: u16) -> PskKeySource {
         let secret: Vec<u8> = (0u8..32).collect();
-        PskKeySource::new(NodeId(local), GridSecret::new(&secret).unwrap())
+        PskKeySource::new(
+            NodeId::new(local).unwrap(),
+            GridSecret::new(&secret).unwrap(),
+        )
     }
 
     #[test]
     fn spec_vector_seal() {
         let keys = keys(1);
-        let mut s = Session::new(NodeId(1), NodeId(2), SPEC_SESSION, Config::default());
+        let mut s = Session::new(
+            NodeId::new(1).unwrap(),
+            NodeId::new(2).unwrap(),
+            SPEC_SESSION,
+            Config::default(),
+        );
         // Put the sender at epoch 7, counter 42, as in the vector.
         let key = keys
             .key(&KeyId {
-                peer: NodeId(2),
+                peer: NodeId::new(2).unwrap(),
                 direction: Direction::Send,
                 session: SPEC_SESSION,
                 epoch: Epoch(7),
@@ -560,7 +569,12 @@ mod tests {
     #[test]
     fn spec_vector_open() {
         let keys = keys(2);
-        let mut s = Session::new(NodeId(2), NodeId(1), SessionId(5), Config::default());
+        let mut s = Session::new(
+            NodeId::new(2).unwrap(),
+            NodeId::new(1).unwrap(),
+            SessionId(5),
+            Config::default(),
+        );
         let mut msg = unhex(SPEC_MESSAGE);
         let opened = s.open(&keys, &mut msg, Instant::ZERO).unwrap();
         assert_eq!(
@@ -581,7 +595,7 @@ mod tests {
         let rx_keys = keys(2);
         let key = tx_keys
             .key(&KeyId {
-                peer: NodeId(2),
+                peer: NodeId::new(2).unwrap(),
                 direction: Direction::Send,
                 session: SessionId(9),
                 epoch: Epoch(0),
@@ -593,7 +607,7 @@ mod tests {
         let mut packet = Packet::new_unchecked(&mut msg[..]);
         Repr {
             msg_type: MessageType::Data,
-            sender: NodeId(1),
+            sender: NodeId::new(1).unwrap(),
             session: SessionId(9),
             epoch: Epoch(0),
             counter: 0,
@@ -606,7 +620,12 @@ mod tests {
             .unwrap();
         tag_out.copy_from_slice(&tag);
 
-        let mut rx = Session::new(NodeId(2), NodeId(1), SessionId(1), Config::default());
+        let mut rx = Session::new(
+            NodeId::new(2).unwrap(),
+            NodeId::new(1).unwrap(),
+            SessionId(1),
+            Config::default(),
+        );
         let mut copy = msg.clone();
         assert_eq!(
             rx.open(&rx_keys, &mut copy, Instant::ZERO).err(),
@@ -626,7 +645,12 @@ mod tests {
             rekey_after_packets: 1,
             ..Config::default()
         };
-        let mut s = Session::new(NodeId(1), NodeId(2), SessionId(3), config);
+        let mut s = Session::new(
+            NodeId::new(1).unwrap(),
+            NodeId::new(2).unwrap(),
+            SessionId(3),
+            config,
+        );
         let frame = [1u8; 20];
         let frames = [Frame {
             vni: Vni::new(1).unwrap(),

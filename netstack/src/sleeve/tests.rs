@@ -9,9 +9,10 @@ use smoltcp::time::{Duration, Instant};
 use super::test_rng::SplitMix64;
 use super::wire::{Packet, Repr, HEADER_LEN, MIN_MESSAGE_LEN};
 use super::*;
+use crate::base::Vni;
 
-const A: NodeId = NodeId(1);
-const B: NodeId = NodeId(2);
+const A: NodeId = NodeId::new(1).unwrap();
+const B: NodeId = NodeId::new(2).unwrap();
 const SECRET: [u8; 32] = [0x42; 32];
 
 fn vni(v: u32) -> Vni {
@@ -260,12 +261,12 @@ fn wrong_grid_secret_exchanges_nothing() {
 
 #[test]
 fn message_for_another_receiver_fails_auth() {
-    let mut a = endpoint(A, NodeId(3), &SECRET, Config::default(), 1);
+    let mut a = endpoint(A, NodeId::new(3).unwrap(), &SECRET, Config::default(), 1);
     let (_, mut b) = pair(Config::default());
     let bytes = frame_bytes(1, 64);
     let msg = a
         .seal(
-            NodeId(3),
+            NodeId::new(3).unwrap(),
             &[Frame {
                 vni: vni(1),
                 bytes: &bytes,
@@ -278,7 +279,7 @@ fn message_for_another_receiver_fails_auth() {
 
 #[test]
 fn unknown_sender_is_refused_before_crypto() {
-    let mut c = endpoint(NodeId(9), B, &SECRET, Config::default(), 1);
+    let mut c = endpoint(NodeId::new(9).unwrap(), B, &SECRET, Config::default(), 1);
     let (_, mut b) = pair(Config::default());
     let bytes = frame_bytes(1, 64);
     let msg = c
@@ -296,7 +297,10 @@ fn unknown_sender_is_refused_before_crypto() {
         Err(OpenError::UnknownPeer)
     );
     assert_eq!(b.metrics().drop_unknown_peer, 1);
-    assert_eq!(c.seal(NodeId(77), &[], t(0)), Err(SealError::UnknownPeer));
+    assert_eq!(
+        c.seal(NodeId::new(77).unwrap(), &[], t(0)),
+        Err(SealError::UnknownPeer)
+    );
 }
 
 #[test]
@@ -686,5 +690,8 @@ fn session_ids_grow_and_never_wrap() {
     let keys = PskKeySource::new(A, GridSecret::new(&SECRET).unwrap());
     let mut s = Sleeve::new(A, keys, Config::default(), SessionId(u64::MAX));
     assert_eq!(s.add_peer(B), Ok(()));
-    assert_eq!(s.add_peer(NodeId(3)), Err(PeerError::SessionsExhausted));
+    assert_eq!(
+        s.add_peer(NodeId::new(3).unwrap()),
+        Err(PeerError::SessionsExhausted)
+    );
 }

@@ -4,10 +4,8 @@
 //! lengths, its parsed `Repr`, and the records inside the (decrypted) payload. It never
 //! does cryptography and never decides whether a message is acceptable beyond its shape.
 
-use core::fmt;
+use crate::base::{NodeId, Vni};
 
-/// Default UDP port of sleeve, on both sides (Weave's sleeve port).
-pub const DEFAULT_PORT: u16 = 6783;
 /// The only version this implementation speaks.
 pub const VERSION: u8 = 1;
 /// Clear header length; these bytes are the AEAD associated data.
@@ -18,10 +16,6 @@ pub const TAG_LEN: usize = 16;
 pub const RECORD_HEADER_LEN: usize = 6;
 /// Smallest well-formed message: header and tag around an empty ciphertext.
 pub const MIN_MESSAGE_LEN: usize = HEADER_LEN + TAG_LEN;
-
-/// Node number of an appliance in the grid (Kontena's node number).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(pub u32);
 
 /// A sender's key session towards one receiver; the HKDF salt. Never reused by a sender,
 /// and growing across its boots (docs/sleeve.md "Sessions").
@@ -48,33 +42,6 @@ impl SessionId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Epoch(pub u32);
 
-/// 24-bit overlay network identifier carried in each record (same space as VXLAN's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Vni(u32);
-
-impl Vni {
-    pub const MAX: u32 = 0x00ff_ffff;
-
-    /// `None` if `value` does not fit in 24 bits.
-    pub const fn new(value: u32) -> Option<Vni> {
-        if value <= Self::MAX {
-            Some(Vni(value))
-        } else {
-            None
-        }
-    }
-
-    pub const fn get(self) -> u32 {
-        self.0
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "node {}", self.0)
-    }
-}
-
 /// Why bytes are not a well-formed sleeve message or record sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
@@ -84,6 +51,8 @@ pub enum Error {
     BadVersion(u8),
     /// Type field is not a known [`MessageType`].
     UnknownType(u8),
+    /// Sender field names no node (0, or above `NodeId::MAX`).
+    BadSender(u32),
     /// Records do not tile the payload (zero length, reserved bits, overrun, none).
     Malformed,
 }
@@ -178,8 +147,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
         u16::from_be_bytes([d[0], d[1]])
     }
 
-    pub fn sender(&self) -> NodeId {
-        NodeId(be_u32(&self.buffer.as_ref()[field::SENDER]))
+    /// The sender field: a node number, 32 bits on the wire.
+    pub fn sender(&self) -> u32 {
+        be_u32(&self.buffer.as_ref()[field::SENDER])
     }
 
     pub fn session(&self) -> SessionId {
@@ -224,8 +194,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.buffer.as_mut()[field::RESERVED].copy_from_slice(&value.to_be_bytes());
     }
 
-    pub fn set_sender(&mut self, value: NodeId) {
-        self.buffer.as_mut()[field::SENDER].copy_from_slice(&value.0.to_be_bytes());
+    pub fn set_sender(&mut self, value: u32) {
+        self.buffer.as_mut()[field::SENDER].copy_from_slice(&value.to_be_bytes());
     }
 
     pub fn set_session(&mut self, value: SessionId) {
@@ -270,9 +240,11 @@ impl Repr {
         }
         let msg_type =
             MessageType::from_u8(packet.msg_type()).ok_or(Error::UnknownType(packet.msg_type()))?;
+        let sender =
+            NodeId::try_from(packet.sender()).map_err(|()| Error::BadSender(packet.sender()))?;
         Ok(Repr {
             msg_type,
-            sender: packet.sender(),
+            sender,
             session: packet.session(),
             epoch: packet.epoch(),
             counter: packet.counter(),
@@ -284,7 +256,7 @@ impl Repr {
         packet.set_version(VERSION);
         packet.set_msg_type(self.msg_type.to_u8());
         packet.set_reserved(0);
-        packet.set_sender(self.sender);
+        packet.set_sender(u32::from(self.sender));
         packet.set_session(self.session);
         packet.set_epoch(self.epoch);
         packet.set_counter(self.counter);
@@ -310,9 +282,9 @@ pub const MAX_FRAME_LEN: usize = u16::MAX as usize;
 
 /// Append one record to `out`. The caller ensures `1 <= frame.bytes.len() <= MAX_FRAME_LEN`.
 pub fn emit_record(frame: &Frame<'_>, out: &mut alloc::vec::Vec<u8>) {
-    let vni = frame.vni.get().to_be_bytes();
+    let vni = frame.vni.to_be_bytes();
     let len = (frame.bytes.len() as u16).to_be_bytes();
-    out.extend_from_slice(&[0, vni[1], vni[2], vni[3], len[0], len[1]]);
+    out.extend_from_slice(&[0, vni[0], vni[1], vni[2], len[0], len[1]]);
     out.extend_from_slice(frame.bytes);
 }
 
@@ -324,7 +296,7 @@ fn parse_record(data: &[u8]) -> Result<(Frame<'_>, &[u8]), Error> {
     if head[0] != 0 {
         return Err(Error::Malformed);
     }
-    let vni = Vni(u32::from_be_bytes([0, head[1], head[2], head[3]]));
+    let vni = Vni::from_be_bytes([head[1], head[2], head[3]]);
     let len = usize::from(u16::from_be_bytes([head[4], head[5]]));
     if len == 0 {
         return Err(Error::Malformed);
@@ -409,7 +381,7 @@ mod tests {
     fn repr() -> Repr {
         Repr {
             msg_type: MessageType::Data,
-            sender: NodeId(1),
+            sender: NodeId::new(1).unwrap(),
             session: SessionId(0x0123_4567_89ab_cdef),
             epoch: Epoch(7),
             counter: 42,
@@ -445,13 +417,13 @@ mod tests {
     #[test]
     fn round_trip_edge_values() {
         for (sender, session, epoch, counter) in [
-            (0, 0, 0, 0),
-            (u32::MAX, u64::MAX, u32::MAX, u64::MAX),
-            (254, 1 << 63, 1 << 31, (1 << 60) - 1),
+            (1, 0, 0, 0),
+            (NodeId::MAX, u64::MAX, u32::MAX, u64::MAX),
+            (127, 1 << 63, 1 << 31, (1 << 60) - 1),
         ] {
             let r = Repr {
                 msg_type: MessageType::Data,
-                sender: NodeId(sender),
+                sender: NodeId::new(sender).unwrap(),
                 session: SessionId(session),
                 epoch: Epoch(epoch),
                 counter,
@@ -462,6 +434,17 @@ mod tests {
                 Repr::parse(&Packet::new_checked(&bytes[..]).unwrap()),
                 Ok(r)
             );
+        }
+    }
+
+    #[test]
+    fn the_sender_field_is_32_bits_and_names_a_node() {
+        for raw in [0, u32::from(NodeId::MAX) + 1, 0x0001_0001, u32::MAX] {
+            let mut bytes = message(&[]);
+            let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+            packet.set_sender(raw);
+            assert_eq!(packet.sender(), raw);
+            assert_eq!(Repr::parse(&packet), Err(Error::BadSender(raw)));
         }
     }
 
@@ -542,11 +525,5 @@ mod tests {
                 "{case:?}"
             );
         }
-    }
-
-    #[test]
-    fn vni_is_24_bits() {
-        assert_eq!(Vni::new(0x00ff_ffff).map(Vni::get), Some(0x00ff_ffff));
-        assert_eq!(Vni::new(0x0100_0000), None);
     }
 }

@@ -5,8 +5,9 @@
 //! containers. Real frames on in-memory ports, every checksum verified.
 
 use super::*;
+use crate::base::Transport;
 use crate::lb::{BackendConfig, Mode, ServiceConfig};
-use crate::nat::{Nat, NatConfig, PublishRule, Transport};
+use crate::nat::{Nat, NatConfig, PublishRule};
 use crate::router::{Origin, Placement, Router, Segment};
 
 const CLIENT: Ipv4Address = Ipv4Address::new(203, 0, 113, 9);

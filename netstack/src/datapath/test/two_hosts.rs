@@ -5,8 +5,9 @@
 
 use super::routed::{frame, seen, Seen};
 use super::*;
+use crate::base::Transport;
 use crate::lb::{BackendConfig, Mode, ServiceConfig};
-use crate::nat::{Nat, NatConfig, PublishRule, Transport};
+use crate::nat::{Nat, NatConfig, PublishRule};
 use crate::router::Router;
 
 const A_UPLINK: Ipv4Address = Ipv4Address::new(192, 0, 2, 11);
