@@ -21,8 +21,8 @@ use alloc::vec::Vec;
 use serde::Serialize;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
-use weft_netstack::fdb::Location;
-use weft_netstack::overlay::OverlayError;
+use weft_netstack::stage::overlay::OverlayError;
+use weft_netstack::table::fdb::Location;
 use weft_netstack::{Netstack, NicAddress, NicId};
 
 pub use config::{Config, ConfigError, Ipv4Cidr, LinkConfig, UplinkConfig};

@@ -8,10 +8,10 @@ use libfuzzer_sys::fuzz_target;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
 use weft_netstack::base::{Endpoint, NicId, Transport};
-use weft_netstack::conntrack::{self, FlowFilter, Timeouts};
-use weft_netstack::icmp_error;
-use weft_netstack::lb::{BackendConfig, HealthSpec, LoadBalancer, Mode, ServiceConfig};
-use weft_netstack::nat::{Nat, NatConfig, PublishRule, Verdict};
+use weft_netstack::stage::lb::{BackendConfig, HealthSpec, LoadBalancer, Mode, ServiceConfig};
+use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule, Verdict};
+use weft_netstack::table::conntrack::{self, FlowFilter, Timeouts};
+use weft_netstack::wire::icmp_error;
 
 const UPLINK: Ipv4Address = Ipv4Address::new(192, 0, 2, 10);
 const NODE: Ipv4Address = Ipv4Address::new(10, 81, 0, 1);

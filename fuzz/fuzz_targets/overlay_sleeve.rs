@@ -6,14 +6,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use weft_netstack::base::Vni;
-use weft_netstack::overlay::config::OverlayConfig;
-use weft_netstack::overlay::{Egress, Limits, Overlay, Underlay, Verdict};
 use weft_netstack::smoltcp::phy::ChecksumCapabilities;
 use weft_netstack::smoltcp::time::Instant;
 use weft_netstack::smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
     Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
+use weft_netstack::stage::overlay::config::OverlayConfig;
+use weft_netstack::stage::overlay::{Egress, Limits, Overlay, Underlay, Verdict};
 
 const CONFIG: &str = r#"{
     "grid": {"node": 1, "secret": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",

@@ -6,8 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 use smoltcp::time::Instant;
 use weft_netstack::base::{NodeId, Vni};
-use weft_netstack::sleeve::wire::Records;
-use weft_netstack::sleeve::{Config, Frame, GridSecret, PskKeySource, SessionId, Sleeve};
+use weft_netstack::stage::sleeve::{Config, Frame, GridSecret, PskKeySource, SessionId, Sleeve};
+use weft_netstack::wire::sleeve::Records;
 
 const A: NodeId = NodeId::new(1).unwrap();
 const B: NodeId = NodeId::new(2).unwrap();

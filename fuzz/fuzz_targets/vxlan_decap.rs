@@ -8,9 +8,9 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
 use weft_netstack::base::ports::VXLAN_PORT;
 use weft_netstack::base::{NodeId, Vni};
-use weft_netstack::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
-use weft_netstack::overlay::{Limits, Overlay, Underlay, Verdict};
-use weft_netstack::vxlan;
+use weft_netstack::stage::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
+use weft_netstack::stage::overlay::{Limits, Overlay, Underlay, Verdict};
+use weft_netstack::wire::vxlan;
 
 fn overlay() -> Overlay {
     let underlay = Underlay {

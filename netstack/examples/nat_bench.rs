@@ -14,10 +14,10 @@ use std::time::Instant as Clock;
 use smoltcp::time::Instant;
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv4Packet, TcpPacket};
 use weft_netstack::base::{Endpoint, FlowTuple, NicId, Proto, Transport};
-use weft_netstack::conntrack;
-use weft_netstack::lb::{flow_hash, BackendConfig, LoadBalancer, Mode, ServiceConfig};
-use weft_netstack::maglev::{Maglev, Weighted, DEFAULT_TABLE_SIZE};
-use weft_netstack::nat::{Nat, NatConfig, PublishRule, Verdict};
+use weft_netstack::stage::lb::{flow_hash, BackendConfig, LoadBalancer, Mode, ServiceConfig};
+use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule, Verdict};
+use weft_netstack::table::conntrack;
+use weft_netstack::table::maglev::{Maglev, Weighted, DEFAULT_TABLE_SIZE};
 
 /// Resident set size of this process, from procfs (Linux), in bytes.
 fn rss() -> usize {

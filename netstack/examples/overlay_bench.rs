@@ -20,13 +20,14 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
 use weft_netstack::base::ports::VXLAN_PORT;
 use weft_netstack::base::{NodeId, Vni};
-use weft_netstack::datapath::OverlayPath;
-use weft_netstack::fdb::Location;
-use weft_netstack::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
-use weft_netstack::overlay::{Limits, Overlay, Underlay, Verdict};
+use weft_netstack::pipeline::datapath::OverlayPath;
 use weft_netstack::smoltcp::wire::Ipv4Cidr;
-use weft_netstack::vxlan::{self, DfPolicy, Outer};
-use weft_netstack::{probe, MemPort, Netstack, NicAddress, NicId, RX_BATCH};
+use weft_netstack::stage::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
+use weft_netstack::stage::overlay::{Limits, Overlay, Underlay, Verdict};
+use weft_netstack::table::fdb::Location;
+use weft_netstack::wire::probe;
+use weft_netstack::wire::vxlan::{self, DfPolicy, Outer};
+use weft_netstack::{MemPort, Netstack, NicAddress, NicId, RX_BATCH};
 
 const LOCAL: Underlay = Underlay {
     mac: EthernetAddress([0x02, 0, 0, 0, 0, 1]),

@@ -13,7 +13,7 @@ use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use smoltcp::time::Instant;
 use weft_netstack::base::{NodeId, Vni};
-use weft_netstack::sleeve::{Config, Frame, GridSecret, PskKeySource, SessionId, Sleeve};
+use weft_netstack::stage::sleeve::{Config, Frame, GridSecret, PskKeySource, SessionId, Sleeve};
 
 const A: NodeId = NodeId::new(1).unwrap();
 const B: NodeId = NodeId::new(2).unwrap();

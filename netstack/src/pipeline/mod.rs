@@ -1,0 +1,12 @@
+//! The only place that knows every stage: the NICs (a port, the local endpoint and
+//! counters each), the ports frames come in and go out by, and `Netstack::poll`, which
+//! moves each received frame through the stages it needs and transmits what they emit.
+//!
+//! It never parses a header the stages could parse for it, never reads a clock and never
+//! blocks: ports hand over what they have, time comes in as an argument.
+
+pub mod counters;
+pub mod datapath;
+pub mod netstack;
+pub mod pcap;
+pub mod port;
