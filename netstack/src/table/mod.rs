@@ -1,6 +1,6 @@
 //! State without parsing: the connection-tracking table, the overlay's forwarding
-//! database and ARP-suppression table, the neighbour table of the ARP resolver, Maglev
-//! lookup tables and backend health.
+//! database and ARP-suppression table, the neighbour table of the ARP resolver, the
+//! masquerade port mappings, Maglev lookup tables and backend health.
 //!
 //! Tables are fed values (tuples, addresses, outcomes) and time as an argument; they
 //! never parse a frame, never read a clock and never send anything.
@@ -10,3 +10,4 @@ pub mod fdb;
 pub mod health;
 pub mod maglev;
 pub mod neighbor;
+pub mod snat;

@@ -8,7 +8,9 @@
 
 pub mod checksum;
 pub mod icmp_error;
+pub mod l4;
 pub mod probe;
+pub mod rewrite;
 pub mod sleeve;
 pub mod vlan;
 pub mod vxlan;

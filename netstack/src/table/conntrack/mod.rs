@@ -24,7 +24,7 @@ use config::{Class, CLASSES, EVICTABLE};
 pub use config::{Config, InsertError, Stats, Timeouts};
 pub use flow::{Flow, FlowFilter, FlowId, FlowInfo, FlowState};
 use index::{fingerprint, fold_mul, Index};
-pub use tcp::{tcp_transition, TcpEvent, TcpFlags, TcpState};
+pub use tcp::{tcp_transition, TcpEvent, TcpState};
 
 /// No slot: the end of a list, or an empty free list.
 const NIL: u32 = u32::MAX;

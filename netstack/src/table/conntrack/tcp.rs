@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::base::Direction;
+use crate::wire::l4::TcpFlags;
 
 /// TCP connection states as a middlebox sees them (both directions' flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -22,15 +23,6 @@ pub enum TcpState {
     TimeWait,
     /// Reset.
     Closed,
-}
-
-/// The TCP flags that drive the state machine.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcpFlags {
-    pub syn: bool,
-    pub ack: bool,
-    pub fin: bool,
-    pub rst: bool,
 }
 
 /// A TCP segment's meaning for the state machine.

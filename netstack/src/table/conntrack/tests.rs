@@ -2,6 +2,7 @@ use super::index::EMPTY;
 use super::tcp::last_fin;
 use super::*;
 use crate::base::{Endpoint, Proto};
+use crate::wire::l4::TcpFlags;
 use alloc::vec;
 use smoltcp::time::Duration;
 use smoltcp::wire::Ipv4Address;
