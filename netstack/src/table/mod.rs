@@ -10,4 +10,5 @@ pub mod fdb;
 pub mod health;
 pub mod maglev;
 pub mod neighbor;
+pub mod rate_limit;
 pub mod snat;

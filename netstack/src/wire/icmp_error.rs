@@ -1,160 +1,177 @@
-//! ICMP errors the appliance originates as a router: time exceeded when a packet it
-//! would forward has no TTL left (RFC 792, RFC 1812 §5.3.1), under a token-bucket
-//! rate limit (RFC 1812 §4.3.2.8).
+//! The ICMP errors the appliance originates, built by one builder: Ethernet back to the
+//! frame's sender, IPv4 (TTL 64, DF), and the ICMP message quoting as much of the packet
+//! as fits in 576 bytes (RFC 1812 section 4.3.2.3).
 //!
-//! Owns the error's bytes and the limiter only; the router decides when a packet
-//! would be forwarded and where the answer goes. Must never answer an ICMP error, a
-//! fragment other than the first, or a packet whose source is not one unicast host
-//! (RFC 1812 §4.3.2.7), never read a clock and never panic on what it quotes.
+//! - time exceeded (RFC 792, RFC 1812 section 5.3.1): a packet the router would
+//!   forward has no TTL left; sent from the router's own NIC;
+//! - fragmentation needed (RFC 1191): a bridged IPv4 packet with DF is larger than the
+//!   overlay MTU; sent as if from the packet's destination, as Linux's
+//!   `iptunnel_pmtud_build_icmp` does for bridged tunnels.
+//!
+//! Never answers what RFC 1812 section 4.3.2.7 forbids (an ICMP error, a fragment
+//! other than the first, a source that is not one host, a broadcast or multicast
+//! destination), never decides when an error is due or where it goes (the caller
+//! does), and never panics on what it quotes.
 
 use alloc::vec;
 use alloc::vec::Vec;
 
-use smoltcp::time::{Duration, Instant};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpProtocol, Ipv4Address,
-    Ipv4Packet,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4DstUnreachable,
+    Icmpv4Message, Icmpv4Packet, Icmpv4TimeExceeded, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr,
+    ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
 };
 
-const ETHERNET_HEADER_LEN: usize = 14;
-const IPV4_HEADER_LEN: usize = 20;
-const ICMP_HEADER_LEN: usize = 8;
-/// RFC 1812 §4.3.2.3: quote as much of the packet as fits in 576 bytes.
+mod field {
+    use core::ops::Range;
+
+    /// The ICMP header of an error: type, code, checksum and 4 bytes of rest of header.
+    pub const HEADER_LEN: usize = 8;
+    /// Fragmentation needed: the next-hop MTU in the low half of the rest of header
+    /// (RFC 1191 section 4).
+    pub const NEXT_HOP_MTU: Range<usize> = 6..8;
+}
+
+/// RFC 1812 section 4.3.2.3: quote as much of the packet as fits in 576 bytes.
 const MAX_ERROR_LEN: usize = 576;
-/// TTL of the errors the appliance sends.
+/// TTL of the errors the appliance sends (Linux's default).
 const ERROR_TTL: u8 = 64;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-/// Code 0: time to live exceeded in transit.
-const TTL_EXCEEDED_IN_TRANSIT: u8 = 0;
 
-/// Errors sent per second at most, on average.
-pub const ERRORS_PER_SEC: u32 = 100;
-/// Errors sent back to back at most (a traceroute sends a few probes per hop at once).
-pub const ERROR_BURST: u32 = 50;
-
-/// A token bucket: `per_sec` tokens a second, at most `burst` saved up.
+/// The error to build about a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    per_sec: u32,
-    burst: u32,
-    /// Tokens in millionths, so that refills at any rate stay exact in µs.
-    micro_tokens: u64,
-    last: Option<Instant>,
-}
-
-impl RateLimit {
-    /// A full bucket.
-    pub const fn new(per_sec: u32, burst: u32) -> RateLimit {
-        RateLimit {
-            per_sec,
-            burst,
-            micro_tokens: burst as u64 * 1_000_000,
-            last: None,
-        }
-    }
-
-    /// Takes a token if there is one.
-    pub fn allow(&mut self, now: Instant) -> bool {
-        let full = self.burst as u64 * 1_000_000;
-        if let Some(last) = self.last {
-            // Time that runs backwards refills nothing.
-            let elapsed = if now > last {
-                (now - last).total_micros()
-            } else {
-                0
-            };
-            let refill = elapsed.saturating_mul(self.per_sec as u64);
-            self.micro_tokens = self.micro_tokens.saturating_add(refill).min(full);
-        }
-        self.last = Some(self.last.map_or(now, |l| if now > l { now } else { l }));
-        if self.micro_tokens >= 1_000_000 {
-            self.micro_tokens -= 1_000_000;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// How long until a token is back, for a caller that wants to wait.
-    pub fn wait(&self) -> Duration {
-        let missing = 1_000_000u64.saturating_sub(self.micro_tokens);
-        Duration::from_micros(missing.div_ceil(self.per_sec.max(1) as u64))
-    }
-}
-
-impl Default for RateLimit {
-    fn default() -> Self {
-        RateLimit::new(ERRORS_PER_SEC, ERROR_BURST)
-    }
-}
-
-/// Whether an ICMP type is an error message (never answered with another error).
-fn is_icmp_error(ty: u8) -> bool {
-    // Destination unreachable, source quench, redirect, time exceeded, parameter problem.
-    matches!(ty, 3 | 4 | 5 | 11 | 12)
-}
-
-fn is_one_host(a: Ipv4Address) -> bool {
-    !(a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback())
+enum Message {
+    /// Time to live exceeded in transit, from the NIC `mac`/`addr`.
+    TimeExceeded {
+        mac: EthernetAddress,
+        addr: Ipv4Address,
+    },
+    /// Fragmentation needed: `mtu` is the next-hop MTU.
+    FragNeeded { mtu: u16 },
 }
 
 /// ICMP time exceeded in transit for `frame` (an Ethernet/IPv4 frame as received),
 /// sent from `mac`/`addr` back to the frame's sender (its Ethernet source is the
-/// previous hop). None when RFC 1812 §4.3.2.7 forbids an answer or the frame is not
-/// a whole IPv4 header.
+/// previous hop). None when RFC 1812 section 4.3.2.7 forbids an answer or the frame is
+/// not a whole IPv4 header.
 pub fn time_exceeded(frame: &[u8], mac: EthernetAddress, addr: Ipv4Address) -> Option<Vec<u8>> {
+    answer(frame, Message::TimeExceeded { mac, addr })
+}
+
+/// ICMP fragmentation needed (type 3 code 4, RFC 1191 next-hop MTU `mtu`) for a
+/// too-big IPv4 frame with DF set, addressed back to its sender as if from its
+/// destination. None when no error may be sent.
+pub fn frag_needed(frame: &[u8], mtu: u16) -> Option<Vec<u8>> {
+    answer(frame, Message::FragNeeded { mtu })
+}
+
+fn answer(frame: &[u8], message: Message) -> Option<Vec<u8>> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != EthernetProtocol::Ipv4 || !eth.src_addr().is_unicast() {
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
         return None;
     }
     let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if !answerable(&eth, &ip, message) {
+        return None;
+    }
+    let (from_mac, from_addr) = match message {
+        Message::TimeExceeded { mac, addr } => (mac, addr),
+        Message::FragNeeded { .. } => (eth.dst_addr(), ip.dst_addr()),
+    };
+    let original = &eth.payload()[..usize::from(ip.total_len())];
+    let quote_len = original
+        .len()
+        .min(MAX_ERROR_LEN - IPV4_HEADER_LEN - field::HEADER_LEN);
+    let icmp_len = field::HEADER_LEN + quote_len;
+    let eth_repr = EthernetRepr {
+        src_addr: from_mac,
+        dst_addr: eth.src_addr(),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let ip_repr = Ipv4Repr {
+        src_addr: from_addr,
+        dst_addr: ip.src_addr(),
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp_len,
+        hop_limit: ERROR_TTL,
+    };
+    let mut buf = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + icmp_len];
+    let mut out = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth_repr.emit(&mut out);
+    let mut out_ip = Ipv4Packet::new_unchecked(out.payload_mut());
+    ip_repr.emit(&mut out_ip, &ChecksumCapabilities::default());
+    let mut icmp = Icmpv4Packet::new_unchecked(out_ip.payload_mut());
+    match message {
+        Message::TimeExceeded { .. } => {
+            icmp.set_msg_type(Icmpv4Message::TimeExceeded);
+            icmp.set_msg_code(Icmpv4TimeExceeded::TtlExpired.into());
+        }
+        Message::FragNeeded { mtu } => {
+            icmp.set_msg_type(Icmpv4Message::DstUnreachable);
+            icmp.set_msg_code(Icmpv4DstUnreachable::FragRequired.into());
+            let header = &mut icmp.into_inner()[..field::HEADER_LEN];
+            header[field::NEXT_HOP_MTU].copy_from_slice(&mtu.to_be_bytes());
+            icmp = Icmpv4Packet::new_unchecked(out_ip.payload_mut());
+        }
+    }
+    icmp.data_mut()[..quote_len].copy_from_slice(&original[..quote_len]);
+    icmp.fill_checksum();
+    Some(buf)
+}
+
+/// Whether an error about this packet may be sent (RFC 1812 section 4.3.2.7), and the
+/// message's own condition: DF set, for fragmentation needed.
+fn answerable<T: AsRef<[u8]>>(
+    eth: &EthernetFrame<T>,
+    ip: &Ipv4Packet<&[u8]>,
+    message: Message,
+) -> bool {
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let one_host = !(src.is_unspecified() || src.is_broadcast() || src.is_multicast());
     if ip.version() != 4
         || ip.frag_offset() != 0
-        || !is_one_host(ip.src_addr())
-        || ip.dst_addr().is_broadcast()
-        || ip.dst_addr().is_multicast()
+        || !one_host
+        || dst.is_broadcast()
+        || dst.is_multicast()
     {
-        return None;
+        return false;
     }
-    let header_len = ip.header_len() as usize;
-    let packet = &eth.payload()[..ip.total_len() as usize];
-    if ip.next_header() == IpProtocol::Icmp
-        && packet.get(header_len).is_none_or(|&ty| is_icmp_error(ty))
-    {
-        return None;
+    // The type of an ICMP packet; None when it has none.
+    let icmp_type = (ip.next_header() == IpProtocol::Icmp).then(|| ip.payload().first().copied());
+    match message {
+        // The router answers from its own NIC to the frame's (unicast) sender.
+        Message::TimeExceeded { .. } => {
+            eth.src_addr().is_unicast()
+                && !src.is_loopback()
+                && icmp_type.is_none_or(|ty| ty.is_some_and(|ty| !is_icmp_error(ty)))
+        }
+        // The bridge answers from the frame's own destination, which must be one host;
+        // only a packet that says DF, with a sound header, learns the path MTU.
+        Message::FragNeeded { .. } => {
+            eth.dst_addr().is_unicast()
+                && ip.dont_frag()
+                && ip.verify_checksum()
+                && icmp_type.is_none_or(|ty| ty.is_none_or(is_icmp_query))
+        }
     }
-    let quoted = &packet[..packet
-        .len()
-        .min(MAX_ERROR_LEN - IPV4_HEADER_LEN - ICMP_HEADER_LEN)];
-    let icmp_len = ICMP_HEADER_LEN + quoted.len();
-    let total = IPV4_HEADER_LEN + icmp_len;
-    let mut out = vec![0u8; ETHERNET_HEADER_LEN + total];
-    let mut reply = EthernetFrame::new_unchecked(&mut out[..]);
-    reply.set_dst_addr(eth.src_addr());
-    reply.set_src_addr(mac);
-    reply.set_ethertype(EthernetProtocol::Ipv4);
-    let mut ipv4 = Ipv4Packet::new_unchecked(&mut out[ETHERNET_HEADER_LEN..]);
-    ipv4.set_version(4);
-    ipv4.set_header_len(IPV4_HEADER_LEN as u8);
-    ipv4.set_total_len(total as u16);
-    ipv4.set_dont_frag(true);
-    ipv4.set_hop_limit(ERROR_TTL);
-    ipv4.set_next_header(IpProtocol::Icmp);
-    ipv4.set_src_addr(addr);
-    ipv4.set_dst_addr(ip.src_addr());
-    ipv4.fill_checksum();
-    let body = &mut out[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..];
-    body[0] = ICMP_TIME_EXCEEDED;
-    body[1] = TTL_EXCEEDED_IN_TRANSIT;
-    body[ICMP_HEADER_LEN..].copy_from_slice(quoted);
-    Icmpv4Packet::new_unchecked(body).fill_checksum();
-    Some(out)
+}
+
+/// Whether an ICMP type is an error message (never answered with another error):
+/// destination unreachable, source quench, redirect, time exceeded, parameter problem.
+fn is_icmp_error(ty: u8) -> bool {
+    matches!(ty, 3 | 4 | 5 | 11 | 12)
+}
+
+/// Whether an ICMP type is a query or its answer (echo, timestamp, information,
+/// address mask): the only ICMP a too-big error may be about.
+fn is_icmp_query(ty: u8) -> bool {
+    matches!(ty, 0 | 8 | 13 | 14 | 15 | 16 | 17 | 18)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smoltcp::wire::{Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Repr, Ipv4Repr};
+    use smoltcp::wire::Icmpv4Repr;
 
     const MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 2]);
     const PEER_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x42]);
@@ -275,33 +292,5 @@ mod tests {
         for cut in 0..f.len() - 8 {
             assert_eq!(time_exceeded(&f[..cut], MAC, OWN), None, "cut at {cut}");
         }
-    }
-
-    #[test]
-    fn the_rate_limit_allows_a_burst_then_the_rate() {
-        let mut limit = RateLimit::new(100, 50);
-        let t0 = Instant::from_secs(10);
-        let burst = (0..200).filter(|_| limit.allow(t0)).count();
-        assert_eq!(burst, 50);
-        assert_eq!(limit.wait(), Duration::from_millis(10));
-        // 10 ms later one more; 1 s later 100 more (bucket holds up to 50).
-        assert!(limit.allow(t0 + Duration::from_millis(10)));
-        assert!(!limit.allow(t0 + Duration::from_millis(10)));
-        let later = t0 + Duration::from_secs(1);
-        assert_eq!((0..200).filter(|_| limit.allow(later)).count(), 50);
-        // Over 10 s at 1000 tries a second, about 100 a second get through.
-        let mut now = later;
-        let mut sent = 0;
-        for _ in 0..10_000 {
-            now += Duration::from_millis(1);
-            sent += limit.allow(now) as u32;
-        }
-        assert_eq!(sent, 1000);
-        // Time running backwards refills nothing.
-        let mut limit = RateLimit::new(1, 1);
-        assert!(limit.allow(t0));
-        assert!(!limit.allow(Instant::from_secs(0)));
-        assert!(!limit.allow(t0));
-        assert!(limit.allow(t0 + Duration::from_secs(1)));
     }
 }

@@ -19,17 +19,16 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use serde::{Deserialize, Serialize};
-use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Address,
-    Ipv4Packet, Ipv4Repr, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
+    EthernetRepr, Ipv4Address, ETHERNET_HEADER_LEN,
 };
 
 use crate::base::{Mac, NodeId, VlanId, Vni};
 use crate::stage::sleeve;
 use crate::table::fdb::{self, ArpTable, Fdb, Learn, Location, Origin, TableError};
+use crate::wire::icmp_error::frag_needed;
 use crate::wire::vxlan::{self, DecapError, Outer, SrcPortRange};
 use config::{ConfigError, GridConfig, Mode, NetworkConfig, OverlayConfig, PeerConfig};
 use encap::{Encap, SleeveLink, SleeveStatus};
@@ -424,9 +423,6 @@ impl Ingress {
 
 /// Linux's default TTL for tunnel packets (`ip4_dst_hoplimit`, sysctl default 64).
 const DEFAULT_TTL: u8 = 64;
-/// RFC 1812 section 4.3.2.3: an ICMP error is at most 576 bytes of IP.
-const ICMP_ERROR_MAX_IP_LEN: usize = 576;
-const ICMP_HEADER_LEN: usize = 8;
 const VLAN_TAG_LEN: usize = 4;
 
 impl Overlay {
@@ -1447,73 +1443,6 @@ fn arp_suppress<T: AsRef<[u8]>>(net: &Network, eth: &EthernetFrame<T>) -> Option
     let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
     eth_repr.emit(&mut frame);
     reply.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
-    Some(buf)
-}
-
-/// ICMP "fragmentation needed" (type 3 code 4, RFC 1191 next-hop MTU) for a too-big
-/// IPv4 frame with DF set, addressed back to its sender as if from its destination
-/// (as Linux's `iptunnel_pmtud_build_icmp` does for bridged tunnels). `None` when no
-/// error may be sent (RFC 1812 4.3.2.7: not for broadcast or multicast, not for a
-/// non-first fragment, not about an ICMP error).
-fn frag_needed(frame: &[u8], mtu: u16) -> Option<Vec<u8>> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != EthernetProtocol::Ipv4 || !eth.dst_addr().is_unicast() {
-        return None;
-    }
-    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-    if ip.version() != 4 || !ip.dont_frag() || ip.frag_offset() != 0 || !ip.verify_checksum() {
-        return None;
-    }
-    let (src, dst) = (ip.src_addr(), ip.dst_addr());
-    if src.is_unspecified()
-        || src.is_broadcast()
-        || src.is_multicast()
-        || dst.is_broadcast()
-        || dst.is_multicast()
-    {
-        return None;
-    }
-    let l4 = ip.payload();
-    if ip.next_header() == IpProtocol::Icmp {
-        let is_error = l4
-            .first()
-            .is_some_and(|t| !matches!(*t, 0 | 8 | 13 | 14 | 15 | 16 | 17 | 18));
-        if is_error {
-            return None;
-        }
-    }
-    let original = &eth.payload()[..usize::from(ip.total_len())];
-    let quote_len = original
-        .len()
-        .min(ICMP_ERROR_MAX_IP_LEN - IPV4_HEADER_LEN - ICMP_HEADER_LEN);
-    let icmp_len = ICMP_HEADER_LEN + quote_len;
-    let ip_repr = Ipv4Repr {
-        src_addr: dst,
-        dst_addr: src,
-        next_header: IpProtocol::Icmp,
-        payload_len: icmp_len,
-        hop_limit: DEFAULT_TTL,
-    };
-    let eth_repr = EthernetRepr {
-        src_addr: eth.dst_addr(),
-        dst_addr: eth.src_addr(),
-        ethertype: EthernetProtocol::Ipv4,
-    };
-    let mut buf = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + icmp_len];
-    let mut out = EthernetFrame::new_unchecked(&mut buf[..]);
-    eth_repr.emit(&mut out);
-    let mut out_ip = Ipv4Packet::new_unchecked(out.payload_mut());
-    ip_repr.emit(&mut out_ip, &ChecksumCapabilities::default());
-    let mut icmp = Icmpv4Packet::new_unchecked(out_ip.payload_mut());
-    icmp.set_msg_type(Icmpv4Message::DstUnreachable);
-    icmp.set_msg_code(Icmpv4DstUnreachable::FragRequired.into());
-    // RFC 1191 section 4: the next-hop MTU in the low 16 bits of the unused field.
-    let header = &mut icmp.into_inner()[..ICMP_HEADER_LEN];
-    header[4..6].fill(0);
-    header[6..8].copy_from_slice(&mtu.to_be_bytes());
-    let mut icmp = Icmpv4Packet::new_unchecked(out_ip.payload_mut());
-    icmp.data_mut()[..quote_len].copy_from_slice(&original[..quote_len]);
-    icmp.fill_checksum();
     Some(buf)
 }
 

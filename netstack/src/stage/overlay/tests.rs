@@ -4,7 +4,11 @@ use super::*;
 use crate::base::ports::VXLAN_PORT;
 use crate::wire::vxlan::DfPolicy;
 use alloc::string::ToString;
-use smoltcp::wire::{IpAddress, UdpPacket, UdpRepr};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    Icmpv4Message, Icmpv4Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    IPV4_HEADER_LEN,
+};
 
 const US: Underlay = Underlay {
     mac: EthernetAddress([0x02, 0, 0, 0, 0, 0x01]),

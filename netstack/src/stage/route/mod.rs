@@ -29,8 +29,9 @@ use smoltcp::wire::{
 use crate::base::{NicAddress, NicId, Transport, Vni, MAX_FRAME_LEN};
 use crate::pipeline::port::Port;
 use crate::stage::nat::{Nat, Verdict};
+use crate::table::rate_limit::RateLimit;
 use crate::wire::checksum;
-use crate::wire::icmp_error::{self, RateLimit};
+use crate::wire::icmp_error;
 use crate::wire::probe;
 
 const ETHERNET_HEADER_LEN: usize = 14;
