@@ -19,8 +19,6 @@ pub mod base;
 pub mod pipeline;
 pub mod stage;
 pub mod table;
-#[cfg(test)]
-mod testing;
 pub mod wire;
 
 pub use base::{NicAddress, NicId, IP_MTU, MAX_FRAME_LEN};

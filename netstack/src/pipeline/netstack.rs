@@ -283,7 +283,13 @@ impl Netstack {
                     None => false,
                 };
                 let router = cell.into_inner();
-                let sent = router.flush(uplink, link);
+                let sent = router.flush(&mut |nic, frame| {
+                    let port: &mut dyn Port = match nic {
+                        NicId::Uplink => &mut *uplink,
+                        NicId::Link => &mut *link,
+                    };
+                    port.transmit(frame).is_ok()
+                });
                 checks_sent = self.health.run(
                     now,
                     router.nat_mut().lb_mut(),

@@ -1,54 +1,17 @@
-//! Underlay neighbours of the overlay: which uplink MAC address each peer's VXLAN
-//! packets go to. The peer itself when it is on the uplink subnet, the uplink gateway
-//! otherwise; resolved with ARP requests from the uplink's own MAC and address, retried
-//! with exponential backoff, and learned from every ARP request or reply seen on the
-//! uplink (those frames still go to smoltcp as well).
+//! The neighbour table of the appliance's one ARP resolver: IPv4 neighbours' MAC
+//! addresses and the resolutions in progress, each with its retry schedule (a first
+//! wait, doubling up to a longest one; equal, it is a fixed interval).
 //!
-//! Sans-I/O: [`Neighbors::observe`] reads a received frame, [`Neighbors::solicit`]
-//! returns the ARP requests that are due. It never reads a clock, never sends by itself
-//! and never panics on frame contents. It owns no peers: the datapath asks it about the
-//! peers the overlay has not resolved yet.
+//! Its users bring the ARP: the router resolves next hops on both NICs, the datapath
+//! the peers' underlay next hops; each decides which ARP frames teach it and sends the
+//! requests this table says are due. State only: it never parses or builds a frame,
+//! never reads a clock and holds at most its capacity of bindings.
 
 use alloc::collections::BTreeMap;
-use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    Ipv4Address, Ipv4Cidr,
-};
-
-use crate::wire::probe;
-
-/// The first retry comes this long after the first request; each retry doubles it.
-pub const FIRST_RETRY: Duration = Duration::from_millis(500);
-/// The longest wait between two requests for one address (resolution never gives up:
-/// a peer that boots later is found within this long).
-pub const MAX_RETRY: Duration = Duration::from_secs(8);
-/// At most this many learned addresses are kept (the uplink is one subnet, but a busy
-/// one must not grow the table without bound).
-pub const CAPACITY: usize = 1024;
-
-/// The uplink's own addressing, as far as neighbour resolution needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UplinkAddress {
-    pub mac: EthernetAddress,
-    pub cidr: Ipv4Cidr,
-    pub gateway: Option<Ipv4Address>,
-}
-
-impl UplinkAddress {
-    /// The address whose MAC `peer`'s packets are sent to: the peer on our subnet, the
-    /// gateway otherwise (`None` when there is none: the peer is unreachable).
-    pub fn next_hop(&self, peer: Ipv4Address) -> Option<Ipv4Address> {
-        if self.cidr.contains_addr(&peer) {
-            Some(peer)
-        } else {
-            self.gateway
-        }
-    }
-}
+use smoltcp::wire::EthernetAddress;
 
 /// Counters of neighbour resolution (shown in `status`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,317 +24,209 @@ pub struct NeighborCounters {
     pub ignored: u64,
 }
 
+/// When requests for one address are repeated: after `first`, then each wait twice the
+/// last, up to `longest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Pending {
+pub struct Retry {
+    pub first: Duration,
+    pub longest: Duration,
+}
+
+impl Retry {
+    /// The same wait between every two requests.
+    pub const fn every(interval: Duration) -> Retry {
+        Retry {
+            first: interval,
+            longest: interval,
+        }
+    }
+}
+
+/// What [`Neighbors::learn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// A binding that is new, or a new MAC for a known address.
+    New,
+    /// The binding was known as it is.
+    Unchanged,
+    /// The table is full and the address is not in it: nothing changed.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resolving {
+    /// When the latest request was sent.
+    asked: Instant,
     next_try: Instant,
     /// The wait after the next request.
     backoff: Duration,
 }
 
-/// The neighbour table and the resolutions in progress.
-#[derive(Debug, Clone, Default)]
-pub struct Neighbors {
-    cache: BTreeMap<Ipv4Address, EthernetAddress>,
-    pending: BTreeMap<Ipv4Address, Pending>,
+/// Neighbours by key (an address, or a NIC and an address), and the resolutions in
+/// progress.
+#[derive(Debug, Clone)]
+pub struct Neighbors<K> {
+    cache: BTreeMap<K, EthernetAddress>,
+    resolving: BTreeMap<K, Resolving>,
+    capacity: usize,
+    retry: Retry,
     counters: NeighborCounters,
 }
 
-impl Neighbors {
-    pub fn new() -> Neighbors {
-        Neighbors::default()
+impl<K: Ord + Copy> Neighbors<K> {
+    /// A table of at most `capacity` bindings whose requests repeat as `retry` says.
+    pub fn new(capacity: usize, retry: Retry) -> Neighbors<K> {
+        Neighbors {
+            cache: BTreeMap::new(),
+            resolving: BTreeMap::new(),
+            capacity,
+            retry,
+            counters: NeighborCounters::default(),
+        }
     }
 
     pub fn counters(&self) -> NeighborCounters {
         self.counters
     }
 
-    /// The MAC address known for `ip`.
-    pub fn lookup(&self, ip: &Ipv4Address) -> Option<EthernetAddress> {
-        self.cache.get(ip).copied()
+    /// The MAC address known for `key`.
+    pub fn lookup(&self, key: &K) -> Option<EthernetAddress> {
+        self.cache.get(key).copied()
     }
 
-    /// Every known neighbour, by address.
-    pub fn iter(&self) -> impl Iterator<Item = (&Ipv4Address, &EthernetAddress)> {
+    /// Whether `key` has a binding.
+    pub fn knows(&self, key: &K) -> bool {
+        self.cache.contains_key(key)
+    }
+
+    /// Whether `key` is being resolved.
+    pub fn is_resolving(&self, key: &K) -> bool {
+        self.resolving.contains_key(key)
+    }
+
+    /// Whether a binding for `key` would fit: it has one, or the table has room.
+    pub fn has_room_for(&self, key: &K) -> bool {
+        self.cache.len() < self.capacity || self.cache.contains_key(key)
+    }
+
+    /// Every known neighbour, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &EthernetAddress)> {
         self.cache.iter()
     }
 
-    /// Learn from a frame received on the uplink. Only ARP from a unicast sender on our
-    /// subnet counts, and only about an address we are resolving, already know, or that
-    /// is asking for us (it is about to talk to us). Returns the binding when it is new
-    /// or changed.
-    pub fn observe(
-        &mut self,
-        frame: &[u8],
-        own: &UplinkAddress,
-    ) -> Option<(Ipv4Address, EthernetAddress)> {
-        let eth = EthernetFrame::new_checked(frame).ok()?;
-        if eth.ethertype() != EthernetProtocol::Arp {
-            return None;
+    /// `key` is at `mac`: bind it and end its resolution.
+    pub fn learn(&mut self, key: K, mac: EthernetAddress) -> Learned {
+        if !self.has_room_for(&key) {
+            return Learned::Full;
         }
-        let packet = ArpPacket::new_checked(eth.payload()).ok()?;
-        let ArpRepr::EthernetIpv4 {
-            operation,
-            source_hardware_addr: mac,
-            source_protocol_addr: ip,
-            target_protocol_addr: target,
-            ..
-        } = ArpRepr::parse(&packet).ok()?
-        else {
-            return None;
-        };
-        if !matches!(operation, ArpOperation::Request | ArpOperation::Reply)
-            || !mac.is_unicast()
-            || ip == own.cidr.address()
-            || !own.cidr.contains_addr(&ip)
-            || ip.is_broadcast()
-            || ip.is_unspecified()
-        {
-            return None;
-        }
-        let wanted = self.pending.contains_key(&ip)
-            || self.cache.contains_key(&ip)
-            || target == own.cidr.address();
-        if !wanted || (!self.cache.contains_key(&ip) && self.cache.len() >= CAPACITY) {
-            self.counters.ignored += 1;
-            return None;
-        }
-        self.pending.remove(&ip);
-        if self.cache.insert(ip, mac) == Some(mac) {
-            return None;
+        self.resolving.remove(&key);
+        if self.cache.insert(key, mac) == Some(mac) {
+            return Learned::Unchanged;
         }
         self.counters.learned += 1;
-        Some((ip, mac))
+        Learned::New
     }
 
-    /// Forget every binding (the uplink was readdressed).
-    pub fn clear(&mut self) {
-        self.cache.clear();
-        self.pending.clear();
+    /// Counts an ARP frame its user would not learn from.
+    pub fn count_ignored(&mut self) {
+        self.counters.ignored += 1;
     }
 
-    /// ARP requests due at `now` for the addresses in `wanted` (next hops the datapath
-    /// still lacks a MAC for), sent from `own`. Resolutions of addresses no longer
-    /// wanted are dropped; a new one is asked for at once, then after `FIRST_RETRY`,
-    /// doubling up to `MAX_RETRY`.
-    pub fn solicit(
-        &mut self,
-        now: Instant,
-        wanted: &[Ipv4Address],
-        own: &UplinkAddress,
-    ) -> Vec<Vec<u8>> {
-        self.pending.retain(|ip, _| wanted.contains(ip));
-        let mut out = Vec::new();
-        for ip in wanted {
-            if self.cache.contains_key(ip) {
-                continue;
-            }
-            let p = self.pending.entry(*ip).or_insert(Pending {
-                next_try: now,
-                backoff: FIRST_RETRY,
-            });
-            if p.next_try > now {
-                continue;
-            }
-            p.next_try = now + p.backoff;
-            p.backoff = (p.backoff * 2).min(MAX_RETRY);
-            self.counters.requests += 1;
-            out.push(probe::arp_request(own.mac, own.cidr.address(), *ip));
+    /// Whether a request for `key` is due at `now`: the first at once, the next ones
+    /// on the retry schedule. When it is, the request is counted as sent.
+    pub fn ask(&mut self, key: K, now: Instant) -> bool {
+        let first = self.retry.first;
+        let r = self.resolving.entry(key).or_insert(Resolving {
+            asked: now,
+            next_try: now,
+            backoff: first,
+        });
+        if r.next_try > now {
+            return false;
         }
-        out
+        r.asked = now;
+        r.next_try = now + r.backoff;
+        r.backoff = (r.backoff * 2).min(self.retry.longest);
+        self.counters.requests += 1;
+        true
+    }
+
+    /// Ends the resolutions for which `keep` (given the key and when it was last
+    /// asked for) is false.
+    pub fn retain_resolving(&mut self, mut keep: impl FnMut(&K, Instant) -> bool) {
+        self.resolving.retain(|k, r| keep(k, r.asked));
     }
 
     /// When the next request is due (None: nothing is being resolved).
     pub fn next_try(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.next_try).min()
+        self.resolving.values().map(|r| r.next_try).min()
+    }
+
+    /// Forget every binding and resolution.
+    pub fn clear(&mut self) {
+        self.cache.clear();
+        self.resolving.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec;
+    use smoltcp::wire::Ipv4Address;
 
-    const OWN: UplinkAddress = UplinkAddress {
-        mac: EthernetAddress([0x52, 0x54, 0, 0, 0, 1]),
-        cidr: Ipv4Cidr::new(Ipv4Address::new(192, 0, 2, 11), 24),
-        gateway: Some(Ipv4Address::new(192, 0, 2, 1)),
-    };
-    const PEER: Ipv4Address = Ipv4Address::new(192, 0, 2, 12);
-    const PEER_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 2]);
-
-    fn arp(
-        op: ArpOperation,
-        mac: EthernetAddress,
-        ip: Ipv4Address,
-        target: Ipv4Address,
-    ) -> Vec<u8> {
-        let mut frame = probe::arp_request(mac, ip, target);
-        if op == ArpOperation::Reply {
-            // ARP operation field: bytes 6..8 of the ARP payload.
-            frame[14 + 7] = 2;
-            frame[..6].copy_from_slice(&OWN.mac.0);
-        }
-        frame
-    }
+    const A: Ipv4Address = Ipv4Address::new(192, 0, 2, 12);
+    const MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 2]);
 
     fn t(ms: u64) -> Instant {
         Instant::from_millis(ms as i64)
     }
 
     #[test]
-    fn next_hop_is_the_peer_on_subnet_else_the_gateway() {
-        assert_eq!(OWN.next_hop(PEER), Some(PEER));
-        let far = Ipv4Address::new(198, 51, 100, 7);
-        assert_eq!(OWN.next_hop(far), OWN.gateway);
-        let no_gw = UplinkAddress {
-            gateway: None,
-            ..OWN
-        };
-        assert_eq!(no_gw.next_hop(far), None);
+    fn a_fixed_interval_asks_once_a_second_and_learning_ends_the_resolution() {
+        let mut n = Neighbors::new(4, Retry::every(Duration::from_secs(1)));
+        assert!(n.ask(A, t(0)));
+        assert!(!n.ask(A, t(999)));
+        assert!(n.ask(A, t(1000)));
+        assert!(n.ask(A, t(2500)));
+        assert_eq!(n.next_try(), Some(t(3500)));
+        assert_eq!(n.learn(A, MAC), Learned::New);
+        assert!(!n.is_resolving(&A));
+        assert_eq!(n.next_try(), None);
+        assert_eq!(n.learn(A, MAC), Learned::Unchanged);
+        assert_eq!(n.lookup(&A), Some(MAC));
+        assert_eq!((n.counters().requests, n.counters().learned), (3, 1));
     }
 
     #[test]
-    fn solicits_with_backoff_and_stops_once_resolved() {
-        let mut n = Neighbors::new();
-        let wanted = [PEER];
-        let first = n.solicit(t(0), &wanted, &OWN);
-        assert_eq!(first.len(), 1);
-        // The request is a real who-has from our MAC and address.
-        let eth = EthernetFrame::new_checked(&first[0][..]).unwrap();
-        assert_eq!(eth.dst_addr(), EthernetAddress::BROADCAST);
-        assert_eq!(eth.src_addr(), OWN.mac);
-        let repr = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
-        assert_eq!(
-            repr,
-            ArpRepr::EthernetIpv4 {
-                operation: ArpOperation::Request,
-                source_hardware_addr: OWN.mac,
-                source_protocol_addr: OWN.cidr.address(),
-                target_hardware_addr: EthernetAddress([0; 6]),
-                target_protocol_addr: PEER,
-            }
-        );
-        // Retries at 0.5 s, 1.5 s, 3.5 s, 7.5 s, then every 8 s.
-        let mut sent_at = vec![0u64];
-        for ms in (1..=40_000).step_by(100) {
-            if !n.solicit(t(ms), &wanted, &OWN).is_empty() {
-                sent_at.push(ms);
-            }
-        }
-        assert_eq!(
-            &sent_at[..7],
-            &[0, 501, 1501, 3501, 7501, 15501, 23501],
-            "{sent_at:?}"
-        );
-        assert_eq!(n.counters().requests, sent_at.len() as u64);
-        assert!(n.next_try().is_some());
+    fn resolutions_are_kept_only_while_wanted() {
+        let mut n: Neighbors<(u8, Ipv4Address)> =
+            Neighbors::new(4, Retry::every(Duration::from_secs(1)));
+        assert!(n.ask((0, A), t(0)));
+        assert!(n.ask((1, A), t(2000)));
+        n.retain_resolving(|_, asked| t(3000) < asked + Duration::from_secs(3));
+        assert!(!n.is_resolving(&(0, A)));
+        assert!(n.is_resolving(&(1, A)));
+        // Forgotten: the next request goes at once.
+        assert!(n.ask((0, A), t(3000)));
+    }
 
-        let learned = n.observe(
-            &arp(ArpOperation::Reply, PEER_MAC, PEER, OWN.cidr.address()),
-            &OWN,
-        );
-        assert_eq!(learned, Some((PEER, PEER_MAC)));
-        assert_eq!(n.lookup(&PEER), Some(PEER_MAC));
-        assert!(n.solicit(t(50_000), &wanted, &OWN).is_empty());
-        assert_eq!(n.next_try(), None);
-        // The same again teaches nothing new; a changed MAC is reported.
-        assert_eq!(
-            n.observe(
-                &arp(ArpOperation::Reply, PEER_MAC, PEER, OWN.cidr.address()),
-                &OWN
-            ),
-            None
+    #[test]
+    fn a_full_table_learns_nothing_new_but_updates_what_it_has() {
+        let mut n = Neighbors::new(2, Retry::every(Duration::from_secs(1)));
+        let ip = |i| Ipv4Address::new(10, 0, 0, i);
+        assert_eq!(n.learn(ip(1), MAC), Learned::New);
+        assert_eq!(n.learn(ip(2), MAC), Learned::New);
+        assert!(n.ask(ip(3), t(0)));
+        assert!(!n.has_room_for(&ip(3)));
+        assert_eq!(n.learn(ip(3), MAC), Learned::Full);
+        assert!(
+            n.is_resolving(&ip(3)),
+            "a refused binding ends no resolution"
         );
         let moved = EthernetAddress([0x52, 0x54, 0, 0, 0, 9]);
-        let other = Ipv4Address::new(192, 0, 2, 99);
-        assert_eq!(
-            n.observe(&arp(ArpOperation::Request, moved, PEER, other), &OWN),
-            Some((PEER, moved))
-        );
-    }
-
-    #[test]
-    fn unwanted_resolutions_are_dropped() {
-        let mut n = Neighbors::new();
-        assert_eq!(n.solicit(t(0), &[PEER], &OWN).len(), 1);
-        assert!(n.solicit(t(10_000), &[], &OWN).is_empty());
-        assert_eq!(n.next_try(), None);
-        // A reply for an address nobody asked about and that is not talking to us.
-        let stranger = Ipv4Address::new(192, 0, 2, 50);
-        let other = Ipv4Address::new(192, 0, 2, 51);
-        assert_eq!(
-            n.observe(&arp(ArpOperation::Reply, PEER_MAC, stranger, other), &OWN),
-            None
-        );
-        assert_eq!(n.lookup(&stranger), None);
-        assert_eq!(n.counters().ignored, 1);
-        // One asking for us is learned: it is about to send to us.
-        assert_eq!(
-            n.observe(
-                &arp(
-                    ArpOperation::Request,
-                    PEER_MAC,
-                    stranger,
-                    OWN.cidr.address()
-                ),
-                &OWN
-            ),
-            Some((stranger, PEER_MAC))
-        );
-    }
-
-    #[test]
-    fn refuses_what_cannot_be_a_neighbour() {
-        let mut n = Neighbors::new();
-        n.solicit(t(0), &[PEER], &OWN);
-        let cases = [
-            // Off our subnet.
-            arp(
-                ArpOperation::Reply,
-                PEER_MAC,
-                Ipv4Address::new(198, 51, 100, 1),
-                OWN.cidr.address(),
-            ),
-            // Our own address.
-            arp(ArpOperation::Reply, PEER_MAC, OWN.cidr.address(), PEER),
-            // A multicast sender MAC.
-            arp(
-                ArpOperation::Reply,
-                EthernetAddress([0x01, 0, 0x5e, 0, 0, 1]),
-                PEER,
-                OWN.cidr.address(),
-            ),
-        ];
-        for frame in cases {
-            assert_eq!(n.observe(&frame, &OWN), None);
-        }
-        // Not ARP at all, and truncated ARP.
-        let good = arp(ArpOperation::Reply, PEER_MAC, PEER, OWN.cidr.address());
-        let mut ip = good.clone();
-        ip[12..14].copy_from_slice(&[0x08, 0x00]);
-        assert_eq!(n.observe(&ip, &OWN), None);
-        for len in 0..good.len() - 1 {
-            assert_eq!(n.observe(&good[..len], &OWN), None, "{len}");
-        }
-        assert_eq!(n.lookup(&PEER), None);
-        assert_eq!(n.observe(&good, &OWN), Some((PEER, PEER_MAC)));
-    }
-
-    #[test]
-    fn table_is_bounded() {
-        let mut n = Neighbors::new();
-        let own = UplinkAddress {
-            cidr: Ipv4Cidr::new(Ipv4Address::new(10, 0, 0, 1), 8),
-            ..OWN
-        };
-        for i in 0..(CAPACITY as u32 + 10) {
-            let ip = Ipv4Address::from(0x0a00_1000 + i);
-            n.observe(
-                &arp(ArpOperation::Request, PEER_MAC, ip, own.cidr.address()),
-                &own,
-            );
-        }
-        assert_eq!(n.iter().count(), CAPACITY);
-        assert_eq!(n.counters().ignored, 10);
+        assert_eq!(n.learn(ip(2), moved), Learned::New);
+        assert_eq!(n.iter().count(), 2);
+        n.clear();
+        assert_eq!((n.iter().count(), n.next_try()), (0, None));
     }
 }

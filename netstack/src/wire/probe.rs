@@ -1,7 +1,7 @@
-//! Builds and recognizes the frames that probe an interface: ARP who-has and ICMP echo.
-//! Used by tests and fuzz seeds today, by neighbour/health probing later. Built only from
-//! smoltcp wire `Repr`s (checksums included); parsing never panics and returns `None` for
-//! anything that is not the expected, well-formed reply.
+//! Builds and recognizes the frames that probe an interface: ARP who-has (and any
+//! Ethernet/IPv4 ARP read back) and ICMP echo. The ARP resolver's requests, and tests and
+//! fuzz seeds. Built only from smoltcp wire `Repr`s (checksums included); parsing never
+//! panics and returns `None` for anything that is not the expected, well-formed frame.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -9,9 +9,8 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr,
+    ETHERNET_HEADER_LEN,
 };
-
-const ETHERNET_HEADER_LEN: usize = 14;
 
 fn ethernet(
     src: EthernetAddress,
@@ -54,9 +53,37 @@ pub fn arp_request(
     frame
 }
 
-/// An ARP reply as seen on the wire.
+/// An ARP reply telling `target_mac`/`target_ip` that `sender_ip` is at `sender_mac`,
+/// sent from `sender_mac` to `target_mac`.
+pub fn arp_reply(
+    sender_mac: EthernetAddress,
+    sender_ip: Ipv4Address,
+    target_mac: EthernetAddress,
+    target_ip: Ipv4Address,
+) -> Vec<u8> {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: sender_mac,
+        source_protocol_addr: sender_ip,
+        target_hardware_addr: target_mac,
+        target_protocol_addr: target_ip,
+    };
+    let mut frame = ethernet(
+        sender_mac,
+        target_mac,
+        EthernetProtocol::Arp,
+        arp.buffer_len(),
+    );
+    arp.emit(&mut ArpPacket::new_unchecked(
+        &mut frame[ETHERNET_HEADER_LEN..],
+    ));
+    frame
+}
+
+/// An Ethernet/IPv4 ARP packet as seen on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArpReply {
+pub struct Arp {
+    pub operation: ArpOperation,
     /// The Ethernet destination of the frame.
     pub frame_dst: EthernetAddress,
     pub sender_mac: EthernetAddress,
@@ -65,8 +92,8 @@ pub struct ArpReply {
     pub target_ip: Ipv4Address,
 }
 
-/// The frame as an ARP reply, or None.
-pub fn parse_arp_reply(frame: &[u8]) -> Option<ArpReply> {
+/// The frame as Ethernet/IPv4 ARP, or None.
+pub fn parse_arp(frame: &[u8]) -> Option<Arp> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     if eth.ethertype() != EthernetProtocol::Arp {
         return None;
@@ -74,12 +101,13 @@ pub fn parse_arp_reply(frame: &[u8]) -> Option<ArpReply> {
     let arp = ArpPacket::new_checked(eth.payload()).ok()?;
     match ArpRepr::parse(&arp).ok()? {
         ArpRepr::EthernetIpv4 {
-            operation: ArpOperation::Reply,
+            operation,
             source_hardware_addr,
             source_protocol_addr,
             target_hardware_addr,
             target_protocol_addr,
-        } => Some(ArpReply {
+        } => Some(Arp {
+            operation,
             frame_dst: eth.dst_addr(),
             sender_mac: source_hardware_addr,
             sender_ip: source_protocol_addr,
@@ -88,6 +116,11 @@ pub fn parse_arp_reply(frame: &[u8]) -> Option<ArpReply> {
         }),
         _ => None,
     }
+}
+
+/// The frame as an ARP reply, or None.
+pub fn parse_arp_reply(frame: &[u8]) -> Option<Arp> {
+    parse_arp(frame).filter(|a| a.operation == ArpOperation::Reply)
 }
 
 /// The addresses and contents of an ICMP echo request or reply.

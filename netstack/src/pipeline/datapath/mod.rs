@@ -30,7 +30,7 @@ use crate::stage::overlay::{
 };
 use crate::stage::route::{Origin, Segment};
 use crate::table::fdb::Location;
-use crate::table::neighbor::{NeighborCounters, Neighbors, UplinkAddress};
+use crate::table::neighbor::NeighborCounters;
 use crate::wire::vlan::{self, Tag};
 
 /// Learned FDB entries are swept this often.
@@ -39,7 +39,9 @@ pub const AGE_INTERVAL: Duration = Duration::from_secs(1);
 pub const REPLY_ROUTES: usize = 1024;
 
 mod routed;
+mod underlay;
 pub(crate) use routed::RouterHook;
+pub use underlay::{UnderlayNeighbors, UplinkAddress, CAPACITY, FIRST_RETRY, MAX_RETRY};
 
 /// Which segment each host that talked to the appliance's link interface was on, so
 /// that the interface's answers go back there (smoltcp itself knows nothing of VLANs
@@ -166,7 +168,7 @@ pub struct OverlayPath {
     link_mac: EthernetAddress,
     by_tag: BTreeMap<Option<VlanId>, Vni>,
     vlan_of: BTreeMap<Vni, Option<VlanId>>,
-    neighbors: Neighbors,
+    neighbors: UnderlayNeighbors,
     replies: ReplyRoutes,
     next_age: Option<Instant>,
     counters: DatapathCounters,
@@ -186,7 +188,7 @@ impl OverlayPath {
             link_mac,
             by_tag: BTreeMap::new(),
             vlan_of: BTreeMap::new(),
-            neighbors: Neighbors::new(),
+            neighbors: UnderlayNeighbors::new(),
             replies: ReplyRoutes::default(),
             next_age: None,
             counters: DatapathCounters::default(),
@@ -207,7 +209,7 @@ impl OverlayPath {
         self.counters
     }
 
-    pub fn neighbors(&self) -> &Neighbors {
+    pub fn neighbors(&self) -> &UnderlayNeighbors {
         &self.neighbors
     }
 
@@ -539,39 +541,6 @@ impl OverlayPath {
             }
         }
     }
-
-    /// Give resolved peers their MAC; ask for the next hops still missing.
-    fn resolve(&mut self, now: Instant, own: &UplinkAddress, out: &mut Outbox) {
-        let unresolved: Vec<Ipv4Address> = self.overlay.peers_without_neighbor().collect();
-        let mut wanted = Vec::new();
-        for peer in unresolved {
-            let Some(hop) = own.next_hop(peer) else {
-                continue;
-            };
-            match self.neighbors.lookup(&hop) {
-                Some(mac) => {
-                    // The peer exists: it was just listed.
-                    let _ = self.overlay.set_neighbor(peer, Some(mac));
-                }
-                None if !wanted.contains(&hop) => wanted.push(hop),
-                None => {}
-            }
-        }
-        out.uplink.extend(self.neighbors.solicit(now, &wanted, own));
-    }
-
-    /// `ip` is now at `mac`: every peer reached through `ip` follows.
-    fn rebind(&mut self, ip: Ipv4Address, mac: EthernetAddress, own: &UplinkAddress) {
-        let moved: Vec<Ipv4Address> = self
-            .overlay
-            .peers()
-            .filter(|(peer, n)| own.next_hop(*peer) == Some(ip) && *n != Some(mac))
-            .map(|(peer, _)| peer)
-            .collect();
-        for peer in moved {
-            let _ = self.overlay.set_neighbor(peer, Some(mac));
-        }
-    }
 }
 
 /// Transmit (and take) `frames` on `port`, counting; true if any was sent. The
@@ -586,6 +555,3 @@ fn flush(frames: &mut Vec<Vec<u8>>, port: &mut dyn Port, counters: &mut NicCount
     }
     any
 }
-
-#[cfg(test)]
-mod tests;

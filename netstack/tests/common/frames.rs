@@ -1,9 +1,6 @@
-//! Test-only frame builders and checkers shared by the packet path's unit tests: IPv4
-//! TCP/UDP packets with every checksum filled, Ethernet framing, and the reading of a
-//! forwarded frame that verifies every checksum. Compiled only for `cargo test`.
-
-use alloc::vec;
-use alloc::vec::Vec;
+//! Frame builders and checkers shared by the scenario tests: IPv4 TCP/UDP packets with
+//! every checksum filled, Ethernet framing, and the reading of a forwarded frame that
+//! verifies every checksum.
 
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Address,
@@ -12,7 +9,7 @@ use smoltcp::wire::{
 
 /// An IPv4 packet, TTL 64: TCP with `flags` (seq 7, ack 8 when ACK is set), or UDP
 /// carrying `payload` when `flags` is None; every checksum filled.
-pub(crate) fn ipv4_l4(
+pub fn ipv4_l4(
     src: (Ipv4Address, u16),
     dst: (Ipv4Address, u16),
     flags: Option<u8>,
@@ -56,7 +53,7 @@ pub(crate) fn ipv4_l4(
 }
 
 /// `ip` in an Ethernet frame from `src` to `dst`.
-pub(crate) fn ethernet(src: EthernetAddress, dst: EthernetAddress, ip: &[u8]) -> Vec<u8> {
+pub fn ethernet(src: EthernetAddress, dst: EthernetAddress, ip: &[u8]) -> Vec<u8> {
     let mut f = vec![0u8; 14];
     f[0..6].copy_from_slice(&dst.0);
     f[6..12].copy_from_slice(&src.0);
@@ -67,17 +64,17 @@ pub(crate) fn ethernet(src: EthernetAddress, dst: EthernetAddress, ip: &[u8]) ->
 
 /// What a forwarded TCP/UDP frame carries.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Seen {
-    pub(crate) dst_mac: EthernetAddress,
-    pub(crate) src_mac: EthernetAddress,
-    pub(crate) src: (Ipv4Address, u16),
-    pub(crate) dst: (Ipv4Address, u16),
-    pub(crate) ttl: u8,
+pub struct Seen {
+    pub dst_mac: EthernetAddress,
+    pub src_mac: EthernetAddress,
+    pub src: (Ipv4Address, u16),
+    pub dst: (Ipv4Address, u16),
+    pub ttl: u8,
 }
 
 /// Reads a frame as IPv4 TCP/UDP (None for anything else), asserting that every
 /// checksum passes a full verify.
-pub(crate) fn seen(f: &[u8]) -> Option<Seen> {
+pub fn seen(f: &[u8]) -> Option<Seen> {
     let e = EthernetFrame::new_checked(f).ok()?;
     if e.ethertype() != EthernetProtocol::Ipv4 {
         return None;

@@ -5,10 +5,10 @@
 //! containers. Real frames on in-memory ports, every checksum verified.
 
 use super::*;
-use crate::base::Transport;
-use crate::stage::lb::{BackendConfig, Mode, ServiceConfig};
-use crate::stage::nat::{Nat, NatConfig, PublishRule};
-use crate::stage::route::{Origin, Placement, Router, Segment};
+use weft_netstack::base::Transport;
+use weft_netstack::stage::lb::{BackendConfig, Mode, ServiceConfig};
+use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule};
+use weft_netstack::stage::route::{Origin, Placement, Router, Segment};
 
 const CLIENT: Ipv4Address = Ipv4Address::new(203, 0, 113, 9);
 const FAR: Ipv4Address = Ipv4Address::new(198, 51, 100, 200);
@@ -23,14 +23,14 @@ pub(super) fn frame(
     dst: (Ipv4Address, u16),
     flags: Option<u8>,
 ) -> Vec<u8> {
-    crate::testing::ethernet(
+    crate::common::frames::ethernet(
         macs.0,
         macs.1,
-        &crate::testing::ipv4_l4(src, dst, flags, b"weft"),
+        &crate::common::frames::ipv4_l4(src, dst, flags, b"weft"),
     )
 }
 
-pub(super) use crate::testing::{seen, Seen};
+pub(super) use crate::common::frames::{seen, Seen};
 
 /// The frames on VLAN `vlan` (untagged with `None`) of the link output, tags removed.
 pub(super) fn on_vlan(link: &[Vec<u8>], vlan: Option<u16>) -> Vec<Vec<u8>> {

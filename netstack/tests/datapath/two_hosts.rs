@@ -5,10 +5,10 @@
 
 use super::routed::{frame, seen, Seen};
 use super::*;
-use crate::base::Transport;
-use crate::stage::lb::{BackendConfig, Mode, ServiceConfig};
-use crate::stage::nat::{Nat, NatConfig, PublishRule};
-use crate::stage::route::Router;
+use weft_netstack::base::Transport;
+use weft_netstack::stage::lb::{BackendConfig, Mode, ServiceConfig};
+use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule};
+use weft_netstack::stage::route::Router;
 
 const A_UPLINK: Ipv4Address = Ipv4Address::new(192, 0, 2, 11);
 const A_MACS: (EthernetAddress, EthernetAddress) = (
@@ -25,9 +25,9 @@ const VIP: Ipv4Address = Ipv4Address::new(10, 81, 255, 2);
 const VLAN_N2: u16 = 300;
 
 /// Networks "grid" (VNI 100, untagged) and "n2" (VNI 300 on VLAN 300), on both hosts.
-fn doc(node: u8) -> alloc::string::String {
+fn doc(node: u8) -> String {
     let other = 3 - node;
-    alloc::format!(
+    format!(
         r#"{{"grid": {{"node": {node}}},
             "networks": [{{"name": "grid", "vni": 100}}, {{"name": "n2", "vni": 300, "vlan": 300}}],
             "peers": [{{"node": {other}, "address": "192.0.2.1{other}", "networks": ["grid", "n2"]}}]}}"#

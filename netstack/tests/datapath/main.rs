@@ -3,18 +3,24 @@
 //! network's VLAN tag, the node address answering from the link and from peers, and
 //! frames never crossing networks.
 
-use super::*;
-use crate::base::ports::VXLAN_PORT;
-use crate::base::{NicAddress, NicId};
-use crate::pipeline::netstack::Netstack;
-use crate::pipeline::port::MemPort;
-use crate::stage::overlay::config::OverlayConfig;
-use crate::stage::overlay::{Limits, Underlay};
-use crate::table::fdb::Location;
-use crate::wire::probe::{self, Echo};
-use crate::wire::vxlan::{self, DfPolicy, Outer};
-use alloc::vec;
-use smoltcp::wire::{ArpOperation, Icmpv4Packet, IpProtocol};
+#[path = "../common/mod.rs"]
+mod common;
+
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    Icmpv4Packet, IpProtocol, Ipv4Address, Ipv4Cidr, Ipv4Packet,
+};
+use weft_netstack::base::ports::VXLAN_PORT;
+use weft_netstack::base::{NicAddress, NicId, VlanId, Vni, MAX_FRAME_LEN};
+use weft_netstack::pipeline::datapath::OverlayPath;
+use weft_netstack::stage::overlay::config::{NetworkConfig, OverlayConfig, PeerConfig};
+use weft_netstack::stage::overlay::{Egress, Limits, Overlay, Underlay, Verdict};
+use weft_netstack::table::fdb::Location;
+use weft_netstack::wire::probe::{self, Echo};
+use weft_netstack::wire::vlan::{self, Tag};
+use weft_netstack::wire::vxlan::{self, DfPolicy, Outer};
+use weft_netstack::{MemPort, Netstack, PollResult};
 
 const UPLINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 0x01]);
 const LINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 0x02]);
@@ -129,7 +135,7 @@ impl Rig {
             .unwrap();
     }
 
-    fn poll(&mut self) -> crate::pipeline::netstack::PollResult {
+    fn poll(&mut self) -> PollResult {
         self.now += Duration::from_millis(1);
         self.stack.poll(self.now, &mut self.uplink, &mut self.link)
     }
@@ -263,7 +269,7 @@ fn resolves_underlay_neighbours_then_encapsulates() {
     // The retry is what the stack asks to be polled for.
     assert!(r
         .next_poll
-        .is_some_and(|d| d <= crate::table::neighbor::FIRST_RETRY));
+        .is_some_and(|d| d <= weft_netstack::pipeline::datapath::FIRST_RETRY));
 
     // Before resolution a broadcast from a container cannot reach the peers.
     let request = probe::arp_request(mac(1), ip(1), ip(12));
@@ -613,7 +619,7 @@ fn runtime_changes_take_effect_without_touching_other_traffic() {
     assert_eq!(dest(&mut rig, &to_p3), vec![P3]);
     rig.path_mut()
         .add_peer(&PeerConfig {
-            node: crate::base::NodeId::new(2).unwrap(),
+            node: weft_netstack::base::NodeId::new(2).unwrap(),
             name: None,
             address: Some(P2),
             region: None,
@@ -679,8 +685,8 @@ fn a_tag_inside_never_reaches_another_vlan() {
 const SLEEVE_SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// Node 1 (us) and node 2 at P2, network a (VNI 100) in sleeve mode.
-fn sleeve_doc(node: u8, peer: u8, peer_address: Ipv4Address) -> alloc::string::String {
-    alloc::format!(
+fn sleeve_doc(node: u8, peer: u8, peer_address: Ipv4Address) -> String {
+    format!(
         r#"{{"grid": {{"node": {node}, "secret": "{SLEEVE_SECRET}"}},
             "networks": [{{"name": "a", "vni": 100, "mode": "sleeve"}}],
             "peers": [{{"node": {peer}, "address": "{peer_address}", "networks": ["a"]}}]}}"#
@@ -739,7 +745,7 @@ fn sleeve_burst(rig: &mut Rig, peer: &mut Overlay, frames: &[Vec<u8>]) -> (usize
     assert_eq!(rig.link.pending_rx(), 0, "one poll took the burst");
     let mut delivered = Vec::new();
     for d in &up {
-        let r = crate::stage::overlay::encap::parse_outer(d).expect("sleeve to port 6783");
+        let r = weft_netstack::stage::overlay::encap::parse_outer(d).expect("sleeve to port 6783");
         assert_eq!((r.src_ip, r.dst_ip), (UPLINK_IP, P2));
         // Nothing exceeds the underlay MTU: 1500 bytes of IP (1450 + VXLAN's 50).
         assert!(d.len() - 14 <= 1500, "{} bytes of IP", d.len() - 14);
