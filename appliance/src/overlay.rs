@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
 use weft_netstack::base::{Mac, Vni};
 use weft_netstack::pipeline::datapath::OverlayPath;
+use weft_netstack::stage::overlay::config::route;
 use weft_netstack::stage::overlay::config::{
     ConfigError as GridError, GridConfig, NetworkConfig, OverlayConfig, PeerConfig,
 };
-use weft_netstack::stage::overlay::encap::route;
 use weft_netstack::stage::overlay::{Limits, Overlay, OverlayError, Underlay};
 use weft_netstack::stage::sleeve::SessionId;
 

@@ -6,6 +6,7 @@
 use alloc::vec::Vec;
 
 use byteorder::{ByteOrder, NetworkEndian};
+use smoltcp::wire::{EthernetProtocol, ETHERNET_HEADER_LEN};
 
 use crate::base::VlanId;
 
@@ -14,11 +15,39 @@ pub const TPID: u16 = 0x8100;
 /// Bytes a tag adds to a frame.
 pub const TAG_LEN: usize = 4;
 
-const ETHERTYPE: core::ops::Range<usize> = 12..14;
-const TCI: core::ops::Range<usize> = 14..16;
-const MAC_HEADER_LEN: usize = 12;
-const ETHERNET_HEADER_LEN: usize = 14;
+mod field {
+    use core::ops::Range;
+
+    /// The destination and source MAC addresses, ahead of a tag.
+    pub const ADDRESSES: Range<usize> = 0..12;
+    /// The EtherType of an untagged frame, or the TPID of a tagged one.
+    pub const ETHERTYPE: Range<usize> = 12..14;
+    /// The tag control information after the TPID: priority, DEI and VLAN id.
+    pub const TCI: Range<usize> = 14..16;
+}
+
 const VID_MASK: u16 = 0x0fff;
+
+/// 802.1ad (an S-tag) and pre-standard QinQ: tags all the same to a bridge.
+const TPID_8021AD: u16 = 0x88a8;
+const TPID_QINQ: u16 = 0x9100;
+
+/// Whether `ethertype` is the TPID of an 802.1Q (0x8100), 802.1ad (0x88a8) or
+/// pre-standard QinQ (0x9100) tag.
+pub fn is_tag(ethertype: EthernetProtocol) -> bool {
+    matches!(u16::from(ethertype), TPID | TPID_8021AD | TPID_QINQ)
+}
+
+/// The length of the L3 packet of a `frame_len`-byte frame whose EtherType field says
+/// `ethertype`: after the Ethernet header and one 802.1Q tag.
+pub fn l3_len(ethertype: EthernetProtocol, frame_len: usize) -> usize {
+    let header = if u16::from(ethertype) == TPID {
+        ETHERNET_HEADER_LEN + TAG_LEN
+    } else {
+        ETHERNET_HEADER_LEN
+    };
+    frame_len.saturating_sub(header)
+}
 
 /// The VLAN a received frame belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -40,13 +69,13 @@ pub fn untag(frame: &[u8]) -> Result<(Tag, Untagged<'_>), Truncated> {
     if frame.len() < ETHERNET_HEADER_LEN {
         return Err(Truncated);
     }
-    if NetworkEndian::read_u16(&frame[ETHERTYPE]) != TPID {
+    if NetworkEndian::read_u16(&frame[field::ETHERTYPE]) != TPID {
         return Ok((Tag::Untagged, Untagged::Borrowed(frame)));
     }
     if frame.len() < ETHERNET_HEADER_LEN + TAG_LEN {
         return Err(Truncated);
     }
-    let vid = NetworkEndian::read_u16(&frame[TCI]) & VID_MASK;
+    let vid = NetworkEndian::read_u16(&frame[field::TCI]) & VID_MASK;
     let tag = match vid {
         0 => Tag::Untagged,
         VID_MASK => Tag::Reserved,
@@ -54,8 +83,8 @@ pub fn untag(frame: &[u8]) -> Result<(Tag, Untagged<'_>), Truncated> {
         id => VlanId::new(id).map_or(Tag::Reserved, Tag::Vlan),
     };
     let mut out = Vec::with_capacity(frame.len() - TAG_LEN);
-    out.extend_from_slice(&frame[..MAC_HEADER_LEN]);
-    out.extend_from_slice(&frame[MAC_HEADER_LEN + TAG_LEN..]);
+    out.extend_from_slice(&frame[..field::ADDRESSES.end]);
+    out.extend_from_slice(&frame[field::ADDRESSES.end + TAG_LEN..]);
     Ok((tag, Untagged::Owned(out)))
 }
 
@@ -81,16 +110,16 @@ pub fn tag(frame: Vec<u8>, vlan: Option<VlanId>) -> Vec<u8> {
     let Some(vlan) = vlan else {
         return frame;
     };
-    if frame.len() < MAC_HEADER_LEN {
+    if frame.len() < field::ADDRESSES.end {
         return frame;
     }
     let mut out = Vec::with_capacity(frame.len() + TAG_LEN);
-    out.extend_from_slice(&frame[..MAC_HEADER_LEN]);
+    out.extend_from_slice(&frame[..field::ADDRESSES.end]);
     let mut header = [0u8; TAG_LEN];
     NetworkEndian::write_u16(&mut header[..2], TPID);
     NetworkEndian::write_u16(&mut header[2..], vlan.get());
     out.extend_from_slice(&header);
-    out.extend_from_slice(&frame[MAC_HEADER_LEN..]);
+    out.extend_from_slice(&frame[field::ADDRESSES.end..]);
     out
 }
 

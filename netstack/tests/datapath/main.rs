@@ -745,7 +745,8 @@ fn sleeve_burst(rig: &mut Rig, peer: &mut Overlay, frames: &[Vec<u8>]) -> (usize
     assert_eq!(rig.link.pending_rx(), 0, "one poll took the burst");
     let mut delivered = Vec::new();
     for d in &up {
-        let r = weft_netstack::stage::overlay::encap::parse_outer(d).expect("sleeve to port 6783");
+        let r = weft_netstack::stage::overlay::sleeve_link::parse_outer(d)
+            .expect("sleeve to port 6783");
         assert_eq!((r.src_ip, r.dst_ip), (UPLINK_IP, P2));
         // Nothing exceeds the underlay MTU: 1500 bytes of IP (1450 + VXLAN's 50).
         assert!(d.len() - 14 <= 1500, "{} bytes of IP", d.len() - 14);

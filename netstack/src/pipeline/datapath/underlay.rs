@@ -193,8 +193,8 @@ impl OverlayPath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smoltcp::wire::{ArpPacket, ArpRepr, EthernetFrame};
     use alloc::vec;
+    use smoltcp::wire::{ArpPacket, ArpRepr, EthernetFrame};
 
     const OWN: UplinkAddress = UplinkAddress {
         mac: EthernetAddress([0x52, 0x54, 0, 0, 0, 1]),

@@ -1,35 +1,25 @@
-//! The overlay's choice of how to reach a peer: at which of its underlay addresses
-//! (private in the same region, public otherwise, as Kontena's grid) and with which
-//! transport per network (plaintext VXLAN or sleeve, by the trusted subnets); and
-//! sleeve messages in and out of complete underlay frames (Ethernet + IPv4 + UDP to
-//! port 6783). Owns this appliance's sleeve endpoint.
+//! Encapsulation towards the peers: which encapsulation a network uses for a peer
+//! (VXLAN, or sleeve by mode and trusted subnets), the overlay MTU and the fragmentation
+//! needed answer for what exceeds it, VXLAN frames built at once, and sleeve frames
+//! queued per peer and network and sealed together.
 //!
-//! It never decides where a frame goes on L2 (the overlay does), never reads a clock and
-//! never lets a frame of a network that must be sealed leave in plaintext.
+//! It never decides where a frame goes on L2 (the bridge does) and never lets a frame
+//! of a network that must be sealed leave in plaintext.
 
+use alloc::vec;
 use alloc::vec::Vec;
 
-use serde::{Deserialize, Serialize};
-use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Instant;
-use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
-    Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
-};
+use smoltcp::wire::{EthernetFrame, Ipv4Address};
 
-use super::config::{ConfigError, GridConfig, Mode, PeerConfig, SecretText, Subnet};
-use crate::base::ports::SLEEVE_PORT;
+use super::bridge::Ingress;
+use super::config::{Mode, Subnet};
+use super::sleeve_link::OuterAddrs;
+use super::{network_mtu, DropReason, Egress, Output, Overlay, Verdict, MAX_PENDING_FRAMES};
 use crate::base::{NodeId, Vni};
-use crate::stage::sleeve::{
-    self, Config, Frame, OpenError, PskKeySource, SealError, SessionId, Sleeve, SleeveMetrics,
-};
-use crate::wire::vxlan;
-
-/// Ethernet + IPv4 + UDP in front of every sleeve message.
-pub const OUTER_LEN: usize = 14 + 20 + 8;
-/// What sleeve costs beyond what VXLAN costs, in overlay MTU.
-pub const EXTRA_OVERHEAD: u16 =
-    sleeve::session::OVERLAY_MTU_OVERHEAD - vxlan::ENCAP_OVERHEAD as u16;
+use crate::wire::icmp_error::frag_needed;
+use crate::wire::vlan;
+use crate::wire::vxlan::{self, Outer};
 
 /// How frames of one network are encapsulated for one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,290 +39,250 @@ pub fn encap(mode: Mode, trusted: &[Subnet], peer: Ipv4Address) -> Encap {
     }
 }
 
-/// Which of a peer's addresses is in use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AddressKind {
-    Private,
-    Public,
-}
-
-/// How this node reaches one peer: the underlay address in use, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    pub address: Ipv4Address,
-    pub kind: AddressKind,
-}
-
-impl Route {
-    /// The encapsulation of a network in `mode` to this peer (by the address in use).
-    pub fn encap(&self, mode: Mode, trusted: &[Subnet]) -> Encap {
-        encap(mode, trusted, self.address)
-    }
-}
-
-/// The address this node (of `grid`) reaches `peer` at: its private address when both
-/// are in the same region (a node or peer without a region is in `"default"`), else its
-/// public address; `address` stands for whichever of the two is not given. In the same
-/// region without a private address the public one is used (it is reachable from
-/// anywhere); in another region a private address never is.
-pub fn route(grid: &GridConfig, peer: &PeerConfig) -> Result<Route, ConfigError> {
-    if peer.address.is_some() && peer.private_address.is_some() && peer.public_address.is_some() {
-        return Err(ConfigError::AmbiguousPeerAddress(peer.node));
-    }
-    let private = peer.private_address.or(peer.address);
-    let public = peer.public_address.or(peer.address);
-    let peer_region = peer
-        .region
-        .as_deref()
-        .unwrap_or(super::config::DEFAULT_REGION);
-    let same_region = grid.region() == peer_region;
-    let (address, kind) = match (same_region, private, public) {
-        (true, Some(a), _) => (a, AddressKind::Private),
-        (_, _, Some(a)) => (a, AddressKind::Public),
-        (false, Some(_), None) => return Err(ConfigError::NoPublicAddress(peer.node)),
-        (_, None, None) => return Err(ConfigError::NoPeerAddress(peer.node)),
-    };
-    Ok(Route { address, kind })
-}
-
-/// The outer addresses of a sleeve frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OuterAddrs {
-    pub src_mac: EthernetAddress,
-    pub dst_mac: EthernetAddress,
-    pub src_ip: Ipv4Address,
-    pub dst_ip: Ipv4Address,
-    /// The flow's source port (ECMP spreading, as VXLAN's).
-    pub src_port: u16,
-    pub ttl: u8,
-}
-
-/// Counters of the sleeve endpoint, for `status.overlay.sleeve`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SleeveStatus {
-    pub port: u16,
-    pub sealed_messages: u64,
-    pub sealed_frames: u64,
-    /// Frames sealed into a message together with an earlier frame (batching).
-    #[serde(default)]
-    pub frames_batched: u64,
-    pub opened_messages: u64,
-    pub opened_frames: u64,
-    pub seal_refused: u64,
-    /// Received messages refused, by [`OpenError`] name.
-    pub drops: SleeveDrops,
-}
-
-/// Received sleeve messages refused, by reason (docs/sleeve.md, "Drops").
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SleeveDrops {
-    pub truncated: u64,
-    pub bad_version: u64,
-    pub unknown_type: u64,
-    pub unknown_peer: u64,
-    pub stale_session: u64,
-    pub unknown_epoch: u64,
-    pub key_unavailable: u64,
-    pub replayed: u64,
-    pub too_old: u64,
-    pub auth_failed: u64,
-    pub malformed: u64,
-}
-
-impl From<&SleeveMetrics> for SleeveStatus {
-    fn from(m: &SleeveMetrics) -> SleeveStatus {
-        SleeveStatus {
-            port: SLEEVE_PORT,
-            sealed_messages: m.sealed_messages,
-            sealed_frames: m.sealed_frames,
-            frames_batched: m.frames_batched,
-            opened_messages: m.opened_messages,
-            opened_frames: m.opened_frames,
-            seal_refused: m.seal_refused,
-            drops: SleeveDrops {
-                truncated: m.drop_truncated,
-                bad_version: m.drop_bad_version,
-                unknown_type: m.drop_unknown_type,
-                unknown_peer: m.drop_unknown_peer,
-                stale_session: m.drop_stale_session,
-                unknown_epoch: m.drop_unknown_epoch,
-                key_unavailable: m.drop_key_unavailable,
-                replayed: m.drop_replayed,
-                too_old: m.drop_too_old,
-                auth_failed: m.drop_auth_failed,
-                malformed: m.drop_malformed,
-            },
-        }
-    }
-}
-
-/// A received frame's outer IPv4/UDP, when it is UDP to [`SLEEVE_PORT`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Received<'a> {
-    pub src_ip: Ipv4Address,
-    pub dst_ip: Ipv4Address,
-    pub payload: &'a [u8],
-}
-
-/// Why an underlay frame to the sleeve port was not taken apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OuterError {
-    /// Not IPv4/UDP to the sleeve port: for VXLAN or the rest of the stack.
-    NotSleeve,
-    /// Outer IPv4/UDP truncated, inconsistent or with a bad checksum.
-    BadOuterHeader,
-    /// An outer IPv4 fragment (not reassembled, as VXLAN).
-    OuterFragment,
-}
-
-/// The outer headers of `frame` when it is UDP to the sleeve port; checksums verified.
-pub fn parse_outer(frame: &[u8]) -> Result<Received<'_>, OuterError> {
-    let eth = EthernetFrame::new_checked(frame).map_err(|_| OuterError::NotSleeve)?;
-    if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return Err(OuterError::NotSleeve);
-    }
-    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| OuterError::NotSleeve)?;
-    if ip.version() != 4 || ip.next_header() != IpProtocol::Udp {
-        return Err(OuterError::NotSleeve);
-    }
-    let udp = UdpPacket::new_checked(ip.payload()).map_err(|_| OuterError::NotSleeve)?;
-    if udp.dst_port() != SLEEVE_PORT {
-        return Err(OuterError::NotSleeve);
-    }
-    if ip.more_frags() || ip.frag_offset() != 0 {
-        return Err(OuterError::OuterFragment);
-    }
-    if !ip.verify_checksum() {
-        return Err(OuterError::BadOuterHeader);
-    }
-    let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
-    UdpRepr::parse(
-        &udp,
-        &IpAddress::Ipv4(src_ip),
-        &IpAddress::Ipv4(dst_ip),
-        &ChecksumCapabilities::default(),
-    )
-    .map_err(|_| OuterError::BadOuterHeader)?;
-    Ok(Received {
-        src_ip,
-        dst_ip,
-        payload: udp.payload(),
-    })
-}
-
-/// The frames of one opened message: each network's number and the frame.
-pub type OpenedFrames = Vec<(Vni, Vec<u8>)>;
-
-/// This appliance's sleeve endpoint, keyed by the grid secret.
+/// The frames of one network for one sleeve peer that will share messages.
 #[derive(Debug, Clone)]
-pub struct SleeveLink {
-    sleeve: Sleeve<PskKeySource>,
-    next_ident: u16,
+pub(super) struct PendingSeal {
+    pub(super) peer: Ipv4Address,
+    pub(super) node: NodeId,
+    pub(super) vni: Vni,
+    /// The outer headers, from the first frame (its flow's source port).
+    pub(super) outer: OuterAddrs,
+    pub(super) frames: Vec<Vec<u8>>,
 }
 
-impl SleeveLink {
-    /// An endpoint for node `local` whose messages fit an underlay of `underlay_mtu`;
-    /// `None` if the secret is unusable. `first`: see [`Sleeve::new`].
-    pub fn new(
-        local: NodeId,
-        secret: &SecretText,
-        underlay_mtu: u16,
-        first: SessionId,
-    ) -> Option<SleeveLink> {
-        let keys = PskKeySource::new(local, secret.grid_secret()?);
-        let mut config = Config::for_underlay_mtu(underlay_mtu);
-        config.headroom = OUTER_LEN;
-        Some(SleeveLink {
-            sleeve: Sleeve::new(local, keys, config, first),
-            next_ident: (first.0 >> 7) as u16,
-        })
-    }
-
-    pub fn add_peer(&mut self, node: NodeId) {
-        // `AlreadyPeer` keeps the running session; `SessionsExhausted` leaves the peer
-        // without one and its frames are refused (`seal_refused`), never sent in clear.
-        let _ = self.sleeve.add_peer(node);
-    }
-
-    pub fn remove_peer(&mut self, node: NodeId) {
-        self.sleeve.remove_peer(node);
-    }
-
-    pub fn metrics(&self) -> &SleeveMetrics {
-        self.sleeve.metrics()
-    }
-
-    pub fn next_session(&self) -> Option<SessionId> {
-        self.sleeve.next_session()
-    }
-
-    /// Seal `frames` of network `vni` for `peer` into complete underlay frames.
-    pub fn seal(
+impl Overlay {
+    /// The peers' share of a frame the bridge took from the link or the appliance:
+    /// `to_peer` one peer, `None` every peer of network `vni` (a flood); `out` holds the
+    /// local copies already decided. The overlay MTU applies here (smaller for a
+    /// network that may seal, by what sleeve adds over VXLAN).
+    pub(super) fn forward_to_peers(
         &mut self,
-        peer: NodeId,
-        outer: &OuterAddrs,
+        now: Instant,
         vni: Vni,
-        frames: &[&[u8]],
-        now: Instant,
-    ) -> Result<Vec<Vec<u8>>, SealError> {
-        let records: Vec<Frame<'_>> = frames.iter().map(|bytes| Frame { vni, bytes }).collect();
-        let mut messages = self.sleeve.seal(peer, &records, now)?;
-        for m in &mut messages {
-            self.write_outer(outer, m);
+        frame: &[u8],
+        ingress: Ingress,
+        to_peer: Option<Ipv4Address>,
+        mut out: Vec<Output>,
+    ) -> Verdict {
+        // Everything below goes to the uplink: the overlay MTU applies (smaller for a
+        // network that may seal, by what sleeve adds over VXLAN).
+        let flood = to_peer.is_none();
+        let Some(mode) = self.networks.get(&vni).map(|n| n.mode) else {
+            return Verdict::Forward(out);
+        };
+        let mtu = network_mtu(&self.grid, mode);
+        let ethertype = EthernetFrame::new_unchecked(frame).ethertype();
+        if vlan::l3_len(ethertype, frame.len()) > usize::from(mtu) {
+            self.drops.count(DropReason::TooBig);
+            let net = match self.networks.get_mut(&vni) {
+                Some(net) => net,
+                None => return Verdict::Forward(out),
+            };
+            net.counters.drops.count(DropReason::TooBig);
+            if flood {
+                // Local copies are still delivered; only the remote ones are refused.
+                // A unicast sender (unknown destination) still learns the path MTU, as
+                // Linux's vxlan tells it for every remote of a flood.
+                let mut out = out;
+                if let Some(reply) = frag_needed(frame, mtu) {
+                    net.counters.icmp_frag_needed += 1;
+                    match ingress {
+                        Ingress::Link => net.counters.link_tx += 1,
+                        Ingress::Appliance => net.counters.appliance_tx += 1,
+                    }
+                    out.push((ingress.egress(), reply));
+                }
+                return Verdict::Forward(out);
+            }
+            return match frag_needed(frame, mtu) {
+                Some(reply) => {
+                    net.counters.icmp_frag_needed += 1;
+                    match ingress {
+                        Ingress::Link => net.counters.link_tx += 1,
+                        Ingress::Appliance => net.counters.appliance_tx += 1,
+                    }
+                    Verdict::Refuse {
+                        reason: DropReason::TooBig,
+                        reply: (ingress.egress(), reply),
+                    }
+                }
+                None => Verdict::Drop(DropReason::TooBig),
+            };
         }
-        Ok(messages)
+
+        let src_port = vxlan::flow_src_port(frame, self.hash_seed, self.src_ports);
+        let mut sent = 0u64;
+        let mut missing_neighbor = 0u64;
+        let mut queued = 0u64;
+        // Known unicast needs no list of targets (and no allocation for one).
+        let flood_targets: Vec<Ipv4Address>;
+        let targets: &[Ipv4Address] = match &to_peer {
+            Some(peer) => core::slice::from_ref(peer),
+            None => {
+                flood_targets = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.networks.contains(&vni))
+                    .map(|(a, _)| *a)
+                    .collect();
+                &flood_targets
+            }
+        };
+        for &addr in targets {
+            let Some(peer) = self.peers.get_mut(&addr) else {
+                continue;
+            };
+            let Some(neighbor) = peer.neighbor else {
+                peer.counters.no_neighbor += 1;
+                missing_neighbor += 1;
+                continue;
+            };
+            if encap(mode, &self.grid.trusted_subnets, addr) == Encap::Sleeve {
+                // Sealed with the other frames for this peer and network (at once
+                // unless batching, see `flush_sleeve`).
+                match self
+                    .pending
+                    .iter_mut()
+                    .find(|p| p.peer == addr && p.vni == vni)
+                {
+                    Some(p) => p.frames.push(frame.to_vec()),
+                    None => self.pending.push(PendingSeal {
+                        peer: addr,
+                        node: peer.node,
+                        vni,
+                        outer: OuterAddrs {
+                            src_mac: self.underlay.mac,
+                            dst_mac: neighbor,
+                            src_ip: self.underlay.ip,
+                            dst_ip: addr,
+                            src_port,
+                            ttl: self.ttl,
+                        },
+                        frames: vec![frame.to_vec()],
+                    }),
+                }
+                self.pending_frames += 1;
+                queued += 1;
+                continue;
+            }
+            let outer = Outer {
+                src_mac: self.underlay.mac,
+                dst_mac: neighbor,
+                src_ip: self.underlay.ip,
+                dst_ip: addr,
+                src_port,
+                dst_port: self.grid.vxlan_port,
+                vni,
+                ident: self.next_ident,
+                ttl: self.ttl,
+                df: self.grid.df,
+                udp_checksum: self.grid.udp_checksum,
+            };
+            let mut buf = Vec::with_capacity(vxlan::ENCAP_OVERHEAD + frame.len());
+            // The MTU check above keeps the frame far below the IPv4 limit.
+            if vxlan::encapsulate(&outer, frame, &mut buf).is_err() {
+                continue;
+            }
+            self.next_ident = self.next_ident.wrapping_add(1);
+            peer.counters.tx_packets += 1;
+            peer.counters.tx_bytes += buf.len() as u64;
+            out.push((Egress::Uplink, buf));
+            sent += 1;
+        }
+        // Unbatched, the frames just queued are the only ones pending. Sealed frames
+        // count `uplink_tx` when they are sealed, refused ones `seal_refused`.
+        let mut seal_refused = 0u64;
+        let mut accepted = queued;
+        if !self.batch_sleeve || self.pending_frames >= MAX_PENDING_FRAMES {
+            let (sealed, refused) = self.seal_pending(now);
+            out.extend(sealed.into_iter().map(|m| (Egress::Uplink, m)));
+            if !self.batch_sleeve {
+                seal_refused = refused;
+                accepted = queued.saturating_sub(refused);
+            }
+        }
+        let unicast_unresolved = to_peer.is_some() && sent + accepted == 0 && missing_neighbor > 0;
+        let unicast_unsealed = to_peer.is_some() && sent + accepted == 0 && seal_refused > 0;
+        for _ in 0..missing_neighbor {
+            self.drops.count(DropReason::NoNeighbor);
+        }
+        if let Some(net) = self.networks.get_mut(&vni) {
+            net.counters.uplink_tx += sent;
+            for _ in 0..missing_neighbor {
+                net.counters.drops.count(DropReason::NoNeighbor);
+            }
+        }
+        if unicast_unsealed {
+            return Verdict::Drop(DropReason::SealRefused);
+        }
+        if unicast_unresolved {
+            return Verdict::Drop(DropReason::NoNeighbor);
+        }
+        Verdict::Forward(out)
     }
 
-    fn write_outer(&mut self, outer: &OuterAddrs, buf: &mut [u8]) {
-        let payload_len = buf.len().saturating_sub(OUTER_LEN);
-        let eth = EthernetRepr {
-            src_addr: outer.src_mac,
-            dst_addr: outer.dst_mac,
-            ethertype: EthernetProtocol::Ipv4,
-        };
-        let udp = UdpRepr {
-            src_port: outer.src_port,
-            dst_port: SLEEVE_PORT,
-        };
-        let ip = Ipv4Repr {
-            src_addr: outer.src_ip,
-            dst_addr: outer.dst_ip,
-            next_header: IpProtocol::Udp,
-            payload_len: udp.header_len() + payload_len,
-            hop_limit: outer.ttl,
-        };
-        let caps = ChecksumCapabilities::default();
-        let mut frame = EthernetFrame::new_unchecked(&mut *buf);
-        eth.emit(&mut frame);
-        let mut ip_packet = Ipv4Packet::new_unchecked(frame.payload_mut());
-        ip.emit(&mut ip_packet, &caps);
-        ip_packet.set_ident(self.next_ident);
-        ip_packet.fill_checksum();
-        self.next_ident = self.next_ident.wrapping_add(1);
-        let mut udp_packet = UdpPacket::new_unchecked(ip_packet.payload_mut());
-        udp_packet.set_src_port(udp.src_port);
-        udp_packet.set_dst_port(udp.dst_port);
-        udp_packet.set_len((udp.header_len() + payload_len) as u16);
-        udp_packet.fill_checksum(
-            &IpAddress::Ipv4(outer.src_ip),
-            &IpAddress::Ipv4(outer.dst_ip),
-        );
+    /// Batch frames for sleeve peers (docs/sleeve.md "Batching"): `rx_link` and
+    /// `rx_appliance` queue them and [`Overlay::flush_sleeve`] seals each peer's frames
+    /// of one network together, as few messages as fit the underlay MTU. The datapath
+    /// turns it on and flushes once per poll. Off (the default), every call seals its
+    /// own frames and returns them in its verdict. Turning it off flushes nothing:
+    /// call `flush_sleeve` first.
+    pub fn batch_sleeve(&mut self, on: bool) {
+        self.batch_sleeve = on;
     }
 
-    /// Open one received sleeve payload: the sending node and its frames (copied out).
-    pub fn open(
-        &mut self,
-        payload: &[u8],
-        now: Instant,
-    ) -> Result<(NodeId, OpenedFrames), OpenError> {
-        let mut buf = payload.to_vec();
-        let opened = self.sleeve.open(&mut buf, now)?;
-        let frames = opened
-            .frames
-            .iter()
-            .map(|f| (f.vni, f.bytes.to_vec()))
-            .collect();
-        Ok((opened.peer, frames))
+    /// Seal every queued sleeve frame: the complete underlay frames to send, in the
+    /// order the (peer, network) pairs first had a frame. Refusals are counted
+    /// (`drops.seal_refused`); their frames are never sent in clear.
+    pub fn flush_sleeve(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        self.seal_pending(now).0
+    }
+
+    /// Frames queued for sealing (batching on), not yet flushed.
+    pub fn pending_sleeve_frames(&self) -> usize {
+        self.pending_frames
+    }
+
+    /// Seal and count the queued frames: (underlay frames, frames refused).
+    fn seal_pending(&mut self, now: Instant) -> (Vec<Vec<u8>>, u64) {
+        let pending = core::mem::take(&mut self.pending);
+        self.pending_frames = 0;
+        let mut out = Vec::new();
+        let mut refused = 0u64;
+        for p in pending {
+            let frames: Vec<&[u8]> = p.frames.iter().map(|f| f.as_slice()).collect();
+            let n = frames.len() as u64;
+            let sealed = match (self.sleeve.as_mut(), self.peers.get_mut(&p.peer)) {
+                (Some(link), Some(peer)) if peer.node == p.node => link
+                    .seal(p.node, &p.outer, p.vni, &frames, now)
+                    .ok()
+                    .map(|messages| (peer, messages)),
+                _ => None,
+            };
+            match sealed {
+                Some((peer, messages)) => {
+                    for m in messages {
+                        peer.counters.tx_packets += 1;
+                        peer.counters.tx_bytes += m.len() as u64;
+                        out.push(m);
+                    }
+                    if let Some(net) = self.networks.get_mut(&p.vni) {
+                        net.counters.uplink_tx += n;
+                    }
+                }
+                None => {
+                    refused += n;
+                    for _ in 0..n {
+                        self.drops.count(DropReason::SealRefused);
+                    }
+                    if let Some(net) = self.networks.get_mut(&p.vni) {
+                        for _ in 0..n {
+                            net.counters.drops.count(DropReason::SealRefused);
+                        }
+                    }
+                }
+            }
+        }
+        (out, refused)
     }
 }

@@ -2,9 +2,18 @@
 
 use super::*;
 use crate::base::ports::VXLAN_PORT;
-use crate::wire::vxlan::DfPolicy;
+use crate::table::fdb::Location;
+use crate::wire::icmp_error::frag_needed;
+use crate::wire::vxlan::{DfPolicy, Outer};
 use alloc::string::ToString;
+use alloc::vec;
+use config::{NetworkConfig, PeerConfig};
 use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::time::Instant;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, ETHERNET_HEADER_LEN,
+};
 use smoltcp::wire::{
     Icmpv4Message, Icmpv4Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
     IPV4_HEADER_LEN,

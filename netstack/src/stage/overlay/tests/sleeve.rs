@@ -102,7 +102,7 @@ fn sealed_1_to_2(a: &mut Overlay, now: Instant) -> Vec<u8> {
 /// attacker on the path would.
 fn flip(frame: &[u8], i: usize) -> Vec<u8> {
     let mut f = frame.to_vec();
-    f[encap::OUTER_LEN + i] ^= 0x01;
+    f[sleeve_link::OUTER_LEN + i] ^= 0x01;
     let mut udp = UdpPacket::new_unchecked(&mut f[34..]);
     udp.fill_checksum(&IpAddress::Ipv4(N1), &IpAddress::Ipv4(N2));
     f
@@ -151,7 +151,7 @@ fn every_flipped_byte_is_dropped_and_counted() {
     let mut a = node(1, "sleeve", SECRET, "");
     let mut b = node(2, "sleeve", SECRET, "");
     let frame = sealed_1_to_2(&mut a, t(0));
-    let payload_len = frame.len() - encap::OUTER_LEN;
+    let payload_len = frame.len() - sleeve_link::OUTER_LEN;
     for i in 0..payload_len {
         let bad = flip(&frame, i);
         assert_eq!(
@@ -200,7 +200,7 @@ fn truncated_and_garbage_sleeve_frames_never_deliver() {
     }
     for _ in 0..500 {
         let mut g = frame.clone();
-        for b in g[encap::OUTER_LEN..].iter_mut() {
+        for b in g[sleeve_link::OUTER_LEN..].iter_mut() {
             seed ^= seed << 13;
             seed ^= seed >> 17;
             seed ^= seed << 5;
@@ -253,7 +253,7 @@ fn auto_uses_vxlan_inside_trusted_subnets_and_sleeve_outside() {
 fn sleeve_network_mtu_leaves_room_for_the_sleeve_overhead() {
     let mut a = node(1, "sleeve", SECRET, "");
     let mtu = a.mtu_of(vni()).unwrap();
-    assert_eq!(mtu, 1450 - encap::EXTRA_OVERHEAD);
+    assert_eq!(mtu, 1450 - sleeve_link::EXTRA_OVERHEAD);
     a.add_static(vni(), C2, Location::Remote(N2), None, t(0))
         .unwrap();
     // The largest frame fits one underlay datagram of 1500 bytes of IP.
@@ -326,13 +326,13 @@ fn status_shows_the_address_in_use_per_peer() {
         1,
     )
     .unwrap();
-    let shown: Vec<(u16, Ipv4Address, encap::AddressKind)> = o
+    let shown: Vec<(u16, Ipv4Address, config::AddressKind)> = o
         .status(t(0))
         .peers
         .iter()
         .map(|p| (p.node.get(), p.address, p.address_kind))
         .collect();
-    use encap::AddressKind::{Private, Public};
+    use config::AddressKind::{Private, Public};
     assert_eq!(
         shown,
         vec![
