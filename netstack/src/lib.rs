@@ -23,7 +23,8 @@ pub mod wire;
 
 pub use base::{NicAddress, NicId, IP_MTU, MAX_FRAME_LEN};
 pub use pipeline::counters::{DropCounters, DropReason, NicCounters};
-pub use pipeline::netstack::{Netstack, Nic, PollResult, RX_BATCH};
+pub use pipeline::netstack::{Netstack, PollResult};
+pub use pipeline::nic::{Nic, RX_BATCH};
 pub use pipeline::pcap::PcapPort;
 pub use pipeline::port::{MemPort, Port, TxError};
 pub use stage::local::{NicIface, QueueDevice};

@@ -8,5 +8,6 @@
 pub mod counters;
 pub mod datapath;
 pub mod netstack;
+pub mod nic;
 pub mod pcap;
 pub mod port;

@@ -38,6 +38,13 @@ pub fn is_tag(ethertype: EthernetProtocol) -> bool {
     matches!(u16::from(ethertype), TPID | TPID_8021AD | TPID_QINQ)
 }
 
+/// Whether `frame` carries an 802.1Q tag: its EtherType field is the TPID.
+pub fn has_tag(frame: &[u8]) -> bool {
+    frame
+        .get(field::ETHERTYPE)
+        .is_some_and(|t| NetworkEndian::read_u16(t) == TPID)
+}
+
 /// The length of the L3 packet of a `frame_len`-byte frame whose EtherType field says
 /// `ethertype`: after the Ethernet header and one 802.1Q tag.
 pub fn l3_len(ethertype: EthernetProtocol, frame_len: usize) -> usize {

@@ -15,9 +15,10 @@ use core::cell::RefCell;
 use smoltcp::time::Instant;
 use smoltcp::wire::EthernetAddress;
 
-use super::{flush, Outbox, OverlayPath};
+use super::rx::{flush, Outbox};
+use super::OverlayPath;
 use crate::base::Vni;
-use crate::pipeline::netstack::Nic;
+use crate::pipeline::nic::Nic;
 use crate::pipeline::port::Port;
 use crate::stage::overlay::Overlay;
 use crate::stage::route::{Interfaces, Origin, Router, Segment};

@@ -14,7 +14,8 @@ use alloc::vec::Vec;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{ArpOperation, EthernetAddress, Ipv4Address, Ipv4Cidr};
 
-use super::{Outbox, OverlayPath};
+use super::rx::Outbox;
+use super::OverlayPath;
 use crate::base::NicAddress;
 use crate::table::neighbor::{Learned, NeighborCounters, Neighbors, Retry};
 use crate::wire::probe;
