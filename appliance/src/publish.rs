@@ -508,7 +508,7 @@ mod tests {
     #[test]
     fn new_timeouts_apply_at_once_and_keep_live_flows() {
         use weft_netstack::base::NicId;
-        use weft_netstack::stage::nat::Verdict;
+        use weft_netstack::stage::nat::NatVerdict;
         let mac = weft_netstack::smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]);
         let mut stack = Netstack::new(mac, mac, 1, Instant::from_millis(0));
         let mut d = doc(json!([]));
@@ -523,7 +523,7 @@ mod tests {
             NicId::Link,
             Instant::from_secs(0),
         );
-        assert_eq!(v, Verdict::Forward { to: NicId::Uplink });
+        assert_eq!(v, NatVerdict::Forward { to: NicId::Uplink });
         let held = |stack: &Netstack, at: i64| {
             flows(stack, FlowsQuery::default(), Instant::from_secs(at)).len()
         };

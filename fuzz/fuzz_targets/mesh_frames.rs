@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use weft_netstack::base::{Transport, VlanId};
 use weft_netstack::smoltcp::time::{Duration, Instant};
 use weft_netstack::smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
-use weft_netstack::stage::lb::{BackendConfig, Mode, ServiceConfig};
+use weft_netstack::stage::lb::{BackendConfig, ServiceConfig, ServiceMode};
 use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule};
 use weft_netstack::stage::route::Router;
 use weft_netstack::wire::probe;
@@ -43,7 +43,7 @@ fn stack(now: Instant) -> Netstack {
         vip: Some(VIP),
         proto: Transport::Tcp,
         port: 80,
-        mode: Mode::Vip,
+        mode: ServiceMode::Vip,
         backends: [local, remote]
             .iter()
             .map(|&address| BackendConfig {

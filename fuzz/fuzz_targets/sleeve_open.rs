@@ -6,7 +6,9 @@
 use libfuzzer_sys::fuzz_target;
 use smoltcp::time::Instant;
 use weft_netstack::base::{NodeId, Vni};
-use weft_netstack::stage::sleeve::{Config, Frame, GridSecret, PskKeySource, SessionId, Sleeve};
+use weft_netstack::stage::sleeve::{
+    Frame, GridSecret, PskKeySource, SessionConfig, SessionId, Sleeve,
+};
 use weft_netstack::wire::sleeve::Records;
 
 const A: NodeId = NodeId::new(1).unwrap();
@@ -17,7 +19,7 @@ fn endpoint(local: NodeId, peer: NodeId, seed: u64) -> Sleeve<PskKeySource> {
     let mut s = Sleeve::new(
         local,
         PskKeySource::new(local, secret),
-        Config::default(),
+        SessionConfig::default(),
         SessionId(seed),
     );
     s.add_peer(peer).expect("new peer");

@@ -9,7 +9,7 @@ use smoltcp::wire::{EthernetAddress, Ipv4Address};
 use weft_netstack::base::ports::VXLAN_PORT;
 use weft_netstack::base::{NodeId, Vni};
 use weft_netstack::stage::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
-use weft_netstack::stage::overlay::{Limits, Overlay, Underlay, Verdict};
+use weft_netstack::stage::overlay::{Limits, Overlay, OverlayVerdict, Underlay};
 use weft_netstack::wire::vxlan;
 
 fn overlay() -> Overlay {
@@ -54,13 +54,13 @@ fuzz_target!(|data: &[u8]| {
     let decap = vxlan::decapsulate(data, VXLAN_PORT);
     let mut o = overlay();
     match o.rx_uplink(Instant::from_millis(0), data) {
-        Verdict::Forward(out) => {
+        OverlayVerdict::Forward(out) => {
             let inner = decap.expect("forwarded frames decapsulate").inner;
             for (_, frame) in out {
                 assert_eq!(frame, inner);
             }
         }
-        Verdict::Drop(_) => {}
-        Verdict::Refuse { .. } => panic!("the uplink never refuses with a reply"),
+        OverlayVerdict::Drop(_) => {}
+        OverlayVerdict::Refuse { .. } => panic!("the uplink never refuses with a reply"),
     }
 });

@@ -4,7 +4,7 @@
 
 use weft_appliance::protocol::{InterfaceStatus, Status};
 use weft_appliance::weft_netstack::pipeline::datapath::DatapathStatus;
-use weft_appliance::weft_netstack::stage::overlay::DropCounters as OverlayDrops;
+use weft_appliance::weft_netstack::stage::overlay::OverlayDrops;
 use weft_appliance::Config;
 
 /// Non-zero drop counters of one interface, by reason.

@@ -14,8 +14,10 @@ use std::time::Instant as Clock;
 use smoltcp::time::Instant;
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv4Packet, TcpPacket};
 use weft_netstack::base::{Endpoint, FlowTuple, NicId, Proto, Transport};
-use weft_netstack::stage::lb::{flow_hash, BackendConfig, LoadBalancer, Mode, ServiceConfig};
-use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule, Verdict};
+use weft_netstack::stage::lb::{
+    flow_hash, BackendConfig, LoadBalancer, ServiceConfig, ServiceMode,
+};
+use weft_netstack::stage::nat::{Nat, NatConfig, NatVerdict, PublishRule};
 use weft_netstack::table::conntrack;
 use weft_netstack::table::maglev::{Maglev, Weighted, DEFAULT_TABLE_SIZE};
 
@@ -97,8 +99,8 @@ fn shuffled(n: usize) -> Vec<u32> {
     v
 }
 
-fn expect_forward(v: Verdict) {
-    assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+fn expect_forward(v: NatVerdict) {
+    assert!(matches!(v, NatVerdict::Forward { .. }), "{v:?}");
 }
 
 fn nat_for(flows: usize) -> Nat {
@@ -107,9 +109,9 @@ fn nat_for(flows: usize) -> Nat {
         NODE,
         Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 16),
     );
-    config.conntrack = conntrack::Config {
+    config.conntrack = conntrack::ConntrackConfig {
         capacity: flows + 1024,
-        ..conntrack::Config::default()
+        ..conntrack::ConntrackConfig::default()
     };
     let mut nat = Nat::new(config, 7);
     nat.add_publish(PublishRule {
@@ -218,7 +220,7 @@ fn service(backends: usize) -> ServiceConfig {
         vip: Some(VIP),
         proto: Transport::Tcp,
         port: 80,
-        mode: Mode::Vip,
+        mode: ServiceMode::Vip,
         backends: (0..backends as u32)
             .map(|i| BackendConfig {
                 address: Ipv4Address::from(0x0a51_0100 + i),

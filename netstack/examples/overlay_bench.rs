@@ -23,7 +23,7 @@ use weft_netstack::base::{NodeId, Vni};
 use weft_netstack::pipeline::datapath::OverlayPath;
 use weft_netstack::smoltcp::wire::Ipv4Cidr;
 use weft_netstack::stage::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
-use weft_netstack::stage::overlay::{Limits, Overlay, Underlay, Verdict};
+use weft_netstack::stage::overlay::{Limits, Overlay, OverlayVerdict, Underlay};
 use weft_netstack::table::fdb::Location;
 use weft_netstack::wire::probe;
 use weft_netstack::wire::vxlan::{self, DfPolicy, Outer};
@@ -246,7 +246,7 @@ fn main() {
             run(&label("vtep encap (rx_link)"), packets, |i| {
                 let now = Instant::from_micros(i as i64);
                 match o.rx_link(now, vni, black_box(&to_remote)) {
-                    Verdict::Forward(out) => {
+                    OverlayVerdict::Forward(out) => {
                         black_box(out);
                     }
                     other => panic!("{other:?}"),
@@ -255,7 +255,7 @@ fn main() {
             run(&label("vtep decap (rx_uplink)"), packets, |i| {
                 let now = Instant::from_micros(i as i64);
                 match o.rx_uplink(now, black_box(&received)) {
-                    Verdict::Forward(out) => {
+                    OverlayVerdict::Forward(out) => {
                         black_box(out);
                     }
                     other => panic!("{other:?}"),

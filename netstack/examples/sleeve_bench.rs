@@ -13,7 +13,9 @@ use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use smoltcp::time::Instant;
 use weft_netstack::base::{NodeId, Vni};
-use weft_netstack::stage::sleeve::{Config, Frame, GridSecret, PskKeySource, SessionId, Sleeve};
+use weft_netstack::stage::sleeve::{
+    Frame, GridSecret, PskKeySource, SessionConfig, SessionId, Sleeve,
+};
 
 const A: NodeId = NodeId::new(1).unwrap();
 const B: NodeId = NodeId::new(2).unwrap();
@@ -22,10 +24,10 @@ const TRIALS: usize = 9;
 
 fn endpoint(local: NodeId, peer: NodeId) -> Sleeve<PskKeySource> {
     let keys = PskKeySource::new(local, GridSecret::new(&[0x42; 32]).expect("32 bytes"));
-    let config = Config {
+    let config = SessionConfig {
         // Rekeys are part of the cost: one per 2^20 messages here, not per 2^30.
         rekey_after_packets: 1 << 20,
-        ..Config::default()
+        ..SessionConfig::default()
     };
     let mut s = Sleeve::new(
         local,

@@ -22,7 +22,7 @@ pub mod table;
 pub mod wire;
 
 pub use base::{NicAddress, NicId, IP_MTU, MAX_FRAME_LEN};
-pub use pipeline::counters::{DropCounters, DropReason, NicCounters};
+pub use pipeline::counters::{NicCounters, NicDrop, NicDrops};
 pub use pipeline::netstack::{Netstack, PollResult};
 pub use pipeline::nic::{Nic, RX_BATCH};
 pub use pipeline::pcap::PcapPort;

@@ -9,7 +9,7 @@ use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
 use weft_netstack::base::ports::CHECK_PORTS;
 use weft_netstack::base::{Endpoint, FlowTuple, NicAddress, NicId, Proto, Transport};
 use weft_netstack::stage::lb::{
-    BackendConfig, HealthSpec, LoadBalancer, Mode, Pick, ServiceConfig,
+    BackendConfig, HealthSpec, LoadBalancer, Pick, ServiceConfig, ServiceMode,
 };
 use weft_netstack::stage::nat::{Nat, NatConfig};
 use weft_netstack::stage::route::Router;
@@ -53,7 +53,7 @@ fn service(proto: Transport, backends: Vec<BackendConfig>) -> ServiceConfig {
         vip: Some(VIP),
         proto,
         port: 80,
-        mode: Mode::Vip,
+        mode: ServiceMode::Vip,
         backends,
         health: Some(spec(proto)),
     }

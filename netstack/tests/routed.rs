@@ -238,7 +238,7 @@ fn hairpin_reaches_the_published_container_from_the_node_address() {
 
 #[test]
 fn a_service_vip_is_answered_on_the_link_and_spread_over_backends() {
-    use weft_netstack::stage::lb::{BackendConfig, Mode, ServiceConfig};
+    use weft_netstack::stage::lb::{BackendConfig, ServiceConfig, ServiceMode};
     let mut rig = Rig::new();
     let vip = Ipv4Address::new(10, 81, 255, 1);
     let backends = [
@@ -250,7 +250,7 @@ fn a_service_vip_is_answered_on_the_link_and_spread_over_backends() {
         vip: Some(vip),
         proto: Transport::Tcp,
         port: 80,
-        mode: Mode::Vip,
+        mode: ServiceMode::Vip,
         backends: backends
             .iter()
             .map(|&address| BackendConfig {

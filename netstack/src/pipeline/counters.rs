@@ -14,13 +14,13 @@ pub struct NicCounters {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
-    pub drops: DropCounters,
+    pub drops: NicDrops,
 }
 
 /// Frames dropped by weft (not by smoltcp), by reason.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DropCounters {
+pub struct NicDrops {
     /// Received frame shorter than an Ethernet header.
     pub runt: u64,
     /// Received frame longer than the largest frame the NIC accepts.
@@ -35,7 +35,7 @@ pub struct DropCounters {
 
 /// Why a received frame was dropped before reaching the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub enum NicDrop {
     Runt,
     Oversize,
     OtherHost,
@@ -54,20 +54,20 @@ impl NicCounters {
         self.tx_bytes = self.tx_bytes.wrapping_add(len as u64);
     }
 
-    pub(crate) fn dropped(&mut self, reason: DropReason) {
+    pub(crate) fn dropped(&mut self, reason: NicDrop) {
         let d = &mut self.drops;
         let counter = match reason {
-            DropReason::Runt => &mut d.runt,
-            DropReason::Oversize => &mut d.oversize,
-            DropReason::OtherHost => &mut d.other_host,
-            DropReason::NotConfigured => &mut d.not_configured,
-            DropReason::TxFull => &mut d.tx_full,
+            NicDrop::Runt => &mut d.runt,
+            NicDrop::Oversize => &mut d.oversize,
+            NicDrop::OtherHost => &mut d.other_host,
+            NicDrop::NotConfigured => &mut d.not_configured,
+            NicDrop::TxFull => &mut d.tx_full,
         };
         *counter = counter.wrapping_add(1);
     }
 }
 
-impl DropCounters {
+impl NicDrops {
     /// All drops, whatever the reason.
     pub fn total(&self) -> u64 {
         self.runt

@@ -6,7 +6,7 @@
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, EthernetFrame, ETHERNET_HEADER_LEN};
 
-use super::counters::{DropReason, NicCounters};
+use super::counters::{NicCounters, NicDrop};
 use super::port::Port;
 use crate::base::MAX_FRAME_LEN;
 use crate::stage::local::NicIface;
@@ -47,7 +47,7 @@ impl Nic {
         while let Some(frame) = iface.pop_tx() {
             match port.transmit(&frame) {
                 Ok(()) => counters.transmitted(frame.len()),
-                Err(_) => counters.dropped(DropReason::TxFull),
+                Err(_) => counters.dropped(NicDrop::TxFull),
             }
             sent += 1;
         }
@@ -55,7 +55,7 @@ impl Nic {
     }
 
     /// The checks a frame passes before smoltcp sees it.
-    fn classify(iface: &NicIface, frame: &[u8]) -> Result<(), DropReason> {
+    fn classify(iface: &NicIface, frame: &[u8]) -> Result<(), NicDrop> {
         Nic::check_frame(iface, frame, MAX_FRAME_LEN)?;
         Nic::check_destination(iface, frame)
     }
@@ -66,28 +66,28 @@ impl Nic {
         iface: &NicIface,
         frame: &[u8],
         max_len: usize,
-    ) -> Result<(), DropReason> {
+    ) -> Result<(), NicDrop> {
         if frame.len() < ETHERNET_HEADER_LEN {
-            return Err(DropReason::Runt);
+            return Err(NicDrop::Runt);
         }
         if frame.len() > max_len {
-            return Err(DropReason::Oversize);
+            return Err(NicDrop::Oversize);
         }
         if iface.address().is_none() {
-            return Err(DropReason::NotConfigured);
+            return Err(NicDrop::NotConfigured);
         }
         Ok(())
     }
 
     /// Unicast to another MAC is not the interface's business (the overlay bridge may
     /// still want it: it asks first).
-    pub(super) fn check_destination(iface: &NicIface, frame: &[u8]) -> Result<(), DropReason> {
+    pub(super) fn check_destination(iface: &NicIface, frame: &[u8]) -> Result<(), NicDrop> {
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
-            return Err(DropReason::Runt);
+            return Err(NicDrop::Runt);
         };
         let dst = eth.dst_addr();
         if dst.is_unicast() && dst != iface.mac() {
-            return Err(DropReason::OtherHost);
+            return Err(NicDrop::OtherHost);
         }
         Ok(())
     }

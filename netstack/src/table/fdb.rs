@@ -24,7 +24,7 @@ pub enum Location {
 
 /// How an entry got into the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub enum EntryOrigin {
     /// Pushed by control; never aged, never replaced by learning.
     Static,
     /// Learned from a frame's source address; `last_seen` is when it was last refreshed.
@@ -34,7 +34,7 @@ pub enum Origin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub location: Location,
-    pub origin: Origin,
+    pub origin: EntryOrigin,
 }
 
 /// What a call to [`Fdb::learn`] did.
@@ -114,8 +114,8 @@ impl Fdb {
 
     fn expired(&self, entry: &Entry, now: Instant) -> bool {
         match entry.origin {
-            Origin::Static => false,
-            Origin::Learned { last_seen } => now >= last_seen + self.ageing,
+            EntryOrigin::Static => false,
+            EntryOrigin::Learned { last_seen } => now >= last_seen + self.ageing,
         }
     }
 
@@ -139,11 +139,11 @@ impl Fdb {
         }
         if let Some(entry) = self.entries.get_mut(&mac) {
             return match entry.origin {
-                Origin::Static => Learn::StaticKept,
-                Origin::Learned { .. } => {
+                EntryOrigin::Static => Learn::StaticKept,
+                EntryOrigin::Learned { .. } => {
                     *entry = Entry {
                         location: Location::Local,
-                        origin: Origin::Learned { last_seen: now },
+                        origin: EntryOrigin::Learned { last_seen: now },
                     };
                     Learn::Refreshed
                 }
@@ -159,7 +159,7 @@ impl Fdb {
             mac,
             Entry {
                 location: Location::Local,
-                origin: Origin::Learned { last_seen: now },
+                origin: EntryOrigin::Learned { last_seen: now },
             },
         );
         Learn::Added
@@ -184,8 +184,8 @@ impl Fdb {
                     .entries
                     .iter()
                     .filter_map(|(mac, e)| match e.origin {
-                        Origin::Learned { last_seen } => Some((last_seen, *mac)),
-                        Origin::Static => None,
+                        EntryOrigin::Learned { last_seen } => Some((last_seen, *mac)),
+                        EntryOrigin::Static => None,
                     })
                     .min();
                 match oldest {
@@ -200,7 +200,7 @@ impl Fdb {
             mac,
             Entry {
                 location,
-                origin: Origin::Static,
+                origin: EntryOrigin::Static,
             },
         );
         Ok(())
@@ -211,7 +211,7 @@ impl Fdb {
     pub fn remove_static(&mut self, mac: &EthernetAddress) -> bool {
         if matches!(
             self.entries.get(mac).map(|e| e.origin),
-            Some(Origin::Static)
+            Some(EntryOrigin::Static)
         ) {
             self.entries.remove(mac);
             true
@@ -233,8 +233,8 @@ impl Fdb {
         let before = self.entries.len();
         let ageing = self.ageing;
         self.entries.retain(|_, e| match e.origin {
-            Origin::Static => true,
-            Origin::Learned { last_seen } => now < last_seen + ageing,
+            EntryOrigin::Static => true,
+            EntryOrigin::Learned { last_seen } => now < last_seen + ageing,
         });
         before - self.entries.len()
     }

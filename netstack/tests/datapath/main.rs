@@ -15,7 +15,7 @@ use weft_netstack::base::ports::VXLAN_PORT;
 use weft_netstack::base::{NicAddress, NicId, VlanId, Vni, MAX_FRAME_LEN};
 use weft_netstack::pipeline::datapath::OverlayPath;
 use weft_netstack::stage::overlay::config::{NetworkConfig, OverlayConfig, PeerConfig};
-use weft_netstack::stage::overlay::{Egress, Limits, Overlay, Underlay, Verdict};
+use weft_netstack::stage::overlay::{Egress, Limits, Overlay, OverlayVerdict, Underlay};
 use weft_netstack::table::fdb::Location;
 use weft_netstack::wire::probe::{self, Echo};
 use weft_netstack::wire::vlan::{self, Tag};
@@ -751,7 +751,7 @@ fn sleeve_burst(rig: &mut Rig, peer: &mut Overlay, frames: &[Vec<u8>]) -> (usize
         // Nothing exceeds the underlay MTU: 1500 bytes of IP (1450 + VXLAN's 50).
         assert!(d.len() - 14 <= 1500, "{} bytes of IP", d.len() - 14);
         match peer.rx_uplink(rig.now, d) {
-            Verdict::Forward(out) => delivered.extend(out.into_iter().map(|(e, f)| {
+            OverlayVerdict::Forward(out) => delivered.extend(out.into_iter().map(|(e, f)| {
                 assert_eq!(e, Egress::Link);
                 f
             })),

@@ -6,7 +6,7 @@
 
 use super::*;
 use weft_netstack::base::Transport;
-use weft_netstack::stage::lb::{BackendConfig, Mode, ServiceConfig};
+use weft_netstack::stage::lb::{BackendConfig, ServiceConfig, ServiceMode};
 use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule};
 use weft_netstack::stage::route::{Origin, Placement, Router, Segment};
 
@@ -168,7 +168,7 @@ fn the_routing_mesh_reaches_a_backend_behind_a_peer_as_the_node_address() {
         vip: Some(VIP),
         proto: Transport::Tcp,
         port: 80,
-        mode: Mode::Vip,
+        mode: ServiceMode::Vip,
         backends: vec![BackendConfig {
             address: ip(12),
             port: 8080,
@@ -284,7 +284,7 @@ fn vips_are_proxy_answered_to_local_containers_only() {
         vip: Some(VIP),
         proto: Transport::Tcp,
         port: 80,
-        mode: Mode::Vip,
+        mode: ServiceMode::Vip,
         backends: vec![BackendConfig {
             address: ip(12),
             port: 8080,

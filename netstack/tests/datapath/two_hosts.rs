@@ -6,7 +6,7 @@
 use super::routed::{frame, seen, Seen};
 use super::*;
 use weft_netstack::base::Transport;
-use weft_netstack::stage::lb::{BackendConfig, Mode, ServiceConfig};
+use weft_netstack::stage::lb::{BackendConfig, ServiceConfig, ServiceMode};
 use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule};
 use weft_netstack::stage::route::Router;
 
@@ -191,7 +191,7 @@ fn mesh_to_a_backend_on_b(vlan: Option<u16>) {
         vip: Some(VIP),
         proto: Transport::Tcp,
         port: 80,
-        mode: Mode::Vip,
+        mode: ServiceMode::Vip,
         backends: vec![BackendConfig {
             address: grid.backend.ip,
             port: 8080,

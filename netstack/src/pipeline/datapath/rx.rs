@@ -15,11 +15,11 @@ use super::routed::{self, RouterHook};
 use super::underlay::UplinkAddress;
 use super::{OverlayPath, AGE_INTERVAL};
 use crate::base::{Vni, MAX_FRAME_LEN};
-use crate::pipeline::counters::{DropReason as NicDrop, NicCounters};
+use crate::pipeline::counters::{NicCounters, NicDrop};
 use crate::pipeline::nic::{Nic, RX_BATCH};
 use crate::pipeline::port::Port;
 use crate::stage::local::NicIface;
-use crate::stage::overlay::{DropReason, Egress, Output, Verdict};
+use crate::stage::overlay::{Egress, Output, OverlayDrop, OverlayVerdict};
 use crate::stage::route::{Origin, Segment};
 use crate::wire::vlan::{self, Tag};
 
@@ -126,13 +126,13 @@ impl OverlayPath {
             }
         }
         match self.overlay.rx_uplink_vni(now, frame) {
-            (Verdict::Drop(DropReason::NotVxlan), _) => {
+            (OverlayVerdict::Drop(OverlayDrop::NotVxlan), _) => {
                 match Nic::check_destination(&uplink.iface, frame) {
                     Ok(()) => uplink.iface.push_rx(frame),
                     Err(reason) => uplink.counters.dropped(reason),
                 }
             }
-            (Verdict::Forward(outs), Some(vni)) => {
+            (OverlayVerdict::Forward(outs), Some(vni)) => {
                 self.emit(vni, outs, link_iface, out, Origin::Remote, hook)
             }
             // Counted by the overlay.
@@ -166,10 +166,10 @@ impl OverlayPath {
         };
         match (vni.copied(), tag) {
             (Some(vni), _) => match self.overlay.rx_link(now, vni, inner.as_ref()) {
-                Verdict::Forward(outs) => {
+                OverlayVerdict::Forward(outs) => {
                     self.emit(vni, outs, &mut link.iface, out, Origin::Local, hook)
                 }
-                Verdict::Refuse { reply, .. } => self.emit(
+                OverlayVerdict::Refuse { reply, .. } => self.emit(
                     vni,
                     alloc::vec![reply],
                     &mut link.iface,
@@ -177,7 +177,7 @@ impl OverlayPath {
                     Origin::Local,
                     hook,
                 ),
-                Verdict::Drop(_) => {}
+                OverlayVerdict::Drop(_) => {}
             },
             (None, Tag::Untagged) => match Nic::check_destination(&link.iface, frame) {
                 Ok(()) => {
@@ -238,8 +238,10 @@ impl OverlayPath {
         hook: Option<&RouterHook>,
     ) {
         match self.overlay.rx_appliance(now, vni, frame) {
-            Verdict::Forward(outs) => self.emit(vni, outs, link_iface, out, Origin::Local, hook),
-            Verdict::Refuse { reply, .. } => self.emit(
+            OverlayVerdict::Forward(outs) => {
+                self.emit(vni, outs, link_iface, out, Origin::Local, hook)
+            }
+            OverlayVerdict::Refuse { reply, .. } => self.emit(
                 vni,
                 alloc::vec![reply],
                 link_iface,
@@ -247,7 +249,7 @@ impl OverlayPath {
                 Origin::Local,
                 hook,
             ),
-            Verdict::Drop(_) => {}
+            OverlayVerdict::Drop(_) => {}
         }
     }
 

@@ -1,6 +1,6 @@
 use super::*;
 use crate::base::MAX_FRAME_LEN;
-use crate::pipeline::counters::DropReason;
+use crate::pipeline::counters::NicDrop;
 use crate::pipeline::nic::RX_BATCH;
 use crate::pipeline::port::MemPort;
 use crate::wire::probe::{self, Echo};
@@ -411,8 +411,8 @@ fn receive_is_batched_and_asks_to_be_polled_again() {
 fn counters_serialize_with_named_drop_reasons() {
     let mut c = NicCounters::default();
     c.received(60);
-    c.dropped(DropReason::Runt);
-    c.dropped(DropReason::TxFull);
+    c.dropped(NicDrop::Runt);
+    c.dropped(NicDrop::TxFull);
     let json = serde_json::to_string(&c).unwrap();
     assert_eq!(
         json,

@@ -44,7 +44,7 @@ impl BackendConfig {
 /// How a service name resolves in DNS.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Mode {
+pub enum ServiceMode {
     /// To the VIP, which the load balancer spreads.
     #[default]
     Vip,
@@ -116,7 +116,7 @@ pub struct ServiceConfig {
     pub proto: Transport,
     pub port: u16,
     #[serde(default)]
-    pub mode: Mode,
+    pub mode: ServiceMode,
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
     /// No table: backends are not checked and count as healthy.
@@ -155,15 +155,15 @@ pub fn validate_service(i: usize, s: &ServiceConfig) -> Result<(), FieldError> {
         ));
     }
     match (s.mode, s.vip) {
-        (Mode::Vip, None) => return Err(field(i, "vip", "required in vip mode")),
-        (Mode::Vip, Some(v)) if !unicast(v) => {
+        (ServiceMode::Vip, None) => return Err(field(i, "vip", "required in vip mode")),
+        (ServiceMode::Vip, Some(v)) if !unicast(v) => {
             return Err(field(
                 i,
                 "vip",
                 format_args!("{v} is not a unicast address"),
             ))
         }
-        (Mode::Dnsrr, Some(_)) => return Err(field(i, "vip", "not allowed in dnsrr mode")),
+        (ServiceMode::Dnsrr, Some(_)) => return Err(field(i, "vip", "not allowed in dnsrr mode")),
         _ => {}
     }
     if s.port == 0 {

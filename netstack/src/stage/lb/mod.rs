@@ -23,7 +23,7 @@ use crate::base::{Endpoint, FieldError, FlowTuple, Proto, Transport};
 use crate::table::health::{Check, CheckId, Health, HealthChecker, Transition};
 use crate::table::maglev::{self, Maglev, MaglevError, Weighted};
 pub use config::{
-    validate_service, validate_services, BackendConfig, HealthSpec, Mode, ServiceConfig,
+    validate_service, validate_services, BackendConfig, HealthSpec, ServiceConfig, ServiceMode,
     MAX_BACKENDS, MAX_WEIGHT,
 };
 pub use status::{BackendStatus, ServiceStatus};
@@ -272,14 +272,14 @@ impl LoadBalancer {
     pub fn is_vip(&self, addr: Ipv4Address) -> bool {
         self.services
             .iter()
-            .any(|s| s.config.mode == Mode::Vip && s.config.vip == Some(addr))
+            .any(|s| s.config.mode == ServiceMode::Vip && s.config.vip == Some(addr))
     }
 
     /// Chooses the backend for a new flow `t` to `vip` (Maglev over the healthy
     /// backends with weight).
     pub fn pick(&self, proto: Proto, vip: Endpoint, t: &FlowTuple) -> Pick {
         let Some(s) = self.services.iter().find(|s| {
-            s.config.mode == Mode::Vip
+            s.config.mode == ServiceMode::Vip
                 && s.config.vip == Some(vip.addr)
                 && s.config.port == vip.port
                 && s.config.proto.proto() == proto
@@ -300,7 +300,7 @@ impl LoadBalancer {
     pub fn resolve(&self, name: &str) -> Option<Vec<Ipv4Address>> {
         let s = self.services.iter().find(|s| s.config.name == name)?;
         Some(match (s.config.mode, s.config.vip) {
-            (Mode::Vip, Some(v)) => alloc::vec![v],
+            (ServiceMode::Vip, Some(v)) => alloc::vec![v],
             _ => s
                 .config
                 .backends

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use serde::Serialize;
 use smoltcp::wire::Ipv4Address;
 
-use super::config::Mode;
+use super::config::ServiceMode;
 use super::{backend_id, LoadBalancer};
 use crate::base::Transport;
 use crate::table::health::Health;
@@ -35,7 +35,7 @@ pub struct ServiceStatus {
     pub vip: Option<Ipv4Address>,
     pub proto: Transport,
     pub port: u16,
-    pub mode: Mode,
+    pub mode: ServiceMode,
     pub backends: Vec<BackendStatus>,
 }
 

@@ -17,7 +17,7 @@ fn svc(name: &str, backends: Vec<BackendConfig>) -> ServiceConfig {
         vip: Some(VIP),
         proto: Transport::Tcp,
         port: 80,
-        mode: Mode::Vip,
+        mode: ServiceMode::Vip,
         backends,
         health: None,
     }
@@ -43,7 +43,7 @@ fn service_config_parses_with_defaults_and_refuses_unknown_fields() {
             "health":{"rise":1}}"#,
     )
     .unwrap();
-    assert_eq!(s.mode, Mode::Vip);
+    assert_eq!(s.mode, ServiceMode::Vip);
     assert_eq!(s.backends[0].weight, 1);
     assert_eq!(s.backends[1].weight, 3);
     let h = s.health.unwrap();
@@ -100,7 +100,7 @@ fn validation_errors_name_the_field() {
     );
     assert_eq!(
         err(&[ServiceConfig {
-            mode: Mode::Dnsrr,
+            mode: ServiceMode::Dnsrr,
             ..ok.clone()
         }]),
         "services[0].vip"
@@ -180,7 +180,7 @@ fn pick_matches_vip_port_and_protocol_and_resolve_follows_mode() {
     lb.add_service(svc("web", vec![b(1, 1), b(2, 0)]), Instant::ZERO)
         .unwrap();
     let mut rr = svc("db", vec![b(3, 1), b(4, 0), b(5, 1)]);
-    rr.mode = Mode::Dnsrr;
+    rr.mode = ServiceMode::Dnsrr;
     rr.vip = None;
     lb.add_service(rr, Instant::ZERO).unwrap();
     let t = tuple(1);
@@ -217,7 +217,7 @@ fn generation_moves_with_every_change_resolve_may_see() {
         core::mem::replace(&mut seen, now) != now
     };
     let mut rr = svc("db", vec![b(3, 1)]);
-    rr.mode = Mode::Dnsrr;
+    rr.mode = ServiceMode::Dnsrr;
     rr.vip = None;
     rr.health = Some(HealthSpec {
         fall: 1,

@@ -27,7 +27,7 @@ pub struct NatConfig {
     pub snat_ports: (u16, u16),
     /// Control/health ports that publish rules may not use.
     pub reserved_ports: Vec<u16>,
-    pub conntrack: conntrack::Config,
+    pub conntrack: conntrack::ConntrackConfig,
 }
 
 impl NatConfig {
@@ -41,7 +41,7 @@ impl NatConfig {
             grid: vec![grid],
             snat_ports: Self::SNAT_PORTS,
             reserved_ports: Vec::new(),
-            conntrack: conntrack::Config::default(),
+            conntrack: conntrack::ConntrackConfig::default(),
         }
     }
 }

@@ -6,7 +6,7 @@
 use smoltcp::time::Instant;
 use smoltcp::wire::Icmpv4Packet;
 
-use super::{DropReason, Nat, Verdict};
+use super::{Nat, NatDrop, NatVerdict};
 use crate::wire::l4::{self, Parsed, Quote};
 use crate::wire::rewrite;
 
@@ -15,19 +15,19 @@ impl Nat {
     /// to the endpoint that sent it (RFC 5508 §4.2, RFC 5382 REQ-9): outer
     /// addresses, the quoted header and every checksum. Errors do not refresh
     /// the flow.
-    pub(super) fn icmp_error(&mut self, frame: &mut [u8], p: &Parsed, now: Instant) -> Verdict {
+    pub(super) fn icmp_error(&mut self, frame: &mut [u8], p: &Parsed, now: Instant) -> NatVerdict {
         let icmp_at = p.l4();
         let pkt_end = p.end;
         let quoted_at =
             icmp_at + Icmpv4Packet::new_unchecked(&frame[icmp_at..pkt_end]).header_len();
         let Some(q) = frame.get(quoted_at..pkt_end) else {
-            return self.drop(DropReason::Malformed);
+            return self.drop(NatDrop::Malformed);
         };
         let quoted = match l4::parse_quote(q) {
-            Quote::Malformed => return self.drop(DropReason::Malformed),
+            Quote::Malformed => return self.drop(NatDrop::Malformed),
             Quote::Untracked => {
                 self.stats.passed += 1;
-                return Verdict::Pass;
+                return NatVerdict::Pass;
             }
             Quote::Ok { tuple, .. } => tuple,
         };
@@ -35,10 +35,10 @@ impl Nat {
         // flow expects in the direction the error travels.
         let Some((id, dir)) = self.ct.lookup(&quoted.reversed(), now) else {
             self.stats.passed += 1;
-            return Verdict::Pass;
+            return NatVerdict::Pass;
         };
         let Some(flow) = self.ct.get(id) else {
-            return self.drop(DropReason::Malformed);
+            return self.drop(NatDrop::Malformed);
         };
         // What the sender of the quoted packet sent, before translation.
         let sent = *flow.tuple(dir.opposite());
@@ -60,7 +60,7 @@ impl Nat {
         // Outer header: addresses and header checksum (ICMP has no pseudo-header).
         rewrite::addresses(&mut frame[p.ip..pkt_end], new_src, new_dst);
         self.stats.icmp_errors_translated += 1;
-        Verdict::Forward {
+        NatVerdict::Forward {
             to: self.side_of(new_dst),
         }
     }

@@ -8,7 +8,7 @@
 //!
 //! Must never panic on a frame, never reuse the external port of a live mapping,
 //! and never let a grid-sourced packet it could not translate look translated:
-//! `Verdict::Forward` is the only verdict that means "rewritten, send it".
+//! `NatVerdict::Forward` is the only verdict that means "rewritten, send it".
 //! Routing (MACs, TTL) is the caller's job.
 //!
 //! The table and its control are here; a frame's translation is `translate.rs`,
@@ -32,17 +32,17 @@ use crate::table::conntrack::{self, Conntrack, Flow, FlowFilter, FlowInfo};
 use crate::table::snat::SnatPorts;
 pub use config::NatConfig;
 pub use publish::{validate_publish, validate_publish_list, PublishError, PublishRule};
-pub use stats::{DropReason, NatDrops, NatStats};
+pub use stats::{NatDrop, NatDrops, NatStats};
 
 /// What to do with a frame after the NAT stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum NatVerdict {
     /// Not NAT business; unchanged. The next stage (bridge, local stack) decides.
     Pass,
     /// Rewritten in place: route it out of `to` toward its IPv4 destination.
     Forward { to: NicId },
     /// Refused; counted under the reason.
-    Drop(DropReason),
+    Drop(NatDrop),
 }
 
 /// The NAT stage: publish rules, SNAT mappings, service selection and the
@@ -218,9 +218,9 @@ impl Nat {
         !self.in_grid(a) && !self.is_uplink(a) && a != self.config.node
     }
 
-    fn drop(&mut self, r: DropReason) -> Verdict {
+    fn drop(&mut self, r: NatDrop) -> NatVerdict {
         self.stats.drops.count(r);
-        Verdict::Drop(r)
+        NatVerdict::Drop(r)
     }
 }
 

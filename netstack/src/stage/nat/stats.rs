@@ -7,7 +7,7 @@ use crate::table::conntrack;
 
 /// Why the NAT stage dropped a frame; each is a counter in `NatStats`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
+pub enum NatDrop {
     /// IPv4 or transport header truncated or inconsistent.
     Malformed,
     /// A fragment of a flow the NAT would have to translate (no reassembly).
@@ -48,18 +48,18 @@ pub struct NatDrops {
 }
 
 impl NatDrops {
-    pub(super) fn count(&mut self, r: DropReason) {
+    pub(super) fn count(&mut self, r: NatDrop) {
         let c = match r {
-            DropReason::Malformed => &mut self.malformed,
-            DropReason::Fragment => &mut self.fragment,
-            DropReason::Unsupported => &mut self.unsupported,
-            DropReason::TcpInvalid => &mut self.tcp_invalid,
-            DropReason::NoFlow => &mut self.no_flow,
-            DropReason::TableFull => &mut self.table_full,
-            DropReason::TupleClash => &mut self.tuple_clash,
-            DropReason::PortsExhausted => &mut self.ports_exhausted,
-            DropReason::NoBackend => &mut self.no_backend,
-            DropReason::Spoofed => &mut self.spoofed,
+            NatDrop::Malformed => &mut self.malformed,
+            NatDrop::Fragment => &mut self.fragment,
+            NatDrop::Unsupported => &mut self.unsupported,
+            NatDrop::TcpInvalid => &mut self.tcp_invalid,
+            NatDrop::NoFlow => &mut self.no_flow,
+            NatDrop::TableFull => &mut self.table_full,
+            NatDrop::TupleClash => &mut self.tuple_clash,
+            NatDrop::PortsExhausted => &mut self.ports_exhausted,
+            NatDrop::NoBackend => &mut self.no_backend,
+            NatDrop::Spoofed => &mut self.spoofed,
         };
         *c += 1;
     }

@@ -10,7 +10,7 @@ const ETH_LEN: usize = ETHERNET_HEADER_LEN;
 fn read16(buf: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([buf[at], buf[at + 1]])
 }
-use crate::stage::lb::{BackendConfig, HealthSpec, Mode, ServiceConfig};
+use crate::stage::lb::{BackendConfig, HealthSpec, ServiceConfig, ServiceMode};
 use crate::table::conntrack::{FlowState, TcpState};
 use crate::table::health::Health;
 use smoltcp::time::Duration;
@@ -218,16 +218,16 @@ fn nat() -> Nat {
     nat
 }
 
-fn run(nat: &mut Nat, f: &mut [u8], from: NicId, now: Instant) -> Verdict {
+fn run(nat: &mut Nat, f: &mut [u8], from: NicId, now: Instant) -> NatVerdict {
     let v = nat.process(f, from, now);
-    if matches!(v, Verdict::Forward { .. }) {
+    if matches!(v, NatVerdict::Forward { .. }) {
         assert_checksums_as_recomputed(f);
     }
     v
 }
 
-const TO_CONTAINER: Verdict = Verdict::Forward { to: NicId::Link };
-const TO_UPLINK: Verdict = Verdict::Forward { to: NicId::Uplink };
+const TO_CONTAINER: NatVerdict = NatVerdict::Forward { to: NicId::Link };
+const TO_UPLINK: NatVerdict = NatVerdict::Forward { to: NicId::Uplink };
 
 #[test]
 fn published_port_reaches_the_container_with_the_clients_address() {
@@ -267,22 +267,25 @@ fn unpublished_and_non_ip_traffic_passes_untouched() {
     let mut nat = nat();
     let mut other = frame(CLIENT, UPLINK, L4::Tcp(40000, 9999, SYN, b""));
     let before = other.clone();
-    assert_eq!(nat.process(&mut other, NicId::Uplink, t(0)), Verdict::Pass);
+    assert_eq!(
+        nat.process(&mut other, NicId::Uplink, t(0)),
+        NatVerdict::Pass
+    );
     assert_eq!(other, before);
     let mut arp = frame(CLIENT, UPLINK, L4::Udp(1, 2, b""));
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    assert_eq!(nat.process(&mut arp, NicId::Uplink, t(0)), Verdict::Pass);
+    assert_eq!(nat.process(&mut arp, NicId::Uplink, t(0)), NatVerdict::Pass);
     // Intra-grid traffic is the bridge's business.
     let mut east_west = frame(C1, C2, L4::Udp(1000, 2000, b"x"));
     assert_eq!(
         nat.process(&mut east_west, NicId::Link, t(0)),
-        Verdict::Pass
+        NatVerdict::Pass
     );
     // A TCP segment that cannot open a flow to a published port.
     let mut ack = frame(CLIENT, UPLINK, L4::Tcp(40001, 8080, ACK, b""));
     assert_eq!(
         nat.process(&mut ack, NicId::Uplink, t(0)),
-        Verdict::Drop(DropReason::NoFlow)
+        NatVerdict::Drop(NatDrop::NoFlow)
     );
     let mut bad = frame(
         CLIENT,
@@ -300,7 +303,7 @@ fn unpublished_and_non_ip_traffic_passes_untouched() {
     );
     assert_eq!(
         nat.process(&mut bad, NicId::Uplink, t(0)),
-        Verdict::Drop(DropReason::TcpInvalid)
+        NatVerdict::Drop(NatDrop::TcpInvalid)
     );
     let s = nat.stats();
     assert_eq!((s.drops.no_flow, s.drops.tcp_invalid, s.passed), (1, 1, 3));
@@ -394,7 +397,7 @@ fn masquerade(
     inside: Endpoint,
     server: Endpoint,
     now: Instant,
-) -> Result<Endpoint, Verdict> {
+) -> Result<Endpoint, NatVerdict> {
     let mut f = frame(
         inside.addr,
         server.addr,
@@ -434,7 +437,7 @@ fn masquerade_is_endpoint_independent_and_replies_come_back() {
     let mut stranger = frame(CLIENT, UPLINK, L4::Tcp(443, out.port, SYN, b""));
     assert_eq!(
         nat.process(&mut stranger, NicId::Uplink, t(1)),
-        Verdict::Pass
+        NatVerdict::Pass
     );
     assert_eq!(nat.stats().snat_mappings, 3);
 }
@@ -474,7 +477,7 @@ fn port_exhaustion_is_counted_and_live_mappings_are_never_reused() {
     let late = ep(Ipv4Address::new(10, 81, 3, 99), 1000);
     assert_eq!(
         masquerade(&mut nat, late, ep(SERVER, 443), t(1)),
-        Err(Verdict::Drop(DropReason::PortsExhausted))
+        Err(NatVerdict::Drop(NatDrop::PortsExhausted))
     );
     assert_eq!(nat.stats().drops.ports_exhausted, 1);
     // Keep flow 0 alive, let the others (SYN_SENT, 4 min) expire.
@@ -521,7 +524,10 @@ fn icmp_echo_is_masqueraded_by_identifier() {
     assert_eq!((p.tuple.dst, p.kind), (ep(C1, 77), Kind::EchoReply));
     // The server pinging the host with that identifier is not a reply.
     let mut ping = frame(SERVER, UPLINK, L4::EchoRequest(id));
-    assert_eq!(nat.process(&mut ping, NicId::Uplink, t(1)), Verdict::Pass);
+    assert_eq!(
+        nat.process(&mut ping, NicId::Uplink, t(1)),
+        NatVerdict::Pass
+    );
 }
 
 #[test]
@@ -585,7 +591,7 @@ fn icmp_errors_are_translated_back_to_the_inside_flow() {
     // An error about nothing we translated is not ours.
     let stray = ip_packet(UPLINK, SERVER, L4::Udp(1, 2, b""));
     let mut e = frame(ROUTER, UPLINK, L4::Error(11, 0, &stray));
-    assert_eq!(nat.process(&mut e, NicId::Uplink, t(3)), Verdict::Pass);
+    assert_eq!(nat.process(&mut e, NicId::Uplink, t(3)), NatVerdict::Pass);
 }
 
 /// Deterministic xorshift for property tests.
@@ -618,7 +624,7 @@ fn incremental_checksums_equal_a_full_recompute_on_random_packets() {
         // `run` compares every forwarded frame with a full recompute.
         let v = run(&mut nat, &mut f, NicId::Link, t(0));
         assert!(
-            v == TO_UPLINK || v == Verdict::Drop(DropReason::TupleClash),
+            v == TO_UPLINK || v == NatVerdict::Drop(NatDrop::TupleClash),
             "{v:?}"
         );
     }
@@ -642,7 +648,7 @@ fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
     }
     assert_eq!(
         masquerade(&mut nat, ep(C2, 1), ep(SERVER, 443), t(1)),
-        Err(Verdict::Drop(DropReason::TableFull))
+        Err(NatVerdict::Drop(NatDrop::TableFull))
     );
     assert_eq!(nat.stats().drops.table_full, 1);
     for (i, out) in ext.iter().enumerate() {
@@ -713,7 +719,7 @@ fn would_forward_predicts_process_and_changes_nothing() {
             before
         );
         let v = nat.process(&mut f, side, t(0));
-        assert_eq!(matches!(v, Verdict::Forward { .. }), want, "{v:?}");
+        assert_eq!(matches!(v, NatVerdict::Forward { .. }), want, "{v:?}");
     }
 }
 
@@ -725,41 +731,41 @@ fn fragments_and_garbage_that_need_translation_are_dropped() {
     Ipv4Packet::new_unchecked(&mut frag[ETH_LEN..]).fill_checksum();
     assert_eq!(
         nat.process(&mut frag, NicId::Link, t(0)),
-        Verdict::Drop(DropReason::Fragment)
+        NatVerdict::Drop(NatDrop::Fragment)
     );
     let mut local_frag = frame(C1, C2, L4::Udp(1, 2, b"0123456789"));
     local_frag[ETH_LEN + 6] = 0x20;
     assert_eq!(
         nat.process(&mut local_frag, NicId::Link, t(0)),
-        Verdict::Pass
+        NatVerdict::Pass
     );
     let mut gre = frame(C1, SERVER, L4::Udp(1, 2, b""));
     gre[ETH_LEN + 9] = 47;
     assert_eq!(
         nat.process(&mut gre, NicId::Link, t(0)),
-        Verdict::Drop(DropReason::Unsupported)
+        NatVerdict::Drop(NatDrop::Unsupported)
     );
     let mut short = frame(C1, SERVER, L4::Tcp(1, 2, SYN, b""));
     short.truncate(ETH_LEN + 30);
     assert_eq!(
         nat.process(&mut short, NicId::Link, t(0)),
-        Verdict::Drop(DropReason::Malformed)
+        NatVerdict::Drop(NatDrop::Malformed)
     );
     // Sources that cannot be on the side they came from are not translated.
     let mut spoof = frame(SERVER, CLIENT, L4::Udp(1, 2, b""));
     assert_eq!(
         nat.process(&mut spoof, NicId::Link, t(0)),
-        Verdict::Drop(DropReason::Spoofed)
+        NatVerdict::Drop(NatDrop::Spoofed)
     );
     let mut spoof = frame(NODE, UPLINK, L4::Udp(1, 5353, b""));
     assert_eq!(
         nat.process(&mut spoof, NicId::Link, t(0)),
-        Verdict::Drop(DropReason::Spoofed)
+        NatVerdict::Drop(NatDrop::Spoofed)
     );
     let mut spoof = frame(C2, UPLINK, L4::Tcp(1, 8080, SYN, b""));
     assert_eq!(
         nat.process(&mut spoof, NicId::Uplink, t(0)),
-        Verdict::Drop(DropReason::Spoofed)
+        NatVerdict::Drop(NatDrop::Spoofed)
     );
     let s = nat.stats().drops;
     assert_eq!(
@@ -774,7 +780,7 @@ fn web(backends: &[(Ipv4Address, u32)]) -> ServiceConfig {
         vip: Some(VIP),
         proto: Transport::Tcp,
         port: 80,
-        mode: Mode::Vip,
+        mode: ServiceMode::Vip,
         backends: backends
             .iter()
             .map(|&(address, weight)| BackendConfig {
@@ -787,7 +793,7 @@ fn web(backends: &[(Ipv4Address, u32)]) -> ServiceConfig {
     }
 }
 
-fn connect_vip(nat: &mut Nat, client: Endpoint, now: Instant) -> Result<Endpoint, Verdict> {
+fn connect_vip(nat: &mut Nat, client: Endpoint, now: Instant) -> Result<Endpoint, NatVerdict> {
     let mut f = frame(client.addr, VIP, L4::Tcp(client.port, 80, SYN, b""));
     match run(nat, &mut f, NicId::Link, now) {
         TO_CONTAINER => {}
@@ -924,7 +930,7 @@ fn service_flows_spread_by_weight_and_stay_pinned() {
         let mut a = frame(client.addr, VIP, L4::Tcp(client.port, 80, ACK, b"x"));
         let v = nat.process(&mut a, NicId::Link, t(4));
         if backend.addr == b[1] {
-            assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
+            assert_eq!(v, NatVerdict::Drop(NatDrop::NoFlow));
         } else {
             assert_eq!(v, TO_CONTAINER);
             assert_eq!(seen(&a).dst, *backend);
@@ -1000,7 +1006,7 @@ fn unhealthy_backends_leave_the_table_and_return() {
         .unwrap();
     assert_eq!(
         connect_vip(&mut nat, ep(C2, 9), now),
-        Err(Verdict::Drop(DropReason::NoBackend))
+        Err(NatVerdict::Drop(NatDrop::NoBackend))
     );
 }
 

@@ -6,7 +6,7 @@
 use smoltcp::time::Instant;
 use smoltcp::wire::Ipv4Address;
 
-use super::{DropReason, Nat, Verdict};
+use super::{Nat, NatDrop, NatVerdict};
 use crate::base::{Direction, Endpoint, FlowTuple, NicId, Proto};
 use crate::stage::lb::Pick;
 use crate::table::conntrack::{Flow, FlowId, FlowState, InsertError, TcpEvent, TcpState};
@@ -35,7 +35,7 @@ fn opens_flow(kind: Kind, tcp: Option<TcpEvent>) -> bool {
 /// Where a packet of a new flow goes, decided before any port is taken.
 enum Decision {
     Pass,
-    Drop(DropReason),
+    Drop(NatDrop),
     /// Open a flow whose reply tuple is `reply`; `snat` names the source
     /// address to take an external port on (the port in `reply.dst` is then
     /// filled in).
@@ -59,26 +59,26 @@ enum FlowKind {
 impl Nat {
     /// Runs one Ethernet frame received on `from` through conntrack, NAT and
     /// service selection; rewrites it in place when translated.
-    pub fn process(&mut self, frame: &mut [u8], from: NicId, now: Instant) -> Verdict {
+    pub fn process(&mut self, frame: &mut [u8], from: NicId, now: Instant) -> NatVerdict {
         let p = match l4::parse(frame) {
             Parse::NotIpv4 => {
                 self.stats.passed += 1;
-                return Verdict::Pass;
+                return NatVerdict::Pass;
             }
-            Parse::Malformed => return self.drop(DropReason::Malformed),
+            Parse::Malformed => return self.drop(NatDrop::Malformed),
             Parse::Opaque { dst, fragment } => {
                 // Only what would have to be translated is refused.
                 let ours = from == NicId::Link && self.is_external(dst) || self.lb.is_vip(dst);
                 if ours {
                     let r = if fragment {
-                        DropReason::Fragment
+                        NatDrop::Fragment
                     } else {
-                        DropReason::Unsupported
+                        NatDrop::Unsupported
                     };
                     return self.drop(r);
                 }
                 self.stats.passed += 1;
-                return Verdict::Pass;
+                return NatVerdict::Pass;
             }
             Parse::Ok(p) => p,
         };
@@ -90,7 +90,7 @@ impl Nat {
                 Some(ev) => Some(ev),
                 None => {
                     self.ct.count_tcp_invalid();
-                    return self.drop(DropReason::TcpInvalid);
+                    return self.drop(NatDrop::TcpInvalid);
                 }
             },
             _ => None,
@@ -130,12 +130,12 @@ impl Nat {
         };
         self.ct.update(id, dir, tcp, now);
         let Some(flow) = self.ct.get(id) else {
-            return self.drop(DropReason::Malformed);
+            return self.drop(NatDrop::Malformed);
         };
         let out = flow.tuple(dir.opposite()).reversed();
         rewrite::flow(&mut frame[p.ip..p.end], p.tuple.proto, &out);
         self.stats.translated += 1;
-        Verdict::Forward {
+        NatVerdict::Forward {
             to: self.side_of(out.dst.addr),
         }
     }
@@ -175,12 +175,12 @@ impl Nat {
         tcp: Option<TcpEvent>,
         from: NicId,
         now: Instant,
-    ) -> Result<FlowId, Verdict> {
+    ) -> Result<FlowId, NatVerdict> {
         let decision = self.decide(&p.tuple, from);
         let (mut reply, snat, kind, tag) = match decision {
             Decision::Pass => {
                 self.stats.passed += 1;
-                return Err(Verdict::Pass);
+                return Err(NatVerdict::Pass);
             }
             Decision::Drop(r) => return Err(self.drop(r)),
             Decision::Open {
@@ -191,7 +191,7 @@ impl Nat {
             } => (reply, snat, kind, tag),
         };
         if !opens_flow(p.kind, tcp) {
-            return Err(self.drop(DropReason::NoFlow));
+            return Err(self.drop(NatDrop::NoFlow));
         }
         let orig = p.tuple;
         if let Some(addr) = snat {
@@ -206,7 +206,7 @@ impl Nat {
                         .is_some_and(|tr| publish.contains_key(&(tr, port)))
             };
             let Some(port) = self.maps.acquire(addr, proto, orig.src, taken) else {
-                return Err(self.drop(DropReason::PortsExhausted));
+                return Err(self.drop(NatDrop::PortsExhausted));
             };
             reply.dst = Endpoint::new(addr, port);
             if proto == Proto::Icmp {
@@ -235,8 +235,8 @@ impl Nat {
                     self.maps.release(addr, orig.proto, orig.src);
                 }
                 Err(self.drop(match e {
-                    InsertError::Full => DropReason::TableFull,
-                    InsertError::Clash => DropReason::TupleClash,
+                    InsertError::Full => NatDrop::TableFull,
+                    InsertError::Clash => NatDrop::TupleClash,
                 }))
             }
         }
@@ -258,7 +258,7 @@ impl Nat {
                     return Decision::Pass;
                 };
                 if self.in_grid(t.src.addr) || ours(t.src.addr) {
-                    return Decision::Drop(DropReason::Spoofed);
+                    return Decision::Drop(NatDrop::Spoofed);
                 }
                 if self.lb.is_vip(target.addr) {
                     // Routing mesh: the backend may be on any host, so replies must
@@ -280,7 +280,7 @@ impl Nat {
                     || self.lb.is_vip(t.dst.addr)
                     || self.is_external(t.dst.addr);
                 if translated && (!self.in_grid(t.src.addr) || ours(t.src.addr)) {
-                    return Decision::Drop(DropReason::Spoofed);
+                    return Decision::Drop(NatDrop::Spoofed);
                 }
                 if let Some(target) = published {
                     // Hairpin: the target would answer the container directly,
@@ -300,7 +300,7 @@ impl Nat {
                 }
                 if self.is_external(t.dst.addr) {
                     let Some(&masq) = self.config.uplink.first() else {
-                        return Decision::Drop(DropReason::Unsupported);
+                        return Decision::Drop(NatDrop::Unsupported);
                     };
                     return Decision::Open {
                         reply: t.reversed(),
@@ -317,7 +317,7 @@ impl Nat {
     fn service(&self, t: &FlowTuple, vip: Endpoint, snat: Option<Ipv4Address>) -> Decision {
         match self.lb.pick(t.proto, vip, t) {
             Pick::NotAService => Decision::Pass,
-            Pick::NoBackend => Decision::Drop(DropReason::NoBackend),
+            Pick::NoBackend => Decision::Drop(NatDrop::NoBackend),
             Pick::Backend { backend, tag } => Decision::Open {
                 reply: FlowTuple::new(t.proto, backend, t.src),
                 snat,

@@ -12,7 +12,7 @@ use smoltcp::wire::{
     ETHERNET_HEADER_LEN,
 };
 
-use super::{DropReason, Egress, Network, Overlay, Verdict};
+use super::{Egress, Network, Overlay, OverlayDrop, OverlayVerdict};
 use crate::base::Vni;
 use crate::table::fdb::{Learn, Location};
 use crate::wire::vlan;
@@ -35,35 +35,41 @@ impl Ingress {
 
 impl Overlay {
     /// A frame received on the container link for network `vni`.
-    pub fn rx_link(&mut self, now: Instant, vni: Vni, frame: &[u8]) -> Verdict {
+    pub fn rx_link(&mut self, now: Instant, vni: Vni, frame: &[u8]) -> OverlayVerdict {
         self.rx_local(now, vni, frame, Ingress::Link)
     }
 
     /// A frame the appliance's own interface sends on network `vni`.
-    pub fn rx_appliance(&mut self, now: Instant, vni: Vni, frame: &[u8]) -> Verdict {
+    pub fn rx_appliance(&mut self, now: Instant, vni: Vni, frame: &[u8]) -> OverlayVerdict {
         self.rx_local(now, vni, frame, Ingress::Appliance)
     }
 
-    fn rx_local(&mut self, now: Instant, vni: Vni, frame: &[u8], ingress: Ingress) -> Verdict {
+    fn rx_local(
+        &mut self,
+        now: Instant,
+        vni: Vni,
+        frame: &[u8],
+        ingress: Ingress,
+    ) -> OverlayVerdict {
         let Some(net) = self.networks.get_mut(&vni) else {
-            return self.drop(None, DropReason::UnknownVni);
+            return self.drop(None, OverlayDrop::UnknownVni);
         };
         match ingress {
             Ingress::Link => net.counters.link_rx += 1,
             Ingress::Appliance => net.counters.appliance_rx += 1,
         }
         if ingress == Ingress::Appliance && net.appliance_mac.is_none() {
-            return self.drop(Some(vni), DropReason::NotAttached);
+            return self.drop(Some(vni), OverlayDrop::NotAttached);
         }
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
-            return self.drop(Some(vni), DropReason::Runt);
+            return self.drop(Some(vni), OverlayDrop::Runt);
         };
         let (src, dst) = (eth.src_addr(), eth.dst_addr());
         if !src.is_unicast() {
-            return self.drop(Some(vni), DropReason::BadSourceMac);
+            return self.drop(Some(vni), OverlayDrop::BadSourceMac);
         }
         if vlan::is_tag(eth.ethertype()) {
-            return self.drop(Some(vni), DropReason::Tagged);
+            return self.drop(Some(vni), OverlayDrop::Tagged);
         }
         if ingress == Ingress::Link
             && Some(src) != net.appliance_mac
@@ -74,7 +80,7 @@ impl Overlay {
 
         if let Some(reply) = arp_suppress(net, &eth) {
             net.counters.arp_suppressed += 1;
-            return Verdict::Forward(vec![(ingress.egress(), reply)]);
+            return OverlayVerdict::Forward(vec![(ingress.egress(), reply)]);
         }
 
         // Where the frame goes: local ports, and the peers (one or all).
@@ -130,7 +136,7 @@ impl Overlay {
             if out.is_empty() {
                 net.counters.filtered += 1;
             }
-            return Verdict::Forward(out);
+            return OverlayVerdict::Forward(out);
         }
         self.forward_to_peers(now, vni, frame, ingress, to_peer, out)
     }

@@ -9,7 +9,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
 
 use super::config::{self, ConfigError, NetworkConfig, PeerConfig};
-use super::{DropCounters, Network, NetworkCounters, Overlay, OverlayError, Peer, PeerCounters};
+use super::{Network, NetworkCounters, Overlay, OverlayDrops, OverlayError, Peer, PeerCounters};
 use crate::base::{VlanId, Vni};
 use crate::table::fdb::{ArpTable, Fdb, Location, TableError};
 
@@ -250,7 +250,7 @@ impl Overlay {
     }
 
     /// Overlay-wide drop counters (every drop, all networks).
-    pub fn drops(&self) -> &DropCounters {
+    pub fn drops(&self) -> &OverlayDrops {
         &self.drops
     }
 

@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Why a frame was dropped. Each reason has a counter in [`DropCounters`].
+/// Why a frame was dropped. Each reason has a counter in [`OverlayDrops`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub enum OverlayDrop {
     /// An uplink frame that is not VXLAN to our address and port: the rest of the stack
     /// may want it.
     NotVxlan,
@@ -48,7 +48,7 @@ pub enum DropReason {
 
 /// Frames dropped, by reason. Serialized as-is into `status`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DropCounters {
+pub struct OverlayDrops {
     pub not_vxlan: u64,
     pub bad_outer_header: u64,
     pub outer_fragment: u64,
@@ -72,50 +72,50 @@ pub struct DropCounters {
     pub mixed_vni: u64,
 }
 
-impl DropCounters {
-    pub(super) fn count(&mut self, reason: DropReason) {
+impl OverlayDrops {
+    pub(super) fn count(&mut self, reason: OverlayDrop) {
         let c = match reason {
-            DropReason::NotVxlan => &mut self.not_vxlan,
-            DropReason::BadOuterHeader => &mut self.bad_outer_header,
-            DropReason::OuterFragment => &mut self.outer_fragment,
-            DropReason::BadVxlanHeader => &mut self.bad_vxlan_header,
-            DropReason::UnknownVni => &mut self.unknown_vni,
-            DropReason::UnknownPeer => &mut self.unknown_peer,
-            DropReason::Runt => &mut self.runt,
-            DropReason::BadSourceMac => &mut self.bad_source_mac,
-            DropReason::NotLocal => &mut self.not_local,
-            DropReason::TooBig => &mut self.too_big,
-            DropReason::NoNeighbor => &mut self.no_neighbor,
-            DropReason::NotAttached => &mut self.not_attached,
-            DropReason::Tagged => &mut self.tagged,
-            DropReason::SleeveRefused => &mut self.sleeve_refused,
-            DropReason::Unsealed => &mut self.unsealed,
-            DropReason::SealRefused => &mut self.seal_refused,
-            DropReason::MixedVni => &mut self.mixed_vni,
+            OverlayDrop::NotVxlan => &mut self.not_vxlan,
+            OverlayDrop::BadOuterHeader => &mut self.bad_outer_header,
+            OverlayDrop::OuterFragment => &mut self.outer_fragment,
+            OverlayDrop::BadVxlanHeader => &mut self.bad_vxlan_header,
+            OverlayDrop::UnknownVni => &mut self.unknown_vni,
+            OverlayDrop::UnknownPeer => &mut self.unknown_peer,
+            OverlayDrop::Runt => &mut self.runt,
+            OverlayDrop::BadSourceMac => &mut self.bad_source_mac,
+            OverlayDrop::NotLocal => &mut self.not_local,
+            OverlayDrop::TooBig => &mut self.too_big,
+            OverlayDrop::NoNeighbor => &mut self.no_neighbor,
+            OverlayDrop::NotAttached => &mut self.not_attached,
+            OverlayDrop::Tagged => &mut self.tagged,
+            OverlayDrop::SleeveRefused => &mut self.sleeve_refused,
+            OverlayDrop::Unsealed => &mut self.unsealed,
+            OverlayDrop::SealRefused => &mut self.seal_refused,
+            OverlayDrop::MixedVni => &mut self.mixed_vni,
         };
         *c = c.wrapping_add(1);
     }
 
     /// The counter for `reason`.
-    pub fn get(&self, reason: DropReason) -> u64 {
+    pub fn get(&self, reason: OverlayDrop) -> u64 {
         match reason {
-            DropReason::NotVxlan => self.not_vxlan,
-            DropReason::BadOuterHeader => self.bad_outer_header,
-            DropReason::OuterFragment => self.outer_fragment,
-            DropReason::BadVxlanHeader => self.bad_vxlan_header,
-            DropReason::UnknownVni => self.unknown_vni,
-            DropReason::UnknownPeer => self.unknown_peer,
-            DropReason::Runt => self.runt,
-            DropReason::BadSourceMac => self.bad_source_mac,
-            DropReason::NotLocal => self.not_local,
-            DropReason::TooBig => self.too_big,
-            DropReason::NoNeighbor => self.no_neighbor,
-            DropReason::NotAttached => self.not_attached,
-            DropReason::Tagged => self.tagged,
-            DropReason::SleeveRefused => self.sleeve_refused,
-            DropReason::Unsealed => self.unsealed,
-            DropReason::SealRefused => self.seal_refused,
-            DropReason::MixedVni => self.mixed_vni,
+            OverlayDrop::NotVxlan => self.not_vxlan,
+            OverlayDrop::BadOuterHeader => self.bad_outer_header,
+            OverlayDrop::OuterFragment => self.outer_fragment,
+            OverlayDrop::BadVxlanHeader => self.bad_vxlan_header,
+            OverlayDrop::UnknownVni => self.unknown_vni,
+            OverlayDrop::UnknownPeer => self.unknown_peer,
+            OverlayDrop::Runt => self.runt,
+            OverlayDrop::BadSourceMac => self.bad_source_mac,
+            OverlayDrop::NotLocal => self.not_local,
+            OverlayDrop::TooBig => self.too_big,
+            OverlayDrop::NoNeighbor => self.no_neighbor,
+            OverlayDrop::NotAttached => self.not_attached,
+            OverlayDrop::Tagged => self.tagged,
+            OverlayDrop::SleeveRefused => self.sleeve_refused,
+            OverlayDrop::Unsealed => self.unsealed,
+            OverlayDrop::SealRefused => self.seal_refused,
+            OverlayDrop::MixedVni => self.mixed_vni,
         }
     }
 
@@ -167,7 +167,7 @@ pub struct NetworkCounters {
     /// Source addresses not learned because the FDB was full.
     pub learn_refused: u64,
     /// Drops attributed to this network (also counted in the overlay's totals).
-    pub drops: DropCounters,
+    pub drops: OverlayDrops,
 }
 
 /// Traffic exchanged with one peer.

@@ -10,7 +10,7 @@ use smoltcp::wire::{EthernetFrame, Ipv4Address};
 
 use super::encap::{encap, Encap};
 use super::sleeve_link::{self, OuterError, Received};
-use super::{DropReason, Egress, Overlay, Verdict};
+use super::{Egress, Overlay, OverlayDrop, OverlayVerdict};
 use crate::base::Vni;
 use crate::table::fdb::Location;
 use crate::wire::vlan;
@@ -19,31 +19,31 @@ use crate::wire::vxlan::{self, DecapError};
 impl Overlay {
     /// A frame received on the uplink. Anything that is not VXLAN for us comes back as
     /// `Drop(NotVxlan)` for the rest of the stack to look at.
-    pub fn rx_uplink(&mut self, now: Instant, frame: &[u8]) -> Verdict {
+    pub fn rx_uplink(&mut self, now: Instant, frame: &[u8]) -> OverlayVerdict {
         self.rx_uplink_vni(now, frame).0
     }
 
     /// [`Overlay::rx_uplink`], also saying which network the frame belonged to (the
     /// datapath needs it to put the link's VLAN tag on what goes there).
-    pub fn rx_uplink_vni(&mut self, now: Instant, frame: &[u8]) -> (Verdict, Option<Vni>) {
+    pub fn rx_uplink_vni(&mut self, now: Instant, frame: &[u8]) -> (OverlayVerdict, Option<Vni>) {
         let mut vni = None;
         let verdict = self.decap(now, frame, &mut vni);
         match verdict {
-            Verdict::Forward(_) => (verdict, vni),
+            OverlayVerdict::Forward(_) => (verdict, vni),
             _ => (verdict, None),
         }
     }
 
-    fn decap(&mut self, now: Instant, frame: &[u8], vni_out: &mut Option<Vni>) -> Verdict {
+    fn decap(&mut self, now: Instant, frame: &[u8], vni_out: &mut Option<Vni>) -> OverlayVerdict {
         if self.sleeve.is_some() {
             match sleeve_link::parse_outer(frame) {
                 Ok(rx) => return self.decap_sleeve(now, rx, vni_out),
                 Err(OuterError::NotSleeve) => {}
                 Err(OuterError::BadOuterHeader) => {
-                    return self.drop(None, DropReason::BadOuterHeader)
+                    return self.drop(None, OverlayDrop::BadOuterHeader)
                 }
                 Err(OuterError::OuterFragment) => {
-                    return self.drop(None, DropReason::OuterFragment)
+                    return self.drop(None, OverlayDrop::OuterFragment)
                 }
             }
         }
@@ -51,16 +51,16 @@ impl Overlay {
             Ok(d) => d,
             Err(e) => {
                 let reason = match e {
-                    DecapError::NotVxlan => DropReason::NotVxlan,
-                    DecapError::BadOuterHeader => DropReason::BadOuterHeader,
-                    DecapError::OuterFragment => DropReason::OuterFragment,
-                    DecapError::Vxlan(_) => DropReason::BadVxlanHeader,
+                    DecapError::NotVxlan => OverlayDrop::NotVxlan,
+                    DecapError::BadOuterHeader => OverlayDrop::BadOuterHeader,
+                    DecapError::OuterFragment => OverlayDrop::OuterFragment,
+                    DecapError::Vxlan(_) => OverlayDrop::BadVxlanHeader,
                 };
                 return self.drop(None, reason);
             }
         };
         if d.dst_ip != self.underlay.ip {
-            return self.drop(None, DropReason::NotVxlan);
+            return self.drop(None, OverlayDrop::NotVxlan);
         }
         let vni = d.vni;
         *vni_out = Some(vni);
@@ -68,7 +68,7 @@ impl Overlay {
         // carries no authentication, anyone on the path could inject it.
         if let Some(net) = self.networks.get(&vni) {
             if encap(net.mode, &self.grid.trusted_subnets, d.src_ip) == Encap::Sleeve {
-                return self.drop(Some(vni), DropReason::Unsealed);
+                return self.drop(Some(vni), OverlayDrop::Unsealed);
             }
         }
         self.deliver(now, d.src_ip, vni, d.inner, frame.len())
@@ -80,15 +80,15 @@ impl Overlay {
         now: Instant,
         rx: Received<'_>,
         vni_out: &mut Option<Vni>,
-    ) -> Verdict {
+    ) -> OverlayVerdict {
         if rx.dst_ip != self.underlay.ip {
-            return self.drop(None, DropReason::NotVxlan);
+            return self.drop(None, OverlayDrop::NotVxlan);
         }
         let Some(link) = self.sleeve.as_mut() else {
-            return self.drop(None, DropReason::NotVxlan);
+            return self.drop(None, OverlayDrop::NotVxlan);
         };
         let Ok((sender, frames)) = link.open(rx.payload, now) else {
-            return self.drop(None, DropReason::SleeveRefused);
+            return self.drop(None, OverlayDrop::SleeveRefused);
         };
         // The sender is authenticated; its underlay address is the configured one (the
         // outer source may be rewritten by NAT on the way).
@@ -98,19 +98,19 @@ impl Overlay {
             .find(|(_, p)| p.node == sender)
             .map(|(a, _)| *a)
         else {
-            return self.drop(None, DropReason::UnknownPeer);
+            return self.drop(None, OverlayDrop::UnknownPeer);
         };
         let share = rx.payload.len() / frames.len().max(1);
         let mut out = Vec::new();
-        let mut last = Verdict::Forward(Vec::new());
+        let mut last = OverlayVerdict::Forward(Vec::new());
         for (vni, inner) in frames {
             // One verdict carries one network (the datapath tags the link by it).
             if vni_out.is_some_and(|v| v != vni) {
-                last = self.drop(Some(vni), DropReason::MixedVni);
+                last = self.drop(Some(vni), OverlayDrop::MixedVni);
                 continue;
             }
             match self.deliver(now, src_ip, vni, &inner, share) {
-                Verdict::Forward(o) => {
+                OverlayVerdict::Forward(o) => {
                     *vni_out = Some(vni);
                     out.extend(o);
                 }
@@ -118,7 +118,7 @@ impl Overlay {
             }
         }
         if vni_out.is_some() {
-            Verdict::Forward(out)
+            OverlayVerdict::Forward(out)
         } else {
             last
         }
@@ -133,29 +133,29 @@ impl Overlay {
         vni: Vni,
         inner_bytes: &[u8],
         wire_len: usize,
-    ) -> Verdict {
+    ) -> OverlayVerdict {
         if !self.networks.contains_key(&vni) {
-            return self.drop(None, DropReason::UnknownVni);
+            return self.drop(None, OverlayDrop::UnknownVni);
         }
         let known = self
             .peers
             .get(&src_ip)
             .is_some_and(|p| p.networks.contains(&vni));
         if !known {
-            return self.drop(Some(vni), DropReason::UnknownPeer);
+            return self.drop(Some(vni), OverlayDrop::UnknownPeer);
         }
         let Ok(inner) = EthernetFrame::new_checked(inner_bytes) else {
-            return self.drop(Some(vni), DropReason::Runt);
+            return self.drop(Some(vni), OverlayDrop::Runt);
         };
         if !inner.src_addr().is_unicast() {
-            return self.drop(Some(vni), DropReason::BadSourceMac);
+            return self.drop(Some(vni), OverlayDrop::BadSourceMac);
         }
         if vlan::is_tag(inner.ethertype()) {
-            return self.drop(Some(vni), DropReason::Tagged);
+            return self.drop(Some(vni), OverlayDrop::Tagged);
         }
         let dst = inner.dst_addr();
         let Some(net) = self.networks.get(&vni) else {
-            return self.drop(None, DropReason::UnknownVni);
+            return self.drop(None, OverlayDrop::UnknownVni);
         };
         // At most two local ports: the link and the appliance.
         let egress: &[Egress] = if !dst.is_unicast() {
@@ -168,7 +168,7 @@ impl Overlay {
             &[Egress::Appliance]
         } else {
             match net.fdb.lookup(&dst, now) {
-                Some(Location::Remote(_)) => return self.drop(Some(vni), DropReason::NotLocal),
+                Some(Location::Remote(_)) => return self.drop(Some(vni), OverlayDrop::NotLocal),
                 // Local, or unknown: the link is one segment, deliver it there.
                 Some(Location::Local) | None => &[Egress::Link],
             }
@@ -178,7 +178,7 @@ impl Overlay {
             peer.counters.rx_bytes += wire_len as u64;
         }
         let Some(net) = self.networks.get_mut(&vni) else {
-            return self.drop(None, DropReason::UnknownVni);
+            return self.drop(None, OverlayDrop::UnknownVni);
         };
         net.counters.uplink_rx += 1;
         let out = egress
@@ -192,6 +192,6 @@ impl Overlay {
                 (e, inner_bytes.to_vec())
             })
             .collect();
-        Verdict::Forward(out)
+        OverlayVerdict::Forward(out)
     }
 }

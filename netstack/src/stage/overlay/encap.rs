@@ -13,9 +13,11 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetFrame, Ipv4Address};
 
 use super::bridge::Ingress;
-use super::config::{Mode, Subnet};
+use super::config::{EncapMode, Subnet};
 use super::sleeve_link::OuterAddrs;
-use super::{network_mtu, DropReason, Egress, Output, Overlay, Verdict, MAX_PENDING_FRAMES};
+use super::{
+    network_mtu, Egress, Output, Overlay, OverlayDrop, OverlayVerdict, MAX_PENDING_FRAMES,
+};
 use crate::base::{NodeId, Vni};
 use crate::wire::icmp_error::frag_needed;
 use crate::wire::vlan;
@@ -30,12 +32,12 @@ pub enum Encap {
 
 /// The encapsulation of a network in `mode` towards a peer at underlay address `peer`:
 /// `auto` trusts the peers inside `trusted` with VXLAN, as Kontena's trusted subnets.
-pub fn encap(mode: Mode, trusted: &[Subnet], peer: Ipv4Address) -> Encap {
+pub fn encap(mode: EncapMode, trusted: &[Subnet], peer: Ipv4Address) -> Encap {
     match mode {
-        Mode::Vxlan => Encap::Vxlan,
-        Mode::Sleeve => Encap::Sleeve,
-        Mode::Auto if trusted.iter().any(|s| s.0.contains_addr(&peer)) => Encap::Vxlan,
-        Mode::Auto => Encap::Sleeve,
+        EncapMode::Vxlan => Encap::Vxlan,
+        EncapMode::Sleeve => Encap::Sleeve,
+        EncapMode::Auto if trusted.iter().any(|s| s.0.contains_addr(&peer)) => Encap::Vxlan,
+        EncapMode::Auto => Encap::Sleeve,
     }
 }
 
@@ -63,22 +65,22 @@ impl Overlay {
         ingress: Ingress,
         to_peer: Option<Ipv4Address>,
         mut out: Vec<Output>,
-    ) -> Verdict {
+    ) -> OverlayVerdict {
         // Everything below goes to the uplink: the overlay MTU applies (smaller for a
         // network that may seal, by what sleeve adds over VXLAN).
         let flood = to_peer.is_none();
         let Some(mode) = self.networks.get(&vni).map(|n| n.mode) else {
-            return Verdict::Forward(out);
+            return OverlayVerdict::Forward(out);
         };
         let mtu = network_mtu(&self.grid, mode);
         let ethertype = EthernetFrame::new_unchecked(frame).ethertype();
         if vlan::l3_len(ethertype, frame.len()) > usize::from(mtu) {
-            self.drops.count(DropReason::TooBig);
+            self.drops.count(OverlayDrop::TooBig);
             let net = match self.networks.get_mut(&vni) {
                 Some(net) => net,
-                None => return Verdict::Forward(out),
+                None => return OverlayVerdict::Forward(out),
             };
-            net.counters.drops.count(DropReason::TooBig);
+            net.counters.drops.count(OverlayDrop::TooBig);
             if flood {
                 // Local copies are still delivered; only the remote ones are refused.
                 // A unicast sender (unknown destination) still learns the path MTU, as
@@ -92,7 +94,7 @@ impl Overlay {
                     }
                     out.push((ingress.egress(), reply));
                 }
-                return Verdict::Forward(out);
+                return OverlayVerdict::Forward(out);
             }
             return match frag_needed(frame, mtu) {
                 Some(reply) => {
@@ -101,12 +103,12 @@ impl Overlay {
                         Ingress::Link => net.counters.link_tx += 1,
                         Ingress::Appliance => net.counters.appliance_tx += 1,
                     }
-                    Verdict::Refuse {
-                        reason: DropReason::TooBig,
+                    OverlayVerdict::Refuse {
+                        reason: OverlayDrop::TooBig,
                         reply: (ingress.egress(), reply),
                     }
                 }
-                None => Verdict::Drop(DropReason::TooBig),
+                None => OverlayVerdict::Drop(OverlayDrop::TooBig),
             };
         }
 
@@ -204,21 +206,21 @@ impl Overlay {
         let unicast_unresolved = to_peer.is_some() && sent + accepted == 0 && missing_neighbor > 0;
         let unicast_unsealed = to_peer.is_some() && sent + accepted == 0 && seal_refused > 0;
         for _ in 0..missing_neighbor {
-            self.drops.count(DropReason::NoNeighbor);
+            self.drops.count(OverlayDrop::NoNeighbor);
         }
         if let Some(net) = self.networks.get_mut(&vni) {
             net.counters.uplink_tx += sent;
             for _ in 0..missing_neighbor {
-                net.counters.drops.count(DropReason::NoNeighbor);
+                net.counters.drops.count(OverlayDrop::NoNeighbor);
             }
         }
         if unicast_unsealed {
-            return Verdict::Drop(DropReason::SealRefused);
+            return OverlayVerdict::Drop(OverlayDrop::SealRefused);
         }
         if unicast_unresolved {
-            return Verdict::Drop(DropReason::NoNeighbor);
+            return OverlayVerdict::Drop(OverlayDrop::NoNeighbor);
         }
-        Verdict::Forward(out)
+        OverlayVerdict::Forward(out)
     }
 
     /// Batch frames for sleeve peers (docs/sleeve.md "Batching"): `rx_link` and
@@ -273,11 +275,11 @@ impl Overlay {
                 None => {
                     refused += n;
                     for _ in 0..n {
-                        self.drops.count(DropReason::SealRefused);
+                        self.drops.count(OverlayDrop::SealRefused);
                     }
                     if let Some(net) = self.networks.get_mut(&p.vni) {
                         for _ in 0..n {
-                            net.counters.drops.count(DropReason::SealRefused);
+                            net.counters.drops.count(OverlayDrop::SealRefused);
                         }
                     }
                 }

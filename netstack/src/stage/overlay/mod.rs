@@ -3,8 +3,8 @@
 //! uplink, and the VXLAN encapsulation that carries frames to those peers.
 //!
 //! Sans-I/O, boringtun style: [`Overlay::rx_link`], [`Overlay::rx_appliance`] and
-//! [`Overlay::rx_uplink`] take one received frame and return a [`Verdict`]: the frames
-//! to send and where, or a counted [`DropReason`]. Frames never cross from one network
+//! [`Overlay::rx_uplink`] take one received frame and return a [`OverlayVerdict`]: the frames
+//! to send and where, or a counted [`OverlayDrop`]. Frames never cross from one network
 //! to another; nothing is learned from the uplink (remote entries are static, pushed by
 //! control, as Docker's overlay does). Time is an argument; no clock, no I/O, no panics
 //! on input.
@@ -35,8 +35,8 @@ use crate::base::{NodeId, VlanId, Vni};
 use crate::stage::sleeve;
 use crate::table::fdb::{self, ArpTable, Fdb, TableError};
 use crate::wire::vxlan::{self, SrcPortRange};
-use config::{AddressKind, ConfigError, GridConfig, Mode, OverlayConfig};
-pub use counters::{DropCounters, DropReason, NetworkCounters, PeerCounters};
+use config::{AddressKind, ConfigError, EncapMode, GridConfig, OverlayConfig};
+pub use counters::{NetworkCounters, OverlayDrop, OverlayDrops, PeerCounters};
 use encap::PendingSeal;
 use sleeve_link::SleeveLink;
 pub use status::{ArpEntryStatus, FdbEntryStatus, NetworkStatus, OverlayStatus, PeerStatus};
@@ -57,14 +57,14 @@ pub type Output = (Egress, Vec<u8>);
 
 /// What became of one received frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum OverlayVerdict {
     /// Send these frames. Empty when the frame stays on the segment it came from.
     Forward(Vec<Output>),
     /// Refused and counted.
-    Drop(DropReason),
+    Drop(OverlayDrop),
     /// Refused and counted, with a reply for the sender: ICMP "fragmentation needed"
     /// for an IPv4 packet with DF set that is larger than the overlay MTU.
-    Refuse { reason: DropReason, reply: Output },
+    Refuse { reason: OverlayDrop, reply: Output },
 }
 
 /// This appliance's own address on the uplink.
@@ -144,7 +144,7 @@ struct Network {
     fdb: Fdb,
     arp: ArpTable,
     appliance_mac: Option<EthernetAddress>,
-    mode: Mode,
+    mode: EncapMode,
     counters: NetworkCounters,
 }
 
@@ -166,7 +166,7 @@ struct Peer {
 /// use smoltcp::time::Instant;
 /// use smoltcp::wire::{EthernetAddress, Ipv4Address};
 /// use weft_netstack::table::fdb::Location;
-/// use weft_netstack::stage::overlay::{Egress, Limits, Overlay, Underlay, Verdict};
+/// use weft_netstack::stage::overlay::{Egress, Limits, Overlay, Underlay, OverlayVerdict};
 /// use weft_netstack::stage::overlay::config::OverlayConfig;
 ///
 /// let config: OverlayConfig = serde_json::from_str(r#"{
@@ -194,7 +194,7 @@ struct Peer {
 /// frame[..6].copy_from_slice(&remote.0);
 /// frame[6..12].copy_from_slice(&[0x02, 0x42, 0x0a, 0x51, 0x80, 1]);
 /// frame[12..14].copy_from_slice(&[0x08, 0x00]);
-/// let Verdict::Forward(out) = overlay.rx_link(now, vni, &frame) else { panic!() };
+/// let OverlayVerdict::Forward(out) = overlay.rx_link(now, vni, &frame) else { panic!() };
 /// assert_eq!(out.len(), 1);
 /// assert_eq!(out[0].0, Egress::Uplink);
 /// assert_eq!(out[0].1.len(), 50 + 60);
@@ -210,7 +210,7 @@ pub struct Overlay {
     next_ident: u16,
     networks: BTreeMap<Vni, Network>,
     peers: BTreeMap<Ipv4Address, Peer>,
-    drops: DropCounters,
+    drops: OverlayDrops,
     /// The sleeve endpoint, when `[grid]` has a secret.
     sleeve: Option<SleeveLink>,
     /// Seal frames for sleeve peers when [`Overlay::flush_sleeve`] is called, not at
@@ -259,7 +259,7 @@ impl Overlay {
             next_ident: (seed >> 16) as u16,
             networks: BTreeMap::new(),
             peers: BTreeMap::new(),
-            drops: DropCounters::default(),
+            drops: OverlayDrops::default(),
             batch_sleeve: false,
             pending: Vec::new(),
             pending_frames: 0,
@@ -297,12 +297,12 @@ impl Overlay {
         self.grid.node_address(self.grid.node)
     }
 
-    fn drop(&mut self, vni: Option<Vni>, reason: DropReason) -> Verdict {
+    fn drop(&mut self, vni: Option<Vni>, reason: OverlayDrop) -> OverlayVerdict {
         self.drops.count(reason);
         if let Some(net) = vni.and_then(|v| self.networks.get_mut(&v)) {
             net.counters.drops.count(reason);
         }
-        Verdict::Drop(reason)
+        OverlayVerdict::Drop(reason)
     }
 
     /// Start the sleeve endpoint's session ids at `first` (wall clock at boot and the
@@ -348,10 +348,10 @@ fn underlay_mtu(overlay_mtu: u16) -> u16 {
 }
 
 /// The overlay MTU of a network in `mode`.
-fn network_mtu(grid: &GridConfig, mode: Mode) -> u16 {
+fn network_mtu(grid: &GridConfig, mode: EncapMode) -> u16 {
     match mode {
-        Mode::Vxlan => grid.mtu,
-        Mode::Sleeve | Mode::Auto => grid.mtu.saturating_sub(sleeve_link::EXTRA_OVERHEAD),
+        EncapMode::Vxlan => grid.mtu,
+        EncapMode::Sleeve | EncapMode::Auto => grid.mtu.saturating_sub(sleeve_link::EXTRA_OVERHEAD),
     }
 }
 

@@ -19,7 +19,8 @@ use super::config::SecretText;
 use crate::base::ports::SLEEVE_PORT;
 use crate::base::{NodeId, Vni};
 use crate::stage::sleeve::{
-    self, Config, Frame, OpenError, PskKeySource, SealError, SessionId, Sleeve, SleeveMetrics,
+    self, Frame, OpenError, PskKeySource, SealError, SessionConfig, SessionId, Sleeve,
+    SleeveMetrics,
 };
 use crate::wire::vxlan;
 
@@ -174,7 +175,7 @@ impl SleeveLink {
         first: SessionId,
     ) -> Option<SleeveLink> {
         let keys = PskKeySource::new(local, secret.grid_secret()?);
-        let mut config = Config::for_underlay_mtu(underlay_mtu);
+        let mut config = SessionConfig::for_underlay_mtu(underlay_mtu);
         config.headroom = OUTER_LEN;
         Some(SleeveLink {
             sleeve: Sleeve::new(local, keys, config, first),

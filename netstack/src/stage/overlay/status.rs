@@ -11,9 +11,9 @@ use smoltcp::wire::Ipv4Address;
 
 use super::config::AddressKind;
 use super::sleeve_link::SleeveStatus;
-use super::{DropCounters, NetworkCounters, Overlay, PeerCounters};
+use super::{NetworkCounters, Overlay, OverlayDrops, PeerCounters};
 use crate::base::{Mac, NodeId, VlanId, Vni};
-use crate::table::fdb::{Location, Origin};
+use crate::table::fdb::{EntryOrigin, Location};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverlayStatus {
@@ -22,7 +22,7 @@ pub struct OverlayStatus {
     pub underlay_address: Ipv4Address,
     pub vxlan_port: u16,
     pub mtu: u16,
-    pub drops: DropCounters,
+    pub drops: OverlayDrops,
     /// The sleeve endpoint's counters, when `[grid]` has a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleeve: Option<SleeveStatus>,
@@ -106,10 +106,10 @@ impl Overlay {
                                 Location::Local => None,
                                 Location::Remote(a) => Some(a),
                             },
-                            is_static: e.origin == Origin::Static,
+                            is_static: e.origin == EntryOrigin::Static,
                             age_secs: match e.origin {
-                                Origin::Static => None,
-                                Origin::Learned { last_seen } => {
+                                EntryOrigin::Static => None,
+                                EntryOrigin::Learned { last_seen } => {
                                     Some((now - last_seen).total_millis() / 1000)
                                 }
                             },

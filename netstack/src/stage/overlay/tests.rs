@@ -151,9 +151,9 @@ fn from_peer(peer: Ipv4Address, vni: Vni, inner: &[u8]) -> Vec<u8> {
     buf
 }
 
-fn forward(v: Verdict) -> Vec<Output> {
+fn forward(v: OverlayVerdict) -> Vec<Output> {
     match v {
-        Verdict::Forward(out) => out,
+        OverlayVerdict::Forward(out) => out,
         other => panic!("expected Forward, got {other:?}"),
     }
 }
@@ -334,7 +334,7 @@ fn uplink_refusals_are_counted() {
 
     assert_eq!(
         o.rx_uplink(t(0), &from_peer(P2, vni(999), &inner)),
-        Verdict::Drop(DropReason::UnknownVni)
+        OverlayVerdict::Drop(OverlayDrop::UnknownVni)
     );
     // 192.0.2.9 is no peer; peer 3 does not carry network B.
     assert_eq!(
@@ -342,16 +342,16 @@ fn uplink_refusals_are_counted() {
             t(0),
             &from_peer(Ipv4Address::new(192, 0, 2, 9), vni(A), &inner)
         ),
-        Verdict::Drop(DropReason::UnknownPeer)
+        OverlayVerdict::Drop(OverlayDrop::UnknownPeer)
     );
     assert_eq!(
         o.rx_uplink(t(0), &from_peer(P3, vni(B), &inner)),
-        Verdict::Drop(DropReason::UnknownPeer)
+        OverlayVerdict::Drop(OverlayDrop::UnknownPeer)
     );
     // Not VXLAN: a plain UDP frame on the uplink, and VXLAN to another address.
     assert_eq!(
         o.rx_uplink(t(0), &inner),
-        Verdict::Drop(DropReason::NotVxlan)
+        OverlayVerdict::Drop(OverlayDrop::NotVxlan)
     );
     let mut other = from_peer(P2, vni(A), &inner);
     let mut ipp = Ipv4Packet::new_unchecked(&mut other[14..]);
@@ -361,7 +361,7 @@ fn uplink_refusals_are_counted() {
     udp.set_checksum(0);
     assert_eq!(
         o.rx_uplink(t(0), &other),
-        Verdict::Drop(DropReason::NotVxlan)
+        OverlayVerdict::Drop(OverlayDrop::NotVxlan)
     );
     // I flag cleared (UDP checksum zeroed so the VXLAN header itself is what is judged).
     let mut bad = from_peer(P2, vni(A), &inner);
@@ -369,18 +369,18 @@ fn uplink_refusals_are_counted() {
     bad[42] = 0;
     assert_eq!(
         o.rx_uplink(t(0), &bad),
-        Verdict::Drop(DropReason::BadVxlanHeader)
+        OverlayVerdict::Drop(OverlayDrop::BadVxlanHeader)
     );
     // A runt inner frame.
     assert_eq!(
         o.rx_uplink(t(0), &from_peer(P2, vni(A), &inner[..10])),
-        Verdict::Drop(DropReason::Runt)
+        OverlayVerdict::Drop(OverlayDrop::Runt)
     );
     // A multicast inner source.
     let spoofed = udp_frame(mac(1), EthernetAddress::BROADCAST, 1, false);
     assert_eq!(
         o.rx_uplink(t(0), &from_peer(P2, vni(A), &spoofed)),
-        Verdict::Drop(DropReason::BadSourceMac)
+        OverlayVerdict::Drop(OverlayDrop::BadSourceMac)
     );
     // For a MAC control placed on peer 3: not ours to deliver.
     o.add_static(vni(A), mac(9), Location::Remote(P3), None, t(0))
@@ -388,7 +388,7 @@ fn uplink_refusals_are_counted() {
     let to_p3 = udp_frame(mac(9), mac(50), 1, false);
     assert_eq!(
         o.rx_uplink(t(0), &from_peer(P2, vni(A), &to_p3)),
-        Verdict::Drop(DropReason::NotLocal)
+        OverlayVerdict::Drop(OverlayDrop::NotLocal)
     );
 
     let d = o.drops();
@@ -404,7 +404,7 @@ fn uplink_refusals_are_counted() {
     );
     assert_eq!((d.bad_source_mac, d.not_local), (1, 1));
     assert_eq!(d.total(), 7, "not_vxlan is not a loss");
-    assert_eq!(d.get(DropReason::UnknownPeer), 2);
+    assert_eq!(d.get(OverlayDrop::UnknownPeer), 2);
     assert_eq!(o.network_counters(vni(A)).unwrap().drops.unknown_peer, 1);
     assert_eq!(o.network_counters(vni(B)).unwrap().drops.unknown_peer, 1);
     assert_eq!(o.peer_counters(P2).unwrap().rx_packets, 0);
@@ -465,10 +465,10 @@ fn too_big_with_df_gets_fragmentation_needed() {
 
     // One byte more with DF: refused, ICMP back to the sender on the link.
     let big = udp_frame(mac(9), mac(1), 1450 - 28 + 1, true);
-    let Verdict::Refuse { reason, reply } = o.rx_link(t(0), vni(A), &big) else {
+    let OverlayVerdict::Refuse { reason, reply } = o.rx_link(t(0), vni(A), &big) else {
         panic!("expected Refuse");
     };
-    assert_eq!(reason, DropReason::TooBig);
+    assert_eq!(reason, OverlayDrop::TooBig);
     assert_eq!(reply.0, Egress::Link);
     let eth = EthernetFrame::new_checked(&reply.1[..]).unwrap();
     assert_eq!((eth.src_addr(), eth.dst_addr()), (mac(9), mac(1)));
@@ -491,7 +491,7 @@ fn too_big_with_df_gets_fragmentation_needed() {
     let big_no_df = udp_frame(mac(9), mac(1), 1450 - 28 + 1, false);
     assert_eq!(
         o.rx_link(t(0), vni(A), &big_no_df),
-        Verdict::Drop(DropReason::TooBig)
+        OverlayVerdict::Drop(OverlayDrop::TooBig)
     );
     let c = o.network_counters(vni(A)).unwrap();
     assert_eq!((c.drops.too_big, c.icmp_frag_needed), (2, 1));
@@ -551,7 +551,7 @@ fn unresolved_neighbor_is_counted() {
     let frame = udp_frame(mac(9), mac(1), 10, false);
     assert_eq!(
         o.rx_link(t(0), vni(A), &frame),
-        Verdict::Drop(DropReason::NoNeighbor)
+        OverlayVerdict::Drop(OverlayDrop::NoNeighbor)
     );
     o.set_neighbor(P2, Some(P2_MAC)).unwrap();
     assert_eq!(o.peers_without_neighbor().collect::<Vec<_>>(), [P3]);
@@ -677,7 +677,7 @@ fn control_operations() {
     let inner = udp_frame(mac(1), mac(50), 1, false);
     assert_eq!(
         o.rx_uplink(t(0), &from_peer(P2, vni(B), &inner)),
-        Verdict::Drop(DropReason::UnknownPeer)
+        OverlayVerdict::Drop(OverlayDrop::UnknownPeer)
     );
     // Peers that collide with us or another peer are refused.
     assert_eq!(
@@ -710,7 +710,7 @@ fn control_operations() {
     assert!(o.remove_network(vni(A)));
     assert_eq!(
         o.rx_link(t(0), vni(A), &inner),
-        Verdict::Drop(DropReason::UnknownVni)
+        OverlayVerdict::Drop(OverlayDrop::UnknownVni)
     );
     let status = o.status(t(0));
     assert!(status.peers.iter().all(|p| p.networks.is_empty()));
@@ -811,9 +811,9 @@ fn networks_never_leak() {
             }
         };
         let outs = match verdict {
-            Verdict::Forward(out) => out,
-            Verdict::Refuse { reply, .. } => vec![reply],
-            Verdict::Drop(_) => vec![],
+            OverlayVerdict::Forward(out) => out,
+            OverlayVerdict::Refuse { reply, .. } => vec![reply],
+            OverlayVerdict::Drop(_) => vec![],
         };
         for (egress, f) in outs {
             if egress == Egress::Uplink {

@@ -15,7 +15,7 @@ use smoltcp::wire::{
 
 use super::{Held, Interfaces, Origin, Placement, Router, Segment, PENDING_CAPACITY};
 use crate::base::{NicId, Transport, MAX_FRAME_LEN};
-use crate::stage::nat::Verdict;
+use crate::stage::nat::NatVerdict;
 use crate::wire::{icmp_error, probe};
 
 impl Router {
@@ -141,10 +141,10 @@ impl Router {
         }
         let mut frame = frame.to_vec();
         match self.nat.process(&mut frame, side, now) {
-            Verdict::Pass => false,
+            NatVerdict::Pass => false,
             // Counted by the NAT under its reason.
-            Verdict::Drop(_) => true,
-            Verdict::Forward { to } => {
+            NatVerdict::Drop(_) => true,
+            NatVerdict::Forward { to } => {
                 self.route(to, frame, ifs, now);
                 true
             }

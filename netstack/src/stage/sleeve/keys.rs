@@ -20,7 +20,7 @@ pub const MIN_SECRET_LEN: usize = 16;
 
 /// Which way traffic flows, seen from the local appliance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+pub enum KeyDirection {
     /// local -> peer
     Send,
     /// peer -> local
@@ -31,7 +31,7 @@ pub enum Direction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyId {
     pub peer: NodeId,
-    pub direction: Direction,
+    pub direction: KeyDirection,
     pub session: SessionId,
     pub epoch: Epoch,
 }
@@ -151,8 +151,8 @@ impl PskKeySource {
 impl KeySource for PskKeySource {
     fn key(&self, id: &KeyId) -> Option<AeadKey> {
         let (sender, receiver) = match id.direction {
-            Direction::Send => (self.local, id.peer),
-            Direction::Receive => (id.peer, self.local),
+            KeyDirection::Send => (self.local, id.peer),
+            KeyDirection::Receive => (id.peer, self.local),
         };
         derive_key(&self.secret, sender, receiver, id.session, id.epoch)
     }
@@ -190,14 +190,20 @@ mod tests {
             session: SESSION,
             epoch: Epoch(7),
         };
-        assert_eq!(one.key(&id(2, Direction::Send)).unwrap().as_bytes(), &k12);
         assert_eq!(
-            two.key(&id(1, Direction::Receive)).unwrap().as_bytes(),
+            one.key(&id(2, KeyDirection::Send)).unwrap().as_bytes(),
             &k12
         );
-        assert_eq!(two.key(&id(1, Direction::Send)).unwrap().as_bytes(), &k21);
         assert_eq!(
-            one.key(&id(2, Direction::Receive)).unwrap().as_bytes(),
+            two.key(&id(1, KeyDirection::Receive)).unwrap().as_bytes(),
+            &k12
+        );
+        assert_eq!(
+            two.key(&id(1, KeyDirection::Send)).unwrap().as_bytes(),
+            &k21
+        );
+        assert_eq!(
+            one.key(&id(2, KeyDirection::Receive)).unwrap().as_bytes(),
             &k21
         );
     }

@@ -19,9 +19,9 @@ use crate::wire::sleeve as wire;
 
 use crate::base::NodeId;
 
-pub use keys::{AeadKey, Direction, GridSecret, KeyId, KeySource, PskKeySource, SecretError};
+pub use keys::{AeadKey, GridSecret, KeyDirection, KeyId, KeySource, PskKeySource, SecretError};
 pub use replay::ReplayError;
-pub use session::{overlay_mtu, Config, Opened, Session, SessionStats};
+pub use session::{overlay_mtu, Opened, Session, SessionConfig, SessionStats};
 pub use wire::{Epoch, Frame, SessionId};
 
 /// Why a received message was refused. Each variant is a drop counter.
@@ -201,7 +201,7 @@ impl SleeveMetrics {
 pub struct Sleeve<K: KeySource> {
     local: NodeId,
     keys: K,
-    config: Config,
+    config: SessionConfig,
     /// The sending session the next new peer session gets; `None` once used up.
     next_session: Option<SessionId>,
     peers: BTreeMap<NodeId, Session>,
@@ -223,7 +223,12 @@ impl<K: KeySource> Sleeve<K> {
     /// a value of the seeded random source. Sending sessions are `first, first + 1, ...`,
     /// so none repeats across reboots or peer re-adds and they grow (docs/sleeve.md
     /// "Sessions").
-    pub fn new(local: NodeId, keys: K, config: Config, first_session: SessionId) -> Sleeve<K> {
+    pub fn new(
+        local: NodeId,
+        keys: K,
+        config: SessionConfig,
+        first_session: SessionId,
+    ) -> Sleeve<K> {
         Sleeve {
             local,
             keys,

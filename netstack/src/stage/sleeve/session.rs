@@ -13,7 +13,7 @@ use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use smoltcp::time::{Duration, Instant};
 
-use super::keys::{AeadKey, Direction, KeyId, KeySource};
+use super::keys::{AeadKey, KeyDirection, KeyId, KeySource};
 use super::replay::ReplayWindow;
 use super::{OpenError, SealError};
 use crate::base::NodeId;
@@ -41,7 +41,7 @@ pub const fn overlay_mtu(underlay_mtu: u16) -> u16 {
 
 /// Tunables of a session (docs/sleeve.md gives the defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Config {
+pub struct SessionConfig {
     /// Largest message (UDP payload) sealed, in bytes.
     pub max_datagram: usize,
     /// Zero bytes left in front of every sealed message for the outer headers.
@@ -57,15 +57,15 @@ pub struct Config {
     pub session_takeover_idle: Duration,
 }
 
-impl Default for Config {
+impl Default for SessionConfig {
     fn default() -> Self {
-        Config::for_underlay_mtu(1500)
+        SessionConfig::for_underlay_mtu(1500)
     }
 }
 
-impl Config {
-    pub const fn for_underlay_mtu(underlay_mtu: u16) -> Config {
-        Config {
+impl SessionConfig {
+    pub const fn for_underlay_mtu(underlay_mtu: u16) -> SessionConfig {
+        SessionConfig {
             max_datagram: (underlay_mtu as usize).saturating_sub(UDP_IPV4_OVERHEAD),
             headroom: 0,
             rekey_after_packets: 1 << 30,
@@ -177,7 +177,7 @@ pub struct SessionStats {
 pub struct Session {
     local: NodeId,
     peer: NodeId,
-    config: Config,
+    config: SessionConfig,
     tx_session: SessionId,
     tx: Option<TxKey>,
     rx_current: Option<RxKey>,
@@ -205,7 +205,12 @@ impl core::fmt::Debug for Session {
 impl Session {
     /// `tx_session` must never have been used by this node towards `peer` before
     /// (docs/sleeve.md "Sessions"); the sending key is derived at the first seal.
-    pub fn new(local: NodeId, peer: NodeId, tx_session: SessionId, config: Config) -> Session {
+    pub fn new(
+        local: NodeId,
+        peer: NodeId,
+        tx_session: SessionId,
+        config: SessionConfig,
+    ) -> Session {
         Session {
             local,
             peer,
@@ -223,7 +228,7 @@ impl Session {
         self.peer
     }
 
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &SessionConfig {
         &self.config
     }
 
@@ -254,7 +259,7 @@ impl Session {
     fn key(
         &self,
         keys: &impl KeySource,
-        direction: Direction,
+        direction: KeyDirection,
         session: SessionId,
         epoch: Epoch,
     ) -> Option<ChaCha20Poly1305> {
@@ -288,7 +293,7 @@ impl Session {
         };
         if let Some(epoch) = epoch {
             let cipher = self
-                .key(keys, Direction::Send, self.tx_session, epoch)
+                .key(keys, KeyDirection::Send, self.tx_session, epoch)
                 .ok_or(SealError::KeyUnavailable)?;
             if self.tx.is_some() {
                 self.stats.rekeys += 1;
@@ -428,7 +433,7 @@ impl Session {
                 .map(|p| (&p.key.cipher, &p.key.window)),
             Slot::Fresh { .. } => {
                 let cipher = self
-                    .key(keys, Direction::Receive, repr.session, repr.epoch)
+                    .key(keys, KeyDirection::Receive, repr.session, repr.epoch)
                     .ok_or(OpenError::KeyUnavailable)?;
                 let new = fresh.insert(RxKey {
                     session: repr.session,
@@ -534,13 +539,13 @@ mod tests {
             NodeId::new(1).unwrap(),
             NodeId::new(2).unwrap(),
             SPEC_SESSION,
-            Config::default(),
+            SessionConfig::default(),
         );
         // Put the sender at epoch 7, counter 42, as in the vector.
         let key = keys
             .key(&KeyId {
                 peer: NodeId::new(2).unwrap(),
-                direction: Direction::Send,
+                direction: KeyDirection::Send,
                 session: SPEC_SESSION,
                 epoch: Epoch(7),
             })
@@ -573,7 +578,7 @@ mod tests {
             NodeId::new(2).unwrap(),
             NodeId::new(1).unwrap(),
             SessionId(5),
-            Config::default(),
+            SessionConfig::default(),
         );
         let mut msg = unhex(SPEC_MESSAGE);
         let opened = s.open(&keys, &mut msg, Instant::ZERO).unwrap();
@@ -596,7 +601,7 @@ mod tests {
         let key = tx_keys
             .key(&KeyId {
                 peer: NodeId::new(2).unwrap(),
-                direction: Direction::Send,
+                direction: KeyDirection::Send,
                 session: SessionId(9),
                 epoch: Epoch(0),
             })
@@ -624,7 +629,7 @@ mod tests {
             NodeId::new(2).unwrap(),
             NodeId::new(1).unwrap(),
             SessionId(1),
-            Config::default(),
+            SessionConfig::default(),
         );
         let mut copy = msg.clone();
         assert_eq!(
@@ -641,9 +646,9 @@ mod tests {
     #[test]
     fn epochs_exhausted_is_an_error_not_a_wrap() {
         let keys = keys(1);
-        let config = Config {
+        let config = SessionConfig {
             rekey_after_packets: 1,
-            ..Config::default()
+            ..SessionConfig::default()
         };
         let mut s = Session::new(
             NodeId::new(1).unwrap(),

@@ -23,7 +23,7 @@ fn endpoint(
     local: NodeId,
     peer: NodeId,
     secret: &[u8],
-    config: Config,
+    config: SessionConfig,
     seed: u64,
 ) -> Sleeve<PskKeySource> {
     let keys = PskKeySource::new(local, GridSecret::new(secret).unwrap());
@@ -33,7 +33,7 @@ fn endpoint(
 }
 
 /// A (sender) and B (receiver) sharing the grid secret.
-fn pair(config: Config) -> (Sleeve<PskKeySource>, Sleeve<PskKeySource>) {
+fn pair(config: SessionConfig) -> (Sleeve<PskKeySource>, Sleeve<PskKeySource>) {
     (
         endpoint(A, B, &SECRET, config, 0x1000),
         endpoint(B, A, &SECRET, config, 0x2000),
@@ -93,7 +93,7 @@ fn header(msg: &[u8]) -> Repr {
 
 #[test]
 fn round_trip_keeps_frames_order_and_vnis() {
-    let (mut a, mut b) = pair(Config::default());
+    let (mut a, mut b) = pair(SessionConfig::default());
     let f: Vec<Vec<u8>> = (0..5)
         .map(|i| frame_bytes(i, 60 + i as usize * 100))
         .collect();
@@ -117,7 +117,7 @@ fn round_trip_keeps_frames_order_and_vnis() {
 
 #[test]
 fn ciphertext_hides_inner_frame() {
-    let (mut a, _) = pair(Config::default());
+    let (mut a, _) = pair(SessionConfig::default());
     let payload = b"weft-known-payload-pattern-0123456789";
     let mut frame = frame_bytes(7, 14);
     frame.extend_from_slice(payload);
@@ -140,7 +140,7 @@ fn ciphertext_hides_inner_frame() {
 /// and the refusal changes nothing: the genuine message still opens afterwards.
 #[test]
 fn every_flipped_byte_is_refused() {
-    let (mut a, mut b) = pair(Config::default());
+    let (mut a, mut b) = pair(SessionConfig::default());
     let first = seal_one(&mut a, 1, t(0));
     assert_eq!(open_tags(&mut b, &first, t(0)), Ok(vec![1]));
     let f1 = frame_bytes(2, 100);
@@ -199,7 +199,7 @@ fn every_flipped_byte_is_refused() {
 
 #[test]
 fn replay_is_refused_and_counted() {
-    let (mut a, mut b) = pair(Config::default());
+    let (mut a, mut b) = pair(SessionConfig::default());
     let msg = seal_one(&mut a, 1, t(0));
     assert_eq!(open_tags(&mut b, &msg, t(0)), Ok(vec![1]));
     for _ in 0..3 {
@@ -211,7 +211,7 @@ fn replay_is_refused_and_counted() {
 
 #[test]
 fn reordering_inside_window_is_accepted_older_is_refused() {
-    let (mut a, mut b) = pair(Config::default());
+    let (mut a, mut b) = pair(SessionConfig::default());
     let msgs: Vec<Vec<u8>> = (0..2100).map(|i| seal_one(&mut a, i, t(0))).collect();
     // Newest first, then the rest newest to oldest.
     assert_eq!(open_tags(&mut b, &msgs[2099], t(1)), Ok(vec![2099]));
@@ -229,7 +229,7 @@ fn reordering_inside_window_is_accepted_older_is_refused() {
 
 #[test]
 fn shuffled_within_window_all_open() {
-    let (mut a, mut b) = pair(Config::default());
+    let (mut a, mut b) = pair(SessionConfig::default());
     let mut rng = SplitMix64(7);
     let mut msgs: Vec<(u32, Vec<u8>)> = (0..3000).map(|i| (i, seal_one(&mut a, i, t(0)))).collect();
     // Shuffle inside blocks of 1024 so no message is displaced by a whole window.
@@ -245,8 +245,8 @@ fn shuffled_within_window_all_open() {
 
 #[test]
 fn wrong_grid_secret_exchanges_nothing() {
-    let mut a = endpoint(A, B, &SECRET, Config::default(), 1);
-    let mut b = endpoint(B, A, &[0x43; 32], Config::default(), 2);
+    let mut a = endpoint(A, B, &SECRET, SessionConfig::default(), 1);
+    let mut b = endpoint(B, A, &[0x43; 32], SessionConfig::default(), 2);
     for i in 0..10 {
         let msg = seal_one(&mut a, i, t(i as u64));
         assert_eq!(
@@ -261,8 +261,14 @@ fn wrong_grid_secret_exchanges_nothing() {
 
 #[test]
 fn message_for_another_receiver_fails_auth() {
-    let mut a = endpoint(A, NodeId::new(3).unwrap(), &SECRET, Config::default(), 1);
-    let (_, mut b) = pair(Config::default());
+    let mut a = endpoint(
+        A,
+        NodeId::new(3).unwrap(),
+        &SECRET,
+        SessionConfig::default(),
+        1,
+    );
+    let (_, mut b) = pair(SessionConfig::default());
     let bytes = frame_bytes(1, 64);
     let msg = a
         .seal(
@@ -279,8 +285,14 @@ fn message_for_another_receiver_fails_auth() {
 
 #[test]
 fn unknown_sender_is_refused_before_crypto() {
-    let mut c = endpoint(NodeId::new(9).unwrap(), B, &SECRET, Config::default(), 1);
-    let (_, mut b) = pair(Config::default());
+    let mut c = endpoint(
+        NodeId::new(9).unwrap(),
+        B,
+        &SECRET,
+        SessionConfig::default(),
+        1,
+    );
+    let (_, mut b) = pair(SessionConfig::default());
     let bytes = frame_bytes(1, 64);
     let msg = c
         .seal(
@@ -305,9 +317,9 @@ fn unknown_sender_is_refused_before_crypto() {
 
 #[test]
 fn rekey_by_count_loses_nothing_in_flight() {
-    let config = Config {
+    let config = SessionConfig {
         rekey_after_packets: 10,
-        ..Config::default()
+        ..SessionConfig::default()
     };
     let (mut a, mut b) = pair(config);
     let msgs: Vec<Vec<u8>> = (0..40).map(|i| seal_one(&mut a, i, t(i as u64))).collect();
@@ -339,10 +351,10 @@ fn rekey_by_count_loses_nothing_in_flight() {
 
 #[test]
 fn rekey_by_time_accepts_old_epoch_for_grace_only() {
-    let config = Config {
+    let config = SessionConfig {
         rekey_after_time: Duration::from_secs(1),
         old_key_grace: Duration::from_secs(30),
-        ..Config::default()
+        ..SessionConfig::default()
     };
     let (mut a, mut b) = pair(config);
     let old: Vec<Vec<u8>> = (0..3).map(|i| seal_one(&mut a, i, t(0))).collect();
@@ -363,9 +375,9 @@ fn rekey_by_time_accepts_old_epoch_for_grace_only() {
 
 #[test]
 fn epoch_far_ahead_or_behind_is_unknown() {
-    let config = Config {
+    let config = SessionConfig {
         rekey_after_packets: 1,
-        ..Config::default()
+        ..SessionConfig::default()
     };
     let (mut a, mut b) = pair(config);
     let msgs: Vec<Vec<u8>> = (0..20).map(|i| seal_one(&mut a, i, t(0))).collect();
@@ -387,11 +399,11 @@ fn epoch_far_ahead_or_behind_is_unknown() {
 
 #[test]
 fn peer_restart_is_adopted_and_old_session_is_stale() {
-    let (mut a, mut b) = pair(Config::default());
+    let (mut a, mut b) = pair(SessionConfig::default());
     let before: Vec<Vec<u8>> = (0..3).map(|i| seal_one(&mut a, i, t(0))).collect();
     assert_eq!(open_tags(&mut b, &before[0], t(0)), Ok(vec![0]));
     // A reboots: new endpoint, new per-boot seed, counters from 0 again.
-    let mut a2 = endpoint(A, B, &SECRET, Config::default(), 0x9999_0000);
+    let mut a2 = endpoint(A, B, &SECRET, SessionConfig::default(), 0x9999_0000);
     let after = seal_one(&mut a2, 10, t(5));
     assert_eq!(header(&after).counter, 0);
     assert_ne!(header(&after).session, header(&before[0]).session);
@@ -409,7 +421,7 @@ fn peer_restart_is_adopted_and_old_session_is_stale() {
 
 #[test]
 fn readding_a_peer_starts_a_new_session() {
-    let (mut a, _) = pair(Config::default());
+    let (mut a, _) = pair(SessionConfig::default());
     let first = header(&seal_one(&mut a, 0, t(0)));
     assert!(a.remove_peer(B));
     assert_eq!(a.add_peer(B), Ok(()));
@@ -425,11 +437,11 @@ fn readding_a_peer_starts_a_new_session() {
 fn counters_are_never_reused() {
     let mut rng = SplitMix64(0xc0ffee);
     for round in 0..10 {
-        let config = Config {
+        let config = SessionConfig {
             rekey_after_packets: 1 + rng.next() % 20,
             rekey_after_time: Duration::from_millis(1 + rng.next() % 500),
             old_key_grace: Duration::from_secs(3600),
-            ..Config::default()
+            ..SessionConfig::default()
         };
         let (mut a, mut b) = pair(config);
         let mut used = BTreeSet::new();
@@ -470,7 +482,7 @@ fn counters_are_never_reused() {
 
 #[test]
 fn batching_fills_messages_up_to_the_underlay() {
-    let config = Config::default();
+    let config = SessionConfig::default();
     let (mut a, mut b) = pair(config);
     let small = frame_bytes(1, 64);
     let frames: Vec<Frame<'_>> = (0..50)
@@ -544,9 +556,9 @@ fn batching_fills_messages_up_to_the_underlay() {
 
 #[test]
 fn headroom_is_left_for_outer_headers() {
-    let config = Config {
+    let config = SessionConfig {
         headroom: 42,
-        ..Config::default()
+        ..SessionConfig::default()
     };
     let (mut a, mut b) = pair(config);
     let bytes = frame_bytes(5, 64);
@@ -573,9 +585,9 @@ fn missing_keys_are_refused() {
             None
         }
     }
-    let mut n = Sleeve::new(B, NoKeys, Config::default(), SessionId(0));
+    let mut n = Sleeve::new(B, NoKeys, SessionConfig::default(), SessionId(0));
     n.add_peer(A).unwrap();
-    let (mut a, _) = pair(Config::default());
+    let (mut a, _) = pair(SessionConfig::default());
     let msg = seal_one(&mut a, 0, t(0));
     let mut buf = msg.clone();
     assert_eq!(
@@ -600,7 +612,7 @@ fn missing_keys_are_refused() {
 /// Truncations, garbage and near-valid headers: refused with a reason, never a panic.
 #[test]
 fn truncated_and_garbage_never_panic() {
-    let (mut a, mut b) = pair(Config::default());
+    let (mut a, mut b) = pair(SessionConfig::default());
     let msg = seal_one(&mut a, 1, t(0));
     for len in 0..msg.len() {
         let expect = if len < MIN_MESSAGE_LEN {
@@ -633,10 +645,22 @@ fn truncated_and_garbage_never_panic() {
 /// older boot: the recording never displaces the current session.
 #[test]
 fn recorded_old_session_cannot_lock_out_the_current_one() {
-    let mut a_old = endpoint(A, B, &SECRET, Config::default(), 0x0000_0001_0000_0000);
+    let mut a_old = endpoint(
+        A,
+        B,
+        &SECRET,
+        SessionConfig::default(),
+        0x0000_0001_0000_0000,
+    );
     let recorded: Vec<Vec<u8>> = (0..3).map(|i| seal_one(&mut a_old, i, t(0))).collect();
-    let mut a_now = endpoint(A, B, &SECRET, Config::default(), 0x0000_0002_0000_0000);
-    let (_, mut b) = pair(Config::default());
+    let mut a_now = endpoint(
+        A,
+        B,
+        &SECRET,
+        SessionConfig::default(),
+        0x0000_0002_0000_0000,
+    );
+    let (_, mut b) = pair(SessionConfig::default());
     let first = seal_one(&mut a_now, 10, t(1000));
     assert_eq!(open_tags(&mut b, &first, t(1000)), Ok(vec![10]));
     for (i, r) in recorded.iter().enumerate() {
@@ -662,7 +686,7 @@ fn recorded_old_session_cannot_lock_out_the_current_one() {
 /// its old session may still be alive, adopted once that one has been silent.
 #[test]
 fn lower_session_is_taken_over_after_silence() {
-    let config = Config::default();
+    let config = SessionConfig::default();
     let mut a_high = endpoint(A, B, &SECRET, config, 0x0000_0009_0000_0000);
     let mut a_low = endpoint(A, B, &SECRET, config, 0x0000_0003_0000_0000);
     let (_, mut b) = pair(config);
@@ -688,7 +712,7 @@ fn session_ids_grow_and_never_wrap() {
             > SessionId::first_of_boot(1_600_000_000, u32::MAX)
     );
     let keys = PskKeySource::new(A, GridSecret::new(&SECRET).unwrap());
-    let mut s = Sleeve::new(A, keys, Config::default(), SessionId(u64::MAX));
+    let mut s = Sleeve::new(A, keys, SessionConfig::default(), SessionId(u64::MAX));
     assert_eq!(s.add_peer(B), Ok(()));
     assert_eq!(
         s.add_peer(NodeId::new(3).unwrap()),

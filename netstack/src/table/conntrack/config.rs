@@ -50,7 +50,7 @@ impl Timeouts {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Config {
+pub struct ConntrackConfig {
     /// Most flows tracked at once.
     pub capacity: usize,
     pub timeouts: Timeouts,
@@ -60,9 +60,9 @@ pub struct Config {
     pub refresh: Duration,
 }
 
-impl Default for Config {
+impl Default for ConntrackConfig {
     fn default() -> Self {
-        Config {
+        ConntrackConfig {
             capacity: 65_536,
             timeouts: Timeouts::default(),
             refresh: Duration::from_secs(1),

@@ -7,7 +7,7 @@
 //! are never evicted, a new flow is refused and counted instead.
 //!
 //! Must never read a clock (time comes in as `Instant`), never allocate on the
-//! per-packet path (the table is sized once from `Config::capacity`), and never
+//! per-packet path (the table is sized once from `ConntrackConfig::capacity`), and never
 //! panic on what a packet says.
 
 mod config;
@@ -21,7 +21,7 @@ use smoltcp::time::Instant;
 
 use crate::base::{Direction, FlowTuple};
 use config::{Class, CLASSES, EVICTABLE};
-pub use config::{Config, InsertError, Stats, Timeouts};
+pub use config::{ConntrackConfig, InsertError, Stats, Timeouts};
 pub use flow::{Flow, FlowFilter, FlowId, FlowInfo, FlowState};
 use index::{fingerprint, fold_mul, Index};
 pub use tcp::{tcp_transition, TcpEvent, TcpState};
@@ -39,7 +39,7 @@ struct List {
 
 /// The connection-tracking table.
 pub struct Conntrack {
-    config: Config,
+    config: ConntrackConfig,
     flows: Vec<Flow>,
     free: u32,
     len: usize,
@@ -69,10 +69,10 @@ fn entry_dir(e: u32) -> Direction {
 impl Conntrack {
     /// A table for `config.capacity` flows; `seed` keys the hash (pass a random
     /// value from the platform).
-    pub fn new(config: Config, seed: u64) -> Conntrack {
+    pub fn new(config: ConntrackConfig, seed: u64) -> Conntrack {
         let capacity = config.capacity.min((u32::MAX >> 2) as usize);
         Conntrack {
-            config: Config { capacity, ..config },
+            config: ConntrackConfig { capacity, ..config },
             flows: Vec::with_capacity(capacity),
             free: NIL,
             len: 0,
@@ -89,7 +89,7 @@ impl Conntrack {
         }
     }
 
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &ConntrackConfig {
         &self.config
     }
 

@@ -49,7 +49,7 @@ fn flags_classify_like_a_tcp_sends_them() {
 fn tcp_open_and_orderly_close_then_reuse() {
     use Direction::*;
     use TcpState::*;
-    let mut ct = Conntrack::new(Config::default(), 1);
+    let mut ct = Conntrack::new(ConntrackConfig::default(), 1);
     let id = ct
         .insert(tcp(1, 1000, 2, 80), tcp(2, 80, 1, 1000), t(0), &mut nop())
         .unwrap();
@@ -78,7 +78,7 @@ fn tcp_open_and_orderly_close_then_reuse() {
 fn tcp_simultaneous_close_and_resets() {
     use Direction::*;
     use TcpState::*;
-    let mut ct = Conntrack::new(Config::default(), 1);
+    let mut ct = Conntrack::new(ConntrackConfig::default(), 1);
     let id = ct
         .insert(tcp(1, 1000, 2, 80), tcp(2, 80, 1, 1000), t(0), &mut nop())
         .unwrap();
@@ -117,7 +117,7 @@ fn tcp_simultaneous_close_and_resets() {
 
 #[test]
 fn both_tuples_find_one_flow() {
-    let mut ct = Conntrack::new(Config::default(), 7);
+    let mut ct = Conntrack::new(ConntrackConfig::default(), 7);
     let orig = tcp(1, 1000, 200, 8080);
     let reply = tcp(5, 80, 1, 1000); // DNAT: 200:8080 -> 5:80
     let id = ct.insert(orig, reply, t(0), &mut nop()).unwrap();
@@ -143,7 +143,7 @@ fn timeouts_follow_state() {
     assert_eq!(timeouts.udp, Duration::from_secs(300));
     assert!(timeouts.tcp_time_wait < timeouts.tcp_transitory);
 
-    let mut ct = Conntrack::new(Config::default(), 3);
+    let mut ct = Conntrack::new(ConntrackConfig::default(), 3);
     let o = tcp(1, 1000, 2, 80);
     let id = ct.insert(o, o.reversed(), t(0), &mut nop()).unwrap();
     // SYN_SENT is transitory: gone after 4 minutes idle.
@@ -174,9 +174,9 @@ fn timeouts_follow_state() {
 
 #[test]
 fn full_table_refuses_new_keeps_established_and_evicts_closed_first() {
-    let cfg = Config {
+    let cfg = ConntrackConfig {
         capacity: 4,
-        ..Config::default()
+        ..ConntrackConfig::default()
     };
     let mut ct = Conntrack::new(cfg, 9);
     let mut ids = vec![];
@@ -220,7 +220,7 @@ fn full_table_refuses_new_keeps_established_and_evicts_closed_first() {
 
 #[test]
 fn flows_listing_filters_and_limits() {
-    let mut ct = Conntrack::new(Config::default(), 2);
+    let mut ct = Conntrack::new(ConntrackConfig::default(), 2);
     for p in 0..10u16 {
         let o = tcp(1, 1000 + p, 2, 80);
         ct.insert(o, o.reversed(), t(0), &mut nop()).unwrap();
@@ -295,9 +295,9 @@ fn index_matches_a_map_through_inserts_and_removals() {
 fn table_bytes_is_what_a_new_table_allocates() {
     for capacity in [1, 16, 1000, 65_536] {
         let ct = Conntrack::new(
-            Config {
+            ConntrackConfig {
                 capacity,
-                ..Config::default()
+                ..ConntrackConfig::default()
             },
             1,
         );
@@ -317,9 +317,9 @@ fn a_flow_is_one_cache_line_and_the_table_stays_within_128_bytes_a_flow() {
     assert_eq!(core::mem::align_of::<Flow>(), 64);
     for capacity in [1usize, 16, 1000, 65_536, 1 << 20] {
         let ct = Conntrack::new(
-            Config {
+            ConntrackConfig {
                 capacity,
-                ..Config::default()
+                ..ConntrackConfig::default()
             },
             1,
         );
@@ -484,7 +484,7 @@ fn random_packet_sequences_match_the_model() {
         let capacity = 1 + rng.below(12) as usize;
         let refresh = Duration::ZERO;
         let mut ct = Conntrack::new(
-            Config {
+            ConntrackConfig {
                 capacity,
                 timeouts,
                 refresh,
@@ -601,7 +601,7 @@ fn coarse_refresh_keeps_lookups_exact_and_sweeps_within_the_refresh() {
         ..Timeouts::default()
     };
     let mut ct = Conntrack::new(
-        Config {
+        ConntrackConfig {
             capacity: 64,
             timeouts,
             refresh,

@@ -1,6 +1,6 @@
 //! `[grid]`: the overlay as a whole and this node's place in it (subnet, node number,
 //! VXLAN port, MTU, outer DF and checksum, the sleeve secret, trusted subnets, region),
-//! and how a network reaches its peers (`Mode`). Serde types and their checks only.
+//! and how a network reaches its peers (`EncapMode`). Serde types and their checks only.
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -154,7 +154,7 @@ impl<'de> Deserialize<'de> for SecretText {
 /// How a network reaches its peers on the underlay.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Mode {
+pub enum EncapMode {
     /// Plaintext VXLAN (UDP 4789) to every peer.
     #[default]
     Vxlan,
@@ -164,9 +164,9 @@ pub enum Mode {
     Auto,
 }
 
-impl Mode {
+impl EncapMode {
     pub fn is_vxlan(&self) -> bool {
-        *self == Mode::Vxlan
+        *self == EncapMode::Vxlan
     }
 }
 

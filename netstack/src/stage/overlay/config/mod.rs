@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 
 use crate::base::{NodeId, VlanId, Vni};
-pub use grid::{GridConfig, Mode, SecretText, Subnet};
+pub use grid::{EncapMode, GridConfig, SecretText, Subnet};
 pub use peer::{route, valid_underlay_address, AddressKind, PeerConfig, Route, DEFAULT_REGION};
 
 /// The grid subnet when none is configured (Kontena's `10.81.0.0/16`).
@@ -45,8 +45,8 @@ pub struct NetworkConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<VlanId>,
     /// VXLAN, sleeve, or chosen per peer by the trusted subnets.
-    #[serde(default, skip_serializing_if = "Mode::is_vxlan")]
-    pub mode: Mode,
+    #[serde(default, skip_serializing_if = "EncapMode::is_vxlan")]
+    pub mode: EncapMode,
 }
 
 /// The three overlay sections together.

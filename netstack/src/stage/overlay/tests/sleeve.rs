@@ -71,8 +71,8 @@ fn inner(dst: EthernetAddress, len: usize) -> Vec<u8> {
     f
 }
 
-fn uplink(v: Verdict) -> Vec<Vec<u8>> {
-    let Verdict::Forward(out) = v else {
+fn uplink(v: OverlayVerdict) -> Vec<Vec<u8>> {
+    let OverlayVerdict::Forward(out) = v else {
         panic!("not forwarded: {v:?}")
     };
     out.into_iter()
@@ -118,7 +118,7 @@ fn sleeve_round_trip_hides_the_inner_frame() {
     assert_eq!(&frame[30..34], &N2.octets());
     assert!(!contains(&frame, &PATTERN), "inner payload in the clear");
     assert!(!contains(&frame, &C1.0), "inner MAC in the clear");
-    let Verdict::Forward(out) = b.rx_uplink(now, &frame) else {
+    let OverlayVerdict::Forward(out) = b.rx_uplink(now, &frame) else {
         panic!("sleeve frame not delivered")
     };
     assert_eq!(out, vec![(Egress::Link, inner(C2, 100))]);
@@ -134,11 +134,14 @@ fn replayed_frame_is_dropped_and_counted() {
     let mut a = node(1, "sleeve", SECRET, "");
     let mut b = node(2, "sleeve", SECRET, "");
     let frame = sealed_1_to_2(&mut a, t(0));
-    assert!(matches!(b.rx_uplink(t(0), &frame), Verdict::Forward(_)));
+    assert!(matches!(
+        b.rx_uplink(t(0), &frame),
+        OverlayVerdict::Forward(_)
+    ));
     for _ in 0..3 {
         assert_eq!(
             b.rx_uplink(t(1), &frame),
-            Verdict::Drop(DropReason::SleeveRefused)
+            OverlayVerdict::Drop(OverlayDrop::SleeveRefused)
         );
     }
     let st = b.status(t(1));
@@ -156,7 +159,7 @@ fn every_flipped_byte_is_dropped_and_counted() {
         let bad = flip(&frame, i);
         assert_eq!(
             b.rx_uplink(t(0), &bad),
-            Verdict::Drop(DropReason::SleeveRefused),
+            OverlayVerdict::Drop(OverlayDrop::SleeveRefused),
             "byte {i}"
         );
     }
@@ -173,7 +176,10 @@ fn every_flipped_byte_is_dropped_and_counted() {
     assert_eq!(total, payload_len as u64);
     assert!(sl.drops.auth_failed > 0);
     // The genuine frame still opens: no flipped copy moved the window.
-    assert!(matches!(b.rx_uplink(t(0), &frame), Verdict::Forward(_)));
+    assert!(matches!(
+        b.rx_uplink(t(0), &frame),
+        OverlayVerdict::Forward(_)
+    ));
 }
 
 #[test]
@@ -183,7 +189,7 @@ fn wrong_secret_exchanges_nothing_and_says_auth_failed() {
     let frame = sealed_1_to_2(&mut a, t(0));
     assert_eq!(
         b.rx_uplink(t(0), &frame),
-        Verdict::Drop(DropReason::SleeveRefused)
+        OverlayVerdict::Drop(OverlayDrop::SleeveRefused)
     );
     assert_eq!(b.status(t(0)).sleeve.unwrap().drops.auth_failed, 1);
 }
@@ -196,7 +202,7 @@ fn truncated_and_garbage_sleeve_frames_never_deliver() {
     let mut seed = 0x1234_5678u32;
     for cut in (0..frame.len()).rev() {
         let v = b.rx_uplink(t(0), &frame[..cut]);
-        assert!(!matches!(v, Verdict::Forward(_)), "cut {cut}");
+        assert!(!matches!(v, OverlayVerdict::Forward(_)), "cut {cut}");
     }
     for _ in 0..500 {
         let mut g = frame.clone();
@@ -208,7 +214,7 @@ fn truncated_and_garbage_sleeve_frames_never_deliver() {
         }
         let mut udp = UdpPacket::new_unchecked(&mut g[34..]);
         udp.fill_checksum(&IpAddress::Ipv4(N1), &IpAddress::Ipv4(N2));
-        assert!(!matches!(b.rx_uplink(t(0), &g), Verdict::Forward(_)));
+        assert!(!matches!(b.rx_uplink(t(0), &g), OverlayVerdict::Forward(_)));
     }
 }
 
@@ -220,7 +226,7 @@ fn plaintext_vxlan_is_refused_by_a_sleeve_network() {
     assert_eq!(udp_dst_port(&frame), crate::base::ports::VXLAN_PORT);
     assert_eq!(
         b.rx_uplink(t(0), &frame),
-        Verdict::Drop(DropReason::Unsealed)
+        OverlayVerdict::Drop(OverlayDrop::Unsealed)
     );
     assert_eq!(b.drops().unsealed, 1);
 }
@@ -239,14 +245,23 @@ fn auto_uses_vxlan_inside_trusted_subnets_and_sleeve_outside() {
     assert_eq!(udp_dst_port(to(N3)), crate::base::ports::SLEEVE_PORT);
     assert!(contains(to(N2), &PATTERN));
     assert!(!contains(to(N3), &PATTERN));
-    assert!(matches!(b.rx_uplink(t(0), to(N2)), Verdict::Forward(_)));
-    assert!(matches!(c.rx_uplink(t(0), to(N3)), Verdict::Forward(_)));
+    assert!(matches!(
+        b.rx_uplink(t(0), to(N2)),
+        OverlayVerdict::Forward(_)
+    ));
+    assert!(matches!(
+        c.rx_uplink(t(0), to(N3)),
+        OverlayVerdict::Forward(_)
+    ));
     // Node 3 takes no plaintext from node 1, which it does not trust.
     let mut plain = node(1, "vxlan", SECRET, "");
     let out = uplink(plain.rx_link(t(0), vni(), &inner(C2, 64)));
     let to_3 = out.iter().find(|f| f[30..34] == N3.octets()).unwrap();
     assert_eq!(udp_dst_port(to_3), crate::base::ports::VXLAN_PORT);
-    assert_eq!(c.rx_uplink(t(0), to_3), Verdict::Drop(DropReason::Unsealed));
+    assert_eq!(
+        c.rx_uplink(t(0), to_3),
+        OverlayVerdict::Drop(OverlayDrop::Unsealed)
+    );
 }
 
 #[test]
@@ -262,7 +277,7 @@ fn sleeve_network_mtu_leaves_room_for_the_sleeve_overhead() {
     assert_eq!(out[0].len(), 1500 + ETHERNET_HEADER_LEN);
     assert!(matches!(
         a.rx_link(t(0), vni(), &inner(C2, usize::from(mtu) + 1)),
-        Verdict::Drop(DropReason::TooBig)
+        OverlayVerdict::Drop(OverlayDrop::TooBig)
     ));
 }
 
