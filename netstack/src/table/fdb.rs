@@ -308,7 +308,7 @@ impl ArpTable {
 }
 
 #[cfg(test)]
-mod test {
+mod tests {
     use super::*;
     use alloc::vec::Vec;
 

@@ -235,7 +235,7 @@ pub fn encapsulate(outer: &Outer, inner: &[u8], out: &mut Vec<u8>) -> Result<(),
     out.resize(start + ETHERNET_HEADER_LEN + ip_len, 0);
     let frame_buf = &mut out[start..];
 
-    let inner_ip = inner_ipv4_tos_df(inner);
+    let inner_ip = inner_ipv4_ecn_df(inner);
 
     let mut frame = EthernetFrame::new_unchecked(&mut *frame_buf);
     EthernetRepr {
@@ -261,8 +261,8 @@ pub fn encapsulate(outer: &Outer, inner: &[u8], out: &mut Vec<u8>) -> Result<(),
         DfPolicy::Set => true,
         DfPolicy::Inherit => inner_ip.is_some_and(|(_, df)| df),
     });
-    if let Some((tos, _)) = inner_ip {
-        ip.set_ecn(ecn_encapsulate(tos & 0x03));
+    if let Some((ecn, _)) = inner_ip {
+        ip.set_ecn(ecn_encapsulate(ecn));
     }
     ip.fill_checksum();
 
@@ -305,17 +305,18 @@ fn ecn_encapsulate(inner_ecn: u8) -> u8 {
     }
 }
 
-/// The inner frame's IPv4 TOS byte and DF bit, when it is an untagged IPv4 frame.
-fn inner_ipv4_tos_df(inner: &[u8]) -> Option<(u8, bool)> {
+/// The inner frame's IPv4 ECN field and DF bit, when it is an untagged IPv4 frame.
+fn inner_ipv4_ecn_df(inner: &[u8]) -> Option<(u8, bool)> {
     let frame = EthernetFrame::new_checked(inner).ok()?;
     if frame.ethertype() != EthernetProtocol::Ipv4 {
         return None;
     }
-    let ip = frame.payload();
-    if ip.len() < IPV4_HEADER_LEN {
+    if frame.payload().len() < IPV4_HEADER_LEN {
         return None;
     }
-    Some((ip[1], ip[6] & 0x40 != 0))
+    // Unchecked: only the fixed header is read, and it is there.
+    let ip = Ipv4Packet::new_unchecked(frame.payload());
+    Some((ip.ecn(), ip.dont_frag()))
 }
 
 /// What [`decapsulate`] found: the outer addresses and the inner frame, borrowed from
@@ -476,7 +477,7 @@ fn ipv4_flow(ip: &[u8], is_ipv4: bool) -> Option<([u8; 6], [u8; 6], u8)> {
 }
 
 #[cfg(test)]
-mod test {
+mod tests {
     use super::*;
     use crate::base::ports::VXLAN_PORT;
     use alloc::vec;

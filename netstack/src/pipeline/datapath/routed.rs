@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use smoltcp::time::Instant;
-use smoltcp::wire::EthernetAddress;
+use smoltcp::wire::EthernetFrame;
 
 use super::rx::{flush, Outbox};
 use super::OverlayPath;
@@ -64,10 +64,11 @@ pub(super) fn origin(
     path: Origin,
     hook: Option<&RouterHook>,
 ) -> Origin {
-    let (Some(h), Some(src)) = (hook, frame.get(6..12)) else {
+    let src = EthernetFrame::new_checked(frame).map(|e| e.src_addr());
+    let (Some(h), Ok(src)) = (hook, src) else {
         return path;
     };
-    match overlay.lookup(vni, &EthernetAddress::from_bytes(src), h.now) {
+    match overlay.lookup(vni, &src, h.now) {
         Some(Location::Remote(_)) => Origin::Remote,
         Some(Location::Local) => Origin::Local,
         None => path,

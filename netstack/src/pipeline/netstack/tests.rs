@@ -1,3 +1,7 @@
+//! The netstack's own poll loop on two in-memory ports: ARP and ping answered on each
+//! NIC, unconfigured and garbage frames counted as named drops, batching, and the
+//! counters as `status` shows them.
+
 use super::*;
 use crate::base::MAX_FRAME_LEN;
 use crate::pipeline::counters::NicDrop;

@@ -1,11 +1,12 @@
 //! L4 load balancing: services (VIP, protocol, port, weighted backends), the
 //! Maglev choice among healthy backends, and their health checks.
 //!
-//! Owns the `[[services]]` config types and their validation, each service's
-//! Maglev table and health checker. The choice it makes is pinned by the NAT in
-//! the connection-tracking table (the flow's reply tuple names the backend), so
-//! an open flow never moves while its backend is configured; this module never
-//! sees packets and never performs a check itself.
+//! Owns each service's Maglev table and health checker (its config and checks are
+//! `config.rs`, what `status` shows `status.rs`). The choice it makes is pinned by the
+//! NAT in the connection-tracking table (the flow's reply tuple names the backend), so
+//! an open flow never moves while its backend is configured. The `LoadBalancer` never
+//! sees packets; its checks are performed by `health_runner.rs` on the appliance's own
+//! sockets.
 
 pub mod health_runner;
 

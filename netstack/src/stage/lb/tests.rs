@@ -1,3 +1,6 @@
+//! The load balancer on its own: services and backends refused or accepted, the Maglev
+//! spread by weight, health taking backends out and back, names resolved.
+
 use super::*;
 use alloc::vec;
 

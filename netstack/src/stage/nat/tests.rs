@@ -1,3 +1,7 @@
+//! The NAT on real frames: published ports, masquerade, hairpin, ICMP errors, services,
+//! a full table, fragments and garbage, with every rewritten checksum compared with a
+//! full recompute.
+
 use super::*;
 use crate::wire::l4::{parse, Kind, Parse, TcpFlags};
 use alloc::vec;

@@ -1,3 +1,6 @@
+//! The connection-tracking table: lookups in both directions, the TCP state machine,
+//! timeouts and sweeping, the capacity policy and the index under churn.
+
 use super::index::EMPTY;
 use super::tcp::last_fin;
 use super::*;

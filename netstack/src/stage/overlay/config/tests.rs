@@ -1,3 +1,6 @@
+//! The overlay's config sections: defaults, round trips, what serde refuses, what
+//! validation refuses, and which of a peer's addresses is used.
+
 use super::*;
 use crate::wire::vxlan::DfPolicy;
 use alloc::string::ToString;
