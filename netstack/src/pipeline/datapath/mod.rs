@@ -13,6 +13,7 @@
 //! neighbours `underlay.rs`, where the interface's answers go `replies.rs`; here the
 //! `OverlayPath` and its control.
 
+mod outbox;
 mod replies;
 mod routed;
 mod rx;

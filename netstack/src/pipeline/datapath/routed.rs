@@ -15,7 +15,7 @@ use core::cell::RefCell;
 use smoltcp::time::Instant;
 use smoltcp::wire::EthernetFrame;
 
-use super::rx::{flush, Outbox};
+use super::outbox::{flush, Outbox};
 use super::OverlayPath;
 use crate::base::Vni;
 use crate::pipeline::nic::Nic;

@@ -11,24 +11,18 @@ use alloc::vec::Vec;
 
 use smoltcp::time::Instant;
 
+use super::outbox::{flush, Outbox};
 use super::routed::{self, RouterHook};
 use super::underlay::UplinkAddress;
 use super::{OverlayPath, AGE_INTERVAL};
 use crate::base::{Vni, MAX_FRAME_LEN};
-use crate::pipeline::counters::{NicCounters, NicDrop};
+use crate::pipeline::counters::NicDrop;
 use crate::pipeline::nic::{Nic, RX_BATCH};
 use crate::pipeline::port::Port;
 use crate::stage::local::NicIface;
 use crate::stage::overlay::{Egress, Output, OverlayDrop, OverlayVerdict};
 use crate::stage::route::{Origin, Segment};
 use crate::wire::vlan::{self, Tag};
-
-/// Frames to send, collected while ports are busy receiving.
-#[derive(Debug, Default)]
-pub(super) struct Outbox {
-    pub(super) uplink: Vec<Vec<u8>>,
-    pub(super) link: Vec<Vec<u8>>,
-}
 
 impl OverlayPath {
     /// `Netstack::poll` with an overlay; returns (work done, more input may be pending).
@@ -280,21 +274,4 @@ impl OverlayPath {
             }
         }
     }
-}
-
-/// Transmit (and take) `frames` on `port`, counting; true if any was sent. The
-/// vector keeps its buffer for the next frame.
-pub(super) fn flush(
-    frames: &mut Vec<Vec<u8>>,
-    port: &mut dyn Port,
-    counters: &mut NicCounters,
-) -> bool {
-    let any = !frames.is_empty();
-    for frame in frames.drain(..) {
-        match port.transmit(&frame) {
-            Ok(()) => counters.transmitted(frame.len()),
-            Err(_) => counters.dropped(NicDrop::TxFull),
-        }
-    }
-    any
 }

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{ArpOperation, EthernetAddress, Ipv4Address, Ipv4Cidr};
 
-use super::rx::Outbox;
+use super::outbox::Outbox;
 use super::OverlayPath;
 use crate::base::NicAddress;
 use crate::table::neighbor::{Learned, NeighborCounters, Neighbors, Retry};
