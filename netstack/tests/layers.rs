@@ -2,7 +2,8 @@
 //! finds each path it imports (`use crate::…`, `use super::…`, and `crate::…` paths in
 //! code), and fails on an import of a layer that comes later in [`LAYERS`] than the
 //! importing file's own, or of the crate root's re-exports from inside a layer. It also
-//! fails on a file that belongs to no layer, so a new folder is placed on purpose.
+//! fails on a file that belongs to no layer, so a new folder is placed on purpose, and on
+//! files that import each other in a circle (a module and its own children excepted).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -211,13 +212,49 @@ fn module_of<'a>(modules: &'a BTreeSet<String>, path: &str) -> &'a str {
         .unwrap_or("")
 }
 
-#[test]
-fn imports_point_down_the_layers() {
+/// Every file of the crate, and the modules each one imports (as written, and the
+/// module of the crate it resolves to), its inline test module's included.
+fn crate_imports() -> Vec<(File, Vec<(String, String)>)> {
     let mut all = Vec::new();
     files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut all);
     let modules: BTreeSet<String> = all.iter().map(|f| f.module.clone()).collect();
+    all.into_iter()
+        .map(|file| {
+            let code = code(&file.text);
+            // A module written inline at the end of a file (`mod tests { … }`) resolves
+            // `super` from inside it.
+            let lines: Vec<&str> = code.lines().collect();
+            let split = lines
+                .iter()
+                .position(|l| l.starts_with("mod ") && l.trim_end().ends_with('{'));
+            let parts = match split {
+                Some(at) => {
+                    let name = lines[at]["mod ".len()..].trim_end_matches('{').trim();
+                    vec![
+                        (file.module.clone(), lines[..at].join("\n")),
+                        (format!("{}::{name}", file.module), lines[at..].join("\n")),
+                    ]
+                }
+                None => vec![(file.module.clone(), code.clone())],
+            };
+            let found = parts
+                .iter()
+                .flat_map(|(module, text)| {
+                    imports(text).into_iter().map(|path| {
+                        let target = absolute(module, &path);
+                        (path, module_of(&modules, &target).to_string())
+                    })
+                })
+                .collect();
+            (file, found)
+        })
+        .collect()
+}
+
+#[test]
+fn imports_point_down_the_layers() {
     let mut wrong = Vec::new();
-    for file in &all {
+    for (file, found) in crate_imports() {
         if file.module.is_empty() {
             // The crate root re-exports the pipeline's face; it may name anything.
             continue;
@@ -227,35 +264,14 @@ fn imports_point_down_the_layers() {
             wrong.push(format!("{}: in no layer (add it to LAYERS)", file.module));
             continue;
         }
-        let code = code(&file.text);
-        // A module written inline at the end of a file (`mod tests { … }`) resolves
-        // `super` from inside it.
-        let split = code
-            .lines()
-            .position(|l| l.starts_with("mod ") && l.trim_end().ends_with('{'));
-        let lines: Vec<&str> = code.lines().collect();
-        let parts = match split {
-            Some(at) => {
-                let name = lines[at]["mod ".len()..].trim_end_matches('{').trim();
-                vec![
-                    (file.module.clone(), lines[..at].join("\n")),
-                    (format!("{}::{name}", file.module), lines[at..].join("\n")),
-                ]
-            }
-            None => vec![(file.module.clone(), code.clone())],
-        };
-        for (module, text) in parts {
-            for path in imports(&text) {
-                let target = absolute(&module, &path);
-                let target_module = module_of(&modules, &target);
-                let allowed = match own {
-                    // A folder that gathers layers imports only its own children.
-                    None => target_module.starts_with(&format!("{}::", file.module)),
-                    Some(own) => layer(target_module).is_some_and(|t| t <= own),
-                };
-                if !allowed {
-                    wrong.push(format!("{}: {path} ({target_module})", file.module));
-                }
+        for (path, target) in found {
+            let allowed = match own {
+                // A folder that gathers layers imports only its own children.
+                None => target.starts_with(&format!("{}::", file.module)),
+                Some(own) => layer(&target).is_some_and(|t| t <= own),
+            };
+            if !allowed {
+                wrong.push(format!("{}: {path} ({target})", file.module));
             }
         }
     }
@@ -263,6 +279,61 @@ fn imports_point_down_the_layers() {
         wrong.is_empty(),
         "imports against the layer order (lowest first: {LAYERS:?}):\n{}",
         wrong.join("\n")
+    );
+}
+
+/// Whether one module contains the other (a module and its children are one piece).
+fn related(a: &str, b: &str) -> bool {
+    a == b || a.starts_with(&format!("{b}::")) || b.starts_with(&format!("{a}::"))
+}
+
+#[test]
+fn no_files_import_each_other_in_a_circle() {
+    let mut graph: Vec<(String, Vec<String>)> = crate_imports()
+        .into_iter()
+        .map(|(file, found)| {
+            let mut to: Vec<String> = found
+                .into_iter()
+                .map(|(_, target)| target)
+                .filter(|t| !t.is_empty() && !related(&file.module, t))
+                .collect();
+            to.sort();
+            to.dedup();
+            (file.module, to)
+        })
+        .collect();
+    graph.sort();
+    // Depth-first search; a module reached again while on the path closes a circle.
+    fn visit(
+        graph: &[(String, Vec<String>)],
+        at: &str,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+        circles: &mut Vec<String>,
+    ) {
+        if let Some(i) = path.iter().position(|p| p == at) {
+            circles.push(format!("{} -> {at}", path[i..].join(" -> ")));
+            return;
+        }
+        if !done.insert(at.to_string()) {
+            return;
+        }
+        path.push(at.to_string());
+        let next = graph.iter().find(|(m, _)| m == at).map(|(_, t)| t.clone());
+        for to in next.unwrap_or_default() {
+            visit(graph, &to, path, done, circles);
+        }
+        path.pop();
+    }
+    let mut circles = Vec::new();
+    let mut done = BTreeSet::new();
+    for (module, _) in &graph {
+        visit(&graph, module, &mut Vec::new(), &mut done, &mut circles);
+    }
+    assert!(
+        circles.is_empty(),
+        "import circles:\n{}",
+        circles.join("\n")
     );
 }
 
