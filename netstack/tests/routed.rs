@@ -113,27 +113,6 @@ fn arp_target(f: &[u8]) -> (EthernetAddress, Ipv4Address, Ipv4Address) {
     )
 }
 
-fn arp_reply(
-    mac: EthernetAddress,
-    ip: Ipv4Address,
-    to_mac: EthernetAddress,
-    to_ip: Ipv4Address,
-) -> Vec<u8> {
-    let repr = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Reply,
-        source_hardware_addr: mac,
-        source_protocol_addr: ip,
-        target_hardware_addr: to_mac,
-        target_protocol_addr: to_ip,
-    };
-    let mut f = vec![0u8; 14 + repr.buffer_len()];
-    f[0..6].copy_from_slice(&to_mac.0);
-    f[6..12].copy_from_slice(&mac.0);
-    f[12..14].copy_from_slice(&[0x08, 0x06]);
-    repr.emit(&mut ArpPacket::new_unchecked(&mut f[14..]));
-    f
-}
-
 #[test]
 fn published_port_reaches_the_container_with_the_client_address_and_back() {
     let mut rig = Rig::new();
@@ -148,7 +127,10 @@ fn published_port_reaches_the_container_with_the_client_address_and_back() {
     assert_eq!(link.len(), 1, "an ARP request for the container");
     assert_eq!(arp_target(&link[0]), (LINK_MAC, LINK_IP, C_IP));
     // The SYN waited for the answer.
-    let (_, link) = rig.send(NicId::Link, &arp_reply(C_MAC, C_IP, LINK_MAC, LINK_IP));
+    let (_, link) = rig.send(
+        NicId::Link,
+        &probe::arp_reply(C_MAC, C_IP, LINK_MAC, LINK_IP),
+    );
     assert_eq!(link.len(), 1);
     let o = parse(&link[0]);
     assert_eq!((o.dst_mac, o.src_mac), (C_MAC, LINK_MAC));
@@ -162,7 +144,7 @@ fn published_port_reaches_the_container_with_the_client_address_and_back() {
     assert_eq!(arp_target(&up[0]), (UPLINK_MAC, UPLINK_IP, GW_IP));
     let (up, _) = rig.send(
         NicId::Uplink,
-        &arp_reply(GW_MAC, GW_IP, UPLINK_MAC, UPLINK_IP),
+        &probe::arp_reply(GW_MAC, GW_IP, UPLINK_MAC, UPLINK_IP),
     );
     assert_eq!(up.len(), 1);
     let o = parse(&up[0]);
@@ -187,7 +169,7 @@ fn masquerade_gives_distinct_ports_and_replies_come_back() {
     let mut rig = Rig::new();
     rig.send(
         NicId::Uplink,
-        &arp_reply(GW_MAC, GW_IP, UPLINK_MAC, UPLINK_IP),
+        &probe::arp_reply(GW_MAC, GW_IP, UPLINK_MAC, UPLINK_IP),
     );
     let mut ports = Vec::new();
     for i in 0..50u16 {
@@ -216,7 +198,10 @@ fn masquerade_gives_distinct_ports_and_replies_come_back() {
 #[test]
 fn hairpin_reaches_the_published_container_from_the_node_address() {
     let mut rig = Rig::new();
-    rig.send(NicId::Link, &arp_reply(C_MAC, C_IP, LINK_MAC, LINK_IP));
+    rig.send(
+        NicId::Link,
+        &probe::arp_reply(C_MAC, C_IP, LINK_MAC, LINK_IP),
+    );
     let inside = (C_IP, 45_000);
     let syn = eth(C_MAC, LINK_MAC, &ip(inside, (UPLINK_IP, 8080), Some(0x02)));
     let (up, link) = rig.send(NicId::Link, &syn);
@@ -270,7 +255,7 @@ fn a_service_vip_is_answered_on_the_link_and_spread_over_backends() {
     assert_eq!((reply.sender_mac, reply.sender_ip), (LINK_MAC, vip));
     for (i, b) in backends.iter().enumerate() {
         let bmac = EthernetAddress([2, 0, 0, 0, 1, i as u8]);
-        rig.send(NicId::Link, &arp_reply(bmac, *b, LINK_MAC, LINK_IP));
+        rig.send(NicId::Link, &probe::arp_reply(bmac, *b, LINK_MAC, LINK_IP));
     }
     let mut per_backend = [0u32; 2];
     for port in 0..400u16 {
@@ -363,7 +348,7 @@ fn ttl_one_is_answered_with_time_exceeded_and_opens_no_flow() {
     let mut rig = Rig::new();
     rig.send(
         NicId::Uplink,
-        &arp_reply(GW_MAC, GW_IP, UPLINK_MAC, UPLINK_IP),
+        &probe::arp_reply(GW_MAC, GW_IP, UPLINK_MAC, UPLINK_IP),
     );
     // Masquerade: the container learns its gateway is the hop that ran out.
     let probe = with_ttl(ip((C_IP, 33434), (FAR, 33435), None), 1);

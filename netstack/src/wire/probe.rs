@@ -34,23 +34,12 @@ pub fn arp_request(
     src_ip: Ipv4Address,
     target_ip: Ipv4Address,
 ) -> Vec<u8> {
-    let arp = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
-        source_hardware_addr: src_mac,
-        source_protocol_addr: src_ip,
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: target_ip,
-    };
-    let mut frame = ethernet(
-        src_mac,
+    arp(
+        ArpOperation::Request,
+        (src_mac, src_ip),
+        (EthernetAddress([0; 6]), target_ip),
         EthernetAddress::BROADCAST,
-        EthernetProtocol::Arp,
-        arp.buffer_len(),
-    );
-    arp.emit(&mut ArpPacket::new_unchecked(
-        &mut frame[ETHERNET_HEADER_LEN..],
-    ));
-    frame
+    )
 }
 
 /// An ARP reply telling `target_mac`/`target_ip` that `sender_ip` is at `sender_mac`,
@@ -61,19 +50,29 @@ pub fn arp_reply(
     target_mac: EthernetAddress,
     target_ip: Ipv4Address,
 ) -> Vec<u8> {
-    let arp = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Reply,
-        source_hardware_addr: sender_mac,
-        source_protocol_addr: sender_ip,
-        target_hardware_addr: target_mac,
-        target_protocol_addr: target_ip,
-    };
-    let mut frame = ethernet(
-        sender_mac,
+    arp(
+        ArpOperation::Reply,
+        (sender_mac, sender_ip),
+        (target_mac, target_ip),
         target_mac,
-        EthernetProtocol::Arp,
-        arp.buffer_len(),
-    );
+    )
+}
+
+/// An Ethernet/IPv4 ARP frame from the sender's MAC to `frame_dst`.
+fn arp(
+    operation: ArpOperation,
+    sender: (EthernetAddress, Ipv4Address),
+    target: (EthernetAddress, Ipv4Address),
+    frame_dst: EthernetAddress,
+) -> Vec<u8> {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation,
+        source_hardware_addr: sender.0,
+        source_protocol_addr: sender.1,
+        target_hardware_addr: target.0,
+        target_protocol_addr: target.1,
+    };
+    let mut frame = ethernet(sender.0, frame_dst, EthernetProtocol::Arp, arp.buffer_len());
     arp.emit(&mut ArpPacket::new_unchecked(
         &mut frame[ETHERNET_HEADER_LEN..],
     ));

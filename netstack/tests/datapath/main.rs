@@ -110,7 +110,7 @@ impl Rig {
         rig.poll();
         for (mac, ip) in [(P2_MAC, P2), (P3_MAC, P3), (GW_MAC, GATEWAY)] {
             rig.uplink
-                .inject(&arp_reply(mac, ip, UPLINK_MAC, UPLINK_IP));
+                .inject(&probe::arp_reply(mac, ip, UPLINK_MAC, UPLINK_IP));
         }
         rig.poll();
         rig.poll();
@@ -155,28 +155,6 @@ impl Rig {
         self.poll();
         (self.uplink.take_transmitted(), self.link.take_transmitted())
     }
-}
-
-fn arp_reply(
-    mac: EthernetAddress,
-    ip: Ipv4Address,
-    to_mac: EthernetAddress,
-    to_ip: Ipv4Address,
-) -> Vec<u8> {
-    let repr = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Reply,
-        source_hardware_addr: mac,
-        source_protocol_addr: ip,
-        target_hardware_addr: to_mac,
-        target_protocol_addr: to_ip,
-    };
-    let mut frame = vec![0u8; 14 + repr.buffer_len()];
-    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-    eth.set_dst_addr(to_mac);
-    eth.set_src_addr(mac);
-    eth.set_ethertype(EthernetProtocol::Arp);
-    repr.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
-    frame
 }
 
 /// The ARP request or reply in `frame`: (operation, sender MAC, sender IP, target IP).
@@ -278,7 +256,8 @@ fn resolves_underlay_neighbours_then_encapsulates() {
     assert_eq!(rig.path().overlay().drops().no_neighbor, 3);
 
     for (m, a) in [(P2_MAC, P2), (P3_MAC, P3), (GW_MAC, GATEWAY)] {
-        rig.uplink.inject(&arp_reply(m, a, UPLINK_MAC, UPLINK_IP));
+        rig.uplink
+            .inject(&probe::arp_reply(m, a, UPLINK_MAC, UPLINK_IP));
     }
     rig.poll();
     let (up, link) = rig.inject_link(&request);
@@ -698,7 +677,7 @@ fn sleeve_rig() -> Rig {
     let mut rig = Rig::new(&sleeve_doc(1, 2, P2), Ipv4Cidr::new(NODE, 16));
     rig.poll();
     rig.uplink
-        .inject(&arp_reply(P2_MAC, P2, UPLINK_MAC, UPLINK_IP));
+        .inject(&probe::arp_reply(P2_MAC, P2, UPLINK_MAC, UPLINK_IP));
     rig.poll();
     rig.poll();
     rig.uplink.take_transmitted();

@@ -58,7 +58,7 @@ fn routed_rig(rules: &[PublishRule]) -> Rig {
         nat.add_publish(*r).unwrap();
     }
     rig.stack.set_router(Some(Router::new(nat)));
-    rig.inject_uplink(&arp_reply(GW_MAC, GATEWAY, UPLINK_MAC, UPLINK_IP));
+    rig.inject_uplink(&probe::arp_reply(GW_MAC, GATEWAY, UPLINK_MAC, UPLINK_IP));
     rig
 }
 
@@ -110,7 +110,7 @@ fn a_published_port_reaches_a_container_on_a_networks_vlan_and_back() {
 
     // The container answers on VLAN 200: the SYN follows there, with the client's
     // own address (a local container needs no source translation).
-    let answer = tagged(&arp_reply(mac(5), ip(5), LINK_MAC, NODE), VLAN_B);
+    let answer = tagged(&probe::arp_reply(mac(5), ip(5), LINK_MAC, NODE), VLAN_B);
     let (up, link) = rig.inject_link(&answer);
     assert!(up.is_empty(), "nothing for the peers");
     let got: Vec<Seen> = on_vlan(&link, Some(VLAN_B))
@@ -201,7 +201,7 @@ fn the_routing_mesh_reaches_a_backend_behind_a_peer_as_the_node_address() {
         P2,
         P2_MAC,
         vni(A),
-        &arp_reply(mac(12), ip(12), LINK_MAC, NODE),
+        &probe::arp_reply(mac(12), ip(12), LINK_MAC, NODE),
     );
     let (up, link) = rig.inject_uplink(&answer);
     assert!(

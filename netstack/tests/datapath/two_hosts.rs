@@ -103,7 +103,7 @@ impl Backend {
         for inner in on_vlan_or_untagged(&link, self.vlan) {
             match arp_of(&inner) {
                 Some((ArpOperation::Request, who_mac, who, target)) if target == self.ip => {
-                    answers.push(self.wire(&arp_reply(self.mac, self.ip, who_mac, who)));
+                    answers.push(self.wire(&probe::arp_reply(self.mac, self.ip, who_mac, who)));
                 }
                 Some(_) => {}
                 None if EthernetFrame::new_checked(&inner[..])
@@ -149,7 +149,7 @@ impl Grid {
         // A knows its gateway (the client's way back).
         grid.a
             .uplink
-            .inject(&arp_reply(GW_MAC, GATEWAY, A_MACS.0, A_UPLINK));
+            .inject(&probe::arp_reply(GW_MAC, GATEWAY, A_MACS.0, A_UPLINK));
         grid.run(10);
         grid.to_client.clear();
         grid.backend.got.clear();
