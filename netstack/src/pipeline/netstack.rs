@@ -1,8 +1,8 @@
 //! The netstack as the kernel sees it: two NICs (uplink, container link), each a smoltcp
-//! interface plus counters, and optionally the overlay. `poll` moves frames port ->
-//! checks -> smoltcp -> port; with an overlay, `datapath` puts the VTEP and bridge in
-//! between. Frames that cannot be valid are dropped here with a named reason before
-//! smoltcp sees them. This module never blocks, never reads a clock and never panics on
+//! interface plus counters, and optionally the router (NAT) and the overlay. `poll`
+//! moves frames port -> checks (`nic.rs`) -> smoltcp -> port; the router sees each
+//! frame first when it runs (`Tap`), and with an overlay `datapath` puts the VTEP and
+//! bridge in between. This module never blocks, never reads a clock and never panics on
 //! frame contents.
 
 use core::cell::RefCell;

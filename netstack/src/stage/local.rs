@@ -1,7 +1,8 @@
 //! One smoltcp `Interface` per NIC over an in-memory queue device, with the NIC's
-//! addresses and its `SocketSet`. It owns the appliance's own endpoint on a NIC (ARP,
-//! ICMP echo, later DNS and health checks); it never touches a port or a clock: frames
-//! are queued in and out by the stack, and time comes in as an argument.
+//! addresses and its `SocketSet`. It owns the appliance's own endpoint on a NIC (ARP and
+//! ICMP echo answered by smoltcp, the sockets of the DNS service and the health checks);
+//! it never touches a port or a clock: the pipeline queues frames in and out, and time
+//! comes in as an argument.
 
 use alloc::collections::VecDeque;
 use alloc::vec;

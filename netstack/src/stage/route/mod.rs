@@ -11,10 +11,11 @@
 //! segment ([`Router::receive_on`]), and the router's container-side output leaves with
 //! the segment its next hop was learned on ([`Router::take_routed`]), so a translated
 //! frame reaches a container on an overlay network, local or behind a peer, through that
-//! network's bridge (`datapath::routed`).
+//! network's bridge (`pipeline::datapath::routed`).
 //!
-//! Sans-I/O: `Netstack::poll` hands it frames and takes its output; it never reads a
-//! clock, never sends by itself and never panics on frame contents.
+//! Frames come in by `receive.rs` and leave by `forward.rs`. Sans-I/O: `Netstack::poll`
+//! hands it frames and takes its output; it never reads a clock, never sends by itself
+//! and never panics on frame contents.
 
 mod counters;
 mod forward;

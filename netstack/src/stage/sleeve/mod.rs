@@ -1,9 +1,9 @@
 //! Sleeve: the encrypted overlay transport (issue 4; specification in docs/sleeve.md).
 //!
 //! Owns sealing L2 frames into authenticated, encrypted UDP payloads for a peer and
-//! opening them again: the wire format (`wire`), the replay window (`replay`), where keys
-//! come from (`keys`), one peer's state machine (`session`) and the endpoint over all
-//! peers with its drop counters (`Sleeve`, here). It never does I/O, never reads a clock
+//! opening them again: the replay window (`replay`), where keys come from (`keys`), one
+//! peer's state machine (`session`) and the endpoint over all peers with its drop
+//! counters (`Sleeve`, here); the message format is `wire::sleeve`. It never does I/O, never reads a clock
 //! and never chooses between sleeve and VXLAN (the overlay does).
 
 pub mod keys;
