@@ -12,7 +12,7 @@ use smoltcp::wire::{
 use crate::base::Vni;
 use crate::stage::route::Segment;
 
-/// At most this many hosts are remembered per table of [`ReplyRoutes`].
+/// At most this many hosts are remembered per table of `ReplyRoutes`.
 pub const REPLY_ROUTES: usize = 1024;
 
 /// Which segment each host that talked to the appliance's link interface was on, so

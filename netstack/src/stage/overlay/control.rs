@@ -187,7 +187,7 @@ impl Overlay {
     }
 
     /// Attach the appliance's own interface to a network with this MAC (so frames to it
-    /// reach [`Egress::Appliance`] and broadcasts are copied to it), or detach it.
+    /// reach [`super::Egress::Appliance`] and broadcasts are copied to it), or detach it.
     pub fn attach_appliance(
         &mut self,
         vni: Vni,

@@ -31,7 +31,7 @@ pub enum Segment {
     Network(Vni),
 }
 
-/// How a frame handed to [`Router::receive_on`] reached this node: from the link
+/// How a frame handed to [`super::Router::receive_on`] reached this node: from the link
 /// (`Local`), or decapsulated from a peer (`Remote`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
