@@ -2,6 +2,7 @@
 //! netstack. `no_std` + `alloc`: it never reads a clock (time comes in as `Instant`),
 //! never touches hardware, and never panics on input from the network or the socket.
 #![no_std]
+#![forbid(unsafe_code)]
 extern crate alloc;
 
 pub mod config;
@@ -20,8 +21,8 @@ use alloc::vec::Vec;
 use serde::Serialize;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
-use weft_netstack::fdb::Location;
-use weft_netstack::overlay::OverlayError;
+use weft_netstack::stage::overlay::OverlayError;
+use weft_netstack::table::fdb::Location;
 use weft_netstack::{Netstack, NicAddress, NicId};
 
 pub use config::{Config, ConfigError, Ipv4Cidr, LinkConfig, UplinkConfig};

@@ -14,14 +14,14 @@ use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
-use weft_netstack::datapath::OverlayPath;
-use weft_netstack::overlay::config::{
+use weft_netstack::base::{Mac, Vni};
+use weft_netstack::pipeline::datapath::OverlayPath;
+use weft_netstack::stage::overlay::config::route;
+use weft_netstack::stage::overlay::config::{
     ConfigError as GridError, GridConfig, NetworkConfig, OverlayConfig, PeerConfig,
 };
-use weft_netstack::overlay::transport::route;
-use weft_netstack::overlay::{Limits, Mac, Overlay, OverlayError, Underlay};
-use weft_netstack::sleeve::SessionId;
-use weft_netstack::vxlan::Vni;
+use weft_netstack::stage::overlay::{Limits, Overlay, OverlayError, Underlay};
+use weft_netstack::stage::sleeve::SessionId;
 
 use crate::config::{Config, ConfigError};
 
@@ -702,7 +702,7 @@ mod tests {
             .add_static(
                 vni(100),
                 mac,
-                weft_netstack::fdb::Location::Remote(p3),
+                weft_netstack::table::fdb::Location::Remote(p3),
                 None,
                 now,
             )
@@ -723,7 +723,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             next.overlay().lookup(vni(100), &mac, now),
-            Some(weft_netstack::fdb::Location::Remote(p3)),
+            Some(weft_netstack::table::fdb::Location::Remote(p3)),
             "the static entry survived"
         );
         let nets: Vec<(u32, Option<u16>)> = next
@@ -796,7 +796,7 @@ mod tests {
     fn runtime_edits_of_the_document() {
         let c = Config::from_json_value(&doc()).unwrap();
         let p = PeerConfig {
-            node: weft_netstack::overlay::config::NodeId::new(4).unwrap(),
+            node: weft_netstack::base::NodeId::new(4).unwrap(),
             name: None,
             address: Some(Ipv4Address::new(192, 0, 2, 14)),
             region: None,

@@ -11,8 +11,8 @@ use core::fmt;
 use core::net::Ipv4Addr;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Number, Value};
-use weft_netstack::datapath::DatapathStatus;
-use weft_netstack::overlay::config::{NetworkConfig, PeerConfig};
+use weft_netstack::pipeline::datapath::DatapathStatus;
+use weft_netstack::stage::overlay::config::{NetworkConfig, PeerConfig};
 use weft_netstack::NicCounters;
 
 use crate::config::{Config, Ipv4Cidr};
@@ -20,7 +20,7 @@ use crate::dns::ContainerEntry;
 use crate::dns_service::{ContainerKey, DnsStatus};
 use crate::overlay::{FdbEntry, FdbKey, NetworkKey, PeerKey};
 use crate::publish::{FlowsQuery, PublishKey};
-use weft_netstack::nat::PublishRule;
+use weft_netstack::stage::nat::PublishRule;
 
 /// The protocol version this appliance speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -110,7 +110,7 @@ pub enum Command {
     /// List tracked connections (limit and filter).
     Flows(FlowsQuery),
     /// Add an L4 service, or replace the one of its name.
-    ServiceAdd(weft_netstack::lb::ServiceConfig),
+    ServiceAdd(weft_netstack::stage::lb::ServiceConfig),
     /// Remove a service (its flows are cut).
     ServiceRemove(crate::services::ServiceKey),
     /// Add a backend to a service or change its weight (0 drains it).
@@ -209,15 +209,15 @@ impl Command {
             "container-remove" => overlay_args(name, args).map(Command::ContainerRemove),
             "publish-add" => {
                 let rule: PublishRule = overlay_args(name, args)?;
-                weft_netstack::nat::validate_publish(&rule, [], &[]).map_err(|e| {
+                weft_netstack::stage::nat::validate_publish(&rule, [], &[]).map_err(|e| {
                     ErrorBody::with_field(ErrorCode::InvalidConfig, format!("{e}"), e.field())
                 })?;
                 Ok(Command::PublishAdd(rule))
             }
             "publish-remove" => overlay_args(name, args).map(Command::PublishRemove),
             "service-add" => {
-                let s: weft_netstack::lb::ServiceConfig = overlay_args(name, args)?;
-                weft_netstack::lb::validate_service(0, &s).map_err(|e| {
+                let s: weft_netstack::stage::lb::ServiceConfig = overlay_args(name, args)?;
+                weft_netstack::stage::lb::validate_service(0, &s).map_err(|e| {
                     let field = e
                         .field
                         .strip_prefix("services[0].")
@@ -516,7 +516,7 @@ pub enum CommandResult {
     Config(Option<alloc::boxed::Box<Config>>),
     Applied(Applied),
     Pong(Pong),
-    Flows(Vec<weft_netstack::conntrack::FlowInfo>),
+    Flows(Vec<weft_netstack::table::conntrack::FlowInfo>),
 }
 
 /// The result of `status`.

@@ -11,10 +11,11 @@ use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use weft_netstack::conntrack::{Conntrack, FlowFilter, FlowInfo, Proto, Timeouts};
-use weft_netstack::nat::{validate_publish_list, Nat, NatConfig, PublishRule, Transport};
-use weft_netstack::router::{Router, RouterCounters};
+use weft_netstack::base::{Proto, Transport};
 use weft_netstack::smoltcp::time::{Duration, Instant};
+use weft_netstack::stage::nat::{validate_publish_list, Nat, NatConfig, PublishRule};
+use weft_netstack::stage::route::{Router, RouterCounters};
+use weft_netstack::table::conntrack::{Conntrack, FlowFilter, FlowInfo, Timeouts};
 use weft_netstack::Netstack;
 
 use crate::config::{Config, ConfigError};
@@ -506,7 +507,8 @@ mod tests {
 
     #[test]
     fn new_timeouts_apply_at_once_and_keep_live_flows() {
-        use weft_netstack::nat::{Side, Verdict};
+        use weft_netstack::base::NicId;
+        use weft_netstack::stage::nat::NatVerdict;
         let mac = weft_netstack::smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]);
         let mut stack = Netstack::new(mac, mac, 1, Instant::from_millis(0));
         let mut d = doc(json!([]));
@@ -518,10 +520,10 @@ mod tests {
         let nat = stack.router_mut().unwrap().nat_mut();
         let v = nat.process(
             &mut udp_frame(inside, server),
-            Side::Container,
+            NicId::Link,
             Instant::from_secs(0),
         );
-        assert_eq!(v, Verdict::Forward { to: Side::Uplink });
+        assert_eq!(v, NatVerdict::Forward { to: NicId::Uplink });
         let held = |stack: &Netstack, at: i64| {
             flows(stack, FlowsQuery::default(), Instant::from_secs(at)).len()
         };

@@ -11,8 +11,8 @@ use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use weft_netstack::lb::{validate_services, BackendConfig, ServiceConfig};
 use weft_netstack::smoltcp::time::Instant;
+use weft_netstack::stage::lb::{validate_services, BackendConfig, ServiceConfig};
 use weft_netstack::Netstack;
 
 use crate::config::{Config, ConfigError};
@@ -106,7 +106,7 @@ pub fn apply(netstack: &mut Netstack, config: &Config, now: Instant) {
     }
 }
 
-fn refused(e: weft_netstack::nat::FieldError) -> ConfigError {
+fn refused(e: weft_netstack::base::FieldError) -> ConfigError {
     // `services[n].backends[m].weight` -> `weight`: the args are the item itself.
     let field = e
         .field

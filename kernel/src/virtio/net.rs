@@ -12,7 +12,7 @@ use smoltcp::wire::EthernetAddress;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::Error;
-use weft_netstack::port::{Port, TxError};
+use weft_netstack::pipeline::port::{Port, TxError};
 
 const QUEUE_SIZE: usize = 256;
 /// How long `transmit` waits for the device to free a slot before counting a drop. QEMU
