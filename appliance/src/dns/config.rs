@@ -185,8 +185,8 @@ impl DnsSection {
 }
 
 impl ContainerEntry {
-    /// Checks the entry found at `containers[index]`.
-    pub fn validate(&self, index: usize) -> Result<Container, ConfigError> {
+    /// Checks the entry found at `containers[index]`; its address.
+    pub fn check(&self, index: usize) -> Result<Ipv4Addr, ConfigError> {
         if !is_valid_label(&self.name) {
             return Err(ConfigError::new(
                 format!("containers[{index}].name"),
@@ -201,37 +201,86 @@ impl ContainerEntry {
                 ));
             }
         }
-        let address: Ipv4Addr = self.address.parse().map_err(|_| {
+        self.address.parse().map_err(|_| {
             ConfigError::new(
                 format!("containers[{index}].address"),
                 "not an IPv4 address",
             )
-        })?;
+        })
+    }
+
+    /// Checks the entry found at `containers[index]` and types it.
+    pub fn validate(&self, index: usize) -> Result<Container, ConfigError> {
+        let address = self.check(index)?;
         Ok(Container {
             name: self.name.clone(),
             service: self.service.clone(),
             address,
         })
     }
+
+    /// Checks the entry found at `containers[index]` and types it, moving its names.
+    pub fn into_container(self, index: usize) -> Result<Container, ConfigError> {
+        let address = self.check(index)?;
+        Ok(Container {
+            name: self.name,
+            service: self.service,
+            address,
+        })
+    }
 }
 
-/// Checks every `[[containers]]` entry, names unique case-insensitively; the result
-/// goes to `RecordStore::replace_all`.
-pub fn validate_containers(entries: &[ContainerEntry]) -> Result<Vec<Container>, ConfigError> {
-    let mut containers: Vec<Container> = Vec::with_capacity(entries.len());
-    // Lowercase names seen so far: a grid may have thousands of containers.
+/// A name compared as DNS compares labels: ASCII case folded, without a lowercase copy.
+#[derive(Debug, Clone, Copy)]
+struct Caseless<'a>(&'a str);
+
+impl Ord for Caseless<'_> {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.0
+            .bytes()
+            .map(|b| b.to_ascii_lowercase())
+            .cmp(other.0.bytes().map(|b| b.to_ascii_lowercase()))
+    }
+}
+
+impl PartialOrd for Caseless<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Caseless<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.eq_ignore_ascii_case(other.0)
+    }
+}
+
+impl Eq for Caseless<'_> {}
+
+/// Checks every `[[containers]]` entry, names unique case-insensitively. Linear in the
+/// entries (a grid may have a hundred thousand) and copies none of them.
+pub fn validate_containers(entries: &[ContainerEntry]) -> Result<(), ConfigError> {
     let mut seen = BTreeSet::new();
     for (index, entry) in entries.iter().enumerate() {
-        let container = entry.validate(index)?;
-        if !seen.insert(container.name.to_ascii_lowercase()) {
+        entry.check(index)?;
+        if !seen.insert(Caseless(&entry.name)) {
             return Err(ConfigError::new(
                 format!("containers[{index}].name"),
                 "used by an earlier entry",
             ));
         }
-        containers.push(container);
     }
-    Ok(containers)
+    Ok(())
+}
+
+/// The entries of a document that passed `validate_containers`, typed for
+/// `RecordStore::replace_all` (names moved, not copied).
+pub fn into_containers(entries: Vec<ContainerEntry>) -> Result<Vec<Container>, ConfigError> {
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(index, entry)| entry.into_container(index))
+        .collect()
 }
 
 fn parse_upstream(text: &str) -> Option<SocketAddr> {
@@ -409,7 +458,8 @@ mod tests {
                 {"name":"testapp-db-1","address":"10.81.1.1"}]"#,
         )
         .unwrap();
-        let containers = validate_containers(&entries).unwrap();
+        validate_containers(&entries).unwrap();
+        let containers = into_containers(entries).unwrap();
         assert_eq!(containers[0].service.as_deref(), Some("testapp-web"));
         assert_eq!(containers[1].address, Ipv4Addr::new(10, 81, 1, 1));
 

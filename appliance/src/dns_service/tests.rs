@@ -34,7 +34,7 @@ fn dns_section_and_containers_parse_validate_and_round_trip() {
     }));
     let config = Config::from_json_value(&value).unwrap();
     let plan = plan(&config).unwrap().unwrap();
-    assert_eq!(plan.containers.len(), 2);
+    assert_eq!(records(config.containers.clone()).unwrap().len(), 2);
     assert_eq!(plan.config.forwarder.upstreams.len(), 2);
     // Defaults are written out when the document is read back.
     let back = serde_json::to_value(&config).unwrap();
