@@ -287,6 +287,18 @@ pub fn join(parent: &str, child: &str) -> String {
     }
 }
 
+/// The path of a field found inside the item at `item` (`containers[3]`): `inner` as
+/// `from_value` names it on the item alone (`name`, `[0]`, or empty for the item).
+pub fn join_index(item: &str, inner: &str) -> String {
+    if inner.is_empty() {
+        item.to_string()
+    } else if inner.starts_with('[') {
+        format!("{item}{inner}")
+    } else {
+        format!("{item}.{inner}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

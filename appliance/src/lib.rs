@@ -5,6 +5,7 @@
 extern crate alloc;
 
 pub mod config;
+pub mod config_text;
 pub mod dns;
 pub mod dns_service;
 pub mod field_path;
@@ -14,6 +15,7 @@ pub mod protocol;
 pub mod publish;
 pub mod services;
 pub mod session;
+pub mod transfer;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -36,6 +38,12 @@ pub use weft_netstack::{MemPort, Port, TxError};
 /// Heap bytes that a new flow table must leave free for the packet path (at least;
 /// an eighth of the heap on larger VMs).
 pub const HEAP_RESERVE: u64 = 1 << 20;
+
+/// Heap bytes per byte of a document sent in parts that `apply-begin` must find free:
+/// its text, and the typed document parsed from it while the text is still held
+/// (measured by `examples/grid_bench.rs`; what applying it needs beside is checked
+/// again when it is applied).
+pub const DOCUMENT_HEAP_FACTOR: u64 = 4;
 
 /// What the kernel knows at boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,11 +294,71 @@ impl Appliance {
                 })
             }),
             Command::Flows(q) => Ok(CommandResult::Flows(publish::flows(&self.netstack, q, now))),
+            Command::ApplyBegin(b) => self.begin_document(b.bytes),
+            Command::ApplyPart(p) => self
+                .session
+                .document_part(p.offset, &p.text)
+                .map(|received| CommandResult::Received(protocol::Received { received }))
+                .map_err(transfer_error),
+            Command::ApplyCommit => self.commit_document(),
+            Command::ApplyAbort => Ok(CommandResult::Discarded(protocol::Discarded {
+                discarded: self.session.abort_document(),
+            })),
         };
         if result.is_err() {
             self.session.count_error();
         }
         result
+    }
+
+    /// `apply-begin`: drops an unfinished document, then reserves `bytes` for the new
+    /// one if the heap can take it and what parsing it will need (out of memory is
+    /// fatal in the kernel, so a document too large is refused here, before its text
+    /// arrives).
+    fn begin_document(&mut self, bytes: u64) -> Result<CommandResult, ErrorBody> {
+        let held = self.session.document_held_bytes();
+        self.session.abort_document();
+        let refuse =
+            |message: String| Err(ErrorBody::with_field(ErrorCode::TooLarge, message, "bytes"));
+        if bytes > protocol::MAX_DOCUMENT_BYTES {
+            return refuse(alloc::format!(
+                "a document of {bytes} bytes is over the {} MiB the protocol takes",
+                protocol::MAX_DOCUMENT_BYTES >> 20
+            ));
+        }
+        if let Some(heap) = self.heap {
+            let free = heap.size_bytes.saturating_sub(heap.used_bytes) + held;
+            let reserve = HEAP_RESERVE.max(heap.size_bytes / 8);
+            let need = bytes.saturating_mul(DOCUMENT_HEAP_FACTOR);
+            if need.saturating_add(reserve) > free {
+                return refuse(alloc::format!(
+                    "a document of {bytes} bytes needs about {} KiB of heap to be received \
+                     and parsed, and the heap has {} KiB free of which {} KiB stay for the \
+                     packet path; give the VM more memory",
+                    need / 1024,
+                    free / 1024,
+                    reserve / 1024
+                ));
+            }
+        }
+        self.session.begin_document(bytes).map_err(transfer_error)?;
+        Ok(CommandResult::Begun(protocol::Begun { bytes }))
+    }
+
+    /// `apply-commit`: the document sent in parts, parsed and applied as `apply` does.
+    fn commit_document(&mut self) -> Result<CommandResult, ErrorBody> {
+        let text = self.session.commit_document().map_err(transfer_error)?;
+        let parsed = config_text::parse(&text);
+        // The text goes before anything is applied: it is no longer needed.
+        drop(text);
+        let changed = parsed
+            .and_then(|config| self.apply(config))
+            .map_err(|e| ErrorBody {
+                code: ErrorCode::InvalidConfig,
+                message: e.message,
+                field: Some(e.field),
+            })?;
+        Ok(CommandResult::Applied(Applied { changed }))
     }
 
     /// The running configuration, when it has an overlay (runtime overlay commands
@@ -607,6 +675,19 @@ fn overlay_error(e: OverlayError, mac_field: &str) -> ErrorBody {
         OverlayError::Table(_) | OverlayError::Config(_) => {
             ErrorBody::with_field(ErrorCode::InvalidConfig, message, mac_field)
         }
+    }
+}
+
+/// A refused transfer step.
+fn transfer_error(e: transfer::TransferError) -> ErrorBody {
+    use transfer::TransferError::*;
+    let message = alloc::format!("{e}");
+    match e {
+        NotBegun => ErrorBody::new(ErrorCode::NotReady, message),
+        WrongOffset { .. } => ErrorBody::with_field(ErrorCode::InvalidRequest, message, "offset"),
+        PastEnd { .. } => ErrorBody::with_field(ErrorCode::InvalidRequest, message, "text"),
+        Incomplete { .. } => ErrorBody::new(ErrorCode::InvalidRequest, message),
+        NoRoom { .. } => ErrorBody::with_field(ErrorCode::TooLarge, message, "bytes"),
     }
 }
 
