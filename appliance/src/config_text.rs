@@ -207,17 +207,12 @@ impl<'de, T: DeserializeOwned> Visitor<'de> for ListSeed<'_, T> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Section<T>, A::Error> {
         let mut items = Vec::new();
         while let Some(value) = seq.next_element::<Value>()? {
-            match field_path::from_value::<T>(&value) {
+            match field_path::from_item::<T>(&value, self.key, items.len()) {
                 Ok(item) => items.push(item),
                 Err(e) => {
-                    let at = alloc::format!("{}[{}]", self.key, items.len());
-                    let field = field_path::join_index(&at, &e.field);
                     // The rest must still be read (and be JSON) to reach the next key.
                     while seq.next_element::<IgnoredAny>()?.is_some() {}
-                    return Ok(Section::Refused(FieldError {
-                        field,
-                        message: e.message,
-                    }));
+                    return Ok(Section::Refused(e));
                 }
             }
         }
