@@ -5,8 +5,11 @@
 //! never held as one `Value` tree, which takes several times the size of its text.
 //!
 //! The outcome is that of `field_path::from_value::<Config>` on the same document: the
-//! same `Config`, or a refusal naming the same field. This module only parses: the
-//! rules are `Config::validate`'s, and nothing here applies anything.
+//! same `Config`, or a refusal naming the same field. An item of a flat type (no struct
+//! inside it) written as an object is typed straight from its text, which allocates
+//! nothing but the item; any other, or one that fails so, goes through a `Value` and
+//! `field_path` as `from_value` would take it, which decides. This module only parses:
+//! the rules are `Config::validate`'s, and nothing here applies anything.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -18,6 +21,7 @@ use serde::de::{
     Visitor,
 };
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 use weft_netstack::lb::ServiceConfig;
 use weft_netstack::nat::PublishRule;
@@ -189,7 +193,35 @@ impl<'k, T> ListSeed<'k, T> {
     }
 }
 
-impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for ListSeed<'_, T> {
+/// A list item type, and whether it is flat: no field is itself a struct, so an item
+/// written as a JSON object cannot be read by position anywhere inside (serde_json
+/// would take an array for a struct; `from_value` never does).
+trait Item: DeserializeOwned {
+    const FLAT: bool;
+}
+
+impl Item for NetworkConfig {
+    const FLAT: bool = true;
+}
+
+impl Item for PeerConfig {
+    const FLAT: bool = true;
+}
+
+impl Item for ContainerEntry {
+    const FLAT: bool = true;
+}
+
+impl Item for PublishRule {
+    const FLAT: bool = true;
+}
+
+impl Item for ServiceConfig {
+    // `backends` and `health` are structs.
+    const FLAT: bool = false;
+}
+
+impl<'de, T: Item> DeserializeSeed<'de> for ListSeed<'_, T> {
     type Value = Section<T>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Section<T>, D::Error> {
@@ -197,7 +229,7 @@ impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for ListSeed<'_, T> {
     }
 }
 
-impl<'de, T: DeserializeOwned> Visitor<'de> for ListSeed<'_, T> {
+impl<'de, T: Item> Visitor<'de> for ListSeed<'_, T> {
     type Value = Section<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -206,8 +238,20 @@ impl<'de, T: DeserializeOwned> Visitor<'de> for ListSeed<'_, T> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Section<T>, A::Error> {
         let mut items = Vec::new();
-        while let Some(value) = seq.next_element::<Value>()? {
-            match field_path::from_item::<T>(&value, self.key, items.len()) {
+        while let Some(raw) = seq.next_element::<&RawValue>()? {
+            let text = raw.get();
+            let direct = (T::FLAT && text.starts_with('{'))
+                .then(|| serde_json::from_str::<T>(text).ok())
+                .flatten();
+            let item = match direct {
+                Some(item) => Ok(item),
+                // As `from_value` reads it, which decides (it takes a key given twice,
+                // for one, which serde_json's typed reading refuses).
+                None => serde_json::from_str::<Value>(text)
+                    .map_err(de::Error::custom)
+                    .map(|value| field_path::from_item::<T>(&value, self.key, items.len()))?,
+            };
+            match item {
                 Ok(item) => items.push(item),
                 Err(e) => {
                     // The rest must still be read (and be JSON) to reach the next key.
@@ -390,6 +434,10 @@ mod tests {
         let text = r#"{"uplink":{"address":"192.0.2.2/24"},"link":{"address":"10.81.0.1/16"},
             "dns":{},"containers":[7],"containers":[{"name":"b","address":"10.81.1.2"}]}"#;
         assert!(parse(text).is_ok());
+        // Inside an item too.
+        let text = r#"{"uplink":{"address":"192.0.2.2/24"},"link":{"address":"10.81.0.1/16"},
+            "dns":{},"containers":[{"name":"a","address":"10.81.1.2","name":"b"}]}"#;
+        assert_eq!(parse(text).unwrap().containers[0].name, "b");
         let text = r#"{"uplink":{"address":"192.0.2.2/24"},"link":{"address":"10.81.0.1/16"},
             "dns":{},"containers":[{"name":"b","address":"10.81.1.2"}],"containers":5}"#;
         assert_eq!(parse(text).unwrap_err().field, "containers");

@@ -12,7 +12,7 @@
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -269,9 +269,7 @@ impl DnsService {
                 let store = server.records();
                 store.len() == entries.len()
                     && store.containers().zip(entries).all(|(c, e)| {
-                        c.name == e.name
-                            && c.service == e.service
-                            && e.address.parse() == Ok(c.address)
+                        c.name == e.name && c.service == e.service && c.address == e.address
                     })
             }
             None => entries.is_empty(),
@@ -287,7 +285,7 @@ impl DnsService {
                 .map(|c| ContainerEntry {
                     name: c.name.clone(),
                     service: c.service.clone(),
-                    address: c.address.to_string(),
+                    address: c.address,
                 })
                 .collect()
         })

@@ -651,8 +651,10 @@ pub struct ControlCounters {
     /// Partial lines discarded because the client disconnected mid-line.
     pub partial_discarded: u64,
     /// Documents begun in parts (`apply-begin` accepted).
+    #[serde(default)]
     pub transfers: u64,
     /// Of those, dropped unfinished: the client disconnected, began another, or aborted.
+    #[serde(default)]
     pub transfers_discarded: u64,
 }
 

@@ -405,7 +405,11 @@ mod tests {
         for _ in 0..3_000 {
             let rules: Vec<PublishRule> = (0..next(8))
                 .map(|_| PublishRule {
-                    proto: if next(2) == 0 { Transport::Tcp } else { Transport::Udp },
+                    proto: if next(2) == 0 {
+                        Transport::Tcp
+                    } else {
+                        Transport::Udp
+                    },
                     host_port: [0, 53, 80, 8080, 8081, 4789, 31800][next(7) as usize],
                     container_address: Ipv4Addr::new(10, 81, 1, next(3) as u8),
                     container_port: next(3) as u16,

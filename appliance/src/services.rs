@@ -269,7 +269,11 @@ mod tests {
                     ServiceConfig {
                         name: ["web", "db", "a", "-x"][next(4) as usize].into(),
                         vip: (next(6) != 0).then(|| Ipv4Addr::new(10, 81, 255, next(3) as u8)),
-                        proto: if next(2) == 0 { Transport::Tcp } else { Transport::Udp },
+                        proto: if next(2) == 0 {
+                            Transport::Tcp
+                        } else {
+                            Transport::Udp
+                        },
                         port: next(3) as u16 * 40,
                         mode,
                         backends: (0..next(3))

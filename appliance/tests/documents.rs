@@ -84,7 +84,9 @@ fn grid(containers: usize) -> Value {
 
 /// The lines that send `text` in parts of at most `part` bytes, then commit.
 fn part_lines(first_id: u64, text: &str, part: usize) -> Vec<String> {
-    let mut lines = vec![json!({"id": first_id, "cmd": "apply-begin", "args": {"bytes": text.len()}}).to_string()];
+    let mut lines = vec![
+        json!({"id": first_id, "cmd": "apply-begin", "args": {"bytes": text.len()}}).to_string(),
+    ];
     let mut id = first_id + 1;
     let mut offset = 0;
     while offset < text.len() {
@@ -169,7 +171,11 @@ fn every_refusal_of_a_document_in_parts_is_the_one_line_refusal() {
 #[test]
 fn an_unfinished_document_changes_nothing() {
     let (mut app, now) = connected();
-    let r = one(&mut app, now, &json!({"id": 1, "cmd": "apply", "args": base()}).to_string());
+    let r = one(
+        &mut app,
+        now,
+        &json!({"id": 1, "cmd": "apply", "args": base()}).to_string(),
+    );
     assert_eq!(r["result"]["changed"], true);
     let text = grid(500).to_string();
     let mut lines = part_lines(10, &text, 10_000);
@@ -218,19 +224,39 @@ fn a_document_the_heap_cannot_take_is_refused_before_its_text_arrives() {
     // 16 MiB heap, 10 MiB free: 2 MiB reserved for the packet path, so 8 MiB for a
     // document four times its size.
     app.set_heap_usage(heap(16 << 20, 10 << 20));
-    let r = one(&mut app, now, r#"{"id":1,"cmd":"apply-begin","args":{"bytes":3000000}}"#);
+    let r = one(
+        &mut app,
+        now,
+        r#"{"id":1,"cmd":"apply-begin","args":{"bytes":3000000}}"#,
+    );
     assert_eq!(r["error"]["code"], "too_large", "{r}");
     assert_eq!(r["error"]["field"], "bytes");
-    let r = one(&mut app, now, r#"{"id":2,"cmd":"apply-begin","args":{"bytes":2000000}}"#);
+    let r = one(
+        &mut app,
+        now,
+        r#"{"id":2,"cmd":"apply-begin","args":{"bytes":2000000}}"#,
+    );
     assert_eq!(r["result"]["bytes"], 2_000_000, "{r}");
     // Beyond the protocol's limit whatever the heap.
     app.set_heap_usage(heap(1 << 40, 1 << 39));
-    let r = one(&mut app, now, r#"{"id":3,"cmd":"apply-begin","args":{"bytes":67108865}}"#);
+    let r = one(
+        &mut app,
+        now,
+        r#"{"id":3,"cmd":"apply-begin","args":{"bytes":67108865}}"#,
+    );
     assert_eq!(r["error"]["code"], "too_large");
-    let r = one(&mut app, now, r#"{"id":4,"cmd":"apply-begin","args":{"bytes":-1}}"#);
+    let r = one(
+        &mut app,
+        now,
+        r#"{"id":4,"cmd":"apply-begin","args":{"bytes":-1}}"#,
+    );
     assert_eq!(r["error"]["code"], "invalid_request");
     assert_eq!(r["error"]["field"], "bytes");
-    let r = one(&mut app, now, r#"{"id":5,"cmd":"apply-part","args":{"offset":0}}"#);
+    let r = one(
+        &mut app,
+        now,
+        r#"{"id":5,"cmd":"apply-part","args":{"offset":0}}"#,
+    );
     assert_eq!(r["error"]["code"], "invalid_request");
     assert_eq!(r["error"]["field"], "text");
 }
@@ -271,8 +297,11 @@ fn runtime_container_edits_keep_the_document_order() {
         {"name": "c", "address": "10.81.1.3"}
     ]);
     let apply = |app: &mut Appliance, id: u64, doc: &Value| {
-        one(app, now, &json!({"id": id, "cmd": "apply", "args": doc}).to_string())["result"]
-            ["changed"]
+        one(
+            app,
+            now,
+            &json!({"id": id, "cmd": "apply", "args": doc}).to_string(),
+        )["result"]["changed"]
             .clone()
     };
     assert_eq!(apply(&mut app, 1, &doc), true);
@@ -286,15 +315,30 @@ fn runtime_container_edits_keep_the_document_order() {
             .collect()
     };
     let call = |app: &mut Appliance, line: &str| one(app, now, line);
-    call(&mut app, r#"{"id":3,"cmd":"container-add","args":{"name":"d","address":"10.81.1.4"}}"#);
-    call(&mut app, r#"{"id":4,"cmd":"container-add","args":{"name":"B","address":"10.81.1.9"}}"#);
+    call(
+        &mut app,
+        r#"{"id":3,"cmd":"container-add","args":{"name":"d","address":"10.81.1.4"}}"#,
+    );
+    call(
+        &mut app,
+        r#"{"id":4,"cmd":"container-add","args":{"name":"B","address":"10.81.1.9"}}"#,
+    );
     assert_eq!(names(&mut app), ["a", "B", "c", "d"]);
-    let r = call(&mut app, r#"{"id":5,"cmd":"container-add","args":{"name":"B","address":"10.81.1.9"}}"#);
+    let r = call(
+        &mut app,
+        r#"{"id":5,"cmd":"container-add","args":{"name":"B","address":"10.81.1.9"}}"#,
+    );
     assert_eq!(r["result"]["changed"], false);
-    call(&mut app, r#"{"id":6,"cmd":"container-remove","args":{"name":"A"}}"#);
+    call(
+        &mut app,
+        r#"{"id":6,"cmd":"container-remove","args":{"name":"A"}}"#,
+    );
     assert_eq!(names(&mut app), ["B", "c", "d"]);
     // An edit of another section keeps the containers as they are.
-    call(&mut app, r#"{"id":7,"cmd":"publish-add","args":{"proto":"tcp","host_port":8080,"container_address":"10.81.1.3","container_port":80}}"#);
+    call(
+        &mut app,
+        r#"{"id":7,"cmd":"publish-add","args":{"proto":"tcp","host_port":8080,"container_address":"10.81.1.3","container_port":80}}"#,
+    );
     assert_eq!(names(&mut app), ["B", "c", "d"]);
     // The document as `config` shows it applies as no change; in another order it does.
     let mut shown = config_of(&mut app, now);
