@@ -41,8 +41,9 @@ pub const HEAP_RESERVE: u64 = 1 << 20;
 
 /// Heap bytes per byte of a document sent in parts that `apply-begin` must find free:
 /// its text, and the typed document parsed from it while the text is still held
-/// (measured by `examples/grid_bench.rs`; what applying it needs beside is checked
-/// again when it is applied).
+/// (2.7 times the text at the parse's peak for a 100 000-container grid, measured by
+/// `examples/grid_bench.rs`; what applying it needs beside is checked again when it is
+/// applied).
 pub const DOCUMENT_HEAP_FACTOR: u64 = 4;
 
 /// What the kernel knows at boot.
