@@ -462,13 +462,7 @@ mod tests {
     /// Random edits of a good document, each parsed both ways: the same outcome.
     #[test]
     fn random_documents_parse_alike_both_ways() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::test_rng::below(0x9e37_79b9_7f4a_7c15);
         let junk = [
             json!(1),
             json!(-1),

@@ -395,13 +395,7 @@ mod tests {
     /// ports.
     #[test]
     fn the_linear_check_agrees_with_the_netstack_reference() {
-        let mut x: u64 = 0x0123_4567_89ab_cdef;
-        let mut next = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::test_rng::below(0x0123_4567_89ab_cdef);
         for _ in 0..3_000 {
             let rules: Vec<PublishRule> = (0..next(8))
                 .map(|_| PublishRule {

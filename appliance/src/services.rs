@@ -255,13 +255,7 @@ mod tests {
     /// with the same field and message, on random lists full of near-clashes.
     #[test]
     fn the_linear_check_agrees_with_the_netstack_reference() {
-        let mut x: u64 = 0xdead_beef_cafe_f00d;
-        let mut next = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::test_rng::below(0xdead_beef_cafe_f00d);
         for _ in 0..3_000 {
             let services: Vec<ServiceConfig> = (0..next(6))
                 .map(|_| {

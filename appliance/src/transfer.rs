@@ -246,13 +246,7 @@ mod tests {
     /// concatenation of the accepted parts, and never exceeds what was announced.
     #[test]
     fn random_step_sequences_follow_the_model() {
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::test_rng::below(0x2545_f491_4f6c_dd1d);
         for _ in 0..2_000 {
             let mut t = Transfer::new();
             let mut model: Option<(u64, Vec<u8>)> = None;
