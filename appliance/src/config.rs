@@ -230,11 +230,12 @@ impl Config {
         Ok(config)
     }
 
-    /// Parse and validate a document given as JSON text.
+    /// Parse and validate a document given as JSON text (section by section: the
+    /// text is never held as one `Value`; see `config_text`).
     pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| ConfigError::new("", format!("not JSON: {e}")))?;
-        Config::from_json_value(&value)
+        let config = crate::config_text::parse(text)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Every rule that is not a matter of types; the first violation names its field.

@@ -7,6 +7,7 @@
 //! aside (from scratch, or as a copy of the running one with only the differences
 //! applied, so learned and static entries survive) and swapped in whole.
 
+use alloc::collections::BTreeSet;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -244,25 +245,26 @@ pub fn plan(
     };
     let mut path = running.clone();
     // Peers first (they name networks), then networks, then peers again.
+    let kept_peers: BTreeSet<Ipv4Address> = sections
+        .peers
+        .iter()
+        .filter_map(|p| in_use(&sections.grid, p))
+        .collect();
     let gone_peers: Vec<Ipv4Address> = path
         .overlay()
         .peers()
         .map(|(a, _)| a)
-        .filter(|a| {
-            !sections
-                .peers
-                .iter()
-                .any(|p| in_use(&sections.grid, p) == Some(*a))
-        })
+        .filter(|a| !kept_peers.contains(a))
         .collect();
     for a in gone_peers {
         path.remove_peer(a);
     }
+    let kept_networks: BTreeSet<Vni> = sections.networks.iter().map(|n| n.vni).collect();
     let gone_networks: Vec<Vni> = path
         .overlay()
         .networks()
         .map(|(v, _, _)| v)
-        .filter(|v| !sections.networks.iter().any(|n| n.vni == *v))
+        .filter(|v| !kept_networks.contains(v))
         .collect();
     for v in gone_networks {
         path.remove_network(v);

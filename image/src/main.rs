@@ -328,7 +328,12 @@ fn cmd_ctl(socket: &std::path::Path, json: bool, timeout: Duration, cmd: CtlCmd)
             );
         }
         let mut client = Client::connect(socket, timeout)?;
-        Ok((name, client.call(name, args)?))
+        // A document goes in parts when it is too long for one line.
+        let reply = match (name, &args) {
+            ("apply", Some(doc)) => client.apply_reply(doc)?,
+            _ => client.call(name, args)?,
+        };
+        Ok((name, reply))
     };
     let (name, reply) = match run() {
         Ok(x) => x,
