@@ -69,6 +69,8 @@ pub fn init() {
         pics.initialize();
         pics.write_masks(0xff, 0xff);
     }
+    drop(pics);
+    crate::arch::apic::init_virtual_wire();
 }
 
 /// Enables IRQ `line` at the PIC (the cascade line 2 comes along for lines 8..16).

@@ -1,6 +1,8 @@
 //! Everything x86_64-specific: the PVH entry (`boot`), CPU tables and interrupt lines
-//! (`cpu`), port I/O devices on the ISA bus (`pit`).
+//! (`cpu`), the local APIC's virtual-wire mode (`apic`), port I/O devices on the ISA bus
+//! (`pit`).
 
+pub mod apic;
 pub mod boot;
 pub mod cpu;
 pub mod pit;
