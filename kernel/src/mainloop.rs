@@ -4,16 +4,12 @@
 //! host almost nothing.
 
 use crate::arch::{cpu, pit};
-use crate::pci::{self, PortCam};
 use crate::virtio::console::{ControlConsole, Event};
-use crate::virtio::hal::KernelHal;
 use crate::virtio::net::NetPort;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use smoltcp::time::Duration;
-use virtio_drivers::transport::pci::bus::PciRoot;
-use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::DeviceType;
 use weft_appliance::protocol::HeapStatus;
 use weft_appliance::{Appliance, BootInfo};
@@ -22,35 +18,27 @@ use weft_appliance::{Appliance, BootInfo};
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 
 pub fn run(cmdline: String) -> ! {
-    let mut root = PciRoot::new(PortCam);
-    let functions = pci::discover(&mut root);
     let mut nics = Vec::new();
     let mut control = None;
     let mut irq_lines = Vec::new();
-    for f in &functions {
-        let transport = match PciTransport::new::<KernelHal, _>(&mut root, f.function) {
-            Ok(t) => t,
-            Err(e) => {
-                log::error!("pci {}: not a usable virtio device: {e:?}", f.function);
-                continue;
-            }
-        };
-        match f.kind {
-            DeviceType::Network => match NetPort::new(transport) {
+    for dev in crate::virtio::discover(&cmdline) {
+        let at = dev.at;
+        match dev.kind {
+            DeviceType::Network => match NetPort::new(dev.transport) {
                 Ok(port) => nics.push(port),
-                Err(e) => log::error!("pci {}: virtio-net init failed: {e:?}", f.function),
+                Err(e) => log::error!("{at}: virtio-net init failed: {e:?}"),
             },
-            DeviceType::Console if control.is_none() => match ControlConsole::new(transport) {
+            DeviceType::Console if control.is_none() => match ControlConsole::new(dev.transport) {
                 Ok(c) => control = Some(c),
-                Err(e) => log::error!("pci {}: virtio-console init failed: {e:?}", f.function),
+                Err(e) => log::error!("{at}: virtio-console init failed: {e:?}"),
             },
             other => {
-                log::info!("pci {}: ignoring virtio {other:?}", f.function);
+                log::info!("{at}: ignoring virtio {other:?}");
                 continue;
             }
         }
-        if (1..16).contains(&f.irq_line) && !irq_lines.contains(&f.irq_line) {
-            irq_lines.push(f.irq_line);
+        if (1..16).contains(&dev.irq) && !irq_lines.contains(&dev.irq) {
+            irq_lines.push(dev.irq);
         }
     }
     if nics.len() < 2 {

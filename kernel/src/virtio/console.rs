@@ -8,14 +8,14 @@
 //! Transmission never blocks: chunks wait in a queue until the device takes them.
 
 use crate::virtio::hal::KernelHal;
+use crate::virtio::Transport;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use bitflags::bitflags;
 use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::Transport;
+use virtio_drivers::transport::Transport as _;
 use virtio_drivers::Error;
 
 bitflags! {
@@ -66,7 +66,7 @@ impl<const N: usize> Posted<N> {
 }
 
 pub struct ControlConsole {
-    transport: PciTransport,
+    transport: Transport,
     rx: VirtQueue<KernelHal, QSIZE>,
     tx: VirtQueue<KernelHal, QSIZE>,
     ctrl: Option<(VirtQueue<KernelHal, QSIZE>, VirtQueue<KernelHal, QSIZE>)>,
@@ -81,7 +81,7 @@ pub struct ControlConsole {
 }
 
 impl ControlConsole {
-    pub fn new(mut transport: PciTransport) -> Result<Self, Error> {
+    pub fn new(mut transport: Transport) -> Result<Self, Error> {
         let features = transport.begin_init(Features::MULTIPORT | Features::VERSION_1);
         let rx = VirtQueue::new(&mut transport, Q_RX0, false, false)?;
         let tx = VirtQueue::new(&mut transport, Q_TX0, false, false)?;

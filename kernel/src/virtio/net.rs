@@ -5,12 +5,12 @@
 //! indexed by the queue token, so a buffer never moves while the device owns it.
 
 use crate::virtio::hal::KernelHal;
+use crate::virtio::Transport;
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::wire::EthernetAddress;
 use virtio_drivers::device::net::VirtIONetRaw;
-use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::Error;
 use weft_netstack::port::{Port, TxError};
 
@@ -22,7 +22,7 @@ const TX_FULL_WAIT_US: u64 = 50;
 const BUF_LEN: usize = 2048;
 
 pub struct NetPort {
-    dev: VirtIONetRaw<KernelHal, PciTransport, QUEUE_SIZE>,
+    dev: VirtIONetRaw<KernelHal, Transport, QUEUE_SIZE>,
     mac: EthernetAddress,
     /// Receive buffers the device owns, by token.
     rx: Vec<Option<Box<[u8]>>>,
@@ -33,7 +33,7 @@ pub struct NetPort {
 }
 
 impl NetPort {
-    pub fn new(transport: PciTransport) -> Result<Self, Error> {
+    pub fn new(transport: Transport) -> Result<Self, Error> {
         let dev = VirtIONetRaw::new(transport)?;
         let mac = EthernetAddress(dev.mac_address());
         let mut port = NetPort {
