@@ -26,6 +26,7 @@ use log::LevelFilter;
 pub extern "C" fn kmain(start_info: u64) -> ! {
     console::init();
     arch::cpu::init();
+    let simd = arch::simd::init();
     let (tsc_hz, tsc_source) = time::init();
     console::init_log(LevelFilter::Info);
     log::info!("weft {} booting", env!("CARGO_PKG_VERSION"));
@@ -39,11 +40,13 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
     let cmdline: String = boot.cmdline();
     console::init_log(log_level(&cmdline));
     log::info!(
-        "ram {} KiB, heap {} KiB at {:#x}, tsc {} kHz ({tsc_source}), cmdline {:?}",
+        "ram {} KiB, heap {} KiB at {:#x}, tsc {} kHz ({tsc_source}), simd {} ({}), cmdline {:?}",
         heap.ram_total / 1024,
         heap.size / 1024,
         heap.start,
         tsc_hz / 1000,
+        simd.name(),
+        arch::simd::crypto_backends(),
         cmdline
     );
     if let Some(kind) = cmdline
