@@ -83,7 +83,7 @@ pub fn discover(regions: &[MmioRegion]) -> Vec<Device> {
             log::warn!("{at}: legacy virtio-mmio (version 1); QEMU: -global virtio-mmio.force-legacy=false");
         }
         let kind = transport.device_type();
-        log::info!("{at}: virtio {kind:?} irq {}", r.irq);
+        log::debug!("{at}: virtio {kind:?} irq {}", r.irq);
         out.push(Device {
             kind,
             transport: transport.into(),

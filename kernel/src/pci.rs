@@ -78,7 +78,7 @@ pub fn discover() -> Vec<Device> {
                 continue;
             }
         };
-        log::info!("{at}: virtio {kind:?} irq {irq}");
+        log::debug!("{at}: virtio {kind:?} irq {irq}");
         out.push(Device {
             kind,
             transport: transport.into(),

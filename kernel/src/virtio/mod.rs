@@ -4,6 +4,7 @@
 //! here: virtio-mmio devices named on the command line, else a PCI scan.
 
 pub mod console;
+pub mod features;
 pub mod hal;
 pub mod net;
 
