@@ -40,15 +40,14 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
     let cmdline: String = boot.cmdline();
     console::init_log(log_level(&cmdline));
     log::info!(
-        "ram {} KiB, heap {} KiB at {:#x}, tsc {} kHz ({tsc_source}), simd {} ({}), cmdline {:?}",
+        "ram {} KiB, heap {} KiB, tsc {} kHz ({tsc_source}), {} ({})",
         heap.ram_total / 1024,
         heap.size / 1024,
-        heap.start,
         tsc_hz / 1000,
         simd.name(),
         arch::simd::crypto_backends(),
-        cmdline
     );
+    log::debug!("heap at {:#x}, cmdline {cmdline:?}", heap.start);
     if let Some(kind) = cmdline
         .split_whitespace()
         .find_map(|a| a.strip_prefix("weft.fault="))

@@ -1,9 +1,9 @@
 //! The main loop: finds the devices, then forever moves bytes between them and the
-//! appliance. When nothing is left to do it arms the PIT for the appliance's next timer
-//! and halts until that or a device interrupt wakes it, so an idle appliance costs the
-//! host almost nothing.
+//! appliance. When nothing is left to do it arms the wake-up timer (local APIC, else
+//! the PIT) for the appliance's next deadline and halts until that or a device interrupt
+//! wakes it: no periodic tick, so an idle appliance costs the host almost nothing.
 
-use crate::arch::{cpu, pit};
+use crate::arch::{apic, cpu, pit};
 use crate::virtio::console::{ControlConsole, Event};
 use crate::virtio::net::NetPort;
 use alloc::string::String;
@@ -14,22 +14,27 @@ use virtio_drivers::transport::DeviceType;
 use weft_appliance::protocol::HeapStatus;
 use weft_appliance::{Appliance, BootInfo};
 
-/// The longest the loop sleeps without a reason (bounded anyway by the 16-bit PIT).
-const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// The longest the loop sleeps when the appliance names no deadline (it says "until an
+/// interrupt"): a safety net, not a tick. With only the PIT it is 54 ms at most.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+const MAX_PIT_SLEEP: Duration = Duration::from_millis(54);
 
 pub fn run(cmdline: String) -> ! {
+    let started = crate::time::micros();
     let mut nics = Vec::new();
     let mut control = None;
     let mut irq_lines = Vec::new();
-    for dev in crate::virtio::discover(&cmdline) {
+    let devices = crate::virtio::discover(&cmdline);
+    let found = crate::time::micros();
+    for dev in devices {
         let at = dev.at;
         match dev.kind {
             DeviceType::Network => match NetPort::new(dev.transport) {
-                Ok(port) => nics.push(port),
+                Ok(port) => nics.push((port, at, dev.irq)),
                 Err(e) => log::error!("{at}: virtio-net init failed: {e:?}"),
             },
             DeviceType::Console if control.is_none() => match ControlConsole::new(dev.transport) {
-                Ok(c) => control = Some(c),
+                Ok(c) => control = Some((c, at, dev.irq)),
                 Err(e) => log::error!("{at}: virtio-console init failed: {e:?}"),
             },
             other => {
@@ -47,18 +52,40 @@ pub fn run(cmdline: String) -> ! {
             nics.len()
         );
     }
-    let mut link = nics.remove(1);
-    let mut uplink = nics.remove(0);
-    let Some(mut control) = control else {
+    let Some((mut control, control_at, control_irq)) = control else {
         panic!("weft needs a virtio-console for the control socket; found none");
     };
-    log::info!(
-        "uplink mac {}, link mac {}",
-        uplink.mac_addr(),
-        link.mac_addr()
-    );
+    let (mut link, link_at, link_irq) = nics.remove(1);
+    let (mut uplink, uplink_at, uplink_irq) = nics.remove(0);
+    let initialised = crate::time::micros();
+    for (name, at, irq, mac, features) in [
+        (
+            "uplink",
+            uplink_at,
+            uplink_irq,
+            Some(uplink.mac_addr()),
+            uplink.features(),
+        ),
+        (
+            "link",
+            link_at,
+            link_irq,
+            Some(link.mac_addr()),
+            link.features(),
+        ),
+        ("control", control_at, control_irq, None, control.features()),
+    ] {
+        match mac {
+            Some(mac) => log::info!("{name}: {at} irq {irq}, mac {mac}, {features}"),
+            None => log::info!("{name}: {at} irq {irq}, {features}"),
+        }
+    }
 
-    cpu::enable_irq(0);
+    let refined = crate::time::refine();
+    if !apic::timer_ready() {
+        // No APIC timer: the PIT wakes the idle loop (IRQ 0), at most every 55 ms.
+        cpu::enable_irq(0);
+    }
     for &line in &irq_lines {
         cpu::enable_irq(line);
     }
@@ -84,6 +111,24 @@ pub fn run(cmdline: String) -> ! {
         None => log::warn!("the CMOS RTC reads as nonsense; no wall clock"),
     }
     let heap = crate::mem::usage();
+    let ready = crate::time::micros();
+    log::info!(
+        "boot: {} us to the main loop, devices found in {} us, initialised in {} us, appliance up in {} us",
+        started,
+        found.saturating_sub(started),
+        initialised.saturating_sub(found),
+        ready.saturating_sub(initialised),
+    );
+    if let Some((hz, source)) = refined.tsc {
+        log::info!(
+            "tsc {} kHz ({source}, measured over the bring-up)",
+            hz / 1000
+        );
+    }
+    match refined.apic_timer_hz {
+        Some(hz) => log::info!("wake-up timer: local APIC, {} kHz", hz / 1000),
+        None => log::warn!("wake-up timer: PIT (no usable local APIC timer)"),
+    }
     log::info!(
         "weft ready: {} ms after boot, heap {} KiB used (peak {} KiB) of {} KiB",
         crate::time::micros() / 1000,
@@ -121,23 +166,34 @@ pub fn run(cmdline: String) -> ! {
             out.clear();
         }
         let delay = appliance.poll(now, &mut uplink, &mut link);
+        uplink.flush();
+        link.flush();
         if busy || control.has_pending_output() || delay == Some(Duration::ZERO) {
             continue;
         }
-        sleep(delay.unwrap_or(MAX_SLEEP).min(MAX_SLEEP));
+        let cap = if apic::timer_ready() {
+            MAX_SLEEP
+        } else {
+            MAX_PIT_SLEEP
+        };
+        sleep(delay.unwrap_or(cap).min(cap));
     }
 }
 
-/// Halts until an interrupt, with the PIT armed for `delay`. Interrupts that arrived since
-/// the loop last looked cancel the sleep.
+/// Halts until an interrupt, with the wake-up timer armed for `delay`. Interrupts that
+/// arrived since the loop last looked cancel the sleep.
 fn sleep(delay: Duration) {
     x86_64::instructions::interrupts::disable();
     if cpu::IRQ_PENDING.load(Ordering::SeqCst) != 0 {
         x86_64::instructions::interrupts::enable();
         return;
     }
-    let ticks = delay.total_micros() * pit::PIT_HZ / 1_000_000;
-    pit::one_shot(ticks.max(1));
+    let micros = delay.total_micros().max(1);
+    if apic::timer_ready() {
+        apic::one_shot(micros);
+    } else {
+        pit::one_shot(micros * pit::PIT_HZ / 1_000_000);
+    }
     // `sti; hlt` is atomic: an interrupt between the check and the halt still wakes us.
     x86_64::instructions::interrupts::enable_and_hlt();
 }

@@ -1,8 +1,9 @@
 //! CPU tables: the GDT with a TSS (a separate stack for double faults), the IDT with a
 //! handler for every architecturally defined exception (each prints vector, error code and
 //! RIP to the serial port and stops the machine: never a silent triple fault), and the
-//! legacy 8259 PIC for the timer and device interrupt lines. IRQ handlers only set bits in
-//! `IRQ_PENDING` and mask their line; the main loop does the work and unmasks.
+//! legacy 8259 PIC for the device interrupt lines (and the PIT where there is no APIC
+//! timer). IRQ handlers only set bits in `IRQ_PENDING` (bit 0: a timer fired) and mask
+//! their line; the main loop does the work and unmasks.
 
 use core::sync::atomic::{AtomicU16, Ordering};
 use pic8259::ChainedPics;
@@ -119,6 +120,12 @@ fn irq(line: u8) {
         // SAFETY: acknowledges the interrupt being handled.
         unsafe { pics.notify_end_of_interrupt(PIC_BASE + line) };
     }
+}
+
+/// The local APIC timer: the same "timer fired" bit as the PIT's IRQ 0.
+extern "x86-interrupt" fn apic_timer(_frame: InterruptStackFrame) {
+    IRQ_PENDING.fetch_or(1, Ordering::SeqCst);
+    crate::arch::apic::end_of_interrupt();
 }
 
 macro_rules! irq_handlers {
@@ -304,5 +311,6 @@ fn build_idt() -> InterruptDescriptorTable {
     for (line, handler) in IRQ_HANDLERS.iter().enumerate() {
         idt[PIC_BASE + line as u8].set_handler_fn(*handler);
     }
+    idt[crate::arch::apic::TIMER_VECTOR].set_handler_fn(apic_timer);
     idt
 }

@@ -1,8 +1,9 @@
 //! The 8254 programmable interval timer on channel 0 (ports 0x40/0x43, IRQ 0), which
 //! every PC-compatible machine with a PIT has (q35, microvm, Firecracker; channel 2's
-//! gate at port 0x61 is missing on microvm, so it is never used). It serves twice: once
-//! at boot as a free-running counter that the TSC is calibrated against, then as the
-//! one-shot wake-up timer of the idle main loop (mode 0).
+//! gate at port 0x61 is missing on microvm, so it is never used). It serves twice: at
+//! boot as a free-running counter that the TSC is calibrated against (briefly at entry,
+//! then over the whole device bring-up), then as the one-shot wake-up timer of the idle
+//! main loop (mode 0).
 
 use x86_64::instructions::port::Port;
 
@@ -40,34 +41,104 @@ fn sample() -> (u16, u64, u64) {
     (count, before, rdtsc())
 }
 
-/// The TSC frequency in Hz, measured against channel 0 running free for about `ms`
-/// milliseconds, with the error bound of the measurement in parts per million (the
-/// time the two counter reads took, over the interval).
-pub fn calibrate_tsc(ms: u64) -> (u64, u64) {
+/// A reading of channel 0 running free: its count and the TSC around the read.
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    count: u16,
+    before: u64,
+    after: u64,
+}
+
+impl Mark {
+    /// The tightest of a few readings: a reading whose bracket holds a host preemption
+    /// (a loaded machine, TCG translating new code) would spoil the measurement.
+    fn take() -> Mark {
+        let mut best: Option<Mark> = None;
+        for _ in 0..3 {
+            let (count, before, after) = sample();
+            let mark = Mark {
+                count,
+                before,
+                after,
+            };
+            if best.is_none_or(|b| mark.width() < b.width()) {
+                best = Some(mark);
+            }
+        }
+        best.unwrap_or(Mark {
+            count: 0,
+            before: 0,
+            after: 0,
+        })
+    }
+
+    fn width(&self) -> u64 {
+        self.after.saturating_sub(self.before)
+    }
+
+    fn tsc(&self) -> u64 {
+        self.before / 2 + self.after / 2
+    }
+}
+
+/// Starts channel 0 counting down freely (mode 2, period 65536 ticks, ~54.9 ms) and
+/// returns the first reading. IRQ 0 stays masked at the PIC until the main loop enables
+/// it (and reprograms the channel as its one-shot timer).
+pub fn start_free_running() -> Mark {
     let mut cmd: Port<u8> = Port::new(COMMAND);
     let mut ch0: Port<u8> = Port::new(CH0_DATA);
-    // SAFETY: as in `sample`; mode 2 with a reload of 0 (65536) counts down forever. IRQ 0
-    // is masked at the PIC until the main loop enables it (and reprograms the channel).
+    // SAFETY: ports 0x40/0x43 are PIT channel 0 command/data; a reload of 0 means 65536.
     unsafe {
         cmd.write(CH0_RATE);
         ch0.write(0);
         ch0.write(0);
     }
-    let target = (PIT_HZ * ms / 1000).clamp(1, MAX_TICKS / 2);
     // The first read after programming may see the count before it was loaded.
     let _ = sample();
-    let (c0, b0, a0) = sample();
-    loop {
-        let (c1, b1, a1) = sample();
-        let ticks = u64::from(c0.wrapping_sub(c1));
-        if ticks >= target {
-            let tsc = (b1 + a1) / 2 - (b0 + a0) / 2;
-            let hz = tsc * PIT_HZ / ticks;
-            let uncertainty = (a0 - b0) + (a1 - b1);
-            return (hz, uncertainty * 1_000_000 / tsc.max(1));
-        }
-        core::hint::spin_loop();
+    Mark::take()
+}
+
+/// The TSC frequency in Hz between `start` and now, with the error bound of the
+/// measurement in parts per million (the time the counter reads took, over the
+/// interval). None once the counter may have wrapped (more than `MAX_TICKS / 2` ticks
+/// by the TSC at `estimate_hz`) or before `min_ticks` have passed.
+pub fn tsc_hz_since(start: Mark, min_ticks: u64, estimate_hz: u64) -> Option<(u64, u64)> {
+    let now = Mark::take();
+    let tsc = now.tsc().saturating_sub(start.tsc());
+    if estimate_hz != 0 && tsc > estimate_hz / PIT_HZ * (MAX_TICKS / 2) {
+        return None;
     }
+    let ticks = u64::from(start.count.wrapping_sub(now.count));
+    if ticks < min_ticks.max(1) {
+        return None;
+    }
+    let uncertainty = start.width() + now.width();
+    Some((tsc * PIT_HZ / ticks, uncertainty * 1_000_000 / tsc.max(1)))
+}
+
+/// Measures for `ms` milliseconds of channel 0 from `start` and returns the TSC
+/// frequency and its error bound (see [`tsc_hz_since`]); if that bound exceeds
+/// `max_ppm`, measures again from a fresh start, up to a few times (the best is kept).
+pub fn calibrate_from(start: Mark, ms: u64, max_ppm: u64) -> (u64, u64) {
+    let target = (PIT_HZ * ms / 1000).clamp(1, MAX_TICKS / 2);
+    let mut start = start;
+    let mut best: Option<(u64, u64)> = None;
+    for _ in 0..4 {
+        let found = loop {
+            if let Some(found) = tsc_hz_since(start, target, 0) {
+                break found;
+            }
+            core::hint::spin_loop();
+        };
+        if best.is_none_or(|(_, ppm)| found.1 < ppm) {
+            best = Some(found);
+        }
+        if found.1 <= max_ppm {
+            break;
+        }
+        start = Mark::take();
+    }
+    best.unwrap_or((0, u64::MAX))
 }
 
 /// Arms channel 0 to raise IRQ 0 once after `ticks` PIT ticks (clamped to 1..=MAX_TICKS).
