@@ -214,10 +214,11 @@ impl Machine {
         }
     }
 
-    /// The `-machine` argument.
-    fn arg(self) -> &'static str {
+    /// The `-machine` argument; `acpi` matters on microvm only.
+    fn arg(self, acpi: bool) -> &'static str {
         match self {
             Machine::Q35 => "q35",
+            Machine::Microvm if acpi => "microvm",
             // No ACPI: the devices come on the kernel command line (auto-kernel-cmdline).
             Machine::Microvm => "microvm,acpi=off",
         }
@@ -262,6 +263,9 @@ pub enum Serial {
 pub struct QemuConfig {
     pub qemu: PathBuf,
     pub machine: Machine,
+    /// microvm with ACPI tables (off for weft, which reads its devices from the command
+    /// line; on for a Linux kernel built without VIRTIO_MMIO_CMDLINE_DEVICES, as Debian's).
+    pub microvm_acpi: bool,
     pub kernel: PathBuf,
     pub memory: MemoryMib,
     pub accel: Accel,
@@ -282,6 +286,7 @@ impl QemuConfig {
         QemuConfig {
             qemu: PathBuf::from(QEMU_BINARY),
             machine: Machine::Q35,
+            microvm_acpi: false,
             kernel,
             memory: MemoryMib(128),
             accel: Accel::Tcg,
@@ -301,7 +306,7 @@ impl QemuConfig {
         let mut push = |s: &str| a.push(OsString::from(s));
         for s in [
             "-machine",
-            self.machine.arg(),
+            self.machine.arg(self.microvm_acpi),
             "-accel",
             self.accel.as_str(),
             "-cpu",

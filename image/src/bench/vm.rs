@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::refvm::{RefJob, RefVm, FAILED_MARKER, READY_MARKER};
 use crate::control::Client;
 use crate::netns::{PeerAddresses, Topology, TopologyNames};
-use crate::qemu::{Accel, MacAddr, MemoryMib, Nic, Qemu, QemuConfig, Serial};
+use crate::qemu::{Accel, MacAddr, Machine, MemoryMib, Nic, Qemu, QemuConfig, Serial};
 
 /// Which appliance serves a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +135,18 @@ impl Host {
         memory: MemoryMib,
         job: &RefJob,
     ) -> Result<&Vm> {
+        self.boot_on(Machine::Q35, kind, images, memory, job)
+    }
+
+    /// [`Host::boot`] on a given QEMU machine.
+    pub fn boot_on(
+        &mut self,
+        machine: Machine,
+        kind: Kind,
+        images: &Images,
+        memory: MemoryMib,
+        job: &RefJob,
+    ) -> Result<&Vm> {
         let control = self.dir.join("control.sock");
         let serial = self.dir.join("serial.log");
         let qemu_log = self.dir.join("qemu.log");
@@ -149,12 +161,14 @@ impl Host {
             Nic::tap(&n.link_tap),
             control.clone(),
         );
+        cfg.machine = machine;
         cfg.memory = memory;
         cfg.accel = images.accel;
         cfg.serial = Serial::File(serial.clone());
         cfg.netns = Some(n.hv_ns.clone());
         cfg.log = Some(qemu_log.clone());
         if kind == Kind::Linux {
+            cfg.microvm_acpi = true;
             cfg.qemu = images.linux.qemu_wrapper.clone();
             cfg.append = job.cmdline(cfg.uplink.mac, cfg.link.mac);
         }
