@@ -54,6 +54,8 @@ pub enum Source {
     CrystalLeaf,
     /// Measured against the PIT, with its error bound in ppm.
     Pit { ppm: u64 },
+    /// No CPUID leaf and no PIT: CPUID 0x16's base frequency, or 2 GHz. Timers run wrong.
+    Guess,
 }
 
 impl core::fmt::Display for Source {
@@ -62,7 +64,22 @@ impl core::fmt::Display for Source {
             Source::HypervisorLeaf => f.write_str("CPUID 0x40000010"),
             Source::CrystalLeaf => f.write_str("CPUID 0x15"),
             Source::Pit { ppm } => write!(f, "PIT, +-{ppm} ppm"),
+            Source::Guess => f.write_str("a GUESS: no CPUID leaf, no PIT"),
         }
+    }
+}
+
+/// CPUID 0x16's base frequency (MHz), or 2 GHz.
+fn guess() -> u64 {
+    let base_mhz = if cpuid(0).eax >= 0x16 {
+        u64::from(cpuid(0x16).eax & 0xffff)
+    } else {
+        0
+    };
+    if base_mhz == 0 {
+        2_000_000_000
+    } else {
+        base_mhz * 1_000_000
     }
 }
 
@@ -94,10 +111,13 @@ pub fn init() -> (u64, Source) {
     TSC_BOOT.store(if entry == 0 { rdtsc() } else { entry }, Ordering::Relaxed);
     let (hz, source) = from_cpuid().unwrap_or_else(|| {
         let start = crate::arch::pit::start_free_running();
-        *PIT_START.lock() = Some(start);
-        let (hz, ppm) =
-            crate::arch::pit::calibrate_from(start, FIRST_CALIBRATION_MS, FIRST_MAX_PPM);
-        (hz, Source::Pit { ppm })
+        match crate::arch::pit::calibrate_from(start, FIRST_CALIBRATION_MS, FIRST_MAX_PPM) {
+            Some((hz, ppm)) => {
+                *PIT_START.lock() = Some(start);
+                (hz, Source::Pit { ppm })
+            }
+            None => (guess(), Source::Guess),
+        }
     });
     let hz = hz.max(1_000_000);
     TSC_BASE.store(TSC_BOOT.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -123,10 +143,11 @@ pub fn refine() -> Refined {
         let min_ticks = crate::arch::pit::PIT_HZ * REFINED_CALIBRATION_MS / 1000;
         let (hz, ppm) = crate::arch::pit::tsc_hz_since(start, min_ticks, estimate)
             .filter(|(_, ppm)| *ppm <= REFINED_MAX_PPM)
-            .unwrap_or_else(|| {
+            .or_else(|| {
                 let again = crate::arch::pit::start_free_running();
                 crate::arch::pit::calibrate_from(again, REFINED_CALIBRATION_MS, REFINED_MAX_PPM)
-            });
+            })
+            .unwrap_or((estimate, u64::MAX));
         let hz = hz.max(1_000_000);
         set_hz(hz);
         (hz, Source::Pit { ppm })

@@ -119,14 +119,24 @@ pub fn tsc_hz_since(start: Mark, min_ticks: u64, estimate_hz: u64) -> Option<(u6
 /// Measures for `ms` milliseconds of channel 0 from `start` and returns the TSC
 /// frequency and its error bound (see [`tsc_hz_since`]); if that bound exceeds
 /// `max_ppm`, measures again from a fresh start, up to a few times (the best is kept).
-pub fn calibrate_from(start: Mark, ms: u64, max_ppm: u64) -> (u64, u64) {
+/// None if channel 0 does not count (a machine without a PIT, e.g. Cloud Hypervisor).
+pub fn calibrate_from(start: Mark, ms: u64, max_ppm: u64) -> Option<(u64, u64)> {
+    /// Readings without the count moving after which there is no PIT.
+    const STILL_LIMIT: u32 = 1000;
     let target = (PIT_HZ * ms / 1000).clamp(1, MAX_TICKS / 2);
     let mut start = start;
     let mut best: Option<(u64, u64)> = None;
     for _ in 0..4 {
+        let mut still = 0;
         let found = loop {
             if let Some(found) = tsc_hz_since(start, target, 0) {
                 break found;
+            }
+            if Mark::take().count == start.count {
+                still += 1;
+                if still > STILL_LIMIT {
+                    return best;
+                }
             }
             core::hint::spin_loop();
         };
@@ -138,7 +148,7 @@ pub fn calibrate_from(start: Mark, ms: u64, max_ppm: u64) -> (u64, u64) {
         }
         start = Mark::take();
     }
-    best.unwrap_or((0, u64::MAX))
+    best
 }
 
 /// Arms channel 0 to raise IRQ 0 once after `ticks` PIT ticks (clamped to 1..=MAX_TICKS).
