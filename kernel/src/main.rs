@@ -12,6 +12,7 @@ mod console;
 mod mainloop;
 mod mem;
 mod mmio;
+mod msix;
 mod pci;
 mod pvh;
 mod rtc;

@@ -6,6 +6,7 @@
 use crate::arch::{apic, cpu, pit};
 use crate::virtio::console::{ControlConsole, Event};
 use crate::virtio::net::NetPort;
+use crate::virtio::Location;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
@@ -23,7 +24,6 @@ pub fn run(cmdline: String) -> ! {
     let started = crate::time::micros();
     let mut nics = Vec::new();
     let mut control = None;
-    let mut irq_lines = Vec::new();
     let devices = crate::virtio::discover(&cmdline);
     let found = crate::time::micros();
     for dev in devices {
@@ -41,9 +41,6 @@ pub fn run(cmdline: String) -> ! {
                 log::info!("{at}: ignoring virtio {other:?}");
                 continue;
             }
-        }
-        if (1..16).contains(&dev.irq) && !irq_lines.contains(&dev.irq) {
-            irq_lines.push(dev.irq);
         }
     }
     if nics.len() < 2 {
@@ -81,12 +78,36 @@ pub fn run(cmdline: String) -> ! {
         }
     }
 
+    // virtio-pci devices signal by MSI-X where they can; the rest keep their INTx line.
+    let mut intx_lines = Vec::new();
+    let mut on_msix = 0;
+    for (name, at, irq) in [
+        ("uplink", uplink_at, uplink_irq),
+        ("link", link_at, link_irq),
+        ("control", control_at, control_irq),
+    ] {
+        let routed = match at {
+            Location::Pci(df) if apic::present() => crate::msix::route(df, cpu::MSI_VECTOR)
+                .map_err(|e| log::warn!("{name}: {at}: staying on INTx: {e}"))
+                .is_ok(),
+            _ => false,
+        };
+        if routed {
+            on_msix += 1;
+        } else if (1..16).contains(&irq) && !intx_lines.contains(&irq) {
+            intx_lines.push(irq);
+        }
+    }
+    if on_msix > 0 {
+        log::info!("interrupts: MSI-X for {on_msix} virtio-pci devices");
+    }
+
     let refined = crate::time::refine();
     if !apic::timer_ready() {
         // No APIC timer: the PIT wakes the idle loop (IRQ 0), at most every 55 ms.
         cpu::enable_irq(0);
     }
-    for &line in &irq_lines {
+    for &line in &intx_lines {
         cpu::enable_irq(line);
     }
     x86_64::instructions::interrupts::enable();
@@ -141,7 +162,8 @@ pub fn run(cmdline: String) -> ! {
     loop {
         // Ack first, then poll: a device that gets new work after its ack raises its line again.
         let pending = cpu::IRQ_PENDING.swap(0, Ordering::SeqCst);
-        if pending & !1 != 0 {
+        // INTx lines (not the timer, not MSI-X): read each device's ISR, unmask.
+        if pending & !(1 | cpu::MSI_PENDING) != 0 {
             uplink.ack_interrupt();
             link.ack_interrupt();
             control.ack_interrupt();

@@ -75,6 +75,11 @@ pub fn init_virtual_wire() {
     BASE.store(base, Ordering::SeqCst);
 }
 
+/// Whether the local APIC is in use (xAPIC mode, identity mapped): MSIs can reach it.
+pub fn present() -> bool {
+    BASE.load(Ordering::SeqCst) != 0
+}
+
 /// A reading of the timer counting down from its start, with the TSC.
 #[derive(Clone, Copy, Debug)]
 pub struct TimerMark {

@@ -5,7 +5,7 @@
 //! timer). IRQ handlers only set bits in `IRQ_PENDING` (bit 0: a timer fired) and mask
 //! their line; the main loop does the work and unmasks.
 
-use core::sync::atomic::{AtomicU16, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use pic8259::ChainedPics;
 use spin::{Mutex, Once};
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
@@ -19,8 +19,13 @@ use x86_64::VirtAddr;
 pub const PIC_BASE: u8 = 32;
 const DOUBLE_FAULT_IST: u16 = 0;
 
-/// One bit per IRQ line that fired since the main loop last looked.
-pub static IRQ_PENDING: AtomicU16 = AtomicU16::new(0);
+/// One bit per IRQ line that fired since the main loop last looked (bits 0..16, bit 0
+/// also for the APIC timer), and [`MSI_PENDING`] for a message-signalled interrupt.
+pub static IRQ_PENDING: AtomicU32 = AtomicU32::new(0);
+/// The `IRQ_PENDING` bit of the MSI-X vector (all virtio-pci devices share it).
+pub const MSI_PENDING: u32 = 1 << 16;
+/// The vector MSI-X devices signal (above the PIC's and the APIC timer's).
+pub const MSI_VECTOR: u8 = 49;
 /// Lines the main loop wants enabled.
 static IRQ_ENABLED: AtomicU16 = AtomicU16::new(0);
 
@@ -90,7 +95,7 @@ pub fn unmask_enabled() {
 }
 
 fn write_masks() {
-    let enabled = IRQ_ENABLED.load(Ordering::SeqCst) & !IRQ_PENDING.load(Ordering::SeqCst);
+    let enabled = IRQ_ENABLED.load(Ordering::SeqCst) & !(IRQ_PENDING.load(Ordering::SeqCst) as u16);
     let enabled = enabled | (IRQ_ENABLED.load(Ordering::SeqCst) & (1 << 2));
     x86_64::instructions::interrupts::without_interrupts(|| {
         // SAFETY: writing the PIC mask registers only changes which lines interrupt us.
@@ -105,7 +110,8 @@ fn irq(line: u8) {
     IRQ_PENDING.fetch_or(1 << line, Ordering::SeqCst);
     if line != 0 {
         // Level-triggered device line: keep it masked until the device is acked.
-        let enabled = IRQ_ENABLED.load(Ordering::SeqCst) & !IRQ_PENDING.load(Ordering::SeqCst);
+        let enabled =
+            IRQ_ENABLED.load(Ordering::SeqCst) & !(IRQ_PENDING.load(Ordering::SeqCst) as u16);
         let enabled = enabled | (IRQ_ENABLED.load(Ordering::SeqCst) & (1 << 2));
         if let Some(mut pics) = PICS.try_lock() {
             // SAFETY: as in write_masks; then end-of-interrupt for this vector.
@@ -120,6 +126,12 @@ fn irq(line: u8) {
         // SAFETY: acknowledges the interrupt being handled.
         unsafe { pics.notify_end_of_interrupt(PIC_BASE + line) };
     }
+}
+
+/// A virtio-pci device's MSI-X message: the main loop polls every device anyway.
+extern "x86-interrupt" fn msi(_frame: InterruptStackFrame) {
+    IRQ_PENDING.fetch_or(MSI_PENDING, Ordering::SeqCst);
+    crate::arch::apic::end_of_interrupt();
 }
 
 /// The local APIC timer: the same "timer fired" bit as the PIT's IRQ 0.
@@ -312,5 +324,6 @@ fn build_idt() -> InterruptDescriptorTable {
         idt[PIC_BASE + line as u8].set_handler_fn(*handler);
     }
     idt[crate::arch::apic::TIMER_VECTOR].set_handler_fn(apic_timer);
+    idt[MSI_VECTOR].set_handler_fn(msi);
     idt
 }
