@@ -6,6 +6,7 @@
 //! segment of a host), through `wire`'s views; it never reads a clock and never blocks:
 //! ports hand over what they have, time comes in as an argument.
 
+pub mod capture;
 pub mod counters;
 pub mod datapath;
 pub mod netstack;

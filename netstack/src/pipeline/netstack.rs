@@ -10,6 +10,7 @@ use core::cell::RefCell;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
 
+use super::capture::{CapturePort, CaptureTap};
 use super::counters::NicCounters;
 use super::datapath::{OverlayPath, RouterHook};
 use super::nic::Nic;
@@ -36,6 +37,8 @@ pub struct Netstack {
     router: Option<Router>,
     /// Performs the router's load-balancer health checks on the NICs' sockets.
     health: HealthRunner,
+    /// The running captures (`capture.rs`); idle, it costs the poll one check.
+    capture: CaptureTap,
 }
 
 impl Netstack {
@@ -53,6 +56,7 @@ impl Netstack {
             overlay: None,
             router: None,
             health: HealthRunner::new(),
+            capture: CaptureTap::default(),
         }
     }
 
@@ -125,8 +129,57 @@ impl Netstack {
         self.nic_mut(id).iface.set_address(address);
     }
 
+    /// The running captures.
+    pub fn capture(&self) -> &CaptureTap {
+        &self.capture
+    }
+
+    pub fn capture_mut(&mut self) -> &mut CaptureTap {
+        &mut self.capture
+    }
+
     /// Drain each port (at most `RX_BATCH` frames), let smoltcp answer, transmit its output.
+    /// While captures run, the ports of the NICs they watch copy their frames into them
+    /// on the way, and the overlay stages the inner frames of the networks they watch.
     pub fn poll(&mut self, now: Instant, uplink: &mut dyn Port, link: &mut dyn Port) -> PollResult {
+        if self.capture.is_idle() {
+            if let Some(path) = self.overlay.as_mut() {
+                path.inner_tap_mut().clear();
+            }
+            return self.poll_ports(now, uplink, link);
+        }
+        let tap = RefCell::new(core::mem::take(&mut self.capture));
+        if let Some(path) = self.overlay.as_mut() {
+            path.inner_tap_mut().set_watch(tap.borrow().networks());
+        }
+        let result = {
+            let mut up = CapturePort {
+                inner: uplink,
+                nic: NicId::Uplink,
+                tap: &tap,
+                now,
+            };
+            let mut lk = CapturePort {
+                inner: link,
+                nic: NicId::Link,
+                tap: &tap,
+                now,
+            };
+            self.poll_ports(now, &mut up, &mut lk)
+        };
+        self.capture = tap.into_inner();
+        if let Some(path) = self.overlay.as_mut() {
+            self.capture.take_staged(now, path.inner_tap_mut());
+        }
+        result
+    }
+
+    fn poll_ports(
+        &mut self,
+        now: Instant,
+        uplink: &mut dyn Port,
+        link: &mut dyn Port,
+    ) -> PollResult {
         let ifs = self.interfaces();
         let mut router_at = None;
         let mut checks_sent = false;

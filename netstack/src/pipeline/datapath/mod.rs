@@ -27,6 +27,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
 
 use crate::base::{VlanId, Vni};
+use crate::pipeline::capture::InnerTap;
 use crate::stage::overlay::config::{NetworkConfig, PeerConfig};
 use crate::stage::overlay::{Overlay, OverlayError};
 use crate::table::fdb::Location;
@@ -51,6 +52,8 @@ pub struct OverlayPath {
     replies: ReplyRoutes,
     next_age: Option<Instant>,
     counters: DatapathCounters,
+    /// Inner frames of the networks a capture watches, staged for it during a poll.
+    inner_tap: InnerTap,
 }
 
 impl OverlayPath {
@@ -71,6 +74,7 @@ impl OverlayPath {
             replies: ReplyRoutes::default(),
             next_age: None,
             counters: DatapathCounters::default(),
+            inner_tap: InnerTap::default(),
         };
         let vnis: Vec<Vni> = path.overlay.networks().map(|(v, _, _)| v).collect();
         for vni in vnis {
@@ -86,6 +90,10 @@ impl OverlayPath {
 
     pub fn counters(&self) -> DatapathCounters {
         self.counters
+    }
+
+    pub(crate) fn inner_tap_mut(&mut self) -> &mut InnerTap {
+        &mut self.inner_tap
     }
 
     pub fn neighbors(&self) -> &UnderlayNeighbors {

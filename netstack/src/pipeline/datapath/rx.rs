@@ -127,6 +127,7 @@ impl OverlayPath {
                 }
             }
             (OverlayVerdict::Forward(outs), Some(vni)) => {
+                self.stage_delivered(vni, &outs);
                 self.emit(vni, outs, link_iface, out, Origin::Remote, hook)
             }
             // Counted by the overlay.
@@ -158,6 +159,9 @@ impl OverlayPath {
             Tag::Vlan(v) => self.by_tag.get(&Some(v)),
             Tag::Reserved => None,
         };
+        if let Some(&vni) = vni {
+            self.inner_tap.stage(vni, inner.as_ref());
+        }
         match (vni.copied(), tag) {
             (Some(vni), _) => match self.overlay.rx_link(now, vni, inner.as_ref()) {
                 OverlayVerdict::Forward(outs) => {
@@ -231,6 +235,7 @@ impl OverlayPath {
         out: &mut Outbox,
         hook: Option<&RouterHook>,
     ) {
+        self.inner_tap.stage(vni, frame);
         match self.overlay.rx_appliance(now, vni, frame) {
             OverlayVerdict::Forward(outs) => {
                 self.emit(vni, outs, link_iface, out, Origin::Local, hook)
@@ -244,6 +249,21 @@ impl OverlayPath {
                 hook,
             ),
             OverlayVerdict::Drop(_) => {}
+        }
+    }
+
+    /// Stages for the captures what a peer delivered into network `vni`: each inner
+    /// frame once (the copies of a flood to the link and the appliance are one frame).
+    fn stage_delivered(&mut self, vni: Vni, outs: &[Output]) {
+        if !self.inner_tap.watches(vni) {
+            return;
+        }
+        let mut last: Option<&[u8]> = None;
+        for (_, frame) in outs {
+            if last != Some(frame.as_slice()) {
+                self.inner_tap.stage(vni, frame);
+            }
+            last = Some(frame);
         }
     }
 

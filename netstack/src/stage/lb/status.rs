@@ -26,11 +26,16 @@ pub struct BackendStatus {
     /// service has no `health` table.
     pub checks_ok: u64,
     pub checks_failed: u64,
+    /// Flows open to it now (filled in by the NAT, which holds the flow table).
+    pub connections: u64,
 }
 
 /// A service's line in `status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServiceStatus {
+    /// The service's mark on its flows in the flow table.
+    #[serde(skip)]
+    pub tag: u32,
     pub name: String,
     pub vip: Option<Ipv4Address>,
     pub proto: Transport,
@@ -47,6 +52,7 @@ impl LoadBalancer {
             .map(|s| {
                 let shares = s.table.shares();
                 ServiceStatus {
+                    tag: s.tag,
                     name: s.config.name.clone(),
                     vip: s.config.vip,
                     proto: s.config.proto,
@@ -69,6 +75,7 @@ impl LoadBalancer {
                                     .map_or(0, |&(_, n)| n),
                                 checks_ok: checked.map_or(0, |c| c.checks_ok),
                                 checks_failed: checked.map_or(0, |c| c.checks_failed),
+                                connections: 0,
                             }
                         })
                         .collect(),

@@ -27,7 +27,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::Ipv4Address;
 
 use crate::base::{Endpoint, NicId, Transport};
-use crate::stage::lb::{LbError, LoadBalancer};
+use crate::stage::lb::{LbError, LoadBalancer, ServiceStatus};
 use crate::table::conntrack::{self, Conntrack, Flow, FlowFilter, FlowInfo};
 use crate::table::snat::SnatPorts;
 pub use config::NatConfig;
@@ -175,6 +175,26 @@ impl Nat {
         let maps = &mut self.maps;
         self.ct
             .remove_where(remove, &mut |f: &Flow| maps.release_flow(f))
+    }
+
+    /// The load balancer's `status`, each backend with the flows open to it now (one
+    /// pass over the flow table).
+    pub fn services_status(&self) -> Vec<ServiceStatus> {
+        let mut services = self.lb.status();
+        if services.is_empty() {
+            return services;
+        }
+        let mut open: BTreeMap<(u32, Endpoint), u64> = BTreeMap::new();
+        for (_, f) in self.ct.iter().filter(|(_, f)| f.tag() != 0) {
+            *open.entry((f.tag(), f.reply().src)).or_default() += 1;
+        }
+        for s in &mut services {
+            for b in &mut s.backends {
+                let e = Endpoint::new(b.address, b.port);
+                b.connections = open.get(&(s.tag, e)).copied().unwrap_or(0);
+            }
+        }
+        services
     }
 
     /// Counters for `status`.

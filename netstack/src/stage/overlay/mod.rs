@@ -39,7 +39,10 @@ use config::{AddressKind, ConfigError, EncapMode, GridConfig, OverlayConfig};
 pub use counters::{NetworkCounters, OverlayDrop, OverlayDrops, PeerCounters};
 use encap::PendingSeal;
 use sleeve_link::SleeveLink;
-pub use status::{ArpEntryStatus, FdbEntryStatus, NetworkStatus, OverlayStatus, PeerStatus};
+pub use status::{
+    ArpEntryStatus, FdbEntryStatus, NetworkStatus, OverlayStatus, PeerSleeveRefused,
+    PeerSleeveStatus, PeerStatus,
+};
 
 /// Where a frame leaves the appliance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -197,6 +197,11 @@ impl SleeveLink {
         self.sleeve.metrics()
     }
 
+    /// The session with peer `node`, once it is a sleeve peer.
+    pub fn session(&self, node: NodeId) -> Option<&crate::stage::sleeve::Session> {
+        self.sleeve.peer(node)
+    }
+
     pub fn next_session(&self) -> Option<SessionId> {
         self.sleeve.next_session()
     }

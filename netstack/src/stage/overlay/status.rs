@@ -71,6 +71,38 @@ pub struct PeerStatus {
     pub networks: Vec<Vni>,
     pub neighbor: Option<Mac>,
     pub counters: PeerCounters,
+    /// The sleeve session with the peer, when the grid has a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleeve: Option<PeerSleeveStatus>,
+}
+
+/// One peer's sleeve session: its epochs and what it refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSleeveStatus {
+    /// The epoch this node seals under (none before the first message).
+    pub tx_epoch: Option<u32>,
+    /// The peer's epoch this node opens under (none before the first message).
+    pub rx_epoch: Option<u32>,
+    /// Sending epochs started after the first.
+    pub rekeys: u64,
+    /// Newer receiving epochs installed.
+    pub rx_epochs_installed: u64,
+    /// New sessions of the peer adopted (it restarted).
+    pub rx_sessions_adopted: u64,
+    /// The peer's messages refused, by reason.
+    pub refused: PeerSleeveRefused,
+}
+
+/// A peer's sleeve messages refused after its session was found, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSleeveRefused {
+    pub stale_session: u64,
+    pub unknown_epoch: u64,
+    pub key_unavailable: u64,
+    pub replayed: u64,
+    pub too_old: u64,
+    pub auth_failed: u64,
+    pub malformed: u64,
 }
 
 impl Overlay {
@@ -137,6 +169,29 @@ impl Overlay {
                     networks: p.networks.iter().copied().collect(),
                     neighbor: p.neighbor.map(Mac),
                     counters: p.counters,
+                    sleeve: self
+                        .sleeve
+                        .as_ref()
+                        .and_then(|l| l.session(p.node))
+                        .map(|s| {
+                            let st = s.stats();
+                            PeerSleeveStatus {
+                                tx_epoch: s.tx_epoch().map(|e| e.0),
+                                rx_epoch: s.rx_current().map(|(_, e)| e.0),
+                                rekeys: st.rekeys,
+                                rx_epochs_installed: st.rx_epochs_installed,
+                                rx_sessions_adopted: st.rx_sessions_adopted,
+                                refused: PeerSleeveRefused {
+                                    stale_session: st.refused_stale_session,
+                                    unknown_epoch: st.refused_unknown_epoch,
+                                    key_unavailable: st.refused_key_unavailable,
+                                    replayed: st.refused_replayed,
+                                    too_old: st.refused_too_old,
+                                    auth_failed: st.refused_auth_failed,
+                                    malformed: st.refused_malformed,
+                                },
+                            }
+                        }),
                 })
                 .collect(),
         }

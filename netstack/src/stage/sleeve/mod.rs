@@ -353,7 +353,11 @@ impl<K: KeySource> Sleeve<K> {
             .peers
             .get_mut(&repr.sender)
             .ok_or(OpenError::UnknownPeer)?;
-        session.open(&self.keys, datagram, now)
+        let opened = session.open(&self.keys, datagram, now);
+        if let Err(e) = &opened {
+            session.count_refused(*e);
+        }
+        opened
     }
 }
 

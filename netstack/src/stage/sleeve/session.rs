@@ -167,6 +167,36 @@ pub struct SessionStats {
     pub rx_epochs_installed: u64,
     /// New peer sessions adopted (the peer restarted).
     pub rx_sessions_adopted: u64,
+    /// Messages of this peer refused after its session was found, by reason (the
+    /// endpoint counts them all as well).
+    pub refused_stale_session: u64,
+    pub refused_unknown_epoch: u64,
+    pub refused_key_unavailable: u64,
+    pub refused_replayed: u64,
+    pub refused_too_old: u64,
+    pub refused_auth_failed: u64,
+    pub refused_malformed: u64,
+}
+
+impl SessionStats {
+    /// Counts a message of this peer refused for `reason`.
+    pub(super) fn count_refused(&mut self, reason: super::OpenError) {
+        use super::OpenError::*;
+        let c = match reason {
+            StaleSession => &mut self.refused_stale_session,
+            UnknownEpoch => &mut self.refused_unknown_epoch,
+            KeyUnavailable => &mut self.refused_key_unavailable,
+            Replayed => &mut self.refused_replayed,
+            TooOld => &mut self.refused_too_old,
+            AuthFailed => &mut self.refused_auth_failed,
+            // Broken records of an authentic message; the header's refusals come
+            // before a session is chosen and are never a session's.
+            Truncated | BadVersion | UnknownType | UnknownPeer | Malformed => {
+                &mut self.refused_malformed
+            }
+        };
+        *c += 1;
+    }
 }
 
 /// Sleeve state for one peer: both directions.
@@ -234,6 +264,10 @@ impl Session {
 
     pub fn stats(&self) -> SessionStats {
         self.stats
+    }
+
+    pub(super) fn count_refused(&mut self, reason: super::OpenError) {
+        self.stats.count_refused(reason);
     }
 
     pub fn tx_session(&self) -> SessionId {

@@ -1,0 +1,596 @@
+//! The capture tap: frames copied, as they pass the datapath's tap points, into a
+//! bounded buffer per capture, for the control protocol's `capture-*` commands. The tap
+//! points are each NIC's receive and transmit (the frames its port hands over and
+//! accepts) and each overlay network's inner frames: what enters the network's bridge
+//! from the link or the appliance before encapsulation, and what a peer delivered after
+//! decapsulation (sleeve in the clear).
+//!
+//! It owns the captures' filters, buffers and counters. It never blocks, never waits
+//! for a reader and never changes, drops or reorders a frame: a frame that does not fit
+//! its capture's buffer is counted as dropped and the datapath carries on. Records are
+//! libpcap's (a 16-byte header, little-endian, microsecond timestamps, then the bytes).
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+use smoltcp::time::Instant;
+use smoltcp::wire::EthernetAddress;
+
+use super::port::{Port, TxError};
+use crate::base::{NicId, Vni};
+
+/// Captures that may run at once.
+pub const MAX_CAPTURES: usize = 4;
+/// Bytes of a record's header before the frame's bytes.
+pub const RECORD_HEADER_LEN: usize = 16;
+/// The largest snapshot length a capture takes (libpcap's classic maximum).
+pub const MAX_SNAPLEN: u32 = 65_535;
+/// A buffer holds at least one record of this many frame bytes (or of `snaplen`, if
+/// less): the headers of an Ethernet/IPv4/TCP frame. Longer frames may not fit a tiny
+/// buffer; they are counted as dropped.
+pub const MIN_KEPT_BYTES: usize = 128;
+/// Inner frames the overlay stages for the captures in one poll; more are counted as
+/// dropped by the captures that wanted them.
+const MAX_STAGED: usize = 1024;
+
+/// Where a capture looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapPoint {
+    /// Every frame a NIC's port hands over or accepts.
+    Nic(NicId),
+    /// Every frame entering this overlay network's bridge on this node.
+    Network(Vni),
+}
+
+/// What a capture takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureSpec {
+    pub point: TapPoint,
+    /// Bytes kept of each frame (1..=`MAX_SNAPLEN`).
+    pub snaplen: u32,
+    /// Take no more frames once this many are in (or have left) the buffer.
+    pub count: Option<u64>,
+    /// Take no frames from this time on.
+    pub until: Option<Instant>,
+    /// The buffer's size: the records waiting for the reader never take more.
+    pub buffer_bytes: usize,
+    /// Microseconds added to an `Instant` to make a record's timestamp (the wall clock
+    /// at boot, when the platform knows it).
+    pub clock_offset_micros: i64,
+}
+
+/// What a capture saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureCounters {
+    /// Frames seen at the tap point while the capture was taking frames.
+    pub seen: u64,
+    /// Of those, put into the buffer.
+    pub buffered: u64,
+    /// Of those, left out: the buffer was full (the reader is behind).
+    pub dropped: u64,
+}
+
+/// Why a capture was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureError {
+    /// `MAX_CAPTURES` are running.
+    Busy,
+    /// A snapshot length of 0 or over `MAX_SNAPLEN`.
+    Snaplen(u32),
+    /// A buffer too small for one record of the snapshot length.
+    Buffer(usize),
+}
+
+impl fmt::Display for CaptureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CaptureError::Busy => write!(f, "{MAX_CAPTURES} captures are running; stop one first"),
+            CaptureError::Snaplen(n) => write!(f, "snaplen {n} is not in 1..={MAX_SNAPLEN}"),
+            CaptureError::Buffer(n) => write!(f, "a buffer of {n} bytes holds no record"),
+        }
+    }
+}
+
+impl core::error::Error for CaptureError {}
+
+#[derive(Debug)]
+struct Capture {
+    id: u32,
+    spec: CaptureSpec,
+    ring: VecDeque<u8>,
+    counters: CaptureCounters,
+}
+
+impl Capture {
+    fn taking(&self, now: Instant) -> bool {
+        self.spec.count.is_none_or(|n| self.counters.buffered < n)
+            && self.spec.until.is_none_or(|t| now < t)
+    }
+
+    /// One frame (of `orig_len` bytes, `data` its first bytes) seen at `now`.
+    fn offer(&mut self, now: Instant, data: Option<&[u8]>, orig_len: usize) {
+        if !self.taking(now) {
+            return;
+        }
+        self.counters.seen += 1;
+        let Some(data) = data else {
+            self.counters.dropped += 1;
+            return;
+        };
+        let incl = data.len().min(self.spec.snaplen as usize);
+        if self.ring.len() + RECORD_HEADER_LEN + incl > self.spec.buffer_bytes {
+            self.counters.dropped += 1;
+            return;
+        }
+        let micros = (now.total_micros() + self.spec.clock_offset_micros).max(0) as u64;
+        let fields = [
+            (micros / 1_000_000) as u32,
+            (micros % 1_000_000) as u32,
+            incl as u32,
+            orig_len.min(u32::MAX as usize) as u32,
+        ];
+        for f in fields {
+            self.ring.extend(f.to_le_bytes());
+        }
+        self.ring.extend(&data[..incl]);
+        self.counters.buffered += 1;
+    }
+
+    /// The length of the record at the head of the buffer.
+    fn head_len(&self) -> Option<usize> {
+        if self.ring.len() < RECORD_HEADER_LEN {
+            return None;
+        }
+        let incl = u32::from_le_bytes([self.ring[8], self.ring[9], self.ring[10], self.ring[11]]);
+        Some(RECORD_HEADER_LEN + incl as usize)
+    }
+}
+
+/// Every running capture. `Default` is a tap with none (the datapath's fast path).
+#[derive(Debug, Default)]
+pub struct CaptureTap {
+    captures: Vec<Capture>,
+    next_id: u32,
+}
+
+impl CaptureTap {
+    /// Starts a capture; its id names it from now on. The buffer is allocated whole.
+    pub fn start(&mut self, spec: CaptureSpec) -> Result<u32, CaptureError> {
+        if self.captures.len() >= MAX_CAPTURES {
+            return Err(CaptureError::Busy);
+        }
+        if spec.snaplen == 0 || spec.snaplen > MAX_SNAPLEN {
+            return Err(CaptureError::Snaplen(spec.snaplen));
+        }
+        if spec.buffer_bytes < RECORD_HEADER_LEN + (spec.snaplen as usize).min(MIN_KEPT_BYTES) {
+            return Err(CaptureError::Buffer(spec.buffer_bytes));
+        }
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let id = self.next_id;
+        self.captures.push(Capture {
+            id,
+            spec,
+            ring: VecDeque::with_capacity(spec.buffer_bytes),
+            counters: CaptureCounters::default(),
+        });
+        Ok(id)
+    }
+
+    /// Ends a capture: its buffer is freed. Returns its counters (what was still
+    /// buffered counts as dropped) and the bytes discarded; `None` for an unknown id.
+    pub fn stop(&mut self, id: u32) -> Option<(CaptureCounters, usize)> {
+        let i = self.captures.iter().position(|c| c.id == id)?;
+        let c = self.captures.swap_remove(i);
+        let mut counters = c.counters;
+        let mut at = 0;
+        let mut left = 0u64;
+        while at + RECORD_HEADER_LEN <= c.ring.len() {
+            let incl = u32::from_le_bytes([
+                c.ring[at + 8],
+                c.ring[at + 9],
+                c.ring[at + 10],
+                c.ring[at + 11],
+            ]);
+            at += RECORD_HEADER_LEN + incl as usize;
+            left += 1;
+        }
+        counters.buffered -= left;
+        counters.dropped += left;
+        Some((counters, c.ring.len()))
+    }
+
+    /// Ends every capture.
+    pub fn stop_all(&mut self) {
+        self.captures.clear();
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.captures.iter().map(|c| c.id)
+    }
+
+    pub fn spec(&self, id: u32) -> Option<&CaptureSpec> {
+        self.find(id).map(|c| &c.spec)
+    }
+
+    pub fn counters(&self, id: u32) -> Option<CaptureCounters> {
+        self.find(id).map(|c| c.counters)
+    }
+
+    /// Whether capture `id` still takes frames at `now` (false once its count or time
+    /// is reached, or for an unknown id).
+    pub fn is_taking(&self, id: u32, now: Instant) -> bool {
+        self.find(id).is_some_and(|c| c.taking(now))
+    }
+
+    /// Bytes of records waiting in capture `id`'s buffer.
+    pub fn buffered_bytes(&self, id: u32) -> usize {
+        self.find(id).map_or(0, |c| c.ring.len())
+    }
+
+    /// The length of the oldest record waiting in capture `id`'s buffer, header included.
+    pub fn head_len(&self, id: u32) -> Option<usize> {
+        self.find(id)?.head_len()
+    }
+
+    /// Moves whole records of capture `id` to `out`, oldest first, while they fit in
+    /// `max_bytes` (at least one, whatever its size); returns how many.
+    pub fn drain(&mut self, id: u32, max_bytes: usize, out: &mut Vec<u8>) -> usize {
+        let Some(c) = self.captures.iter_mut().find(|c| c.id == id) else {
+            return 0;
+        };
+        let mut bytes = 0;
+        let mut records = 0;
+        let mut at = 0;
+        while at + RECORD_HEADER_LEN <= c.ring.len() {
+            let incl = u32::from_le_bytes([
+                c.ring[at + 8],
+                c.ring[at + 9],
+                c.ring[at + 10],
+                c.ring[at + 11],
+            ]) as usize;
+            let len = RECORD_HEADER_LEN + incl;
+            if records > 0 && bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            at += len;
+            records += 1;
+        }
+        out.extend(c.ring.drain(..bytes));
+        debug_assert!(c.head_len().is_none_or(|l| l <= c.ring.len()));
+        records
+    }
+
+    /// No capture runs: the datapath has nothing to copy.
+    pub fn is_idle(&self) -> bool {
+        self.captures.is_empty()
+    }
+
+    /// Whether a capture looks at `point`.
+    pub fn watches(&self, point: TapPoint) -> bool {
+        self.captures.iter().any(|c| c.spec.point == point)
+    }
+
+    /// The networks captures look at, each with the largest snapshot length wanted.
+    pub fn networks(&self) -> Vec<(Vni, u32)> {
+        let mut out: Vec<(Vni, u32)> = Vec::new();
+        for c in &self.captures {
+            if let TapPoint::Network(vni) = c.spec.point {
+                match out.iter_mut().find(|(v, _)| *v == vni) {
+                    Some((_, snap)) => *snap = (*snap).max(c.spec.snaplen),
+                    None => out.push((vni, c.spec.snaplen)),
+                }
+            }
+        }
+        out
+    }
+
+    /// A frame seen at `point` at `now`: copied into every capture there.
+    pub fn offer(&mut self, point: TapPoint, now: Instant, frame: &[u8]) {
+        for c in self.captures.iter_mut().filter(|c| c.spec.point == point) {
+            c.offer(now, Some(frame), frame.len());
+        }
+    }
+
+    /// Frames the overlay staged during a poll at `now`.
+    pub(crate) fn take_staged(&mut self, now: Instant, staged: &mut InnerTap) {
+        for s in staged.staged.drain(..) {
+            for c in self
+                .captures
+                .iter_mut()
+                .filter(|c| c.spec.point == TapPoint::Network(s.vni))
+            {
+                c.offer(now, s.data.as_deref(), s.orig_len);
+            }
+        }
+    }
+
+    /// The earliest time a capture stops taking frames by its time limit.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.captures
+            .iter()
+            .filter(|c| c.taking(now))
+            .filter_map(|c| c.spec.until)
+            .min()
+    }
+
+    fn find(&self, id: u32) -> Option<&Capture> {
+        self.captures.iter().find(|c| c.id == id)
+    }
+}
+
+/// One inner frame staged by the overlay: its network, its length and its first bytes
+/// (`None`: more frames than one poll stages; counted as dropped).
+#[derive(Debug, Clone)]
+struct Staged {
+    vni: Vni,
+    orig_len: usize,
+    data: Option<Vec<u8>>,
+}
+
+/// The overlay datapath's tap: which networks are watched (set before each poll) and
+/// the inner frames staged during it (taken by the `CaptureTap` after it).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InnerTap {
+    watch: Vec<(Vni, u32)>,
+    staged: Vec<Staged>,
+}
+
+impl InnerTap {
+    pub(crate) fn set_watch(&mut self, watch: Vec<(Vni, u32)>) {
+        self.watch = watch;
+    }
+
+    /// Watches nothing more (the last capture ended).
+    pub(crate) fn clear(&mut self) {
+        if !self.watch.is_empty() || !self.staged.is_empty() {
+            self.watch.clear();
+            self.staged.clear();
+        }
+    }
+
+    pub(crate) fn watches(&self, vni: Vni) -> bool {
+        self.watch.iter().any(|(v, _)| *v == vni)
+    }
+
+    /// A frame entering network `vni`'s bridge.
+    pub(crate) fn stage(&mut self, vni: Vni, frame: &[u8]) {
+        let Some(&(_, snaplen)) = self.watch.iter().find(|(v, _)| *v == vni) else {
+            return;
+        };
+        let data = (self.staged.len() < MAX_STAGED)
+            .then(|| frame[..frame.len().min(snaplen as usize)].to_vec());
+        self.staged.push(Staged {
+            vni,
+            orig_len: frame.len(),
+            data,
+        });
+    }
+}
+
+/// A port whose frames, received and accepted for transmission, are offered to the
+/// captures of its NIC on the way.
+pub(crate) struct CapturePort<'a> {
+    pub(crate) inner: &'a mut dyn Port,
+    pub(crate) nic: NicId,
+    pub(crate) tap: &'a RefCell<CaptureTap>,
+    pub(crate) now: Instant,
+}
+
+impl Port for CapturePort<'_> {
+    fn mac(&self) -> EthernetAddress {
+        self.inner.mac()
+    }
+
+    fn receive_batch(&mut self, max: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
+        let (point, tap, now) = (TapPoint::Nic(self.nic), self.tap, self.now);
+        self.inner.receive_batch(max, &mut |frame| {
+            tap.borrow_mut().offer(point, now, frame);
+            sink(frame);
+        })
+    }
+
+    fn transmit(&mut self, frame: &[u8]) -> Result<(), TxError> {
+        self.inner.transmit(frame)?;
+        self.tap
+            .borrow_mut()
+            .offer(TapPoint::Nic(self.nic), self.now, frame);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::port::MemPort;
+
+    fn spec(point: TapPoint) -> CaptureSpec {
+        CaptureSpec {
+            point,
+            snaplen: MAX_SNAPLEN,
+            count: None,
+            until: None,
+            buffer_bytes: 1 << 16,
+            clock_offset_micros: 0,
+        }
+    }
+
+    /// (ts_micros, orig_len, bytes) of each record.
+    fn records(mut bytes: &[u8]) -> Vec<(u64, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let u = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+            let (incl, orig) = (u(8) as usize, u(12));
+            let ts = u64::from(u(0)) * 1_000_000 + u64::from(u(4));
+            out.push((ts, orig, bytes[16..16 + incl].to_vec()));
+            bytes = &bytes[16 + incl..];
+        }
+        out
+    }
+
+    const UPLINK: TapPoint = TapPoint::Nic(NicId::Uplink);
+
+    #[test]
+    fn a_capture_takes_its_points_frames_cut_to_its_snaplen_with_wall_clock_times() {
+        let mut tap = CaptureTap::default();
+        assert!(tap.is_idle());
+        let id = tap
+            .start(CaptureSpec {
+                snaplen: 4,
+                clock_offset_micros: 1_700_000_000_000_000,
+                ..spec(UPLINK)
+            })
+            .unwrap();
+        assert!(tap.watches(UPLINK) && !tap.watches(TapPoint::Nic(NicId::Link)));
+        tap.offer(UPLINK, Instant::from_micros(2_500_001), &[1; 60]);
+        tap.offer(
+            TapPoint::Nic(NicId::Link),
+            Instant::from_micros(3),
+            &[2; 60],
+        );
+        let mut out = Vec::new();
+        assert_eq!(tap.drain(id, usize::MAX, &mut out), 1);
+        assert_eq!(
+            records(&out),
+            [(1_700_000_002_500_001, 60, alloc::vec![1u8; 4])]
+        );
+        assert_eq!(
+            tap.counters(id),
+            Some(CaptureCounters {
+                seen: 1,
+                buffered: 1,
+                dropped: 0
+            })
+        );
+    }
+
+    #[test]
+    fn a_full_buffer_drops_and_counts_and_never_grows() {
+        let mut tap = CaptureTap::default();
+        let id = tap
+            .start(CaptureSpec {
+                buffer_bytes: 3 * (16 + 100),
+                ..spec(UPLINK)
+            })
+            .unwrap();
+        for i in 0..10u8 {
+            tap.offer(UPLINK, Instant::from_millis(i64::from(i)), &[i; 100]);
+        }
+        assert_eq!(tap.buffered_bytes(id), 3 * 116);
+        let c = tap.counters(id).unwrap();
+        assert_eq!((c.seen, c.buffered, c.dropped), (10, 3, 7));
+        // Draining makes room: whole records only, within the size asked for.
+        let mut out = Vec::new();
+        assert_eq!(tap.drain(id, 2 * 116 + 50, &mut out), 2);
+        assert_eq!(records(&out).len(), 2);
+        tap.offer(UPLINK, Instant::from_millis(20), &[20; 100]);
+        let (end, discarded) = tap.stop(id).unwrap();
+        // What was still buffered at the stop is dropped too.
+        assert_eq!(discarded, 2 * 116);
+        assert_eq!((end.seen, end.buffered, end.dropped), (11, 2, 9));
+        assert!(tap.is_idle());
+    }
+
+    #[test]
+    fn count_and_time_limits_end_the_taking() {
+        let mut tap = CaptureTap::default();
+        let by_count = tap
+            .start(CaptureSpec {
+                count: Some(2),
+                ..spec(UPLINK)
+            })
+            .unwrap();
+        let by_time = tap
+            .start(CaptureSpec {
+                until: Some(Instant::from_secs(5)),
+                ..spec(UPLINK)
+            })
+            .unwrap();
+        assert_eq!(
+            tap.next_deadline(Instant::ZERO),
+            Some(Instant::from_secs(5))
+        );
+        for s in 0..8 {
+            tap.offer(UPLINK, Instant::from_secs(s), &[0; 20]);
+        }
+        assert_eq!(tap.counters(by_count).unwrap().buffered, 2);
+        assert_eq!(tap.counters(by_time).unwrap().buffered, 5);
+        assert!(!tap.is_taking(by_count, Instant::from_secs(1)));
+        assert!(!tap.is_taking(by_time, Instant::from_secs(5)));
+        assert_eq!(tap.next_deadline(Instant::from_secs(5)), None);
+    }
+
+    #[test]
+    fn bad_specs_and_too_many_captures_are_refused() {
+        let mut tap = CaptureTap::default();
+        let zero = CaptureSpec {
+            snaplen: 0,
+            ..spec(UPLINK)
+        };
+        assert_eq!(tap.start(zero), Err(CaptureError::Snaplen(0)));
+        let small = CaptureSpec {
+            buffer_bytes: 100,
+            ..spec(UPLINK)
+        };
+        assert_eq!(tap.start(small), Err(CaptureError::Buffer(100)));
+        for _ in 0..MAX_CAPTURES {
+            tap.start(spec(UPLINK)).unwrap();
+        }
+        assert_eq!(tap.start(spec(UPLINK)), Err(CaptureError::Busy));
+        assert_eq!(tap.stop(12345), None);
+    }
+
+    #[test]
+    fn the_capture_port_records_what_it_moves_and_nothing_refused() {
+        let tap = RefCell::new(CaptureTap::default());
+        let id = tap
+            .borrow_mut()
+            .start(spec(TapPoint::Nic(NicId::Link)))
+            .unwrap();
+        let mut inner = MemPort::with_tx_capacity(EthernetAddress([2, 0, 0, 0, 0, 1]), 1);
+        inner.inject(&[7; 60]);
+        let mut port = CapturePort {
+            inner: &mut inner,
+            nic: NicId::Link,
+            tap: &tap,
+            now: Instant::from_millis(1),
+        };
+        let mut seen = 0;
+        assert_eq!(port.receive_batch(8, &mut |_| seen += 1), 1);
+        assert_eq!(port.transmit(&[8; 42]), Ok(()));
+        assert_eq!(port.transmit(&[9; 42]), Err(TxError::QueueFull));
+        let mut out = Vec::new();
+        tap.borrow_mut().drain(id, usize::MAX, &mut out);
+        let got: Vec<u8> = records(&out).iter().map(|r| r.2[0]).collect();
+        assert_eq!((seen, got), (1, alloc::vec![7, 8]));
+    }
+
+    #[test]
+    fn staged_inner_frames_reach_their_networks_captures_and_overflow_is_dropped() {
+        let vni = Vni::new(100).unwrap();
+        let mut tap = CaptureTap::default();
+        let id = tap
+            .start(CaptureSpec {
+                snaplen: 10,
+                ..spec(TapPoint::Network(vni))
+            })
+            .unwrap();
+        let mut inner = InnerTap::default();
+        inner.stage(vni, &[1; 50]);
+        assert!(inner.staged.is_empty(), "nothing is watched yet");
+        inner.set_watch(tap.networks());
+        for _ in 0..MAX_STAGED + 3 {
+            inner.stage(vni, &[1; 50]);
+        }
+        inner.stage(Vni::new(200).unwrap(), &[2; 50]);
+        tap.take_staged(Instant::ZERO, &mut inner);
+        let c = tap.counters(id).unwrap();
+        assert_eq!((c.seen, c.dropped), (MAX_STAGED as u64 + 3, 3));
+        let mut out = Vec::new();
+        tap.drain(id, 26, &mut out);
+        assert_eq!(records(&out), [(0, 50, alloc::vec![1u8; 10])]);
+    }
+}
