@@ -77,6 +77,9 @@ pub struct DnsStatus {
     pub tcp_open: u64,
     pub counters: DnsCounters,
     pub sockets: SocketCounters,
+    /// Each configured upstream with what it was asked and answered.
+    #[serde(default)]
+    pub upstreams: Vec<crate::dns::forward::UpstreamStatus>,
 }
 
 /// What the socket side counts (the resolver's own counters are `DnsCounters`).
@@ -325,6 +328,7 @@ impl DnsService {
             tcp_open: r.tcp.iter().filter(|c| c.accepted).count() as u64,
             counters: r.server.counters().clone(),
             sockets: r.counters,
+            upstreams: r.server.forwarder().upstreams(),
         })
     }
 

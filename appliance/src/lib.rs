@@ -5,12 +5,14 @@
 #![forbid(unsafe_code)]
 extern crate alloc;
 
+pub mod capture;
 pub mod config;
 pub mod config_text;
 pub mod dns;
 pub mod dns_service;
 pub mod field_path;
 pub mod mesh;
+pub mod metrics;
 pub mod overlay;
 pub mod protocol;
 pub mod publish;
@@ -76,6 +78,8 @@ pub struct Appliance {
     heap: Option<protocol::HeapStatus>,
     /// The time of the latest `poll` (for what `apply` starts, such as health checks).
     last_poll: Instant,
+    /// The captures of the control connection and what they have sent.
+    captures: capture::Streams,
 }
 
 impl Appliance {
@@ -104,6 +108,7 @@ impl Appliance {
             unix_time_at_boot: None,
             heap: None,
             last_poll: now,
+            captures: capture::Streams::default(),
         }
     }
 
@@ -134,17 +139,41 @@ impl Appliance {
     ) -> Option<Duration> {
         self.last_poll = now;
         let next_poll = self.netstack.poll(now, uplink, link).next_poll;
+        let next_poll = match self.netstack.capture().next_deadline(now) {
+            Some(t) => {
+                let until = if t > now { t - now } else { Duration::ZERO };
+                Some(next_poll.map_or(until, |d| d.min(until)))
+            }
+            None => next_poll,
+        };
         self.dns.poll(now, &mut self.netstack, next_poll)
     }
 
     /// A client connected to the control socket: the greeting line is appended to `out`.
+    /// The captures of an earlier client end.
     pub fn control_connected(&mut self, _now: Instant, out: &mut Vec<u8>) {
+        self.captures.stop_all(self.netstack.capture_mut());
         self.session.connected(out);
     }
 
-    /// The client went away; a partial request line is discarded.
+    /// The client went away; a partial request line is discarded and its captures end.
     pub fn control_disconnected(&mut self) {
+        self.captures.stop_all(self.netstack.capture_mut());
         self.session.disconnected();
+    }
+
+    /// The lines the appliance sends without a request (captures' events), appended to
+    /// `out`. The platform calls it when the control stream has taken what it was given:
+    /// a capture never sends more than its window, so replies stay close behind.
+    pub fn control_output(&mut self, now: Instant, out: &mut Vec<u8>) {
+        if !self.captures.is_empty() {
+            self.captures.output(now, self.netstack.capture_mut(), out);
+        }
+    }
+
+    /// Whether `control_output` has lines to give at `now` without new frames.
+    pub fn control_output_due(&self, now: Instant) -> bool {
+        !self.captures.is_empty() && self.captures.wants_output(now, self.netstack.capture())
     }
 
     /// Bytes from the control stream; replies (whole lines) are appended to `out`.
@@ -309,11 +338,55 @@ impl Appliance {
             Command::ApplyAbort => Ok(CommandResult::Discarded(protocol::Discarded {
                 discarded: self.session.abort_document(),
             })),
+            Command::Metrics => Ok(CommandResult::Metrics(metrics::text(&self.status(now)))),
+            Command::CaptureStart(args) => self.capture_start(now, &args),
+            Command::CaptureAck(ack) => self.captures.ack(ack).map(CommandResult::CaptureAcked),
+            Command::CaptureStop(key) => self
+                .captures
+                .stop(key, self.netstack.capture_mut())
+                .map(CommandResult::CaptureEnded),
         };
         if result.is_err() {
             self.session.count_error();
         }
         result
+    }
+
+    /// `capture-start`: refused when the heap cannot take the capture's buffer beside
+    /// what the packet path keeps.
+    fn capture_start(
+        &mut self,
+        now: Instant,
+        args: &capture::CaptureStart,
+    ) -> Result<CommandResult, ErrorBody> {
+        if let Some(heap) = self.heap {
+            let free = heap.size_bytes.saturating_sub(heap.used_bytes);
+            let reserve = HEAP_RESERVE.max(heap.size_bytes / 8);
+            if capture::BUFFER_BYTES as u64 + reserve > free {
+                return Err(ErrorBody::new(
+                    ErrorCode::TooLarge,
+                    alloc::format!(
+                        "a capture needs {} KiB of heap and the heap has {} KiB free, of \
+                         which {} KiB stay for the packet path",
+                        capture::BUFFER_BYTES / 1024,
+                        free / 1024,
+                        reserve / 1024
+                    ),
+                ));
+            }
+        }
+        let offset = self
+            .unix_time_at_boot
+            .map_or(0, |s| (s as i64).saturating_mul(1_000_000));
+        self.captures
+            .start(
+                args,
+                self.running.as_ref(),
+                self.netstack.capture_mut(),
+                now,
+                offset,
+            )
+            .map(CommandResult::CaptureStarted)
     }
 
     /// `apply-begin`: drops an unfinished document, then reserves `bytes` for the new

@@ -128,6 +128,14 @@ pub enum Command {
     ApplyCommit,
     /// Drop the document being sent in parts.
     ApplyAbort,
+    /// Every counter and gauge, as Prometheus text.
+    Metrics,
+    /// Start capturing frames at a tap point; they arrive as `capture` events.
+    CaptureStart(crate::capture::CaptureStart),
+    /// The client has the capture's bytes up to `received`: the window moves on.
+    CaptureAck(crate::capture::CaptureAck),
+    /// End a capture now.
+    CaptureStop(crate::capture::CaptureKey),
 }
 
 /// The args of `apply-begin`: the document's size, in bytes of its UTF-8 JSON text.
@@ -171,6 +179,10 @@ impl Command {
         "apply-part",
         "apply-commit",
         "apply-abort",
+        "metrics",
+        "capture-start",
+        "capture-ack",
+        "capture-stop",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -198,6 +210,10 @@ impl Command {
             Command::ApplyPart(_) => "apply-part",
             Command::ApplyCommit => "apply-commit",
             Command::ApplyAbort => "apply-abort",
+            Command::Metrics => "metrics",
+            Command::CaptureStart(_) => "capture-start",
+            Command::CaptureAck(_) => "capture-ack",
+            Command::CaptureStop(_) => "capture-stop",
         }
     }
 
@@ -268,6 +284,14 @@ impl Command {
             "apply-part" => request_args(name, args).map(Command::ApplyPart),
             "apply-commit" => no_args(name, args).map(|()| Command::ApplyCommit),
             "apply-abort" => no_args(name, args).map(|()| Command::ApplyAbort),
+            "metrics" => no_args(name, args).map(|()| Command::Metrics),
+            "capture-start" => {
+                let start: crate::capture::CaptureStart = overlay_args(name, args)?;
+                start.check()?;
+                Ok(Command::CaptureStart(start))
+            }
+            "capture-ack" => request_args(name, args).map(Command::CaptureAck),
+            "capture-stop" => request_args(name, args).map(Command::CaptureStop),
             "flows" => match args {
                 None | Some(Value::Null) => Ok(Command::Flows(FlowsQuery::default())),
                 Some(_) => overlay_args(name, args).map(Command::Flows),
@@ -477,6 +501,8 @@ pub enum ErrorCode {
     Internal,
     /// The document (announced by `apply-begin`) is larger than the appliance can hold.
     TooLarge,
+    /// The appliance runs as many of these as it can (captures); stop one first.
+    Busy,
 }
 
 /// The `error` member of a reply.
@@ -572,6 +598,10 @@ pub enum CommandResult {
     Begun(Begun),
     Received(Received),
     Discarded(Discarded),
+    Metrics(crate::metrics::MetricsText),
+    CaptureStarted(crate::capture::CaptureStarted),
+    CaptureAcked(crate::capture::CaptureAcked),
+    CaptureEnded(crate::capture::CaptureEnd),
 }
 
 /// The result of `status`.
@@ -793,6 +823,7 @@ mod tests {
             (ErrorCode::NotFound, "not_found"),
             (ErrorCode::Internal, "internal"),
             (ErrorCode::TooLarge, "too_large"),
+            (ErrorCode::Busy, "busy"),
         ];
         for (code, text) in all {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(text));

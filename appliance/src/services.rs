@@ -236,8 +236,7 @@ pub fn without_backend(config: &Config, b: &BackendKey) -> Option<Config> {
 /// The `services` block of `status`: each service with its backends' weight, health and
 /// lookup-table slots.
 pub fn status(netstack: &Netstack) -> Option<Value> {
-    let lb = netstack.router()?.nat().lb();
-    let s = lb.status();
+    let s = netstack.router()?.nat().services_status();
     if s.is_empty() {
         return None;
     }

@@ -15,6 +15,7 @@ use hickory_proto::op::{Header, Message, MessageType, Query, ResponseCode};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use smoltcp::time::{Duration, Instant};
 
 use super::metrics::DropReason;
@@ -140,6 +141,29 @@ pub struct Forwarder {
     pending: BTreeMap<u16, Pending>,
     /// The upstream that answered last; new queries start there.
     preferred: usize,
+    /// What each upstream was sent and answered, by address (kept across
+    /// reconfigurations; `upstreams` shows the configured ones).
+    per_upstream: BTreeMap<SocketAddr, UpstreamCounters>,
+}
+
+/// What one upstream was asked and answered.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamCounters {
+    /// Attempts sent to it (first attempts and failovers).
+    pub queries: u64,
+    /// Its replies accepted and relayed.
+    pub replies: u64,
+    /// Its attempts that failed: timed out, unreachable, reset or unsendable.
+    pub failures: u64,
+}
+
+/// One configured upstream with its counters, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    pub address: SocketAddr,
+    #[serde(flatten)]
+    pub counters: UpstreamCounters,
 }
 
 impl Forwarder {
@@ -151,6 +175,7 @@ impl Forwarder {
             rng: StdRng::from_seed(seed),
             pending: BTreeMap::new(),
             preferred: 0,
+            per_upstream: BTreeMap::new(),
         }
     }
 
@@ -168,6 +193,18 @@ impl Forwarder {
 
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The configured upstreams, in order, with their counters.
+    pub fn upstreams(&self) -> Vec<UpstreamStatus> {
+        self.config
+            .upstreams
+            .iter()
+            .map(|a| UpstreamStatus {
+                address: *a,
+                counters: self.per_upstream.get(a).copied().unwrap_or_default(),
+            })
+            .collect()
     }
 
     /// Starts forwarding `request` (whose wire form is `bytes`) for `client`.
@@ -255,6 +292,10 @@ impl Forwarder {
             .remove(&local_port)
             .ok_or(DropReason::ReplyUnknownPort)?;
         self.preferred = pending.upstream;
+        self.per_upstream
+            .entry(pending.upstream_addr)
+            .or_default()
+            .replies += 1;
 
         let limit = match pending.transport {
             Transport::Udp => usize::from(pending.head.udp_limit(self.config.max_udp_payload)),
@@ -297,6 +338,10 @@ impl Forwarder {
     /// reset from the upstream. `None` if nothing is in flight on that port.
     pub fn fail_attempt(&mut self, now: Instant, local_port: u16) -> Option<TimerEvent> {
         let mut pending = self.pending.remove(&local_port)?;
+        self.per_upstream
+            .entry(pending.upstream_addr)
+            .or_default()
+            .failures += 1;
         // Also the way out when a reconfiguration emptied the list.
         if pending.attempts >= self.config.upstreams.len() {
             return Some(TimerEvent::GiveUp {
@@ -338,6 +383,10 @@ impl Forwarder {
         pending.bytes[..2].copy_from_slice(&pending.id.to_be_bytes());
         // `upstream` is always reduced modulo the (non-empty, fixed) upstream list.
         pending.upstream_addr = self.config.upstreams[pending.upstream];
+        self.per_upstream
+            .entry(pending.upstream_addr)
+            .or_default()
+            .queries += 1;
         let outgoing = Outgoing {
             upstream: pending.upstream_addr,
             source_port: port,
