@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use weft_appliance::capture::Event;
 use weft_appliance::protocol::{
     self, Applied, ErrorBody, ErrorCode, Greeting, Outcome, Pong, RequestId, Status,
 };
@@ -175,6 +176,8 @@ pub struct Client {
     replies_read: u64,
     /// The line being sent (by `send_raw` without its newline yet).
     open_line: OpenLine,
+    /// Event lines (a capture's) read while waiting for a reply, oldest first.
+    events: VecDeque<Event>,
 }
 
 /// What the appliance will make of the line being sent: it answers a line that has
@@ -243,6 +246,7 @@ impl Client {
             lines_sent: 0,
             replies_read: 0,
             open_line: OpenLine::default(),
+            events: VecDeque::new(),
         };
         let line = c.read_line_checked(deadline, GREETING, alive)?;
         c.greeting = parse_greeting(&line)?;
@@ -290,6 +294,9 @@ impl Client {
     fn wait_reply(&mut self, pending: &Pending, deadline: Instant) -> Result<Reply, ControlError> {
         loop {
             let l = self.read_line_until(deadline, "a reply")?;
+            if self.queue_event(&l)? {
+                continue;
+            }
             self.replies_read += 1;
             let reply = Reply::parse(&l)?;
             if reply.id.as_ref() == Some(&pending.id) {
@@ -303,6 +310,55 @@ impl Client {
             self.skipped_lines += 1;
         }
     }
+    /// Queues `line` if it is an event line; a line that says it is an event but does
+    /// not read as one is a malformed reply.
+    fn queue_event(&mut self, line: &str) -> Result<bool, ControlError> {
+        match Event::parse_line(line.as_bytes()) {
+            None => Ok(false),
+            Some(Ok(e)) => {
+                self.events.push_back(e);
+                Ok(true)
+            }
+            Some(Err(e)) => Err(ControlError::BadReply(format!("event: {e}: {line}"))),
+        }
+    }
+
+    /// The next event line, waiting up to `timeout` (at least a millisecond) for one;
+    /// `None` when none came. Replies that arrive meanwhile (to requests sent with
+    /// [`Client::send_request_only`]) are skipped.
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<Event>, ControlError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
+        }
+        let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
+        loop {
+            let l = match self.read_line_until(deadline, "an event") {
+                Ok(l) => l,
+                Err(ControlError::Timeout { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if self.queue_event(&l)? {
+                return Ok(self.events.pop_front());
+            }
+            self.replies_read += 1;
+            self.skipped_lines += 1;
+        }
+    }
+
+    /// Every event line read so far and not yet taken.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.events.drain(..).collect()
+    }
+
+    /// Sends a request without waiting for its reply (which a later wait skips).
+    pub fn send_request_only(
+        &mut self,
+        cmd: &str,
+        args: Option<Value>,
+    ) -> Result<(), ControlError> {
+        self.send_request(cmd, args).map(|_| ())
+    }
+
     /// [`Client::call`] with an error reply as `Err(ControlError::Remote)` and the
     /// result read as `T`.
     pub fn request<T: DeserializeOwned>(

@@ -3,6 +3,7 @@
 //! client, config documents kept as their author wrote them, and the real appliance
 //! logic behind a unix socket for tests without a VM. Host `std` code only.
 
+pub mod capture;
 pub mod client;
 pub mod document;
 pub mod sim;

@@ -96,6 +96,13 @@ fn serve(listener: UnixListener, stop: &AtomicBool) {
                 break;
             }
             app.poll(now(), &mut up, &mut link);
+            app.control_output(now(), &mut out);
+            if !out.is_empty() {
+                if stream.write_all(&out).is_err() {
+                    break;
+                }
+                out.clear();
+            }
             match stream.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => app.control_input(now(), &buf[..n], &mut out),
