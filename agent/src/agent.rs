@@ -46,6 +46,8 @@ pub struct AgentOptions {
     pub public_address: Option<Ipv4Addr>,
     /// Boot and supervise the appliance.
     pub boot: Option<BootSpec>,
+    /// Serve `GET /metrics` (Prometheus) on this address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Default lease time of a node's live entry.
@@ -298,6 +300,16 @@ async fn main(
         .clone()
         .map(|spec| Supervisor::start(spec, opts.control.clone(), link.clone(), log));
     let api_task = tokio::spawn(api::serve(listener, shared.clone(), shared.api.clone()));
+    let metrics_task = match opts.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics address {addr}"))?;
+            log(&format!("metrics on http://{addr}/metrics"));
+            Some(tokio::spawn(crate::metrics::serve(l, shared.clone())))
+        }
+        None => None,
+    };
     let (store_tx, store_rx) = mpsc::unbounded_channel();
     let follower = tokio::spawn(follow(store, prefix, join.clone(), store_tx));
     let mut engine = Engine::new(shared.clone(), doc, &opts, join);
@@ -306,6 +318,9 @@ async fn main(
     log("stopping");
     follower.abort();
     api_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&opts.api);
     if let Some(s) = supervisor {
         s.stop();

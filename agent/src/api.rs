@@ -2,19 +2,29 @@
 //! one reply per request, in order, `id` echoed, errors with the protocol's codes and
 //! the same 64 KiB line limit) served to any number of clients at once, each on its
 //! own task. It frames and checks requests; what a command does is the handler's. A
-//! client that misbehaves gets errors, never a crash, and never delays another.
+//! client that misbehaves gets errors, never a crash, and never delays another. Lines a
+//! handler sends a client on its own (a capture's events) are written between replies.
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
 use weft_appliance::protocol::{
     ErrorBody, ErrorCode, Greeting, Reply, Request, RequestId, MAX_LINE_LEN,
 };
+
+/// One API client as a handler sees it: where lines for it go besides its replies,
+/// and the captures it started (stopped when it goes away).
+#[derive(Debug)]
+pub struct ClientCtx {
+    pub events: mpsc::UnboundedSender<Vec<u8>>,
+    pub captures: Mutex<Vec<u32>>,
+}
 
 /// What serves the requests.
 pub trait Handler: Send + Sync + 'static {
@@ -24,6 +34,22 @@ pub trait Handler: Send + Sync + 'static {
         cmd: String,
         args: Option<Value>,
     ) -> impl Future<Output = Result<Value, ErrorBody>> + Send;
+
+    /// [`Handler::handle`] for the client `client` (what a command needs of its client,
+    /// such as where a capture's events go).
+    fn handle_for(
+        &self,
+        _client: &ClientCtx,
+        cmd: String,
+        args: Option<Value>,
+    ) -> impl Future<Output = Result<Value, ErrorBody>> + Send {
+        self.handle(cmd, args)
+    }
+
+    /// The client went away (its captures are to be stopped).
+    fn client_gone(&self, _client: &ClientCtx) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// The API's own counters.
@@ -76,7 +102,13 @@ pub async fn serve<H: Handler>(
         counters.open.fetch_add(1, Ordering::Relaxed);
         let (h, c) = (handler.clone(), counters.clone());
         tokio::spawn(async move {
-            let _ = client(stream, &*h, &c).await;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let ctx = ClientCtx {
+                events: tx,
+                captures: Mutex::new(Vec::new()),
+            };
+            let _ = client(stream, &*h, &c, &ctx, rx).await;
+            h.client_gone(&ctx).await;
             c.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -87,10 +119,13 @@ fn line(reply: &Reply) -> Vec<u8> {
 }
 
 async fn client<H: Handler>(
-    mut stream: UnixStream,
+    stream: UnixStream,
     handler: &H,
     counters: &ApiCounters,
+    ctx: &ClientCtx,
+    mut events: mpsc::UnboundedReceiver<Vec<u8>>,
 ) -> std::io::Result<()> {
+    let (mut reader, mut stream) = stream.into_split();
     let mut greeting = serde_json::to_vec(&Greeting::current()).unwrap_or_default();
     greeting.push(b'\n');
     stream.write_all(&greeting).await?;
@@ -99,7 +134,13 @@ async fn client<H: Handler>(
     let mut discarding = false;
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        let n = stream.read(&mut chunk).await?;
+        let n = tokio::select! {
+            n = reader.read(&mut chunk) => n?,
+            Some(line) = events.recv() => {
+                stream.write_all(&line).await?;
+                continue;
+            }
+        };
         if n == 0 {
             return Ok(());
         }
@@ -117,7 +158,7 @@ async fn client<H: Handler>(
                 continue;
             }
             counters.requests.fetch_add(1, Ordering::Relaxed);
-            let reply = request(&l, handler).await;
+            let reply = request(&l, handler, ctx).await;
             if matches!(reply.outcome, weft_appliance::protocol::Outcome::Error(_)) {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -186,12 +227,12 @@ pub fn frame(l: &[u8]) -> Result<(RequestId, String, Option<Value>), Reply> {
     }
 }
 
-async fn request<H: Handler>(l: &[u8], handler: &H) -> Reply {
+async fn request<H: Handler>(l: &[u8], handler: &H, ctx: &ClientCtx) -> Reply {
     let (id, cmd, args) = match frame(l) {
         Ok(x) => x,
         Err(reply) => return reply,
     };
-    match handler.handle(cmd, args).await {
+    match handler.handle_for(ctx, cmd, args).await {
         Ok(v) => Reply::result(id, v),
         Err(e) => Reply::error(Some(id), e),
     }

@@ -12,7 +12,7 @@ use weft_appliance::protocol::{Command, ErrorBody, ErrorCode};
 use weft_control::document::Document;
 
 use crate::agent::{Ident, Shared};
-use crate::api::{args_object, Handler};
+use crate::api::{args_object, ClientCtx, Handler};
 use crate::registry::{self, Refusal};
 use crate::schema::{ContainerRecord, PortKey, Proto, PublishRecord, Scope, ServiceRecord};
 
@@ -378,4 +378,67 @@ impl Handler for Shared {
             self.pass_through(cmd, args).await
         }
     }
+
+    /// Captures pass through too; their events go to the client that started them.
+    async fn handle_for(
+        &self,
+        client: &ClientCtx,
+        cmd: String,
+        args: Option<Value>,
+    ) -> Result<Value, ErrorBody> {
+        match cmd.as_str() {
+            "capture-start" => {
+                Command::parse(&cmd, args.as_ref())?;
+                let reply = self
+                    .link
+                    .capture_start(args, client.events.clone())
+                    .await
+                    .map_err(unreachable_appliance)?;
+                let v = reply.outcome?;
+                if let Some(id) = v["capture"].as_u64() {
+                    if let Ok(mut c) = client.captures.lock() {
+                        c.push(id as u32);
+                    }
+                }
+                Ok(v)
+            }
+            "capture-stop" => {
+                let id = args
+                    .as_ref()
+                    .and_then(|a| a["capture"].as_u64())
+                    .map(|i| i as u32);
+                let v = self.pass_through(cmd, args).await?;
+                if let Some(id) = id {
+                    self.link.unroute(id);
+                    if let Ok(mut c) = client.captures.lock() {
+                        c.retain(|x| *x != id);
+                    }
+                }
+                Ok(v)
+            }
+            _ => self.handle(cmd, args).await,
+        }
+    }
+
+    async fn client_gone(&self, client: &ClientCtx) {
+        let ids = client
+            .captures
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        for id in ids {
+            self.link.unroute(id);
+            let _ = self
+                .link
+                .call("capture-stop", Some(json!({ "capture": id })))
+                .await;
+        }
+    }
+}
+
+fn unreachable_appliance(e: String) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::NotReady,
+        format!("the appliance is not reachable: {e}"),
+    )
 }

@@ -19,6 +19,7 @@ pub mod follow;
 pub mod grid;
 pub mod handler;
 pub mod link;
+pub mod metrics;
 pub mod registry;
 pub mod schema;
 pub mod store;

@@ -3,17 +3,21 @@
 //! reconnects, tells the agent each time the appliance greets (a new greeting means
 //! the appliance may have restarted, so its whole state is applied again), pings it
 //! when idle, and carries commands: one at a time for the API's pass-through, a whole
-//! plan pipelined for the sync. It never decides what to send.
+//! plan pipelined for the sync. A capture's event lines are routed to the API client
+//! that started it (the route is set before the link reads past the start's reply, and
+//! goes with the capture's end or the connection). It never decides what to send.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
+use weft_appliance::capture::{CaptureEnd, EndReason, Event};
 use weft_appliance::protocol::{ErrorCode, RequestId};
 use weft_control::client::{Client, ControlError, Reply};
 
@@ -27,6 +31,11 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// Requests of a plan in flight at once.
 const WINDOW: usize = 64;
+/// How often the link looks for event lines while a capture runs.
+const EVENT_POLL: Duration = Duration::from_millis(5);
+
+/// Where each running capture's event lines go (by capture id).
+type Routes = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Vec<u8>>>>>;
 
 /// What the link tells the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +69,12 @@ enum Request {
         generation: u64,
         reply: oneshot::Sender<RunOutcome>,
     },
+    /// `capture-start`, its events routed to `events` from its reply on.
+    CaptureStart {
+        args: Option<Value>,
+        events: mpsc::UnboundedSender<Vec<u8>>,
+        reply: oneshot::Sender<Result<Reply, String>>,
+    },
 }
 
 /// A handle to the link thread; the thread ends when every handle is dropped.
@@ -67,6 +82,7 @@ enum Request {
 pub struct Link {
     tx: std_mpsc::Sender<Request>,
     connected: Arc<AtomicBool>,
+    routes: Routes,
 }
 
 impl Link {
@@ -78,11 +94,45 @@ impl Link {
         let (tx, rx) = std_mpsc::channel();
         let connected = Arc::new(AtomicBool::new(false));
         let flag = connected.clone();
+        let routes = Routes::default();
+        let r = routes.clone();
         let thread = std::thread::Builder::new()
             .name("weft-agent-link".into())
-            .spawn(move || serve(path, rx, events, flag))
+            .spawn(move || serve(path, rx, events, flag, r))
             .unwrap_or_else(|e| panic!("cannot start a thread: {e}"));
-        (Link { tx, connected }, thread)
+        (
+            Link {
+                tx,
+                connected,
+                routes,
+            },
+            thread,
+        )
+    }
+
+    /// `capture-start` with `args`; on success the capture's event lines go to `events`.
+    pub async fn capture_start(
+        &self,
+        args: Option<Value>,
+        events: mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<Reply, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::CaptureStart {
+                args,
+                events,
+                reply,
+            })
+            .map_err(|_| "the agent is stopping".to_string())?;
+        rx.await
+            .unwrap_or_else(|_| Err("the agent is stopping".to_string()))
+    }
+
+    /// The capture's events go nowhere any more (it was stopped).
+    pub fn unroute(&self, capture: u32) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.remove(&capture);
+        }
     }
 
     pub fn is_connected(&self) -> bool {
@@ -131,9 +181,74 @@ struct State {
     reported_down: bool,
     events: mpsc::UnboundedSender<LinkEvent>,
     connected: Arc<AtomicBool>,
+    routes: Routes,
+}
+
+/// Sends an event line to the API client whose capture it is; an end removes the route.
+fn route(routes: &Routes, event: Event) {
+    let Ok(mut r) = routes.lock() else {
+        return;
+    };
+    let id = event.capture();
+    if let Some(tx) = r.get(&id) {
+        let _ = tx.send(event.to_line());
+    }
+    if matches!(event, Event::CaptureEnd(_)) {
+        r.remove(&id);
+    }
 }
 
 impl State {
+    fn has_routes(&self) -> bool {
+        self.routes.lock().is_ok_and(|r| !r.is_empty())
+    }
+
+    /// Routes the event lines the client has read.
+    fn dispatch(&mut self) {
+        if let Some(c) = self.conn.as_mut() {
+            for e in c.client.take_events() {
+                route(&self.routes, e);
+            }
+        }
+    }
+
+    /// Reads the event lines that have arrived (a bounded number) and routes them.
+    fn poll_events(&mut self) {
+        for _ in 0..256 {
+            let Some(c) = self.conn.as_mut() else {
+                return;
+            };
+            match c.client.next_event(Duration::from_millis(1)) {
+                Ok(Some(e)) => route(&self.routes, e),
+                Ok(None) => return,
+                Err(e) => {
+                    self.lost(e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `capture-start`; a capture it starts is routed before anything else is read.
+    fn capture_start(
+        &mut self,
+        args: Option<Value>,
+        events: mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<Reply, String> {
+        let reply = self.call("capture-start", args)?;
+        if let Some(id) = reply
+            .outcome
+            .as_ref()
+            .ok()
+            .and_then(|v| v["capture"].as_u64())
+        {
+            if let Ok(mut r) = self.routes.lock() {
+                r.insert(id as u32, events);
+            }
+        }
+        Ok(reply)
+    }
+
     fn connect(&mut self) {
         match Client::connect(&self.path, CONNECT_TIMEOUT) {
             Ok(mut client) => {
@@ -158,6 +273,19 @@ impl State {
 
     fn lost(&mut self, reason: String) {
         self.conn = None;
+        // The appliance ended every capture of the connection with it.
+        if let Ok(mut r) = self.routes.lock() {
+            for (id, tx) in r.drain() {
+                let end = CaptureEnd {
+                    capture: id,
+                    reason: EndReason::Disconnected,
+                    frames: 0,
+                    bytes: 0,
+                    dropped: 0,
+                };
+                let _ = tx.send(Event::CaptureEnd(end).to_line());
+            }
+        }
         self.connected.store(false, Ordering::SeqCst);
         if !self.reported_down {
             self.reported_down = true;
@@ -196,6 +324,7 @@ fn serve(
     rx: std_mpsc::Receiver<Request>,
     events: mpsc::UnboundedSender<LinkEvent>,
     connected: Arc<AtomicBool>,
+    routes: Routes,
 ) {
     let mut st = State {
         path,
@@ -204,8 +333,10 @@ fn serve(
         reported_down: false,
         events,
         connected,
+        routes,
     };
     let mut backoff = Duration::from_millis(200);
+    let mut last_ping = Instant::now();
     loop {
         if st.conn.is_none() {
             st.connect();
@@ -213,14 +344,30 @@ fn serve(
                 backoff = Duration::from_millis(200);
             }
         }
-        let wait = if st.conn.is_some() {
-            PING_EVERY
+        let capturing = st.conn.is_some() && st.has_routes();
+        let wait = if capturing {
+            EVENT_POLL
+        } else if st.conn.is_some() {
+            PING_EVERY.saturating_sub(last_ping.elapsed())
         } else {
             backoff
         };
-        match rx.recv_timeout(wait) {
+        let request = rx.recv_timeout(wait);
+        if !matches!(request, Err(std_mpsc::RecvTimeoutError::Timeout)) {
+            last_ping = Instant::now();
+        }
+        match request {
             Ok(Request::Call { cmd, args, reply }) => {
                 let _ = reply.send(st.call(&cmd, args));
+                st.dispatch();
+            }
+            Ok(Request::CaptureStart {
+                args,
+                events,
+                reply,
+            }) => {
+                let _ = reply.send(st.capture_start(args, events));
+                st.dispatch();
             }
             Ok(Request::Run {
                 ops,
@@ -229,7 +376,7 @@ fn serve(
             }) => {
                 let outcome = match st.conn.as_mut() {
                     Some(c) if c.generation == want => {
-                        let out = run(c, &ops);
+                        let out = run(c, &ops, &st.routes);
                         if let Some(why) = &out.broken {
                             st.lost(why.clone());
                         }
@@ -242,13 +389,21 @@ fn serve(
                     },
                 };
                 let _ = reply.send(outcome);
+                st.dispatch();
             }
             Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(c) = st.conn.as_mut() {
-                    if let Err(e) = c.client.ping() {
-                        st.lost(e.to_string());
+                if capturing {
+                    st.poll_events();
+                }
+                if st.conn.is_some() && last_ping.elapsed() >= PING_EVERY {
+                    last_ping = Instant::now();
+                    if let Some(c) = st.conn.as_mut() {
+                        if let Err(e) = c.client.ping() {
+                            st.lost(e.to_string());
+                        }
                     }
-                } else {
+                    st.dispatch();
+                } else if st.conn.is_none() {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
@@ -259,7 +414,7 @@ fn serve(
 
 /// Sends a plan with up to [`WINDOW`] requests in flight; the appliance answers in
 /// order, one reply per request.
-fn run(c: &mut Conn, ops: &[Op]) -> RunOutcome {
+fn run(c: &mut Conn, ops: &[Op], routes: &Routes) -> RunOutcome {
     c.seq += 1;
     let mut out = RunOutcome {
         generation: c.generation,
@@ -287,6 +442,16 @@ fn run(c: &mut Conn, ops: &[Op]) -> RunOutcome {
                 return out;
             }
         };
+        if let Some(event) = Event::parse_line(line.as_bytes()) {
+            match event {
+                Ok(e) => route(routes, e),
+                Err(e) => {
+                    out.broken = Some(format!("a malformed event line: {e}"));
+                    return out;
+                }
+            }
+            continue;
+        }
         let reply = match Reply::parse(&line) {
             Ok(r) => r,
             Err(e) => {

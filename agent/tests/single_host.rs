@@ -72,6 +72,7 @@ impl Agent {
             private_address: None,
             public_address: None,
             boot: None,
+            metrics: None,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {

@@ -209,6 +209,7 @@ fn a_fresh_agent_follows_a_big_grid() {
             private_address: None,
             public_address: None,
             boot: None,
+            metrics: None,
         };
         let agent = rt.spawn(weft_agent::agent::run_until(opts, async move {
             let _ = stopped.await;
