@@ -151,6 +151,10 @@ struct AgentArgs {
     /// The supervised appliance's serial console to this file.
     #[arg(long, requires = "image")]
     serial: Option<PathBuf>,
+    /// Serve Prometheus metrics (the appliance's and the agent's) at
+    /// http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +175,39 @@ enum CtlCmd {
         /// The `args` object (JSON); omitted for commands without arguments.
         args: Option<String>,
     },
+    /// Every counter and gauge of the appliance, as Prometheus text.
+    Metrics,
+    /// Capture what the appliance sees as pcapng (or pcap), e.g.
+    /// `capture --iface overlay:grid --count 10 -w - | tshark -r -`.
+    Capture(CaptureArgs),
+}
+
+#[derive(clap::Args)]
+struct CaptureArgs {
+    /// Where to look: uplink, link, or overlay:<network> (inner frames, sleeve in the clear).
+    #[arg(long)]
+    iface: String,
+    /// Stop after this many frames.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    seconds: Option<u32>,
+    /// Bytes kept of each frame (default 65535).
+    #[arg(long)]
+    snaplen: Option<u32>,
+    /// pcapng (names the interface) or pcap.
+    #[arg(long, value_enum, default_value = "pcapng")]
+    format: CaptureFormat,
+    /// The file to write, or - for standard output (live: `-w - | tshark -r -`).
+    #[arg(short = 'w', long = "write")]
+    write: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CaptureFormat {
+    Pcapng,
+    Pcap,
 }
 
 fn main() -> ExitCode {
@@ -309,11 +346,22 @@ fn cmd_boot(cfg: QemuConfig, config: Option<PathBuf>, greeting_timeout: Duration
 }
 
 fn cmd_ctl(socket: &std::path::Path, json: bool, timeout: Duration, cmd: CtlCmd) -> ExitCode {
+    if let CtlCmd::Capture(args) = &cmd {
+        return match cmd_capture(socket, timeout, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft: error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let run = || -> Result<(&str, Reply)> {
         let (name, args) = match &cmd {
             CtlCmd::Status => ("status", None),
             CtlCmd::Config => ("config", None),
             CtlCmd::Ping => ("ping", None),
+            CtlCmd::Metrics => ("metrics", None),
+            CtlCmd::Capture(_) => unreachable!("captures stream, handled above"),
             CtlCmd::Apply { file } => {
                 let doc = document::load(file)?;
                 ("apply", Some(doc.json().clone()))
@@ -398,8 +446,69 @@ fn render(name: &str, v: serde_json::Value) -> String {
             Err(_) => pretty(&v),
         },
         "ping" => "pong\n".to_string(),
+        "metrics" => match v["text"].as_str() {
+            Some(text) => text.to_string(),
+            None => pretty(&v),
+        },
         _ => pretty(&v),
     }
+}
+
+/// `weft ctl capture`: the frames go to the file (or standard output) as they come; the
+/// summary goes to standard error. Ctrl-C stops the capture and keeps what arrived.
+fn cmd_capture(socket: &std::path::Path, timeout: Duration, a: &CaptureArgs) -> Result<()> {
+    use weft_appliance::capture::CaptureStart;
+    use weft_control::capture::{self, Format, Writer};
+    if !socket.exists() {
+        anyhow::bail!(
+            "cannot connect to {}: no such socket (is the appliance running?)",
+            socket.display()
+        );
+    }
+    let interrupted = interrupt_flag();
+    let mut client = Client::connect(socket, timeout)?;
+    let args = CaptureStart {
+        iface: a.iface.clone(),
+        snaplen: a.snaplen,
+        count: a.count,
+        seconds: a.seconds,
+    };
+    let started = capture::start(&mut client, &args).map_err(|e| match e {
+        weft_control::client::ControlError::Remote(body) => {
+            anyhow::anyhow!("{}", weft_control::client::remote_line(&body))
+        }
+        other => anyhow::Error::new(other),
+    })?;
+    let format = match a.format {
+        CaptureFormat::Pcapng => Format::Pcapng,
+        CaptureFormat::Pcap => Format::Pcap,
+    };
+    let out: Box<dyn std::io::Write> = if a.write.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(&a.write)
+                .with_context(|| format!("creating {}", a.write.display()))?,
+        ))
+    };
+    let mut writer = Writer::new(out, format, &started)?;
+    writer.flush()?;
+    eprintln!(
+        "weft: capturing on {} (capture {}, snaplen {})",
+        started.iface, started.capture, started.snaplen
+    );
+    let end = capture::stream(&mut client, &started, &mut writer, &interrupted)?;
+    eprintln!(
+        "weft: capture ended ({}): {} frames, {} bytes, {} dropped",
+        serde_json::to_value(end.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        end.frames,
+        end.bytes,
+        end.dropped
+    );
+    Ok(())
 }
 
 fn cmd_agent(a: AgentArgs) -> Result<()> {
@@ -426,6 +535,7 @@ fn cmd_agent(a: AgentArgs) -> Result<()> {
         private_address: a.private_address,
         public_address: a.public_address,
         boot,
+        metrics: a.metrics,
     })
 }
 

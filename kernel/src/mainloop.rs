@@ -190,6 +190,16 @@ pub fn run(cmdline: String) -> ! {
         let delay = appliance.poll(now, &mut uplink, &mut link);
         uplink.flush();
         link.flush();
+        // Captures' events go only once the console took what it had: a slow reader
+        // slows them, never the datapath.
+        if !control.has_pending_output() {
+            appliance.control_output(now, &mut out);
+            if !out.is_empty() {
+                control.write(&out);
+                out.clear();
+                busy = true;
+            }
+        }
         if busy || control.has_pending_output() || delay == Some(Duration::ZERO) {
             continue;
         }
