@@ -1,6 +1,9 @@
-//! `weft demo` (through the library, as the binary calls it): it completes on the
-//! embedded default, and an interruption part-way through still removes everything it
-//! made. Both tests use the demo's fixed `wd-*` names, so they run one after the other.
+//! `weft demo` (through the library, as the binary calls it): every step's outcome is
+//! checked by the demo itself (an overlay ping by name, the DNS answer, tshark seeing
+//! the ping in the overlay capture, the service answered by both hosts through its VIP
+//! and through the published port, the metrics), so it completes only if all hold; it
+//! and an interruption part-way through remove everything they made.
+//! Both tests use the demo's fixed `wd-*` names, so they run one after the other.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,10 +17,19 @@ use weft_image::qemu::Accel;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn assert_clean() {
-    let names = TopologyNames::new(demo::PREFIX).unwrap();
-    for ns in names.namespaces() {
-        assert!(!netns_exists(ns), "namespace {ns} left behind");
+    for prefix in demo::PREFIXES {
+        let names = TopologyNames::new(prefix).unwrap();
+        for ns in names.namespaces() {
+            assert!(!netns_exists(ns), "namespace {ns} left behind");
+        }
+        let resolv = demo::resolv_dir(&names.ctr_ns);
+        assert!(!resolv.exists(), "{} left behind", resolv.display());
     }
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "TCP-LISTEN:8080,fork,reuseaddr"])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "demo servers left running");
     assert!(
         !demo::work_dir().exists(),
         "{} left behind",
