@@ -415,14 +415,14 @@ fn dig(ns: &Netns, server: &str, name: &str) -> Result<String> {
     }
 }
 
-/// Captures the inner frames of network "grid" on `client`'s appliance while `ns`
-/// pings web-2: 4 frames (two requests, two replies) to `path`.
+/// Captures the inner frames of network "grid" on `client`'s appliance for 3 s while
+/// `ns` pings web-2 twice, to `path`; returns the frames captured.
 fn capture_ping(client: &mut Client, ns: &Netns, path: &std::path::Path) -> Result<u64> {
     let start = CaptureStart {
         iface: "overlay:grid".into(),
         snaplen: None,
-        count: Some(4),
-        seconds: Some(30),
+        count: None,
+        seconds: Some(3),
     };
     let started = capture_stream::start(client, &start)?;
     let ping = ns
