@@ -90,9 +90,12 @@ impl<W: Write> Writer<W> {
                 w.write_pcapng_block(InterfaceDescriptionBlock {
                     linktype: datalink,
                     snaplen: started.snaplen,
-                    options: vec![InterfaceDescriptionOption::IfName(Cow::Borrowed(
-                        started.iface.as_str(),
-                    ))],
+                    // pcap-file writes packet timestamps in nanoseconds: say so
+                    // (if_tsresol 9), or readers take them for microseconds.
+                    options: vec![
+                        InterfaceDescriptionOption::IfName(Cow::Borrowed(started.iface.as_str())),
+                        InterfaceDescriptionOption::IfTsResol(9),
+                    ],
                 })
                 .map_err(io_error)?;
                 Inner::Pcapng(w)
@@ -274,6 +277,9 @@ mod tests {
         assert!(idb
             .options
             .contains(&InterfaceDescriptionOption::IfName("overlay:grid".into())));
+        assert!(idb
+            .options
+            .contains(&InterfaceDescriptionOption::IfTsResol(9)));
         let Block::EnhancedPacket(epb) = r.next_block().unwrap().unwrap() else {
             panic!("no packet block");
         };

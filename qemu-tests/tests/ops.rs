@@ -306,13 +306,19 @@ fn captures_on_link_overlay_and_uplink_decode_in_tshark() {
             && icmp.contains(&"10.81.128.12\t10.81.128.11\t0".to_string()),
         "link capture: {icmp:?}"
     );
-    let names = tshark(
+    let frames = tshark(
         link_file.to_str().unwrap(),
         None,
         "frame",
-        &["frame.interface_name"],
+        &["frame.interface_name", "frame.time_relative"],
     );
-    assert!(names.iter().all(|n| n == "link"), "{names:?}");
+    for f in &frames {
+        let (name, t) = f.split_once('\t').unwrap();
+        assert_eq!(name, "link", "{frames:?}");
+        // The capture ran 6 s: timestamps in their real unit.
+        let t: f64 = t.parse().unwrap();
+        assert!((0.0..10.0).contains(&t), "{frames:?}");
+    }
 
     let run = CaptureRun::start(
         &w1.control,
