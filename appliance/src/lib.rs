@@ -6,6 +6,7 @@
 extern crate alloc;
 
 pub mod capture;
+pub mod capture_session;
 pub mod config;
 pub mod config_text;
 pub mod dns;
@@ -79,7 +80,7 @@ pub struct Appliance {
     /// The time of the latest `poll` (for what `apply` starts, such as health checks).
     last_poll: Instant,
     /// The captures of the control connection and what they have sent.
-    captures: capture::Streams,
+    captures: capture_session::Streams,
 }
 
 impl Appliance {
@@ -108,7 +109,7 @@ impl Appliance {
             unix_time_at_boot: None,
             heap: None,
             last_poll: now,
-            captures: capture::Streams::default(),
+            captures: capture_session::Streams::default(),
         }
     }
 

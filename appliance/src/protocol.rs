@@ -287,7 +287,9 @@ impl Command {
             "metrics" => no_args(name, args).map(|()| Command::Metrics),
             "capture-start" => {
                 let start: crate::capture::CaptureStart = overlay_args(name, args)?;
-                start.check()?;
+                start.check().map_err(|e| {
+                    ErrorBody::with_field(ErrorCode::InvalidConfig, e.message, e.field)
+                })?;
                 Ok(Command::CaptureStart(start))
             }
             "capture-ack" => request_args(name, args).map(Command::CaptureAck),
@@ -598,10 +600,18 @@ pub enum CommandResult {
     Begun(Begun),
     Received(Received),
     Discarded(Discarded),
-    Metrics(crate::metrics::MetricsText),
+    Metrics(MetricsText),
     CaptureStarted(crate::capture::CaptureStarted),
     CaptureAcked(crate::capture::CaptureAcked),
     CaptureEnded(crate::capture::CaptureEnd),
+}
+
+/// The result of `metrics`: Prometheus text (made by the metrics module).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsText {
+    pub content_type: String,
+    pub text: String,
 }
 
 /// The result of `status`.

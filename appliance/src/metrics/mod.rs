@@ -10,23 +10,15 @@ pub mod exposition;
 mod help;
 
 use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::ToString;
 use alloc::vec;
 use serde::Serialize;
 use serde_json::Value;
 
 pub use exposition::{Kind, Labels, Registry, Sample, CONTENT_TYPE};
 
-use crate::protocol::Status;
+use crate::protocol::{MetricsText, Status};
 use weft_netstack::base::ports::SNAT_PORTS;
-
-/// The result of `metrics`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsText {
-    pub content_type: String,
-    pub text: String,
-}
 
 /// Nested structs whose fields are reasons: one family with a `reason` label.
 const REASON_STRUCTS: &[&str] = &["drops", "refused"];
