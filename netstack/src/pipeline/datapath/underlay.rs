@@ -17,7 +17,7 @@ use smoltcp::wire::{ArpOperation, EthernetAddress, Ipv4Address, Ipv4Cidr};
 use super::outbox::Outbox;
 use super::OverlayPath;
 use crate::base::NicAddress;
-use crate::table::neighbor::{Learned, NeighborCounters, Neighbors, Retry, REFRESH};
+use crate::table::neighbor::{Learned, NeighborCounters, Neighbors, Retry};
 use crate::wire::probe;
 
 /// The first retry comes this long after the first request; each retry doubles it.
@@ -92,7 +92,7 @@ impl UnderlayNeighbors {
     /// subnet counts, and only about an address we are resolving, already know, or that
     /// is asking for us (it is about to talk to us). Returns the binding when it is new
     /// or changed; one heard again as it was is confirmed (fresh for another
-    /// [`REFRESH`]).
+    /// [`REFRESH`](crate::table::neighbor::REFRESH)).
     pub fn observe(
         &mut self,
         frame: &[u8],
@@ -133,7 +133,7 @@ impl UnderlayNeighbors {
     }
 
     /// ARP requests due at `now` for the addresses in `wanted` (next hops the datapath
-    /// still lacks a MAC for) and for the stale bindings (see [`REFRESH`]: still used,
+    /// still lacks a MAC for) and for the stale bindings (see [`REFRESH`](crate::table::neighbor::REFRESH): still used,
     /// asked for again, so a next hop that changed its MAC is found again), sent from
     /// `own`. Resolutions of addresses neither wanted nor stale are dropped; a new one is
     /// asked for at once, then after `FIRST_RETRY`, doubling up to `MAX_RETRY`.
@@ -412,7 +412,7 @@ mod tests {
             Some((PEER, PEER_MAC))
         );
         // Resolved: nothing is wanted any more, and nothing asked while it is fresh.
-        let fresh_until = 100 + REFRESH.total_millis();
+        let fresh_until = 100 + crate::table::neighbor::REFRESH.total_millis();
         assert!(n.solicit(t(fresh_until - 1), &[], &OWN).is_empty());
         // Stale: asked for again (once, then on the retry schedule) while still used.
         assert_eq!(n.solicit(t(fresh_until), &[], &OWN).len(), 1);
