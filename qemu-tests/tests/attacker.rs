@@ -327,3 +327,143 @@ fn forged_dns_answers_are_never_accepted() {
         "only {examined} forgeries hit the open port: {after}"
     );
 }
+
+/// argv: iface, destination MAC, source MAC, destination address, port, count, pps.
+/// TCP SYNs from random sources in 198.18.0.0/15 (RFC 2544's benchmark range), with
+/// valid checksums, paced to `pps`.
+const SYN_FLOOD: &str = r#"
+import random, socket, struct, sys, time
+iface, dmac, smac, dst, dport, n, pps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    t = (t >> 16) + (t & 0xffff)
+    t += t >> 16
+    return ~t & 0xffff
+d = socket.inet_aton(dst)
+eth = bytes.fromhex(dmac.replace(":", "")) + bytes.fromhex(smac.replace(":", "")) + b"\x08\x00"
+start = time.time()
+for i in range(n):
+    src = struct.pack("!I", 0xc6120000 | random.getrandbits(17))
+    tcp = struct.pack("!HHIIBBHHH", random.randint(1024, 65535), dport, random.getrandbits(32), 0, 0x50, 0x02, 64240, 0, 0)
+    tcp = tcp[:16] + struct.pack("!H", csum(src + d + struct.pack("!BBH", 0, 6, 20) + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, i & 0xffff, 0, 64, 6, 0, src, d)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    s.send(eth + ip + tcp)
+    ahead = (i + 1) / pps - (time.time() - start)
+    if ahead > 0.002:
+        time.sleep(ahead)
+print("sent", n, "in", round(time.time() - start, 2), flush=True)
+"#;
+
+#[test]
+fn a_syn_flood_at_a_published_port_neither_evicts_established_flows_nor_locks_out_clients() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use weft_image::bench::load::enter_netns;
+
+    const CAPACITY: u64 = 8192;
+    const FLOOD: u32 = 40_000;
+    let vm = TestVm::boot("attacker_syn");
+    let mut doc = serde_json::to_value(document::default_config()).unwrap();
+    doc["publish"] = json!([{"proto": "tcp", "host_port": 8080,
+                             "container_address": "10.81.128.2", "container_port": 8080}]);
+    doc["nat"] = json!({"capacity": CAPACITY});
+    vm.apply_json(&doc);
+    vm.assert_pings();
+    let _echo = weft_qemu_tests::socat::Socat::start(
+        vm.ctr(),
+        &["TCP-LISTEN:8080,fork,reuseaddr,backlog=1024", "EXEC:cat"],
+    );
+    let to: SocketAddr = "192.0.2.2:8080".parse().unwrap();
+    let host_ns = vm.host().name().to_string();
+
+    // The client side: one established connection echoing every 200 ms, and a new
+    // connection attempted every 100 ms, from the real client's address.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (stop, ns) = (stop.clone(), host_ns.clone());
+        std::thread::spawn(move || -> (u32, u32, u32, u32) {
+            enter_netns(&ns).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut est = loop {
+                match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    Err(e) => panic!("no first connection: {e}"),
+                }
+            };
+            est.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let (mut echoed, mut lost, mut opened, mut refused) = (0, 0, 0, 0);
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                if i % 2 == 0 {
+                    let msg = format!("ping {i}\n");
+                    let mut buf = vec![0u8; msg.len()];
+                    let ok = est.write_all(msg.as_bytes()).is_ok()
+                        && est.read_exact(&mut buf).is_ok()
+                        && buf == msg.as_bytes();
+                    if ok {
+                        echoed += 1
+                    } else {
+                        lost += 1
+                    }
+                }
+                match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+                    Ok(_) => opened += 1,
+                    Err(_) => refused += 1,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (echoed, lost, opened, refused)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let names = &vm.topo.names;
+    let host_mac = mac_of(vm.host(), &names.host_veth).to_string();
+    let out = vm
+        .host()
+        .command("python3")
+        .args([
+            "-c",
+            SYN_FLOOD,
+            &names.host_veth,
+            &vm.uplink_mac.to_string(),
+            &host_mac,
+        ])
+        .args(["192.0.2.2", "8080", &FLOOD.to_string(), "4000"])
+        .output()
+        .expect("python3 flood");
+    assert!(out.status.success(), "flood: {out:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (echoed, lost, opened, refused) = client.join().expect("client thread");
+    let st = status(&vm);
+    let nat = &st["nat"];
+    eprintln!(
+        "attacker_syn: {} ; table {} of {CAPACITY}, inserts {}, evicted {}, refused full {}; \
+         established echoes {echoed} ok / {lost} lost; new connections {opened} opened / {refused} failed",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        nat["table_size"],
+        nat["conntrack"]["inserts"],
+        nat["conntrack"]["evicted"],
+        nat["conntrack"]["refused_full"],
+    );
+    // The flood filled the table many times over...
+    assert!(counter(nat, &["conntrack", "evicted"]) > 0, "{nat}");
+    // ...yet the established connection never missed an echo, and the real client
+    // could open connections throughout: half-open flood flows are what make room.
+    assert_eq!(lost, 0, "established connection lost echoes: {nat}");
+    assert!(echoed > 0);
+    assert!(
+        refused * 10 <= opened,
+        "new connections: {opened} opened, {refused} failed: {nat}"
+    );
+}
