@@ -404,7 +404,7 @@ fn a_syn_flood_at_a_published_port_neither_evicts_established_flows_nor_locks_ou
             let mut i = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 i += 1;
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     let msg = format!("ping {i}\n");
                     let mut buf = vec![0u8; msg.len()];
                     let ok = est.write_all(msg.as_bytes()).is_ok()
