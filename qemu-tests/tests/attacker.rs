@@ -467,3 +467,64 @@ fn a_syn_flood_at_a_published_port_neither_evicts_established_flows_nor_locks_ou
         "new connections: {opened} opened, {refused} failed: {nat}"
     );
 }
+
+/// argv: iface, count, pps. ARP requests with random sender MACs and addresses in
+/// 10.81.0.0/16 asking for random addresses there, paced to `pps`.
+const ARP_FLOOD: &str = r#"
+import random, socket, struct, sys, time
+iface, n, pps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+start = time.time()
+for i in range(n):
+    mac = bytes([0x02]) + random.getrandbits(40).to_bytes(5, "big")
+    sip = struct.pack("!I", 0x0a510000 | random.getrandbits(16))
+    tip = struct.pack("!I", 0x0a510000 | random.getrandbits(16))
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + sip + b"\0" * 6 + tip
+    s.send(b"\xff" * 6 + mac + b"\x08\x06" + arp + b"\0" * 18)
+    ahead = (i + 1) / pps - (time.time() - start)
+    if ahead > 0.002:
+        time.sleep(ahead)
+print("sent", n, "in", round(time.time() - start, 2), flush=True)
+"#;
+
+#[test]
+fn an_arp_flood_on_the_link_costs_bounded_memory_and_cpu() {
+    const FLOOD: u32 = 50_000;
+    let vm = TestVm::boot("attacker_arp");
+    vm.apply_default();
+    vm.assert_pings();
+    let pid = vm.qemu_pid().expect("qemu pid");
+    let heap = |v: &Value| counter(v, &["heap", "used_bytes"]);
+    let before = status(&vm);
+    let cpu_before = weft_image::qemu::process_cpu_time(pid).unwrap();
+    let t = Instant::now();
+    let out = vm
+        .ctr()
+        .command("python3")
+        .args(["-c", ARP_FLOOD, &vm.topo.names.ctr_veth])
+        .args([&FLOOD.to_string(), "5000"])
+        .output()
+        .expect("python3 flood");
+    assert!(out.status.success(), "flood: {out:?}");
+    let wall = t.elapsed();
+    let cpu = weft_image::qemu::process_cpu_time(pid).unwrap() - cpu_before;
+    // Still serving, right after.
+    vm.assert_pings();
+    let after = status(&vm);
+    let grown = heap(&after).saturating_sub(heap(&before));
+    let received = counter(&after, &["interfaces", "link", "counters", "rx_packets"])
+        - counter(&before, &["interfaces", "link", "counters", "rx_packets"]);
+    eprintln!(
+        "attacker_arp: {} ; {received} frames received, heap +{} KiB, QEMU CPU {:.1} s over {:.1} s ({:.1} us/frame under TCG)",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        grown / 1024,
+        cpu.as_secs_f64(),
+        wall.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / received.max(1) as f64,
+    );
+    assert!(received >= u64::from(FLOOD) * 9 / 10, "{received} received");
+    // 50 000 senders, but the neighbour tables hold at most their capacity (4096 on the
+    // router): what the flood leaves behind is bounded by that, not by the flood.
+    assert!(grown < 4 << 20, "heap grew {grown} bytes: {after}");
+}
