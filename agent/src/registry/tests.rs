@@ -35,6 +35,7 @@ fn ctr(name: &str, last: u8, node: u8) -> ContainerRecord {
         address: Ipv4Addr::new(10, 81, node, last),
         mac: None,
         node: n(u16::from(node)),
+        owner: None,
     }
 }
 
@@ -173,7 +174,7 @@ async fn concurrent_allocations_never_hand_out_one_address_twice() {
     for _ in 0..50 {
         let (s, p) = (s.clone(), p.clone());
         tasks.push(tokio::spawn(async move {
-            allocate_address(&s, &p, n(3), share, &|_| false, None)
+            allocate_address(&s, &p, n(3), share, &|_| false, None, None)
                 .await
                 .unwrap()
                 .0
@@ -224,7 +225,7 @@ async fn concurrent_allocations_never_hand_out_one_address_twice() {
     ));
     // A full share says so.
     let tiny = (a, a);
-    let e = allocate_address(&s, &p, n(3), tiny, &|_| false, None)
+    let e = allocate_address(&s, &p, n(3), tiny, &|_| false, None, None)
         .await
         .unwrap_err();
     assert!(e.body().message.contains("no free address"), "{e:?}");
@@ -239,6 +240,7 @@ async fn a_port_is_published_once_per_node_and_everywhere_excludes_all_others() 
         host_port: port,
         container_address: Ipv4Addr::new(10, 81, 1, 2),
         container_port: 80,
+        owner: None,
     };
     add_publish(&s, &p, Scope::Node(n(1)), &rule(8080))
         .await
