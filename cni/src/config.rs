@@ -254,10 +254,12 @@ fn port_mapping(i: usize, m: &Value) -> Result<PortMapping, CniError> {
     // address (`-p 127.0.0.1:8080:80`) cannot be honoured, and is refused, not widened.
     match m.get("hostIP").and_then(Value::as_str).unwrap_or("") {
         "" | "0.0.0.0" | "::" => {}
-        ip => return Err(invalid(format!(
+        ip => {
+            return Err(invalid(format!(
             "{} {ip:?}: weft publishes on the appliance's uplink address only; leave hostIP empty",
             at("hostIP")
-        ))),
+        )))
+        }
     }
     Ok(PortMapping {
         host_port: port("hostPort")?,

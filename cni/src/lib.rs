@@ -54,6 +54,7 @@ pub fn run(var: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
         Command::Add => plugin::add(&conf, &env, stdin).map(|v| v.to_string()),
         Command::Del => plugin::del(&conf, &env, stdin).map(|()| String::new()),
         Command::Check => plugin::check(&conf, &env, stdin).map(|()| String::new()),
+        Command::Status => plugin::status(&conf).map(|()| String::new()),
         Command::Version => Ok(String::new()),
     };
     match done {

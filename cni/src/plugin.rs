@@ -1,4 +1,4 @@
-//! ADD, DEL, CHECK and VERSION: the order of the steps and what undoes them. ADD asks
+//! ADD, DEL, CHECK, STATUS and VERSION: the order of the steps and what undoes them. ADD asks
 //! the agent what the network is like, gets an address (the agent's, or a delegated
 //! IPAM plugin's), makes the link, registers the container and publishes its ports,
 //! every record tagged with the attachment's owner; if any step fails, what the earlier
@@ -259,6 +259,20 @@ pub fn del(conf: &NetConf, env: &Env, bytes: &[u8]) -> Result<(), CniError> {
         ipam::delegate(kind, spec::Command::Del, env, bytes)?;
     }
     Ok(())
+}
+
+/// STATUS: whether an ADD could succeed now: the agent answers and has joined the
+/// grid with the configured network, and the bridge is there.
+pub fn status(conf: &NetConf) -> Result<(), CniError> {
+    let unavailable = |e: CniError| CniError {
+        code: code::NOT_AVAILABLE,
+        ..e
+    };
+    let mut agent = Agent::connect(&conf.agent).map_err(unavailable)?;
+    agent
+        .network_info(conf.network.as_deref())
+        .map_err(unavailable)?;
+    link::check_bridge(&conf.bridge).map_err(|e| unavailable(link_failed(e)))
 }
 
 fn check_failed(msg: String) -> CniError {

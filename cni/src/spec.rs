@@ -39,6 +39,8 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 103;
     /// The delegated IPAM plugin failed without an error object of its own.
     pub const IPAM_FAILED: u32 = 104;
+    /// STATUS (CNI 1.1): the plugin cannot ADD now (the agent is away or not ready).
+    pub const NOT_AVAILABLE: u32 = 50;
 }
 
 /// An error as the spec reports it: `{"cniVersion", "code", "msg", "details"}` on
@@ -93,6 +95,8 @@ pub enum Command {
     Del,
     Check,
     Version,
+    /// CNI 1.1's readiness question: could an ADD succeed now?
+    Status,
 }
 
 impl Command {
@@ -102,6 +106,7 @@ impl Command {
             Command::Del => "DEL",
             Command::Check => "CHECK",
             Command::Version => "VERSION",
+            Command::Status => "STATUS",
         }
     }
 }
@@ -149,10 +154,11 @@ impl Env {
             Some("DEL") => Command::Del,
             Some("CHECK") => Command::Check,
             Some("VERSION") => Command::Version,
+            Some("STATUS") => Command::Status,
             Some(other) => {
                 return Err(invalid_env(
                     "CNI_COMMAND",
-                    &format!("is {other:?}; expected ADD, DEL, CHECK or VERSION"),
+                    &format!("is {other:?}; expected ADD, DEL, CHECK, VERSION or STATUS"),
                 ))
             }
             None => return Err(invalid_env("CNI_COMMAND", "is not set")),
@@ -170,8 +176,9 @@ impl Env {
                 .map(PathBuf::from)
                 .collect(),
         };
-        if command == Command::Version {
+        if matches!(command, Command::Version | Command::Status) {
             // Runtimes ask VERSION with placeholder values (podman); nothing else counts.
+            // STATUS is about the plugin, not a container.
             return Ok(env);
         }
         let non_empty = |name: &str| var(name).filter(|v| !v.is_empty());

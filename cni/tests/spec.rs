@@ -502,6 +502,23 @@ fn every_error_is_the_specs_object_and_changes_nothing() {
     let (ok, out) = v.run_raw(&f.host, b"");
     assert!(ok && out["supportedVersions"].is_array(), "{out}");
 
+    // STATUS (CNI 1.1): ready with the agent there, "not available" (50) without it
+    // or without the bridge; it needs no container.
+    let status = |conf: Value| Call::new("STATUS", conf, "", None);
+    assert_eq!(
+        status(conf.clone()).ok(&f.host),
+        Value::Null,
+        "STATUS prints nothing"
+    );
+    let away = f.conf(json!({"agent": "/run/weft-no-such-agent.sock"}));
+    assert_eq!(status(away).fails(&f.host).0, 50);
+    assert_eq!(
+        status(f.conf(json!({"bridge": "no-bridge"})))
+            .fails(&f.host)
+            .0,
+        50
+    );
+
     let code_of = |c: Call| c.fails(&f.host).0;
     let add = |conf: Value| Call::new("ADD", conf, "e1", Some(&ctr));
     // Not JSON: 6. An unknown key: 2. An old version: 1. A bad value: 7.
