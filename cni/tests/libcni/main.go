@@ -16,6 +16,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -34,7 +35,9 @@ type portMapping struct {
 }
 
 func fail(err error) {
-	if e, ok := err.(*types.Error); ok {
+	// libcni wraps a plugin's error ("plugin type=... failed (add): %w").
+	var e *types.Error
+	if errors.As(err, &e) {
 		if b, jerr := json.Marshal(e); jerr == nil {
 			fmt.Println(string(b))
 		}
