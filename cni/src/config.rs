@@ -117,6 +117,19 @@ fn valid_network_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// Whether `name` is a network name as the spec has them (it also tags the
+/// attachment's records in the grid, so it is kept to what the spec allows).
+fn valid_config_name(name: &str) -> bool {
+    name.len() <= 128
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 /// Parses and checks the config bytes of a call.
 pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| {
@@ -152,6 +165,11 @@ pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
     let name = string(&conf, "name")?
         .filter(|n| !n.is_empty())
         .ok_or_else(|| invalid("name is missing".into()))?;
+    if !valid_config_name(&name) {
+        return Err(invalid(format!(
+            "name {name:?}: the spec's network names start with a letter or digit, then letters, digits, '_', '.' and '-'"
+        )));
+    }
     string(&conf, "type")?.ok_or_else(|| invalid("type is missing".into()))?;
     let agent = PathBuf::from(string(&conf, "agent")?.unwrap_or_else(|| DEFAULT_AGENT.into()));
     if !agent.is_absolute() {
@@ -380,6 +398,8 @@ mod tests {
         );
         bad(json!({"cniVersion": 1}), code::INVALID_CONFIG, "cniVersion");
         bad(json!({"name": ""}), code::INVALID_CONFIG, "name");
+        bad(json!({"name": "my net"}), code::INVALID_CONFIG, "name");
+        bad(json!({"name": "-net"}), code::INVALID_CONFIG, "name");
         bad(
             json!({"agent": "run/a.sock"}),
             code::INVALID_CONFIG,

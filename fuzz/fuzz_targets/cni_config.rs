@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     match parse(data) {
         Ok(c) => {
             assert!(SUPPORTED_VERSIONS.contains(&c.cni_version.as_str()));
-            assert!(!c.name.is_empty());
+            assert!(c.name.bytes().all(|b| b.is_ascii_graphic()) && !c.name.is_empty());
             assert!(c.agent.is_absolute());
             assert!(valid_ifname(&c.bridge));
             for pm in &c.port_mappings {
