@@ -106,8 +106,8 @@ impl Made<'_> {
     }
 }
 
-/// ADD: the result object.
-pub fn add(conf: &NetConf, env: &Env, bytes: &[u8]) -> Result<Value, CniError> {
+/// `CNI_NETNS`, which ADD and CHECK need to exist.
+fn existing_netns(env: &Env) -> Result<&Path, CniError> {
     let netns = env
         .netns
         .as_deref()
@@ -118,6 +118,12 @@ pub fn add(conf: &NetConf, env: &Env, bytes: &[u8]) -> Result<Value, CniError> {
             format!("the network namespace {} does not exist", netns.display()),
         ));
     }
+    Ok(netns)
+}
+
+/// ADD: the result object.
+pub fn add(conf: &NetConf, env: &Env, bytes: &[u8]) -> Result<Value, CniError> {
+    let netns = existing_netns(env)?;
     let name = container_name(env);
     let service = service(conf, env)?;
     let mut agent = Agent::connect(&conf.agent)?;
@@ -287,16 +293,7 @@ pub fn check(conf: &NetConf, env: &Env, bytes: &[u8]) -> Result<(), CniError> {
             "CHECK needs the prevResult of the ADD",
         )
     })?;
-    let netns = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is not set"))?;
-    if !netns.exists() {
-        return Err(CniError::new(
-            code::UNKNOWN_CONTAINER,
-            format!("the network namespace {} does not exist", netns.display()),
-        ));
-    }
+    let netns = existing_netns(env)?;
     let index = prev
         .interfaces
         .iter()
