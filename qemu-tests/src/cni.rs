@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -206,21 +207,40 @@ impl Drop for Attached {
     }
 }
 
+/// The spec's "try again later" error code.
+const TRY_AGAIN: u64 = 11;
+/// How often [`attach`] tries an ADD that is to be tried again later.
+const ADD_TRIES: u64 = 5;
+
 /// Creates namespace `ns_name` and ADDs it as container `name` (`K8S_POD_NAME`) with
 /// `ports`; writes its resolv.conf from the result, as a runtime does.
 pub fn attach(net: &Network, ns_name: &str, id: &str, name: &str, ports: &str) -> Result<Attached> {
     let ns = Netns::create(ns_name)?;
     ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
     let resolv = PathBuf::from("/etc/netns").join(ns_name);
-    let out = net
-        .driver(
-            "add",
-            id,
-            ns_name,
-            &format!("IgnoreUnknown=1;K8S_POD_NAME={name}"),
-            ports,
-        )
-        .output()?;
+    // As runtimes do, an ADD refused with the spec's "try again later" (11: the agent
+    // or etcd did not answer in time, on a loaded machine) is tried again; a failed ADD
+    // leaves nothing behind, so trying again is safe.
+    let mut tries = 0;
+    let out = loop {
+        let out = net
+            .driver(
+                "add",
+                id,
+                ns_name,
+                &format!("IgnoreUnknown=1;K8S_POD_NAME={name}"),
+                ports,
+            )
+            .output()?;
+        let code = serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["code"].as_u64());
+        tries += 1;
+        if out.status.success() || code != Some(TRY_AGAIN) || tries == ADD_TRIES {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500 * tries));
+    };
     let result = outcome(&out).with_context(|| format!("ADD {name}"))?;
     let mut text = String::new();
     for s in result["dns"]["nameservers"]

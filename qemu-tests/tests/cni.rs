@@ -256,6 +256,14 @@ fn a_runtime_attaches_containers_on_two_hosts_through_libcni() {
         assert_eq!(st["appliance"]["in_sync"], true, "{}: {st}", h.test);
     }
     let (h1, h2) = (&hosts[0], &hosts[1]);
+    // Each topology's own container namespace sits at 10.81.<n>.2 without a runtime:
+    // registered by hand, so the agent never hands its address to a CNI container.
+    for h in &hosts {
+        let args =
+            json!({"name": format!("hostctr-{}", h.n), "address": format!("10.81.{}.2", h.n)});
+        h.call("container-add", Some(args))
+            .unwrap_or_else(|e| panic!("{}: registering its container namespace: {e}", h.test));
+    }
     let p = unique_prefix();
     let nets: Vec<Network> = hosts
         .iter()
@@ -386,8 +394,8 @@ fn a_runtime_attaches_containers_on_two_hosts_through_libcni() {
     );
     drop(bad_ns);
 
-    // A port mapping from the runtime serves from outside: host 2's underlay namespace
-    // reaches host 1's uplink address.
+    // A port mapping from the runtime serves from outside: a machine on host 1's uplink
+    // segment (as in publish.rs) reaches host 1's uplink address.
     let c3 = attach(
         &nets[0],
         &format!("{p}-c3"),
@@ -406,7 +414,24 @@ fn a_runtime_attaches_containers_on_two_hosts_through_libcni() {
     wait("host 1 publishes 8080", CONVERGE, || {
         appliance_ports(h1).contains(&8080)
     });
-    let got = fetch(&h2.topo.host, "TCP:192.0.2.11:8080");
+    let got = fetch(&h1.topo.host, "TCP:192.0.2.11:8080");
+    if got.is_empty() {
+        let sh = |ns: &Netns, cmd: &str| {
+            let o = ns.command("sh").args(["-c", cmd]).output().expect("sh");
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        };
+        eprintln!(
+            "c3: {}\n{}",
+            c3.result,
+            sh(&c3.ns, "ip -s link; ip addr; ip route; ss -ltn; ip neigh")
+        );
+        eprintln!("host: {}", sh(&h1.topo.host, "ip addr; ip route; ip neigh"));
+        eprintln!("status: {}", h1.call("status", None).unwrap_or(Value::Null));
+        eprintln!(
+            "config publish: {}",
+            h1.call("config", None).unwrap_or(Value::Null)["publish"]
+        );
+    }
     assert_eq!(got, "hello-from-cni-web", "the published port from outside");
 
     // DEL removes everything: veths, records (gone from the other host too), ports.
