@@ -121,7 +121,7 @@ impl std::fmt::Display for RegisterError {
         match self {
             RegisterError::Store(e) => write!(f, "{e}"),
             RegisterError::IdMismatch(m) => f.write_str(m),
-            RegisterError::Full => f.write_str("every node id 1..=254 is taken in this grid"),
+            RegisterError::Full => write!(f, "every node id 1..={MAX_NODE} is taken in this grid"),
             RegisterError::Busy {
                 node, same_host, ..
             } => {
@@ -169,13 +169,19 @@ pub async fn claim_id(
         let taken: Vec<String> = taken.into_iter().map(|kv| kv.key).collect();
         let free = |id: NodeId| !taken.contains(&prefix.key(&Key::NodeIdClaim(id)));
         let id = match wanted {
+            Some(w) if w.get() > MAX_NODE => {
+                return Err(RegisterError::IdMismatch(format!(
+                    "node id {w} ([grid] node in the config) is beyond the agent's \
+                     1..={MAX_NODE}: its address plan gives each node a /24 of the grid subnet"
+                )))
+            }
             Some(w) if free(w) => w,
             Some(w) => {
                 return Err(RegisterError::IdMismatch(format!(
                     "node id {w} ([grid] node in the config) is held by another name"
                 )))
             }
-            None => (1..=NodeId::MAX)
+            None => (1..=MAX_NODE)
                 .filter_map(NodeId::new)
                 .find(|id| free(*id))
                 .ok_or(RegisterError::Full)?,
@@ -365,6 +371,12 @@ pub async fn remove_container(store: &Store, prefix: &Prefix, name: &str) -> Res
     }
     Err(Refusal::Contended)
 }
+
+/// The highest node id an agent-run grid takes. The appliance numbers nodes up to
+/// [`NodeId::MAX`], but this plan gives every node a /24 share of a /16 (block `node`
+/// of 256), and blocks 1..=3 are where nodes 255..=1016 would have their node
+/// addresses: a grid beyond 254 nodes is written as a document, not run by agents.
+pub const MAX_NODE: u16 = 254;
 
 /// The addresses a node hands out: block `node` of the grid subnet cut in 256 (for a
 /// /16, `10.81.<node>.0/24`), without its first and last address. Block 0 holds the
