@@ -105,6 +105,9 @@ enum Cmd {
     Test,
     /// weft against a reference Linux VM doing the same job (docs/PERFORMANCE.md).
     Bench(weft_image::bench::BenchArgs),
+    /// One grid (two wefts and a Linux VTEP) under every kind of load at once for a
+    /// set time, sampled: heap trend, conntrack, drops, failures (docs/RELIABILITY.md).
+    Soak(weft_image::bench::soak::SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -223,6 +226,7 @@ fn main() -> ExitCode {
         Cmd::Agent(args) => cmd_agent(args),
         Cmd::Test => return cmd_test(),
         Cmd::Bench(args) => return weft_image::bench::main(args),
+        Cmd::Soak(args) => return weft_image::bench::soak::main(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
