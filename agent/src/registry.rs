@@ -13,7 +13,7 @@ use weft_appliance::weft_netstack::base::NodeId;
 
 use crate::schema::{
     decode, encode, key_of, AddressClaim, ContainerRecord, IdClaim, Key, NameClaim, NodeRecord,
-    PortKey, Prefix, PublishRecord, Record, Scope, ServiceRecord,
+    PortKey, Prefix, PublishRecord, Record, Scope, ServiceRecord, MAX_NODE,
 };
 use crate::store::{Cmp, Kv, Store, StoreError, Txn, Write};
 
@@ -371,12 +371,6 @@ pub async fn remove_container(store: &Store, prefix: &Prefix, name: &str) -> Res
     }
     Err(Refusal::Contended)
 }
-
-/// The highest node id an agent-run grid takes. The appliance numbers nodes up to
-/// [`NodeId::MAX`], but this plan gives every node a /24 share of a /16 (block `node`
-/// of 256), and blocks 1..=3 are where nodes 255..=1016 would have their node
-/// addresses: a grid beyond 254 nodes is written as a document, not run by agents.
-pub const MAX_NODE: u16 = 254;
 
 /// The addresses a node hands out: block `node` of the grid subnet cut in 256 (for a
 /// /16, `10.81.<node>.0/24`), without its first and last address. Block 0 holds the

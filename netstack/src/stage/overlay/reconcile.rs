@@ -132,7 +132,10 @@ mod tests {
     };
     const P2: Ipv4Address = Ipv4Address::new(192, 0, 2, 2);
     const P3: Ipv4Address = Ipv4Address::new(192, 0, 2, 3);
-    const NOW: Instant = Instant::from_secs(1);
+
+    fn now() -> Instant {
+        Instant::from_secs(1)
+    }
 
     fn doc(text: &str) -> OverlayConfig {
         serde_json::from_str(text).unwrap()
@@ -157,7 +160,7 @@ mod tests {
     fn running() -> Overlay {
         let mut o = Overlay::from_config(&base(), US, Limits::default(), 1).unwrap();
         for (m, peer, net) in [(2, P2, 100), (3, P3, 100), (4, P2, 200)] {
-            o.add_static(vni(net), mac(m), Location::Remote(peer), None, NOW)
+            o.add_static(vni(net), mac(m), Location::Remote(peer), None, now())
                 .unwrap();
         }
         o
@@ -171,19 +174,19 @@ mod tests {
                 "peers": [{"node": 2, "address": "192.0.2.2", "networks": ["a", "b"]}]}"#);
         assert_eq!(o.reconcile(&without_3), Ok(Reconciled::default()));
         assert_eq!(o.peers().map(|(a, _)| a).collect::<Vec<_>>(), [P2]);
-        assert_eq!(o.lookup(vni(100), &mac(3), NOW), None);
+        assert_eq!(o.lookup(vni(100), &mac(3), now()), None);
         assert_eq!(
-            o.lookup(vni(100), &mac(2), NOW),
+            o.lookup(vni(100), &mac(2), now()),
             Some(Location::Remote(P2))
         );
         assert_eq!(
-            o.lookup(vni(200), &mac(4), NOW),
+            o.lookup(vni(200), &mac(4), now()),
             Some(Location::Remote(P2))
         );
         // Back again: the peer is there, its entries are not (they went with it).
         o.reconcile(&base()).unwrap();
         assert_eq!(o.peers().count(), 2);
-        assert_eq!(o.lookup(vni(100), &mac(3), NOW), None);
+        assert_eq!(o.lookup(vni(100), &mac(3), now()), None);
     }
 
     #[test]
@@ -202,9 +205,9 @@ mod tests {
         assert_eq!(nets, [(100, Some(200)), (200, None)]);
         // Only the network whose update collided started over; b kept its table.
         assert_eq!(done.removed_networks, [vni(100)]);
-        assert_eq!(o.lookup(vni(100), &mac(2), NOW), None);
+        assert_eq!(o.lookup(vni(100), &mac(2), now()), None);
         assert_eq!(
-            o.lookup(vni(200), &mac(4), NOW),
+            o.lookup(vni(200), &mac(4), now()),
             Some(Location::Remote(P2))
         );
         // Peers 2 and 3 swap node numbers: both stay, on the numbers asked for.
@@ -214,7 +217,7 @@ mod tests {
                           {"node": 2, "address": "192.0.2.3", "networks": ["a"]}]}"#);
         o.reconcile(&renumbered).unwrap();
         let nodes: Vec<(Ipv4Address, u16)> = o
-            .status(NOW)
+            .status(now())
             .peers
             .iter()
             .map(|p| (p.address, p.node.get()))
@@ -235,7 +238,7 @@ mod tests {
         assert_eq!(o.peers().count(), 2);
         assert_eq!(o.networks().count(), 2);
         assert_eq!(
-            o.lookup(vni(100), &mac(3), NOW),
+            o.lookup(vni(100), &mac(3), now()),
             Some(Location::Remote(P3))
         );
         // Only the table limits changed: in place, and the new limits hold.
@@ -243,6 +246,9 @@ mod tests {
         bigger.grid.limits.fdb_entries = 3;
         o.reconcile(&bigger).unwrap();
         assert_eq!(o.limits().fdb_capacity, 3);
-        assert_eq!(o.lookup(vni(200), &mac(4), NOW), Some(Location::Remote(P2)));
+        assert_eq!(
+            o.lookup(vni(200), &mac(4), now()),
+            Some(Location::Remote(P2))
+        );
     }
 }
