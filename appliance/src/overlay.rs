@@ -8,6 +8,7 @@
 //! overlay and then brought in place, so learned and static entries survive and the
 //! cost is the difference, not a copy of the tables.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
 use core::net::Ipv4Addr;
@@ -215,7 +216,7 @@ pub enum OverlayPlan {
     /// No `[grid]`: no overlay.
     Off,
     /// A new overlay, built aside: none runs, or the grid or the uplink changed.
-    New(OverlayPath),
+    New(Box<OverlayPath>),
     /// The running overlay, brought in line with these sections in place (its tables,
     /// counters and sessions stay); checked already, so applying it cannot fail.
     InPlace(OverlayConfig),
@@ -260,7 +261,7 @@ pub fn plan(
         .map_or(first, |n| n.max(first));
     overlay.set_sleeve_first_session(first);
     OverlayPath::new(overlay, link_mac)
-        .map(OverlayPlan::New)
+        .map(|p| OverlayPlan::New(Box::new(p)))
         .map_err(internal)
 }
 
@@ -268,7 +269,7 @@ pub fn plan(
 pub fn carry_out(netstack: &mut Netstack, plan: OverlayPlan) {
     match plan {
         OverlayPlan::Off => netstack.set_overlay(None),
-        OverlayPlan::New(path) => netstack.set_overlay(Some(path)),
+        OverlayPlan::New(path) => netstack.set_overlay(Some(*path)),
         OverlayPlan::InPlace(sections) => {
             if let Some(path) = netstack.overlay_mut() {
                 if let Err(e) = path.reconcile(&sections) {
