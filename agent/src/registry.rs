@@ -13,7 +13,7 @@ use weft_appliance::weft_netstack::base::NodeId;
 
 use crate::schema::{
     decode, encode, key_of, AddressClaim, ContainerRecord, IdClaim, Key, NameClaim, NodeRecord,
-    PortKey, Prefix, PublishRecord, Record, Scope, ServiceRecord,
+    PortKey, Prefix, PublishRecord, Record, Scope, ServiceRecord, MAX_NODE,
 };
 use crate::store::{Cmp, Kv, Store, StoreError, Txn, Write};
 
@@ -121,7 +121,7 @@ impl std::fmt::Display for RegisterError {
         match self {
             RegisterError::Store(e) => write!(f, "{e}"),
             RegisterError::IdMismatch(m) => f.write_str(m),
-            RegisterError::Full => f.write_str("every node id 1..=254 is taken in this grid"),
+            RegisterError::Full => write!(f, "every node id 1..={MAX_NODE} is taken in this grid"),
             RegisterError::Busy {
                 node, same_host, ..
             } => {
@@ -169,13 +169,19 @@ pub async fn claim_id(
         let taken: Vec<String> = taken.into_iter().map(|kv| kv.key).collect();
         let free = |id: NodeId| !taken.contains(&prefix.key(&Key::NodeIdClaim(id)));
         let id = match wanted {
+            Some(w) if w.get() > MAX_NODE => {
+                return Err(RegisterError::IdMismatch(format!(
+                    "node id {w} ([grid] node in the config) is beyond the agent's \
+                     1..={MAX_NODE}: its address plan gives each node a /24 of the grid subnet"
+                )))
+            }
             Some(w) if free(w) => w,
             Some(w) => {
                 return Err(RegisterError::IdMismatch(format!(
                     "node id {w} ([grid] node in the config) is held by another name"
                 )))
             }
-            None => (1..=NodeId::MAX)
+            None => (1..=MAX_NODE)
                 .filter_map(NodeId::new)
                 .find(|id| free(*id))
                 .ok_or(RegisterError::Full)?,

@@ -142,12 +142,22 @@ impl fmt::Display for Key {
     }
 }
 
-/// Parses a node number in its canonical decimal form (`7`, not `07`).
+/// The highest node id an agent-run grid takes. The appliance numbers nodes up to
+/// `NodeId::MAX`, but this plan gives every node a /24 share of a /16 (block `node`
+/// of 256), and blocks 1..=3 are where nodes 255..=1016 would have their node
+/// addresses: a grid beyond 254 nodes is written as a document, not run by agents.
+pub const MAX_NODE: u16 = 254;
+
+/// Parses a node number of an agent-run grid (1..=[`MAX_NODE`]) in its canonical
+/// decimal form (`7`, not `07`).
 pub fn parse_node(s: &str) -> Option<NodeId> {
     if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    s.parse::<u16>().ok().and_then(NodeId::new)
+    s.parse::<u16>()
+        .ok()
+        .filter(|n| *n <= MAX_NODE)
+        .and_then(NodeId::new)
 }
 
 /// Whether `name` can be a node name (the appliance's peer-name rule).
