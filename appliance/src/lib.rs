@@ -584,7 +584,7 @@ impl Appliance {
                 gateway: None,
             }),
         );
-        self.netstack.set_overlay(overlay);
+        overlay::carry_out(&mut self.netstack, overlay);
         publish::apply(&mut self.netstack, &config, self.info.seed);
         // Health checkers start at the last poll's time (apply itself has no clock).
         services::apply(&mut self.netstack, &config, self.last_poll);
@@ -611,8 +611,9 @@ impl Appliance {
     /// Refuses a document whose new tables would not fit the free heap (when the
     /// platform reports its heap): out of memory is fatal in the kernel, so a document
     /// too large for this VM is a clear error before anything changes, not a crash.
-    /// Counted: a new flow table, the Maglev tables of new or changed services, and
-    /// the DNS records of new containers (built beside the running ones).
+    /// Counted: a new flow table, the Maglev tables of new or changed services, the
+    /// DNS records of new containers (built beside the running ones), and what the
+    /// overlay's FDB and ARP tables may still grow by up to their `[grid.limits]`.
     fn check_heap_room(
         &self,
         config: &Config,
@@ -646,11 +647,27 @@ impl Appliance {
         let (services, lb) = services::new_table_bytes(&self.netstack, config);
         let containers = records.map_or(0, |r| r.len() as u64);
         let dns = containers.saturating_mul(dns_service::RECORD_HEAP_BYTES);
-        let need = table.saturating_add(lb).saturating_add(dns);
+        let fdb = overlay::table_growth_bytes(&self.netstack, config);
+        let need = table
+            .saturating_add(lb)
+            .saturating_add(dns)
+            .saturating_add(fdb);
         if need == 0 || need.saturating_add(reserve) <= free {
             return Ok(());
         }
-        let (field, what) = if lb >= dns {
+        let (field, what) = if fdb >= lb.max(dns) {
+            let limits = config.grid.as_ref().map(|g| g.limits).unwrap_or_default();
+            (
+                "grid.limits.fdb_entries",
+                alloc::format!(
+                    "the FDB and ARP tables of {} networks full to [grid.limits] \
+                     ({} and {} entries each; lower them)",
+                    config.networks.len(),
+                    limits.fdb_entries,
+                    limits.arp_entries
+                ),
+            )
+        } else if lb >= dns {
             (
                 "services",
                 alloc::format!("the lookup tables of {services} services"),
@@ -751,7 +768,7 @@ fn overlay_error(e: OverlayError, mac_field: &str) -> ErrorBody {
         OverlayError::PeerNotInNetwork { .. } | OverlayError::PeerIsSelf(_) => {
             ErrorBody::with_field(ErrorCode::InvalidConfig, message, "peer")
         }
-        OverlayError::Table(_) | OverlayError::Config(_) => {
+        OverlayError::Table(_) | OverlayError::Config(_) | OverlayError::GridChanged => {
             ErrorBody::with_field(ErrorCode::InvalidConfig, message, mac_field)
         }
     }

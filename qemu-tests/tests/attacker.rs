@@ -327,3 +327,204 @@ fn forged_dns_answers_are_never_accepted() {
         "only {examined} forgeries hit the open port: {after}"
     );
 }
+
+/// argv: iface, destination MAC, source MAC, destination address, port, count, pps.
+/// TCP SYNs from random sources in 198.18.0.0/15 (RFC 2544's benchmark range), with
+/// valid checksums, paced to `pps`.
+const SYN_FLOOD: &str = r#"
+import random, socket, struct, sys, time
+iface, dmac, smac, dst, dport, n, pps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    t = (t >> 16) + (t & 0xffff)
+    t += t >> 16
+    return ~t & 0xffff
+d = socket.inet_aton(dst)
+eth = bytes.fromhex(dmac.replace(":", "")) + bytes.fromhex(smac.replace(":", "")) + b"\x08\x00"
+start = time.time()
+for i in range(n):
+    src = struct.pack("!I", 0xc6120000 | random.getrandbits(17))
+    tcp = struct.pack("!HHIIBBHHH", random.randint(1024, 65535), dport, random.getrandbits(32), 0, 0x50, 0x02, 64240, 0, 0)
+    tcp = tcp[:16] + struct.pack("!H", csum(src + d + struct.pack("!BBH", 0, 6, 20) + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, i & 0xffff, 0, 64, 6, 0, src, d)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    s.send(eth + ip + tcp)
+    ahead = (i + 1) / pps - (time.time() - start)
+    if ahead > 0.002:
+        time.sleep(ahead)
+print("sent", n, "in", round(time.time() - start, 2), flush=True)
+"#;
+
+#[test]
+fn a_syn_flood_at_a_published_port_neither_evicts_established_flows_nor_locks_out_clients() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use weft_image::bench::load::enter_netns;
+
+    const CAPACITY: u64 = 8192;
+    const FLOOD: u32 = 40_000;
+    let vm = TestVm::boot("attacker_syn");
+    let mut doc = serde_json::to_value(document::default_config()).unwrap();
+    doc["publish"] = json!([{"proto": "tcp", "host_port": 8080,
+                             "container_address": "10.81.128.2", "container_port": 8080}]);
+    doc["nat"] = json!({"capacity": CAPACITY});
+    vm.apply_json(&doc);
+    vm.assert_pings();
+    let _echo = weft_qemu_tests::socat::Socat::start(
+        vm.ctr(),
+        &["TCP-LISTEN:8080,fork,reuseaddr,backlog=1024", "EXEC:cat"],
+    );
+    let to: SocketAddr = "192.0.2.2:8080".parse().unwrap();
+    let host_ns = vm.host().name().to_string();
+
+    // The client side: one established connection echoing every 200 ms, and a new
+    // connection attempted every 100 ms, from the real client's address.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (stop, ns) = (stop.clone(), host_ns.clone());
+        std::thread::spawn(move || -> (u32, u32, u32, u32) {
+            enter_netns(&ns).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut est = loop {
+                match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    Err(e) => panic!("no first connection: {e}"),
+                }
+            };
+            est.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let (mut echoed, mut lost, mut opened, mut refused) = (0, 0, 0, 0);
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                if i.is_multiple_of(2) {
+                    let msg = format!("ping {i}\n");
+                    let mut buf = vec![0u8; msg.len()];
+                    let ok = est.write_all(msg.as_bytes()).is_ok()
+                        && est.read_exact(&mut buf).is_ok()
+                        && buf == msg.as_bytes();
+                    if ok {
+                        echoed += 1
+                    } else {
+                        lost += 1
+                    }
+                }
+                match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+                    Ok(_) => opened += 1,
+                    Err(_) => refused += 1,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (echoed, lost, opened, refused)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let names = &vm.topo.names;
+    let host_mac = mac_of(vm.host(), &names.host_veth).to_string();
+    let out = vm
+        .host()
+        .command("python3")
+        .args([
+            "-c",
+            SYN_FLOOD,
+            &names.host_veth,
+            &vm.uplink_mac.to_string(),
+            &host_mac,
+        ])
+        .args(["192.0.2.2", "8080", &FLOOD.to_string(), "4000"])
+        .output()
+        .expect("python3 flood");
+    assert!(out.status.success(), "flood: {out:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (echoed, lost, opened, refused) = client.join().expect("client thread");
+    let st = status(&vm);
+    let nat = &st["nat"];
+    eprintln!(
+        "attacker_syn: {} ; table {} of {CAPACITY}, inserts {}, evicted {}, refused full {}; \
+         established echoes {echoed} ok / {lost} lost; new connections {opened} opened / {refused} failed",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        nat["table_size"],
+        nat["conntrack"]["inserts"],
+        nat["conntrack"]["evicted"],
+        nat["conntrack"]["refused_full"],
+    );
+    // The flood filled the table many times over...
+    assert!(counter(nat, &["conntrack", "evicted"]) > 0, "{nat}");
+    // ...yet the established connection never missed an echo, and the real client
+    // could open connections throughout: half-open flood flows are what make room.
+    assert_eq!(lost, 0, "established connection lost echoes: {nat}");
+    assert!(echoed > 0);
+    assert!(
+        refused * 10 <= opened,
+        "new connections: {opened} opened, {refused} failed: {nat}"
+    );
+}
+
+/// argv: iface, count, pps. ARP requests with random sender MACs and addresses in
+/// 10.81.0.0/16 asking for random addresses there, paced to `pps`.
+const ARP_FLOOD: &str = r#"
+import random, socket, struct, sys, time
+iface, n, pps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+start = time.time()
+for i in range(n):
+    mac = bytes([0x02]) + random.getrandbits(40).to_bytes(5, "big")
+    sip = struct.pack("!I", 0x0a510000 | random.getrandbits(16))
+    tip = struct.pack("!I", 0x0a510000 | random.getrandbits(16))
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + sip + b"\0" * 6 + tip
+    s.send(b"\xff" * 6 + mac + b"\x08\x06" + arp + b"\0" * 18)
+    ahead = (i + 1) / pps - (time.time() - start)
+    if ahead > 0.002:
+        time.sleep(ahead)
+print("sent", n, "in", round(time.time() - start, 2), flush=True)
+"#;
+
+#[test]
+fn an_arp_flood_on_the_link_costs_bounded_memory_and_cpu() {
+    const FLOOD: u32 = 50_000;
+    let vm = TestVm::boot("attacker_arp");
+    vm.apply_default();
+    vm.assert_pings();
+    let pid = vm.qemu_pid().expect("qemu pid");
+    let heap = |v: &Value| counter(v, &["heap", "used_bytes"]);
+    let before = status(&vm);
+    let cpu_before = weft_image::qemu::process_cpu_time(pid).unwrap();
+    let t = Instant::now();
+    let out = vm
+        .ctr()
+        .command("python3")
+        .args(["-c", ARP_FLOOD, &vm.topo.names.ctr_veth])
+        .args([&FLOOD.to_string(), "5000"])
+        .output()
+        .expect("python3 flood");
+    assert!(out.status.success(), "flood: {out:?}");
+    let wall = t.elapsed();
+    let cpu = weft_image::qemu::process_cpu_time(pid).unwrap() - cpu_before;
+    // Still serving, right after.
+    vm.assert_pings();
+    let after = status(&vm);
+    let grown = heap(&after).saturating_sub(heap(&before));
+    let received = counter(&after, &["interfaces", "link", "counters", "rx_packets"])
+        - counter(&before, &["interfaces", "link", "counters", "rx_packets"]);
+    eprintln!(
+        "attacker_arp: {} ; {received} frames received, heap +{} KiB, QEMU CPU {:.1} s over {:.1} s ({:.1} us/frame under TCG)",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        grown / 1024,
+        cpu.as_secs_f64(),
+        wall.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / received.max(1) as f64,
+    );
+    assert!(received >= u64::from(FLOOD) * 9 / 10, "{received} received");
+    // 50 000 senders, but the neighbour tables hold at most their capacity (4096 on the
+    // router): what the flood leaves behind is bounded by that, not by the flood.
+    assert!(grown < 4 << 20, "heap grew {grown} bytes: {after}");
+}
