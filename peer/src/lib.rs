@@ -14,6 +14,7 @@ pub mod channel;
 pub mod exporter;
 pub mod identity;
 pub mod keys;
+pub mod mesh;
 pub mod message;
 pub mod provider;
 pub mod rng;
