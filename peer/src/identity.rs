@@ -79,6 +79,35 @@ pub fn parse_node_name(name: &str) -> Option<(GridName, NodeId)> {
     Some((GridName::new(grid)?, number.parse().ok()?))
 }
 
+/// The grid a grid CA certificate is for: its name constraint permits exactly the
+/// names under `<grid>.weft.internal` (what `weft ca init` writes). A CA without that
+/// constraint could issue names of any grid and is not a grid CA.
+pub fn ca_grid(ca: &CertificateDer<'_>) -> Option<GridName> {
+    use x509_cert::der::oid::AssociatedOid;
+    use x509_cert::der::Decode;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::NameConstraints;
+    let cert = x509_cert::Certificate::from_der(ca.as_ref()).ok()?;
+    let ext = cert
+        .tbs_certificate()
+        .extensions()?
+        .iter()
+        .find(|e| e.extn_id == NameConstraints::OID)?;
+    let constraints = NameConstraints::from_der(ext.extn_value.as_bytes()).ok()?;
+    let permitted = constraints.permitted_subtrees?;
+    let [only] = permitted.as_slice() else {
+        return None;
+    };
+    let GeneralName::DnsName(domain) = &only.base else {
+        return None;
+    };
+    let grid = domain
+        .as_str()
+        .strip_suffix(NAME_SUFFIX)?
+        .strip_suffix('.')?;
+    GridName::new(grid)
+}
+
 /// What status shows of a certificate: its subject and when it expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertSummary {
@@ -115,6 +144,10 @@ pub enum CredentialError {
     KeyMismatch,
     /// The CA certificate cannot serve as a trust anchor.
     BadCa,
+    /// The CA is not constrained to the names of one grid (`<grid>.weft.internal`).
+    NotAGridCa,
+    /// The CA is for another grid than the certificate names.
+    OtherGrid { ca: GridName, cert: GridName },
     /// The certificate does not chain to the CA, or is not valid now (the text says
     /// which, from webpki).
     NotIssued(String),
@@ -140,6 +173,15 @@ impl fmt::Display for CredentialError {
                 f.write_str("the private key does not belong to the certificate")
             }
             CredentialError::BadCa => f.write_str("the CA certificate is not a usable CA"),
+            CredentialError::NotAGridCa => write!(
+                f,
+                "the CA certificate is not a grid CA (it must permit only names under \
+                 <grid>.{NAME_SUFFIX}; `weft ca init` makes one)"
+            ),
+            CredentialError::OtherGrid { ca, cert } => write!(
+                f,
+                "the CA is for grid {ca:?}, the certificate for grid {cert:?}"
+            ),
             CredentialError::NotIssued(why) => {
                 write!(f, "the certificate is not valid under the CA: {why}")
             }
@@ -243,6 +285,13 @@ impl Credentials {
             expected: node,
             names,
         })?;
+        let ca_grid = ca_grid(&ca).ok_or(CredentialError::NotAGridCa)?;
+        if ca_grid != grid {
+            return Err(CredentialError::OtherGrid {
+                ca: ca_grid,
+                cert: grid,
+            });
+        }
         let cert_spki = EndEntityCert::try_from(leaf)
             .map_err(|_| CredentialError::CertPem)?
             .subject_public_key_info();

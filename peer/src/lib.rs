@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 extern crate alloc;
 
+pub use pki_types;
+
 pub mod channel;
 pub mod exporter;
 pub mod identity;

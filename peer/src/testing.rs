@@ -49,6 +49,18 @@ impl TestCa {
         }
     }
 
+    /// A CA that may issue any name (not a grid CA).
+    pub fn unconstrained() -> TestCa {
+        let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+        let mut params = ca_params("any");
+        params.name_constraints = None;
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa {
+            pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
     /// A certificate for `names` (subjectAltName DNS names), its key of `alg`.
     pub fn issue_with(
         &self,

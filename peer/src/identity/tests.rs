@@ -149,3 +149,26 @@ fn a_peer_certificate_names_exactly_one_node_of_the_grid() {
         Err(PeerIdentityError::WrongGrid)
     );
 }
+
+#[test]
+fn the_ca_must_be_constrained_to_the_certificates_grid() {
+    let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let ca = TestCa::new("g");
+    assert_eq!(ca_grid(&der(&ca.pem)), GridName::new("g"));
+    // A CA of grid "h" that (wrongly) signed a grid-"g" name: its own name constraint
+    // already refuses the chain.
+    let h = TestCa::new("h");
+    let (cert, key) = h.issue("g", 3);
+    assert!(matches!(
+        Credentials::from_pem(3, &h.pem, &cert, &key, Some(NOW)),
+        Err(CredentialError::NotIssued(_))
+    ));
+    // A CA without a name constraint is not a grid CA.
+    let open = TestCa::unconstrained();
+    let (cert, key) = open.issue("g", 3);
+    assert_eq!(ca_grid(&der(&open.pem)), None);
+    assert_eq!(
+        Credentials::from_pem(3, &open.pem, &cert, &key, Some(NOW)).err(),
+        Some(CredentialError::NotAGridCa)
+    );
+}
