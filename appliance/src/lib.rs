@@ -32,6 +32,7 @@ pub use protocol::{
 pub use session::ControlSession;
 pub use weft_netstack;
 pub use weft_netstack::{MemPort, Port, TxError};
+pub use weft_peer;
 
 /// Heap bytes that a new flow table must leave free for the packet path (at least;
 /// an eighth of the heap on larger VMs).
@@ -63,6 +64,9 @@ pub struct Appliance {
     heap: Option<protocol::HeapStatus>,
     /// The time of the latest `poll` (for what `apply` starts, such as health checks).
     last_poll: Instant,
+    /// The generator behind every key this appliance makes (TLS), once the platform
+    /// gave a 256-bit seed.
+    key_rng: Option<&'static weft_peer::rng::Csprng>,
 }
 
 impl Appliance {
@@ -91,7 +95,23 @@ impl Appliance {
             unix_time_at_boot: None,
             heap: None,
             last_poll: now,
+            key_rng: None,
         }
+    }
+
+    /// Gives the appliance the 256-bit seed of its key generator (the kernel: RDRAND).
+    /// Only the first seed of a boot is taken: the generator lives as long as the
+    /// appliance. Without one, nothing that needs fresh keys (`[grid] auth = "tls"`)
+    /// can be configured.
+    pub fn set_key_seed(&mut self, seed: weft_peer::rng::Seed) {
+        if self.key_rng.is_none() {
+            self.key_rng = Some(weft_peer::rng::Csprng::leak(seed));
+        }
+    }
+
+    /// The key generator, once seeded.
+    pub fn key_rng(&self) -> Option<&'static weft_peer::rng::Csprng> {
+        self.key_rng
     }
 
     /// Tells the appliance the wall-clock time at boot (seconds since the Unix epoch), as

@@ -258,6 +258,41 @@ mod tests {
         c
     }
 
+    fn hex32(s: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
+    }
+
+    /// docs/peer-tls.md "Test vectors" (Python's `cryptography`, independent of ours).
+    #[test]
+    fn spec_vector_chain_and_keys() {
+        let capture = ExporterCapture::default();
+        let ems: alloc::vec::Vec<u8> = (0u8..32).collect();
+        capture.log("EXPORTER_SECRET", &[0; 32], &ems);
+        assert_eq!(
+            context(1, 2, 0x0123_4567_89ab_cdef),
+            [0, 0, 0, 1, 0, 0, 0, 2, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]
+        );
+        let mut chain = Chain::export(&capture, 1, 2, 0x0123_4567_89ab_cdef).unwrap();
+        assert_eq!(
+            *chain.secret,
+            hex32("c01067529fcb59709966f314fe5c02716e334291a3854bc3bfcf184c961e24ce")
+        );
+        let key0 = hex32("99994a9885b12619f5b90ca0b5eead689190fcf74fad9d90291af206a802bf0e");
+        let key1 = hex32("4628fd926b99a92a18e82698f76e3604ebf8f7a43d77177095315a571bc776e4");
+        assert_eq!(*chain.key(0).unwrap(), key0);
+        assert_eq!(*chain.key(1).unwrap(), key1);
+        chain.advance_to(1);
+        assert_eq!(
+            *chain.secret,
+            hex32("de1076b313bceb31ec158dfe0e659ba2ac79e0aec1b84b62e85b487a76f79d62")
+        );
+        assert_eq!(*chain.key(1).unwrap(), key1);
+    }
+
     #[test]
     fn both_ends_of_a_connection_derive_the_same_chain_per_direction() {
         let conn = capture(1);
