@@ -62,7 +62,9 @@ impl TimeProvider for WallClock {
     }
 }
 
-/// This node's TLS configurations, built once from its checked credentials.
+/// This node's TLS configurations, built once from its checked credentials (a clone
+/// shares them).
+#[derive(Clone)]
 pub struct TlsContext {
     creds: Credentials,
     client: Arc<ClientConfig>,
@@ -365,6 +367,16 @@ impl Channel {
             return;
         }
         message.write_to(&mut self.app_out);
+        self.drive(unix_now);
+    }
+
+    /// Queue application bytes as they are, message or not (tests and fuzzing: what a
+    /// peer with our keys but not our code could send).
+    pub fn send_raw(&mut self, bytes: &[u8], unix_now: Option<u64>) {
+        if self.closed.is_some() {
+            return;
+        }
+        self.app_out.extend_from_slice(bytes);
         self.drive(unix_now);
     }
 
