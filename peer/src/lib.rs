@@ -13,6 +13,7 @@ extern crate alloc;
 pub use pki_types;
 
 pub mod channel;
+pub mod config;
 pub mod exporter;
 pub mod identity;
 pub mod keys;
