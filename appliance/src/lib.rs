@@ -10,6 +10,7 @@ pub mod dns_service;
 pub mod field_path;
 pub mod mesh;
 pub mod overlay;
+pub mod peer_tls;
 pub mod protocol;
 pub mod publish;
 pub mod services;
