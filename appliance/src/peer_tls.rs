@@ -151,8 +151,7 @@ impl PeerTls {
         // Bytes both ways.
         let iface = &mut netstack.nic_mut(NicId::Uplink).iface;
         let mut buf = [0u8; 2048];
-        let conns: Vec<(ConnId, SocketHandle)> =
-            self.conns.iter().map(|(c, h)| (*c, *h)).collect();
+        let conns: Vec<(ConnId, SocketHandle)> = self.conns.iter().map(|(c, h)| (*c, *h)).collect();
         for (conn, handle) in conns {
             let socket = iface.sockets_mut().get_mut::<tcp::Socket>(handle);
             while socket.can_recv() {
@@ -274,6 +273,7 @@ impl PeerTls {
                     tx_epoch: None,
                     rx_epoch: None,
                     last_rekey_ms: p.last_rekey.map(|t| ms(since_boot.saturating_sub(t))),
+                    handshake_ms: p.handshake_time.map(ms),
                     handshakes: p.handshakes,
                 })
                 .collect(),
@@ -319,6 +319,9 @@ pub struct PeerTlsPeer {
     pub rx_epoch: Option<u32>,
     /// Milliseconds since the keys last changed (a session switch or a new epoch).
     pub last_rekey_ms: Option<u64>,
+    /// The last connection's time from opening to established (TCP, TLS, first
+    /// message).
+    pub handshake_ms: Option<u64>,
     pub handshakes: u64,
 }
 

@@ -170,6 +170,9 @@ pub struct PeerStatus {
     /// When keys last changed (a session was switched to), since boot.
     pub last_rekey: Option<Duration>,
     pub established_at: Option<Duration>,
+    /// How long the last connection took from its opening (the dial, or the accept)
+    /// to established: TCP and TLS handshakes and the first message.
+    pub handshake_time: Option<Duration>,
     pub handshakes: u64,
 }
 
@@ -188,6 +191,7 @@ struct Link {
     cert: Option<CertSummary>,
     last_rekey: Option<Duration>,
     established_at: Option<Duration>,
+    handshake_time: Option<Duration>,
     handshakes: u64,
 }
 
@@ -310,6 +314,7 @@ impl Mesh {
                 cert: None,
                 last_rekey: None,
                 established_at: None,
+                handshake_time: None,
                 handshakes: 0,
             });
         }
@@ -473,6 +478,7 @@ impl Mesh {
                     rx_session: l.rx_session,
                     last_rekey: l.last_rekey,
                     established_at: l.established_at,
+                    handshake_time: l.handshake_time,
                     handshakes: l.handshakes,
                 }
             })
@@ -533,6 +539,7 @@ impl Mesh {
             }
         }
         self.counters.established += 1;
+        let opened = self.conns.get(&id).map_or(t, |c| c.opened);
         let session = self.next_session;
         self.next_session = self.next_session.wrapping_add(1);
         let link = self.links.get_mut(&peer).expect("checked above");
@@ -544,6 +551,7 @@ impl Mesh {
         link.next_dial = t + self.config.redial_min;
         link.cert = Some(cert);
         link.established_at = Some(t);
+        link.handshake_time = Some(t.saturating_sub(opened));
         link.handshakes += 1;
         link.tx_pending = Some((id, session));
         if let Some(old) = old.filter(|o| *o != id) {
