@@ -18,9 +18,16 @@ const VIP: Ipv4Address = Ipv4Address::new(10, 81, 255, 1);
 const MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 1]);
 
 fn nat() -> Nat {
-    let mut config = NatConfig::new(UPLINK, NODE, Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 16));
+    let mut config = NatConfig::new(
+        UPLINK,
+        NODE,
+        Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 16),
+    );
     // Small enough that a fuzz input fills the table and the port range.
-    config.conntrack = conntrack::Config { capacity: 32, ..conntrack::Config::default() };
+    config.conntrack = conntrack::Config {
+        capacity: 32,
+        ..conntrack::Config::default()
+    };
     config.snat_ports = (40000, 40015);
     let mut nat = Nat::new(config, 0x5eed);
     for (proto, host_port, addr, port) in [
@@ -28,7 +35,12 @@ fn nat() -> Nat {
         (Transport::Udp, 5353, Ipv4Address::new(10, 81, 1, 5), 53),
         (Transport::Tcp, 9000, VIP, 80),
     ] {
-        let _ = nat.add_publish(PublishRule { proto, host_port, container_address: addr, container_port: port });
+        let _ = nat.add_publish(PublishRule {
+            proto,
+            host_port,
+            container_address: addr,
+            container_port: port,
+        });
     }
     // A small prime table keeps each run cheap; the logic is the same.
     *nat.lb_mut() = LoadBalancer::with_table_size(251);
@@ -40,9 +52,19 @@ fn nat() -> Nat {
             port: 80,
             mode: Mode::Vip,
             backends: (1..=3)
-                .map(|i| BackendConfig { address: Ipv4Address::new(10, 81, i, 10), port: 8000, weight: i as u32 })
+                .map(|i| BackendConfig {
+                    address: Ipv4Address::new(10, 81, i, 10),
+                    port: 8000,
+                    weight: i as u32,
+                })
                 .collect(),
-            health: Some(HealthSpec { interval_ms: 100, timeout_ms: 50, rise: 1, fall: 1, proto: None }),
+            health: Some(HealthSpec {
+                interval_ms: 100,
+                timeout_ms: 50,
+                rise: 1,
+                fall: 1,
+                proto: None,
+            }),
         },
         Instant::ZERO,
     );
@@ -63,7 +85,11 @@ fuzz_target!(|data: &[u8]| {
         now += Duration::from_millis(step as u64 * 997);
         match op % 4 {
             0 | 1 => {
-                let side = if op % 4 == 0 { Side::Uplink } else { Side::Container };
+                let side = if op % 4 == 0 {
+                    Side::Uplink
+                } else {
+                    Side::Container
+                };
                 let before = frame.len();
                 // The router's TTL check: a packet the NAT says it would forward is
                 // translated or refused, never passed on untouched.
@@ -106,7 +132,10 @@ fuzz_target!(|data: &[u8]| {
                     nat.lb_mut().report(check.id, ok, now);
                 }
                 if step == 0xff {
-                    let _ = nat.remove_backend("web", Endpoint::new(Ipv4Address::new(10, 81, 1, 10), 8000));
+                    let _ = nat.remove_backend(
+                        "web",
+                        Endpoint::new(Ipv4Address::new(10, 81, 1, 10), 8000),
+                    );
                 }
                 // Drain, re-weight or add a backend between frames (weight 0 drains).
                 if step == 0xfe {

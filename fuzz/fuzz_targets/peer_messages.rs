@@ -11,7 +11,7 @@ use core::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use weft_appliance::weft_peer::channel::{Channel, CloseReason, Event, TlsContext};
 use weft_appliance::weft_peer::identity::Credentials;
-use weft_appliance::weft_peer::keys::Direction;
+use weft_appliance::weft_peer::keys::{Direction, TlsKeys};
 use weft_appliance::weft_peer::mesh::{Action, Mesh, MeshConfig, Time};
 use weft_appliance::weft_peer::message::{Message, Reader, HEADER_LEN, MAX_BODY};
 use weft_appliance::weft_peer::rng::{Csprng, Seed};
@@ -25,7 +25,11 @@ const CERT_2: &str = include_str!("../fixtures/peer/node-2.pem");
 const KEY_2: &str = include_str!("../fixtures/peer/node-2.key");
 
 fn context(node: u32) -> TlsContext {
-    let (cert, key) = if node == 1 { (CERT_1, KEY_1) } else { (CERT_2, KEY_2) };
+    let (cert, key) = if node == 1 {
+        (CERT_1, KEY_1)
+    } else {
+        (CERT_2, KEY_2)
+    };
     let creds = Credentials::from_pem(node, CA, cert, key, Some(NOW)).expect("fixture");
     TlsContext::new(creds, Csprng::leak(Seed::new([node as u8; 32]))).expect("fixture")
 }
@@ -138,13 +142,12 @@ fuzz_target!(|data: &[u8]| {
                 since_boot: Duration::from_secs(1),
                 unix_secs: Some(NOW),
             };
-            let mut mesh = Mesh::new(
-                two.clone(),
-                MeshConfig::default(),
-                500,
-            );
+            let mut mesh = Mesh::new(two.clone(), MeshConfig::default(), 500, TlsKeys::shared());
             mesh.set_peers(&[1], t);
-            assert!(mesh.poll(t).iter().all(|a| !matches!(a, Action::Dial { .. })));
+            assert!(mesh
+                .poll(t)
+                .iter()
+                .all(|a| !matches!(a, Action::Dial { .. })));
             let conn = mesh.accept(t).expect("accept");
             let mut a = Channel::dial(one, 2, Some(NOW)).expect("dial");
             for _ in 0..20 {
@@ -180,7 +183,10 @@ fuzz_target!(|data: &[u8]| {
             if let Some(chains) = mesh.keys().peer(1) {
                 for c in chains.rx() {
                     assert!(announced.contains(&c.session()), "keys for {}", c.session());
-                    assert!(mesh.keys().key(1, Direction::Receive, c.session(), 0).is_some());
+                    assert!(mesh
+                        .keys()
+                        .key(1, Direction::Receive, c.session(), 0)
+                        .is_some());
                 }
             }
         }),

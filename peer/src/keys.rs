@@ -16,7 +16,9 @@
 //! given, and never prints a secret.
 
 use alloc::collections::BTreeMap;
+use alloc::rc::Rc;
 use alloc::vec::Vec;
+use core::cell::RefCell;
 use core::fmt;
 
 use zeroize::Zeroizing;
@@ -164,6 +166,11 @@ impl PeerChains {
     }
 }
 
+/// One key store shared by the peer channel (which installs chains) and the sleeve data
+/// path (which derives keys and moves the chains on). Single-threaded, as the appliance
+/// is; every borrow is short and never held across a call into the other side.
+pub type SharedKeys = Rc<RefCell<TlsKeys>>;
+
 /// The sleeve keys of every peer the channel negotiated with.
 #[derive(Debug, Default)]
 pub struct TlsKeys {
@@ -173,6 +180,11 @@ pub struct TlsKeys {
 impl TlsKeys {
     pub fn new() -> TlsKeys {
         TlsKeys::default()
+    }
+
+    /// A new, empty store to share.
+    pub fn shared() -> SharedKeys {
+        Rc::new(RefCell::new(TlsKeys::new()))
     }
 
     /// The key for `peer`, `direction`, the sender's `session` and `epoch`.

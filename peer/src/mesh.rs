@@ -16,7 +16,7 @@ use core::time::Duration;
 
 use crate::channel::{Channel, CloseReason, Event, TlsContext, TlsFailure};
 use crate::identity::{CertSummary, NodeId, PeerIdentityError};
-use crate::keys::TlsKeys;
+use crate::keys::{SharedKeys, TlsKeys};
 use crate::message::Message;
 
 /// The time every call brings: monotonic time since boot, and the wall clock when known.
@@ -214,7 +214,7 @@ pub struct Mesh {
     conns: BTreeMap<ConnId, Conn>,
     next_conn: u32,
     next_session: u64,
-    keys: TlsKeys,
+    keys: SharedKeys,
     key_events: Vec<KeyEvent>,
     counters: MeshCounters,
 }
@@ -232,8 +232,9 @@ impl core::fmt::Debug for Mesh {
 
 impl Mesh {
     /// `first_session`: the first sending session id of this boot (it must grow across
-    /// boots: docs/sleeve.md "Sessions"); each connection takes the next.
-    pub fn new(ctx: TlsContext, config: MeshConfig, first_session: u64) -> Mesh {
+    /// boots: docs/sleeve.md "Sessions"); each connection takes the next. The mesh
+    /// installs chains in `keys`, which the data path shares.
+    pub fn new(ctx: TlsContext, config: MeshConfig, first_session: u64, keys: SharedKeys) -> Mesh {
         Mesh {
             local: ctx.credentials().node(),
             ctx,
@@ -242,7 +243,7 @@ impl Mesh {
             conns: BTreeMap::new(),
             next_conn: 0,
             next_session: first_session,
-            keys: TlsKeys::new(),
+            keys,
             key_events: Vec::new(),
             counters: MeshCounters::default(),
         }
@@ -260,12 +261,13 @@ impl Mesh {
         self.local
     }
 
-    pub fn keys(&self) -> &TlsKeys {
-        &self.keys
+    /// The key store (shared with the data path).
+    pub fn keys(&self) -> core::cell::Ref<'_, TlsKeys> {
+        self.keys.borrow()
     }
 
-    pub fn keys_mut(&mut self) -> &mut TlsKeys {
-        &mut self.keys
+    pub fn shared_keys(&self) -> &SharedKeys {
+        &self.keys
     }
 
     pub fn counters(&self) -> &MeshCounters {
@@ -287,7 +289,7 @@ impl Mesh {
             .collect();
         for node in gone {
             self.links.remove(&node);
-            self.keys.remove(node);
+            self.keys.borrow_mut().remove(node);
             let conns: Vec<ConnId> = self
                 .conns
                 .iter()
@@ -578,7 +580,7 @@ impl Mesh {
                 let Some(chain) = conn.channel.export_chain(peer, self.local, session) else {
                     return self.close(id, now);
                 };
-                self.keys.install_rx(peer, chain);
+                self.keys.borrow_mut().install_rx(peer, chain);
                 if let Some(link) = self.links.get_mut(&peer) {
                     link.rx_session = Some(session);
                 }
@@ -593,7 +595,7 @@ impl Mesh {
                 let Some(chain) = conn.channel.export_chain(self.local, peer, session) else {
                     return self.close(id, now);
                 };
-                self.keys.install_tx(peer, chain);
+                self.keys.borrow_mut().install_tx(peer, chain);
                 if let Some(link) = self.links.get_mut(&peer) {
                     link.tx_pending = None;
                     link.tx_session = Some(session);

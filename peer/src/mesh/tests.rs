@@ -117,6 +117,7 @@ fn mesh(ca: &TestCa, node: NodeId, first_session: u64) -> Mesh {
         context(ca.credentials("g", node)),
         MeshConfig::default(),
         first_session,
+        TlsKeys::shared(),
     )
 }
 
