@@ -180,13 +180,11 @@ fuzz_target!(|data: &[u8]| {
             }
             let _ = mesh.poll(t);
             // The mesh holds receiving keys only for a session the peer announced.
-            if let Some(chains) = mesh.keys().peer(1) {
+            let keys = mesh.keys();
+            if let Some(chains) = keys.peer(1) {
                 for c in chains.rx() {
                     assert!(announced.contains(&c.session()), "keys for {}", c.session());
-                    assert!(mesh
-                        .keys()
-                        .key(1, Direction::Receive, c.session(), 0)
-                        .is_some());
+                    assert!(keys.key(1, Direction::Receive, c.session(), 0).is_some());
                 }
             }
         }),
