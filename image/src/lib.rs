@@ -9,6 +9,7 @@ pub mod ca;
 pub mod demo;
 pub mod netns;
 pub mod paths;
+pub mod process;
 pub mod qemu;
 pub mod stages;
 pub mod status;

@@ -1,5 +1,5 @@
 //! `weft`: the host tool. `build` the image, `boot` it under QEMU, talk to it with
-//! `ctl`, run the `demo`, run every `test`. The work is in the library; this file only
+//! `ctl`, run the host `agent`, run the `demo`, run every `test`. The work is in the library; this file only
 //! parses the command line and maps outcomes to exit codes.
 
 use std::path::PathBuf;
@@ -95,6 +95,9 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "tcg")]
         accel: Accel,
     },
+    /// The host agent: keeps the grid in etcd (or a file) and makes the appliance
+    /// follow it; serves the API socket; boots and supervises the appliance with --image.
+    Agent(AgentArgs),
     /// Run every check of the project (fmt, clippy, unit tests, image, QEMU tests).
     Test,
     /// The grid's certificate authority: certificates for `[grid] auth = "tls"`.
@@ -104,6 +107,52 @@ enum Cmd {
     },
     /// weft against a reference Linux VM doing the same job (docs/PERFORMANCE.md).
     Bench(weft_image::bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The node's own config (TOML); `[grid] node` may be left out (then allocated).
+    #[arg(long)]
+    config: PathBuf,
+    /// The appliance's control socket.
+    #[arg(long)]
+    control: PathBuf,
+    /// The agent's API socket (the same protocol; any number of clients).
+    #[arg(long)]
+    api: PathBuf,
+    /// Where the grid lives: etcd:http://HOST:2379[,http://...] or file:PATH.
+    #[arg(long)]
+    store: weft_agent::StoreSpec,
+    /// The node's name in the grid (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The grid's name, the store prefix /weft/<grid>/ (default: [dns] grid, else weft).
+    #[arg(long)]
+    grid: Option<String>,
+    /// Seconds the node's live entry outlives its agent.
+    #[arg(long, default_value_t = weft_agent::DEFAULT_TTL.as_secs())]
+    ttl: u64,
+    /// The address nodes of this node's region reach it at (default: the uplink's).
+    #[arg(long)]
+    private_address: Option<std::net::Ipv4Addr>,
+    /// The address nodes of other regions reach it at (default: the uplink's).
+    #[arg(long)]
+    public_address: Option<std::net::Ipv4Addr>,
+    /// Boot and supervise the appliance from this kernel image (with --uplink, --link).
+    #[arg(long, requires_all = ["uplink", "link"])]
+    image: Option<PathBuf>,
+    /// Uplink NIC backend for the supervised appliance, e.g. tap:weft0.
+    #[arg(long, requires = "image")]
+    uplink: Option<NetBackend>,
+    /// Container link NIC backend for the supervised appliance, e.g. tap:weft1.
+    #[arg(long, requires = "image")]
+    link: Option<NetBackend>,
+    /// Memory of the supervised appliance.
+    #[arg(long, requires = "image")]
+    memory: Option<MemoryMib>,
+    /// The supervised appliance's serial console to this file.
+    #[arg(long, requires = "image")]
+    serial: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -193,6 +242,7 @@ fn main() -> ExitCode {
             cmd,
         } => return cmd_ctl(&socket, json, Duration::from_secs(timeout), cmd),
         Cmd::Demo { release, accel } => cmd_demo(release, accel),
+        Cmd::Agent(args) => cmd_agent(args),
         Cmd::Test => return cmd_test(),
         Cmd::Ca { cmd } => cmd_ca(cmd),
         Cmd::Bench(args) => return weft_image::bench::main(args),
@@ -377,6 +427,33 @@ fn render(name: &str, v: serde_json::Value) -> String {
         "ping" => "pong\n".to_string(),
         _ => pretty(&v),
     }
+}
+
+fn cmd_agent(a: AgentArgs) -> Result<()> {
+    let boot = match (a.image, a.uplink, a.link) {
+        (Some(image), Some(uplink), Some(link)) => Some(weft_agent::BootSpec {
+            exe: std::env::current_exe().context("finding the weft binary")?,
+            image,
+            uplink: uplink.to_string(),
+            link: link.to_string(),
+            memory: a.memory.map(|m| m.to_string()),
+            serial: a.serial,
+            accel: None,
+        }),
+        _ => None,
+    };
+    weft_agent::run(weft_agent::AgentOptions {
+        config: a.config,
+        control: a.control,
+        api: a.api,
+        store: a.store,
+        name: a.name,
+        grid: a.grid,
+        ttl: Duration::from_secs(a.ttl.max(1)),
+        private_address: a.private_address,
+        public_address: a.public_address,
+        boot,
+    })
 }
 
 fn cmd_demo(release: bool, accel: Accel) -> Result<()> {

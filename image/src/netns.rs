@@ -11,9 +11,7 @@ use crate::qemu::check_ifname;
 
 /// Fails unless we run as root (namespaces and taps need CAP_NET_ADMIN).
 pub fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no memory effects and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("this needs root (creates network namespaces and tap devices); run it with sudo");
     }
     Ok(())
@@ -45,7 +43,8 @@ pub fn netns_exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
 }
 
-/// A network namespace, deleted on drop (with every virtual device inside it).
+/// A network namespace, deleted on drop with every virtual device and every process
+/// inside it (a server a test started and whatever it forked).
 #[derive(Debug)]
 pub struct Netns {
     name: String,
@@ -79,6 +78,37 @@ impl Netns {
         c
     }
 
+    /// The processes that live in this namespace (`ip netns pids`).
+    pub fn pids(&self) -> Vec<u32> {
+        Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Kills every process in the namespace and waits (up to 5 s) until none is left.
+    pub fn kill_all(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() || Instant::now() >= deadline {
+                return;
+            }
+            for pid in pids {
+                crate::process::signal(pid, crate::process::Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         run(self
@@ -90,6 +120,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        self.kill_all();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stdin(Stdio::null())

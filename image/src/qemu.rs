@@ -419,14 +419,9 @@ impl Qemu {
     }
 
     /// Sends a signal to QEMU (no-op once it has exited and been reaped).
-    pub fn signal(&mut self, signal: i32) {
+    pub fn signal(&mut self, signal: crate::process::Signal) {
         if self.exited.is_none() {
-            if let Ok(pid) = i32::try_from(self.child.id()) {
-                // SAFETY: kill(2) has no memory effects; pid is our own unreaped child.
-                unsafe {
-                    libc::kill(pid, signal);
-                }
-            }
+            crate::process::signal(self.child.id(), signal);
         }
     }
 
@@ -435,7 +430,7 @@ impl Qemu {
         if let Ok(Some(s)) = self.try_wait() {
             return Some(s);
         }
-        self.signal(libc::SIGTERM);
+        self.signal(crate::process::Signal::SIGTERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(s)) = self.try_wait() {
@@ -483,9 +478,12 @@ pub fn process_cpu_time(pid: u32) -> Result<Duration> {
     // rest starts at field 3 (state): utime is field 14 -> index 11.
     let utime: u64 = f.get(11).context("no utime")?.parse()?;
     let stime: u64 = f.get(12).context("no stime")?.parse()?;
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = u64::try_from(hz).ok().filter(|h| *h > 0).unwrap_or(100);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|h| u64::try_from(h).ok())
+        .filter(|h| *h > 0)
+        .unwrap_or(100);
     Ok(Duration::from_millis((utime + stime) * 1000 / hz))
 }
 

@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
 use crate::build::{self, Profile};
+use crate::process;
 
 /// What a stage does.
 #[derive(Debug)]
@@ -17,7 +18,15 @@ pub enum Action {
     Run(Command),
     /// `weft build` in-process.
     BuildImage(Profile),
+    /// A command run with `WEFT_TEST_RUN=<token>` in its environment; afterwards,
+    /// whether it passed or not, nothing that carries the token may still run (every
+    /// process a test started inherits it): what is left is listed, killed, and fails
+    /// the stage.
+    RunAlone(Command),
 }
+
+/// The environment variable that marks every process of a test run.
+pub const RUN_MARKER: &str = "WEFT_TEST_RUN";
 
 #[derive(Debug)]
 pub struct Stage {
@@ -94,7 +103,7 @@ pub fn plan(root: &Path) -> Vec<Stage> {
     stages.push(Stage {
         name: "cargo test -p weft-qemu-tests -- --test-threads=1".into(),
         // --no-fail-fast: one failing test file should not hide the others' results.
-        action: Action::Run(cargo(
+        action: Action::RunAlone(cargo(
             root,
             &[
                 "test",
@@ -137,6 +146,45 @@ fn run_stage(action: Action) -> Result<()> {
             println!("image {} ({} bytes)", img.path.display(), img.size_bytes);
             Ok(())
         }
+        Action::RunAlone(mut cmd) => {
+            let token = format!("{}-{}", std::process::id(), unix_nanos());
+            let status = cmd.env(RUN_MARKER, &token).status()?;
+            let left = leftovers(&token, Duration::from_secs(10));
+            if !left.is_empty() {
+                println!("==> processes the tests left running (killed now):");
+                for f in &left {
+                    println!("    {} {}", f.pid, f.cmdline);
+                    process::signal(f.pid, process::Signal::SIGKILL);
+                }
+            }
+            if !status.success() {
+                bail!("{status}");
+            }
+            if !left.is_empty() {
+                bail!("{} processes of the tests were still running", left.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// The processes marked with `token` still there after up to `grace` (a guard that
+/// stops a process may still be reaping it when the test binary exits).
+fn leftovers(token: &str, grace: Duration) -> Vec<process::Found> {
+    let deadline = Instant::now() + grace;
+    loop {
+        let left = process::marked(RUN_MARKER, token);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -184,6 +232,26 @@ mod tests {
             names.last().unwrap(),
             "cargo test -p weft-qemu-tests -- --test-threads=1"
         );
+    }
+
+    /// A stage whose command leaves a process behind fails, and the process is gone.
+    #[test]
+    fn a_process_left_by_the_tests_fails_the_stage_and_is_killed() {
+        let mut c = Command::new("sh");
+        // The background sleep outlives sh; it inherits the marker.
+        c.args(["-c", "sleep 60 >/dev/null 2>&1 & echo started"]);
+        let s = run(vec![Stage {
+            name: "leaves a sleep".into(),
+            action: Action::RunAlone(c),
+        }]);
+        assert_eq!(s.failed, 1);
+        let mut clean = Command::new("sh");
+        clean.args(["-c", "sleep 0.1"]);
+        let s = run(vec![Stage {
+            name: "clean".into(),
+            action: Action::RunAlone(clean),
+        }]);
+        assert_eq!(s.passed, 1);
     }
 
     #[test]

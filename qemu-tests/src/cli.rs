@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_image::netns::Netns;
+use weft_image::process::{self, Signal};
 
 use crate::grid::{weft_binary, weft_ctl};
 
@@ -93,13 +94,8 @@ impl WeftBoot {
 
 impl Drop for WeftBoot {
     fn drop(&mut self) {
-        let Ok(group) = i32::try_from(self.child.id()) else {
-            return;
-        };
-        // SAFETY: kill(2) has no memory effects; the group is the one this child leads.
-        unsafe {
-            libc::kill(-group, libc::SIGINT);
-        }
+        let group = self.child.id();
+        process::signal_group(group, Signal::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -107,10 +103,8 @@ impl Drop for WeftBoot {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        // SAFETY: as above; whatever of the group is left goes.
-        unsafe {
-            libc::kill(-group, libc::SIGKILL);
-        }
+        // Whatever of the group is left goes.
+        process::signal_group(group, Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use weft_image::netns::{run, Netns};
+use weft_image::process::{self, Signal};
 
-use weft_image::netns::PeerAddresses;
+use weft_image::netns::{PeerAddresses, Topology};
 
 use crate::{BootOptions, TestVm};
 
@@ -116,8 +117,8 @@ impl Underlay {
         })
     }
 
-    /// A veth from `ns` (named `ifname` there) to the underlay bridge; returns the name.
-    fn plug(&mut self, ns: &Netns, ifname: &str) -> Result<()> {
+    /// A veth from `ns` (named `ifname` there) to the underlay bridge.
+    pub fn plug(&mut self, ns: &Netns, ifname: &str) -> Result<()> {
         self.joined += 1;
         let ul_end = format!("{}-j{}", self.prefix, self.joined);
         ip(
@@ -142,12 +143,17 @@ impl Underlay {
 
     /// Joins the appliance's uplink segment (its uplink bridge) to the underlay.
     pub fn join(&mut self, vm: &TestVm) -> Result<()> {
-        let hv = &vm.topo.hv;
+        self.join_topology(&vm.topo)
+    }
+
+    /// Joins the uplink segment of a topology (booted by a test or by an agent).
+    pub fn join_topology(&mut self, topo: &Topology) -> Result<()> {
+        let hv = &topo.hv;
         let end = format!("{}-ul", self.prefix);
         self.plug(hv, &end)?;
         ip(
             hv,
-            &["link", "set", &end, "master", &vm.topo.names.uplink_bridge],
+            &["link", "set", &end, "master", &topo.names.uplink_bridge],
         )?;
         ip(hv, &["link", "set", &end, "up"])
     }
@@ -157,6 +163,20 @@ impl Underlay {
     pub fn capture(&self, path: &Path) -> Result<Capture> {
         Capture::start(&self.ns, &self.bridge, path)
     }
+}
+
+/// Stops a child: `signal`, up to `grace` to exit, then SIGKILL; always reaped.
+pub fn stop_child(mut c: Child, signal: Signal, grace: Duration) {
+    process::signal(c.id(), signal);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 /// A `tcpdump` writing a pcap file; stopped (and the file flushed) by `stop` or drop.
@@ -202,22 +222,8 @@ impl Capture {
 
     /// Stops the capture (SIGINT, so the file is complete).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if let Ok(pid) = i32::try_from(c.id()) {
-                // SAFETY: kill(2) has no memory effects; the pid is our unreaped child.
-                unsafe {
-                    libc::kill(pid, libc::SIGINT);
-                }
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            stop_child(c, Signal::SIGINT, Duration::from_secs(5));
         }
     }
 
@@ -339,10 +345,21 @@ impl Container {
         cidr: &str,
         mtu: u32,
     ) -> Result<Container> {
+        Container::attach_to(&vm.topo, name, vlan, cidr, mtu)
+    }
+
+    /// [`Container::attach`] to a topology's link bridge.
+    pub fn attach_to(
+        topo: &Topology,
+        name: &str,
+        vlan: Option<u16>,
+        cidr: &str,
+        mtu: u32,
+    ) -> Result<Container> {
         let ns = Netns::create(name)?;
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        let hv = &vm.topo.hv;
-        let bridge = &vm.topo.names.link_bridge;
+        let hv = &topo.hv;
+        let bridge = &topo.names.link_bridge;
         let hv_end = format!("{name}h");
         ip(
             hv,

@@ -17,6 +17,7 @@ use weft_image::build::{self, Profile};
 use weft_image::netns::{self, Netns, PeerAddresses, Topology, TopologyNames};
 use weft_image::qemu::{self, MacAddr, MemoryMib, Nic, Qemu, QemuConfig, Serial};
 
+pub mod agent;
 pub mod cli;
 pub mod dns;
 pub mod frames;
@@ -89,13 +90,8 @@ impl Watchdog {
                     *f = true;
                 }
                 eprintln!("weft harness: VM pid {pid} exceeded {limit:?}, killing it");
-                if let Ok(pid) = i32::try_from(pid) {
-                    // SAFETY: kill(2) has no memory effects. The pid is our unreaped
-                    // child (the owner cancels us before it reaps QEMU).
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                }
+                // Our unreaped child: the owner cancels us before it reaps QEMU.
+                weft_image::process::signal(pid, weft_image::process::Signal::SIGKILL);
             }
         });
         Watchdog {

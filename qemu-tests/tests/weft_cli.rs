@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use weft_control::document;
 use weft_image::netns::Netns;
+use weft_image::process::{self, Signal};
 use weft_qemu_tests::cli::WeftBoot;
 use weft_qemu_tests::grid::weft_ctl;
 
@@ -54,10 +55,7 @@ fn boot_with_config_then_ctl_then_ctrl_c() {
     assert_reads_back(&boot.socket, &cfg);
 
     // Ctrl-C: weft stops QEMU and exits successfully.
-    // SAFETY: kill(2) on our own child's pid (not yet reaped).
-    unsafe {
-        libc::kill(boot.child.id() as i32, libc::SIGINT);
-    }
+    process::signal(boot.child.id(), Signal::SIGINT);
     let deadline = Instant::now() + Duration::from_secs(20);
     let exit = loop {
         if let Some(s) = boot.child.try_wait().unwrap() {

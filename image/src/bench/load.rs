@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,12 +20,8 @@ use crate::netns::Netns;
 pub fn enter_netns(ns: &str) -> Result<()> {
     let f = std::fs::File::open(format!("/run/netns/{ns}"))
         .with_context(|| format!("opening namespace {ns}"))?;
-    // SAFETY: setns(2) only changes this thread's namespace; the fd is valid for the call.
-    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if r != 0 {
-        bail!("setns({ns}): {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("setns({ns})"))
 }
 
 /// A TCP server in a namespace: every connection gets one byte, then is closed.
