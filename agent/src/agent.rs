@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
-use weft_appliance::weft_netstack::overlay::config::NodeId;
+use weft_appliance::weft_netstack::base::NodeId;
 use weft_control::document::{self, Document};
 
 use crate::api::{self, ApiCounters};

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use weft_appliance::weft_netstack::overlay::config::NodeId;
+use weft_appliance::weft_netstack::base::NodeId;
 
 use crate::registry::{announce, claim_id, RegisterError};
 use crate::schema::{NodeRecord, Prefix};

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use weft_appliance::weft_netstack::overlay::config::NodeId;
+use weft_appliance::weft_netstack::base::NodeId;
 
 use crate::schema::{
     decode, AddressClaim, ContainerRecord, Key, NodeRecord, PortKey, Prefix, PublishRecord, Record,

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use serde_json::{json, Value};
 use weft_appliance::protocol::{ErrorBody, ErrorCode};
-use weft_appliance::weft_netstack::overlay::config::NodeId;
+use weft_appliance::weft_netstack::base::NodeId;
 
 use crate::schema::{
     decode, encode, key_of, AddressClaim, ContainerRecord, IdClaim, Key, NameClaim, NodeRecord,
@@ -175,7 +175,7 @@ pub async fn claim_id(
                     "node id {w} ([grid] node in the config) is held by another name"
                 )))
             }
-            None => (1..=254u8)
+            None => (1..=NodeId::MAX)
                 .filter_map(NodeId::new)
                 .find(|id| free(*id))
                 .ok_or(RegisterError::Full)?,

@@ -20,7 +20,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use weft_appliance::protocol::Command;
-use weft_appliance::weft_netstack::overlay::config::NodeId;
+use weft_appliance::weft_netstack::base::NodeId;
 
 /// The key prefix of a grid: `/weft/<grid>/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,15 +144,15 @@ impl fmt::Display for Key {
 
 /// Parses a node number in its canonical decimal form (`7`, not `07`).
 pub fn parse_node(s: &str) -> Option<NodeId> {
-    if s.is_empty() || s.len() > 3 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    s.parse::<u8>().ok().and_then(NodeId::new)
+    s.parse::<u16>().ok().and_then(NodeId::new)
 }
 
 /// Whether `name` can be a node name (the appliance's peer-name rule).
 pub fn valid_node_name(name: &str) -> bool {
-    weft_appliance::weft_netstack::overlay::config::valid_name(name)
+    weft_appliance::weft_netstack::stage::overlay::config::valid_name(name)
 }
 
 impl Key {
@@ -235,7 +235,8 @@ pub struct NodeRecord {
 }
 
 /// The region of a node without one (the appliance's default).
-pub const DEFAULT_REGION: &str = weft_appliance::weft_netstack::overlay::config::DEFAULT_REGION;
+pub const DEFAULT_REGION: &str =
+    weft_appliance::weft_netstack::stage::overlay::config::DEFAULT_REGION;
 
 impl NodeRecord {
     pub fn region(&self) -> &str {
@@ -497,7 +498,8 @@ pub fn decode(rel: &str, value: &[u8]) -> Result<(Key, Record), BadEntry> {
             {
                 return Err(BadEntry::Refused(format!("{bad:?} is not a valid name")));
             }
-            let underlay = weft_appliance::weft_netstack::overlay::config::valid_underlay_address;
+            let underlay =
+                weft_appliance::weft_netstack::stage::overlay::config::valid_underlay_address;
             if let Some(bad) = [Some(n.address), n.private_address, n.public_address]
                 .into_iter()
                 .flatten()
@@ -567,7 +569,7 @@ pub fn key_of(record: &Record) -> Key {
 mod tests {
     use super::*;
 
-    fn n(x: u8) -> NodeId {
+    fn n(x: u16) -> NodeId {
         NodeId::new(x).unwrap()
     }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde_json::{json, Map, Value};
-use weft_appliance::weft_netstack::overlay::config::NodeId;
+use weft_appliance::weft_netstack::base::NodeId;
 use weft_appliance::Config;
 
 use crate::grid::GridView;
@@ -291,7 +291,7 @@ pub fn desired(grid: &GridView, local: &Local) -> Result<(Desired, Vec<LeftOut>)
 }
 
 fn node_from(n: u64) -> Option<NodeId> {
-    u8::try_from(n).ok().and_then(NodeId::new)
+    u16::try_from(n).ok().and_then(NodeId::new)
 }
 
 /// The address in use for a peer item of the node's own document.

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::field_path::{self, FieldError};
 use alloc::vec::Vec;
-use weft_netstack::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
+use weft_netstack::stage::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
 
 /// An IPv4 address with the prefix length of its subnet: `"A.B.C.D/len"` on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -161,13 +161,13 @@ pub struct Config {
     pub containers: Vec<crate::dns::ContainerEntry>,
     /// `[[publish]]`: ports published on the uplink address (DNAT to a container).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub publish: Vec<weft_netstack::nat::PublishRule>,
+    pub publish: Vec<weft_netstack::stage::nat::PublishRule>,
     /// `[nat]`: connection tracking limits; absent: defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<crate::publish::NatSection>,
     /// `[[services]]`: L4 services (VIP, or DNS round robin) over weighted backends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<weft_netstack::lb::ServiceConfig>,
+    pub services: Vec<weft_netstack::stage::lb::ServiceConfig>,
 }
 
 /// `[uplink]`: the NIC towards the host's network.
@@ -230,11 +230,12 @@ impl Config {
         Ok(config)
     }
 
-    /// Parse and validate a document given as JSON text.
+    /// Parse and validate a document given as JSON text (section by section: the
+    /// text is never held as one `Value`; see `config_text`).
     pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| ConfigError::new("", format!("not JSON: {e}")))?;
-        Config::from_json_value(&value)
+        let config = crate::config_text::parse(text)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Every rule that is not a matter of types; the first violation names its field.

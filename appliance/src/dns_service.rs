@@ -1,7 +1,9 @@
 //! The DNS service as the appliance runs it (issue 5): the smoltcp sockets on port 53 of
 //! the container link (its gateway address and, with an overlay, the node address), one
 //! upstream socket per forwarded query in flight, and the `DnsServer` they feed; the
-//! `[dns]` / `[[containers]]` rules of the document; the `container-*` commands.
+//! `[dns]` / `[[containers]]` rules of the document; the `container-*` commands. The
+//! record store is where the running document keeps its containers (there is no second
+//! copy), so a `container-*` command costs O(log n) in a grid of n containers.
 //!
 //! It never blocks and never lets forwarding hold up a local answer: each poll drains the
 //! listening sockets first and answers what it can at once; a forwarded query only opens
@@ -32,6 +34,11 @@ use crate::dns::{
     Transport, UpstreamAction,
 };
 use crate::protocol::{Applied, CommandResult, ErrorBody, ErrorCode};
+
+/// Heap bytes one container takes in the record store, with room to spare (274
+/// measured by `examples/grid_bench.rs`); a document that replaces the records needs
+/// this much per container beside the running ones.
+pub const RECORD_HEAP_BYTES: u64 = 512;
 
 /// The DNS port (RFC 1035 §4.2).
 pub const DNS_PORT: u16 = 53;
@@ -103,15 +110,16 @@ pub struct DnsService {
     starts: u64,
 }
 
-/// What `apply` runs on: the validated `[dns]` section and `[[containers]]`.
+/// What `apply` runs on: the validated `[dns]` section (the containers go to
+/// `DnsService::apply` beside it, typed by `records`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsPlan {
     pub config: DnsConfig,
-    pub containers: Vec<Container>,
 }
 
-/// Checks the DNS rules of a document (field-named errors); `None` when it has no
-/// `[dns]` section. `Config::validate` calls it; `apply` uses its result.
+/// Checks the DNS rules of a document (field-named errors), its `[[containers]]`
+/// included; `None` when it has no `[dns]` section. `Config::validate` calls it; `apply`
+/// uses its result. Linear in the containers, and copies none of them.
 pub fn plan(config: &Config) -> Result<Option<DnsPlan>, ConfigError> {
     let Some(section) = &config.dns else {
         if config.containers.is_empty() {
@@ -121,10 +129,6 @@ pub fn plan(config: &Config) -> Result<Option<DnsPlan>, ConfigError> {
             field: "containers".into(),
             message: "containers are DNS records: they need a [dns] section".into(),
         });
-    };
-    let refuse = |e: crate::dns::ConfigError| ConfigError {
-        field: e.field,
-        message: e.problem.into(),
     };
     let dns = section.validate().map_err(refuse)?;
     for (i, upstream) in dns.forwarder.upstreams.iter().enumerate() {
@@ -158,11 +162,20 @@ pub fn plan(config: &Config) -> Result<Option<DnsPlan>, ConfigError> {
             });
         }
     }
-    let containers = crate::dns::config::validate_containers(&config.containers).map_err(refuse)?;
-    Ok(Some(DnsPlan {
-        config: dns,
-        containers,
-    }))
+    crate::dns::config::validate_containers(&config.containers).map_err(refuse)?;
+    Ok(Some(DnsPlan { config: dns }))
+}
+
+/// The containers of a document that passed `plan`, typed for the record store.
+pub fn records(entries: Vec<ContainerEntry>) -> Result<Vec<Container>, ConfigError> {
+    crate::dns::config::into_containers(entries).map_err(refuse)
+}
+
+fn refuse(e: crate::dns::ConfigError) -> ConfigError {
+    ConfigError {
+        field: e.field,
+        message: e.problem.into(),
+    }
 }
 
 fn own_addresses(config: &Config) -> Vec<Ipv4Addr> {
@@ -202,10 +215,18 @@ impl DnsService {
         self.running.as_ref().map(|r| &r.server)
     }
 
-    /// Starts, reconfigures or (with `None`) stops the service. Records are replaced
-    /// only when the document's containers differ from the registered ones, so the
-    /// round-robin positions survive an unrelated `apply`. Infallible: `plan` checked it.
-    pub fn apply(&mut self, plan: Option<DnsPlan>, netstack: &mut Netstack, boot_seed: u64) {
+    /// Starts, reconfigures or (with `None`) stops the service. `records`: the
+    /// document's containers, or `None` to keep the registered ones (an edit of another
+    /// section). Records are replaced only when they differ from the registered ones, so
+    /// the round-robin positions survive an unrelated `apply`. Infallible: `plan`
+    /// checked it.
+    pub fn apply(
+        &mut self,
+        plan: Option<DnsPlan>,
+        records: Option<Vec<Container>>,
+        netstack: &mut Netstack,
+        boot_seed: u64,
+    ) {
         match (plan, self.running.as_mut()) {
             (None, Some(_)) => {
                 if let Some(running) = self.running.take() {
@@ -219,7 +240,9 @@ impl DnsService {
                     running.server.reconfigure(plan.config.clone());
                     running.config = plan.config;
                 }
-                running.replace_records(plan.containers);
+                if let Some(records) = records {
+                    running.replace_records(records);
+                }
                 running.lb_seen = None;
             }
             (Some(plan), None) => {
@@ -227,12 +250,45 @@ impl DnsService {
                 self.starts += 1;
                 let mut server = DnsServer::new(plan.config.clone(), seed);
                 // `plan` validated every entry and their uniqueness.
-                if let Err(e) = server.records_mut().replace_all(plan.containers) {
+                if let Err(e) = server
+                    .records_mut()
+                    .replace_all(records.unwrap_or_default())
+                {
                     log::error!("dns: records refused after validation: {e}");
                 }
                 self.running = Some(Running::start(server, plan.config, netstack));
             }
         }
+    }
+
+    /// Whether the registered containers are exactly `entries`, in order (false when
+    /// the service is off and there are entries).
+    pub fn holds_exactly(&self, entries: &[ContainerEntry]) -> bool {
+        match self.server() {
+            Some(server) => {
+                let store = server.records();
+                store.len() == entries.len()
+                    && store.containers().zip(entries).all(|(c, e)| {
+                        c.name == e.name && c.service == e.service && c.address == e.address
+                    })
+            }
+            None => entries.is_empty(),
+        }
+    }
+
+    /// The registered containers as the document's entries, in document order.
+    pub fn container_entries(&self) -> Vec<ContainerEntry> {
+        self.server().map_or_else(Vec::new, |server| {
+            server
+                .records()
+                .containers()
+                .map(|c| ContainerEntry {
+                    name: c.name.clone(),
+                    service: c.service.clone(),
+                    address: c.address,
+                })
+                .collect()
+        })
     }
 
     /// Serves what the last `Netstack::poll` received and queues the replies; returns
@@ -273,65 +329,47 @@ impl DnsService {
     }
 
     /// `container-add`: registers `entry` (or replaces the container of the same name,
-    /// case-insensitively) in the records and in the running document. Answered from
-    /// the very next query.
+    /// case-insensitively, in its place). The record store is the running document's
+    /// list of containers, so this costs O(log n) in a grid of n containers. Answered
+    /// from the very next query.
     pub fn container_add(
         &mut self,
-        running: Option<&mut Config>,
+        running: Option<&Config>,
         entry: ContainerEntry,
     ) -> Result<CommandResult, ErrorBody> {
-        let (service, doc) = self.ready(running)?;
-        let container = entry.validate(0).map_err(command_error)?;
-        let existing = doc
-            .containers
-            .iter()
-            .position(|c| c.name.eq_ignore_ascii_case(&entry.name));
-        if existing.is_some_and(|i| doc.containers[i] == entry) {
+        let service = self.ready(running)?;
+        let container = entry.into_container(0).map_err(command_error)?;
+        let store = service.server.records_mut();
+        if store.container(&container.name) == Some(&container) {
             return Ok(CommandResult::Applied(Applied { changed: false }));
         }
-        service
-            .server
-            .records_mut()
+        store
             .add_container(container)
             .map_err(|e| ErrorBody::with_field(ErrorCode::InvalidConfig, format!("{e}"), "name"))?;
-        match existing {
-            Some(i) => doc.containers[i] = entry,
-            None => doc.containers.push(entry),
-        }
         Ok(CommandResult::Applied(Applied { changed: true }))
     }
 
     /// `container-remove`: the container's names and its address's PTR are gone from
-    /// the very next query.
+    /// the very next query. O(log n).
     pub fn container_remove(
         &mut self,
-        running: Option<&mut Config>,
+        running: Option<&Config>,
         key: ContainerKey,
     ) -> Result<CommandResult, ErrorBody> {
-        let (service, doc) = self.ready(running)?;
-        let Some(i) = doc
-            .containers
-            .iter()
-            .position(|c| c.name.eq_ignore_ascii_case(&key.name))
-        else {
-            return Err(ErrorBody::with_field(
+        let service = self.ready(running)?;
+        match service.server.records_mut().remove_container(&key.name) {
+            Ok(_) => Ok(CommandResult::Applied(Applied { changed: true })),
+            Err(_) => Err(ErrorBody::with_field(
                 ErrorCode::NotFound,
                 format!("no container named {:?}", key.name),
                 "name",
-            ));
-        };
-        // The store holds exactly the document's containers; a miss is not an error.
-        let _ = service.server.records_mut().remove_container(&key.name);
-        doc.containers.remove(i);
-        Ok(CommandResult::Applied(Applied { changed: true }))
+            )),
+        }
     }
 
-    fn ready<'a>(
-        &'a mut self,
-        running: Option<&'a mut Config>,
-    ) -> Result<(&'a mut Running, &'a mut Config), ErrorBody> {
+    fn ready(&mut self, running: Option<&Config>) -> Result<&mut Running, ErrorBody> {
         match (self.running.as_mut(), running) {
-            (Some(service), Some(doc)) if doc.dns.is_some() => Ok((service, doc)),
+            (Some(service), Some(doc)) if doc.dns.is_some() => Ok(service),
             _ => Err(ErrorBody::new(
                 ErrorCode::NotReady,
                 "no DNS service: apply a document with a [dns] section first".into(),
@@ -342,7 +380,7 @@ impl DnsService {
 
 /// The checks of `container-add`'s arguments, at parse time.
 pub fn check_entry(entry: &ContainerEntry) -> Result<(), ErrorBody> {
-    entry.validate(0).map(|_| ()).map_err(command_error)
+    entry.check(0).map(|_| ()).map_err(command_error)
 }
 
 /// A `container-add` refusal names the field inside the command's arguments.
@@ -493,12 +531,7 @@ impl Running {
 
     /// `replace_all` only when the containers differ from the registered ones.
     fn replace_records(&mut self, containers: Vec<Container>) {
-        let store = self.server.records();
-        let same = store.len() == containers.len()
-            && containers
-                .iter()
-                .all(|c| store.container(&c.name) == Some(c));
-        if !same {
+        if !self.server.records().holds_exactly(&containers) {
             if let Err(e) = self.server.records_mut().replace_all(containers) {
                 log::error!("dns: records refused after validation: {e}");
             }

@@ -55,16 +55,35 @@ fn render(path: &[Segment]) -> String {
 
 /// Deserialize `T` from `value`; on error, say which field it was about.
 pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, FieldError> {
+    from_value_at(value, Vec::new())
+}
+
+/// Deserialize `T` from `value`, the item at `index` of the document's list `list`;
+/// on error, the field is named as `from_value` on the whole document names it
+/// (`containers[3].name`).
+pub fn from_item<T: DeserializeOwned>(
+    value: &Value,
+    list: &str,
+    index: usize,
+) -> Result<T, FieldError> {
+    from_value_at(
+        value,
+        alloc::vec![Segment::Key(list.to_owned()), Segment::Index(index)],
+    )
+}
+
+fn from_value_at<T: DeserializeOwned>(value: &Value, path: Vec<Segment>) -> Result<T, FieldError> {
     let track = Track {
         failed_at: RefCell::new(None),
     };
+    let root = path.clone();
     let de = PathDeserializer {
         value,
-        path: Vec::new(),
+        path,
         track: &track,
     };
     T::deserialize(de).map_err(|err| {
-        let path = track.failed_at.into_inner().unwrap_or_default();
+        let path = track.failed_at.into_inner().unwrap_or(root);
         let message = err.to_string();
         let mut field = render(&path);
         // Missing fields are only noticed after the whole object was read: the path is the

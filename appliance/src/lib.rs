@@ -2,9 +2,11 @@
 //! netstack. `no_std` + `alloc`: it never reads a clock (time comes in as `Instant`),
 //! never touches hardware, and never panics on input from the network or the socket.
 #![no_std]
+#![forbid(unsafe_code)]
 extern crate alloc;
 
 pub mod config;
+pub mod config_text;
 pub mod dns;
 pub mod dns_service;
 pub mod field_path;
@@ -15,14 +17,18 @@ pub mod protocol;
 pub mod publish;
 pub mod services;
 pub mod session;
+pub mod transfer;
+
+#[cfg(test)]
+mod test_rng;
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::Serialize;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
-use weft_netstack::fdb::Location;
-use weft_netstack::overlay::OverlayError;
+use weft_netstack::stage::overlay::OverlayError;
+use weft_netstack::table::fdb::Location;
 use weft_netstack::{Netstack, NicAddress, NicId};
 
 pub use config::{Config, ConfigError, Ipv4Cidr, LinkConfig, UplinkConfig};
@@ -38,6 +44,13 @@ pub use weft_peer;
 /// Heap bytes that a new flow table must leave free for the packet path (at least;
 /// an eighth of the heap on larger VMs).
 pub const HEAP_RESERVE: u64 = 1 << 20;
+
+/// Heap bytes per byte of a document sent in parts that `apply-begin` must find free:
+/// its text, and the typed document parsed from it while the text is still held
+/// (2.7 times the text at the parse's peak for a 100 000-container grid, measured by
+/// `examples/grid_bench.rs`; what applying it needs beside is checked again when it is
+/// applied).
+pub const DOCUMENT_HEAP_FACTOR: u64 = 4;
 
 /// What the kernel knows at boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,9 +185,12 @@ impl Appliance {
         &self.info
     }
 
-    /// The running configuration (None before the first `apply`).
-    pub fn running_config(&self) -> Option<&Config> {
-        self.running.as_ref()
+    /// The running configuration (None before the first `apply`), as `config` shows
+    /// it: its containers are the DNS record store's, in document order.
+    pub fn running_config(&self) -> Option<Config> {
+        let mut config = self.running.clone()?;
+        config.containers = self.dns.container_entries();
+        Some(config)
     }
 
     pub fn netstack(&self) -> &Netstack {
@@ -228,7 +244,7 @@ impl Appliance {
                 self.status(now),
             ))),
             Command::Config => Ok(CommandResult::Config(
-                self.running.clone().map(alloc::boxed::Box::new),
+                self.running_config().map(alloc::boxed::Box::new),
             )),
             Command::Apply(config) => match self.apply(config) {
                 Ok(changed) => Ok(CommandResult::Applied(Applied { changed })),
@@ -261,8 +277,8 @@ impl Appliance {
             }),
             Command::FdbAdd(entry) => self.fdb_add(now, entry),
             Command::FdbRemove(key) => self.fdb_remove(key),
-            Command::ContainerAdd(entry) => self.dns.container_add(self.running.as_mut(), entry),
-            Command::ContainerRemove(key) => self.dns.container_remove(self.running.as_mut(), key),
+            Command::ContainerAdd(entry) => self.dns.container_add(self.running.as_ref(), entry),
+            Command::ContainerRemove(key) => self.dns.container_remove(self.running.as_ref(), key),
             Command::PublishAdd(rule) => self.publish_edit(|c| {
                 publish::with_rule(c, rule).map_err(|e| {
                     ErrorBody::with_field(ErrorCode::InvalidConfig, e.message, &e.field)
@@ -304,11 +320,71 @@ impl Appliance {
                 })
             }),
             Command::Flows(q) => Ok(CommandResult::Flows(publish::flows(&self.netstack, q, now))),
+            Command::ApplyBegin(b) => self.begin_document(b.bytes),
+            Command::ApplyPart(p) => self
+                .session
+                .document_part(p.offset, &p.text)
+                .map(|received| CommandResult::Received(protocol::Received { received }))
+                .map_err(transfer_error),
+            Command::ApplyCommit => self.commit_document(),
+            Command::ApplyAbort => Ok(CommandResult::Discarded(protocol::Discarded {
+                discarded: self.session.abort_document(),
+            })),
         };
         if result.is_err() {
             self.session.count_error();
         }
         result
+    }
+
+    /// `apply-begin`: drops an unfinished document, then reserves `bytes` for the new
+    /// one if the heap can take it and what parsing it will need (out of memory is
+    /// fatal in the kernel, so a document too large is refused here, before its text
+    /// arrives).
+    fn begin_document(&mut self, bytes: u64) -> Result<CommandResult, ErrorBody> {
+        let held = self.session.document_held_bytes();
+        self.session.abort_document();
+        let refuse =
+            |message: String| Err(ErrorBody::with_field(ErrorCode::TooLarge, message, "bytes"));
+        if bytes > protocol::MAX_DOCUMENT_BYTES {
+            return refuse(alloc::format!(
+                "a document of {bytes} bytes is over the {} MiB the protocol takes",
+                protocol::MAX_DOCUMENT_BYTES >> 20
+            ));
+        }
+        if let Some(heap) = self.heap {
+            let free = heap.size_bytes.saturating_sub(heap.used_bytes) + held;
+            let reserve = HEAP_RESERVE.max(heap.size_bytes / 8);
+            let need = bytes.saturating_mul(DOCUMENT_HEAP_FACTOR);
+            if need.saturating_add(reserve) > free {
+                return refuse(alloc::format!(
+                    "a document of {bytes} bytes needs about {} KiB of heap to be received \
+                     and parsed, and the heap has {} KiB free of which {} KiB stay for the \
+                     packet path; give the VM more memory",
+                    need / 1024,
+                    free / 1024,
+                    reserve / 1024
+                ));
+            }
+        }
+        self.session.begin_document(bytes).map_err(transfer_error)?;
+        Ok(CommandResult::Begun(protocol::Begun { bytes }))
+    }
+
+    /// `apply-commit`: the document sent in parts, parsed and applied as `apply` does.
+    fn commit_document(&mut self) -> Result<CommandResult, ErrorBody> {
+        let text = self.session.commit_document().map_err(transfer_error)?;
+        let parsed = config_text::parse(&text);
+        // The text goes before anything is applied: it is no longer needed.
+        drop(text);
+        let changed = parsed
+            .and_then(|config| self.apply(config))
+            .map_err(|e| ErrorBody {
+                code: ErrorCode::InvalidConfig,
+                message: e.message,
+                field: Some(e.field),
+            })?;
+        Ok(CommandResult::Applied(Applied { changed }))
     }
 
     /// The running configuration, when it has an overlay (runtime overlay commands
@@ -338,7 +414,7 @@ impl Appliance {
             )
         })?;
         let edited = edit(running)?;
-        match self.apply(edited) {
+        match self.apply_edit(edited) {
             Ok(changed) => Ok(CommandResult::Applied(Applied { changed })),
             Err(e) => Err(ErrorBody {
                 code: ErrorCode::InvalidConfig,
@@ -356,7 +432,7 @@ impl Appliance {
         edit: impl FnOnce(&Config) -> Result<(Config, &'static str, usize), ErrorBody>,
     ) -> Result<CommandResult, ErrorBody> {
         let (edited, section, index) = edit(self.grid_config()?)?;
-        match self.apply(edited) {
+        match self.apply_edit(edited) {
             Ok(changed) => Ok(CommandResult::Applied(Applied { changed })),
             Err(e) => Err(ErrorBody {
                 code: ErrorCode::InvalidConfig,
@@ -398,14 +474,39 @@ impl Appliance {
         }
     }
 
-    /// Validate, then apply a configuration; returns whether it changed anything.
-    /// Atomic: nothing changes unless `Config::validate` passes and the overlay for it
-    /// is built (aside, from the running one); everything after that is infallible.
-    pub fn apply(&mut self, config: Config) -> Result<bool, ConfigError> {
+    /// Validate, then apply a whole document; returns whether it changed anything.
+    /// Atomic: nothing changes unless `Config::validate` passes, the heap has room and
+    /// the overlay for it is built (aside, from the running one); everything after that
+    /// is infallible. Linear in the document.
+    pub fn apply(&mut self, mut config: Config) -> Result<bool, ConfigError> {
+        config.validate()?;
+        // The running document keeps its containers in the DNS record store.
+        let entries = core::mem::take(&mut config.containers);
+        if self.running.as_ref() == Some(&config) && self.dns.holds_exactly(&entries) {
+            return Ok(false);
+        }
+        let records = dns_service::records(entries)?;
+        self.apply_sections(config, Some(records))
+    }
+
+    /// Apply the running document with a section other than `containers` edited (a
+    /// runtime command): the containers stay registered as they are, so the cost does
+    /// not grow with them.
+    fn apply_edit(&mut self, config: Config) -> Result<bool, ConfigError> {
         config.validate()?;
         if self.running.as_ref() == Some(&config) {
             return Ok(false);
         }
+        self.apply_sections(config, None)
+    }
+
+    /// Applies a validated document without its containers; `records`: the document's
+    /// containers, or `None` to keep the registered ones.
+    fn apply_sections(
+        &mut self,
+        config: Config,
+        records: Option<Vec<dns::Container>>,
+    ) -> Result<bool, ConfigError> {
         let dns = dns_service::plan(&config)?;
         let overlay = overlay::plan(
             &config,
@@ -415,7 +516,7 @@ impl Appliance {
             self.info.seed,
             self.unix_time_at_boot,
         )?;
-        self.check_heap_room(&config)?;
+        self.check_heap_room(&config, records.as_deref())?;
         self.netstack.configure(
             NicId::Uplink,
             Some(NicAddress {
@@ -434,7 +535,8 @@ impl Appliance {
         publish::apply(&mut self.netstack, &config, self.info.seed);
         // Health checkers start at the last poll's time (apply itself has no clock).
         services::apply(&mut self.netstack, &config, self.last_poll);
-        self.dns.apply(dns, &mut self.netstack, self.info.seed);
+        self.dns
+            .apply(dns, records, &mut self.netstack, self.info.seed);
         log::info!(
             "applied: uplink {} link {}{}",
             config.uplink.address,
@@ -453,32 +555,64 @@ impl Appliance {
         Ok(true)
     }
 
-    /// Refuses a document whose new flow table would not fit the free heap (when the
-    /// platform reports its heap): out of memory is fatal in the kernel, so a table
+    /// Refuses a document whose new tables would not fit the free heap (when the
+    /// platform reports its heap): out of memory is fatal in the kernel, so a document
     /// too large for this VM is a clear error before anything changes, not a crash.
-    fn check_heap_room(&self, config: &Config) -> Result<(), ConfigError> {
-        let (Some(heap), Some(need)) =
-            (self.heap, publish::new_table_bytes(&self.netstack, config))
-        else {
+    /// Counted: a new flow table, the Maglev tables of new or changed services, and
+    /// the DNS records of new containers (built beside the running ones).
+    fn check_heap_room(
+        &self,
+        config: &Config,
+        records: Option<&[dns::Container]>,
+    ) -> Result<(), ConfigError> {
+        let Some(heap) = self.heap else {
             return Ok(());
         };
         let free = heap.size_bytes.saturating_sub(heap.used_bytes);
         // What the packet path allocates under load (frames in flight, queues, sockets)
-        // must still fit beside the table: a 10 MiB VM whose default table left 0.5 MiB
+        // must still fit beside the tables: a 10 MiB VM whose default table left 0.5 MiB
         // ran out under iperf3.
         let reserve = HEAP_RESERVE.max(heap.size_bytes / 8);
-        if need as u64 + reserve <= free {
+        let table = publish::new_table_bytes(&self.netstack, config).map_or(0, |b| b as u64);
+        if table > 0 && table + reserve > free {
+            let flows = config
+                .nat
+                .map_or(publish::NatSection::default().capacity, |n| n.capacity);
+            return Err(ConfigError {
+                field: "nat.capacity".into(),
+                message: alloc::format!(
+                    "a flow table for {flows} flows needs {} KiB, and the heap has {} KiB \
+                     free of which {} KiB stay for the packet path; give the VM more memory \
+                     or a smaller capacity",
+                    table / 1024,
+                    free / 1024,
+                    reserve / 1024
+                ),
+            });
+        }
+        let (services, lb) = services::new_table_bytes(&self.netstack, config);
+        let containers = records.map_or(0, |r| r.len() as u64);
+        let dns = containers.saturating_mul(dns_service::RECORD_HEAP_BYTES);
+        let need = table.saturating_add(lb).saturating_add(dns);
+        if need == 0 || need.saturating_add(reserve) <= free {
             return Ok(());
         }
-        let flows = config
-            .nat
-            .map_or(publish::NatSection::default().capacity, |n| n.capacity);
+        let (field, what) = if lb >= dns {
+            (
+                "services",
+                alloc::format!("the lookup tables of {services} services"),
+            )
+        } else {
+            (
+                "containers",
+                alloc::format!("the DNS records of {containers} containers"),
+            )
+        };
         Err(ConfigError {
-            field: "nat.capacity".into(),
+            field: field.into(),
             message: alloc::format!(
-                "a flow table for {flows} flows needs {} KiB, and the heap has {} KiB free \
-                 of which {} KiB stay for the packet path; give the VM more memory or a \
-                 smaller capacity",
+                "the document needs {} KiB of new tables, most for {what}, and the heap has \
+                 {} KiB free of which {} KiB stay for the packet path; give the VM more memory",
                 need / 1024,
                 free / 1024,
                 reserve / 1024
@@ -567,6 +701,19 @@ fn overlay_error(e: OverlayError, mac_field: &str) -> ErrorBody {
         OverlayError::Table(_) | OverlayError::Config(_) => {
             ErrorBody::with_field(ErrorCode::InvalidConfig, message, mac_field)
         }
+    }
+}
+
+/// A refused transfer step.
+fn transfer_error(e: transfer::TransferError) -> ErrorBody {
+    use transfer::TransferError::*;
+    let message = alloc::format!("{e}");
+    match e {
+        NotBegun => ErrorBody::new(ErrorCode::NotReady, message),
+        WrongOffset { .. } => ErrorBody::with_field(ErrorCode::InvalidRequest, message, "offset"),
+        PastEnd { .. } => ErrorBody::with_field(ErrorCode::InvalidRequest, message, "text"),
+        Incomplete { .. } => ErrorBody::new(ErrorCode::InvalidRequest, message),
+        NoRoom { .. } => ErrorBody::with_field(ErrorCode::TooLarge, message, "bytes"),
     }
 }
 

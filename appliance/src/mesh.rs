@@ -2,8 +2,10 @@
 //! service's VIP publish that service on this node (every connection to the host port
 //! is spread over the service's backends, on whichever host they run, and reaches them
 //! from the node address; see `docs/mesh.md`). This module only checks that such an
-//! entry names the service's own protocol and port; it never touches packets.
+//! entry names the service's own protocol and port (one lookup per entry); it never
+//! touches packets.
 
+use alloc::collections::BTreeMap;
 use alloc::format;
 
 use crate::config::{Config, ConfigError};
@@ -12,12 +14,15 @@ use crate::config::{Config, ConfigError};
 /// than the service's: nothing would answer it. Entries that target any other address
 /// are left to the publish rules (`publish::validate`).
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    // The first service of each VIP, as a scan of the list would find it.
+    let mut by_vip = BTreeMap::new();
+    for s in &config.services {
+        if let Some(vip) = s.vip {
+            by_vip.entry(vip).or_insert(s);
+        }
+    }
     for (i, rule) in config.publish.iter().enumerate() {
-        let Some(service) = config
-            .services
-            .iter()
-            .find(|s| s.vip == Some(rule.container_address))
-        else {
+        let Some(service) = by_vip.get(&rule.container_address) else {
             continue;
         };
         if rule.proto != service.proto {

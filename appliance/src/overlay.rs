@@ -7,6 +7,7 @@
 //! aside (from scratch, or as a copy of the running one with only the differences
 //! applied, so learned and static entries survive) and swapped in whole.
 
+use alloc::collections::BTreeSet;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -14,14 +15,14 @@ use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
-use weft_netstack::datapath::OverlayPath;
-use weft_netstack::overlay::config::{
+use weft_netstack::base::{Mac, Vni};
+use weft_netstack::pipeline::datapath::OverlayPath;
+use weft_netstack::stage::overlay::config::route;
+use weft_netstack::stage::overlay::config::{
     ConfigError as GridError, GridConfig, NetworkConfig, OverlayConfig, PeerConfig,
 };
-use weft_netstack::overlay::transport::route;
-use weft_netstack::overlay::{Limits, Mac, Overlay, OverlayError, Underlay};
-use weft_netstack::sleeve::SessionId;
-use weft_netstack::vxlan::Vni;
+use weft_netstack::stage::overlay::{Limits, Overlay, OverlayError, Underlay};
+use weft_netstack::stage::sleeve::SessionId;
 
 use crate::config::{Config, ConfigError};
 
@@ -244,25 +245,26 @@ pub fn plan(
     };
     let mut path = running.clone();
     // Peers first (they name networks), then networks, then peers again.
+    let kept_peers: BTreeSet<Ipv4Address> = sections
+        .peers
+        .iter()
+        .filter_map(|p| in_use(&sections.grid, p))
+        .collect();
     let gone_peers: Vec<Ipv4Address> = path
         .overlay()
         .peers()
         .map(|(a, _)| a)
-        .filter(|a| {
-            !sections
-                .peers
-                .iter()
-                .any(|p| in_use(&sections.grid, p) == Some(*a))
-        })
+        .filter(|a| !kept_peers.contains(a))
         .collect();
     for a in gone_peers {
         path.remove_peer(a);
     }
+    let kept_networks: BTreeSet<Vni> = sections.networks.iter().map(|n| n.vni).collect();
     let gone_networks: Vec<Vni> = path
         .overlay()
         .networks()
         .map(|(v, _, _)| v)
-        .filter(|v| !sections.networks.iter().any(|n| n.vni == *v))
+        .filter(|v| !kept_networks.contains(v))
         .collect();
     for v in gone_networks {
         path.remove_network(v);
@@ -702,7 +704,7 @@ mod tests {
             .add_static(
                 vni(100),
                 mac,
-                weft_netstack::fdb::Location::Remote(p3),
+                weft_netstack::table::fdb::Location::Remote(p3),
                 None,
                 now,
             )
@@ -723,7 +725,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             next.overlay().lookup(vni(100), &mac, now),
-            Some(weft_netstack::fdb::Location::Remote(p3)),
+            Some(weft_netstack::table::fdb::Location::Remote(p3)),
             "the static entry survived"
         );
         let nets: Vec<(u32, Option<u16>)> = next
@@ -796,7 +798,7 @@ mod tests {
     fn runtime_edits_of_the_document() {
         let c = Config::from_json_value(&doc()).unwrap();
         let p = PeerConfig {
-            node: weft_netstack::overlay::config::NodeId::new(4).unwrap(),
+            node: weft_netstack::base::NodeId::new(4).unwrap(),
             name: None,
             address: Some(Ipv4Address::new(192, 0, 2, 14)),
             region: None,

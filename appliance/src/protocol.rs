@@ -11,8 +11,8 @@ use core::fmt;
 use core::net::Ipv4Addr;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Number, Value};
-use weft_netstack::datapath::DatapathStatus;
-use weft_netstack::overlay::config::{NetworkConfig, PeerConfig};
+use weft_netstack::pipeline::datapath::DatapathStatus;
+use weft_netstack::stage::overlay::config::{NetworkConfig, PeerConfig};
 use weft_netstack::NicCounters;
 
 use crate::config::{Config, Ipv4Cidr};
@@ -20,7 +20,7 @@ use crate::dns::ContainerEntry;
 use crate::dns_service::{ContainerKey, DnsStatus};
 use crate::overlay::{FdbEntry, FdbKey, NetworkKey, PeerKey};
 use crate::publish::{FlowsQuery, PublishKey};
-use weft_netstack::nat::PublishRule;
+use weft_netstack::stage::nat::PublishRule;
 
 /// The protocol version this appliance speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -28,6 +28,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The longest request line accepted, not counting the `\n` (or `\r\n`) that ends it.
 pub const MAX_LINE_LEN: usize = 64 * 1024;
+/// The largest document `apply-begin` takes (UTF-8 bytes of its JSON text), whatever
+/// the heap; a smaller heap lowers it (see `Appliance`'s heap checks).
+pub const MAX_DOCUMENT_BYTES: u64 = 64 << 20;
 
 /// The first line the appliance sends on a new connection:
 /// `{"weft":{"version":"0.1.0","protocol":1}}`.
@@ -110,13 +113,36 @@ pub enum Command {
     /// List tracked connections (limit and filter).
     Flows(FlowsQuery),
     /// Add an L4 service, or replace the one of its name.
-    ServiceAdd(weft_netstack::lb::ServiceConfig),
+    ServiceAdd(weft_netstack::stage::lb::ServiceConfig),
     /// Remove a service (its flows are cut).
     ServiceRemove(crate::services::ServiceKey),
     /// Add a backend to a service or change its weight (0 drains it).
     BackendSet(crate::services::BackendSet),
     /// Remove a backend (its flows are cut).
     BackendRemove(crate::services::BackendKey),
+    /// Start a document sent in parts (longer than one line): its size in bytes.
+    ApplyBegin(ApplyBegin),
+    /// The next part of the document's text.
+    ApplyPart(ApplyPart),
+    /// Apply the document sent in parts, as `apply` does.
+    ApplyCommit,
+    /// Drop the document being sent in parts.
+    ApplyAbort,
+}
+
+/// The args of `apply-begin`: the document's size, in bytes of its UTF-8 JSON text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyBegin {
+    pub bytes: u64,
+}
+
+/// The args of `apply-part`: the text that starts at byte `offset` of the document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyPart {
+    pub offset: u64,
+    pub text: String,
 }
 
 impl Command {
@@ -141,6 +167,10 @@ impl Command {
         "service-remove",
         "backend-set",
         "backend-remove",
+        "apply-begin",
+        "apply-part",
+        "apply-commit",
+        "apply-abort",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -164,6 +194,10 @@ impl Command {
             Command::ServiceRemove(_) => "service-remove",
             Command::BackendSet(_) => "backend-set",
             Command::BackendRemove(_) => "backend-remove",
+            Command::ApplyBegin(_) => "apply-begin",
+            Command::ApplyPart(_) => "apply-part",
+            Command::ApplyCommit => "apply-commit",
+            Command::ApplyAbort => "apply-abort",
         }
     }
 
@@ -209,15 +243,15 @@ impl Command {
             "container-remove" => overlay_args(name, args).map(Command::ContainerRemove),
             "publish-add" => {
                 let rule: PublishRule = overlay_args(name, args)?;
-                weft_netstack::nat::validate_publish(&rule, [], &[]).map_err(|e| {
+                weft_netstack::stage::nat::validate_publish(&rule, [], &[]).map_err(|e| {
                     ErrorBody::with_field(ErrorCode::InvalidConfig, format!("{e}"), e.field())
                 })?;
                 Ok(Command::PublishAdd(rule))
             }
             "publish-remove" => overlay_args(name, args).map(Command::PublishRemove),
             "service-add" => {
-                let s: weft_netstack::lb::ServiceConfig = overlay_args(name, args)?;
-                weft_netstack::lb::validate_service(0, &s).map_err(|e| {
+                let s: weft_netstack::stage::lb::ServiceConfig = overlay_args(name, args)?;
+                weft_netstack::stage::lb::validate_service(0, &s).map_err(|e| {
                     let field = e
                         .field
                         .strip_prefix("services[0].")
@@ -230,6 +264,10 @@ impl Command {
             "service-remove" => overlay_args(name, args).map(Command::ServiceRemove),
             "backend-set" => overlay_args(name, args).map(Command::BackendSet),
             "backend-remove" => overlay_args(name, args).map(Command::BackendRemove),
+            "apply-begin" => request_args(name, args).map(Command::ApplyBegin),
+            "apply-part" => request_args(name, args).map(Command::ApplyPart),
+            "apply-commit" => no_args(name, args).map(|()| Command::ApplyCommit),
+            "apply-abort" => no_args(name, args).map(|()| Command::ApplyAbort),
             "flows" => match args {
                 None | Some(Value::Null) => Ok(Command::Flows(FlowsQuery::default())),
                 Some(_) => overlay_args(name, args).map(Command::Flows),
@@ -261,6 +299,18 @@ fn overlay_args<T: serde::de::DeserializeOwned>(
         code: ErrorCode::InvalidConfig,
         message: e.message,
         field: Some(e.field),
+    })
+}
+
+/// The typed `args` of a protocol-level command (a transfer step): a refusal is an
+/// `invalid_request` naming the field inside `args`.
+fn request_args<T: serde::de::DeserializeOwned>(
+    name: &str,
+    args: Option<&Value>,
+) -> Result<T, ErrorBody> {
+    overlay_args(name, args).map_err(|e| ErrorBody {
+        code: ErrorCode::InvalidRequest,
+        ..e
     })
 }
 
@@ -425,6 +475,8 @@ pub enum ErrorCode {
     NotFound,
     /// A bug in the appliance; the request may or may not have taken effect.
     Internal,
+    /// The document (announced by `apply-begin`) is larger than the appliance can hold.
+    TooLarge,
 }
 
 /// The `error` member of a reply.
@@ -516,7 +568,10 @@ pub enum CommandResult {
     Config(Option<alloc::boxed::Box<Config>>),
     Applied(Applied),
     Pong(Pong),
-    Flows(Vec<weft_netstack::conntrack::FlowInfo>),
+    Flows(Vec<weft_netstack::table::conntrack::FlowInfo>),
+    Begun(Begun),
+    Received(Received),
+    Discarded(Discarded),
 }
 
 /// The result of `status`.
@@ -595,6 +650,12 @@ pub struct ControlCounters {
     pub errors: u64,
     /// Partial lines discarded because the client disconnected mid-line.
     pub partial_discarded: u64,
+    /// Documents begun in parts (`apply-begin` accepted).
+    #[serde(default)]
+    pub transfers: u64,
+    /// Of those, dropped unfinished: the client disconnected, began another, or aborted.
+    #[serde(default)]
+    pub transfers_discarded: u64,
 }
 
 /// The result of `apply`.
@@ -603,6 +664,27 @@ pub struct ControlCounters {
 pub struct Applied {
     /// Whether the document differed from the running configuration.
     pub changed: bool,
+}
+
+/// The result of `apply-begin`: the size the document was begun with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Begun {
+    pub bytes: u64,
+}
+
+/// The result of `apply-part`: the bytes of the document received so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Received {
+    pub received: u64,
+}
+
+/// The result of `apply-abort`: the bytes of the dropped document (0: there was none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discarded {
+    pub discarded: u64,
 }
 
 /// The result of `ping`.
@@ -710,6 +792,7 @@ mod tests {
             (ErrorCode::NotReady, "not_ready"),
             (ErrorCode::NotFound, "not_found"),
             (ErrorCode::Internal, "internal"),
+            (ErrorCode::TooLarge, "too_large"),
         ];
         for (code, text) in all {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(text));

@@ -4,6 +4,7 @@
 //! touches packets (the netstack's `router` does) and never keeps a second copy of the
 //! rules: the running document is the truth, the router follows it.
 
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -11,10 +12,11 @@ use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use weft_netstack::conntrack::{Conntrack, FlowFilter, FlowInfo, Proto, Timeouts};
-use weft_netstack::nat::{validate_publish_list, Nat, NatConfig, PublishRule, Transport};
-use weft_netstack::router::{Router, RouterCounters};
+use weft_netstack::base::{FieldError, Proto, Transport};
 use weft_netstack::smoltcp::time::{Duration, Instant};
+use weft_netstack::stage::nat::{validate_publish, Nat, NatConfig, PublishError, PublishRule};
+use weft_netstack::stage::route::{Router, RouterCounters};
+use weft_netstack::table::conntrack::{Conntrack, FlowFilter, FlowInfo, Timeouts};
 use weft_netstack::Netstack;
 
 use crate::config::{Config, ConfigError};
@@ -184,9 +186,30 @@ pub struct NatStatus {
     pub router: RouterCounters,
 }
 
+/// The rules of `weft_netstack::stage::nat::validate_publish_list`, with the same refusals, in
+/// one pass: each rule alone, then its protocol and port looked up among the earlier
+/// ones in a set rather than compared with each.
+pub fn validate_publish_list(rules: &[PublishRule]) -> Result<(), FieldError> {
+    let mut taken = BTreeSet::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let mut check = validate_publish(rule, [], &[]);
+        if check.is_ok() && !taken.insert((rule.proto, rule.host_port)) {
+            check = Err(PublishError::Duplicate {
+                proto: rule.proto,
+                host_port: rule.host_port,
+            });
+        }
+        check.map_err(|e| FieldError {
+            field: format!("publish[{i}].{}", e.field()),
+            message: format!("{e}"),
+        })?;
+    }
+    Ok(())
+}
+
 /// Checks the `[[publish]]` list and `[nat]`; errors name `publish[i].field`.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
-    validate_publish_list(&config.publish, &[]).map_err(|e| ConfigError {
+    validate_publish_list(&config.publish).map_err(|e| ConfigError {
         field: e.field,
         message: e.message,
     })?;
@@ -265,16 +288,25 @@ pub fn apply(netstack: &mut Netstack, config: &Config, seed: u64) {
     if nat.config().conntrack.timeouts != want.conntrack.timeouts {
         nat.set_timeouts(want.conntrack.timeouts);
     }
+    let wanted: BTreeMap<(Transport, u16), &PublishRule> = config
+        .publish
+        .iter()
+        .map(|r| ((r.proto, r.host_port), r))
+        .collect();
     let stale: Vec<PublishRule> = nat
         .publish_rules()
-        .filter(|r| !config.publish.contains(r))
+        .filter(|r| wanted.get(&(r.proto, r.host_port)) != Some(r))
         .copied()
         .collect();
     for r in stale {
         nat.remove_publish(r.proto, r.host_port);
     }
+    let have: BTreeSet<(Transport, u16)> = nat
+        .publish_rules()
+        .map(|r| (r.proto, r.host_port))
+        .collect();
     for r in &config.publish {
-        if !nat.publish_rules().any(|have| have == r) {
+        if !have.contains(&(r.proto, r.host_port)) {
             // Validated with the document: cannot clash.
             let _ = nat.add_publish(*r);
         }
@@ -285,7 +317,7 @@ pub fn apply(netstack: &mut Netstack, config: &Config, seed: u64) {
 pub fn with_rule(config: &Config, rule: PublishRule) -> Result<Config, ConfigError> {
     let mut edited = config.clone();
     edited.publish.push(rule);
-    validate_publish_list(&edited.publish, &[]).map_err(|e| ConfigError {
+    validate_publish_list(&edited.publish).map_err(|e| ConfigError {
         // `publish[n].host_port` -> `host_port`: the args are the rule itself.
         field: e
             .field
@@ -356,6 +388,33 @@ pub fn not_published(key: PublishKey) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The one-pass check refuses exactly what the netstack's reference check refuses,
+    /// with the same field and message, on random lists full of clashes and reserved
+    /// ports.
+    #[test]
+    fn the_linear_check_agrees_with_the_netstack_reference() {
+        let mut next = crate::test_rng::below(0x0123_4567_89ab_cdef);
+        for _ in 0..3_000 {
+            let rules: Vec<PublishRule> = (0..next(8))
+                .map(|_| PublishRule {
+                    proto: if next(2) == 0 {
+                        Transport::Tcp
+                    } else {
+                        Transport::Udp
+                    },
+                    host_port: [0, 53, 80, 8080, 8081, 4789, 31800][next(7) as usize],
+                    container_address: Ipv4Addr::new(10, 81, 1, next(3) as u8),
+                    container_port: next(3) as u16,
+                })
+                .collect();
+            assert_eq!(
+                validate_publish_list(&rules),
+                weft_netstack::stage::nat::validate_publish_list(&rules, &[]),
+                "{rules:?}"
+            );
+        }
+    }
 
     fn doc(publish: Value) -> Value {
         json!({
@@ -506,7 +565,8 @@ mod tests {
 
     #[test]
     fn new_timeouts_apply_at_once_and_keep_live_flows() {
-        use weft_netstack::nat::{Side, Verdict};
+        use weft_netstack::base::NicId;
+        use weft_netstack::stage::nat::NatVerdict;
         let mac = weft_netstack::smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]);
         let mut stack = Netstack::new(mac, mac, 1, Instant::from_millis(0));
         let mut d = doc(json!([]));
@@ -518,10 +578,10 @@ mod tests {
         let nat = stack.router_mut().unwrap().nat_mut();
         let v = nat.process(
             &mut udp_frame(inside, server),
-            Side::Container,
+            NicId::Link,
             Instant::from_secs(0),
         );
-        assert_eq!(v, Verdict::Forward { to: Side::Uplink });
+        assert_eq!(v, NatVerdict::Forward { to: NicId::Uplink });
         let held = |stack: &Netstack, at: i64| {
             flows(stack, FlowsQuery::default(), Instant::from_secs(at)).len()
         };

@@ -4,15 +4,19 @@
 //! `status`. The load balancer inside the NAT router is brought in line with the
 //! document by the smallest change (a backend edit keeps the service's Maglev table and
 //! its pinned flows). It never touches packets and performs no health check itself.
+//! Checking and applying are linear in the services and their backends (keyed sets, no
+//! scan of the list per item).
 
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use weft_netstack::lb::{validate_services, BackendConfig, ServiceConfig};
+use weft_netstack::base::FieldError;
 use weft_netstack::smoltcp::time::Instant;
+use weft_netstack::stage::lb::{validate_service, BackendConfig, ServiceConfig};
 use weft_netstack::Netstack;
 
 use crate::config::{Config, ConfigError};
@@ -55,6 +59,53 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     })
 }
 
+/// The rules of `weft_netstack::stage::lb::validate_services`, with the same refusals, in
+/// one pass: each service alone, then its name and its VIP, protocol and port against
+/// the earlier ones, looked up in sets rather than compared with each.
+pub fn validate_services(services: &[ServiceConfig]) -> Result<(), FieldError> {
+    let mut names = BTreeSet::new();
+    let mut listeners = BTreeSet::new();
+    for (i, s) in services.iter().enumerate() {
+        validate_service(i, s)?;
+        if !names.insert(s.name.as_str()) {
+            return Err(FieldError {
+                field: alloc::format!("services[{i}].name"),
+                message: alloc::format!("{:?} is used twice", s.name),
+            });
+        }
+        if let Some(vip) = s.vip {
+            if !listeners.insert((vip, s.proto, s.port)) {
+                return Err(FieldError {
+                    field: alloc::format!("services[{i}].port"),
+                    message: alloc::format!(
+                        "{} {vip}:{} belongs to another service",
+                        s.proto,
+                        s.port
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many services applying `config` builds a Maglev table for (new, or changed in
+/// any way: a backend edit rebuilds the table beside the old one), and their bytes.
+pub fn new_table_bytes(netstack: &Netstack, config: &Config) -> (u64, u64) {
+    let lb = netstack.router().map(|r| r.nat().lb());
+    let running: BTreeMap<&str, &ServiceConfig> = lb
+        .map(|lb| lb.services().map(|s| (s.name.as_str(), s)).collect())
+        .unwrap_or_default();
+    let built = config
+        .services
+        .iter()
+        .filter(|s| running.get(s.name.as_str()) != Some(s))
+        .count() as u64;
+    // A table is a u16 per slot.
+    let bytes = built.saturating_mul(weft_netstack::table::maglev::DEFAULT_TABLE_SIZE as u64 * 2);
+    (built, bytes)
+}
+
 /// Whether two versions of a service differ only in their backends.
 fn same_but_backends(a: &ServiceConfig, b: &ServiceConfig) -> bool {
     a.name == b.name
@@ -72,26 +123,36 @@ pub fn apply(netstack: &mut Netstack, config: &Config, now: Instant) {
         return;
     };
     let nat = router.nat_mut();
-    let running: Vec<ServiceConfig> = nat
-        .lb()
-        .status()
+    let wanted: BTreeMap<&str, &ServiceConfig> = config
+        .services
         .iter()
-        .filter_map(|s| nat.lb().service(&s.name).cloned())
+        .map(|s| (s.name.as_str(), s))
         .collect();
+    let running: Vec<ServiceConfig> = nat.lb().services().cloned().collect();
+    let mut kept = BTreeSet::new();
     for old in &running {
-        match config.services.iter().find(|s| s.name == old.name) {
-            Some(new) if new == old => {}
+        match wanted.get(old.name.as_str()) {
+            Some(new) if *new == old => {
+                kept.insert(old.name.as_str());
+            }
             Some(new) if same_but_backends(old, new) => {
+                let new_ends: BTreeSet<_> = new.backends.iter().map(|b| b.endpoint()).collect();
+                let old_set: BTreeSet<_> = old
+                    .backends
+                    .iter()
+                    .map(|b| (b.endpoint(), b.weight))
+                    .collect();
                 for b in &old.backends {
-                    if !new.backends.iter().any(|n| n.endpoint() == b.endpoint()) {
+                    if !new_ends.contains(&b.endpoint()) {
                         let _ = nat.remove_backend(&old.name, b.endpoint());
                     }
                 }
                 for b in &new.backends {
-                    if !old.backends.contains(b) {
+                    if !old_set.contains(&(b.endpoint(), b.weight)) {
                         let _ = nat.lb_mut().set_backend(&new.name, *b, now);
                     }
                 }
+                kept.insert(old.name.as_str());
             }
             _ => {
                 let _ = nat.remove_service(&old.name);
@@ -99,14 +160,14 @@ pub fn apply(netstack: &mut Netstack, config: &Config, now: Instant) {
         }
     }
     for s in &config.services {
-        if nat.lb().service(&s.name).is_none() {
+        if !kept.contains(s.name.as_str()) {
             // Validated with the document as a whole.
             let _ = nat.lb_mut().add_service(s.clone(), now);
         }
     }
 }
 
-fn refused(e: weft_netstack::nat::FieldError) -> ConfigError {
+fn refused(e: weft_netstack::base::FieldError) -> ConfigError {
     // `services[n].backends[m].weight` -> `weight`: the args are the item itself.
     let field = e
         .field
@@ -187,6 +248,46 @@ pub fn status(netstack: &Netstack) -> Option<Value> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use weft_netstack::base::Transport;
+    use weft_netstack::stage::lb::ServiceMode as Mode;
+
+    /// The one-pass check refuses exactly what the netstack's reference check refuses,
+    /// with the same field and message, on random lists full of near-clashes.
+    #[test]
+    fn the_linear_check_agrees_with_the_netstack_reference() {
+        let mut next = crate::test_rng::below(0xdead_beef_cafe_f00d);
+        for _ in 0..3_000 {
+            let services: Vec<ServiceConfig> = (0..next(6))
+                .map(|_| {
+                    let mode = if next(5) == 0 { Mode::Dnsrr } else { Mode::Vip };
+                    ServiceConfig {
+                        name: ["web", "db", "a", "-x"][next(4) as usize].into(),
+                        vip: (next(6) != 0).then(|| Ipv4Addr::new(10, 81, 255, next(3) as u8)),
+                        proto: if next(2) == 0 {
+                            Transport::Tcp
+                        } else {
+                            Transport::Udp
+                        },
+                        port: next(3) as u16 * 40,
+                        mode,
+                        backends: (0..next(3))
+                            .map(|_| BackendConfig {
+                                address: Ipv4Addr::new(10, 81, 1, next(3) as u8),
+                                port: 8080 + next(2) as u16,
+                                weight: 1,
+                            })
+                            .collect(),
+                        health: None,
+                    }
+                })
+                .collect();
+            assert_eq!(
+                validate_services(&services),
+                weft_netstack::stage::lb::validate_services(&services),
+                "{services:?}"
+            );
+        }
+    }
 
     #[test]
     fn document_edits_reach_the_load_balancer() {

@@ -1,12 +1,16 @@
 //! The control session over a byte stream: line framing (64 KiB maximum, `\n` or
-//! `\r\n`), the greeting, and parsing each line into a typed request. It holds at most
-//! one partial line; it never executes anything and never panics on input bytes.
+//! `\r\n`), the greeting, parsing each line into a typed request, and the state that
+//! lives as long as one connection: at most one partial line and at most one document
+//! being sent in parts (`transfer`). Both go when the client connects or disconnects.
+//! It never executes anything and never panics on input bytes.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::protocol::{
     ControlCounters, ErrorBody, ErrorCode, Greeting, Request, RequestError, MAX_LINE_LEN,
 };
+use crate::transfer::{Transfer, TransferError};
 
 /// One parsed line: a request to execute, or the error to answer with.
 pub type LineResult = Result<Request, RequestError>;
@@ -20,6 +24,8 @@ pub struct ControlSession {
     discarding: bool,
     connected: bool,
     counters: ControlCounters,
+    /// The document this connection is sending in parts, if any.
+    transfer: Transfer,
 }
 
 impl ControlSession {
@@ -64,6 +70,42 @@ impl ControlSession {
     fn reset(&mut self) {
         self.partial.clear();
         self.discarding = false;
+        self.abort_document();
+    }
+
+    /// `apply-begin`: an unfinished document is dropped, then `bytes` are reserved.
+    pub fn begin_document(&mut self, bytes: u64) -> Result<(), TransferError> {
+        self.abort_document();
+        self.transfer.begin(bytes)?;
+        self.counters.transfers = self.counters.transfers.wrapping_add(1);
+        Ok(())
+    }
+
+    /// `apply-part`: the bytes received so far.
+    pub fn document_part(&mut self, offset: u64, text: &str) -> Result<u64, TransferError> {
+        self.transfer.part(offset, text)
+    }
+
+    /// `apply-commit`: the whole text; the transfer ends either way.
+    pub fn commit_document(&mut self) -> Result<String, TransferError> {
+        self.transfer.commit()
+    }
+
+    /// Drops the unfinished document, if any (counted); returns the bytes it had.
+    pub fn abort_document(&mut self) -> u64 {
+        match self.transfer.abort() {
+            Some(received) => {
+                self.counters.transfers_discarded =
+                    self.counters.transfers_discarded.wrapping_add(1);
+                received
+            }
+            None => 0,
+        }
+    }
+
+    /// Heap bytes the unfinished document holds (what it reserved at `apply-begin`).
+    pub fn document_held_bytes(&self) -> u64 {
+        self.transfer.held_bytes()
     }
 
     /// Feed bytes from the stream; returns one entry per complete line (empty lines are
@@ -281,6 +323,34 @@ mod tests {
             panic!("not apply: {req:?}");
         };
         assert_eq!(config.link.address.to_string(), "10.81.0.1/16");
+    }
+
+    #[test]
+    fn a_disconnect_or_a_new_connection_drops_an_unfinished_document() {
+        let mut s = ControlSession::new();
+        let mut out = Vec::new();
+        s.connected(&mut out);
+        s.begin_document(10).unwrap();
+        assert_eq!(s.document_part(0, "{\"a\":"), Ok(5));
+        assert_eq!(s.document_held_bytes(), 10);
+        s.disconnected();
+        assert_eq!(s.document_held_bytes(), 0);
+        assert_eq!(s.document_part(5, "1}"), Err(TransferError::NotBegun));
+        let c = s.counters();
+        assert_eq!((c.transfers, c.transfers_discarded), (1, 1));
+        // A connect without a disconnect seen (a transport that missed it) too.
+        s.connected(&mut out);
+        s.begin_document(2).unwrap();
+        s.connected(&mut out);
+        assert_eq!(s.commit_document(), Err(TransferError::NotBegun));
+        // A second begin drops the first; a finished one is not counted as dropped.
+        s.begin_document(2).unwrap();
+        s.begin_document(2).unwrap();
+        s.document_part(0, "{}").unwrap();
+        assert_eq!(s.commit_document().as_deref(), Ok("{}"));
+        assert_eq!(s.abort_document(), 0);
+        let c = s.counters();
+        assert_eq!((c.transfers, c.transfers_discarded), (4, 3));
     }
 
     use alloc::string::ToString;

@@ -403,7 +403,7 @@ fn apply_through_the_api_validates_too() {
     let config: Config = serde_json::from_value(good_config()).unwrap();
     assert_eq!(app.apply(config.clone()), Ok(true));
     assert_eq!(app.apply(config.clone()), Ok(false));
-    assert_eq!(app.running_config(), Some(&config));
+    assert_eq!(app.running_config(), Some(config));
 }
 
 /// A flow table larger than the free heap is refused before anything changes (running

@@ -6,8 +6,9 @@
 use serde_json::{json, Value};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
-use weft_appliance::weft_netstack::probe::{self, Echo};
-use weft_appliance::weft_netstack::vxlan::{self, VXLAN_PORT};
+use weft_appliance::weft_netstack::base::ports::VXLAN_PORT;
+use weft_appliance::weft_netstack::wire::probe::{self, Echo};
+use weft_appliance::weft_netstack::wire::vxlan;
 use weft_appliance::{Appliance, BootInfo, MemPort};
 
 const UPLINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0x00, 0xaa, 0x00, 0x01]);

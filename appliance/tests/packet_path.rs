@@ -4,7 +4,7 @@
 use serde_json::json;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
-use weft_appliance::weft_netstack::probe::{self, Echo};
+use weft_appliance::weft_netstack::wire::probe::{self, Echo};
 use weft_appliance::{Appliance, BootInfo, MemPort};
 
 const UPLINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0x00, 0xaa, 0x00, 0x01]);

@@ -1,8 +1,12 @@
 //! The one control-socket client: connects to the appliance's unix socket, checks the
-//! greeting, sends one JSON request per line and matches replies by `id`. The wire
-//! types are `weft_appliance::protocol`'s, so the protocol has one definition. It owns
-//! the host side of the line framing; it never renders anything (see `status`).
+//! greeting, sends one JSON request per line and takes its reply: the one with its `id`,
+//! or an error with `"id": null` in its place (every non-empty line gets exactly one
+//! reply, in order, so the client counts the lines it sent). A document too long for
+//! one `apply` line goes in parts (`apply-begin`, `apply-part`s, `apply-commit`). The
+//! wire types are `weft_appliance::protocol`'s, so the protocol has one definition. It
+//! owns the host side of the line framing; it never renders anything (see `status`).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -20,6 +24,14 @@ const GREETING: &str = "the greeting";
 
 /// Replies longer than this are refused (a status reply is a few hundred bytes).
 pub const MAX_REPLY_BYTES: usize = 4 << 20;
+
+/// The most text one `apply-part` line carries, escaped as a JSON string: the line,
+/// with its id and the other members, stays under the appliance's line limit.
+pub const PART_BYTES: usize = protocol::MAX_LINE_LEN - 1024;
+
+/// `apply-part` lines sent before the client waits for the oldest one's reply: the
+/// replies never pile up unread, and a refused part stops the rest early.
+const PARTS_IN_FLIGHT: usize = 8;
 
 /// Why a control exchange failed.
 #[derive(Debug)]
@@ -158,6 +170,26 @@ pub struct Client {
     timeout: Duration,
     /// Lines skipped while waiting for a reply (e.g. errors for garbage we sent).
     pub skipped_lines: u64,
+    /// The lines sent so far that get a reply, and the replies read so far.
+    lines_sent: u64,
+    replies_read: u64,
+    /// The line being sent (by `send_raw` without its newline yet).
+    open_line: OpenLine,
+}
+
+/// What the appliance will make of the line being sent: it answers a line that has
+/// anything but whitespace, or that is over its length limit.
+#[derive(Debug, Default, Clone, Copy)]
+struct OpenLine {
+    len: usize,
+    content: bool,
+}
+
+/// A request sent and not yet answered: its id and its place among the replies.
+#[derive(Debug, Clone)]
+struct Pending {
+    id: RequestId,
+    position: u64,
 }
 
 impl Client {
@@ -208,6 +240,9 @@ impl Client {
             greeting: Greeting::current(),
             timeout,
             skipped_lines: 0,
+            lines_sent: 0,
+            replies_read: 0,
+            open_line: OpenLine::default(),
         };
         let line = c.read_line_checked(deadline, GREETING, alive)?;
         c.greeting = parse_greeting(&line)?;
@@ -222,9 +257,16 @@ impl Client {
         self.timeout = timeout;
     }
 
-    /// Sends `{"id":N,"cmd":cmd[,"args":args]}` and waits for the reply with id N.
-    /// Lines with other ids are skipped (counted in `skipped_lines`).
+    /// Sends `{"id":N,"cmd":cmd[,"args":args]}` and waits for its reply: the one with
+    /// id N, or an error with a null id in its place (`line_too_long`, `parse_error`).
+    /// Replies to earlier lines are skipped (counted in `skipped_lines`).
     pub fn call(&mut self, cmd: &str, args: Option<Value>) -> Result<Reply, ControlError> {
+        let pending = self.send_request(cmd, args)?;
+        let deadline = Instant::now() + self.timeout;
+        self.wait_reply(&pending, deadline)
+    }
+
+    fn send_request(&mut self, cmd: &str, args: Option<Value>) -> Result<Pending, ControlError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut req = json!({"id": id, "cmd": cmd});
@@ -233,19 +275,34 @@ impl Client {
         }
         let mut line = req.to_string().into_bytes();
         line.push(b'\n');
-        self.send_raw(&line)?;
-        let want = Some(RequestId::from(id));
-        let deadline = Instant::now() + self.timeout;
+        self.send_line(id, &line)
+    }
+
+    /// Sends one whole request line with id `id`.
+    fn send_line(&mut self, id: u64, line: &[u8]) -> Result<Pending, ControlError> {
+        self.send_raw(line)?;
+        Ok(Pending {
+            id: RequestId::from(id),
+            position: self.lines_sent,
+        })
+    }
+
+    fn wait_reply(&mut self, pending: &Pending, deadline: Instant) -> Result<Reply, ControlError> {
         loop {
             let l = self.read_line_until(deadline, "a reply")?;
+            self.replies_read += 1;
             let reply = Reply::parse(&l)?;
-            if reply.id == want {
+            if reply.id.as_ref() == Some(&pending.id) {
+                // Count from here on even if a line we sent was counted wrongly.
+                self.replies_read = self.replies_read.max(pending.position);
+                return Ok(reply);
+            }
+            if reply.id.is_none() && self.replies_read == pending.position {
                 return Ok(reply);
             }
             self.skipped_lines += 1;
         }
     }
-
     /// [`Client::call`] with an error reply as `Err(ControlError::Remote)` and the
     /// result read as `T`.
     pub fn request<T: DeserializeOwned>(
@@ -278,15 +335,89 @@ impl Client {
         self.apply_value(doc.json())
     }
 
-    /// Applies a document as it is, valid or not (tests send broken ones).
+    /// Applies a document as it is, valid or not (tests send broken ones), however
+    /// large: see [`Client::apply_reply`].
     pub fn apply_value(&mut self, doc: &Value) -> Result<Applied, ControlError> {
-        self.request("apply", Some(doc.clone()))
+        let reply = self.apply_reply(doc)?;
+        let v = reply.outcome.map_err(ControlError::Remote)?;
+        serde_json::from_value(v).map_err(|e| ControlError::BadReply(format!("apply result: {e}")))
+    }
+
+    /// Applies a document, valid or not, and returns the reply that decides it: one
+    /// `apply` line when it fits the appliance's line limit, else the document's text in
+    /// parts (`apply-begin`, `apply-part`s, `apply-commit`), which the appliance applies
+    /// as one `apply`, all or nothing; a refused step ends it (its reply is returned).
+    pub fn apply_reply(&mut self, doc: &Value) -> Result<Reply, ControlError> {
+        let text = doc.to_string();
+        let id = self.next_id;
+        let line = format!("{{\"id\":{id},\"cmd\":\"apply\",\"args\":{text}}}\n");
+        if line.len() <= protocol::MAX_LINE_LEN + 1 {
+            self.next_id += 1;
+            let pending = self.send_line(id, line.as_bytes())?;
+            let deadline = Instant::now() + self.timeout;
+            return self.wait_reply(&pending, deadline);
+        }
+        drop(line);
+        self.apply_in_parts(&text, PART_BYTES)
+    }
+
+    /// Applies the document `text` in parts of at most `part_bytes` bytes each once
+    /// escaped as a JSON string, whatever its size; returns the reply that decides it
+    /// (the first refusal, or `apply-commit`'s). Waits for `apply-commit` longer than
+    /// for other replies: applying a large document takes a while.
+    pub fn apply_in_parts(&mut self, text: &str, part_bytes: usize) -> Result<Reply, ControlError> {
+        let begin = self.call("apply-begin", Some(json!({"bytes": text.len()})))?;
+        if begin.outcome.is_err() {
+            return Ok(begin);
+        }
+        let mut in_flight: VecDeque<Pending> = VecDeque::new();
+        let mut refused: Option<Reply> = None;
+        let mut offset = 0;
+        for part in split_escaped(text, part_bytes.max(8)) {
+            if in_flight.len() >= PARTS_IN_FLIGHT {
+                if let Some(p) = in_flight.pop_front() {
+                    let r = self.wait_reply(&p, Instant::now() + self.timeout)?;
+                    if r.outcome.is_err() {
+                        refused = Some(r);
+                        break;
+                    }
+                }
+            }
+            let args = json!({"offset": offset, "text": part});
+            in_flight.push_back(self.send_request("apply-part", Some(args))?);
+            offset += part.len();
+        }
+        while let Some(p) = in_flight.pop_front() {
+            let r = self.wait_reply(&p, Instant::now() + self.timeout)?;
+            if r.outcome.is_err() && refused.is_none() {
+                refused = Some(r);
+            }
+        }
+        if let Some(r) = refused {
+            // Frees what the appliance holds for the document at once.
+            self.call("apply-abort", None)?;
+            return Ok(r);
+        }
+        let pending = self.send_request("apply-commit", None)?;
+        let deadline = Instant::now() + commit_timeout(self.timeout, text.len());
+        self.wait_reply(&pending, deadline)
     }
 
     /// Writes bytes as they are (tests use it for garbage and partial lines).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ControlError> {
         self.stream.set_write_timeout(Some(self.timeout))?;
         self.stream.write_all(bytes)?;
+        for &b in bytes {
+            if b == b'\n' {
+                let line = std::mem::take(&mut self.open_line);
+                if line.content || line.len > protocol::MAX_LINE_LEN + 1 {
+                    self.lines_sent += 1;
+                }
+            } else {
+                self.open_line.len += 1;
+                self.open_line.content |= !b.is_ascii_whitespace();
+            }
+        }
         Ok(())
     }
 
@@ -352,6 +483,40 @@ impl Client {
             }
         }
     }
+}
+
+/// How long `apply-commit` may take: the usual reply time-out, and as long again for
+/// every MiB of the document (parsing and applying it is linear in its size).
+fn commit_timeout(timeout: Duration, bytes: usize) -> Duration {
+    let mib = u32::try_from(bytes >> 20).unwrap_or(u32::MAX);
+    timeout.saturating_mul(mib.saturating_add(1))
+}
+
+/// The bytes a character takes in a JSON string as serde_json writes it.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// `text` cut at character boundaries into pieces of at most `max` bytes once escaped.
+fn split_escaped(text: &str, max: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, c) in text.char_indices() {
+        let n = escaped_len(c);
+        if size + n > max && i > start {
+            parts.push(&text[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += n;
+    }
+    if start < text.len() {
+        parts.push(&text[start..]);
+    }
+    parts
 }
 
 #[cfg(test)]
@@ -557,6 +722,154 @@ mod tests {
             Client::connect(&missing, t),
             Err(ControlError::Connect { .. })
         ));
+    }
+
+    /// A grid document of `n` containers: about 60 bytes each.
+    fn grid_doc(n: usize) -> Value {
+        let containers: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({"name": format!("c-{i}"), "service": format!("s-{}", i % 7),
+                       "address": format!("10.81.{}.{}", 1 + i / 250, 1 + i % 250)})
+            })
+            .collect();
+        json!({
+            "uplink": {"address": "192.0.2.2/24", "gateway": "192.0.2.1"},
+            "link": {"address": "10.81.0.1/16"},
+            "dns": {"grid": "g"},
+            "containers": containers,
+        })
+    }
+
+    #[test]
+    fn a_document_too_long_for_one_line_goes_in_parts_and_reads_back() {
+        let dir = tmp("parts");
+        let sim = SimAppliance::start(&dir).unwrap();
+        let mut c = Client::connect(sim.path(), T).unwrap();
+        let doc = grid_doc(5_000);
+        assert!(doc.to_string().len() > 3 * protocol::MAX_LINE_LEN);
+        assert!(c.apply_value(&doc).unwrap().changed);
+        assert!(!c.apply_value(&doc).unwrap().changed);
+        let shown = c.call("config", None).unwrap().outcome.unwrap();
+        let echo = crate::document::echo(&doc, &shown);
+        assert_eq!(echo.mismatched, Vec::<String>::new());
+        let st = c.status().unwrap();
+        assert_eq!(
+            (st.control.transfers, st.control.transfers_discarded),
+            (2, 0)
+        );
+        // A small document still goes in one line.
+        c.apply(&demo_config()).unwrap();
+        assert_eq!(c.status().unwrap().control.transfers, 2);
+        assert_eq!(c.config().unwrap().as_ref(), Some(demo_config().config()));
+    }
+
+    #[test]
+    fn parts_of_any_size_apply_and_refuse_exactly_as_one_line() {
+        let dir = tmp("tiny");
+        let sim = SimAppliance::start(&dir).unwrap();
+        let mut c = Client::connect(sim.path(), T).unwrap();
+        let good = grid_doc(5);
+        let mut bad = grid_doc(5);
+        bad["dns"]["domain"] = json!("bär\"\\.local");
+        let mut bad2 = grid_doc(5);
+        bad2["containers"][3]["address"] = json!("10.81.1.x");
+        for part in [8, 9, 13, 64, 1000] {
+            let text = bad.to_string();
+            let one = c
+                .call("apply", Some(bad.clone()))
+                .unwrap()
+                .outcome
+                .unwrap_err();
+            let parts = c.apply_in_parts(&text, part).unwrap().outcome.unwrap_err();
+            assert_eq!(parts, one, "parts of {part}");
+            assert_eq!(parts.field.as_deref(), Some("dns.domain"));
+            let parts = c
+                .apply_in_parts(&bad2.to_string(), part)
+                .unwrap()
+                .outcome
+                .unwrap_err();
+            assert_eq!(parts.field.as_deref(), Some("containers[3].address"));
+            assert_eq!(
+                c.config().unwrap(),
+                None,
+                "a refused document changes nothing"
+            );
+        }
+        let reply = c.apply_in_parts(&good.to_string(), 8).unwrap();
+        assert_eq!(reply.outcome.unwrap(), json!({"changed": true}));
+        assert_eq!(
+            c.config().unwrap(),
+            Some(Config::from_json_value(&good).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_client_that_vanishes_mid_document_changes_nothing() {
+        let dir = tmp("vanish");
+        let sim = SimAppliance::start(&dir).unwrap();
+        let mut c = Client::connect(sim.path(), T).unwrap();
+        c.apply(&demo_config()).unwrap();
+        let text = grid_doc(50).to_string();
+        let begin = c
+            .call("apply-begin", Some(json!({"bytes": text.len()})))
+            .unwrap();
+        assert!(begin.outcome.is_ok());
+        let half = &text[..text.len() / 2];
+        let part = c
+            .call("apply-part", Some(json!({"offset": 0, "text": half})))
+            .unwrap();
+        assert_eq!(part.outcome.unwrap(), json!({"received": half.len()}));
+        drop(c);
+        let mut c = Client::connect(sim.path(), T).unwrap();
+        assert_eq!(c.config().unwrap().as_ref(), Some(demo_config().config()));
+        let st = c.status().unwrap();
+        assert_eq!(
+            (st.control.transfers, st.control.transfers_discarded),
+            (1, 1)
+        );
+        // Its parts mean nothing to the next connection.
+        let late = c.call("apply-commit", None).unwrap().outcome.unwrap_err();
+        assert_eq!(late.code, ErrorCode::NotReady);
+    }
+
+    /// An error with a null id is the answer to the line it is about: a line over the
+    /// limit, or one that is not JSON, is reported at once, not waited on.
+    #[test]
+    fn errors_with_a_null_id_answer_the_request_they_are_about() {
+        let dir = tmp("nullid");
+        let sim = SimAppliance::start(&dir).unwrap();
+        let mut c = Client::connect(sim.path(), Duration::from_secs(60)).unwrap();
+        let pad = "x".repeat(protocol::MAX_LINE_LEN);
+        let reply = c.call("ping", Some(json!({ "pad": pad }))).unwrap();
+        assert_eq!(reply.id, None);
+        assert_eq!(reply.outcome.unwrap_err().code, ErrorCode::LineTooLong);
+        match c.request::<Value>("ping", Some(json!({ "pad": pad }))) {
+            Err(ControlError::Remote(e)) => assert_eq!(e.code, ErrorCode::LineTooLong),
+            other => panic!("expected line_too_long, got {other:?}"),
+        }
+        // A partial line sent before: the request completes it, into garbage.
+        c.send_raw(b"{oops").unwrap();
+        let reply = c.call("ping", None).unwrap();
+        assert_eq!(reply.id, None);
+        assert_eq!(reply.outcome.unwrap_err().code, ErrorCode::ParseError);
+        // Replies to earlier garbage are still skipped, and the stream is in step.
+        c.send_raw(b"nope\n\n  \r\n[1]\n").unwrap();
+        assert!(c.ping().unwrap().pong);
+        assert_eq!(c.skipped_lines, 2);
+    }
+
+    #[test]
+    fn split_escaped_cuts_at_characters_within_the_escaped_size() {
+        let text = "a\"b\\c\u{1}dé€😀\n";
+        for max in 1..20 {
+            let parts = split_escaped(text, max);
+            assert_eq!(parts.concat(), text, "max {max}");
+            for p in &parts {
+                let escaped = serde_json::to_string(p).unwrap().len() - 2;
+                assert!(escaped <= max || p.chars().count() == 1, "{p:?} max {max}");
+            }
+        }
+        assert!(split_escaped("", 8).is_empty());
     }
 
     #[test]

@@ -9,13 +9,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_netstack::lb::{BackendConfig, Mode, ServiceConfig};
-use weft_netstack::nat::{Nat, NatConfig, PublishRule, Transport};
-use weft_netstack::router::Router;
+use weft_netstack::base::{Transport, VlanId};
 use weft_netstack::smoltcp::time::{Duration, Instant};
 use weft_netstack::smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
-use weft_netstack::vlan::{self, VlanId};
-use weft_netstack::{probe, MemPort, Netstack};
+use weft_netstack::stage::lb::{BackendConfig, ServiceConfig, ServiceMode};
+use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule};
+use weft_netstack::stage::route::Router;
+use weft_netstack::wire::probe;
+use weft_netstack::wire::vlan;
+use weft_netstack::{MemPort, Netstack};
 
 #[path = "common/overlay_grid.rs"]
 mod overlay_grid;
@@ -41,7 +43,7 @@ fn stack(now: Instant) -> Netstack {
         vip: Some(VIP),
         proto: Transport::Tcp,
         port: 80,
-        mode: Mode::Vip,
+        mode: ServiceMode::Vip,
         backends: [local, remote]
             .iter()
             .map(|&address| BackendConfig {

@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 use smoltcp::time::Instant;
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
-use weft_netstack::lb::{validate_services, ServiceConfig};
-use weft_netstack::nat::{validate_publish_list, Nat, NatConfig, PublishRule};
+use weft_netstack::stage::lb::{validate_services, ServiceConfig};
+use weft_netstack::stage::nat::{validate_publish_list, Nat, NatConfig, PublishRule};
 
 fuzz_target!(|data: &[u8]| {
     let config = NatConfig::new(

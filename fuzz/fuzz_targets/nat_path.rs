@@ -7,10 +7,11 @@
 use libfuzzer_sys::fuzz_target;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
-use weft_netstack::conntrack::{self, Endpoint, FlowFilter, Timeouts};
-use weft_netstack::icmp_error;
-use weft_netstack::lb::{BackendConfig, HealthSpec, LoadBalancer, Mode, ServiceConfig};
-use weft_netstack::nat::{Nat, NatConfig, PublishRule, Side, Transport, Verdict};
+use weft_netstack::base::{Endpoint, NicId, Transport};
+use weft_netstack::stage::lb::{BackendConfig, HealthSpec, LoadBalancer, ServiceMode, ServiceConfig};
+use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule, NatVerdict};
+use weft_netstack::table::conntrack::{self, FlowFilter, Timeouts};
+use weft_netstack::wire::icmp_error;
 
 const UPLINK: Ipv4Address = Ipv4Address::new(192, 0, 2, 10);
 const NODE: Ipv4Address = Ipv4Address::new(10, 81, 0, 1);
@@ -18,16 +19,9 @@ const VIP: Ipv4Address = Ipv4Address::new(10, 81, 255, 1);
 const MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 1]);
 
 fn nat() -> Nat {
-    let mut config = NatConfig::new(
-        UPLINK,
-        NODE,
-        Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 16),
-    );
+    let mut config = NatConfig::new(UPLINK, NODE, Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 16));
     // Small enough that a fuzz input fills the table and the port range.
-    config.conntrack = conntrack::Config {
-        capacity: 32,
-        ..conntrack::Config::default()
-    };
+    config.conntrack = conntrack::ConntrackConfig { capacity: 32, ..conntrack::ConntrackConfig::default() };
     config.snat_ports = (40000, 40015);
     let mut nat = Nat::new(config, 0x5eed);
     for (proto, host_port, addr, port) in [
@@ -35,12 +29,7 @@ fn nat() -> Nat {
         (Transport::Udp, 5353, Ipv4Address::new(10, 81, 1, 5), 53),
         (Transport::Tcp, 9000, VIP, 80),
     ] {
-        let _ = nat.add_publish(PublishRule {
-            proto,
-            host_port,
-            container_address: addr,
-            container_port: port,
-        });
+        let _ = nat.add_publish(PublishRule { proto, host_port, container_address: addr, container_port: port });
     }
     // A small prime table keeps each run cheap; the logic is the same.
     *nat.lb_mut() = LoadBalancer::with_table_size(251);
@@ -50,21 +39,11 @@ fn nat() -> Nat {
             vip: Some(VIP),
             proto: Transport::Tcp,
             port: 80,
-            mode: Mode::Vip,
+            mode: ServiceMode::Vip,
             backends: (1..=3)
-                .map(|i| BackendConfig {
-                    address: Ipv4Address::new(10, 81, i, 10),
-                    port: 8000,
-                    weight: i as u32,
-                })
+                .map(|i| BackendConfig { address: Ipv4Address::new(10, 81, i, 10), port: 8000, weight: i as u32 })
                 .collect(),
-            health: Some(HealthSpec {
-                interval_ms: 100,
-                timeout_ms: 50,
-                rise: 1,
-                fall: 1,
-                proto: None,
-            }),
+            health: Some(HealthSpec { interval_ms: 100, timeout_ms: 50, rise: 1, fall: 1, proto: None }),
         },
         Instant::ZERO,
     );
@@ -85,11 +64,7 @@ fuzz_target!(|data: &[u8]| {
         now += Duration::from_millis(step as u64 * 997);
         match op % 4 {
             0 | 1 => {
-                let side = if op % 4 == 0 {
-                    Side::Uplink
-                } else {
-                    Side::Container
-                };
+                let side = if op % 4 == 0 { NicId::Uplink } else { NicId::Link };
                 let before = frame.len();
                 // The router's TTL check: a packet the NAT says it would forward is
                 // translated or refused, never passed on untouched.
@@ -100,9 +75,9 @@ fuzz_target!(|data: &[u8]| {
                 let verdict = nat.process(&mut frame, side, now);
                 assert_eq!(frame.len(), before, "rewrites happen in place");
                 if would {
-                    assert_ne!(verdict, Verdict::Pass, "would_forward and process agree");
+                    assert_ne!(verdict, NatVerdict::Pass, "would_forward and process agree");
                 }
-                if let Verdict::Forward { .. } = verdict {
+                if let NatVerdict::Forward { .. } = verdict {
                     assert!(frame.len() >= 14 + 20 + 8);
                 }
             }
@@ -132,10 +107,7 @@ fuzz_target!(|data: &[u8]| {
                     nat.lb_mut().report(check.id, ok, now);
                 }
                 if step == 0xff {
-                    let _ = nat.remove_backend(
-                        "web",
-                        Endpoint::new(Ipv4Address::new(10, 81, 1, 10), 8000),
-                    );
+                    let _ = nat.remove_backend("web", Endpoint::new(Ipv4Address::new(10, 81, 1, 10), 8000));
                 }
                 // Drain, re-weight or add a backend between frames (weight 0 drains).
                 if step == 0xfe {

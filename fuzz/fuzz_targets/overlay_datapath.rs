@@ -7,9 +7,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use weft_netstack::base::VlanId;
 use weft_netstack::smoltcp::time::{Duration, Instant};
-use weft_netstack::vlan::{self, VlanId};
-use weft_netstack::{probe, MemPort};
+use weft_netstack::wire::probe;
+use weft_netstack::wire::vlan;
+use weft_netstack::MemPort;
 
 #[path = "common/overlay_grid.rs"]
 mod overlay_grid;

@@ -5,15 +5,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_netstack::overlay::config::OverlayConfig;
-use weft_netstack::overlay::{Egress, Limits, Overlay, Underlay, Verdict};
+use weft_netstack::base::Vni;
 use weft_netstack::smoltcp::phy::ChecksumCapabilities;
 use weft_netstack::smoltcp::time::Instant;
 use weft_netstack::smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
     Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
-use weft_netstack::vxlan::Vni;
+use weft_netstack::stage::overlay::config::OverlayConfig;
+use weft_netstack::stage::overlay::{Egress, Limits, Overlay, OverlayVerdict, Underlay};
 
 const CONFIG: &str = r#"{
     "grid": {"node": 1, "secret": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
@@ -95,13 +95,13 @@ fuzz_target!(|data: &[u8]| {
             };
             let v = o.rx_uplink(now, &sleeve_frame(src, rest));
             // Random bytes never authenticate under the grid secret.
-            assert!(!matches!(v, Verdict::Forward(ref out) if !out.is_empty()));
+            assert!(!matches!(v, OverlayVerdict::Forward(ref out) if !out.is_empty()));
         }
         1 => {
             let _ = o.rx_uplink(now, rest);
         }
         _ => {
-            if let Verdict::Forward(out) = o.rx_link(now, vni, rest) {
+            if let OverlayVerdict::Forward(out) = o.rx_link(now, vni, rest) {
                 for (e, f) in out {
                     if e == Egress::Uplink && f.get(30..34) == Some(&UNTRUSTED.octets()[..]) {
                         assert_eq!(f.get(36..38), Some(&[0x1a, 0x7f][..]), "not sleeve");

@@ -4,10 +4,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_netstack::nat::{Nat, NatConfig, PublishRule, Transport};
-use weft_netstack::router::Router;
+use weft_netstack::base::Transport;
 use weft_netstack::smoltcp::time::{Duration, Instant};
 use weft_netstack::smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
+use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule};
+use weft_netstack::stage::route::Router;
 use weft_netstack::{MemPort, Netstack, NicAddress, NicId, MAX_FRAME_LEN};
 
 const UPLINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 1]);

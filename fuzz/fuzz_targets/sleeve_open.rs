@@ -5,20 +5,21 @@
 
 use libfuzzer_sys::fuzz_target;
 use smoltcp::time::Instant;
-use weft_netstack::sleeve::wire::Records;
-use weft_netstack::sleeve::{
-    Config, Frame, GridSecret, NodeId, PskKeySource, SessionId, Sleeve, Vni,
+use weft_netstack::base::{NodeId, Vni};
+use weft_netstack::stage::sleeve::{
+    Frame, GridSecret, PskKeySource, SessionConfig, SessionId, Sleeve,
 };
+use weft_netstack::wire::sleeve::Records;
 
-const A: NodeId = NodeId(1);
-const B: NodeId = NodeId(2);
+const A: NodeId = NodeId::new(1).unwrap();
+const B: NodeId = NodeId::new(2).unwrap();
 
 fn endpoint(local: NodeId, peer: NodeId, seed: u64) -> Sleeve<PskKeySource> {
     let secret = GridSecret::new(&[0x42; 32]).expect("constant secret is long enough");
     let mut s = Sleeve::new(
         local,
         PskKeySource::new(local, secret),
-        Config::default(),
+        SessionConfig::default(),
         SessionId(seed),
     );
     s.add_peer(peer).expect("new peer");

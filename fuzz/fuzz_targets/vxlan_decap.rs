@@ -6,9 +6,11 @@
 use libfuzzer_sys::fuzz_target;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
-use weft_netstack::overlay::config::{GridConfig, NetworkConfig, NodeId, PeerConfig};
-use weft_netstack::overlay::{Limits, Overlay, Underlay, Verdict};
-use weft_netstack::vxlan::{self, Vni};
+use weft_netstack::base::ports::VXLAN_PORT;
+use weft_netstack::base::{NodeId, Vni};
+use weft_netstack::stage::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
+use weft_netstack::stage::overlay::{Limits, Overlay, OverlayVerdict, Underlay};
+use weft_netstack::wire::vxlan;
 
 fn overlay() -> Overlay {
     let underlay = Underlay {
@@ -49,16 +51,16 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(packet) = vxlan::Packet::new_checked(data) {
         let _ = vxlan::Repr::parse(&packet);
     }
-    let decap = vxlan::decapsulate(data, vxlan::VXLAN_PORT);
+    let decap = vxlan::decapsulate(data, VXLAN_PORT);
     let mut o = overlay();
     match o.rx_uplink(Instant::from_millis(0), data) {
-        Verdict::Forward(out) => {
+        OverlayVerdict::Forward(out) => {
             let inner = decap.expect("forwarded frames decapsulate").inner;
             for (_, frame) in out {
                 assert_eq!(frame, inner);
             }
         }
-        Verdict::Drop(_) => {}
-        Verdict::Refuse { .. } => panic!("the uplink never refuses with a reply"),
+        OverlayVerdict::Drop(_) => {}
+        OverlayVerdict::Refuse { .. } => panic!("the uplink never refuses with a reply"),
     }
 });

@@ -17,7 +17,7 @@ use weft_control::client::{code_name, Client, Reply};
 use weft_control::document;
 use weft_control::document::InvalidConfig;
 use weft_image::build::{self, Profile};
-use weft_image::qemu::{Accel, MacAddr, MemoryMib, NetBackend, Nic, QemuConfig, Serial};
+use weft_image::qemu::{Accel, MacAddr, Machine, MemoryMib, NetBackend, Nic, QemuConfig, Serial};
 use weft_image::{demo, paths, stages, status};
 
 #[derive(Parser)]
@@ -59,6 +59,9 @@ enum Cmd {
         memory: MemoryMib,
         #[arg(long, value_enum, default_value = "tcg")]
         accel: Accel,
+        /// QEMU machine: q35 (virtio-pci) or microvm (virtio-mmio, no PCI, no ACPI).
+        #[arg(long, value_enum, default_value = "q35")]
+        machine: Machine,
         /// Kernel command line.
         #[arg(long, default_value = "")]
         append: String,
@@ -209,6 +212,7 @@ fn main() -> ExitCode {
             serial,
             memory,
             accel,
+            machine,
             append,
             uplink_mac,
             link_mac,
@@ -231,6 +235,7 @@ fn main() -> ExitCode {
             );
             cfg.memory = memory;
             cfg.accel = accel;
+            cfg.machine = machine;
             cfg.append = append;
             cfg.serial = serial.map(Serial::File).unwrap_or(Serial::Stdio);
             cmd_boot(cfg, config, Duration::from_secs(greeting_timeout))
@@ -288,8 +293,9 @@ fn cmd_boot(cfg: QemuConfig, config: Option<PathBuf>, greeting_timeout: Duration
     let doc = config.as_deref().map(document::load).transpose()?;
     let interrupted = interrupt_flag();
     eprintln!(
-        "weft: booting {} (uplink {} {}, link {} {}, control {})",
+        "weft: booting {} on {} (uplink {} {}, link {} {}, control {})",
         cfg.kernel.display(),
+        cfg.machine,
         cfg.uplink.backend,
         cfg.uplink.mac,
         cfg.link.backend,
@@ -366,7 +372,12 @@ fn cmd_ctl(socket: &std::path::Path, json: bool, timeout: Duration, cmd: CtlCmd)
             );
         }
         let mut client = Client::connect(socket, timeout)?;
-        Ok((name, client.call(name, args)?))
+        // A document goes in parts when it is too long for one line.
+        let reply = match (name, &args) {
+            ("apply", Some(doc)) => client.apply_reply(doc)?,
+            _ => client.call(name, args)?,
+        };
+        Ok((name, reply))
     };
     let (name, reply) = match run() {
         Ok(x) => x,

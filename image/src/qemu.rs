@@ -1,6 +1,9 @@
 //! The one QEMU launcher: turns a [`QemuConfig`] into the exact command line the kernel
-//! expects (q35, two virtio-net NICs at 0x3/0x4, a virtio-serial port (nr 1) at 0x5 for the control
-//! socket) and owns the running process. It never creates network devices itself
+//! expects and owns the running process. Two machines: `q35` (two virtio-net-pci NICs at
+//! 0x3/0x4, a virtio-serial port (nr 1) at 0x5 for the control socket) and `microvm`
+//! (no PCI, no ACPI: the same three devices on virtio-mmio transports, modern register
+//! layout, which QEMU lists on the kernel command line in the order they are given
+//! here: uplink, link, control). It never creates network devices itself
 //! (QEMU opens or creates the taps) and never leaves a QEMU behind: [`Qemu`] kills it
 //! on drop.
 
@@ -193,6 +196,60 @@ impl Accel {
     }
 }
 
+/// The QEMU machine type. Both boot the same PVH ELF.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Machine {
+    /// PC with PCIe (SeaBIOS starts the PVH kernel); virtio-pci devices.
+    #[default]
+    Q35,
+    /// QEMU's Firecracker-class machine (qboot, no PCI, no ACPI); virtio-mmio devices.
+    Microvm,
+}
+
+impl Machine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Q35 => "q35",
+            Machine::Microvm => "microvm",
+        }
+    }
+
+    /// The `-machine` argument; `acpi` matters on microvm only.
+    fn arg(self, acpi: bool) -> &'static str {
+        match self {
+            Machine::Q35 => "q35",
+            Machine::Microvm if acpi => "microvm",
+            // No ACPI: the devices come on the kernel command line (auto-kernel-cmdline).
+            Machine::Microvm => "microvm,acpi=off",
+        }
+    }
+
+    /// The virtio-net device model and its placement (`uplink` or `link`).
+    fn nic_device(self, netdev: &str, mac: MacAddr) -> String {
+        match self {
+            Machine::Q35 => {
+                let addr = if netdev == "uplink" { "0x3" } else { "0x4" };
+                format!("virtio-net-pci,netdev={netdev},mac={mac},addr={addr}")
+            }
+            Machine::Microvm => format!("virtio-net-device,netdev={netdev},mac={mac}"),
+        }
+    }
+
+    /// The virtio-serial controller the control port sits on.
+    fn serial_controller(self) -> &'static str {
+        match self {
+            Machine::Q35 => "virtio-serial-pci,addr=0x5",
+            Machine::Microvm => "virtio-serial-device",
+        }
+    }
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where the serial console goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Serial {
@@ -205,6 +262,10 @@ pub enum Serial {
 #[derive(Clone, Debug)]
 pub struct QemuConfig {
     pub qemu: PathBuf,
+    pub machine: Machine,
+    /// microvm with ACPI tables (off for weft, which reads its devices from the command
+    /// line; on for a Linux kernel built without VIRTIO_MMIO_CMDLINE_DEVICES, as Debian's).
+    pub microvm_acpi: bool,
     pub kernel: PathBuf,
     pub memory: MemoryMib,
     pub accel: Accel,
@@ -220,10 +281,12 @@ pub struct QemuConfig {
 }
 
 impl QemuConfig {
-    /// Defaults of the contract: 128M, TCG, empty cmdline, serial on stdio.
+    /// Defaults of the contract: q35, 128M, TCG, empty cmdline, serial on stdio.
     pub fn new(kernel: PathBuf, uplink: Nic, link: Nic, control: PathBuf) -> QemuConfig {
         QemuConfig {
             qemu: PathBuf::from(QEMU_BINARY),
+            machine: Machine::Q35,
+            microvm_acpi: false,
             kernel,
             memory: MemoryMib(128),
             accel: Accel::Tcg,
@@ -243,7 +306,7 @@ impl QemuConfig {
         let mut push = |s: &str| a.push(OsString::from(s));
         for s in [
             "-machine",
-            "q35",
+            self.machine.arg(self.microvm_acpi),
             "-accel",
             self.accel.as_str(),
             "-cpu",
@@ -277,7 +340,12 @@ impl QemuConfig {
             Serial::Null => "null".to_string(),
         };
         push(&serial);
-        for (id, nic, addr) in [("uplink", &self.uplink, "0x3"), ("link", &self.link, "0x4")] {
+        if self.machine == Machine::Microvm {
+            // Modern virtio-mmio (version 2), as Firecracker has; QEMU defaults to legacy.
+            push("-global");
+            push("virtio-mmio.force-legacy=false");
+        }
+        for (id, nic) in [("uplink", &self.uplink), ("link", &self.link)] {
             push("-netdev");
             match &nic.backend {
                 NetBackend::Tap { ifname } => {
@@ -287,10 +355,7 @@ impl QemuConfig {
                 }
             }
             push("-device");
-            push(&format!(
-                "virtio-net-pci,netdev={id},mac={},addr={addr}",
-                nic.mac
-            ));
+            push(&self.machine.nic_device(id, nic.mac));
         }
         push("-chardev");
         push(&format!(
@@ -299,7 +364,7 @@ impl QemuConfig {
         ));
         for s in [
             "-device",
-            "virtio-serial-pci,addr=0x5",
+            self.machine.serial_controller(),
             "-device",
             "virtserialport,chardev=control,nr=1,name=org.weft.control",
         ] {
@@ -449,6 +514,15 @@ impl Qemu {
         control: &Path,
         timeout: Duration,
     ) -> std::result::Result<(Client, Duration), ControlError> {
+        // QEMU creates the socket while it starts (~20 ms here); a fine-grained wait for
+        // it keeps the client's coarser retry interval out of the boot time.
+        let deadline = Instant::now() + timeout;
+        while !control.exists() && Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let mut alive = || matches!(self.child.try_wait(), Ok(None));
         let client = Client::connect_while(control, timeout, &mut alive)?;
         Ok((client, self.started.elapsed()))
@@ -525,6 +599,25 @@ mod tests {
              -device virtio-serial-pci,addr=0x5 -device virtserialport,chardev=control,nr=1,name=org.weft.control"
         );
         assert_eq!(joined(&cfg()), expected);
+    }
+
+    #[test]
+    fn microvm_puts_the_same_devices_on_virtio_mmio_in_order() {
+        let mut c = cfg();
+        c.machine = Machine::Microvm;
+        let mac1 = MacAddr::for_name("tap1");
+        let expected = format!(
+            "-machine microvm,acpi=off -accel tcg -cpu max -m 128M -smp 1 -nodefaults -no-reboot \
+             -display none -vga none -kernel target/weft/weft.elf -append  -serial stdio \
+             -global virtio-mmio.force-legacy=false \
+             -netdev tap,id=uplink,ifname=tap1,script=no,downscript=no \
+             -device virtio-net-device,netdev=uplink,mac={mac1} \
+             -netdev tap,id=link,ifname=tap2,script=no,downscript=no \
+             -device virtio-net-device,netdev=link,mac=52:54:00:aa:bb:cc \
+             -chardev socket,id=control,path=/tmp/c.sock,server=on,wait=off \
+             -device virtio-serial-device -device virtserialport,chardev=control,nr=1,name=org.weft.control"
+        );
+        assert_eq!(joined(&c), expected);
     }
 
     #[test]

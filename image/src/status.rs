@@ -3,8 +3,8 @@
 //! appliance.
 
 use weft_appliance::protocol::{InterfaceStatus, Status};
-use weft_appliance::weft_netstack::datapath::DatapathStatus;
-use weft_appliance::weft_netstack::overlay::DropCounters as OverlayDrops;
+use weft_appliance::weft_netstack::pipeline::datapath::DatapathStatus;
+use weft_appliance::weft_netstack::stage::overlay::OverlayDrops;
 use weft_appliance::Config;
 
 /// Non-zero drop counters of one interface, by reason.

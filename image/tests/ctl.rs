@@ -155,3 +155,66 @@ fn every_example_file_applies_and_reads_back_as_written() {
     drop(sim);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A grid document as TOML: `containers` entries after a `[dns]` section.
+fn grid_toml(containers: usize) -> String {
+    let mut t = String::from(
+        "[uplink]\naddress = \"192.0.2.2/24\"\ngateway = \"192.0.2.1\"\n\n[link]\naddress = \"10.81.0.1/16\"\n\n[dns]\ngrid = \"big\"\n",
+    );
+    for i in 0..containers {
+        t.push_str(&format!(
+            "\n[[containers]]\nname = \"app-{i}\"\nservice = \"svc-{}\"\naddress = \"10.81.{}.{}\"\n",
+            i % 100,
+            1 + i / 250,
+            1 + i % 250
+        ));
+    }
+    t
+}
+
+/// A document far above the line limit goes in parts: `weft ctl apply` applies it and
+/// `weft ctl --json config` reads every field of it back.
+#[test]
+fn a_document_above_a_mebibyte_applies_and_reads_back() {
+    let dir = tmp("big");
+    let sim = SimAppliance::start(&dir).unwrap();
+    let file = dir.join("big.toml");
+    std::fs::write(&file, grid_toml(20_000)).unwrap();
+    let written =
+        weft_control::document::toml_to_json(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(written.to_string().len() > 1 << 20);
+    let out = weft(
+        sim.path(),
+        &["--timeout", "60", "apply", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "applied\n");
+    let out = weft(sim.path(), &["--json", "config"]);
+    let reply: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let echo = weft_control::document::echo(&written, &reply["result"]);
+    assert_eq!(echo.mismatched, Vec::<String>::new());
+    drop(sim);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Errors the appliance sends without an id are the answer to the line they are about:
+/// `weft ctl` reports them at once (exit 1), it does not wait for a time-out.
+#[test]
+fn an_error_without_an_id_is_reported_at_once() {
+    let dir = tmp("nullid");
+    let sim = SimAppliance::start(&dir).unwrap();
+    let args = format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000));
+    let out = weft(sim.path(), &["--timeout", "600", "call", "ping", &args]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let e = text(&out.stderr);
+    assert!(e.contains("line_too_long"), "{e}");
+    assert!(!e.contains("timed out"), "{e}");
+    // `--json` prints the reply line as it came, null id and all.
+    let out = weft(sim.path(), &["--json", "call", "ping", &args]);
+    assert_eq!(out.status.code(), Some(1));
+    let reply: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(reply["id"], serde_json::Value::Null);
+    assert_eq!(reply["error"]["code"], "line_too_long");
+    drop(sim);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

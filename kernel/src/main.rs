@@ -11,6 +11,8 @@ mod arch;
 mod console;
 mod mainloop;
 mod mem;
+mod mmio;
+mod msix;
 mod pci;
 mod pvh;
 mod rtc;
@@ -25,7 +27,8 @@ use log::LevelFilter;
 pub extern "C" fn kmain(start_info: u64) -> ! {
     console::init();
     arch::cpu::init();
-    let tsc_hz = time::init();
+    let simd = arch::simd::init();
+    let (tsc_hz, tsc_source) = time::init();
     console::init_log(LevelFilter::Info);
     log::info!("weft {} booting", env!("CARGO_PKG_VERSION"));
     // SAFETY: `start_info` is what the PVH entry received in ebx.
@@ -38,13 +41,14 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
     let cmdline: String = boot.cmdline();
     console::init_log(log_level(&cmdline));
     log::info!(
-        "ram {} KiB, heap {} KiB at {:#x}, tsc {} MHz, cmdline {:?}",
+        "ram {} KiB, heap {} KiB, tsc {} kHz ({tsc_source}), {} ({})",
         heap.ram_total / 1024,
         heap.size / 1024,
-        heap.start,
-        tsc_hz / 1_000_000,
-        cmdline
+        tsc_hz / 1000,
+        simd.name(),
+        arch::simd::crypto_backends(),
     );
+    log::debug!("heap at {:#x}, cmdline {cmdline:?}", heap.start);
     if let Some(kind) = cmdline
         .split_whitespace()
         .find_map(|a| a.strip_prefix("weft.fault="))

@@ -1,56 +1,46 @@
 //! The main loop: finds the devices, then forever moves bytes between them and the
-//! appliance. When nothing is left to do it arms the PIT for the appliance's next timer
-//! and halts until that or a device interrupt wakes it, so an idle appliance costs the
-//! host almost nothing.
+//! appliance. When nothing is left to do it arms the wake-up timer (local APIC, else
+//! the PIT) for the appliance's next deadline and halts until that or a device interrupt
+//! wakes it: no periodic tick, so an idle appliance costs the host almost nothing.
 
-use crate::arch::{cpu, pit};
-use crate::pci::{self, PortCam};
+use crate::arch::{apic, cpu, pit};
 use crate::virtio::console::{ControlConsole, Event};
-use crate::virtio::hal::KernelHal;
 use crate::virtio::net::NetPort;
+use crate::virtio::Location;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use smoltcp::time::Duration;
-use virtio_drivers::transport::pci::bus::PciRoot;
-use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::DeviceType;
 use weft_appliance::protocol::HeapStatus;
 use weft_appliance::{Appliance, BootInfo};
 
-/// The longest the loop sleeps without a reason (bounded anyway by the 16-bit PIT).
-const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// The longest the loop sleeps when the appliance names no deadline (it says "until an
+/// interrupt"): a safety net, not a tick. With only the PIT it is 54 ms at most.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+const MAX_PIT_SLEEP: Duration = Duration::from_millis(54);
 
 pub fn run(cmdline: String) -> ! {
-    let mut root = PciRoot::new(PortCam);
-    let functions = pci::discover(&mut root);
+    let started = crate::time::micros();
     let mut nics = Vec::new();
     let mut control = None;
-    let mut irq_lines = Vec::new();
-    for f in &functions {
-        let transport = match PciTransport::new::<KernelHal, _>(&mut root, f.function) {
-            Ok(t) => t,
-            Err(e) => {
-                log::error!("pci {}: not a usable virtio device: {e:?}", f.function);
-                continue;
-            }
-        };
-        match f.kind {
-            DeviceType::Network => match NetPort::new(transport) {
-                Ok(port) => nics.push(port),
-                Err(e) => log::error!("pci {}: virtio-net init failed: {e:?}", f.function),
+    let devices = crate::virtio::discover(&cmdline);
+    let found = crate::time::micros();
+    for dev in devices {
+        let at = dev.at;
+        match dev.kind {
+            DeviceType::Network => match NetPort::new(dev.transport) {
+                Ok(port) => nics.push((port, at, dev.irq)),
+                Err(e) => log::error!("{at}: virtio-net init failed: {e:?}"),
             },
-            DeviceType::Console if control.is_none() => match ControlConsole::new(transport) {
-                Ok(c) => control = Some(c),
-                Err(e) => log::error!("pci {}: virtio-console init failed: {e:?}", f.function),
+            DeviceType::Console if control.is_none() => match ControlConsole::new(dev.transport) {
+                Ok(c) => control = Some((c, at, dev.irq)),
+                Err(e) => log::error!("{at}: virtio-console init failed: {e:?}"),
             },
             other => {
-                log::info!("pci {}: ignoring virtio {other:?}", f.function);
+                log::info!("{at}: ignoring virtio {other:?}");
                 continue;
             }
-        }
-        if (1..16).contains(&f.irq_line) && !irq_lines.contains(&f.irq_line) {
-            irq_lines.push(f.irq_line);
         }
     }
     if nics.len() < 2 {
@@ -59,19 +49,65 @@ pub fn run(cmdline: String) -> ! {
             nics.len()
         );
     }
-    let mut link = nics.remove(1);
-    let mut uplink = nics.remove(0);
-    let Some(mut control) = control else {
+    let Some((mut control, control_at, control_irq)) = control else {
         panic!("weft needs a virtio-console for the control socket; found none");
     };
-    log::info!(
-        "uplink mac {}, link mac {}",
-        uplink.mac_addr(),
-        link.mac_addr()
-    );
+    let (mut link, link_at, link_irq) = nics.remove(1);
+    let (mut uplink, uplink_at, uplink_irq) = nics.remove(0);
+    let initialised = crate::time::micros();
+    for (name, at, irq, mac, features) in [
+        (
+            "uplink",
+            uplink_at,
+            uplink_irq,
+            Some(uplink.mac_addr()),
+            uplink.features(),
+        ),
+        (
+            "link",
+            link_at,
+            link_irq,
+            Some(link.mac_addr()),
+            link.features(),
+        ),
+        ("control", control_at, control_irq, None, control.features()),
+    ] {
+        match mac {
+            Some(mac) => log::info!("{name}: {at} irq {irq}, mac {mac}, {features}"),
+            None => log::info!("{name}: {at} irq {irq}, {features}"),
+        }
+    }
 
-    cpu::enable_irq(0);
-    for &line in &irq_lines {
+    // virtio-pci devices signal by MSI-X where they can; the rest keep their INTx line.
+    let mut intx_lines = Vec::new();
+    let mut on_msix = 0;
+    for (name, at, irq) in [
+        ("uplink", uplink_at, uplink_irq),
+        ("link", link_at, link_irq),
+        ("control", control_at, control_irq),
+    ] {
+        let routed = match at {
+            Location::Pci(df) if apic::present() => crate::msix::route(df, cpu::MSI_VECTOR)
+                .map_err(|e| log::warn!("{name}: {at}: staying on INTx: {e}"))
+                .is_ok(),
+            _ => false,
+        };
+        if routed {
+            on_msix += 1;
+        } else if (1..16).contains(&irq) && !intx_lines.contains(&irq) {
+            intx_lines.push(irq);
+        }
+    }
+    if on_msix > 0 {
+        log::info!("interrupts: MSI-X for {on_msix} virtio-pci devices");
+    }
+
+    let refined = crate::time::refine();
+    if !apic::timer_ready() {
+        // No APIC timer: the PIT wakes the idle loop (IRQ 0), at most every 55 ms.
+        cpu::enable_irq(0);
+    }
+    for &line in &intx_lines {
         cpu::enable_irq(line);
     }
     x86_64::instructions::interrupts::enable();
@@ -100,6 +136,24 @@ pub fn run(cmdline: String) -> ! {
         None => log::warn!("the CMOS RTC reads as nonsense; no wall clock"),
     }
     let heap = crate::mem::usage();
+    let ready = crate::time::micros();
+    log::info!(
+        "boot: {} us to the main loop, devices found in {} us, initialised in {} us, appliance up in {} us",
+        started,
+        found.saturating_sub(started),
+        initialised.saturating_sub(found),
+        ready.saturating_sub(initialised),
+    );
+    if let Some((hz, source)) = refined.tsc {
+        log::info!(
+            "tsc {} kHz ({source}, measured over the bring-up)",
+            hz / 1000
+        );
+    }
+    match refined.apic_timer_hz {
+        Some(hz) => log::info!("wake-up timer: local APIC, {} kHz", hz / 1000),
+        None => log::warn!("wake-up timer: PIT (no usable local APIC timer)"),
+    }
     log::info!(
         "weft ready: {} ms after boot, heap {} KiB used (peak {} KiB) of {} KiB",
         crate::time::micros() / 1000,
@@ -112,7 +166,8 @@ pub fn run(cmdline: String) -> ! {
     loop {
         // Ack first, then poll: a device that gets new work after its ack raises its line again.
         let pending = cpu::IRQ_PENDING.swap(0, Ordering::SeqCst);
-        if pending & !1 != 0 {
+        // INTx lines (not the timer, not MSI-X): read each device's ISR, unmask.
+        if pending & !(1 | cpu::MSI_PENDING) != 0 {
             uplink.ack_interrupt();
             link.ack_interrupt();
             control.ack_interrupt();
@@ -137,23 +192,34 @@ pub fn run(cmdline: String) -> ! {
             out.clear();
         }
         let delay = appliance.poll(now, &mut uplink, &mut link);
+        uplink.flush();
+        link.flush();
         if busy || control.has_pending_output() || delay == Some(Duration::ZERO) {
             continue;
         }
-        sleep(delay.unwrap_or(MAX_SLEEP).min(MAX_SLEEP));
+        let cap = if apic::timer_ready() {
+            MAX_SLEEP
+        } else {
+            MAX_PIT_SLEEP
+        };
+        sleep(delay.unwrap_or(cap).min(cap));
     }
 }
 
-/// Halts until an interrupt, with the PIT armed for `delay`. Interrupts that arrived since
-/// the loop last looked cancel the sleep.
+/// Halts until an interrupt, with the wake-up timer armed for `delay`. Interrupts that
+/// arrived since the loop last looked cancel the sleep.
 fn sleep(delay: Duration) {
     x86_64::instructions::interrupts::disable();
     if cpu::IRQ_PENDING.load(Ordering::SeqCst) != 0 {
         x86_64::instructions::interrupts::enable();
         return;
     }
-    let ticks = delay.total_micros() * pit::PIT_HZ / 1_000_000;
-    pit::one_shot(ticks.max(1));
+    let micros = delay.total_micros().max(1);
+    if apic::timer_ready() {
+        apic::one_shot(micros);
+    } else {
+        pit::one_shot(micros * pit::PIT_HZ / 1_000_000);
+    }
     // `sti; hlt` is atomic: an interrupt between the check and the halt still wakes us.
     x86_64::instructions::interrupts::enable_and_hlt();
 }

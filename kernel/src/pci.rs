@@ -1,13 +1,14 @@
 //! PCI discovery on bus 0 through the legacy configuration ports (0xCF8/0xCFC), which
-//! every PC-compatible machine has; `virtio-drivers` does the capability and BAR parsing.
-//! Owns nothing after discovery: the devices it finds are handed to `virtio`.
+//! every PC-compatible machine with PCI has; `virtio-drivers` does the capability and BAR
+//! parsing. Owns nothing after discovery: the devices it finds are handed to `virtio`.
 
+use crate::virtio::hal::KernelHal;
+use crate::virtio::{Device, Location};
 use alloc::vec::Vec;
 use virtio_drivers::transport::pci::bus::{
     Command, ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, PciRoot,
 };
-use virtio_drivers::transport::pci::virtio_device_type;
-use virtio_drivers::transport::DeviceType;
+use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use x86_64::instructions::port::Port;
 
 pub struct PortCam;
@@ -53,33 +54,36 @@ impl ConfigurationAccess for PortCam {
     }
 }
 
-pub struct VirtioFunction {
-    pub function: DeviceFunction,
-    pub kind: DeviceType,
-    /// Legacy INTx line as routed by the firmware (config offset 0x3C).
-    pub irq_line: u8,
-}
-
-/// Lists the virtio functions on bus 0 in slot order, with memory decoding and bus
-/// mastering enabled.
-pub fn discover(root: &mut PciRoot<PortCam>) -> Vec<VirtioFunction> {
+/// Opens a transport on every virtio function of bus 0, in slot order, with memory
+/// decoding and bus mastering enabled.
+pub fn discover() -> Vec<Device> {
+    let mut root = PciRoot::new(PortCam);
     let found: Vec<(DeviceFunction, DeviceFunctionInfo)> = root.enumerate_bus(0).collect();
     let mut out = Vec::new();
     for (function, info) in found {
         let Some(kind) = virtio_device_type(&info) else {
             continue;
         };
+        let at = Location::Pci(function);
         let (_, command) = root.get_status_command(function);
         root.set_command(
             function,
             command | Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER,
         );
-        let irq_line = PortCam.read_word(function, 0x3c) as u8;
-        log::info!("pci {function}: virtio {kind:?} irq {irq_line}");
-        out.push(VirtioFunction {
-            function,
+        let irq = PortCam.read_word(function, 0x3c) as u8;
+        let transport = match PciTransport::new::<KernelHal, _>(&mut root, function) {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("{at}: not a usable virtio device: {e:?}");
+                continue;
+            }
+        };
+        log::debug!("{at}: virtio {kind:?} irq {irq}");
+        out.push(Device {
             kind,
-            irq_line,
+            transport: transport.into(),
+            irq,
+            at,
         });
     }
     out

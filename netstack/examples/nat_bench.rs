@@ -13,10 +13,13 @@ use std::time::Instant as Clock;
 
 use smoltcp::time::Instant;
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv4Packet, TcpPacket};
-use weft_netstack::conntrack::{self, Endpoint, FlowTuple, Proto};
-use weft_netstack::lb::{flow_hash, BackendConfig, LoadBalancer, Mode, ServiceConfig};
-use weft_netstack::maglev::{Maglev, Weighted, DEFAULT_TABLE_SIZE};
-use weft_netstack::nat::{Nat, NatConfig, PublishRule, Side, Transport, Verdict};
+use weft_netstack::base::{Endpoint, FlowTuple, NicId, Proto, Transport};
+use weft_netstack::stage::lb::{
+    flow_hash, BackendConfig, LoadBalancer, ServiceConfig, ServiceMode,
+};
+use weft_netstack::stage::nat::{Nat, NatConfig, NatVerdict, PublishRule};
+use weft_netstack::table::conntrack;
+use weft_netstack::table::maglev::{Maglev, Weighted, DEFAULT_TABLE_SIZE};
 
 /// Resident set size of this process, from procfs (Linux), in bytes.
 fn rss() -> usize {
@@ -96,8 +99,8 @@ fn shuffled(n: usize) -> Vec<u32> {
     v
 }
 
-fn expect_forward(v: Verdict) {
-    assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+fn expect_forward(v: NatVerdict) {
+    assert!(matches!(v, NatVerdict::Forward { .. }), "{v:?}");
 }
 
 fn nat_for(flows: usize) -> Nat {
@@ -106,9 +109,9 @@ fn nat_for(flows: usize) -> Nat {
         NODE,
         Ipv4Cidr::new(Ipv4Address::new(10, 81, 0, 0), 16),
     );
-    config.conntrack = conntrack::Config {
+    config.conntrack = conntrack::ConntrackConfig {
         capacity: flows + 1024,
-        ..conntrack::Config::default()
+        ..conntrack::ConntrackConfig::default()
     };
     let mut nat = Nat::new(config, 7);
     nat.add_publish(PublishRule {
@@ -128,12 +131,12 @@ fn bench_dnat(flows: usize) {
     let establish = |nat: &mut Nat, i: u32| {
         expect_forward(nat.process(
             &mut tcp_frame(inside, client(i), true, true),
-            Side::Container,
+            NicId::Link,
             now,
         ));
         expect_forward(nat.process(
             &mut tcp_frame(client(i), host, false, true),
-            Side::Uplink,
+            NicId::Uplink,
             now,
         ));
     };
@@ -145,7 +148,7 @@ fn bench_dnat(flows: usize) {
     for i in 0..flows as u32 {
         expect_forward(nat.process(
             &mut tcp_frame(client(i), host, true, false),
-            Side::Uplink,
+            NicId::Uplink,
             now,
         ));
         establish(&mut nat, i);
@@ -160,7 +163,7 @@ fn bench_dnat(flows: usize) {
         .collect();
     let t = Clock::now();
     for f in work.iter_mut() {
-        expect_forward(nat.process(f, Side::Uplink, now));
+        expect_forward(nat.process(f, NicId::Uplink, now));
     }
     let setup = t.elapsed();
     drop(work);
@@ -180,7 +183,7 @@ fn bench_dnat(flows: usize) {
         let mut work = templates.clone();
         let (t, c) = (Clock::now(), cpu_time());
         for f in work.iter_mut() {
-            black_box(nat.process(black_box(f), Side::Uplink, now));
+            black_box(nat.process(black_box(f), NicId::Uplink, now));
         }
         total += t.elapsed();
         cpu += cpu_time() - c;
@@ -217,7 +220,7 @@ fn service(backends: usize) -> ServiceConfig {
         vip: Some(VIP),
         proto: Transport::Tcp,
         port: 80,
-        mode: Mode::Vip,
+        mode: ServiceMode::Vip,
         backends: (0..backends as u32)
             .map(|i| BackendConfig {
                 address: Ipv4Address::from(0x0a51_0100 + i),
@@ -245,7 +248,7 @@ fn bench_lb_nat(flows: usize) {
     for i in 0..flows as u32 {
         expect_forward(nat.process(
             &mut tcp_frame(inside(i), vip, true, false),
-            Side::Container,
+            NicId::Link,
             now,
         ));
     }
@@ -259,7 +262,7 @@ fn bench_lb_nat(flows: usize) {
         let mut work = templates.clone();
         let t = Clock::now();
         for f in work.iter_mut() {
-            black_box(nat.process(black_box(f), Side::Container, now));
+            black_box(nat.process(black_box(f), NicId::Link, now));
         }
         total += t.elapsed();
     }

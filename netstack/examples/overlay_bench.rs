@@ -18,13 +18,16 @@ use std::time::Instant as Clock;
 
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
-use weft_netstack::datapath::OverlayPath;
-use weft_netstack::fdb::Location;
-use weft_netstack::overlay::config::{GridConfig, NetworkConfig, NodeId, PeerConfig};
-use weft_netstack::overlay::{Limits, Overlay, Underlay, Verdict};
+use weft_netstack::base::ports::VXLAN_PORT;
+use weft_netstack::base::{NodeId, Vni};
+use weft_netstack::pipeline::datapath::OverlayPath;
 use weft_netstack::smoltcp::wire::Ipv4Cidr;
-use weft_netstack::vxlan::{self, DfPolicy, Outer, Vni};
-use weft_netstack::{probe, MemPort, Netstack, NicAddress, NicId, RX_BATCH};
+use weft_netstack::stage::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
+use weft_netstack::stage::overlay::{Limits, Overlay, OverlayVerdict, Underlay};
+use weft_netstack::table::fdb::Location;
+use weft_netstack::wire::probe;
+use weft_netstack::wire::vxlan::{self, DfPolicy, Outer};
+use weft_netstack::{MemPort, Netstack, NicAddress, NicId, RX_BATCH};
 
 const LOCAL: Underlay = Underlay {
     mac: EthernetAddress([0x02, 0, 0, 0, 0, 1]),
@@ -95,7 +98,7 @@ fn outer(vni: Vni, udp_checksum: bool, src_ip: Ipv4Address, dst_ip: Ipv4Address)
         src_ip,
         dst_ip,
         src_port: 50000,
-        dst_port: vxlan::VXLAN_PORT,
+        dst_port: VXLAN_PORT,
         vni,
         ident: 0,
         ttl: 64,
@@ -236,14 +239,14 @@ fn main() {
             )
             .unwrap();
             run(&label("wire decap"), packets, |_| {
-                let d = vxlan::decapsulate(black_box(&received), vxlan::VXLAN_PORT).unwrap();
+                let d = vxlan::decapsulate(black_box(&received), VXLAN_PORT).unwrap();
                 black_box(d.inner);
             });
 
             run(&label("vtep encap (rx_link)"), packets, |i| {
                 let now = Instant::from_micros(i as i64);
                 match o.rx_link(now, vni, black_box(&to_remote)) {
-                    Verdict::Forward(out) => {
+                    OverlayVerdict::Forward(out) => {
                         black_box(out);
                     }
                     other => panic!("{other:?}"),
@@ -252,7 +255,7 @@ fn main() {
             run(&label("vtep decap (rx_uplink)"), packets, |i| {
                 let now = Instant::from_micros(i as i64);
                 match o.rx_uplink(now, black_box(&received)) {
-                    Verdict::Forward(out) => {
+                    OverlayVerdict::Forward(out) => {
                         black_box(out);
                     }
                     other => panic!("{other:?}"),

@@ -12,23 +12,29 @@ use std::time::{Duration, Instant as Clock};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use smoltcp::time::Instant;
-use weft_netstack::sleeve::{
-    Config, Frame, GridSecret, NodeId, PskKeySource, SessionId, Sleeve, Vni,
+use weft_netstack::base::{NodeId, Vni};
+use weft_netstack::stage::sleeve::{
+    Frame, GridSecret, PskKeySource, SessionConfig, SessionId, Sleeve,
 };
 
-const A: NodeId = NodeId(1);
-const B: NodeId = NodeId(2);
+const A: NodeId = NodeId::new(1).unwrap();
+const B: NodeId = NodeId::new(2).unwrap();
 const ROUND: usize = 1024;
 const TRIALS: usize = 9;
 
 fn endpoint(local: NodeId, peer: NodeId) -> Sleeve<PskKeySource> {
     let keys = PskKeySource::new(local, GridSecret::new(&[0x42; 32]).expect("32 bytes"));
-    let config = Config {
+    let config = SessionConfig {
         // Rekeys are part of the cost: one per 2^20 messages here, not per 2^30.
         rekey_after_packets: 1 << 20,
-        ..Config::default()
+        ..SessionConfig::default()
     };
-    let mut s = Sleeve::new(local, keys, config, SessionId::first_of_boot(0, local.0));
+    let mut s = Sleeve::new(
+        local,
+        keys,
+        config,
+        SessionId::first_of_boot(0, u32::from(local)),
+    );
     s.add_peer(peer).expect("new peer");
     s
 }

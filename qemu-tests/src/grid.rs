@@ -20,6 +20,7 @@ use weft_image::netns::{run, Netns};
 use weft_image::process::{self, Signal};
 
 use weft_image::netns::{PeerAddresses, Topology};
+use weft_image::qemu::Machine;
 
 use crate::{BootOptions, TestVm};
 
@@ -27,9 +28,15 @@ use crate::{BootOptions, TestVm};
 /// segment, its container at `ctr` behind the link with the node address `10.81.0.<n>`
 /// as gateway.
 pub fn boot_node(test: &str, n: u8, ctr: &str) -> TestVm {
+    boot_node_on(test, Machine::Q35, n, ctr)
+}
+
+/// [`boot_node`] on a given QEMU machine.
+pub fn boot_node_on(test: &str, machine: Machine, n: u8, ctr: &str) -> TestVm {
     TestVm::boot_with(
         &format!("{test}-w{n}"),
         BootOptions {
+            machine,
             peers: PeerAddresses {
                 host: format!("192.0.2.{n}/24"),
                 ctr: ctr.to_string(),
@@ -43,9 +50,14 @@ pub fn boot_node(test: &str, n: u8, ctr: &str) -> TestVm {
 
 /// Nodes 1 and 2 at once: TCG boots are slow, and the two do not depend on each other.
 pub fn boot_two(test: &str, ctr1: &str, ctr2: &str) -> (TestVm, TestVm) {
+    boot_two_on(test, Machine::Q35, ctr1, ctr2)
+}
+
+/// [`boot_two`] on a given QEMU machine.
+pub fn boot_two_on(test: &str, machine: Machine, ctr1: &str, ctr2: &str) -> (TestVm, TestVm) {
     std::thread::scope(|s| {
-        let a = s.spawn(|| boot_node(test, 1, ctr1));
-        let b = s.spawn(|| boot_node(test, 2, ctr2));
+        let a = s.spawn(|| boot_node_on(test, machine, 1, ctr1));
+        let b = s.spawn(|| boot_node_on(test, machine, 2, ctr2));
         let a = a
             .join()
             .unwrap_or_else(|_| panic!("{test}: booting node 1 failed"));

@@ -15,7 +15,7 @@ use weft_control::client::Client;
 use weft_control::document;
 use weft_image::build::{self, Profile};
 use weft_image::netns::{self, Netns, PeerAddresses, Topology, TopologyNames};
-use weft_image::qemu::{self, MacAddr, MemoryMib, Nic, Qemu, QemuConfig, Serial};
+use weft_image::qemu::{self, MacAddr, Machine, MemoryMib, Nic, Qemu, QemuConfig, Serial};
 
 pub mod agent;
 pub mod cli;
@@ -120,6 +120,8 @@ impl Watchdog {
 /// Options for [`TestVm::boot_with`].
 #[derive(Clone, Debug)]
 pub struct BootOptions {
+    /// The QEMU machine: q35 (virtio-pci) or microvm (virtio-mmio).
+    pub machine: Machine,
     pub memory: MemoryMib,
     pub append: String,
     pub time_limit: Duration,
@@ -133,6 +135,7 @@ pub struct BootOptions {
 impl Default for BootOptions {
     fn default() -> Self {
         BootOptions {
+            machine: Machine::Q35,
             memory: MemoryMib(128),
             append: String::new(),
             time_limit: VM_TIME_LIMIT,
@@ -166,6 +169,17 @@ impl TestVm {
         TestVm::boot_with(test, BootOptions::default())
     }
 
+    /// Boots an appliance (unconfigured) on `machine`.
+    pub fn boot_on(test: &str, machine: Machine) -> TestVm {
+        TestVm::boot_with(
+            test,
+            BootOptions {
+                machine,
+                ..BootOptions::default()
+            },
+        )
+    }
+
     pub fn boot_with(test: &str, opts: BootOptions) -> TestVm {
         TestVm::try_boot_with(test, opts).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -193,6 +207,7 @@ impl TestVm {
             Nic::tap(&topo.names.link_tap),
             control.clone(),
         );
+        cfg.machine = opts.machine;
         cfg.memory = opts.memory;
         cfg.append = opts.append.clone();
         cfg.serial = Serial::File(serial.clone());
@@ -232,12 +247,13 @@ impl TestVm {
                     q.stop(Duration::from_secs(2));
                 }
                 Err(format!(
-                    "{test}: no greeting from the appliance ({} booting with -m {}): {e}\n\
+                    "{test}: no greeting from the appliance ({} booting on {} with -m {}): {e}\n\
                      ---- serial console ----\n{}\n---- qemu ----\n{}",
                     opts.image
                         .as_deref()
                         .unwrap_or(std::path::Path::new("default image"))
                         .display(),
+                    opts.machine,
                     opts.memory,
                     vm.serial_log(),
                     std::fs::read_to_string(&vm.qemu_log).unwrap_or_default()

@@ -24,7 +24,7 @@ use weft_agent::schema::{
 use weft_agent::store::{Store, StoreSpec, Txn, Write};
 use weft_agent::sync::{desired, full_plan, Local};
 use weft_agent::AgentOptions;
-use weft_appliance::weft_netstack::overlay::config::NodeId;
+use weft_appliance::weft_netstack::base::NodeId;
 use weft_control::client::Client;
 use weft_image::netns::Netns;
 use weft_qemu_tests::agent::{in_netns, Etcd};
@@ -64,7 +64,7 @@ grid = "scale"
 "#;
 
 fn node(n: usize) -> NodeId {
-    NodeId::new(u8::try_from(n).unwrap()).unwrap()
+    NodeId::new(u16::try_from(n).unwrap()).unwrap()
 }
 
 fn container(n: usize, k: usize) -> ContainerRecord {

@@ -1,23 +1,38 @@
 //! Issue 2 behaviour of a booted appliance: greeting, ping on both NICs after `apply`,
 //! the control commands, and an invalid `apply` that changes nothing. Each test boots
-//! its own VM in its own namespaces (see `weft_qemu_tests::TestVm`).
+//! its own VM in its own namespaces (see `weft_qemu_tests::TestVm`). Boot, ping and
+//! control run on both machines: q35 (virtio-pci) and microvm (virtio-mmio).
 
 use serde_json::json;
 use weft_appliance::protocol::{ErrorCode, Greeting};
 use weft_control::client::ControlError;
 use weft_control::document;
+use weft_image::qemu::Machine;
 use weft_qemu_tests::{TestVm, LINK_ADDR, UPLINK_ADDR};
 
 #[test]
 fn boots_to_greeting_with_both_nics_in_order() {
-    let vm = TestVm::boot("boots_to_greeting");
-    eprintln!("boot to greeting: {} ms", vm.greeted_after.as_millis());
+    boots_to_greeting_on(Machine::Q35);
+}
+
+#[test]
+fn boots_to_greeting_with_both_nics_in_order_on_microvm() {
+    boots_to_greeting_on(Machine::Microvm);
+}
+
+fn boots_to_greeting_on(machine: Machine) {
+    let vm = TestVm::boot_on(&format!("boots_to_greeting_{machine}"), machine);
+    eprintln!(
+        "boot to greeting on {machine}: {} ms",
+        vm.greeted_after.as_millis()
+    );
     let mut c = vm.client();
     assert_eq!(c.greeting(), &Greeting::current());
     let st = c.status().unwrap();
     assert!(!st.configured);
     assert_eq!(st.protocol, 1);
-    // The first virtio-net (0x3) is the uplink, the second (0x4) the link.
+    // The first virtio-net (0x3, or the first on the command line) is the uplink, the
+    // second (0x4) the link.
     assert_eq!(st.interfaces.uplink.mac, vm.uplink_mac.to_string());
     assert_eq!(st.interfaces.link.mac, vm.link_mac.to_string());
     assert!(st.interfaces.uplink.addresses.is_empty());
@@ -46,7 +61,16 @@ fn boots_to_greeting_with_both_nics_in_order() {
 
 #[test]
 fn answers_ping_on_both_nics_only_after_apply() {
-    let vm = TestVm::boot("ping_after_apply");
+    answers_ping_only_after_apply_on(Machine::Q35);
+}
+
+#[test]
+fn answers_ping_on_both_nics_only_after_apply_on_microvm() {
+    answers_ping_only_after_apply_on(Machine::Microvm);
+}
+
+fn answers_ping_only_after_apply_on(machine: Machine) {
+    let vm = TestVm::boot_on(&format!("ping_after_apply_{machine}"), machine);
     // Unconfigured NICs answer nothing.
     assert!(
         vm.no_answer(vm.ctr(), LINK_ADDR),
@@ -81,7 +105,16 @@ fn answers_ping_on_both_nics_only_after_apply() {
 
 #[test]
 fn control_status_apply_config_and_reconfigure() {
-    let vm = TestVm::boot("control_apply_config");
+    control_status_apply_config_on(Machine::Q35);
+}
+
+#[test]
+fn control_status_apply_config_and_reconfigure_on_microvm() {
+    control_status_apply_config_on(Machine::Microvm);
+}
+
+fn control_status_apply_config_on(machine: Machine) {
+    let vm = TestVm::boot_on(&format!("control_apply_config_{machine}"), machine);
     let mut c = vm.client();
     assert_eq!(c.config().unwrap(), None);
     let doc = document::default_document();

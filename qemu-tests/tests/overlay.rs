@@ -4,12 +4,17 @@
 //! the underlay as VXLAN with the right VNI and the inner frame intact; peers change at
 //! runtime; networks on different VNIs (and VLANs on the link) stay apart.
 //!
-//! Each test boots its two VMs once (in parallel) and reuses them for every check.
+//! Each test boots its two VMs once (in parallel) and reuses them for every check. The
+//! full checks run on q35; one shorter test carries the overlay between two microvm
+//! appliances (virtio-mmio) and the Linux VTEP.
 
 use serde_json::{json, Value};
 use weft_control::client::Client;
 use weft_image::netns::Netns;
-use weft_qemu_tests::grid::{boot_two, iperf3, weft_ctl, Container, LinuxVtep, Underlay};
+use weft_image::qemu::Machine;
+use weft_qemu_tests::grid::{
+    boot_two, boot_two_on, iperf3, weft_ctl, Container, LinuxVtep, Underlay,
+};
 use weft_qemu_tests::TestVm;
 
 const W1: &str = "192.0.2.11";
@@ -479,5 +484,60 @@ fn networks_on_different_vnis_never_meet() {
     for net in st["networks"].as_array().cloned().unwrap_or_default() {
         assert!(net["counters"]["uplink_rx"].as_u64() > Some(0), "{net}");
         assert!(net["counters"]["uplink_tx"].as_u64() > Some(0), "{net}");
+    }
+}
+
+#[test]
+fn two_microvm_wefts_and_a_linux_vtep_share_one_overlay_network() {
+    let test = "overlay_microvm";
+    let (w1, w2) = boot_two_on(test, Machine::Microvm, "10.81.126.11/16", "10.81.126.12/16");
+    let mut ul = Underlay::create().expect("underlay");
+    ul.join(&w1).expect("join node 1");
+    ul.join(&w2).expect("join node 2");
+    let lx = LinuxVtep::create(
+        &mut ul,
+        &format!("{LX}/24"),
+        100,
+        &[W1, W2],
+        "10.81.126.13/16",
+    )
+    .expect("Linux VTEP");
+    for vm in [&w1, &w2] {
+        vm.ctr()
+            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1450"])
+            .unwrap();
+    }
+    let networks = json!([{"name": "grid", "vni": 100}]);
+    let peers = |other: u8| {
+        json!([
+            {"node": other, "address": format!("192.0.2.1{other}"), "networks": ["grid"]},
+            {"node": 3, "name": "linux", "address": LX, "networks": ["grid"]}
+        ])
+    };
+    w1.apply_json(&document(1, networks.clone(), peers(2)));
+    w2.apply_json(&document(2, networks, peers(1)));
+
+    let cap_path = w1.dir.join("underlay.pcap");
+    let mut cap = ul.capture(&cap_path).expect("tcpdump on the underlay");
+    let (c1, c2, c3) = (w1.ctr(), w2.ctr(), &lx.ctr);
+    ping(c1, "10.81.126.12", 3, "weft 1 -> weft 2 (microvm)");
+    ping(c2, "10.81.126.11", 3, "weft 2 -> weft 1 (microvm)");
+    ping(c1, "10.81.126.13", 3, "weft 1 -> linux (microvm)");
+    ping(c3, "10.81.126.12", 3, "linux -> weft 2 (microvm)");
+    ping(c3, "10.81.0.1", 2, "linux container -> node 1 (microvm)");
+    cap.stop();
+    let lines = cap
+        .fields(4789, "vxlan && icmp", &["vxlan.vni", "ip.src", "ip.dst"])
+        .expect("tshark");
+    let from = |outer: &str| {
+        lines
+            .iter()
+            .filter(|l| {
+                l.starts_with("100\t") && l.split('\t').nth(1).is_some_and(|s| s.starts_with(outer))
+            })
+            .count()
+    };
+    for vtep in [W1, W2, LX] {
+        assert!(from(vtep) > 0, "no VXLAN on VNI 100 from {vtep}: {lines:?}");
     }
 }

@@ -19,7 +19,7 @@ fn store(tag: &str) -> (Tmp, Store) {
     (Tmp(d), s)
 }
 
-fn n(x: u8) -> NodeId {
+fn n(x: u16) -> NodeId {
     NodeId::new(x).unwrap()
 }
 
@@ -34,7 +34,7 @@ fn ctr(name: &str, last: u8, node: u8) -> ContainerRecord {
         network: Some("grid".into()),
         address: Ipv4Addr::new(10, 81, node, last),
         mac: None,
-        node: n(node),
+        node: n(u16::from(node)),
     }
 }
 

@@ -18,7 +18,7 @@ fn node_doc(n: u8) -> Value {
 
 fn local(n: u8) -> Local {
     Local {
-        me: NodeId::new(n).unwrap(),
+        me: NodeId::new(u16::from(n)).unwrap(),
         doc: node_doc(n),
     }
 }

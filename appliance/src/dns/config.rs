@@ -79,8 +79,9 @@ pub struct ContainerEntry {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
-    /// The container's overlay IPv4 address.
-    pub address: String,
+    /// The container's overlay IPv4 address (typed as it is read: no string is kept
+    /// for it, a grid of a hundred thousand containers allocates none).
+    pub address: Ipv4Addr,
 }
 
 /// A config value that failed validation: which field, and what is wrong with it.
@@ -185,8 +186,8 @@ impl DnsSection {
 }
 
 impl ContainerEntry {
-    /// Checks the entry found at `containers[index]`.
-    pub fn validate(&self, index: usize) -> Result<Container, ConfigError> {
+    /// Checks the entry found at `containers[index]` (its address is typed already).
+    pub fn check(&self, index: usize) -> Result<(), ConfigError> {
         if !is_valid_label(&self.name) {
             return Err(ConfigError::new(
                 format!("containers[{index}].name"),
@@ -201,37 +202,87 @@ impl ContainerEntry {
                 ));
             }
         }
-        let address: Ipv4Addr = self.address.parse().map_err(|_| {
-            ConfigError::new(
-                format!("containers[{index}].address"),
-                "not an IPv4 address",
-            )
-        })?;
+        Ok(())
+    }
+
+    /// Checks the entry found at `containers[index]` and types it.
+    pub fn validate(&self, index: usize) -> Result<Container, ConfigError> {
+        self.check(index)?;
         Ok(Container {
             name: self.name.clone(),
             service: self.service.clone(),
-            address,
+            address: self.address,
+        })
+    }
+
+    /// Checks the entry found at `containers[index]` and types it, moving its names.
+    pub fn into_container(self, index: usize) -> Result<Container, ConfigError> {
+        self.check(index)?;
+        Ok(Container {
+            name: self.name,
+            service: self.service,
+            address: self.address,
         })
     }
 }
 
-/// Checks every `[[containers]]` entry, names unique case-insensitively; the result
-/// goes to `RecordStore::replace_all`.
-pub fn validate_containers(entries: &[ContainerEntry]) -> Result<Vec<Container>, ConfigError> {
-    let mut containers: Vec<Container> = Vec::with_capacity(entries.len());
-    // Lowercase names seen so far: a grid may have thousands of containers.
+/// A name compared as DNS compares labels: ASCII case folded, without a lowercase copy.
+#[derive(Debug, Clone, Copy)]
+struct Caseless<'a>(&'a str);
+
+impl Ord for Caseless<'_> {
+    /// By length, then by folded bytes: a total order in which equal means equal
+    /// ignoring ASCII case, decided by the length for most pairs.
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        a.len().cmp(&b.len()).then_with(|| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| x.to_ascii_lowercase().cmp(&y.to_ascii_lowercase()))
+                .find(|o| o.is_ne())
+                .unwrap_or(core::cmp::Ordering::Equal)
+        })
+    }
+}
+
+impl PartialOrd for Caseless<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Caseless<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.eq_ignore_ascii_case(other.0)
+    }
+}
+
+impl Eq for Caseless<'_> {}
+
+/// Checks every `[[containers]]` entry, names unique case-insensitively. Linear in the
+/// entries (a grid may have a hundred thousand) and copies none of them.
+pub fn validate_containers(entries: &[ContainerEntry]) -> Result<(), ConfigError> {
     let mut seen = BTreeSet::new();
     for (index, entry) in entries.iter().enumerate() {
-        let container = entry.validate(index)?;
-        if !seen.insert(container.name.to_ascii_lowercase()) {
+        entry.check(index)?;
+        if !seen.insert(Caseless(&entry.name)) {
             return Err(ConfigError::new(
                 format!("containers[{index}].name"),
                 "used by an earlier entry",
             ));
         }
-        containers.push(container);
     }
-    Ok(containers)
+    Ok(())
+}
+
+/// The entries of a document that passed `validate_containers`, typed for
+/// `RecordStore::replace_all` (names moved, not copied).
+pub fn into_containers(entries: Vec<ContainerEntry>) -> Result<Vec<Container>, ConfigError> {
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(index, entry)| entry.into_container(index))
+        .collect()
 }
 
 fn parse_upstream(text: &str) -> Option<SocketAddr> {
@@ -409,14 +460,15 @@ mod tests {
                 {"name":"testapp-db-1","address":"10.81.1.1"}]"#,
         )
         .unwrap();
-        let containers = validate_containers(&entries).unwrap();
+        validate_containers(&entries).unwrap();
+        let containers = into_containers(entries).unwrap();
         assert_eq!(containers[0].service.as_deref(), Some("testapp-web"));
         assert_eq!(containers[1].address, Ipv4Addr::new(10, 81, 1, 1));
 
         let entry = |name: &str, service: Option<&str>, address: &str| ContainerEntry {
             name: name.into(),
             service: service.map(Into::into),
-            address: address.into(),
+            address: address.parse().unwrap(),
         };
         let cases = [
             (
@@ -430,11 +482,6 @@ mod tests {
                 vec![entry("a", Some("-s"), "10.81.0.1")],
                 "containers[0].service",
             ),
-            (
-                vec![entry("a", None, "10.81.0.256")],
-                "containers[0].address",
-            ),
-            (vec![entry("a", None, "fd00::1")], "containers[0].address"),
             (
                 vec![entry("a", None, "10.81.0.1"), entry("A", None, "10.81.0.2")],
                 "containers[1].name",

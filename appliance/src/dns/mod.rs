@@ -21,8 +21,4 @@ pub use records::{Container, RecordError, RecordStore, Zone};
 pub use server::{Action, DnsServer, UpstreamAction};
 
 /// The transport a query came on; replies and forwarded queries use the same one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
+pub use weft_netstack::base::Transport;

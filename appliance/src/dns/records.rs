@@ -5,7 +5,7 @@
 //! It owns names and addresses only: it never sees wire bytes and never decides a
 //! response code. Every question name is classified ([`Lookup`]); none is an error.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -162,8 +162,8 @@ pub enum ReverseLookup {
 
 #[derive(Debug, Clone, Default)]
 struct Service {
-    /// Lowercase container keys, in registration order.
-    instances: Vec<String>,
+    /// The places (see `RecordStore::by_seq`) of its instances, in registration order.
+    instances: BTreeSet<u64>,
     /// Where the next answer starts; wraps.
     next: usize,
 }
@@ -176,20 +176,27 @@ struct LbName {
     next: usize,
 }
 
-/// The record store. Changes are visible to the very next lookup.
+/// The record store. Changes are visible to the very next lookup. Adding, replacing or
+/// removing one container costs O(log n) whatever the number of containers: every
+/// index is keyed, none is scanned.
 #[derive(Debug, Clone)]
 pub struct RecordStore {
     zone: Zone,
-    /// Keyed by lowercase name.
-    containers: BTreeMap<String, Container>,
+    /// Containers by place: the order they were registered in (a replaced container
+    /// keeps its place), which is the order of the document's `containers`.
+    by_seq: BTreeMap<u64, Container>,
+    /// Lowercase name -> place.
+    by_name: BTreeMap<String, u64>,
     /// Keyed by lowercase service name; a service exists while it has an instance.
     services: BTreeMap<String, Service>,
     /// The load balancer's services (`[[services]]`), by lowercase name; they exist
     /// while configured, with or without addresses.
     lb: BTreeMap<String, LbName>,
-    /// Address -> lowercase container keys (an address may briefly be held by two
+    /// (address, place) of every container (an address may briefly be held by two
     /// containers while one replaces the other).
-    by_address: BTreeMap<Ipv4Addr, Vec<String>>,
+    by_address: BTreeSet<(Ipv4Addr, u64)>,
+    /// The place of the next new container.
+    next_seq: u64,
     /// Bumped on every change; the SOA serial.
     serial: u32,
 }
@@ -198,10 +205,12 @@ impl RecordStore {
     pub fn new(zone: Zone) -> RecordStore {
         RecordStore {
             zone,
-            containers: BTreeMap::new(),
+            by_seq: BTreeMap::new(),
+            by_name: BTreeMap::new(),
             services: BTreeMap::new(),
             lb: BTreeMap::new(),
-            by_address: BTreeMap::new(),
+            by_address: BTreeSet::new(),
+            next_seq: 0,
             serial: 1,
         }
     }
@@ -246,37 +255,48 @@ impl RecordStore {
     }
 
     pub fn len(&self) -> usize {
-        self.containers.len()
+        self.by_seq.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.containers.is_empty()
+        self.by_seq.is_empty()
     }
 
     pub fn container(&self, name: &str) -> Option<&Container> {
-        self.containers.get(&name.to_ascii_lowercase())
+        let seq = self.by_name.get(&name.to_ascii_lowercase())?;
+        self.by_seq.get(seq)
     }
 
+    /// Every container, in registration order.
     pub fn containers(&self) -> impl Iterator<Item = &Container> {
-        self.containers.values()
+        self.by_seq.values()
     }
 
-    /// Adds a container, or updates the one of the same name (case-insensitive); returns
-    /// the previous entry.
+    /// Whether the store holds exactly `containers`, in this order.
+    pub fn holds_exactly(&self, containers: &[Container]) -> bool {
+        self.by_seq.len() == containers.len() && self.by_seq.values().eq(containers.iter())
+    }
+
+    /// Adds a container, or updates the one of the same name (case-insensitive), which
+    /// keeps its place; returns the previous entry.
     pub fn add_container(
         &mut self,
         container: Container,
     ) -> Result<Option<Container>, RecordError> {
         validate(&container)?;
-        let previous = self.unlink(&container.name.to_ascii_lowercase());
-        self.link(container);
+        let key = container.name.to_ascii_lowercase();
+        let (seq, previous) = match self.unlink(&key) {
+            Some((seq, previous)) => (seq, Some(previous)),
+            None => (self.take_seq(), None),
+        };
+        self.link(seq, key, container);
         self.bump();
         Ok(previous)
     }
 
     pub fn remove_container(&mut self, name: &str) -> Result<Container, RecordError> {
         match self.unlink(&name.to_ascii_lowercase()) {
-            Some(removed) => {
+            Some((_, removed)) => {
                 self.bump();
                 Ok(removed)
             }
@@ -295,10 +315,11 @@ impl RecordStore {
         for container in containers {
             validate(&container)?;
             let key = container.name.to_ascii_lowercase();
-            if fresh.containers.contains_key(&key) {
+            if fresh.by_name.contains_key(&key) {
                 return Err(RecordError::DuplicateName(container.name));
             }
-            fresh.link(container);
+            let seq = fresh.take_seq();
+            fresh.link(seq, key, container);
         }
         fresh.serial = self.serial;
         *self = fresh;
@@ -371,12 +392,10 @@ impl RecordStore {
         let Some(address) = reverse_v4(name) else {
             return ReverseLookup::NotOurs;
         };
-        let Some(keys) = self.by_address.get(&address) else {
-            return ReverseLookup::NotOurs;
-        };
-        let names = keys
-            .iter()
-            .filter_map(|key| self.containers.get(key))
+        let names = self
+            .by_address
+            .range((address, 0)..=(address, u64::MAX))
+            .filter_map(|(_, seq)| self.by_seq.get(seq))
             .filter_map(|container| self.zone.fqdn_of(&container.name))
             .collect::<Vec<_>>();
         if names.is_empty() {
@@ -390,7 +409,7 @@ impl RecordStore {
     /// name: a container's own name is the more specific, and a configured service
     /// (VIP, health-checked backends) overrides what containers say of themselves.
     fn addresses_of(&mut self, key: &str, rotation: Rotation) -> Option<Lookup> {
-        if let Some(container) = self.containers.get(key) {
+        if let Some(container) = self.by_name.get(key).and_then(|s| self.by_seq.get(s)) {
             return Some(Lookup::Addresses(alloc::vec![container.address]));
         }
         if let Some(lb) = self.lb.get_mut(key) {
@@ -417,50 +436,52 @@ impl RecordStore {
         if rotation == Rotation::Advance {
             service.next = start.wrapping_add(1);
         }
-        let containers = &self.containers;
-        let addresses = service.instances[start..]
+        let by_seq = &self.by_seq;
+        let addresses = service
+            .instances
             .iter()
-            .chain(service.instances[..start].iter())
-            .filter_map(|key| containers.get(key))
+            .skip(start)
+            .chain(service.instances.iter().take(start))
+            .filter_map(|seq| by_seq.get(seq))
             .map(|container| container.address)
             .collect();
         Some(Lookup::Addresses(addresses))
     }
 
-    fn link(&mut self, container: Container) {
-        let key = container.name.to_ascii_lowercase();
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    fn link(&mut self, seq: u64, key: String, container: Container) {
         if let Some(service) = &container.service {
             self.services
                 .entry(service.to_ascii_lowercase())
                 .or_default()
                 .instances
-                .push(key.clone());
+                .insert(seq);
         }
-        self.by_address
-            .entry(container.address)
-            .or_default()
-            .push(key.clone());
-        self.containers.insert(key, container);
+        self.by_address.insert((container.address, seq));
+        self.by_name.insert(key, seq);
+        self.by_seq.insert(seq, container);
     }
 
-    fn unlink(&mut self, key: &str) -> Option<Container> {
-        let removed = self.containers.remove(key)?;
+    /// Takes the container called `key` (lowercase) out of every index; its place.
+    fn unlink(&mut self, key: &str) -> Option<(u64, Container)> {
+        let seq = self.by_name.remove(key)?;
+        let removed = self.by_seq.remove(&seq)?;
         if let Some(service) = &removed.service {
             let service_key = service.to_ascii_lowercase();
             if let Some(entry) = self.services.get_mut(&service_key) {
-                entry.instances.retain(|instance| instance != key);
+                entry.instances.remove(&seq);
                 if entry.instances.is_empty() {
                     self.services.remove(&service_key);
                 }
             }
         }
-        if let Some(keys) = self.by_address.get_mut(&removed.address) {
-            keys.retain(|held| held != key);
-            if keys.is_empty() {
-                self.by_address.remove(&removed.address);
-            }
-        }
-        Some(removed)
+        self.by_address.remove(&(removed.address, seq));
+        Some((seq, removed))
     }
 
     fn bump(&mut self) {

@@ -5,13 +5,15 @@
 //! configured VNI to a peer of that network, the link only untagged or VLAN 200.
 //! Included by path (`#[path = "common/overlay_grid.rs"] mod overlay_grid;`).
 
-use weft_netstack::datapath::OverlayPath;
-use weft_netstack::overlay::config::OverlayConfig;
-use weft_netstack::overlay::{Limits, Overlay, Underlay};
+use weft_netstack::base::ports::VXLAN_PORT;
+use weft_netstack::base::Vni;
+use weft_netstack::pipeline::datapath::OverlayPath;
 use weft_netstack::smoltcp::time::{Duration, Instant};
 use weft_netstack::smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
-use weft_netstack::vlan;
-use weft_netstack::vxlan::{self, DfPolicy, Outer, Vni, VXLAN_PORT};
+use weft_netstack::stage::overlay::config::OverlayConfig;
+use weft_netstack::stage::overlay::{Limits, Overlay, Underlay};
+use weft_netstack::wire::vlan;
+use weft_netstack::wire::vxlan::{self, DfPolicy, Outer};
 use weft_netstack::{MemPort, Netstack, NicAddress, NicId, MAX_FRAME_LEN};
 
 pub const UPLINK_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 1]);

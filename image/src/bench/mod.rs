@@ -6,6 +6,7 @@
 //! table. Everything runs in namespaces it creates and removes; a scenario whose weft
 //! feature is not wired yet is listed as `missing` with the reason, never skipped.
 
+pub mod features;
 pub mod load;
 pub mod micro;
 pub mod refvm;
@@ -87,6 +88,12 @@ pub fn scenarios() -> Vec<Scenario> {
             note: None,
         },
         Scenario {
+            name: "boot_microvm",
+            rows: &["boot_microvm"],
+            run: scenarios::boot_microvm,
+            note: Some("weft: microvm,acpi=off (devices on the command line); Linux: microvm with ACPI (Debian's kernel finds virtio-mmio devices only there)"),
+        },
+        Scenario {
             name: "vxlan",
             rows: &["vxlan_tcp"],
             run: |c, k| scenarios::overlay_tcp(c, k, false),
@@ -122,7 +129,14 @@ pub fn scenarios() -> Vec<Scenario> {
 /// The rows of a full run, in table order.
 pub fn empty_rows() -> Vec<Row> {
     let mut rows = vec![
-        Row::new("boot", "boot to ready", "ms", Better::Lower, 0),
+        Row::new("boot", "boot to ready (q35)", "ms", Better::Lower, 0),
+        Row::new(
+            "boot_microvm",
+            "boot to ready (microvm)",
+            "ms",
+            Better::Lower,
+            0,
+        ),
         Row::new("idle_cpu", "idle host CPU", "% of a core", Better::Lower, 2),
         Row::new(
             "vxlan_tcp",
@@ -214,6 +228,7 @@ pub struct RunOptions {
 pub fn run(opts: &RunOptions) -> Result<Report> {
     let ctx = Ctx {
         images: opts.images.clone(),
+        features: Default::default(),
         memory: opts.memory,
         quick: opts.quick,
         interrupted: opts.interrupted.clone(),
@@ -233,6 +248,7 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     let mut report = Report {
         rows: empty_rows(),
         meta: vec![],
+        notes: vec![],
     };
     let started = Instant::now();
     let rounds = opts.rounds.max(1);
@@ -335,6 +351,26 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         ("seconds".into(), json!(started.elapsed().as_secs())),
         ("git_commit".into(), json!(git_head())),
     ];
+    let features = ctx.features.lock().map(|f| f.clone()).unwrap_or_default();
+    if !features.is_empty() {
+        let by_vm: serde_json::Map<String, serde_json::Value> = features
+            .iter()
+            .map(|(vm, devs)| {
+                let devs: Vec<_> = devs.iter().map(features::DeviceFeatures::to_json).collect();
+                (vm.clone(), json!(devs))
+            })
+            .collect();
+        report
+            .meta
+            .push(("virtio_features".into(), serde_json::Value::Object(by_vm)));
+        report.notes = features
+            .iter()
+            .flat_map(|(vm, devs)| {
+                devs.iter()
+                    .map(move |d| format!("virtio features, {vm}: {}", d.line()))
+            })
+            .collect();
+    }
     Ok(report)
 }
 
@@ -510,6 +546,7 @@ fn cmd_micro(json: Option<PathBuf>) -> Result<()> {
     let report = Report {
         rows,
         meta: vec![("kind".into(), json!("micro"))],
+        notes: vec![],
     };
     print!("{}", micro::render(&report.rows));
     let path = json.unwrap_or_else(|| default_json("bench-micro.json"));
@@ -581,6 +618,7 @@ mod tests {
         let mut report = Report {
             rows: empty_rows(),
             meta: vec![],
+            notes: vec![],
         };
         let s = scenarios().into_iter().find(|s| s.name == "dns").unwrap();
         record(

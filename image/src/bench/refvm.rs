@@ -25,6 +25,7 @@ pub const FAILED_MARKER: &str = "weft-ref: failed:";
 /// Modules the jobs need; their dependencies come from `modules.dep`.
 pub const MODULES: &[&str] = &[
     "virtio_pci",
+    "virtio_mmio",
     "virtio_net",
     "virtio_console",
     "vxlan",

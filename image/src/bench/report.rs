@@ -195,6 +195,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Free-form facts about the run (rounds, accel, kernel version, ...).
     pub meta: Vec<(String, Value)>,
+    /// Lines printed after the table (e.g. what each VM negotiated).
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -255,6 +257,10 @@ impl Report {
             if let Some(n) = &r.note {
                 out.push_str(&format!("{}: note: {n}\n", r.title));
             }
+        }
+        for n in &self.notes {
+            out.push_str(n);
+            out.push('\n');
         }
         out
     }

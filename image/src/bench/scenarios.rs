@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 
+use super::features::{self, DeviceFeatures};
 use super::load;
 use super::refvm::{RefJob, WgJob};
-use super::vm::{heap_from_console, heap_peak_from_status, Host, Images, Kind};
+use super::vm::{heap_from_console, heap_peak_from_status, Host, Images, Kind, Vm};
 use crate::netns::{Netns, PeerAddresses, Topology};
-use crate::qemu::MemoryMib;
+use crate::qemu::{Machine, MemoryMib};
 
 /// Why a run produced no number.
 #[derive(Debug)]
@@ -40,6 +41,9 @@ pub type Values = Vec<(&'static str, f64)>;
 /// Everything a run needs.
 pub struct Ctx {
     pub images: Images,
+    /// The virtio features each kind negotiated, by "kind machine" (e.g. "weft q35"),
+    /// read from the consoles after boot.
+    pub features: std::sync::Mutex<std::collections::BTreeMap<String, Vec<DeviceFeatures>>>,
     /// Guest RAM for every measured run (the same for both kinds).
     pub memory: MemoryMib,
     /// Short measurements (`--quick`).
@@ -135,10 +139,23 @@ fn heap_after(host: &Host, out: &mut Values) {
     }
 }
 
-/// Boot to ready, then idle host CPU of the configured VM.
+/// Notes what `vm` negotiated, from its console, under "kind machine".
+fn note_features(ctx: &Ctx, vm: &Vm, machine: Machine) {
+    let console = vm.serial_log();
+    let found = match vm.kind {
+        Kind::Weft => features::from_weft_console(&console),
+        Kind::Linux => features::from_linux_console(&console),
+    };
+    if let Ok(mut f) = ctx.features.lock() {
+        f.insert(format!("{} {machine}", vm.kind.name()), found);
+    }
+}
+
+/// Boot to ready, then idle host CPU of the configured VM (q35).
 pub fn boot_and_idle(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
     let host = single_host(ctx, kind, &weft_doc(json!({})), &single_job())?;
     let vm = host.vm()?;
+    note_features(ctx, vm, Machine::Q35);
     let mut out = vec![("boot", vm.ready_after.as_secs_f64() * 1000.0)];
     if kind == Kind::Weft {
         if let Some((_, peak, _)) = heap_from_console(&vm.serial_log()) {
@@ -159,6 +176,26 @@ pub fn boot_and_idle(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
     let pct = (c1.saturating_sub(c0)).as_secs_f64() * 100.0 / t0.elapsed().as_secs_f64();
     out.push(("idle_cpu", pct));
     Ok(out)
+}
+
+/// Boot to ready on microvm (virtio-mmio, no PCI): weft with `acpi=off`, reading its
+/// devices from the command line; the reference VM with ACPI, which its kernel needs to
+/// find virtio-mmio devices.
+pub fn boot_microvm(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
+    let mut host = Host::create(PeerAddresses::default())?;
+    host.boot_on(
+        Machine::Microvm,
+        kind,
+        &ctx.images,
+        ctx.memory,
+        &single_job(),
+    )?;
+    let vm = host.vm()?;
+    note_features(ctx, vm, Machine::Microvm);
+    Ok(vec![(
+        "boot_microvm",
+        vm.ready_after.as_secs_f64() * 1000.0,
+    )])
 }
 
 /// The overlay document of node `n` (1 or 2); `sleeve` asks for the encrypted transport.

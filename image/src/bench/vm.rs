@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::refvm::{RefJob, RefVm, FAILED_MARKER, READY_MARKER};
 use crate::netns::{PeerAddresses, Topology, TopologyNames};
-use crate::qemu::{Accel, MacAddr, MemoryMib, Nic, Qemu, QemuConfig, Serial};
+use crate::qemu::{Accel, MacAddr, Machine, MemoryMib, Nic, Qemu, QemuConfig, Serial};
 use weft_control::client::Client;
 
 /// Which appliance serves a host.
@@ -135,6 +135,18 @@ impl Host {
         memory: MemoryMib,
         job: &RefJob,
     ) -> Result<&Vm> {
+        self.boot_on(Machine::Q35, kind, images, memory, job)
+    }
+
+    /// [`Host::boot`] on a given QEMU machine.
+    pub fn boot_on(
+        &mut self,
+        machine: Machine,
+        kind: Kind,
+        images: &Images,
+        memory: MemoryMib,
+        job: &RefJob,
+    ) -> Result<&Vm> {
         let control = self.dir.join("control.sock");
         let serial = self.dir.join("serial.log");
         let qemu_log = self.dir.join("qemu.log");
@@ -149,14 +161,25 @@ impl Host {
             Nic::tap(&n.link_tap),
             control.clone(),
         );
+        cfg.machine = machine;
         cfg.memory = memory;
         cfg.accel = images.accel;
         cfg.serial = Serial::File(serial.clone());
         cfg.netns = Some(n.hv_ns.clone());
         cfg.log = Some(qemu_log.clone());
         if kind == Kind::Linux {
+            cfg.microvm_acpi = true;
             cfg.qemu = images.linux.qemu_wrapper.clone();
             cfg.append = job.cmdline(cfg.uplink.mac, cfg.link.mac);
+            if machine == Machine::Microvm {
+                // microvm has no port 0x61 (PIT channel 2's gate), against which Linux
+                // calibrates its TSC; under TCG there is no kvmclock either, so without
+                // the frequency Linux marks the TSC unstable and never gets to /init.
+                // (weft measures against PIT channel 0, which microvm has.)
+                if let Some(khz) = host_tsc_khz() {
+                    cfg.append.push_str(&format!(" tsc_early_khz={khz}"));
+                }
+            }
         }
         let _ = std::fs::remove_file(&serial);
         let mut qemu = cfg.spawn()?;
@@ -232,6 +255,21 @@ impl Drop for Host {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The host's TSC frequency in kHz (`cpu MHz` of /proc/cpuinfo, which a constant-TSC
+/// machine reports as the TSC rate): under TCG the guest's TSC is the host's.
+fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
 }
 
 /// Waits for the reference VM's ready marker on its console (a file QEMU writes).

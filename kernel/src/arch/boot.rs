@@ -1,5 +1,6 @@
 //! The PVH entry: the hypervisor enters `pvh_start` in 32-bit protected mode with paging
-//! off and `ebx` pointing at the `hvm_start_info`. This code zeroes .bss, identity-maps
+//! off and `ebx` pointing at the `hvm_start_info`. This code notes the TSC at entry
+//! (`boot_tsc`, where the boot clock starts), zeroes .bss, identity-maps
 //! the first 4 GiB with 2 MiB pages, enables SSE (CR0.EM=0, CR0.MP=1, CR4.OSFXSR,
 //! CR4.OSXMMEXCPT) before any Rust runs, enters long mode and calls `kmain(start_info)`.
 //! It owns nothing after that: Rust replaces the GDT (`arch::cpu`) and never returns here.
@@ -21,12 +22,19 @@ core::arch::global_asm!(
 pvh_start:
     cli
     cld
-    /* ebx = hvm_start_info, kept until kmain. Zero .bss (page tables and stack live there). */
+    /* The TSC at entry: where the kernel's boot clock starts (`time`). */
+    rdtsc
+    mov dword ptr [boot_tsc], eax
+    mov dword ptr [boot_tsc + 4], edx
+    /* ebx = hvm_start_info, kept until kmain. Zero .bss (page tables live there; the stack
+       has its own section, which needs no zeroing) a dword at a time: `rep stosb` costs an
+       emulator exit per byte under TCG. The linker script aligns both ends to 4 KiB. */
     mov edi, offset __bss_start
     mov ecx, offset __bss_end
     sub ecx, edi
+    shr ecx, 2
     xor eax, eax
-    rep stosb
+    rep stosd
     mov esp, offset boot_stack_top
 
     /* PML4[0] -> PDPT; PDPT[0..4] -> 4 page directories; 2048 x 2 MiB = 4 GiB. */
@@ -101,6 +109,12 @@ boot_gdt_ptr:
     .word boot_gdt_end - boot_gdt - 1
     .long boot_gdt
 
+    .section .data.boot, "aw"
+    .p2align 3
+    .global boot_tsc
+boot_tsc:
+    .quad 0
+
     .section .bss.boot, "aw", @nobits
     .p2align 12
 boot_pml4:
@@ -109,6 +123,9 @@ boot_pdpt:
     .skip 4096
 boot_pd:
     .skip 4096 * 4
+
+    .section .stack, "aw", @nobits
+    .p2align 12
     .global boot_stack_top
 boot_stack:
     .skip 256 * 1024

@@ -1,10 +1,11 @@
 //! CPU tables: the GDT with a TSS (a separate stack for double faults), the IDT with a
 //! handler for every architecturally defined exception (each prints vector, error code and
 //! RIP to the serial port and stops the machine: never a silent triple fault), and the
-//! legacy 8259 PIC for the timer and device interrupt lines. IRQ handlers only set bits in
-//! `IRQ_PENDING` and mask their line; the main loop does the work and unmasks.
+//! legacy 8259 PIC for the device interrupt lines (and the PIT where there is no APIC
+//! timer). IRQ handlers only set bits in `IRQ_PENDING` (bit 0: a timer fired) and mask
+//! their line; the main loop does the work and unmasks.
 
-use core::sync::atomic::{AtomicU16, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use pic8259::ChainedPics;
 use spin::{Mutex, Once};
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
@@ -18,8 +19,13 @@ use x86_64::VirtAddr;
 pub const PIC_BASE: u8 = 32;
 const DOUBLE_FAULT_IST: u16 = 0;
 
-/// One bit per IRQ line that fired since the main loop last looked.
-pub static IRQ_PENDING: AtomicU16 = AtomicU16::new(0);
+/// One bit per IRQ line that fired since the main loop last looked (bits 0..16, bit 0
+/// also for the APIC timer), and [`MSI_PENDING`] for a message-signalled interrupt.
+pub static IRQ_PENDING: AtomicU32 = AtomicU32::new(0);
+/// The `IRQ_PENDING` bit of the MSI-X vector (all virtio-pci devices share it).
+pub const MSI_PENDING: u32 = 1 << 16;
+/// The vector MSI-X devices signal (above the PIC's and the APIC timer's).
+pub const MSI_VECTOR: u8 = 49;
 /// Lines the main loop wants enabled.
 static IRQ_ENABLED: AtomicU16 = AtomicU16::new(0);
 
@@ -69,6 +75,8 @@ pub fn init() {
         pics.initialize();
         pics.write_masks(0xff, 0xff);
     }
+    drop(pics);
+    crate::arch::apic::init_virtual_wire();
 }
 
 /// Enables IRQ `line` at the PIC (the cascade line 2 comes along for lines 8..16).
@@ -87,7 +95,7 @@ pub fn unmask_enabled() {
 }
 
 fn write_masks() {
-    let enabled = IRQ_ENABLED.load(Ordering::SeqCst) & !IRQ_PENDING.load(Ordering::SeqCst);
+    let enabled = IRQ_ENABLED.load(Ordering::SeqCst) & !(IRQ_PENDING.load(Ordering::SeqCst) as u16);
     let enabled = enabled | (IRQ_ENABLED.load(Ordering::SeqCst) & (1 << 2));
     x86_64::instructions::interrupts::without_interrupts(|| {
         // SAFETY: writing the PIC mask registers only changes which lines interrupt us.
@@ -102,7 +110,8 @@ fn irq(line: u8) {
     IRQ_PENDING.fetch_or(1 << line, Ordering::SeqCst);
     if line != 0 {
         // Level-triggered device line: keep it masked until the device is acked.
-        let enabled = IRQ_ENABLED.load(Ordering::SeqCst) & !IRQ_PENDING.load(Ordering::SeqCst);
+        let enabled =
+            IRQ_ENABLED.load(Ordering::SeqCst) & !(IRQ_PENDING.load(Ordering::SeqCst) as u16);
         let enabled = enabled | (IRQ_ENABLED.load(Ordering::SeqCst) & (1 << 2));
         if let Some(mut pics) = PICS.try_lock() {
             // SAFETY: as in write_masks; then end-of-interrupt for this vector.
@@ -117,6 +126,18 @@ fn irq(line: u8) {
         // SAFETY: acknowledges the interrupt being handled.
         unsafe { pics.notify_end_of_interrupt(PIC_BASE + line) };
     }
+}
+
+/// A virtio-pci device's MSI-X message: the main loop polls every device anyway.
+extern "x86-interrupt" fn msi(_frame: InterruptStackFrame) {
+    IRQ_PENDING.fetch_or(MSI_PENDING, Ordering::SeqCst);
+    crate::arch::apic::end_of_interrupt();
+}
+
+/// The local APIC timer: the same "timer fired" bit as the PIT's IRQ 0.
+extern "x86-interrupt" fn apic_timer(_frame: InterruptStackFrame) {
+    IRQ_PENDING.fetch_or(1, Ordering::SeqCst);
+    crate::arch::apic::end_of_interrupt();
 }
 
 macro_rules! irq_handlers {
@@ -302,5 +323,7 @@ fn build_idt() -> InterruptDescriptorTable {
     for (line, handler) in IRQ_HANDLERS.iter().enumerate() {
         idt[PIC_BASE + line as u8].set_handler_fn(*handler);
     }
+    idt[crate::arch::apic::TIMER_VECTOR].set_handler_fn(apic_timer);
+    idt[MSI_VECTOR].set_handler_fn(msi);
     idt
 }

@@ -1,9 +1,12 @@
 //! Everything x86_64-specific: the PVH entry (`boot`), CPU tables and interrupt lines
-//! (`cpu`), port I/O devices on the ISA bus (`pit`).
+//! (`cpu`), the local APIC's virtual-wire mode (`apic`), XSAVE/AVX state (`simd`), port
+//! I/O devices on the ISA bus (`pit`).
 
+pub mod apic;
 pub mod boot;
 pub mod cpu;
 pub mod pit;
+pub mod simd;
 
 /// Stops this CPU for good (interrupts off, halt in a loop).
 pub fn halt_forever() -> ! {

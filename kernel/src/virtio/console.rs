@@ -7,15 +7,16 @@
 //! always reports as open and so cannot tell us about connects.
 //! Transmission never blocks: chunks wait in a queue until the device takes them.
 
+use crate::virtio::features::{self, Negotiated};
 use crate::virtio::hal::KernelHal;
+use crate::virtio::Transport;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use bitflags::bitflags;
 use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::Transport;
+use virtio_drivers::transport::Transport as _;
 use virtio_drivers::Error;
 
 bitflags! {
@@ -66,7 +67,7 @@ impl<const N: usize> Posted<N> {
 }
 
 pub struct ControlConsole {
-    transport: PciTransport,
+    transport: Transport,
     rx: VirtQueue<KernelHal, QSIZE>,
     tx: VirtQueue<KernelHal, QSIZE>,
     ctrl: Option<(VirtQueue<KernelHal, QSIZE>, VirtQueue<KernelHal, QSIZE>)>,
@@ -78,11 +79,13 @@ pub struct ControlConsole {
     ctx_pending: VecDeque<Vec<u8>>,
     host_connected: bool,
     events: VecDeque<Event>,
+    features: Negotiated,
 }
 
 impl ControlConsole {
-    pub fn new(mut transport: PciTransport) -> Result<Self, Error> {
-        let features = transport.begin_init(Features::MULTIPORT | Features::VERSION_1);
+    pub fn new(mut transport: Transport) -> Result<Self, Error> {
+        let negotiated = Negotiated::begin_init(&mut transport, features::CONSOLE_TAKEN);
+        let features = Features::from_bits_truncate(negotiated.taken);
         let rx = VirtQueue::new(&mut transport, Q_RX0, false, false)?;
         let tx = VirtQueue::new(&mut transport, Q_TX0, false, false)?;
         let ctrl = if features.contains(Features::MULTIPORT) {
@@ -109,6 +112,7 @@ impl ControlConsole {
             // Without MULTIPORT there are no open/close events: treat the host as connected.
             host_connected: !multiport,
             events: VecDeque::new(),
+            features: negotiated,
         };
         console.post_receive_buffers()?;
         if multiport {
@@ -150,6 +154,10 @@ impl ControlConsole {
         msg.extend_from_slice(&event.to_le_bytes());
         msg.extend_from_slice(&value.to_le_bytes());
         self.ctx_pending.push_back(msg);
+    }
+
+    pub fn features(&self) -> Negotiated {
+        self.features
     }
 
     pub fn ack_interrupt(&mut self) -> bool {

@@ -1,0 +1,23 @@
+//! The small types every layer shares: which NIC, an L4 protocol and endpoint, the tuple
+//! and direction of a flow, the ids of networks and nodes, a MAC address as people write
+//! it, how the port space is split, and the error that names a refused config field.
+//!
+//! Plain values only: nothing here parses a frame, keeps state or decides anything, and
+//! nothing here imports another part of the crate.
+
+mod field_error;
+mod flow;
+mod mac;
+mod nic;
+mod node;
+pub mod ports;
+mod vlan_id;
+mod vni;
+
+pub use field_error::FieldError;
+pub use flow::{Direction, Endpoint, FlowTuple, Proto, Transport};
+pub use mac::{parse_mac, Mac};
+pub use nic::{NicAddress, NicId, IP_MTU, MAX_FRAME_LEN};
+pub use node::NodeId;
+pub use vlan_id::VlanId;
+pub use vni::{Vni, VniOutOfRange};

@@ -1,0 +1,272 @@
+//! This appliance's sleeve endpoint as the overlay uses it: sleeve messages in and out
+//! of complete underlay frames (Ethernet + IPv4 + UDP to port 6783), keyed by the grid
+//! secret, and its counters for `status`.
+//!
+//! It never decides where a frame goes or which peers are sealed for (the overlay
+//! does), never reads a clock and never sends a frame in clear.
+
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::time::Instant;
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
+    Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+};
+
+use super::config::SecretText;
+use crate::base::ports::SLEEVE_PORT;
+use crate::base::{NodeId, Vni};
+use crate::stage::sleeve::{
+    self, Frame, OpenError, PskKeySource, SealError, SessionConfig, SessionId, Sleeve,
+    SleeveMetrics,
+};
+use crate::wire::vxlan;
+
+/// Ethernet + IPv4 + UDP in front of every sleeve message.
+pub const OUTER_LEN: usize = 14 + 20 + 8;
+/// What sleeve costs beyond what VXLAN costs, in overlay MTU.
+pub const EXTRA_OVERHEAD: u16 =
+    sleeve::session::OVERLAY_MTU_OVERHEAD - vxlan::ENCAP_OVERHEAD as u16;
+
+/// The outer addresses of a sleeve frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OuterAddrs {
+    pub src_mac: EthernetAddress,
+    pub dst_mac: EthernetAddress,
+    pub src_ip: Ipv4Address,
+    pub dst_ip: Ipv4Address,
+    /// The flow's source port (ECMP spreading, as VXLAN's).
+    pub src_port: u16,
+    pub ttl: u8,
+}
+
+/// Counters of the sleeve endpoint, for `status.overlay.sleeve`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleeveStatus {
+    pub port: u16,
+    pub sealed_messages: u64,
+    pub sealed_frames: u64,
+    /// Frames sealed into a message together with an earlier frame (batching).
+    #[serde(default)]
+    pub frames_batched: u64,
+    pub opened_messages: u64,
+    pub opened_frames: u64,
+    pub seal_refused: u64,
+    /// Received messages refused, by [`OpenError`] name.
+    pub drops: SleeveDrops,
+}
+
+/// Received sleeve messages refused, by reason (docs/sleeve.md, "Drops").
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleeveDrops {
+    pub truncated: u64,
+    pub bad_version: u64,
+    pub unknown_type: u64,
+    pub unknown_peer: u64,
+    pub stale_session: u64,
+    pub unknown_epoch: u64,
+    pub key_unavailable: u64,
+    pub replayed: u64,
+    pub too_old: u64,
+    pub auth_failed: u64,
+    pub malformed: u64,
+}
+
+impl From<&SleeveMetrics> for SleeveStatus {
+    fn from(m: &SleeveMetrics) -> SleeveStatus {
+        SleeveStatus {
+            port: SLEEVE_PORT,
+            sealed_messages: m.sealed_messages,
+            sealed_frames: m.sealed_frames,
+            frames_batched: m.frames_batched,
+            opened_messages: m.opened_messages,
+            opened_frames: m.opened_frames,
+            seal_refused: m.seal_refused,
+            drops: SleeveDrops {
+                truncated: m.drop_truncated,
+                bad_version: m.drop_bad_version,
+                unknown_type: m.drop_unknown_type,
+                unknown_peer: m.drop_unknown_peer,
+                stale_session: m.drop_stale_session,
+                unknown_epoch: m.drop_unknown_epoch,
+                key_unavailable: m.drop_key_unavailable,
+                replayed: m.drop_replayed,
+                too_old: m.drop_too_old,
+                auth_failed: m.drop_auth_failed,
+                malformed: m.drop_malformed,
+            },
+        }
+    }
+}
+
+/// A received frame's outer IPv4/UDP, when it is UDP to [`SLEEVE_PORT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received<'a> {
+    pub src_ip: Ipv4Address,
+    pub dst_ip: Ipv4Address,
+    pub payload: &'a [u8],
+}
+
+/// Why an underlay frame to the sleeve port was not taken apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OuterError {
+    /// Not IPv4/UDP to the sleeve port: for VXLAN or the rest of the stack.
+    NotSleeve,
+    /// Outer IPv4/UDP truncated, inconsistent or with a bad checksum.
+    BadOuterHeader,
+    /// An outer IPv4 fragment (not reassembled, as VXLAN).
+    OuterFragment,
+}
+
+/// The outer headers of `frame` when it is UDP to the sleeve port; checksums verified.
+pub fn parse_outer(frame: &[u8]) -> Result<Received<'_>, OuterError> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| OuterError::NotSleeve)?;
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return Err(OuterError::NotSleeve);
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| OuterError::NotSleeve)?;
+    if ip.version() != 4 || ip.next_header() != IpProtocol::Udp {
+        return Err(OuterError::NotSleeve);
+    }
+    let udp = UdpPacket::new_checked(ip.payload()).map_err(|_| OuterError::NotSleeve)?;
+    if udp.dst_port() != SLEEVE_PORT {
+        return Err(OuterError::NotSleeve);
+    }
+    if ip.more_frags() || ip.frag_offset() != 0 {
+        return Err(OuterError::OuterFragment);
+    }
+    if !ip.verify_checksum() {
+        return Err(OuterError::BadOuterHeader);
+    }
+    let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
+    UdpRepr::parse(
+        &udp,
+        &IpAddress::Ipv4(src_ip),
+        &IpAddress::Ipv4(dst_ip),
+        &ChecksumCapabilities::default(),
+    )
+    .map_err(|_| OuterError::BadOuterHeader)?;
+    Ok(Received {
+        src_ip,
+        dst_ip,
+        payload: udp.payload(),
+    })
+}
+
+/// The frames of one opened message: each network's number and the frame.
+pub type OpenedFrames = Vec<(Vni, Vec<u8>)>;
+
+/// This appliance's sleeve endpoint, keyed by the grid secret.
+#[derive(Debug, Clone)]
+pub struct SleeveLink {
+    sleeve: Sleeve<PskKeySource>,
+    next_ident: u16,
+}
+
+impl SleeveLink {
+    /// An endpoint for node `local` whose messages fit an underlay of `underlay_mtu`;
+    /// `None` if the secret is unusable. `first`: see [`Sleeve::new`].
+    pub fn new(
+        local: NodeId,
+        secret: &SecretText,
+        underlay_mtu: u16,
+        first: SessionId,
+    ) -> Option<SleeveLink> {
+        let keys = PskKeySource::new(local, secret.grid_secret()?);
+        let mut config = SessionConfig::for_underlay_mtu(underlay_mtu);
+        config.headroom = OUTER_LEN;
+        Some(SleeveLink {
+            sleeve: Sleeve::new(local, keys, config, first),
+            next_ident: (first.0 >> 7) as u16,
+        })
+    }
+
+    pub fn add_peer(&mut self, node: NodeId) {
+        // `AlreadyPeer` keeps the running session; `SessionsExhausted` leaves the peer
+        // without one and its frames are refused (`seal_refused`), never sent in clear.
+        let _ = self.sleeve.add_peer(node);
+    }
+
+    pub fn remove_peer(&mut self, node: NodeId) {
+        self.sleeve.remove_peer(node);
+    }
+
+    pub fn metrics(&self) -> &SleeveMetrics {
+        self.sleeve.metrics()
+    }
+
+    pub fn next_session(&self) -> Option<SessionId> {
+        self.sleeve.next_session()
+    }
+
+    /// Seal `frames` of network `vni` for `peer` into complete underlay frames.
+    pub fn seal(
+        &mut self,
+        peer: NodeId,
+        outer: &OuterAddrs,
+        vni: Vni,
+        frames: &[&[u8]],
+        now: Instant,
+    ) -> Result<Vec<Vec<u8>>, SealError> {
+        let records: Vec<Frame<'_>> = frames.iter().map(|bytes| Frame { vni, bytes }).collect();
+        let mut messages = self.sleeve.seal(peer, &records, now)?;
+        for m in &mut messages {
+            self.write_outer(outer, m);
+        }
+        Ok(messages)
+    }
+
+    fn write_outer(&mut self, outer: &OuterAddrs, buf: &mut [u8]) {
+        let payload_len = buf.len().saturating_sub(OUTER_LEN);
+        let eth = EthernetRepr {
+            src_addr: outer.src_mac,
+            dst_addr: outer.dst_mac,
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let udp = UdpRepr {
+            src_port: outer.src_port,
+            dst_port: SLEEVE_PORT,
+        };
+        let ip = Ipv4Repr {
+            src_addr: outer.src_ip,
+            dst_addr: outer.dst_ip,
+            next_header: IpProtocol::Udp,
+            payload_len: udp.header_len() + payload_len,
+            hop_limit: outer.ttl,
+        };
+        let caps = ChecksumCapabilities::default();
+        let mut frame = EthernetFrame::new_unchecked(&mut *buf);
+        eth.emit(&mut frame);
+        let mut ip_packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+        ip.emit(&mut ip_packet, &caps);
+        ip_packet.set_ident(self.next_ident);
+        ip_packet.fill_checksum();
+        self.next_ident = self.next_ident.wrapping_add(1);
+        let mut udp_packet = UdpPacket::new_unchecked(ip_packet.payload_mut());
+        udp_packet.set_src_port(udp.src_port);
+        udp_packet.set_dst_port(udp.dst_port);
+        udp_packet.set_len((udp.header_len() + payload_len) as u16);
+        udp_packet.fill_checksum(
+            &IpAddress::Ipv4(outer.src_ip),
+            &IpAddress::Ipv4(outer.dst_ip),
+        );
+    }
+
+    /// Open one received sleeve payload: the sending node and its frames (copied out).
+    pub fn open(
+        &mut self,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(NodeId, OpenedFrames), OpenError> {
+        let mut buf = payload.to_vec();
+        let opened = self.sleeve.open(&mut buf, now)?;
+        let frames = opened
+            .frames
+            .iter()
+            .map(|f| (f.vni, f.bytes.to_vec()))
+            .collect();
+        Ok((opened.peer, frames))
+    }
+}

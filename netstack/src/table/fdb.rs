@@ -1,0 +1,575 @@
+//! The forwarding database of one overlay network: MAC -> where it lives (the local
+//! container link or a remote peer), and the ARP suppression table (overlay IPv4 ->
+//! MAC) beside it.
+//!
+//! Learned entries come from the container link only and age out; static entries are
+//! pushed by control, never age and are never overwritten by learning. Both tables are
+//! bounded. Time comes in as an argument; nothing here reads a clock or decides where a
+//! frame goes (that is `overlay`).
+
+use alloc::collections::BTreeMap;
+use core::fmt;
+
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, Ipv4Address};
+
+/// Where a MAC address lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// Behind the container link of this appliance.
+    Local,
+    /// Behind the peer VTEP with this underlay address.
+    Remote(Ipv4Address),
+}
+
+/// How an entry got into the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryOrigin {
+    /// Pushed by control; never aged, never replaced by learning.
+    Static,
+    /// Learned from a frame's source address; `last_seen` is when it was last refreshed.
+    Learned { last_seen: Instant },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub location: Location,
+    pub origin: EntryOrigin,
+}
+
+/// What a call to [`Fdb::learn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learn {
+    /// A new learned entry.
+    Added,
+    /// An existing learned entry had its age reset.
+    Refreshed,
+    /// A static entry exists for this address; it was left as it is.
+    StaticKept,
+    /// Not a unicast address: never learned.
+    NotUnicast,
+    /// The table is full of entries that have not expired.
+    Full,
+}
+
+/// Why a table refused a static entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableError {
+    /// The table is at capacity and holds nothing that can make room.
+    Full,
+    /// A broadcast or multicast MAC address.
+    NotUnicastMac,
+    /// An IPv4 address that cannot belong to one host (unspecified, broadcast, multicast).
+    NotUnicastIp,
+}
+
+impl fmt::Display for TableError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            TableError::Full => write!(f, "table full"),
+            TableError::NotUnicastMac => write!(f, "not a unicast MAC address"),
+            TableError::NotUnicastIp => write!(f, "not a unicast IPv4 address"),
+        }
+    }
+}
+
+/// Linux bridge's default ageing time (`ageing_time` 300 s).
+pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
+
+/// A bounded MAC table for one network.
+#[derive(Debug, Clone)]
+pub struct Fdb {
+    entries: BTreeMap<EthernetAddress, Entry>,
+    capacity: usize,
+    ageing: Duration,
+}
+
+impl Fdb {
+    /// A table of at most `capacity` entries (static and learned together) whose
+    /// learned entries expire `ageing` after they were last seen.
+    pub fn new(capacity: usize, ageing: Duration) -> Fdb {
+        Fdb {
+            entries: BTreeMap::new(),
+            capacity,
+            ageing,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn ageing(&self) -> Duration {
+        self.ageing
+    }
+
+    /// Entries held, including learned ones that have expired but not yet been swept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn expired(&self, entry: &Entry, now: Instant) -> bool {
+        match entry.origin {
+            EntryOrigin::Static => false,
+            EntryOrigin::Learned { last_seen } => now >= last_seen + self.ageing,
+        }
+    }
+
+    /// Where `mac` lives, if a static or an unexpired learned entry says so.
+    pub fn lookup(&self, mac: &EthernetAddress, now: Instant) -> Option<Location> {
+        self.entries
+            .get(mac)
+            .filter(|e| !self.expired(e, now))
+            .map(|e| e.location)
+    }
+
+    /// The entry for `mac` as stored (expired or not).
+    pub fn get(&self, mac: &EthernetAddress) -> Option<&Entry> {
+        self.entries.get(mac)
+    }
+
+    /// Note that `mac` was seen as a source on the container link at `now`.
+    pub fn learn(&mut self, mac: EthernetAddress, now: Instant) -> Learn {
+        if !mac.is_unicast() {
+            return Learn::NotUnicast;
+        }
+        if let Some(entry) = self.entries.get_mut(&mac) {
+            return match entry.origin {
+                EntryOrigin::Static => Learn::StaticKept,
+                EntryOrigin::Learned { .. } => {
+                    *entry = Entry {
+                        location: Location::Local,
+                        origin: EntryOrigin::Learned { last_seen: now },
+                    };
+                    Learn::Refreshed
+                }
+            };
+        }
+        if self.entries.len() >= self.capacity {
+            self.age(now);
+            if self.entries.len() >= self.capacity {
+                return Learn::Full;
+            }
+        }
+        self.entries.insert(
+            mac,
+            Entry {
+                location: Location::Local,
+                origin: EntryOrigin::Learned { last_seen: now },
+            },
+        );
+        Learn::Added
+    }
+
+    /// Install or replace a static entry. When the table is full, expired entries are
+    /// swept and then the least recently seen learned entry makes room: control's word
+    /// outranks what was learned.
+    pub fn insert_static(
+        &mut self,
+        mac: EthernetAddress,
+        location: Location,
+        now: Instant,
+    ) -> Result<(), TableError> {
+        if !mac.is_unicast() {
+            return Err(TableError::NotUnicastMac);
+        }
+        if !self.entries.contains_key(&mac) && self.entries.len() >= self.capacity {
+            self.age(now);
+            if self.entries.len() >= self.capacity {
+                let oldest = self
+                    .entries
+                    .iter()
+                    .filter_map(|(mac, e)| match e.origin {
+                        EntryOrigin::Learned { last_seen } => Some((last_seen, *mac)),
+                        EntryOrigin::Static => None,
+                    })
+                    .min();
+                match oldest {
+                    Some((_, victim)) => {
+                        self.entries.remove(&victim);
+                    }
+                    None => return Err(TableError::Full),
+                }
+            }
+        }
+        self.entries.insert(
+            mac,
+            Entry {
+                location,
+                origin: EntryOrigin::Static,
+            },
+        );
+        Ok(())
+    }
+
+    /// Remove the static entry for `mac`; a learned entry is left alone. Returns whether
+    /// one was removed.
+    pub fn remove_static(&mut self, mac: &EthernetAddress) -> bool {
+        if matches!(
+            self.entries.get(mac).map(|e| e.origin),
+            Some(EntryOrigin::Static)
+        ) {
+            self.entries.remove(mac);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Remove every entry that points at the peer `underlay` (the peer left the network).
+    pub fn remove_remote(&mut self, underlay: Ipv4Address) -> usize {
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, e| e.location != Location::Remote(underlay));
+        before - self.entries.len()
+    }
+
+    /// Sweep learned entries that have expired at `now`; returns how many went.
+    pub fn age(&mut self, now: Instant) -> usize {
+        let before = self.entries.len();
+        let ageing = self.ageing;
+        self.entries.retain(|_, e| match e.origin {
+            EntryOrigin::Static => true,
+            EntryOrigin::Learned { last_seen } => now < last_seen + ageing,
+        });
+        before - self.entries.len()
+    }
+
+    /// Every stored entry in MAC order (for `status`).
+    pub fn iter(&self) -> impl Iterator<Item = (&EthernetAddress, &Entry)> {
+        self.entries.iter()
+    }
+}
+
+/// Static overlay IPv4 -> MAC bindings for ARP suppression in one network.
+#[derive(Debug, Clone)]
+pub struct ArpTable {
+    entries: BTreeMap<Ipv4Address, EthernetAddress>,
+    capacity: usize,
+}
+
+impl ArpTable {
+    pub fn new(capacity: usize) -> ArpTable {
+        ArpTable {
+            entries: BTreeMap::new(),
+            capacity,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bind `ip` to `mac`, replacing an earlier binding of `ip`.
+    pub fn insert(&mut self, ip: Ipv4Address, mac: EthernetAddress) -> Result<(), TableError> {
+        if !mac.is_unicast() {
+            return Err(TableError::NotUnicastMac);
+        }
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+            return Err(TableError::NotUnicastIp);
+        }
+        if !self.entries.contains_key(&ip) && self.entries.len() >= self.capacity {
+            return Err(TableError::Full);
+        }
+        self.entries.insert(ip, mac);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, ip: &Ipv4Address) -> Option<EthernetAddress> {
+        self.entries.remove(ip)
+    }
+
+    pub fn lookup(&self, ip: &Ipv4Address) -> Option<EthernetAddress> {
+        self.entries.get(ip).copied()
+    }
+
+    /// Drop every binding to `mac` (its FDB entry went away).
+    pub fn remove_mac(&mut self, mac: &EthernetAddress) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, m| m != mac);
+        before - self.entries.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Ipv4Address, &EthernetAddress)> {
+        self.entries.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    fn mac(n: u8) -> EthernetAddress {
+        EthernetAddress([0x02, 0x42, 0x0a, 0x51, 0x00, n])
+    }
+
+    const PEER_A: Ipv4Address = Ipv4Address::new(192, 0, 2, 10);
+    const PEER_B: Ipv4Address = Ipv4Address::new(192, 0, 2, 11);
+
+    fn at(secs: u64) -> Instant {
+        Instant::from_secs(secs as i64)
+    }
+
+    #[test]
+    fn learn_refresh_and_age() {
+        let mut fdb = Fdb::new(8, Duration::from_secs(10));
+        assert_eq!(fdb.learn(mac(1), at(0)), Learn::Added);
+        assert_eq!(fdb.lookup(&mac(1), at(9)), Some(Location::Local));
+        assert_eq!(
+            fdb.lookup(&mac(1), at(10)),
+            None,
+            "expired at exactly ageing"
+        );
+        assert_eq!(fdb.learn(mac(1), at(9)), Learn::Refreshed);
+        assert_eq!(fdb.lookup(&mac(1), at(18)), Some(Location::Local));
+        assert_eq!(fdb.age(at(18)), 0);
+        assert_eq!(fdb.age(at(19)), 1);
+        assert!(fdb.is_empty());
+    }
+
+    #[test]
+    fn static_never_ages_and_learning_never_overwrites() {
+        let mut fdb = Fdb::new(8, Duration::from_secs(10));
+        fdb.insert_static(mac(1), Location::Remote(PEER_A), at(0))
+            .unwrap();
+        assert_eq!(fdb.learn(mac(1), at(1)), Learn::StaticKept);
+        assert_eq!(fdb.age(at(1_000_000)), 0);
+        assert_eq!(
+            fdb.lookup(&mac(1), at(1_000_000)),
+            Some(Location::Remote(PEER_A))
+        );
+        // Control may move it.
+        fdb.insert_static(mac(1), Location::Remote(PEER_B), at(2))
+            .unwrap();
+        assert_eq!(fdb.lookup(&mac(1), at(2)), Some(Location::Remote(PEER_B)));
+        // Static replaces a learned entry.
+        fdb.learn(mac(2), at(0));
+        fdb.insert_static(mac(2), Location::Remote(PEER_A), at(0))
+            .unwrap();
+        assert_eq!(fdb.lookup(&mac(2), at(100)), Some(Location::Remote(PEER_A)));
+        // remove_static leaves learned entries alone.
+        fdb.learn(mac(3), at(0));
+        assert!(!fdb.remove_static(&mac(3)));
+        assert!(fdb.remove_static(&mac(2)));
+        assert_eq!(fdb.lookup(&mac(2), at(0)), None);
+    }
+
+    #[test]
+    fn not_unicast_refused() {
+        let mut fdb = Fdb::new(8, DEFAULT_AGEING);
+        let mcast = EthernetAddress([0x01, 0, 0x5e, 0, 0, 1]);
+        assert_eq!(
+            fdb.learn(EthernetAddress::BROADCAST, at(0)),
+            Learn::NotUnicast
+        );
+        assert_eq!(fdb.learn(mcast, at(0)), Learn::NotUnicast);
+        assert_eq!(
+            fdb.insert_static(mcast, Location::Local, at(0)),
+            Err(TableError::NotUnicastMac)
+        );
+        assert!(fdb.is_empty());
+    }
+
+    #[test]
+    fn capacity_bound() {
+        let mut fdb = Fdb::new(2, Duration::from_secs(10));
+        assert_eq!(fdb.learn(mac(1), at(0)), Learn::Added);
+        assert_eq!(fdb.learn(mac(2), at(1)), Learn::Added);
+        assert_eq!(fdb.learn(mac(3), at(2)), Learn::Full);
+        // Once mac(1) expired, learning sweeps it and makes room.
+        assert_eq!(fdb.learn(mac(3), at(10)), Learn::Added);
+        assert_eq!(fdb.lookup(&mac(1), at(10)), None);
+        // Static evicts the least recently seen learned entry (mac(2), seen at 1).
+        fdb.insert_static(mac(4), Location::Remote(PEER_A), at(10))
+            .unwrap();
+        assert_eq!(fdb.lookup(&mac(2), at(10)), None);
+        assert_eq!(fdb.lookup(&mac(3), at(10)), Some(Location::Local));
+        fdb.insert_static(mac(5), Location::Remote(PEER_A), at(10))
+            .unwrap();
+        assert_eq!(
+            fdb.insert_static(mac(6), Location::Remote(PEER_A), at(10)),
+            Err(TableError::Full)
+        );
+        assert_eq!(fdb.learn(mac(7), at(10)), Learn::Full);
+        assert_eq!(fdb.len(), 2);
+    }
+
+    #[test]
+    fn remove_remote_only_touches_that_peer() {
+        let mut fdb = Fdb::new(8, DEFAULT_AGEING);
+        fdb.insert_static(mac(1), Location::Remote(PEER_A), at(0))
+            .unwrap();
+        fdb.insert_static(mac(2), Location::Remote(PEER_B), at(0))
+            .unwrap();
+        fdb.learn(mac(3), at(0));
+        assert_eq!(fdb.remove_remote(PEER_A), 1);
+        assert_eq!(fdb.lookup(&mac(1), at(0)), None);
+        assert_eq!(fdb.lookup(&mac(2), at(0)), Some(Location::Remote(PEER_B)));
+        assert_eq!(fdb.lookup(&mac(3), at(0)), Some(Location::Local));
+    }
+
+    #[test]
+    fn arp_table() {
+        let mut arp = ArpTable::new(2);
+        let ip = |n| Ipv4Address::new(10, 81, 128, n);
+        arp.insert(ip(1), mac(1)).unwrap();
+        arp.insert(ip(1), mac(2)).unwrap();
+        assert_eq!(arp.lookup(&ip(1)), Some(mac(2)));
+        arp.insert(ip(2), mac(2)).unwrap();
+        assert_eq!(arp.insert(ip(3), mac(3)), Err(TableError::Full));
+        assert_eq!(
+            arp.insert(Ipv4Address::UNSPECIFIED, mac(3)),
+            Err(TableError::NotUnicastIp)
+        );
+        assert_eq!(
+            arp.insert(Ipv4Address::new(224, 0, 0, 1), mac(3)),
+            Err(TableError::NotUnicastIp)
+        );
+        assert_eq!(
+            arp.insert(ip(3), EthernetAddress::BROADCAST),
+            Err(TableError::NotUnicastMac)
+        );
+        assert_eq!(arp.remove_mac(&mac(2)), 2);
+        assert!(arp.is_empty());
+    }
+
+    /// The simplest table that has the documented behaviour: a list searched linearly.
+    struct Model {
+        capacity: usize,
+        ageing: u64,
+        entries: Vec<(EthernetAddress, Location, Option<u64>)>, // None = static
+    }
+
+    impl Model {
+        fn live(&self, e: &(EthernetAddress, Location, Option<u64>), now: u64) -> bool {
+            e.2.is_none_or(|seen| now < seen + self.ageing)
+        }
+        fn lookup(&self, m: EthernetAddress, now: u64) -> Option<Location> {
+            self.entries
+                .iter()
+                .find(|e| e.0 == m && self.live(e, now))
+                .map(|e| e.1)
+        }
+        fn sweep(&mut self, now: u64) {
+            let ageing = self.ageing;
+            self.entries
+                .retain(|e| e.2.is_none_or(|seen| now < seen + ageing));
+        }
+        fn learn(&mut self, m: EthernetAddress, now: u64) -> Learn {
+            if let Some(e) = self.entries.iter_mut().find(|e| e.0 == m) {
+                if e.2.is_none() {
+                    return Learn::StaticKept;
+                }
+                e.2 = Some(now);
+                return Learn::Refreshed;
+            }
+            if self.entries.len() >= self.capacity {
+                self.sweep(now);
+                if self.entries.len() >= self.capacity {
+                    return Learn::Full;
+                }
+            }
+            self.entries.push((m, Location::Local, Some(now)));
+            Learn::Added
+        }
+        fn insert_static(&mut self, m: EthernetAddress, l: Location, now: u64) -> bool {
+            if let Some(e) = self.entries.iter_mut().find(|e| e.0 == m) {
+                *e = (m, l, None);
+                return true;
+            }
+            if self.entries.len() >= self.capacity {
+                self.sweep(now);
+            }
+            if self.entries.len() >= self.capacity {
+                let victim = self
+                    .entries
+                    .iter()
+                    .filter_map(|e| e.2.map(|seen| (seen, e.0)))
+                    .min();
+                match victim {
+                    Some((_, v)) => self.entries.retain(|e| e.0 != v),
+                    None => return false,
+                }
+            }
+            self.entries.push((m, l, None));
+            true
+        }
+    }
+
+    #[test]
+    fn random_sequences_match_model() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            // xorshift64*: deterministic, so a failure replays.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
+        };
+        for round in 0..200 {
+            let capacity = 1 + next(6) as usize;
+            let ageing = 1 + next(20);
+            let mut fdb = Fdb::new(capacity, Duration::from_secs(ageing));
+            let mut model = Model {
+                capacity,
+                ageing,
+                entries: Vec::new(),
+            };
+            let mut now = 0u64;
+            for step in 0..300 {
+                let m = mac(next(10) as u8);
+                let peer = if next(2) == 0 { PEER_A } else { PEER_B };
+                match next(7) {
+                    0 | 1 => assert_eq!(
+                        fdb.learn(m, at(now)),
+                        model.learn(m, now),
+                        "round {round} step {step}"
+                    ),
+                    2 => assert_eq!(
+                        fdb.insert_static(m, Location::Remote(peer), at(now))
+                            .is_ok(),
+                        model.insert_static(m, Location::Remote(peer), now),
+                        "round {round} step {step}"
+                    ),
+                    3 => {
+                        let was_static = model.entries.iter().any(|e| e.0 == m && e.2.is_none());
+                        model.entries.retain(|e| !(e.0 == m && e.2.is_none()));
+                        assert_eq!(fdb.remove_static(&m), was_static);
+                    }
+                    4 => {
+                        fdb.age(at(now));
+                        model.sweep(now);
+                    }
+                    5 => {
+                        let removed = fdb.remove_remote(peer);
+                        let before = model.entries.len();
+                        model.entries.retain(|e| e.1 != Location::Remote(peer));
+                        assert_eq!(removed, before - model.entries.len());
+                    }
+                    _ => now += next(8),
+                }
+                assert!(fdb.len() <= capacity);
+                for n in 0..10 {
+                    assert_eq!(
+                        fdb.lookup(&mac(n), at(now)),
+                        model.lookup(mac(n), now),
+                        "round {round} step {step} mac {n}"
+                    );
+                }
+            }
+        }
+    }
+}

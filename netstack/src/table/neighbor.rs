@@ -1,0 +1,232 @@
+//! The neighbour table of the appliance's one ARP resolver: IPv4 neighbours' MAC
+//! addresses and the resolutions in progress, each with its retry schedule (a first
+//! wait, doubling up to a longest one; equal, it is a fixed interval).
+//!
+//! Its users bring the ARP: the router resolves next hops on both NICs, the datapath
+//! the peers' underlay next hops; each decides which ARP frames teach it and sends the
+//! requests this table says are due. State only: it never parses or builds a frame,
+//! never reads a clock and holds at most its capacity of bindings.
+
+use alloc::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::EthernetAddress;
+
+/// Counters of neighbour resolution (shown in `status`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeighborCounters {
+    /// ARP requests sent.
+    pub requests: u64,
+    /// Addresses learned or changed from ARP seen on the uplink.
+    pub learned: u64,
+    /// ARP frames that taught nothing (not about a wanted or known address, or a full table).
+    pub ignored: u64,
+}
+
+/// When requests for one address are repeated: after `first`, then each wait twice the
+/// last, up to `longest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub first: Duration,
+    pub longest: Duration,
+}
+
+impl Retry {
+    /// The same wait between every two requests.
+    pub const fn every(interval: Duration) -> Retry {
+        Retry {
+            first: interval,
+            longest: interval,
+        }
+    }
+}
+
+/// What [`Neighbors::learn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// A binding that is new, or a new MAC for a known address.
+    New,
+    /// The binding was known as it is.
+    Unchanged,
+    /// The table is full and the address is not in it: nothing changed.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resolving {
+    /// When the latest request was sent.
+    asked: Instant,
+    next_try: Instant,
+    /// The wait after the next request.
+    backoff: Duration,
+}
+
+/// Neighbours by key (an address, or a NIC and an address), and the resolutions in
+/// progress.
+#[derive(Debug, Clone)]
+pub struct Neighbors<K> {
+    cache: BTreeMap<K, EthernetAddress>,
+    resolving: BTreeMap<K, Resolving>,
+    capacity: usize,
+    retry: Retry,
+    counters: NeighborCounters,
+}
+
+impl<K: Ord + Copy> Neighbors<K> {
+    /// A table of at most `capacity` bindings whose requests repeat as `retry` says.
+    pub fn new(capacity: usize, retry: Retry) -> Neighbors<K> {
+        Neighbors {
+            cache: BTreeMap::new(),
+            resolving: BTreeMap::new(),
+            capacity,
+            retry,
+            counters: NeighborCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> NeighborCounters {
+        self.counters
+    }
+
+    /// The MAC address known for `key`.
+    pub fn lookup(&self, key: &K) -> Option<EthernetAddress> {
+        self.cache.get(key).copied()
+    }
+
+    /// Whether `key` has a binding.
+    pub fn knows(&self, key: &K) -> bool {
+        self.cache.contains_key(key)
+    }
+
+    /// Whether `key` is being resolved.
+    pub fn is_resolving(&self, key: &K) -> bool {
+        self.resolving.contains_key(key)
+    }
+
+    /// Whether a binding for `key` would fit: it has one, or the table has room.
+    pub fn has_room_for(&self, key: &K) -> bool {
+        self.cache.len() < self.capacity || self.cache.contains_key(key)
+    }
+
+    /// Every known neighbour, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &EthernetAddress)> {
+        self.cache.iter()
+    }
+
+    /// `key` is at `mac`: bind it and end its resolution.
+    pub fn learn(&mut self, key: K, mac: EthernetAddress) -> Learned {
+        if !self.has_room_for(&key) {
+            return Learned::Full;
+        }
+        self.resolving.remove(&key);
+        if self.cache.insert(key, mac) == Some(mac) {
+            return Learned::Unchanged;
+        }
+        self.counters.learned += 1;
+        Learned::New
+    }
+
+    /// Counts an ARP frame its user would not learn from.
+    pub fn count_ignored(&mut self) {
+        self.counters.ignored += 1;
+    }
+
+    /// Whether a request for `key` is due at `now`: the first at once, the next ones
+    /// on the retry schedule. When it is, the request is counted as sent.
+    pub fn ask(&mut self, key: K, now: Instant) -> bool {
+        let first = self.retry.first;
+        let r = self.resolving.entry(key).or_insert(Resolving {
+            asked: now,
+            next_try: now,
+            backoff: first,
+        });
+        if r.next_try > now {
+            return false;
+        }
+        r.asked = now;
+        r.next_try = now + r.backoff;
+        r.backoff = (r.backoff * 2).min(self.retry.longest);
+        self.counters.requests += 1;
+        true
+    }
+
+    /// Ends the resolutions for which `keep` (given the key and when it was last
+    /// asked for) is false.
+    pub fn retain_resolving(&mut self, mut keep: impl FnMut(&K, Instant) -> bool) {
+        self.resolving.retain(|k, r| keep(k, r.asked));
+    }
+
+    /// When the next request is due (None: nothing is being resolved).
+    pub fn next_try(&self) -> Option<Instant> {
+        self.resolving.values().map(|r| r.next_try).min()
+    }
+
+    /// Forget every binding and resolution.
+    pub fn clear(&mut self) {
+        self.cache.clear();
+        self.resolving.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::wire::Ipv4Address;
+
+    const A: Ipv4Address = Ipv4Address::new(192, 0, 2, 12);
+    const MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0, 0, 2]);
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_millis(ms as i64)
+    }
+
+    #[test]
+    fn a_fixed_interval_asks_once_a_second_and_learning_ends_the_resolution() {
+        let mut n = Neighbors::new(4, Retry::every(Duration::from_secs(1)));
+        assert!(n.ask(A, t(0)));
+        assert!(!n.ask(A, t(999)));
+        assert!(n.ask(A, t(1000)));
+        assert!(n.ask(A, t(2500)));
+        assert_eq!(n.next_try(), Some(t(3500)));
+        assert_eq!(n.learn(A, MAC), Learned::New);
+        assert!(!n.is_resolving(&A));
+        assert_eq!(n.next_try(), None);
+        assert_eq!(n.learn(A, MAC), Learned::Unchanged);
+        assert_eq!(n.lookup(&A), Some(MAC));
+        assert_eq!((n.counters().requests, n.counters().learned), (3, 1));
+    }
+
+    #[test]
+    fn resolutions_are_kept_only_while_wanted() {
+        let mut n: Neighbors<(u8, Ipv4Address)> =
+            Neighbors::new(4, Retry::every(Duration::from_secs(1)));
+        assert!(n.ask((0, A), t(0)));
+        assert!(n.ask((1, A), t(2000)));
+        n.retain_resolving(|_, asked| t(3000) < asked + Duration::from_secs(3));
+        assert!(!n.is_resolving(&(0, A)));
+        assert!(n.is_resolving(&(1, A)));
+        // Forgotten: the next request goes at once.
+        assert!(n.ask((0, A), t(3000)));
+    }
+
+    #[test]
+    fn a_full_table_learns_nothing_new_but_updates_what_it_has() {
+        let mut n = Neighbors::new(2, Retry::every(Duration::from_secs(1)));
+        let ip = |i| Ipv4Address::new(10, 0, 0, i);
+        assert_eq!(n.learn(ip(1), MAC), Learned::New);
+        assert_eq!(n.learn(ip(2), MAC), Learned::New);
+        assert!(n.ask(ip(3), t(0)));
+        assert!(!n.has_room_for(&ip(3)));
+        assert_eq!(n.learn(ip(3), MAC), Learned::Full);
+        assert!(
+            n.is_resolving(&ip(3)),
+            "a refused binding ends no resolution"
+        );
+        let moved = EthernetAddress([0x52, 0x54, 0, 0, 0, 9]);
+        assert_eq!(n.learn(ip(2), moved), Learned::New);
+        assert_eq!(n.iter().count(), 2);
+        n.clear();
+        assert_eq!((n.iter().count(), n.next_try()), (0, None));
+    }
+}

@@ -1,0 +1,16 @@
+//! Bytes only, in smoltcp's style: a `Packet<T>` view with a private `field` module and a
+//! `Repr` for the formats smoltcp lacks (VXLAN, sleeve), 802.1Q tags, the L4 facts of a
+//! frame and their rewrite with incremental checksums, the ICMP errors the appliance
+//! sends, and the probe frames (ARP who-has, ICMP echo).
+//!
+//! Nothing here keeps state, decides where a frame goes or panics on what the network
+//! sends; it reads and writes bytes and says what they mean.
+
+pub mod checksum;
+pub mod icmp_error;
+pub mod l4;
+pub mod probe;
+pub mod rewrite;
+pub mod sleeve;
+pub mod vlan;
+pub mod vxlan;
