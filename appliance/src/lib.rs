@@ -81,6 +81,8 @@ pub struct Appliance {
     /// The generator behind every key this appliance makes (TLS), once the platform
     /// gave a 256-bit seed.
     key_rng: Option<&'static weft_peer::rng::Csprng>,
+    /// The peer channel, with `[grid] auth = "tls"` (docs/peer-tls.md).
+    peer_tls: Option<peer_tls::PeerTls>,
 }
 
 impl Appliance {
@@ -110,6 +112,7 @@ impl Appliance {
             heap: None,
             last_poll: now,
             key_rng: None,
+            peer_tls: None,
         }
     }
 
@@ -146,6 +149,17 @@ impl Appliance {
         self.unix_time_at_boot
     }
 
+    /// The wall-clock time at `now` (seconds since the Unix epoch), if the platform gave
+    /// the time at boot.
+    fn wall_clock(&self, now: Instant) -> Option<u64> {
+        let since_boot = if now > self.booted_at {
+            (now - self.booted_at).secs()
+        } else {
+            0
+        };
+        self.unix_time_at_boot.map(|at_boot| at_boot + since_boot)
+    }
+
     /// Drive the packet path; returns how long the caller may sleep (None = until an interrupt).
     pub fn poll(
         &mut self,
@@ -154,7 +168,24 @@ impl Appliance {
         link: &mut dyn Port,
     ) -> Option<Duration> {
         self.last_poll = now;
-        let next_poll = self.netstack.poll(now, uplink, link).next_poll;
+        let mut next_poll = self.netstack.poll(now, uplink, link).next_poll;
+        let unix_now = self.wall_clock(now);
+        if let Some(tls) = self.peer_tls.as_mut() {
+            let moved = tls.poll(now, unix_now, &mut self.netstack);
+            if let Some(path) = self.netstack.overlay_mut() {
+                tls.hand_keys(path);
+            }
+            // Bytes the channel wrote go out on the next turn, at once.
+            let wait = if moved {
+                Some(Duration::ZERO)
+            } else {
+                tls.poll_at(now).map(|at| at - now)
+            };
+            next_poll = match (next_poll, wait) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
         self.dns.poll(now, &mut self.netstack, next_poll)
     }
 
@@ -516,6 +547,14 @@ impl Appliance {
             self.info.seed,
             self.unix_time_at_boot,
         )?;
+        let tls = peer_tls::plan(
+            &config,
+            overlay.as_ref(),
+            self.peer_tls.as_ref(),
+            self.key_rng,
+            self.wall_clock(self.last_poll),
+            self.info.seed,
+        )?;
         self.check_heap_room(&config, records.as_deref())?;
         self.netstack.configure(
             NicId::Uplink,
@@ -532,6 +571,18 @@ impl Appliance {
             }),
         );
         self.netstack.set_overlay(overlay);
+        let gone = match tls {
+            peer_tls::Plan::Keep => None,
+            peer_tls::Plan::Off => self.peer_tls.take(),
+            peer_tls::Plan::New(fresh) => self.peer_tls.replace(fresh),
+        };
+        if let Some(gone) = gone {
+            gone.teardown(&mut self.netstack);
+        }
+        let unix_now = self.wall_clock(self.last_poll);
+        if let (Some(tls), Some(path)) = (self.peer_tls.as_mut(), self.netstack.overlay()) {
+            tls.follow_peers(path, peer_tls::mesh_time(self.last_poll, unix_now));
+        }
         publish::apply(&mut self.netstack, &config, self.info.seed);
         // Health checkers start at the last poll's time (apply itself has no clock).
         services::apply(&mut self.netstack, &config, self.last_poll);
@@ -638,6 +689,10 @@ impl Appliance {
             },
             control: self.session.counters(),
             overlay: self.netstack.overlay().map(|o| o.status(now)),
+            peer_tls: self
+                .peer_tls
+                .as_ref()
+                .map(|t| t.status(now, self.netstack.overlay())),
             dns: self.dns.status(),
             nat: publish::status(&self.netstack),
             services: services::status(&self.netstack),

@@ -130,6 +130,9 @@ fn field_of(e: &GridError, c: &OverlayConfig) -> String {
             }
         }
         SleeveWithoutSecret(_) => "grid.secret".into(),
+        TlsWithoutCredentials => "grid.tls".into(),
+        TlsUnused => "grid.tls".into(),
+        TlsTimer(t) => format!("grid.tls.{}", t.field),
     }
 }
 

@@ -2,10 +2,11 @@
 //! sockets on port 6783 of the uplink address, fed to and from `weft_peer`'s [`Mesh`],
 //! and what `status` shows of it.
 //!
-//! Owns the sockets (listeners on 6783, one socket per connection) and their mapping to
-//! the mesh's connections. It never interprets a byte of the stream (the mesh does),
-//! never keeps a socket the mesh has finished with, and never dials from a port outside
-//! the appliance's own client range.
+//! Owns the sockets (listeners on 6783, one socket per connection), their mapping to
+//! the mesh's connections, and the decision on `apply` whether the channel goes on, is
+//! built anew (checking this node's credentials) or ends. It never interprets a byte of
+//! the stream (the mesh does), never keeps a socket the mesh has finished with, and
+//! never dials from a port outside the appliance's own client range.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -13,15 +14,21 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration as CoreDuration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
+use weft_netstack::pipeline::datapath::OverlayPath;
+use weft_netstack::stage::sleeve::SessionId;
 use weft_netstack::{Netstack, NicId};
-use weft_peer::channel::PORT;
-use weft_peer::identity::NodeId;
+use weft_peer::channel::{TlsContext, PORT};
+use weft_peer::config::Auth;
+use weft_peer::identity::{CredentialError, Credentials, NodeId};
 use weft_peer::mesh::{Action, ConnId, KeyEvent, Mesh, MeshCounters, PeerStatus, Time};
+use weft_peer::rng::Csprng;
+
+use crate::config::{Config, ConfigError};
 
 /// Listening sockets kept on 6783 (each takes one connection; a new one replaces it).
 const LISTENERS: usize = 2;
@@ -39,6 +46,89 @@ pub fn mesh_time(now: Instant, unix_secs: Option<u64>) -> Time {
         since_boot: CoreDuration::from_micros(now.total_micros().max(0) as u64),
         unix_secs,
     }
+}
+
+/// What applying a document does to the peer channel; decided before anything changes.
+#[derive(Debug)]
+pub enum Plan {
+    /// No `auth = "tls"`: no channel (a running one is torn down).
+    Off,
+    /// The running channel goes on: the overlay kept its key store (same `[grid]`).
+    Keep,
+    /// A new channel over the new overlay's key store (a running one is torn down).
+    New(PeerTls),
+}
+
+/// The document's field a credential refusal is about.
+fn credential_field(e: &CredentialError) -> &'static str {
+    match e {
+        CredentialError::CaPem | CredentialError::BadCa | CredentialError::NotAGridCa => {
+            "grid.tls.ca_pem"
+        }
+        CredentialError::KeyPem | CredentialError::KeyType | CredentialError::KeyMismatch => {
+            "grid.tls.key_pem"
+        }
+        _ => "grid.tls.cert_pem",
+    }
+}
+
+/// The peer channel `config` needs beside `overlay` (the overlay planned for it): this
+/// node's credentials are checked at `unix_now` (docs/peer-tls.md, "Certificates");
+/// `running` goes on if the overlay kept its key store. `seed` spreads the first
+/// session id and the dial ports.
+pub fn plan(
+    config: &Config,
+    overlay: Option<&OverlayPath>,
+    running: Option<&PeerTls>,
+    rng: Option<&'static Csprng>,
+    unix_now: Option<u64>,
+    seed: u64,
+) -> Result<Plan, ConfigError> {
+    let Some(grid) = config.grid.as_deref().filter(|g| g.auth == Auth::Tls) else {
+        return Ok(Plan::Off);
+    };
+    let refuse = |field: &str, message: String| ConfigError {
+        field: field.into(),
+        message,
+    };
+    let Some(tls) = grid.tls.as_deref() else {
+        return Err(refuse("grid.tls", "auth = \"tls\" needs [grid.tls]".into()));
+    };
+    let Some(keys) = overlay.and_then(|o| o.overlay().tls_keys()) else {
+        return Err(refuse(
+            "grid.auth",
+            "overlay: no peer-channel key store".into(),
+        ));
+    };
+    if let Some(r) = running.filter(|r| alloc::rc::Rc::ptr_eq(r.mesh.shared_keys(), keys)) {
+        debug_assert_eq!(r.mesh.local(), u32::from(grid.node.get()));
+        return Ok(Plan::Keep);
+    }
+    let Some(rng) = rng else {
+        return Err(refuse(
+            "grid.auth",
+            "auth = \"tls\" needs a 256-bit seed for the key generator (RDRAND), and this \
+             machine gave none"
+                .into(),
+        ));
+    };
+    let creds = Credentials::from_pem(
+        u32::from(grid.node.get()),
+        &tls.ca_pem,
+        &tls.cert_pem,
+        tls.key_pem.as_str(),
+        unix_now,
+    )
+    .map_err(|e| refuse(credential_field(&e), alloc::format!("{e}")))?;
+    let ctx = TlsContext::new(creds, rng)
+        .map_err(|e| refuse("grid.tls", alloc::format!("TLS configuration: {e}")))?;
+    let secs = u32::try_from(unix_now.unwrap_or(0)).unwrap_or(u32::MAX);
+    let mut first = SessionId::first_of_boot(secs, (seed >> 32) as u32).0;
+    if let Some(r) = running {
+        first = first.max(r.mesh.next_session());
+    }
+    let mesh = Mesh::new(ctx, tls.mesh_config(), first, keys.clone());
+    Ok(Plan::New(PeerTls::new(mesh, seed)))
 }
 
 /// The peer channel of a running overlay with `auth = "tls"`.
@@ -95,6 +185,30 @@ impl PeerTls {
     /// Key changes for the data path since the last call.
     pub fn take_key_events(&mut self) -> Vec<KeyEvent> {
         self.mesh.take_key_events()
+    }
+
+    /// Channels to the overlay's sleeve peers (after every `apply`).
+    pub fn follow_peers(&mut self, overlay: &OverlayPath, time: Time) {
+        let peers: Vec<(NodeId, Ipv4Address)> = overlay
+            .overlay()
+            .sleeve_peers()
+            .into_iter()
+            .map(|(n, a)| (u32::from(n.get()), a))
+            .collect();
+        self.set_peers(&peers, time);
+    }
+
+    /// The data path seals under the sessions whose keys the channel just installed.
+    pub fn hand_keys(&mut self, overlay: &mut OverlayPath) {
+        for event in self.take_key_events() {
+            let KeyEvent::Send { peer, session } = event;
+            let node = u16::try_from(peer)
+                .ok()
+                .and_then(weft_netstack::base::NodeId::new);
+            if let Some(node) = node {
+                overlay.sleeve_restart_tx(node, SessionId(session));
+            }
+        }
     }
 
     /// One round of socket I/O and timers; true when anything moved.
@@ -247,10 +361,15 @@ impl PeerTls {
         (!self.addresses.is_empty()).then(|| now + Duration::from_secs(1))
     }
 
-    pub fn status(&self, now: Instant) -> PeerTlsStatus {
+    /// `status.peer_tls`; the sleeve epochs and their age come from `overlay`.
+    pub fn status(&self, now: Instant, overlay: Option<&OverlayPath>) -> PeerTlsStatus {
         let ms = |d: CoreDuration| d.as_millis() as u64;
         let since_boot = CoreDuration::from_micros(now.total_micros().max(0) as u64);
         let creds = self.mesh.context().credentials();
+        let session = |node: NodeId| {
+            let node = weft_netstack::base::NodeId::new(u16::try_from(node).ok()?)?;
+            overlay?.overlay().sleeve_session(node)
+        };
         PeerTlsStatus {
             grid: String::from(creds.grid().as_str()),
             node: creds.node(),
@@ -261,20 +380,32 @@ impl PeerTls {
                 .mesh
                 .status()
                 .into_iter()
-                .map(|p: PeerStatus| PeerTlsPeer {
-                    node: p.node,
-                    address: self.addresses.get(&p.node).copied(),
-                    state: p.state.name(),
-                    dialer: p.dialer,
-                    subject: p.cert.as_ref().map(|c| c.subject.clone()),
-                    not_after: p.cert.as_ref().map(|c| c.not_after),
-                    tx_session: p.tx_session,
-                    rx_session: p.rx_session,
-                    tx_epoch: None,
-                    rx_epoch: None,
-                    last_rekey_ms: p.last_rekey.map(|t| ms(since_boot.saturating_sub(t))),
-                    handshake_ms: p.handshake_time.map(ms),
-                    handshakes: p.handshakes,
+                .map(|p: PeerStatus| {
+                    let sleeve = session(p.node);
+                    // A new session or a new epoch, whichever came last.
+                    let switched = p.last_rekey.map(|t| ms(since_boot.saturating_sub(t)));
+                    let epoch_age = sleeve
+                        .and_then(|s| s.tx_epoch_started())
+                        .map(|t| (now - t).total_millis());
+                    let last_rekey_ms = match (switched, epoch_age) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    PeerTlsPeer {
+                        node: p.node,
+                        address: self.addresses.get(&p.node).copied(),
+                        state: String::from(p.state.name()),
+                        dialer: p.dialer,
+                        subject: p.cert.as_ref().map(|c| c.subject.clone()),
+                        not_after: p.cert.as_ref().map(|c| c.not_after),
+                        tx_session: p.tx_session,
+                        rx_session: p.rx_session,
+                        tx_epoch: sleeve.and_then(|s| s.tx_epoch()).map(|e| e.0),
+                        rx_epoch: sleeve.and_then(|s| s.rx_current()).map(|(_, e)| e.0),
+                        last_rekey_ms,
+                        handshake_ms: p.handshake_time.map(ms),
+                        handshakes: p.handshakes,
+                    }
                 })
                 .collect(),
         }
@@ -291,7 +422,8 @@ fn new_socket() -> tcp::Socket<'static> {
 }
 
 /// `status.peer_tls`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PeerTlsStatus {
     pub grid: String,
     pub node: NodeId,
@@ -303,12 +435,13 @@ pub struct PeerTlsStatus {
 }
 
 /// One peer's channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PeerTlsPeer {
     pub node: NodeId,
     pub address: Option<Ipv4Address>,
     /// `idle`, `connecting` or `established`.
-    pub state: &'static str,
+    pub state: String,
     pub dialer: bool,
     pub subject: Option<String>,
     pub not_after: Option<u64>,
@@ -326,7 +459,8 @@ pub struct PeerTlsPeer {
 }
 
 /// The mesh's counters as status shows them.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PeerTlsCounters {
     pub dials: u64,
     pub accepts: u64,

@@ -1,6 +1,6 @@
 //! Issue 16 end to end: appliances whose sleeve keys come from mutual TLS on TCP 6783
-//! (docs/peer-tls.md). Certificates come from `weft ca`; configs name the PEM files and
-//! reach the appliances through `weft ctl apply`.
+//! (docs/peer-tls.md). The grid's certificates come from openssl, a foreign CA's from
+//! `weft ca`; configs name the PEM files and reach the appliances through `weft ctl apply`.
 //!
 //! Nodes 1 and 2 (one grid CA): tshark decodes a TLS 1.3 handshake on TCP 6783, ping and
 //! iperf3 cross the sleeve network with nothing in the clear, and the key epochs move on
@@ -25,11 +25,105 @@ const GRID: &str = "lab";
 const PATTERN: &str = "c0ffee15600d";
 const SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
-/// The grid CA and certificates: nodes 1, 2, 4 and 7 of the grid; node 3 and node 9
-/// under a foreign CA of the same grid name.
+/// The grid CA and certificates: nodes 1, 2, 4 and 7 of the grid, made with openssl
+/// (a TLS stack other than ours makes what the appliance trusts); node 3 and node 9
+/// under a foreign CA of the same grid name, made with `weft ca`.
 struct Pki {
     grid: PathBuf,
     foreign: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A grid CA as docs/peer-tls.md describes it, and node certificates, with openssl.
+fn openssl_grid(dir: &Path, nodes: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let constraint = format!("nameConstraints=critical,permitted;DNS:{GRID}.weft.internal");
+    openssl(dir, &["genpkey", "-algorithm", "ed25519", "-out", "ca.key"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-days",
+            "30",
+            "-out",
+            "ca.pem",
+            "-subj",
+            &format!("/CN=weft grid {GRID}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE,pathlen:0",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-addext",
+            &constraint,
+        ],
+    );
+    for n in nodes {
+        let name = format!("node-{n}.{GRID}.weft.internal");
+        let (key, csr, ext, pem) = (
+            format!("node-{n}.key"),
+            format!("node-{n}.csr"),
+            format!("node-{n}.ext"),
+            format!("node-{n}.pem"),
+        );
+        std::fs::write(
+            dir.join(&ext),
+            format!(
+                "subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth,clientAuth\n\
+                 keyUsage=critical,digitalSignature\n"
+            ),
+        )
+        .unwrap();
+        openssl(dir, &["genpkey", "-algorithm", "ed25519", "-out", &key]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                &key,
+                "-subj",
+                &format!("/CN={name}"),
+                "-out",
+                &csr,
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ],
+        );
+    }
 }
 
 impl Pki {
@@ -37,10 +131,7 @@ impl Pki {
         let (grid, foreign) = (dir.join("pki"), dir.join("foreign"));
         let _ = std::fs::remove_dir_all(&grid);
         let _ = std::fs::remove_dir_all(&foreign);
-        weft_image::ca::init(GRID, &grid, 30).expect("weft ca init");
-        for n in [1, 2, 4, 7] {
-            weft_image::ca::issue(n, &grid, 30).expect("weft ca issue");
-        }
+        openssl_grid(&grid, &[1, 2, 4, 7]);
         weft_image::ca::init(GRID, &foreign, 30).expect("weft ca init (foreign)");
         for n in [3, 9] {
             weft_image::ca::issue(n, &foreign, 30).expect("weft ca issue (foreign)");
@@ -52,7 +143,10 @@ impl Pki {
 /// How a node's config file gets its keys.
 enum Keys<'a> {
     /// `auth = "tls"` with the CA and node certificate under `dir`.
-    Tls { dir: &'a Path, cert_node: u8 },
+    Tls {
+        dir: &'a Path,
+        cert_node: u8,
+    },
     Secret,
 }
 
@@ -132,9 +226,10 @@ fn wait_for(vm: &TestVm, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
 }
 
 fn established(s: &Value, node: u8) -> bool {
-    s["peer_tls"]["peers"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|p| p["node"] == node && p["state"] == "established"))
+    s["peer_tls"]["peers"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|p| p["node"] == node && p["state"] == "established")
+    })
 }
 
 fn ping(ns: &Netns, to: &str, count: u32, interval: &str) -> (bool, String) {
@@ -215,12 +310,18 @@ fn mutual_tls_keys_the_sleeve_and_refuses_strangers() {
     assert_eq!(config["grid"]["tls"]["key_pem"], "set", "{config}");
     assert!(!config.to_string().contains("PRIVATE KEY"), "{config}");
     let s1 = wait_for(&w1, 60, |s| established(s, 2));
-    assert!(established(&s1, 2), "node 1 never established with node 2: {s1}");
+    assert!(
+        established(&s1, 2),
+        "node 1 never established with node 2: {s1}"
+    );
     let s2 = wait_for(&w2, 30, |s| established(s, 1));
     assert!(established(&s2, 1), "{s2}");
     let p12 = tls_peer(&w1, 2);
     assert_eq!(p12["subject"], "CN=node-2.lab.weft.internal", "{p12}");
-    assert!(p12["dialer"].as_bool().unwrap(), "the lower id dials: {p12}");
+    assert!(
+        p12["dialer"].as_bool().unwrap(),
+        "the lower id dials: {p12}"
+    );
     let handshake_ms = p12["handshake_ms"].as_u64().unwrap_or(0);
     eprintln!("{test}: handshake node 1 -> node 2 under TCG: {handshake_ms} ms");
 
@@ -231,11 +332,20 @@ fn mutual_tls_keys_the_sleeve_and_refuses_strangers() {
     let epoch = |vm: &TestVm, node: u8| tls_peer(vm, node)["tx_epoch"].as_u64().unwrap_or(0);
     let (e1, e2) = (epoch(&w1, 2), epoch(&w2, 1));
     let (ok, out) = ping(c1, "10.81.128.12", 24, "0.25");
-    assert!(ok && out.contains(" 0% packet loss"), "pings lost across rekeys: {out}");
+    assert!(
+        ok && out.contains(" 0% packet loss"),
+        "pings lost across rekeys: {out}"
+    );
     let (f1, f2) = (epoch(&w1, 2), epoch(&w2, 1));
-    assert!(f1 >= e1 + 2 && f2 >= e2 + 2, "epochs {e1}->{f1}, {e2}->{f2}");
+    assert!(
+        f1 >= e1 + 2 && f2 >= e2 + 2,
+        "epochs {e1}->{f1}, {e2}->{f2}"
+    );
     let p12 = tls_peer(&w1, 2);
-    assert!(p12["last_rekey_ms"].as_u64().unwrap_or(u64::MAX) < 5000, "{p12}");
+    assert!(
+        p12["last_rekey_ms"].as_u64().unwrap_or(u64::MAX) < 5000,
+        "{p12}"
+    );
     let r = iperf3(c2, c1, "10.81.128.12", 3, false).unwrap_or_else(|e| panic!("iperf3: {e:#}"));
     assert!(r.sent_bytes > 0 && r.received_bytes > 0, "{r:?}");
     let tls_mbit = r.mbit_per_s;
@@ -261,16 +371,25 @@ fn mutual_tls_keys_the_sleeve_and_refuses_strangers() {
             .map(str::to_string)
             .collect()
     };
-    let hellos = tshark("tcp.port == 6783 && tls.handshake.type == 2", "tls.handshake.extensions.supported_version");
+    let hellos = tshark(
+        "tcp.port == 6783 && tls.handshake.type == 2",
+        "tls.handshake.extensions.supported_version",
+    );
     assert!(
         hellos.iter().any(|v| v.contains("0x0304")),
         "no TLS 1.3 ServerHello on TCP 6783: {hellos:?}"
     );
-    let suites = tshark("tcp.port == 6783 && tls.handshake.type == 2", "tls.handshake.ciphersuite");
+    let suites = tshark(
+        "tcp.port == 6783 && tls.handshake.type == 2",
+        "tls.handshake.ciphersuite",
+    );
     assert!(suites.iter().any(|s| s.contains("0x1303")), "{suites:?}");
     let sleeve = tshark("udp.dstport == 6783", "frame.number");
     assert!(sleeve.len() >= 20, "{} sleeve datagrams", sleeve.len());
-    assert!(tshark("udp.port == 4789", "frame.number").is_empty(), "VXLAN on a sleeve network");
+    assert!(
+        tshark("udp.port == 4789", "frame.number").is_empty(),
+        "VXLAN on a sleeve network"
+    );
 
     // A third appliance as node 3 with a certificate of another CA: node 1 refuses it.
     let before = peer_tls(&w1);
@@ -300,11 +419,19 @@ fn mutual_tls_keys_the_sleeve_and_refuses_strangers() {
 
     // Node 3 sealing with a grid secret instead: node 1 has no key for it and opens
     // nothing it sends.
-    let opened = |vm: &TestVm| status(vm)["overlay"]["sleeve"]["opened_frames"].as_u64().unwrap_or(0);
+    let opened = |vm: &TestVm| {
+        status(vm)["overlay"]["sleeve"]["opened_frames"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     let unkeyed = |vm: &TestVm| {
         let s = status(vm);
-        s["overlay"]["sleeve"]["drops"]["key_unavailable"].as_u64().unwrap_or(0)
-            + s["overlay"]["sleeve"]["drops"]["auth_failed"].as_u64().unwrap_or(0)
+        s["overlay"]["sleeve"]["drops"]["key_unavailable"]
+            .as_u64()
+            .unwrap_or(0)
+            + s["overlay"]["sleeve"]["drops"]["auth_failed"]
+                .as_u64()
+                .unwrap_or(0)
     };
     apply_file(&w3, &config_file(&w3, 3, Keys::Secret, &[1]));
     let (opened_before, refused_before) = (opened(&w1), unkeyed(&w1));
@@ -352,11 +479,20 @@ fn mutual_tls_keys_the_sleeve_and_refuses_strangers() {
     };
     let out = s_client(host, "192.0.2.12", &ca, &cert_args(&pki.grid, 7));
     assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
-    assert!(out.contains("TLSv1.3") && out.contains("TLS_CHACHA20_POLY1305_SHA256"), "{out}");
+    assert!(
+        out.contains("TLSv1.3") && out.contains("TLS_CHACHA20_POLY1305_SHA256"),
+        "{out}"
+    );
     let out = s_client(host, "192.0.2.12", &ca, &[]);
-    assert!(out.to_lowercase().contains("certificate required"), "without a certificate: {out}");
+    assert!(
+        out.to_lowercase().contains("certificate required"),
+        "without a certificate: {out}"
+    );
     let out = s_client(host, "192.0.2.12", &ca, &cert_args(&pki.foreign, 9));
-    assert!(out.to_lowercase().contains("unknown ca"), "a foreign certificate: {out}");
+    assert!(
+        out.to_lowercase().contains("unknown ca"),
+        "a foreign certificate: {out}"
+    );
     let after = wait_for(&w2, 20, |s| {
         counter(&s["peer_tls"], "refused_unknown_ca") > counter(&before, "refused_unknown_ca")
     })["peer_tls"]
@@ -377,7 +513,10 @@ fn mutual_tls_keys_the_sleeve_and_refuses_strangers() {
         counter(&before, "refused_unknown_ca") + 1,
         "{after}"
     );
-    assert!(established(&status(&w2), 1), "node 1's channel survived: {after}");
+    assert!(
+        established(&status(&w2), 1),
+        "node 1's channel survived: {after}"
+    );
 
     // The same pair keyed by the grid secret, for the figure beside TLS.
     apply_file(&w1, &config_file(&w1, 1, Keys::Secret, &[2]));

@@ -313,8 +313,7 @@ impl Overlay {
             return;
         }
         let keys = link.keys().clone();
-        let mut fresh =
-            SleeveLink::with_keys(&self.grid, keys, underlay_mtu(self.grid.mtu), first);
+        let mut fresh = SleeveLink::with_keys(&self.grid, keys, underlay_mtu(self.grid.mtu), first);
         for p in self.peers.values() {
             fresh.add_peer(p.node);
         }

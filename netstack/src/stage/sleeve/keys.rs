@@ -327,15 +327,22 @@ mod tests {
             epoch: Epoch(epoch),
         };
         assert!(source.key(&id(KeyDirection::Send, 10, 0)).is_none());
-        store.borrow_mut().install_tx(2, Chain::from_secret(10, [1; 32]));
-        store.borrow_mut().install_rx(2, Chain::from_secret(20, [2; 32]));
+        store
+            .borrow_mut()
+            .install_tx(2, Chain::from_secret(10, [1; 32]));
+        store
+            .borrow_mut()
+            .install_rx(2, Chain::from_secret(20, [2; 32]));
         let send0 = source.key(&id(KeyDirection::Send, 10, 0)).unwrap();
         assert!(source.key(&id(KeyDirection::Receive, 10, 0)).is_none());
         assert!(source.key(&id(KeyDirection::Receive, 20, 0)).is_some());
         source.sending_at(two, SessionId(10), Epoch(0));
         assert!(source.key(&id(KeyDirection::Send, 10, 0)).is_none());
         assert_ne!(
-            source.key(&id(KeyDirection::Send, 10, 1)).unwrap().as_bytes(),
+            source
+                .key(&id(KeyDirection::Send, 10, 1))
+                .unwrap()
+                .as_bytes(),
             send0.as_bytes()
         );
         source.receiving_at(two, SessionId(20), Epoch(3));
