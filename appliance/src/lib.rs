@@ -574,7 +574,7 @@ impl Appliance {
         let gone = match tls {
             peer_tls::Plan::Keep => None,
             peer_tls::Plan::Off => self.peer_tls.take(),
-            peer_tls::Plan::New(fresh) => self.peer_tls.replace(fresh),
+            peer_tls::Plan::New(fresh) => self.peer_tls.replace(*fresh),
         };
         if let Some(gone) = gone {
             gone.teardown(&mut self.netstack);

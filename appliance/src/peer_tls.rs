@@ -56,7 +56,7 @@ pub enum Plan {
     /// The running channel goes on: the overlay kept its key store (same `[grid]`).
     Keep,
     /// A new channel over the new overlay's key store (a running one is torn down).
-    New(PeerTls),
+    New(alloc::boxed::Box<PeerTls>),
 }
 
 /// The document's field a credential refusal is about.
@@ -128,7 +128,7 @@ pub fn plan(
         first = first.max(r.mesh.next_session());
     }
     let mesh = Mesh::new(ctx, tls.mesh_config(), first, keys.clone());
-    Ok(Plan::New(PeerTls::new(mesh, seed)))
+    Ok(Plan::New(alloc::boxed::Box::new(PeerTls::new(mesh, seed))))
 }
 
 /// The peer channel of a running overlay with `auth = "tls"`.
