@@ -548,13 +548,17 @@ impl Appliance {
             self.unix_time_at_boot,
         )?;
         let tls = peer_tls::plan(
-            &config,
+            config.grid.as_deref(),
             overlay.as_ref(),
             self.peer_tls.as_ref(),
             self.key_rng,
             self.wall_clock(self.last_poll),
             self.info.seed,
-        )?;
+        )
+        .map_err(|r| ConfigError {
+            field: r.field.into(),
+            message: r.message,
+        })?;
         self.check_heap_room(&config, records.as_deref())?;
         self.netstack.configure(
             NicId::Uplink,

@@ -28,7 +28,7 @@ use weft_peer::identity::{CredentialError, Credentials, NodeId};
 use weft_peer::mesh::{Action, ConnId, KeyEvent, Mesh, MeshCounters, PeerStatus, Time};
 use weft_peer::rng::Csprng;
 
-use crate::config::{Config, ConfigError};
+use weft_netstack::stage::overlay::config::GridConfig;
 
 /// Listening sockets kept on 6783 (each takes one connection; a new one replaces it).
 const LISTENERS: usize = 2;
@@ -72,25 +72,30 @@ fn credential_field(e: &CredentialError) -> &'static str {
     }
 }
 
-/// The peer channel `config` needs beside `overlay` (the overlay planned for it): this
+/// Why a document's peer channel cannot run: the document's field and what is wrong
+/// (the caller makes it a `ConfigError`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// The peer channel `grid` needs beside `overlay` (the overlay planned for it): this
 /// node's credentials are checked at `unix_now` (docs/peer-tls.md, "Certificates");
 /// `running` goes on if the overlay kept its key store. `seed` spreads the first
 /// session id and the dial ports.
 pub fn plan(
-    config: &Config,
+    grid: Option<&GridConfig>,
     overlay: Option<&OverlayPath>,
     running: Option<&PeerTls>,
     rng: Option<&'static Csprng>,
     unix_now: Option<u64>,
     seed: u64,
-) -> Result<Plan, ConfigError> {
-    let Some(grid) = config.grid.as_deref().filter(|g| g.auth == Auth::Tls) else {
+) -> Result<Plan, Refusal> {
+    let Some(grid) = grid.filter(|g| g.auth == Auth::Tls) else {
         return Ok(Plan::Off);
     };
-    let refuse = |field: &str, message: String| ConfigError {
-        field: field.into(),
-        message,
-    };
+    let refuse = |field: &'static str, message: String| Refusal { field, message };
     let Some(tls) = grid.tls.as_deref() else {
         return Err(refuse("grid.tls", "auth = \"tls\" needs [grid.tls]".into()));
     };
