@@ -13,7 +13,7 @@ use weft_appliance::weft_netstack::base::NodeId;
 
 use crate::schema::{
     decode, encode, key_of, AddressClaim, ContainerRecord, IdClaim, Key, NameClaim, NodeRecord,
-    PortKey, Prefix, PublishRecord, Record, Scope, ServiceRecord,
+    PortKey, Prefix, PublishRecord, Record, Scope, ServiceRecord, MAX_NODE,
 };
 use crate::store::{Cmp, Kv, Store, StoreError, Txn, Write};
 
@@ -121,7 +121,7 @@ impl std::fmt::Display for RegisterError {
         match self {
             RegisterError::Store(e) => write!(f, "{e}"),
             RegisterError::IdMismatch(m) => f.write_str(m),
-            RegisterError::Full => f.write_str("every node id 1..=254 is taken in this grid"),
+            RegisterError::Full => write!(f, "every node id 1..={MAX_NODE} is taken in this grid"),
             RegisterError::Busy {
                 node, same_host, ..
             } => {
@@ -169,13 +169,19 @@ pub async fn claim_id(
         let taken: Vec<String> = taken.into_iter().map(|kv| kv.key).collect();
         let free = |id: NodeId| !taken.contains(&prefix.key(&Key::NodeIdClaim(id)));
         let id = match wanted {
+            Some(w) if w.get() > MAX_NODE => {
+                return Err(RegisterError::IdMismatch(format!(
+                    "node id {w} ([grid] node in the config) is beyond the agent's \
+                     1..={MAX_NODE}: its address plan gives each node a /24 of the grid subnet"
+                )))
+            }
             Some(w) if free(w) => w,
             Some(w) => {
                 return Err(RegisterError::IdMismatch(format!(
                     "node id {w} ([grid] node in the config) is held by another name"
                 )))
             }
-            None => (1..=NodeId::MAX)
+            None => (1..=MAX_NODE)
                 .filter_map(NodeId::new)
                 .find(|id| free(*id))
                 .ok_or(RegisterError::Full)?,
@@ -272,6 +278,7 @@ pub async fn add_container(
                     AddressClaim {
                         node: me,
                         container: Some(rec.name.clone()),
+                        owner: rec.owner.clone(),
                     },
                 ),
             ),
@@ -380,7 +387,8 @@ pub fn node_share(subnet: Ipv4Addr, prefix_len: u8, node: NodeId) -> Option<(Ipv
 }
 
 /// Allocates a free address of `share` to this node (optionally for a named
-/// container), skipping the ones `taken` already lists and any a race takes first.
+/// container, optionally tagged with its owner), skipping the ones `taken` already
+/// lists and any a race takes first.
 pub async fn allocate_address(
     store: &Store,
     prefix: &Prefix,
@@ -388,6 +396,7 @@ pub async fn allocate_address(
     share: (Ipv4Addr, Ipv4Addr),
     taken: &(dyn Fn(Ipv4Addr) -> bool + Sync),
     container: Option<String>,
+    owner: Option<String>,
 ) -> Result<(Ipv4Addr, i64), Refusal> {
     let (first, last) = (u32::from(share.0), u32::from(share.1));
     let mut races = 0;
@@ -402,6 +411,7 @@ pub async fn allocate_address(
             AddressClaim {
                 node: me,
                 container: container.clone(),
+                owner: owner.clone(),
             },
         );
         let c = store
@@ -686,6 +696,9 @@ pub async fn edit_backend(
     }
     Err(Refusal::Contended)
 }
+
+mod owned;
+pub use owned::{owned, release_owned, Owned};
 
 #[cfg(test)]
 mod tests;

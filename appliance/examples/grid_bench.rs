@@ -1,9 +1,11 @@
 //! Host figures of big grids (issue 22): applying a whole grid document through the
 //! control protocol (in parts), the heap it leaves and per record, one `container-add`
-//! into it, where apply time goes, and ARP/broadcast head-end replication to many peers.
+//! or one peer into it, where apply time goes, and ARP/broadcast head-end replication to
+//! many peers.
 //!
 //! Run: `cargo run --release -p weft-appliance --example grid_bench [peers containers services]`
-//! (default 253 100000 1000: node ids stop at 254 today). Figures only: nothing here
+//! (default 999 100000 1000: a grid of 1 000 nodes; at most 1015 peers, node ids stop at
+//! 1016). Figures only: nothing here
 //! asserts a time. Heap figures come from a counting allocator around the system one
 //! (`peak_alloc`), so they are the appliance's own allocations, as the kernel's heap
 //! counts them.
@@ -297,6 +299,42 @@ fn container_latency(label: &str, app: &mut Appliance) {
     );
 }
 
+/// `peer-remove` / `peer-add` round trips of one peer (the `peers`-th of the grid, node
+/// `peers + 1`) through the control protocol: the overlay is changed in place.
+fn peer_latency(label: &str, app: &mut Appliance, peers: usize) {
+    let n = peers - 1;
+    let address = peer_ip(n);
+    let mut out = Vec::new();
+    let mut times = Vec::new();
+    for i in 0..400 {
+        let line = if i % 2 == 0 {
+            format!(
+                "{{\"id\":{i},\"cmd\":\"peer-remove\",\"args\":{{\"address\":\"{address}\"}}}}\n"
+            )
+        } else {
+            format!(
+                "{{\"id\":{i},\"cmd\":\"peer-add\",\"args\":{{\"node\":{},\"address\":\"{address}\",\"networks\":[\"default\"]}}}}\n",
+                n + 2
+            )
+        };
+        out.clear();
+        let t = Clock::now();
+        app.control_input(Instant::ZERO, line.as_bytes(), &mut out);
+        times.push(t.elapsed());
+        assert!(
+            out.starts_with(b"{\"id\"") && !out.windows(7).any(|w| w == b"\"error\""),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    times.sort();
+    println!(
+        "  {label}: peer-remove/add median {:.1} us, p99 {:.1} us (400 commands)",
+        times[times.len() / 2].as_secs_f64() * 1e6,
+        times[times.len() * 99 / 100].as_secs_f64() * 1e6
+    );
+}
+
 /// Broadcasts from a container on the link: each reaches every peer of its network as
 /// one VXLAN copy (head-end replication); an ARP request for an address bound with
 /// `fdb-add ... ip` is answered on the spot and reaches no peer.
@@ -377,10 +415,10 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let peers = args.first().copied().unwrap_or(253).min(253);
+    let peers = args.first().copied().unwrap_or(999).clamp(2, 1015);
     let containers = args.get(1).copied().unwrap_or(100_000);
     let services = args.get(2).copied().unwrap_or(1_000);
-    println!("grid_bench: host path, release build, one core; node ids stop at 254, so at most 253 peers");
+    println!("grid_bench: host path, release build, one core");
 
     for (c, sv) in [(10_000, 0), (10_000, 100)] {
         let doc = grid(peers, c, sv);
@@ -401,6 +439,7 @@ fn main() {
         peers + containers + services,
     );
     container_latency("into that grid", &mut app);
+    peer_latency("into that grid", &mut app, peers);
     drop(app);
     breakdown(&doc);
     drop(doc);
@@ -409,6 +448,7 @@ fn main() {
     let doc = grid(2, 10, 1);
     tiny.apply(Config::from_json_value(&doc).unwrap()).unwrap();
     container_latency("into a grid of 10 containers", &mut tiny);
+    peer_latency("into a grid of 2 peers and 10 containers", &mut tiny, 2);
 
     println!("head-end replication, one network of {} nodes:", peers + 1);
     replication(peers);

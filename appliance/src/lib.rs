@@ -547,9 +547,15 @@ impl Appliance {
             self.info.seed,
             self.unix_time_at_boot,
         )?;
+        // The overlay that will run: the planned one, or the running one changed in place.
+        let planned = match &overlay {
+            overlay::OverlayPlan::New(path) => Some(&**path),
+            overlay::OverlayPlan::InPlace(_) => self.netstack.overlay(),
+            overlay::OverlayPlan::Off => None,
+        };
         let tls = peer_tls::plan(
             config.grid.as_deref(),
-            overlay.as_ref(),
+            planned,
             self.peer_tls.as_ref(),
             self.key_rng,
             self.wall_clock(self.last_poll),
@@ -574,7 +580,7 @@ impl Appliance {
                 gateway: None,
             }),
         );
-        self.netstack.set_overlay(overlay);
+        overlay::carry_out(&mut self.netstack, overlay);
         let gone = match tls {
             peer_tls::Plan::Keep => None,
             peer_tls::Plan::Off => self.peer_tls.take(),
@@ -613,8 +619,9 @@ impl Appliance {
     /// Refuses a document whose new tables would not fit the free heap (when the
     /// platform reports its heap): out of memory is fatal in the kernel, so a document
     /// too large for this VM is a clear error before anything changes, not a crash.
-    /// Counted: a new flow table, the Maglev tables of new or changed services, and
-    /// the DNS records of new containers (built beside the running ones).
+    /// Counted: a new flow table, the Maglev tables of new or changed services, the
+    /// DNS records of new containers (built beside the running ones), and what the
+    /// overlay's FDB and ARP tables may still grow by up to their `[grid.limits]`.
     fn check_heap_room(
         &self,
         config: &Config,
@@ -648,11 +655,27 @@ impl Appliance {
         let (services, lb) = services::new_table_bytes(&self.netstack, config);
         let containers = records.map_or(0, |r| r.len() as u64);
         let dns = containers.saturating_mul(dns_service::RECORD_HEAP_BYTES);
-        let need = table.saturating_add(lb).saturating_add(dns);
+        let fdb = overlay::table_growth_bytes(&self.netstack, config);
+        let need = table
+            .saturating_add(lb)
+            .saturating_add(dns)
+            .saturating_add(fdb);
         if need == 0 || need.saturating_add(reserve) <= free {
             return Ok(());
         }
-        let (field, what) = if lb >= dns {
+        let (field, what) = if fdb >= lb.max(dns) {
+            let limits = config.grid.as_ref().map(|g| g.limits).unwrap_or_default();
+            (
+                "grid.limits.fdb_entries",
+                alloc::format!(
+                    "the FDB and ARP tables of {} networks full to [grid.limits] \
+                     ({} and {} entries each; lower them)",
+                    config.networks.len(),
+                    limits.fdb_entries,
+                    limits.arp_entries
+                ),
+            )
+        } else if lb >= dns {
             (
                 "services",
                 alloc::format!("the lookup tables of {services} services"),
@@ -757,7 +780,7 @@ fn overlay_error(e: OverlayError, mac_field: &str) -> ErrorBody {
         OverlayError::PeerNotInNetwork { .. } | OverlayError::PeerIsSelf(_) => {
             ErrorBody::with_field(ErrorCode::InvalidConfig, message, "peer")
         }
-        OverlayError::Table(_) | OverlayError::Config(_) => {
+        OverlayError::Table(_) | OverlayError::Config(_) | OverlayError::GridChanged => {
             ErrorBody::with_field(ErrorCode::InvalidConfig, message, mac_field)
         }
     }

@@ -3,14 +3,14 @@
 //! refusal), building the netstack's `OverlayPath` for a document, and the runtime
 //! commands (`peer-add`, `fdb-add`, ...) as typed arguments.
 //!
-//! Nothing here changes a running overlay in place: a new or changed overlay is built
-//! aside (from scratch, or as a copy of the running one with only the differences
-//! applied, so learned and static entries survive) and swapped in whole.
+//! A document for a new grid (or the first one) gets a new overlay, built aside and
+//! swapped in whole; a document for the running grid is checked against the running
+//! overlay and then brought in place, so learned and static entries survive and the
+//! cost is the difference, not a copy of the tables.
 
-use alloc::collections::BTreeSet;
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
-use alloc::vec::Vec;
 use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,7 @@ use weft_netstack::stage::overlay::config::{
 };
 use weft_netstack::stage::overlay::{Limits, Overlay, OverlayError, Underlay};
 use weft_netstack::stage::sleeve::SessionId;
+use weft_netstack::Netstack;
 
 use crate::config::{Config, ConfigError};
 
@@ -133,6 +134,9 @@ fn field_of(e: &GridError, c: &OverlayConfig) -> String {
         TlsWithoutCredentials => "grid.tls".into(),
         TlsUnused => "grid.tls".into(),
         TlsTimer(t) => format!("grid.tls.{}", t.field),
+        NodeOutOfRange { node, .. } if *node == c.grid.node => "grid.node".into(),
+        NodeOutOfRange { node, .. } => peer(nth(p, 0, |x| x.node == *node), "node"),
+        LimitOutOfRange(limit, _) => format!("grid.limits.{}", limit.key()),
     }
 }
 
@@ -209,12 +213,23 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The overlay the netstack should run for `config` (validated), given the one running
-/// now: `None` without a grid; a copy of `running` changed only where the document
-/// differs when the grid and the uplink are the same (tables and counters survive);
-/// otherwise a new one. `wall_clock`: Unix seconds at boot, when known; a new sleeve
-/// endpoint's session ids start from it (and never below the running one's), so that
-/// they grow across reboots and never repeat under one key (docs/sleeve.md "Sessions").
+/// What applying a document does to the overlay.
+#[derive(Debug)]
+pub enum OverlayPlan {
+    /// No `[grid]`: no overlay.
+    Off,
+    /// A new overlay, built aside: none runs, or the grid or the uplink changed.
+    New(Box<OverlayPath>),
+    /// The running overlay, brought in line with these sections in place (its tables,
+    /// counters and sessions stay); checked already, so applying it cannot fail.
+    InPlace(OverlayConfig),
+}
+
+/// What the netstack's overlay should become for `config` (validated), given the one
+/// running now; nothing is changed here (see [`OverlayPlan`]). `wall_clock`: Unix
+/// seconds at boot, when known; a new sleeve endpoint's session ids start from it (and
+/// never below the running one's), so that they grow across reboots and never repeat
+/// under one key (docs/sleeve.md "Sessions").
 pub fn plan(
     config: &Config,
     running: Option<&OverlayPath>,
@@ -222,9 +237,9 @@ pub fn plan(
     link_mac: EthernetAddress,
     seed: u64,
     wall_clock: Option<u64>,
-) -> Result<Option<OverlayPath>, ConfigError> {
+) -> Result<OverlayPlan, ConfigError> {
     let Some(sections) = sections(config) else {
-        return Ok(None);
+        return Ok(OverlayPlan::Off);
     };
     let internal = |e: OverlayError| refuse(String::new(), format!("overlay: {e}"));
     let underlay = Underlay {
@@ -232,69 +247,58 @@ pub fn plan(
         ip: config.uplink.address.address(),
     };
     let reusable = running
-        .filter(|r| r.overlay().grid() == &sections.grid && r.overlay().underlay() == underlay);
-    let Some(running) = reusable else {
-        let mut overlay =
-            Overlay::from_config(&sections, underlay, Limits::default(), seed).map_err(internal)?;
-        let secs = u32::try_from(wall_clock.unwrap_or(0)).unwrap_or(u32::MAX);
-        let first = SessionId::first_of_boot(secs, seed as u32);
-        let first = running
-            .and_then(|r| r.overlay().sleeve_next_session())
-            .map_or(first, |n| n.max(first));
-        overlay.set_sleeve_first_session(first);
-        return OverlayPath::new(overlay, link_mac)
-            .map(Some)
-            .map_err(internal);
-    };
-    let mut path = running.clone();
-    // Peers first (they name networks), then networks, then peers again.
-    let kept_peers: BTreeSet<Ipv4Address> = sections
-        .peers
-        .iter()
-        .filter_map(|p| in_use(&sections.grid, p))
-        .collect();
-    let gone_peers: Vec<Ipv4Address> = path
-        .overlay()
-        .peers()
-        .map(|(a, _)| a)
-        .filter(|a| !kept_peers.contains(a))
-        .collect();
-    for a in gone_peers {
-        path.remove_peer(a);
+        .filter(|r| r.overlay().same_grid(&sections.grid) && r.overlay().underlay() == underlay);
+    if let Some(running) = reusable {
+        running
+            .overlay()
+            .check_reconcile(&sections)
+            .map_err(internal)?;
+        return Ok(OverlayPlan::InPlace(sections));
     }
-    let kept_networks: BTreeSet<Vni> = sections.networks.iter().map(|n| n.vni).collect();
-    let gone_networks: Vec<Vni> = path
-        .overlay()
-        .networks()
-        .map(|(v, _, _)| v)
-        .filter(|v| !kept_networks.contains(v))
-        .collect();
-    for v in gone_networks {
-        path.remove_network(v);
-    }
-    // A VLAN (or a node number) may move from one item to another within one
-    // document, so updating in order can collide mid-way. An item whose update
-    // collides is removed and added again in a second pass (its tables start empty;
-    // every other item keeps its own).
-    for net in &sections.networks {
-        if path.add_network(net).is_err() {
-            path.remove_network(net.vni);
-        }
-    }
-    for net in &sections.networks {
-        path.add_network(net).map_err(internal)?;
-    }
-    for peer in &sections.peers {
-        if path.add_peer(peer).is_err() {
-            if let Some(a) = in_use(&sections.grid, peer) {
-                path.remove_peer(a);
+    let limits = Limits::of(&sections.grid.limits);
+    let mut overlay = Overlay::from_config(&sections, underlay, limits, seed).map_err(internal)?;
+    let secs = u32::try_from(wall_clock.unwrap_or(0)).unwrap_or(u32::MAX);
+    let first = SessionId::first_of_boot(secs, seed as u32);
+    let first = running
+        .and_then(|r| r.overlay().sleeve_next_session())
+        .map_or(first, |n| n.max(first));
+    overlay.set_sleeve_first_session(first);
+    OverlayPath::new(overlay, link_mac)
+        .map(|p| OverlayPlan::New(Box::new(p)))
+        .map_err(internal)
+}
+
+/// Carries out a plan on the netstack (after every check passed).
+pub fn carry_out(netstack: &mut Netstack, plan: OverlayPlan) {
+    match plan {
+        OverlayPlan::Off => netstack.set_overlay(None),
+        OverlayPlan::New(path) => netstack.set_overlay(Some(*path)),
+        OverlayPlan::InPlace(sections) => {
+            if let Some(path) = netstack.overlay_mut() {
+                if let Err(e) = path.reconcile(&sections) {
+                    // check_reconcile passed for this very overlay: a bug, not input.
+                    log::error!("overlay: refused in place after its check: {e}");
+                }
             }
         }
     }
-    for peer in &sections.peers {
-        path.add_peer(peer).map_err(internal)?;
-    }
-    Ok(Some(path))
+}
+
+/// The most heap bytes the overlay's tables may still take as they fill up to the
+/// `[grid.limits]` of `config`, beyond what they hold now: what the heap must keep free
+/// for them.
+pub fn table_growth_bytes(netstack: &Netstack, config: &Config) -> u64 {
+    let Some(grid) = &config.grid else {
+        return 0;
+    };
+    let limits = Limits::of(&grid.limits);
+    let full = limits.table_bytes(config.networks.len());
+    let held = netstack.overlay().map_or(0, |p| {
+        let (fdb, arp) = p.overlay().table_entries();
+        (fdb as u64).saturating_mul(weft_netstack::table::fdb::FDB_ENTRY_BYTES)
+            + (arp as u64).saturating_mul(weft_netstack::table::fdb::ARP_ENTRY_BYTES)
+    });
+    full.saturating_sub(held)
 }
 
 /// `fdb-add`'s arguments: pin `mac` in network `vni` behind `peer` (an underlay
@@ -454,6 +458,7 @@ pub fn relative_field(field: &str, section: &str, index: usize) -> String {
 mod tests {
     use super::*;
     use alloc::vec;
+    use alloc::vec::Vec;
     use serde_json::{json, Value};
 
     fn doc() -> Value {
@@ -695,10 +700,10 @@ mod tests {
     #[test]
     fn plan_keeps_tables_when_only_peers_and_networks_change() {
         let c = Config::from_json_value(&doc()).unwrap();
-        let first = plan(&c, None, UPLINK_MAC, LINK_MAC, 1, None)
-            .unwrap()
-            .unwrap();
-        let mut running = first.clone();
+        let OverlayPlan::New(mut running) = plan(&c, None, UPLINK_MAC, LINK_MAC, 1, None).unwrap()
+        else {
+            panic!("no overlay runs: a new one");
+        };
         let now = smoltcp::time::Instant::from_secs(1);
         let vni = |n| Vni::new(n).unwrap();
         let mac = EthernetAddress([0x02, 0x42, 0, 0, 0, 9]);
@@ -723,9 +728,13 @@ mod tests {
             json!({"name": "c", "vni": 300, "vlan": 200}),
         );
         let c2 = Config::from_json_value(&changed).unwrap();
-        let next = plan(&c2, Some(&running), UPLINK_MAC, LINK_MAC, 1, None)
-            .unwrap()
-            .unwrap();
+        let OverlayPlan::InPlace(sections) =
+            plan(&c2, Some(&running), UPLINK_MAC, LINK_MAC, 1, None).unwrap()
+        else {
+            panic!("the same grid: brought in place");
+        };
+        running.reconcile(&sections).unwrap();
+        let next = running;
         assert_eq!(
             next.overlay().lookup(vni(100), &mac, now),
             Some(weft_netstack::table::fdb::Location::Remote(p3)),
@@ -744,17 +753,20 @@ mod tests {
             json!("10.81.0.9/16"),
         ))
         .unwrap();
-        let fresh = plan(&renumbered, Some(&next), UPLINK_MAC, LINK_MAC, 1, None)
-            .unwrap()
-            .unwrap();
+        let OverlayPlan::New(fresh) =
+            plan(&renumbered, Some(&next), UPLINK_MAC, LINK_MAC, 1, None).unwrap()
+        else {
+            panic!("a new node number: a new overlay");
+        };
         assert_eq!(fresh.overlay().lookup(vni(100), &mac, now), None);
         // No grid, no overlay.
         let plain =
             json!({"uplink": {"address": "192.0.2.11/24"}, "link": {"address": "10.81.0.1/16"}});
         let c3 = Config::from_json_value(&plain).unwrap();
-        assert!(plan(&c3, Some(&fresh), UPLINK_MAC, LINK_MAC, 1, None)
-            .unwrap()
-            .is_none());
+        assert!(matches!(
+            plan(&c3, Some(&fresh), UPLINK_MAC, LINK_MAC, 1, None).unwrap(),
+            OverlayPlan::Off
+        ));
     }
 
     #[test]

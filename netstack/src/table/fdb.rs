@@ -4,10 +4,13 @@
 //!
 //! Learned entries come from the container link only and age out; static entries are
 //! pushed by control, never age and are never overwritten by learning. Both tables are
-//! bounded. Time comes in as an argument; nothing here reads a clock or decides where a
-//! frame goes (that is `overlay`).
+//! bounded. Each keeps a second index for control (the MACs behind each peer, the
+//! addresses bound to each MAC) so that a peer leaving or a MAC going away costs what
+//! it removes, not a scan of the table. Time comes in as an argument; nothing here reads
+//! a clock or decides where a frame goes (that is `overlay`).
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
 use core::fmt;
 
 use smoltcp::time::{Duration, Instant};
@@ -76,10 +79,21 @@ impl fmt::Display for TableError {
 /// Linux bridge's default ageing time (`ageing_time` 300 s).
 pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
 
+/// Heap bytes one entry of an [`Fdb`] takes at most, index included (measured by
+/// `netstack/tests/table_bytes.rs`): what a table full to its capacity may need.
+pub const FDB_ENTRY_BYTES: u64 = 64;
+/// Heap bytes one binding of an [`ArpTable`] takes at most, index included.
+pub const ARP_ENTRY_BYTES: u64 = 48;
+
+const MAC_MIN: EthernetAddress = EthernetAddress([0; 6]);
+const MAC_MAX: EthernetAddress = EthernetAddress([0xff; 6]);
+
 /// A bounded MAC table for one network.
 #[derive(Debug, Clone)]
 pub struct Fdb {
     entries: BTreeMap<EthernetAddress, Entry>,
+    /// Every entry at `Location::Remote(peer)`, as (peer, MAC).
+    by_peer: BTreeSet<(Ipv4Address, EthernetAddress)>,
     capacity: usize,
     ageing: Duration,
 }
@@ -90,6 +104,7 @@ impl Fdb {
     pub fn new(capacity: usize, ageing: Duration) -> Fdb {
         Fdb {
             entries: BTreeMap::new(),
+            by_peer: BTreeSet::new(),
             capacity,
             ageing,
         }
@@ -97,6 +112,12 @@ impl Fdb {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Changes the capacity. A table above a lower capacity keeps its entries and takes
+    /// no new one until it is below it again.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
     }
 
     pub fn ageing(&self) -> Duration {
@@ -196,36 +217,64 @@ impl Fdb {
                 }
             }
         }
-        self.entries.insert(
+        let old = self.entries.insert(
             mac,
             Entry {
                 location,
                 origin: EntryOrigin::Static,
             },
         );
+        if let Some(Entry {
+            location: Location::Remote(peer),
+            ..
+        }) = old
+        {
+            self.by_peer.remove(&(peer, mac));
+        }
+        if let Location::Remote(peer) = location {
+            self.by_peer.insert((peer, mac));
+        }
         Ok(())
     }
 
     /// Remove the static entry for `mac`; a learned entry is left alone. Returns whether
     /// one was removed.
     pub fn remove_static(&mut self, mac: &EthernetAddress) -> bool {
-        if matches!(
-            self.entries.get(mac).map(|e| e.origin),
-            Some(EntryOrigin::Static)
-        ) {
-            self.entries.remove(mac);
-            true
-        } else {
-            false
+        match self.entries.get(mac).copied() {
+            Some(Entry {
+                origin: EntryOrigin::Static,
+                location,
+            }) => {
+                self.entries.remove(mac);
+                if let Location::Remote(peer) = location {
+                    self.by_peer.remove(&(peer, *mac));
+                }
+                true
+            }
+            _ => false,
         }
     }
 
-    /// Remove every entry that points at the peer `underlay` (the peer left the network).
-    pub fn remove_remote(&mut self, underlay: Ipv4Address) -> usize {
-        let before = self.entries.len();
-        self.entries
-            .retain(|_, e| e.location != Location::Remote(underlay));
-        before - self.entries.len()
+    /// Remove every entry that points at the peer `underlay` (the peer left the network);
+    /// returns their MACs. Costs what it removes: the peer's entries are indexed.
+    pub fn remove_remote(&mut self, underlay: Ipv4Address) -> Vec<EthernetAddress> {
+        let macs: Vec<EthernetAddress> = self
+            .by_peer
+            .range((underlay, MAC_MIN)..=(underlay, MAC_MAX))
+            .map(|&(_, mac)| mac)
+            .collect();
+        for mac in &macs {
+            self.by_peer.remove(&(underlay, *mac));
+            self.entries.remove(mac);
+        }
+        macs
+    }
+
+    /// Entries that point at the peer `underlay`.
+    pub fn remote_len(&self, underlay: Ipv4Address) -> usize {
+        self.by_peer
+            .range((underlay, MAC_MIN)..=(underlay, MAC_MAX))
+            .count()
     }
 
     /// Sweep learned entries that have expired at `now`; returns how many went.
@@ -249,6 +298,8 @@ impl Fdb {
 #[derive(Debug, Clone)]
 pub struct ArpTable {
     entries: BTreeMap<Ipv4Address, EthernetAddress>,
+    /// Every binding as (MAC, address), so a MAC's bindings are found without a scan.
+    by_mac: BTreeSet<(EthernetAddress, Ipv4Address)>,
     capacity: usize,
 }
 
@@ -256,12 +307,18 @@ impl ArpTable {
     pub fn new(capacity: usize) -> ArpTable {
         ArpTable {
             entries: BTreeMap::new(),
+            by_mac: BTreeSet::new(),
             capacity,
         }
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Changes the capacity; as [`Fdb::set_capacity`].
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
     }
 
     pub fn len(&self) -> usize {
@@ -283,23 +340,36 @@ impl ArpTable {
         if !self.entries.contains_key(&ip) && self.entries.len() >= self.capacity {
             return Err(TableError::Full);
         }
-        self.entries.insert(ip, mac);
+        if let Some(old) = self.entries.insert(ip, mac) {
+            self.by_mac.remove(&(old, ip));
+        }
+        self.by_mac.insert((mac, ip));
         Ok(())
     }
 
     pub fn remove(&mut self, ip: &Ipv4Address) -> Option<EthernetAddress> {
-        self.entries.remove(ip)
+        let mac = self.entries.remove(ip)?;
+        self.by_mac.remove(&(mac, *ip));
+        Some(mac)
     }
 
     pub fn lookup(&self, ip: &Ipv4Address) -> Option<EthernetAddress> {
         self.entries.get(ip).copied()
     }
 
-    /// Drop every binding to `mac` (its FDB entry went away).
+    /// Drop every binding to `mac` (its FDB entry went away). Costs what it removes:
+    /// the bindings are indexed by MAC.
     pub fn remove_mac(&mut self, mac: &EthernetAddress) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|_, m| m != mac);
-        before - self.entries.len()
+        let ips: Vec<Ipv4Address> = self
+            .by_mac
+            .range((*mac, Ipv4Address::UNSPECIFIED)..=(*mac, Ipv4Address::BROADCAST))
+            .map(|&(_, ip)| ip)
+            .collect();
+        for ip in &ips {
+            self.by_mac.remove(&(*mac, *ip));
+            self.entries.remove(ip);
+        }
+        ips.len()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Ipv4Address, &EthernetAddress)> {
@@ -415,7 +485,7 @@ mod tests {
         fdb.insert_static(mac(2), Location::Remote(PEER_B), at(0))
             .unwrap();
         fdb.learn(mac(3), at(0));
-        assert_eq!(fdb.remove_remote(PEER_A), 1);
+        assert_eq!(fdb.remove_remote(PEER_A), [mac(1)]);
         assert_eq!(fdb.lookup(&mac(1), at(0)), None);
         assert_eq!(fdb.lookup(&mac(2), at(0)), Some(Location::Remote(PEER_B)));
         assert_eq!(fdb.lookup(&mac(3), at(0)), Some(Location::Local));
@@ -444,6 +514,53 @@ mod tests {
         );
         assert_eq!(arp.remove_mac(&mac(2)), 2);
         assert!(arp.is_empty());
+    }
+
+    /// The ARP table against a list searched linearly (what `remove_mac` was: a scan),
+    /// on random bindings, rebindings and removals.
+    #[test]
+    fn arp_table_matches_a_linear_model() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
+        };
+        let ip = |n: u64| Ipv4Address::new(10, 81, 128, n as u8);
+        for round in 0..200 {
+            let capacity = 1 + next(8) as usize;
+            let mut arp = ArpTable::new(capacity);
+            let mut model: Vec<(Ipv4Address, EthernetAddress)> = Vec::new();
+            for step in 0..300 {
+                let (a, m) = (ip(next(12)), mac(next(6) as u8));
+                match next(4) {
+                    0 | 1 => {
+                        let fits = model.iter().any(|e| e.0 == a) || model.len() < capacity;
+                        assert_eq!(arp.insert(a, m).is_ok(), fits, "round {round} step {step}");
+                        if fits {
+                            model.retain(|e| e.0 != a);
+                            model.push((a, m));
+                        }
+                    }
+                    2 => {
+                        let had = model.iter().find(|e| e.0 == a).map(|e| e.1);
+                        model.retain(|e| e.0 != a);
+                        assert_eq!(arp.remove(&a), had, "round {round} step {step}");
+                    }
+                    _ => {
+                        let before = model.len();
+                        model.retain(|e| e.1 != m);
+                        assert_eq!(arp.remove_mac(&m), before - model.len());
+                    }
+                }
+                assert_eq!(arp.len(), model.len());
+                for n in 0..12 {
+                    let want = model.iter().find(|e| e.0 == ip(n)).map(|e| e.1);
+                    assert_eq!(arp.lookup(&ip(n)), want, "round {round} step {step}");
+                }
+            }
+        }
     }
 
     /// The simplest table that has the documented behaviour: a list searched linearly.
@@ -554,14 +671,29 @@ mod tests {
                         model.sweep(now);
                     }
                     5 => {
-                        let removed = fdb.remove_remote(peer);
-                        let before = model.entries.len();
+                        let mut removed = fdb.remove_remote(peer);
+                        removed.sort();
+                        let mut gone: Vec<EthernetAddress> = model
+                            .entries
+                            .iter()
+                            .filter(|e| e.1 == Location::Remote(peer))
+                            .map(|e| e.0)
+                            .collect();
+                        gone.sort();
                         model.entries.retain(|e| e.1 != Location::Remote(peer));
-                        assert_eq!(removed, before - model.entries.len());
+                        assert_eq!(removed, gone, "round {round} step {step}");
                     }
                     _ => now += next(8),
                 }
                 assert!(fdb.len() <= capacity);
+                // The index of each peer's entries says what a scan would.
+                for p in [PEER_A, PEER_B] {
+                    let scanned = fdb
+                        .iter()
+                        .filter(|(_, e)| e.location == Location::Remote(p))
+                        .count();
+                    assert_eq!(fdb.remote_len(p), scanned, "round {round} step {step}");
+                }
                 for n in 0..10 {
                     assert_eq!(
                         fdb.lookup(&mac(n), at(now)),

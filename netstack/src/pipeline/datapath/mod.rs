@@ -27,7 +27,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
 
 use crate::base::{VlanId, Vni};
-use crate::stage::overlay::config::{NetworkConfig, PeerConfig};
+use crate::stage::overlay::config::{NetworkConfig, OverlayConfig, PeerConfig};
 use crate::stage::overlay::{Overlay, OverlayError};
 use crate::table::fdb::Location;
 use replies::ReplyRoutes;
@@ -133,6 +133,21 @@ impl OverlayPath {
         self.replies.forget(vni);
         self.reindex();
         removed
+    }
+
+    /// Brings the overlay in line with `config` in place ([`Overlay::reconcile`]: a
+    /// refusal changes nothing), with the appliance on every network.
+    pub fn reconcile(&mut self, config: &OverlayConfig) -> Result<(), OverlayError> {
+        let done = self.overlay.reconcile(config)?;
+        for vni in done.removed_networks {
+            self.replies.forget(vni);
+        }
+        for net in &config.networks {
+            self.overlay
+                .attach_appliance(net.vni, Some(self.link_mac))?;
+        }
+        self.reindex();
+        Ok(())
     }
 
     pub fn add_peer(&mut self, peer: &PeerConfig) -> Result<(), OverlayError> {

@@ -9,20 +9,21 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
 
 use super::config::{self, ConfigError, NetworkConfig, PeerConfig};
-use super::{Network, NetworkCounters, Overlay, OverlayDrops, OverlayError, Peer, PeerCounters};
+use super::{
+    Limits, Network, NetworkCounters, Overlay, OverlayDrops, OverlayError, Peer, PeerCounters,
+};
 use crate::base::{VlanId, Vni};
 use crate::table::fdb::{ArpTable, Fdb, Location, TableError};
 
 impl Overlay {
     /// Add a network, or rename (and re-VLAN) the one with the same VNI; its tables
-    /// Add a network, or rename (and re-VLAN) the one with the same VNI; its tables
     /// are kept. Each network has its own VLAN on the link, at most one none.
     pub fn add_network(&mut self, net: &NetworkConfig) -> Result<(), OverlayError> {
         net.validate()?;
         if self
-            .networks
-            .iter()
-            .any(|(vni, n)| n.name == net.name && *vni != net.vni)
+            .network_names
+            .get(&net.name)
+            .is_some_and(|vni| *vni != net.vni)
         {
             return Err(ConfigError::DuplicateNetworkName(net.name.clone()).into());
         }
@@ -38,7 +39,11 @@ impl Overlay {
             .into());
         }
         if let Some(existing) = self.networks.get_mut(&net.vni) {
-            existing.name = net.name.clone();
+            if existing.name != net.name {
+                self.network_names.remove(&existing.name);
+                self.network_names.insert(net.name.clone(), net.vni);
+                existing.name = net.name.clone();
+            }
             existing.vlan = net.vlan;
             existing.mode = net.mode;
             return Ok(());
@@ -58,6 +63,7 @@ impl Overlay {
                 counters: NetworkCounters::default(),
             },
         );
+        self.network_names.insert(net.name.clone(), net.vni);
         Ok(())
     }
 
@@ -66,15 +72,38 @@ impl Overlay {
         for peer in self.peers.values_mut() {
             peer.networks.remove(&vni);
         }
-        self.networks.remove(&vni).is_some()
+        let Some(gone) = self.networks.remove(&vni) else {
+            return false;
+        };
+        self.network_names.remove(&gone.name);
+        true
     }
 
     /// The VNI of the network called `name`.
     pub fn vni_of(&self, name: &str) -> Option<Vni> {
+        self.network_names.get(name).copied()
+    }
+
+    /// Changes every network's table sizes. A table above a lower limit keeps its
+    /// entries and takes no new one until it is below the limit again.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        for net in self.networks.values_mut() {
+            net.fdb.set_capacity(limits.fdb_capacity);
+            net.arp.set_capacity(limits.arp_capacity);
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Entries held in all networks: FDB entries (learned ones not yet swept included)
+    /// and ARP bindings.
+    pub fn table_entries(&self) -> (usize, usize) {
         self.networks
-            .iter()
-            .find(|(_, n)| n.name == name)
-            .map(|(vni, _)| *vni)
+            .values()
+            .fold((0, 0), |(f, a), n| (f + n.fdb.len(), a + n.arp.len()))
     }
 
     /// Add a peer, or replace the one at the same underlay address in use (its counters
@@ -92,9 +121,9 @@ impl Overlay {
             return Err(OverlayError::PeerIsSelf(address));
         }
         if self
-            .peers
-            .iter()
-            .any(|(addr, p)| *addr != address && p.node == peer.node)
+            .peer_nodes
+            .get(&peer.node)
+            .is_some_and(|addr| *addr != address)
         {
             return Err(ConfigError::DuplicatePeerNode(peer.node).into());
         }
@@ -124,6 +153,8 @@ impl Overlay {
             sleeve.add_peer(peer.node);
         }
         let left: Vec<Vni> = entry.networks.difference(&networks).copied().collect();
+        self.peer_nodes.remove(&entry.node);
+        self.peer_nodes.insert(peer.node, address);
         entry.node = peer.node;
         entry.name = peer.name.clone();
         entry.region = peer.region.clone();
@@ -142,6 +173,7 @@ impl Overlay {
         let Some(gone) = self.peers.remove(&address) else {
             return false;
         };
+        self.peer_nodes.remove(&gone.node);
         if let Some(sleeve) = &mut self.sleeve {
             sleeve.remove_peer(gone.node);
         }
@@ -274,15 +306,9 @@ impl Overlay {
     }
 }
 
+/// Removes the entries behind `peer` and their ARP bindings: costs what it removes.
 fn forget_remote(net: &mut Network, peer: Ipv4Address) {
-    let macs: Vec<EthernetAddress> = net
-        .fdb
-        .iter()
-        .filter(|(_, e)| e.location == Location::Remote(peer))
-        .map(|(m, _)| *m)
-        .collect();
-    net.fdb.remove_remote(peer);
-    for mac in macs {
+    for mac in net.fdb.remove_remote(peer) {
         net.arp.remove_mac(&mac);
     }
 }

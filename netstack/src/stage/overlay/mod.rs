@@ -11,7 +11,8 @@
 //!
 //! The local side of the bridge is `bridge.rs`, the way to the peers `encap.rs` (sleeve
 //! through `sleeve_link.rs`), the way back `decap.rs`; networks, peers and static
-//! entries change through `control.rs`; `counters.rs` and `status.rs` say what happened.
+//! entries change through `control.rs`, a whole document in place through `reconcile.rs`;
+//! `counters.rs` and `status.rs` say what happened.
 
 pub mod config;
 pub mod encap;
@@ -21,6 +22,7 @@ mod bridge;
 mod control;
 mod counters;
 mod decap;
+mod reconcile;
 mod status;
 
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -35,9 +37,10 @@ use crate::base::{NodeId, VlanId, Vni};
 use crate::stage::sleeve;
 use crate::table::fdb::{self, ArpTable, Fdb, TableError};
 use crate::wire::vxlan::{self, SrcPortRange};
-use config::{AddressKind, ConfigError, EncapMode, GridConfig, OverlayConfig};
+use config::{AddressKind, ConfigError, EncapMode, GridConfig, GridLimits, OverlayConfig};
 pub use counters::{NetworkCounters, OverlayDrop, OverlayDrops, PeerCounters};
 use encap::PendingSeal;
+pub use reconcile::Reconciled;
 use sleeve_link::SleeveLink;
 pub use status::{ArpEntryStatus, FdbEntryStatus, NetworkStatus, OverlayStatus, PeerStatus};
 
@@ -82,13 +85,28 @@ pub struct Limits {
     pub ageing: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Limits {
+impl Limits {
+    /// The table sizes `[grid.limits]` sets, with the default ageing.
+    pub fn of(limits: &GridLimits) -> Limits {
         Limits {
-            fdb_capacity: 4096,
-            arp_capacity: 4096,
+            fdb_capacity: limits.fdb_entries as usize,
+            arp_capacity: limits.arp_entries as usize,
             ageing: fdb::DEFAULT_AGEING,
         }
+    }
+
+    /// The most heap bytes the tables of `networks` networks hold when full.
+    pub fn table_bytes(&self, networks: usize) -> u64 {
+        let per_network = (self.fdb_capacity as u64).saturating_mul(fdb::FDB_ENTRY_BYTES)
+            + (self.arp_capacity as u64).saturating_mul(fdb::ARP_ENTRY_BYTES);
+        per_network.saturating_mul(networks as u64)
+    }
+}
+
+impl Default for Limits {
+    /// `[grid.limits]`'s defaults.
+    fn default() -> Limits {
+        Limits::of(&GridLimits::default())
     }
 }
 
@@ -108,6 +126,8 @@ pub enum OverlayError {
     },
     /// An underlay address equal to this appliance's own.
     PeerIsSelf(Ipv4Address),
+    /// A document for another grid (node number, subnet, ...) cannot be brought in place.
+    GridChanged,
 }
 
 impl fmt::Display for OverlayError {
@@ -121,6 +141,12 @@ impl fmt::Display for OverlayError {
                 write!(f, "peer {peer} does not carry VNI {vni}")
             }
             OverlayError::PeerIsSelf(a) => write!(f, "{a} is this appliance's own address"),
+            OverlayError::GridChanged => {
+                write!(
+                    f,
+                    "the [grid] section changed: the overlay must be built anew"
+                )
+            }
         }
     }
 }
@@ -209,7 +235,11 @@ pub struct Overlay {
     hash_seed: u32,
     next_ident: u16,
     networks: BTreeMap<Vni, Network>,
+    /// Each network's VNI by its name.
+    network_names: BTreeMap<String, Vni>,
     peers: BTreeMap<Ipv4Address, Peer>,
+    /// Each peer's node number and its underlay address (the key of `peers`).
+    peer_nodes: BTreeMap<NodeId, Ipv4Address>,
     drops: OverlayDrops,
     /// The sleeve endpoint, when `[grid]` has keys (a secret, or `auth = "tls"`).
     sleeve: Option<SleeveLink>,
@@ -255,7 +285,9 @@ impl Overlay {
             hash_seed: (seed ^ (seed >> 32)) as u32,
             next_ident: (seed >> 16) as u16,
             networks: BTreeMap::new(),
+            network_names: BTreeMap::new(),
             peers: BTreeMap::new(),
+            peer_nodes: BTreeMap::new(),
             drops: OverlayDrops::default(),
             batch_sleeve: false,
             pending: Vec::new(),

@@ -22,6 +22,7 @@ impl Router {
         mac: EthernetAddress,
         at: Option<Placement>,
         ifs: &Interfaces,
+        now: Instant,
     ) {
         if !mac.is_unicast() || ip.is_unspecified() {
             return;
@@ -34,7 +35,7 @@ impl Router {
             self.placement.insert(ip, at);
             self.nat.set_remote(ip, at.origin == Origin::Remote);
         }
-        if self.neighbors.learn(key, mac) != Learned::New {
+        if self.neighbors.learn(key, mac, now) != Learned::New {
             return;
         }
         let mut i = 0;
@@ -90,6 +91,10 @@ impl Router {
         EthernetFrame::new_unchecked(&mut frame[..]).set_src_addr(ifs.mac(to));
         if let Some(mac) = self.neighbor(to, hop) {
             self.emit(to, hop, mac, frame, ifs);
+            // Not heard from for a while: ask again (the answer may bring a new MAC).
+            if self.neighbors.is_stale(&(to, hop), now) {
+                self.solicit(to, hop, own, ifs, now);
+            }
             return;
         }
         if self.pending.len() >= PENDING_CAPACITY {

@@ -80,7 +80,7 @@ impl Router {
         let Some(arp) = probe::parse_arp(frame) else {
             return false;
         };
-        self.learn(side, arp.sender_ip, arp.sender_mac, at, ifs);
+        self.learn(side, arp.sender_ip, arp.sender_mac, at, ifs, now);
         self.release_held(ifs, now);
         let proxied = side == NicId::Link
             && at.is_none_or(|a| a.origin == Origin::Local)
@@ -119,7 +119,7 @@ impl Router {
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         if side == NicId::Link {
             if ifs.next_hop(NicId::Link, src) == Some(src) {
-                self.learn(side, src, eth.src_addr(), at, ifs);
+                self.learn(side, src, eth.src_addr(), at, ifs, now);
                 self.release_held(ifs, now);
             }
             if ifs.link_local(dst) && !self.nat.lb().is_vip(dst) {

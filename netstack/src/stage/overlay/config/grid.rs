@@ -1,7 +1,7 @@
 //! `[grid]`: the overlay as a whole and this node's place in it (subnet, node number,
 //! VXLAN port, MTU, outer DF and checksum, where sleeve keys come from (the secret, or
-//! the peer channel's `[grid.tls]`), trusted subnets, region), and how a network reaches
-//! its peers (`EncapMode`). Serde types and their checks only.
+//! the peer channel's `[grid.tls]`), trusted subnets, region, table limits), and how a
+//! network reaches its peers (`EncapMode`). Serde types and their checks only.
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 
 use super::{
-    valid_name, ConfigError, DEFAULT_MTU, DEFAULT_REGION, DEFAULT_SUBNET, MAX_MTU, MIN_MTU,
+    valid_name, ConfigError, Limit, DEFAULT_MTU, DEFAULT_REGION, DEFAULT_SUBNET, MAX_MTU, MIN_MTU,
 };
 use crate::base::ports::VXLAN_PORT;
 use crate::base::NodeId;
@@ -96,6 +96,48 @@ pub struct GridConfig {
     /// address, others at their public one. None is the region `"default"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// How many entries each network's tables hold (`[grid.limits]`).
+    #[serde(default, skip_serializing_if = "GridLimits::is_default")]
+    pub limits: GridLimits,
+}
+
+/// `[grid.limits]`: the most entries each network's tables hold. The tables grow with
+/// what they hold; the appliance keeps heap free for them full and refuses limits whose
+/// full tables its heap could not hold, so the defaults stay small (16 384 MACs seen
+/// through one host, under 2 MiB a network) and a host that talks to more raises them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridLimits {
+    /// MAC entries in one network's forwarding database, static and learned together.
+    #[serde(default = "default_table_entries")]
+    pub fdb_entries: u32,
+    /// Address bindings in one network's ARP suppression table.
+    #[serde(default = "default_table_entries")]
+    pub arp_entries: u32,
+}
+
+/// The default of both limits.
+pub const DEFAULT_TABLE_ENTRIES: u32 = 1 << 14;
+/// The highest either limit may be set to.
+pub const MAX_TABLE_ENTRIES: u32 = 1 << 24;
+
+fn default_table_entries() -> u32 {
+    DEFAULT_TABLE_ENTRIES
+}
+
+impl Default for GridLimits {
+    fn default() -> GridLimits {
+        GridLimits {
+            fdb_entries: DEFAULT_TABLE_ENTRIES,
+            arp_entries: DEFAULT_TABLE_ENTRIES,
+        }
+    }
+}
+
+impl GridLimits {
+    pub fn is_default(&self) -> bool {
+        *self == GridLimits::default()
+    }
 }
 
 fn no_subnets(s: &[Subnet]) -> bool {
@@ -198,14 +240,32 @@ impl GridConfig {
             tls: None,
             trusted_subnets: Box::default(),
             region: None,
+            limits: GridLimits::default(),
         }
     }
 
-    /// The overlay address of node `node`: the subnet's base plus the node number
-    /// (`10.81.0.<n>`).
+    /// The overlay address of node `node` ([`NodeId::address_in`]: `10.81.0.<n>` up to
+    /// node 254). For a node the subnet has room for, which `validate` checks of this
+    /// node and every peer.
     pub fn node_address(&self, node: NodeId) -> Ipv4Address {
-        let base = u32::from(self.subnet.0.network().address());
-        Ipv4Address::from(base + u32::from(node.get()))
+        let base = self.subnet.0.network().address();
+        Ipv4Address::from(u32::from(base).wrapping_add(node.address_offset()))
+    }
+
+    /// The highest node number this grid's subnet has addresses for.
+    pub fn max_node(&self) -> u16 {
+        NodeId::max_in(self.subnet.0.prefix_len())
+    }
+
+    /// Refuses a node number (this node's or a peer's) the subnet has no address for.
+    pub fn check_node(&self, node: NodeId) -> Result<(), ConfigError> {
+        if node.get() > self.max_node() {
+            return Err(ConfigError::NodeOutOfRange {
+                node,
+                subnet: self.subnet,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -231,6 +291,15 @@ impl GridConfig {
             (Auth::Secret, Some(_)) => return Err(ConfigError::TlsUnused),
             (Auth::Tls, Some(tls)) => tls.check_timers().map_err(ConfigError::TlsTimer)?,
             (Auth::Secret, None) => {}
+        }
+        self.check_node(self.node)?;
+        for (limit, value) in [
+            (Limit::Fdb, self.limits.fdb_entries),
+            (Limit::Arp, self.limits.arp_entries),
+        ] {
+            if value == 0 || value > MAX_TABLE_ENTRIES {
+                return Err(ConfigError::LimitOutOfRange(limit, value));
+            }
         }
         Ok(())
     }

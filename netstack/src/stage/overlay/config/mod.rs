@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 
 use crate::base::{NodeId, VlanId, Vni};
-pub use grid::{EncapMode, GridConfig, SecretText, Subnet};
+pub use grid::{
+    EncapMode, GridConfig, GridLimits, SecretText, Subnet, DEFAULT_TABLE_ENTRIES, MAX_TABLE_ENTRIES,
+};
 pub use peer::{route, valid_underlay_address, AddressKind, PeerConfig, Route, DEFAULT_REGION};
 
 /// The grid subnet when none is configured (Kontena's `10.81.0.0/16`).
@@ -110,6 +112,30 @@ pub enum ConfigError {
     AmbiguousPeerAddress(NodeId),
     /// A peer in another region than this node's, without a public address.
     NoPublicAddress(NodeId),
+    /// A node number (this node's or a peer's) the grid subnet has no address for.
+    NodeOutOfRange {
+        node: NodeId,
+        subnet: Subnet,
+    },
+    /// A `[grid.limits]` value of 0 or above [`MAX_TABLE_ENTRIES`].
+    LimitOutOfRange(Limit, u32),
+}
+
+/// Which `[grid.limits]` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Fdb,
+    Arp,
+}
+
+impl Limit {
+    /// Its key in `[grid.limits]`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::Fdb => "fdb_entries",
+            Limit::Arp => "arp_entries",
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -166,6 +192,23 @@ impl fmt::Display for ConfigError {
             NoPublicAddress(n) => write!(
                 f,
                 "peer {n} is in another region than this node and has no public_address"
+            ),
+            NodeOutOfRange { node, subnet } => {
+                let max = NodeId::max_in(subnet.0.prefix_len());
+                write!(
+                    f,
+                    "node {node} has no address in the grid subnet {subnet}, which holds \
+                     nodes 1..={max}"
+                )?;
+                if max < NodeId::MAX {
+                    write!(f, " (a /22 or wider holds 1..={})", NodeId::MAX)?;
+                }
+                Ok(())
+            }
+            LimitOutOfRange(limit, value) => write!(
+                f,
+                "{} = {value} is outside 1..={MAX_TABLE_ENTRIES}",
+                limit.key()
             ),
         }
     }

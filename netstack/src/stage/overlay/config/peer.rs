@@ -86,6 +86,7 @@ impl PeerConfig {
         if let Some(bad) = self.addresses().find(|a| !valid_underlay_address(*a)) {
             return Err(ConfigError::BadPeerAddress(bad));
         }
+        grid.check_node(self.node)?;
         route(grid, self)
     }
 }

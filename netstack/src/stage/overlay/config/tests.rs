@@ -49,7 +49,7 @@ fn refused_at_parse() {
     for doc in [
         r#"{"grid": {"node": 1, "nodes": 2}}"#,
         r#"{"grid": {"node": 0}}"#,
-        r#"{"grid": {"node": 255}}"#,
+        r#"{"grid": {"node": 1017}}"#,
         r#"{"grid": {"node": 1}, "networks": [{"name": "a", "vni": 16777216}]}"#,
         r#"{"grid": {"node": 1}, "networks": [{"name": "a", "vni": 1, "x": 1}]}"#,
         r#"{"grid": {"node": 1, "subnet": "10.81.0.0"}}"#,
@@ -276,4 +276,34 @@ fn names() {
     assert!(!valid_name("ä"));
     assert!(valid_name(&"x".repeat(64)));
     assert!(!valid_name(&"x".repeat(65)));
+}
+
+#[test]
+fn nodes_past_254_need_a_grid_subnet_of_slash_22_or_wider() {
+    let wide = parse(
+        r#"{"grid": {"node": 1000},
+            "peers": [{"node": 999, "address": "192.0.2.9"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(wide.validate(), Ok(()));
+    let node = |n| NodeId::new(n).unwrap();
+    assert_eq!(
+        wide.grid.node_address(node(999)),
+        Ipv4Address::new(10, 81, 3, 237)
+    );
+    for (doc, refused) in [
+        (r#"{"grid": {"node": 255, "subnet": "10.81.0.0/23"}}"#, 255),
+        (
+            r#"{"grid": {"node": 1, "subnet": "10.81.0.0/24"},
+                "peers": [{"node": 300, "address": "192.0.2.9"}]}"#,
+            300,
+        ),
+    ] {
+        let c = parse(doc).unwrap();
+        assert!(
+            matches!(c.validate(), Err(ConfigError::NodeOutOfRange { node: n, .. }) if n == node(refused)),
+            "{doc}: {:?}",
+            c.validate()
+        );
+    }
 }
