@@ -60,9 +60,8 @@ pub fn log(msg: &str) {
 /// The node's config as written, checked as the appliance would check it with a node
 /// number in place (see [`fill_node`]).
 pub fn load_node_config(path: &std::path::Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    let json = document::toml_to_json(&text).with_context(|| format!("in {}", path.display()))?;
+    // As every sender: `[grid.tls]` files are read into the document here.
+    let json = document::file_to_json(path)?;
     if !json.is_object() {
         bail!("{}: not a config document", path.display());
     }

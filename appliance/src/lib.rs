@@ -15,6 +15,7 @@ pub mod field_path;
 pub mod mesh;
 pub mod metrics;
 pub mod overlay;
+pub mod peer_tls;
 pub mod protocol;
 pub mod publish;
 pub mod services;
@@ -41,6 +42,7 @@ pub use protocol::{
 pub use session::ControlSession;
 pub use weft_netstack;
 pub use weft_netstack::{MemPort, Port, TxError};
+pub use weft_peer;
 
 /// Heap bytes that a new flow table must leave free for the packet path (at least;
 /// an eighth of the heap on larger VMs).
@@ -81,6 +83,11 @@ pub struct Appliance {
     last_poll: Instant,
     /// The captures of the control connection and what they have sent.
     captures: capture_session::Streams,
+    /// The generator behind every key this appliance makes (TLS), once the platform
+    /// gave a 256-bit seed.
+    key_rng: Option<&'static weft_peer::rng::Csprng>,
+    /// The peer channel, with `[grid] auth = "tls"` (docs/peer-tls.md).
+    peer_tls: Option<peer_tls::PeerTls>,
 }
 
 impl Appliance {
@@ -110,7 +117,24 @@ impl Appliance {
             heap: None,
             last_poll: now,
             captures: capture_session::Streams::default(),
+            key_rng: None,
+            peer_tls: None,
         }
+    }
+
+    /// Gives the appliance the 256-bit seed of its key generator (the kernel: RDRAND).
+    /// Only the first seed of a boot is taken: the generator lives as long as the
+    /// appliance. Without one, nothing that needs fresh keys (`[grid] auth = "tls"`)
+    /// can be configured.
+    pub fn set_key_seed(&mut self, seed: weft_peer::rng::Seed) {
+        if self.key_rng.is_none() {
+            self.key_rng = Some(weft_peer::rng::Csprng::leak(seed));
+        }
+    }
+
+    /// The key generator, once seeded.
+    pub fn key_rng(&self) -> Option<&'static weft_peer::rng::Csprng> {
+        self.key_rng
     }
 
     /// Tells the appliance the wall-clock time at boot (seconds since the Unix epoch), as
@@ -131,6 +155,17 @@ impl Appliance {
         self.unix_time_at_boot
     }
 
+    /// The wall-clock time at `now` (seconds since the Unix epoch), if the platform gave
+    /// the time at boot.
+    fn wall_clock(&self, now: Instant) -> Option<u64> {
+        let since_boot = if now > self.booted_at {
+            (now - self.booted_at).secs()
+        } else {
+            0
+        };
+        self.unix_time_at_boot.map(|at_boot| at_boot + since_boot)
+    }
+
     /// Drive the packet path; returns how long the caller may sleep (None = until an interrupt).
     pub fn poll(
         &mut self,
@@ -139,14 +174,28 @@ impl Appliance {
         link: &mut dyn Port,
     ) -> Option<Duration> {
         self.last_poll = now;
-        let next_poll = self.netstack.poll(now, uplink, link).next_poll;
-        let next_poll = match self.netstack.capture().next_deadline(now) {
-            Some(t) => {
-                let until = if t > now { t - now } else { Duration::ZERO };
-                Some(next_poll.map_or(until, |d| d.min(until)))
+        let mut next_poll = self.netstack.poll(now, uplink, link).next_poll;
+        if let Some(t) = self.netstack.capture().next_deadline(now) {
+            let until = if t > now { t - now } else { Duration::ZERO };
+            next_poll = Some(next_poll.map_or(until, |d| d.min(until)));
+        }
+        let unix_now = self.wall_clock(now);
+        if let Some(tls) = self.peer_tls.as_mut() {
+            let moved = tls.poll(now, unix_now, &mut self.netstack);
+            if let Some(path) = self.netstack.overlay_mut() {
+                tls.hand_keys(path);
             }
-            None => next_poll,
-        };
+            // Bytes the channel wrote go out on the next turn, at once.
+            let wait = if moved {
+                Some(Duration::ZERO)
+            } else {
+                tls.poll_at(now).map(|at| at - now)
+            };
+            next_poll = match (next_poll, wait) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
         self.dns.poll(now, &mut self.netstack, next_poll)
     }
 
@@ -569,6 +618,24 @@ impl Appliance {
             self.info.seed,
             self.unix_time_at_boot,
         )?;
+        // The overlay that will run: the planned one, or the running one changed in place.
+        let planned = match &overlay {
+            overlay::OverlayPlan::New(path) => Some(&**path),
+            overlay::OverlayPlan::InPlace(_) => self.netstack.overlay(),
+            overlay::OverlayPlan::Off => None,
+        };
+        let tls = peer_tls::plan(
+            config.grid.as_deref(),
+            planned,
+            self.peer_tls.as_ref(),
+            self.key_rng,
+            self.wall_clock(self.last_poll),
+            self.info.seed,
+        )
+        .map_err(|r| ConfigError {
+            field: r.field.into(),
+            message: r.message,
+        })?;
         self.check_heap_room(&config, records.as_deref())?;
         self.netstack.configure(
             NicId::Uplink,
@@ -585,6 +652,18 @@ impl Appliance {
             }),
         );
         overlay::carry_out(&mut self.netstack, overlay);
+        let gone = match tls {
+            peer_tls::Plan::Keep => None,
+            peer_tls::Plan::Off => self.peer_tls.take(),
+            peer_tls::Plan::New(fresh) => self.peer_tls.replace(*fresh),
+        };
+        if let Some(gone) = gone {
+            gone.teardown(&mut self.netstack);
+        }
+        let unix_now = self.wall_clock(self.last_poll);
+        if let (Some(tls), Some(path)) = (self.peer_tls.as_mut(), self.netstack.overlay()) {
+            tls.follow_peers(path, peer_tls::mesh_time(self.last_poll, unix_now));
+        }
         publish::apply(&mut self.netstack, &config, self.info.seed);
         // Health checkers start at the last poll's time (apply itself has no clock).
         services::apply(&mut self.netstack, &config, self.last_poll);
@@ -708,6 +787,10 @@ impl Appliance {
             },
             control: self.session.counters(),
             overlay: self.netstack.overlay().map(|o| o.status(now)),
+            peer_tls: self
+                .peer_tls
+                .as_ref()
+                .map(|t| t.status(now, self.netstack.overlay())),
             dns: self.dns.status(),
             nat: publish::status(&self.netstack),
             services: services::status(&self.netstack),

@@ -131,6 +131,9 @@ fn field_of(e: &GridError, c: &OverlayConfig) -> String {
             }
         }
         SleeveWithoutSecret(_) => "grid.secret".into(),
+        TlsWithoutCredentials => "grid.tls".into(),
+        TlsUnused => "grid.tls".into(),
+        TlsTimer(t) => format!("grid.tls.{}", t.field),
         NodeOutOfRange { node, .. } if *node == c.grid.node => "grid.node".into(),
         NodeOutOfRange { node, .. } => peer(nth(p, 0, |x| x.node == *node), "node"),
         LimitOutOfRange(limit, _) => format!("grid.limits.{}", limit.key()),

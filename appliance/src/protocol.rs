@@ -629,6 +629,11 @@ pub struct Status {
     /// and per-peer counters, drops by reason, FDB and ARP tables, underlay neighbours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<DatapathStatus>,
+    /// The peer channel (present with `[grid] auth = "tls"`): this node's certificate,
+    /// the channel's counters, and per peer its TLS state, certificate, sessions and
+    /// sleeve epochs (docs/peer-tls.md, "Configuration and status").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_tls: Option<crate::peer_tls::PeerTlsStatus>,
     /// The DNS service (present once a document with a `[dns]` is applied): zone,
     /// containers, queries in flight, the resolver's counters and drops by reason, and
     /// the socket side's counters.

@@ -4,6 +4,11 @@
 //! sent to the appliance is the document itself, never a re-serialization of
 //! `Config`: `Config` serializes for display (`config`, `status`), with secrets shown
 //! as `"set"`. It only converts and checks; the appliance validates again and decides.
+//!
+//! One transformation happens on the way: the `[grid.tls]` keys that name files on the
+//! host (`ca_file`, `cert_file`, `key_file`) are replaced by the files' contents
+//! (`ca_pem`, `cert_pem`, `key_pem`), the only form the appliance (which has no files)
+//! takes. Every sender reads documents through here, so every sender does it.
 
 use std::fmt;
 use std::path::Path;
@@ -130,7 +135,9 @@ fn echo_at(path: &str, written: &Value, shown: &Value, e: &mut Echo) {
                 echo_at(&format!("{path}[{i}]"), wv, sv, e);
             }
         }
-        (Value::String(_), Value::String(s)) if path.ends_with("secret") => {
+        (Value::String(_), Value::String(s))
+            if path.ends_with("secret") || path.ends_with("key_pem") =>
+        {
             if s != "set" {
                 e.mismatched
                     .push(format!("{path}: a secret shown as {s:?}, not \"set\""));
@@ -141,15 +148,63 @@ fn echo_at(path: &str, written: &Value, shown: &Value, e: &mut Echo) {
     }
 }
 
-/// TOML text to the JSON form of the document, unchecked.
+/// TOML text to the JSON form of the document, unchecked (file keys not yet read).
 pub fn toml_to_json(text: &str) -> Result<Value> {
     let table: toml::Table = toml::from_str(text).context("config is not valid TOML")?;
     serde_json::to_value(table).context("config cannot be expressed as JSON")
 }
 
-/// TOML text to a checked [`Document`]. Refusals are [`InvalidConfig`] (downcastable).
+/// The `[grid.tls]` keys naming host files, and the keys their contents go under.
+pub const TLS_FILES: [(&str, &str); 3] = [
+    ("ca_file", "ca_pem"),
+    ("cert_file", "cert_pem"),
+    ("key_file", "key_pem"),
+];
+
+/// Replaces each `grid.tls.<x>_file` by `grid.tls.<x>_pem` holding the file's text;
+/// a relative path is relative to `base` (the config file's directory). Giving both
+/// forms of one key is refused, as is a file that cannot be read as text.
+pub fn read_tls_files(json: &mut Value, base: &Path) -> Result<()> {
+    let Some(tls) = json
+        .get_mut("grid")
+        .and_then(|g| g.get_mut("tls"))
+        .and_then(Value::as_object_mut)
+    else {
+        return Ok(());
+    };
+    for (file_key, pem_key) in TLS_FILES {
+        let Some(path) = tls.remove(file_key) else {
+            continue;
+        };
+        let Some(path) = path.as_str() else {
+            anyhow::bail!("grid.tls.{file_key}: expected a file path (a string)");
+        };
+        if tls.contains_key(pem_key) {
+            anyhow::bail!("grid.tls: give {file_key} or {pem_key}, not both");
+        }
+        let full = base.join(path);
+        let text = std::fs::read_to_string(&full)
+            .with_context(|| format!("grid.tls.{file_key}: reading {}", full.display()))?;
+        tls.insert(pem_key.to_string(), Value::String(text));
+    }
+    Ok(())
+}
+
+/// TOML text to the JSON the appliance is sent: [`toml_to_json`], then the TLS files
+/// read relative to `base`.
+pub fn toml_to_document_json(text: &str, base: &Path) -> Result<Value> {
+    let mut json = toml_to_json(text)?;
+    read_tls_files(&mut json, base)?;
+    Ok(json)
+}
+
+/// TOML text to a checked [`Document`] (TLS files relative to the current directory).
+/// Refusals are [`InvalidConfig`] (downcastable).
 pub fn document_from_toml(text: &str) -> Result<Document> {
-    Ok(Document::from_json(toml_to_json(text)?)?)
+    Ok(Document::from_json(toml_to_document_json(
+        text,
+        Path::new("."),
+    )?)?)
 }
 
 /// TOML text to a validated `Config` (for reading; send a [`Document`]).
@@ -157,11 +212,21 @@ pub fn from_toml(text: &str) -> Result<Config> {
     Ok(document_from_toml(text)?.config)
 }
 
-/// Reads and checks a TOML config file.
-pub fn load(path: &Path) -> Result<Document> {
+/// The JSON a config file becomes on the way to the appliance (unchecked): its TOML,
+/// with the TLS files it names (relative to its directory) read in.
+pub fn file_to_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
-    document_from_toml(&text).with_context(|| format!("in {}", path.display()))
+    let base = path.parent().unwrap_or(Path::new("."));
+    toml_to_document_json(&text, base).with_context(|| format!("in {}", path.display()))
+}
+
+/// Reads and checks a TOML config file.
+pub fn load(path: &Path) -> Result<Document> {
+    let json = file_to_json(path)?;
+    Document::from_json(json)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("in {}", path.display()))
 }
 
 /// The embedded default.
@@ -221,6 +286,41 @@ mod tests {
         // Without the secret the round trip is exact.
         let plain = default_config();
         assert_eq!(Document::from_config(&plain).unwrap().config(), &plain);
+    }
+
+    /// `[grid.tls]` file keys become the files' contents, relative to the file's
+    /// directory; the rest of the document is untouched.
+    #[test]
+    fn tls_files_are_read_into_the_document() {
+        let dir = std::env::temp_dir().join(format!("weft-tlsdoc-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("pki")).unwrap();
+        for (name, text) in [
+            ("ca.pem", "CA"),
+            ("node-1.pem", "CERT"),
+            ("node-1.key", "KEY"),
+        ] {
+            std::fs::write(dir.join("pki").join(name), text).unwrap();
+        }
+        let toml = "[grid]\nnode = 1\n[grid.tls]\nca_file = \"pki/ca.pem\"\n\
+                    cert_file = \"pki/node-1.pem\"\nkey_file = \"pki/node-1.key\"\n";
+        let json = toml_to_document_json(toml, &dir).unwrap();
+        assert_eq!(
+            json,
+            json!({"grid": {"node": 1, "tls": {"ca_pem": "CA", "cert_pem": "CERT", "key_pem": "KEY"}}})
+        );
+        // Inline PEM passes through; both forms of one key are refused.
+        let inline = toml_to_document_json("[grid.tls]\nca_pem = \"X\"\n", &dir).unwrap();
+        assert_eq!(inline, json!({"grid": {"tls": {"ca_pem": "X"}}}));
+        let both = "[grid.tls]\nca_pem = \"X\"\nca_file = \"pki/ca.pem\"\n";
+        let e = toml_to_document_json(both, &dir).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let missing = "[grid.tls]\nkey_file = \"pki/none.key\"\n";
+        let e = format!("{:#}", toml_to_document_json(missing, &dir).unwrap_err());
+        assert!(
+            e.contains("grid.tls.key_file") && e.contains("none.key"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

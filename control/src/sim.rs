@@ -69,6 +69,18 @@ fn serve(listener: UnixListener, stop: &AtomicBool) {
         },
         now(),
     );
+    // As the kernel does: the wall clock (certificate validity) and a 256-bit key seed
+    // (here the host's random source), so documents with `auth = "tls"` apply.
+    if let Ok(unix) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        app.set_wall_clock(unix.as_secs());
+    }
+    let mut seed = [0u8; 32];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .is_ok()
+    {
+        app.set_key_seed(weft_appliance::weft_peer::rng::Seed::new(seed));
+    }
     let mut up =
         MemPort::new(weft_appliance::weft_netstack::smoltcp::wire::EthernetAddress(uplink_mac));
     let mut link =

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod build;
+pub mod ca;
 pub mod demo;
 pub mod install_cni;
 pub mod netns;

@@ -109,6 +109,11 @@ enum Cmd {
     },
     /// Run every check of the project (fmt, clippy, unit tests, image, QEMU tests).
     Test,
+    /// The grid's certificate authority: certificates for `[grid] auth = "tls"`.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
     /// weft against a reference Linux VM doing the same job (docs/PERFORMANCE.md).
     Bench(weft_image::bench::BenchArgs),
     /// One grid (two wefts and a Linux VTEP) under every kind of load at once for a
@@ -164,6 +169,28 @@ struct AgentArgs {
     /// http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Make the CA of grid NAME: DIR/ca.pem and DIR/ca.key (keep the key off the nodes).
+    Init {
+        #[arg(long)]
+        grid: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = weft_image::ca::CA_DAYS)]
+        days: u32,
+    },
+    /// Issue node N's certificate: DIR/node-N.pem and DIR/node-N.key.
+    Issue {
+        #[arg(long)]
+        node: u32,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = weft_image::ca::NODE_DAYS)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -274,6 +301,7 @@ fn main() -> ExitCode {
                 .map(|at| println!("{}", at.display()))
         }
         Cmd::Test => return cmd_test(),
+        Cmd::Ca { cmd } => cmd_ca(cmd),
         Cmd::Bench(args) => return weft_image::bench::main(args),
         Cmd::Soak(args) => return weft_image::bench::soak::main(args),
     };
@@ -284,6 +312,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cmd_ca(cmd: CaCmd) -> Result<()> {
+    let written = match cmd {
+        CaCmd::Init { grid, dir, days } => weft_image::ca::init(&grid, &dir, days)?,
+        CaCmd::Issue { node, dir, days } => weft_image::ca::issue(node, &dir, days)?,
+    };
+    println!("{}", written.cert.display());
+    println!("{}", written.key.display());
+    Ok(())
 }
 
 fn cmd_build(release: bool) -> Result<()> {

@@ -109,7 +109,8 @@ fn errors_exit_non_zero_with_code_field_message() {
 /// Every example file, and `examples/reference.toml` which sets every key, applied with
 /// `weft ctl apply FILE` reads back through `weft ctl --json config` field by field as
 /// the file says (a secret as "set"). The sleeve examples carry a secret: it must reach
-/// the appliance as written, or the apply is refused.
+/// the appliance as written, or the apply is refused; the reference's `[grid.tls]` files
+/// must reach it as PEM text, its key read back as "set".
 #[test]
 fn every_example_file_applies_and_reads_back_as_written() {
     let dir = tmp("examples");
@@ -135,8 +136,8 @@ fn every_example_file_applies_and_reads_back_as_written() {
         );
         let out = weft(sim.path(), &["--json", "config"]);
         let reply: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
-        let written =
-            weft_control::document::toml_to_json(&std::fs::read_to_string(file).unwrap()).unwrap();
+        // As the host sends it: `[grid.tls]` files read in as PEM text.
+        let written = weft_control::document::file_to_json(file).unwrap();
         let echo = weft_control::document::echo(&written, &reply["result"]);
         assert_eq!(echo.mismatched, Vec::<String>::new(), "{}", file.display());
         if file.ends_with("reference.toml") {
@@ -147,7 +148,9 @@ fn every_example_file_applies_and_reads_back_as_written() {
             );
         }
         assert!(
-            !text(&out.stdout).contains("5eed5eed") && !text(&out.stdout).contains("00112233"),
+            !text(&out.stdout).contains("5eed5eed")
+                && !text(&out.stdout).contains("00112233")
+                && !text(&out.stdout).contains("PRIVATE KEY"),
             "a secret echoed: {}",
             text(&out.stdout)
         );

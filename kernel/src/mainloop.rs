@@ -123,6 +123,10 @@ pub fn run(cmdline: String) -> ! {
         },
         now,
     );
+    match key_seed() {
+        Some(seed) => appliance.set_key_seed(seed),
+        None => log::warn!("no RDRAND: no key seed, so [grid] auth = \"tls\" is unavailable"),
+    }
     match crate::rtc::unix_time() {
         Some(unix) => {
             let at_boot = unix.saturating_sub(crate::time::micros() / 1_000_000);
@@ -228,6 +232,19 @@ fn sleep(delay: Duration) {
     }
     // `sti; hlt` is atomic: an interrupt between the check and the halt still wakes us.
     x86_64::instructions::interrupts::enable_and_hlt();
+}
+
+/// The 256-bit seed of the appliance's key generator: four RDRAND words (each retried
+/// as Intel's DRNG guide says), never the TSC. `None` without RDRAND or when it keeps
+/// failing.
+fn key_seed() -> Option<weft_appliance::weft_peer::rng::Seed> {
+    let rdrand = x86_64::instructions::random::RdRand::new()?;
+    let mut seed = [0u8; 32];
+    for chunk in seed.chunks_exact_mut(8) {
+        let word = (0..10).find_map(|_| rdrand.get_u64())?;
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    Some(weft_appliance::weft_peer::rng::Seed::new(seed))
 }
 
 /// A 64-bit seed for the appliance's random choices (DNS query ids and ports, hash keys):

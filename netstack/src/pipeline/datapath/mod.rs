@@ -88,6 +88,15 @@ impl OverlayPath {
         &self.overlay
     }
 
+    /// Seal to `node` under `session` from now on (see [`Overlay::sleeve_restart_tx`]).
+    pub fn sleeve_restart_tx(
+        &mut self,
+        node: crate::base::NodeId,
+        session: crate::stage::sleeve::SessionId,
+    ) -> bool {
+        self.overlay.sleeve_restart_tx(node, session)
+    }
+
     pub fn counters(&self) -> DatapathCounters {
         self.counters
     }

@@ -244,7 +244,7 @@ pub struct Overlay {
     /// Each peer's node number and its underlay address (the key of `peers`).
     peer_nodes: BTreeMap<NodeId, Ipv4Address>,
     drops: OverlayDrops,
-    /// The sleeve endpoint, when `[grid]` has a secret.
+    /// The sleeve endpoint, when `[grid]` has keys (a secret, or `auth = "tls"`).
     sleeve: Option<SleeveLink>,
     /// Seal frames for sleeve peers when [`Overlay::flush_sleeve`] is called, not at
     /// once (docs/sleeve.md "Batching").
@@ -273,14 +273,11 @@ impl Overlay {
         grid.validate()?;
         // Until the appliance gives a wall-clock based first session
         // (`set_sleeve_first_session`), the session ids come from the seed alone.
-        let sleeve = grid.secret.as_ref().and_then(|secret| {
-            SleeveLink::new(
-                grid.node,
-                secret,
-                underlay_mtu(grid.mtu),
-                sleeve::SessionId::first_of_boot(0, seed as u32),
-            )
-        });
+        let sleeve = SleeveLink::new(
+            &grid,
+            underlay_mtu(grid.mtu),
+            sleeve::SessionId::first_of_boot(0, seed as u32),
+        );
         Ok(Overlay {
             sleeve,
             grid,
@@ -350,17 +347,49 @@ impl Overlay {
         if link.metrics().sealed_messages != 0 {
             return;
         }
-        let Some(secret) = &self.grid.secret else {
-            return;
-        };
-        if let Some(mut fresh) =
-            SleeveLink::new(self.grid.node, secret, underlay_mtu(self.grid.mtu), first)
-        {
-            for p in self.peers.values() {
-                fresh.add_peer(p.node);
-            }
-            self.sleeve = Some(fresh);
+        let keys = link.keys().clone();
+        let mut fresh = SleeveLink::with_keys(&self.grid, keys, underlay_mtu(self.grid.mtu), first);
+        for p in self.peers.values() {
+            fresh.add_peer(p.node);
         }
+        self.sleeve = Some(fresh);
+    }
+
+    /// The peer channel's key store, with `auth = "tls"` (shared with the channel).
+    pub fn tls_keys(&self) -> Option<&weft_peer::keys::SharedKeys> {
+        self.sleeve
+            .as_ref()
+            .and_then(|l| l.tls_keys())
+            .map(|k| k.shared())
+    }
+
+    /// The peers some network seals for (sleeve, or `auto` outside the trusted
+    /// subnets): node and underlay address. These need keys.
+    pub fn sleeve_peers(&self) -> Vec<(NodeId, Ipv4Address)> {
+        self.peers
+            .iter()
+            .filter(|(addr, p)| {
+                p.networks.iter().any(|vni| {
+                    self.networks.get(vni).is_some_and(|n| {
+                        encap::encap(n.mode, &self.grid.trusted_subnets, **addr)
+                            == encap::Encap::Sleeve
+                    })
+                })
+            })
+            .map(|(addr, p)| (p.node, *addr))
+            .collect()
+    }
+
+    /// Seal to `node` under `session` from now on (the peer channel installed its keys).
+    pub fn sleeve_restart_tx(&mut self, node: NodeId, session: sleeve::SessionId) -> bool {
+        self.sleeve
+            .as_mut()
+            .is_some_and(|l| l.restart_tx(node, session))
+    }
+
+    /// `node`'s sleeve state (sessions, epochs), when the endpoint runs.
+    pub fn sleeve_session(&self, node: NodeId) -> Option<&sleeve::Session> {
+        self.sleeve.as_ref().and_then(|l| l.session(node))
     }
 
     /// The session id a replacement sleeve endpoint must start at, if one runs.

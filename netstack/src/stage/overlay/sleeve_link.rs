@@ -1,6 +1,7 @@
 //! This appliance's sleeve endpoint as the overlay uses it: sleeve messages in and out
 //! of complete underlay frames (Ethernet + IPv4 + UDP to port 6783), keyed by the grid
-//! secret, and its counters for `status`.
+//! secret or by the peer channel (`auth = "tls"`, docs/peer-tls.md), and its counters
+//! for `status`.
 //!
 //! It never decides where a frame goes or which peers are sealed for (the overlay
 //! does), never reads a clock and never sends a frame in clear.
@@ -9,18 +10,20 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
     Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
 
-use super::config::SecretText;
+use weft_peer::config::Auth;
+use weft_peer::keys::TlsKeys;
+
 use crate::base::ports::SLEEVE_PORT;
 use crate::base::{NodeId, Vni};
 use crate::stage::sleeve::{
-    self, Frame, OpenError, PskKeySource, SealError, SessionConfig, SessionId, Sleeve,
-    SleeveMetrics,
+    self, AeadKey, Frame, KeyId, KeySource, OpenError, PskKeySource, SealError, Session,
+    SessionConfig, SessionId, Sleeve, SleeveMetrics, TlsKeySource,
 };
 use crate::wire::vxlan;
 
@@ -158,29 +161,110 @@ pub fn parse_outer(frame: &[u8]) -> Result<Received<'_>, OuterError> {
 /// The frames of one opened message: each network's number and the frame.
 pub type OpenedFrames = Vec<(Vni, Vec<u8>)>;
 
-/// This appliance's sleeve endpoint, keyed by the grid secret.
+/// Where the endpoint's keys come from.
+#[derive(Debug, Clone)]
+pub enum LinkKeys {
+    /// Derived from the grid secret.
+    Psk(PskKeySource),
+    /// Exported by the peer channel; the store is shared with it.
+    Tls(TlsKeySource),
+}
+
+impl LinkKeys {
+    /// The key source of `[grid]`: the secret's with `auth = "secret"` (`None` without
+    /// a usable secret), a new, empty peer-channel store with `auth = "tls"`.
+    pub fn for_grid(grid: &super::config::GridConfig) -> Option<LinkKeys> {
+        match grid.auth {
+            Auth::Secret => {
+                let secret = grid.secret.as_ref()?.grid_secret()?;
+                Some(LinkKeys::Psk(PskKeySource::new(grid.node, secret)))
+            }
+            Auth::Tls => Some(LinkKeys::Tls(TlsKeySource::new(TlsKeys::shared()))),
+        }
+    }
+
+    /// The epoch length: the `[grid.tls]` one with the peer channel, sleeve's default
+    /// otherwise.
+    fn rekey_after(&self, grid: &super::config::GridConfig) -> Option<Duration> {
+        match (self, &grid.tls) {
+            (LinkKeys::Tls(_), Some(tls)) => {
+                Some(Duration::from_micros(tls.rekey_after().as_micros() as u64))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl KeySource for LinkKeys {
+    fn key(&self, id: &KeyId) -> Option<AeadKey> {
+        match self {
+            LinkKeys::Psk(k) => k.key(id),
+            LinkKeys::Tls(k) => k.key(id),
+        }
+    }
+}
+
+/// This appliance's sleeve endpoint.
 #[derive(Debug, Clone)]
 pub struct SleeveLink {
-    sleeve: Sleeve<PskKeySource>,
+    sleeve: Sleeve<LinkKeys>,
     next_ident: u16,
 }
 
 impl SleeveLink {
-    /// An endpoint for node `local` whose messages fit an underlay of `underlay_mtu`;
-    /// `None` if the secret is unusable. `first`: see [`Sleeve::new`].
+    /// An endpoint for `grid`'s node whose messages fit an underlay of `underlay_mtu`;
+    /// `None` in secret mode without a usable secret. `first`: see [`Sleeve::new`].
     pub fn new(
-        local: NodeId,
-        secret: &SecretText,
+        grid: &super::config::GridConfig,
         underlay_mtu: u16,
         first: SessionId,
     ) -> Option<SleeveLink> {
-        let keys = PskKeySource::new(local, secret.grid_secret()?);
+        Some(SleeveLink::with_keys(
+            grid,
+            LinkKeys::for_grid(grid)?,
+            underlay_mtu,
+            first,
+        ))
+    }
+
+    /// An endpoint on `keys` (a rebuilt endpoint keeps its predecessor's).
+    pub fn with_keys(
+        grid: &super::config::GridConfig,
+        keys: LinkKeys,
+        underlay_mtu: u16,
+        first: SessionId,
+    ) -> SleeveLink {
         let mut config = SessionConfig::for_underlay_mtu(underlay_mtu);
         config.headroom = OUTER_LEN;
-        Some(SleeveLink {
-            sleeve: Sleeve::new(local, keys, config, first),
+        if let Some(rekey) = keys.rekey_after(grid) {
+            config.rekey_after_time = rekey;
+        }
+        SleeveLink {
+            sleeve: Sleeve::new(grid.node, keys, config, first),
             next_ident: (first.0 >> 7) as u16,
-        })
+        }
+    }
+
+    pub fn keys(&self) -> &LinkKeys {
+        self.sleeve.keys()
+    }
+
+    /// The peer channel's key store, in `auth = "tls"`.
+    pub fn tls_keys(&self) -> Option<&TlsKeySource> {
+        match self.sleeve.keys() {
+            LinkKeys::Tls(k) => Some(k),
+            LinkKeys::Psk(_) => None,
+        }
+    }
+
+    /// Seal to `peer` under `session` from now on (its keys were just installed).
+    pub fn restart_tx(&mut self, peer: NodeId, session: SessionId) -> bool {
+        self.sleeve.restart_tx(peer, session)
+    }
+
+    /// `peer`'s sleeve state (sessions, epochs).
+    pub fn session(&self, peer: NodeId) -> Option<&Session> {
+        self.sleeve.peer(peer)
     }
 
     pub fn add_peer(&mut self, node: NodeId) {
@@ -195,11 +279,6 @@ impl SleeveLink {
 
     pub fn metrics(&self) -> &SleeveMetrics {
         self.sleeve.metrics()
-    }
-
-    /// The session with peer `node`, once it is a sleeve peer.
-    pub fn session(&self, node: NodeId) -> Option<&crate::stage::sleeve::Session> {
-        self.sleeve.peer(node)
     }
 
     pub fn next_session(&self) -> Option<SessionId> {
@@ -217,6 +296,12 @@ impl SleeveLink {
     ) -> Result<Vec<Vec<u8>>, SealError> {
         let records: Vec<Frame<'_>> = frames.iter().map(|bytes| Frame { vni, bytes }).collect();
         let mut messages = self.sleeve.seal(peer, &records, now)?;
+        // The chain of the epoch in use moves past it (docs/peer-tls.md, "Wiping").
+        if let (LinkKeys::Tls(keys), Some(session)) = (self.sleeve.keys(), self.sleeve.peer(peer)) {
+            if let Some(epoch) = session.tx_epoch() {
+                keys.sending_at(peer, session.tx_session(), epoch);
+            }
+        }
         for m in &mut messages {
             self.write_outer(outer, m);
         }
@@ -267,6 +352,9 @@ impl SleeveLink {
     ) -> Result<(NodeId, OpenedFrames), OpenError> {
         let mut buf = payload.to_vec();
         let opened = self.sleeve.open(&mut buf, now)?;
+        if let LinkKeys::Tls(keys) = self.sleeve.keys() {
+            keys.receiving_at(opened.peer, opened.session, opened.epoch);
+        }
         let frames = opened
             .frames
             .iter()

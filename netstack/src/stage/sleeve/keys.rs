@@ -1,8 +1,9 @@
 //! Where sleeve keys come from (docs/sleeve.md, "Key schedule", "Key source").
 //!
-//! Owns the `KeySource` interface the data path asks for keys, and `PskKeySource`, the
-//! HKDF-SHA256 derivation from the grid secret. It never sees packets, never keeps a
-//! derived key it handed out, and never exposes the grid secret.
+//! Owns the `KeySource` interface the data path asks for keys, `PskKeySource`, the
+//! HKDF-SHA256 derivation from the grid secret, and `TlsKeySource`, the keys the peer
+//! channel exported (docs/peer-tls.md). It never sees packets, never keeps a derived key
+//! it handed out, and never exposes the grid secret.
 
 use core::fmt;
 
@@ -158,6 +159,55 @@ impl KeySource for PskKeySource {
     }
 }
 
+/// Keys from the peer channel's store (docs/peer-tls.md, "Key schedule"): it answers
+/// only for sessions announced on an authenticated connection. Cloning shares the store.
+#[derive(Clone)]
+pub struct TlsKeySource(weft_peer::keys::SharedKeys);
+
+impl TlsKeySource {
+    pub fn new(keys: weft_peer::keys::SharedKeys) -> TlsKeySource {
+        TlsKeySource(keys)
+    }
+
+    pub fn shared(&self) -> &weft_peer::keys::SharedKeys {
+        &self.0
+    }
+
+    /// The data path sends to `peer` under `(session, epoch)`: the chain moves past it.
+    pub fn sending_at(&self, peer: NodeId, session: SessionId, epoch: Epoch) {
+        self.0
+            .borrow_mut()
+            .sending_at(u32::from(peer), session.0, epoch.0);
+    }
+
+    /// `peer`'s message under `(session, epoch)` authenticated: the chain moves past it.
+    pub fn receiving_at(&self, peer: NodeId, session: SessionId, epoch: Epoch) {
+        self.0
+            .borrow_mut()
+            .receiving_at(u32::from(peer), session.0, epoch.0);
+    }
+}
+
+impl fmt::Debug for TlsKeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsKeySource(..)")
+    }
+}
+
+impl KeySource for TlsKeySource {
+    fn key(&self, id: &KeyId) -> Option<AeadKey> {
+        let direction = match id.direction {
+            KeyDirection::Send => weft_peer::keys::Direction::Send,
+            KeyDirection::Receive => weft_peer::keys::Direction::Receive,
+        };
+        let key = self
+            .0
+            .borrow()
+            .key(u32::from(id.peer), direction, id.session.0, id.epoch.0)?;
+        Some(AeadKey::from_bytes(*key))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +310,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(alloc::format!("{k:?}"), "AeadKey(..)");
+    }
+
+    /// The TLS source answers as the store does, per direction, and moving a chain on
+    /// makes older epochs unanswerable.
+    #[test]
+    fn tls_keys_answer_for_installed_sessions_only() {
+        use weft_peer::keys::{Chain, TlsKeys};
+        let store = TlsKeys::shared();
+        let source = TlsKeySource::new(store.clone());
+        let two = NodeId::new(2).unwrap();
+        let id = |direction, session, epoch| KeyId {
+            peer: two,
+            direction,
+            session: SessionId(session),
+            epoch: Epoch(epoch),
+        };
+        assert!(source.key(&id(KeyDirection::Send, 10, 0)).is_none());
+        store
+            .borrow_mut()
+            .install_tx(2, Chain::from_secret(10, [1; 32]));
+        store
+            .borrow_mut()
+            .install_rx(2, Chain::from_secret(20, [2; 32]));
+        let send0 = source.key(&id(KeyDirection::Send, 10, 0)).unwrap();
+        assert!(source.key(&id(KeyDirection::Receive, 10, 0)).is_none());
+        assert!(source.key(&id(KeyDirection::Receive, 20, 0)).is_some());
+        source.sending_at(two, SessionId(10), Epoch(0));
+        assert!(source.key(&id(KeyDirection::Send, 10, 0)).is_none());
+        assert_ne!(
+            source
+                .key(&id(KeyDirection::Send, 10, 1))
+                .unwrap()
+                .as_bytes(),
+            send0.as_bytes()
+        );
+        source.receiving_at(two, SessionId(20), Epoch(3));
+        assert!(source.key(&id(KeyDirection::Receive, 20, 3)).is_none());
+        assert!(source.key(&id(KeyDirection::Receive, 20, 4)).is_some());
     }
 }

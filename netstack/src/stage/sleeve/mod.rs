@@ -19,7 +19,9 @@ use crate::wire::sleeve as wire;
 
 use crate::base::NodeId;
 
-pub use keys::{AeadKey, GridSecret, KeyDirection, KeyId, KeySource, PskKeySource, SecretError};
+pub use keys::{
+    AeadKey, GridSecret, KeyDirection, KeyId, KeySource, PskKeySource, SecretError, TlsKeySource,
+};
 pub use replay::ReplayError;
 pub use session::{overlay_mtu, Opened, Session, SessionConfig, SessionStats};
 pub use wire::{Epoch, Frame, SessionId};
@@ -277,6 +279,18 @@ impl<K: KeySource> Sleeve<K> {
     /// Forget `peer` and its keys; `false` if it was not a peer.
     pub fn remove_peer(&mut self, peer: NodeId) -> bool {
         self.peers.remove(&peer).is_some()
+    }
+
+    /// Seal to `peer` under `session` from now on (epoch 0): a session whose keys the
+    /// key source just received (the peer channel's switch). `false`: not a peer.
+    pub fn restart_tx(&mut self, peer: NodeId, session: SessionId) -> bool {
+        match self.peers.get_mut(&peer) {
+            Some(s) => {
+                s.restart_tx(session);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn peer(&self, peer: NodeId) -> Option<&Session> {

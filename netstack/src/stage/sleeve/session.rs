@@ -279,6 +279,11 @@ impl Session {
         self.tx.as_ref().map(|t| t.epoch)
     }
 
+    /// When the sending epoch began.
+    pub fn tx_epoch_started(&self) -> Option<Instant> {
+        self.tx.as_ref().map(|t| t.started)
+    }
+
     /// The peer's current session and epoch, once a message opened.
     pub fn rx_current(&self) -> Option<(SessionId, Epoch)> {
         self.rx_current.as_ref().map(|k| (k.session, k.epoch))

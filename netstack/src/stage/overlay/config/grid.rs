@@ -1,7 +1,7 @@
 //! `[grid]`: the overlay as a whole and this node's place in it (subnet, node number,
-//! VXLAN port, MTU, outer DF and checksum, the sleeve secret, trusted subnets, region,
-//! table limits), and how a network reaches its peers (`EncapMode`). Serde types and
-//! their checks only.
+//! VXLAN port, MTU, outer DF and checksum, where sleeve keys come from (the secret, or
+//! the peer channel's `[grid.tls]`), trusted subnets, region, table limits), and how a
+//! network reaches its peers (`EncapMode`). Serde types and their checks only.
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -18,6 +18,7 @@ use super::{
 use crate::base::ports::VXLAN_PORT;
 use crate::base::NodeId;
 use crate::wire::vxlan::DfPolicy;
+use weft_peer::config::{Auth, TlsSection};
 
 /// An IPv4 subnet written `a.b.c.d/len`, with no host bits set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,13 @@ pub struct GridConfig {
     /// as `"set"`, never echoed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretText>,
+    /// Where sleeve keys come from: the secret, or the peer channel (docs/peer-tls.md).
+    #[serde(default, skip_serializing_if = "Auth::is_secret")]
+    pub auth: Auth,
+    /// `[grid.tls]`: this node's certificate, key and grid CA (PEM), with `auth = "tls"`;
+    /// the key is shown as `"set"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<TlsSection>>,
     /// Underlay subnets trusted with plaintext VXLAN by networks in `auto` mode
     /// (Kontena's trusted subnets).
     // Boxed slices, not vectors: the whole document travels in a control command.
@@ -228,6 +236,8 @@ impl GridConfig {
             df: DfPolicy::default(),
             udp_checksum: true,
             secret: None,
+            auth: Auth::Secret,
+            tls: None,
             trusted_subnets: Box::default(),
             region: None,
             limits: GridLimits::default(),
@@ -275,6 +285,12 @@ impl GridConfig {
             if !valid_name(region) {
                 return Err(ConfigError::BadRegion(region.clone()));
             }
+        }
+        match (self.auth, &self.tls) {
+            (Auth::Tls, None) => return Err(ConfigError::TlsWithoutCredentials),
+            (Auth::Secret, Some(_)) => return Err(ConfigError::TlsUnused),
+            (Auth::Tls, Some(tls)) => tls.check_timers().map_err(ConfigError::TlsTimer)?,
+            (Auth::Secret, None) => {}
         }
         self.check_node(self.node)?;
         for (limit, value) in [

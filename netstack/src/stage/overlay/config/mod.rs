@@ -95,8 +95,15 @@ pub enum ConfigError {
         peer: NodeId,
         network: String,
     },
-    /// A network in `sleeve` or `auto` mode without a `[grid] secret`.
+    /// A network in `sleeve` or `auto` mode without a `[grid] secret` (with
+    /// `auth = "secret"`).
     SleeveWithoutSecret(String),
+    /// `auth = "tls"` without a `[grid.tls]` table.
+    TlsWithoutCredentials,
+    /// A `[grid.tls]` table while `auth` is not `"tls"`.
+    TlsUnused,
+    /// A `[grid.tls]` timer out of its bounds.
+    TlsTimer(weft_peer::config::TimerError),
     /// A region name that is not 1..=64 characters of `[A-Za-z0-9_.-]`.
     BadRegion(String),
     /// A peer with no underlay address at all.
@@ -162,6 +169,11 @@ impl fmt::Display for ConfigError {
             DuplicatePeerNetwork { peer, network } => {
                 write!(f, "peer {peer} lists network {network:?} twice")
             }
+            TlsWithoutCredentials => f.write_str(
+                "auth = \"tls\" needs a [grid.tls] table (ca_file, cert_file, key_file)",
+            ),
+            TlsUnused => f.write_str("[grid.tls] is only used with auth = \"tls\""),
+            TlsTimer(e) => write!(f, "{e}"),
             SleeveWithoutSecret(n) => {
                 write!(f, "network {n:?} uses sleeve but [grid] has no secret")
             }
@@ -235,7 +247,8 @@ impl OverlayConfig {
         let mut vlans = BTreeSet::new();
         for net in &self.networks {
             net.validate()?;
-            if !net.mode.is_vxlan() && self.grid.secret.is_none() {
+            let keyless = self.grid.auth.is_secret() && self.grid.secret.is_none();
+            if !net.mode.is_vxlan() && keyless {
                 return Err(ConfigError::SleeveWithoutSecret(net.name.clone()));
             }
             if !names.insert(net.name.as_str()) {
