@@ -18,6 +18,7 @@ use smoltcp::wire::{
 };
 
 use crate::base::Vni;
+use crate::wire::buffer::PacketBuf;
 
 /// Length of the VXLAN header.
 pub const HEADER_LEN: usize = field::RESERVED2 + 1;
@@ -227,25 +228,52 @@ pub struct Outer {
 /// packet (more than 65 535 - 36 bytes) is refused with `Err(TooLong)`.
 pub fn encapsulate(outer: &Outer, inner: &[u8], out: &mut Vec<u8>) -> Result<(), TooLong> {
     let udp_len = UDP_HEADER_LEN + HEADER_LEN + inner.len();
-    let ip_len = IPV4_HEADER_LEN + udp_len;
-    if ip_len > usize::from(u16::MAX) {
+    if IPV4_HEADER_LEN + udp_len > usize::from(u16::MAX) {
         return Err(TooLong);
     }
     let start = out.len();
-    out.resize(start + ETHERNET_HEADER_LEN + ip_len, 0);
-    let frame_buf = &mut out[start..];
+    out.resize(start + ENCAP_OVERHEAD, 0);
+    out.extend_from_slice(inner);
+    emit_outer(outer, inner_ipv4_ecn_df(inner), &mut out[start..]);
+    Ok(())
+}
 
-    let inner_ip = inner_ipv4_ecn_df(inner);
+/// Why [`encapsulate_in_place`] left a frame as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InPlaceError {
+    /// Too long for one IPv4 packet (see [`encapsulate`]).
+    TooLong,
+    /// Fewer than [`ENCAP_OVERHEAD`] bytes of headroom in front of the frame.
+    NoHeadroom,
+}
 
-    let mut frame = EthernetFrame::new_unchecked(&mut *frame_buf);
+/// [`encapsulate`] where the inner frame lies: the outer headers go into the buffer's
+/// headroom in front of it, so the frame is neither copied nor moved.
+pub fn encapsulate_in_place(outer: &Outer, buf: &mut PacketBuf) -> Result<(), InPlaceError> {
+    if IPV4_HEADER_LEN + UDP_HEADER_LEN + HEADER_LEN + buf.len() > usize::from(u16::MAX) {
+        return Err(InPlaceError::TooLong);
+    }
+    let inner_ip = inner_ipv4_ecn_df(buf.frame());
+    let frame = buf
+        .push_front(ENCAP_OVERHEAD)
+        .ok_or(InPlaceError::NoHeadroom)?;
+    emit_outer(outer, inner_ip, frame);
+    Ok(())
+}
+
+/// Writes the outer Ethernet/IPv4/UDP/VXLAN headers into the first [`ENCAP_OVERHEAD`]
+/// bytes of `frame`, the inner frame (whose IPv4 ECN and DF are `inner_ip`) after them.
+fn emit_outer(outer: &Outer, inner_ip: Option<(u8, bool)>, frame: &mut [u8]) {
+    let udp_len = frame.len() - ETHERNET_HEADER_LEN - IPV4_HEADER_LEN;
+    let mut eth = EthernetFrame::new_unchecked(&mut *frame);
     EthernetRepr {
         src_addr: outer.src_mac,
         dst_addr: outer.dst_mac,
         ethertype: EthernetProtocol::Ipv4,
     }
-    .emit(&mut frame);
+    .emit(&mut eth);
 
-    let mut ip = Ipv4Packet::new_unchecked(frame.payload_mut());
+    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
     Ipv4Repr {
         src_addr: outer.src_ip,
         dst_addr: outer.dst_ip,
@@ -267,28 +295,17 @@ pub fn encapsulate(outer: &Outer, inner: &[u8], out: &mut Vec<u8>) -> Result<(),
     ip.fill_checksum();
 
     let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
-    let caps = if outer.udp_checksum {
-        ChecksumCapabilities::default()
-    } else {
-        ChecksumCapabilities::ignored()
-    };
-    UdpRepr {
-        src_port: outer.src_port,
-        dst_port: outer.dst_port,
+    udp.set_src_port(outer.src_port);
+    udp.set_dst_port(outer.dst_port);
+    udp.set_len(udp_len as u16);
+    udp.set_checksum(0);
+    Repr { vni: outer.vni }.emit(&mut Packet::new_unchecked(udp.payload_mut()));
+    if outer.udp_checksum {
+        udp.fill_checksum(
+            &IpAddress::Ipv4(outer.src_ip),
+            &IpAddress::Ipv4(outer.dst_ip),
+        );
     }
-    .emit(
-        &mut udp,
-        &IpAddress::Ipv4(outer.src_ip),
-        &IpAddress::Ipv4(outer.dst_ip),
-        HEADER_LEN + inner.len(),
-        |payload| {
-            let mut vxlan = Packet::new_unchecked(payload);
-            Repr { vni: outer.vni }.emit(&mut vxlan);
-            vxlan.payload_mut().copy_from_slice(inner);
-        },
-        &caps,
-    );
-    Ok(())
 }
 
 /// An inner frame too long to be carried in one IPv4 packet.
@@ -330,6 +347,8 @@ pub struct Decapsulated<'a> {
     pub vni: Vni,
     /// The inner Ethernet frame (no FCS).
     pub inner: &'a [u8],
+    /// Where `inner` starts in the received frame.
+    pub inner_at: usize,
 }
 
 /// Why [`decapsulate`] refused a frame.
@@ -377,7 +396,9 @@ pub fn decapsulate(frame: &[u8], dst_port: u16) -> Result<Decapsulated<'_>, Deca
     .map_err(|_| DecapError::BadOuterHeader)?;
     let vxlan = Packet::new_checked(udp.payload()).map_err(DecapError::Vxlan)?;
     let repr = Repr::parse(&vxlan).map_err(DecapError::Vxlan)?;
+    let inner_at = ETHERNET_HEADER_LEN + usize::from(ip.header_len()) + UDP_HEADER_LEN + HEADER_LEN;
     Ok(Decapsulated {
+        inner_at,
         outer_src_mac: eth.src_addr(),
         src_ip,
         dst_ip,

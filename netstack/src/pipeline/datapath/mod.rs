@@ -30,6 +30,7 @@ use crate::base::{VlanId, Vni};
 use crate::stage::overlay::config::{NetworkConfig, PeerConfig};
 use crate::stage::overlay::{Overlay, OverlayError};
 use crate::table::fdb::Location;
+use outbox::Outbox;
 use replies::ReplyRoutes;
 pub use replies::REPLY_ROUTES;
 pub(crate) use routed::RouterHook;
@@ -51,6 +52,8 @@ pub struct OverlayPath {
     replies: ReplyRoutes,
     next_age: Option<Instant>,
     counters: DatapathCounters,
+    /// What a poll sends, kept for the next poll's frames.
+    outbox: Outbox,
 }
 
 impl OverlayPath {
@@ -71,6 +74,7 @@ impl OverlayPath {
             replies: ReplyRoutes::default(),
             next_age: None,
             counters: DatapathCounters::default(),
+            outbox: Outbox::default(),
         };
         let vnis: Vec<Vni> = path.overlay.networks().map(|(v, _, _)| v).collect();
         for vni in vnis {
