@@ -170,9 +170,15 @@ fn published_ports_masquerade_and_hairpin() {
             "SYSTEM:echo $SOCAT_PEERADDR",
         ],
     );
+    // The handler reads the datagram before it answers: a shell that exits without
+    // reading makes socat's write of the datagram fail (EPIPE), and socat then drops
+    // the answer, about every second time.
     let _udp = Socat::start(
         vm.ctr(),
-        &["UDP-RECVFROM:5353,fork", "SYSTEM:echo $SOCAT_PEERADDR"],
+        &[
+            "UDP-RECVFROM:5353,fork",
+            "SYSTEM:read -r line; echo $SOCAT_PEERADDR",
+        ],
     );
     let _outside = Socat::start(
         vm.host(),

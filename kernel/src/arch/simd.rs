@@ -1,6 +1,6 @@
 //! SIMD state: SSE is on before any Rust runs (`boot`); this module turns on XSAVE
 //! (CR4.OSXSAVE) and AVX in XCR0 where CPUID offers them, so that code which picks its
-//! implementation at run time (`cpufeatures`: the ChaCha20 and Poly1305 AVX2 backends)
+//! implementation at run time (`cpufeatures`: the ChaCha20 AVX2 backend)
 //! sees AVX2 where the CPU has it and SSE2 otherwise. AVX-512 state stays off (nothing
 //! here uses it, and it would make every saved context 2.5 KiB larger).
 //!
@@ -44,11 +44,12 @@ impl Level {
 
 cpufeatures::new!(avx2_cpuid, "avx2");
 
-/// The backends the `chacha20` and `poly1305` crates pick, by the same run-time test
-/// they make (`cpufeatures`: CPUID and XCR0). Call after [`init`].
+/// The backends the `chacha20` crate picks, by the same run-time test it makes
+/// (`cpufeatures`: CPUID and XCR0), and Poly1305's, which the build fixes to its
+/// portable one (`kernel/.cargo/config.toml`). Call after [`init`].
 pub fn crypto_backends() -> &'static str {
     if avx2_cpuid::get() {
-        "ChaCha20 AVX2, Poly1305 AVX2"
+        "ChaCha20 AVX2, Poly1305 portable"
     } else {
         "ChaCha20 SSE2, Poly1305 portable"
     }
