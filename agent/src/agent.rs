@@ -131,7 +131,7 @@ pub struct Ident {
 }
 
 impl Ident {
-    fn from_doc(node: NodeId, doc: &Value) -> Ident {
+    pub(crate) fn from_doc(node: NodeId, doc: &Value) -> Ident {
         let subnet = doc
             .pointer("/grid/subnet")
             .and_then(Value::as_str)

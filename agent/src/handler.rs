@@ -1,5 +1,6 @@
 //! The agent API's commands: its own (`agent-status`, the grid writes, address
-//! allocation, `apply` of the node's document) and every other command passed through
+//! allocation, `apply` of the node's document, what a network is like, and what an
+//! owner such as the CNI plugin holds, to show or release) and every other command passed through
 //! to the appliance and answered with the appliance's reply. Grid writes go to the
 //! store only; the appliance follows from the watch, like every other host's.
 
@@ -13,6 +14,7 @@ use weft_control::document::Document;
 
 use crate::agent::{Ident, Shared};
 use crate::api::{args_object, Handler};
+use crate::netinfo::network_info;
 use crate::registry::{self, Refusal};
 use crate::schema::{ContainerRecord, PortKey, Proto, PublishRecord, Scope, ServiceRecord};
 
@@ -30,6 +32,9 @@ pub const AGENT_COMMANDS: &[&str] = &[
     "backend-remove",
     "address-allocate",
     "address-release",
+    "network-info",
+    "owner-show",
+    "owner-release",
 ];
 
 fn invalid(field: &str, message: String) -> ErrorBody {
@@ -64,6 +69,8 @@ struct ContainerAdd {
     network: Option<String>,
     #[serde(default)]
     mac: Option<String>,
+    #[serde(default)]
+    owner: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +96,8 @@ struct PublishAdd {
     container_port: u16,
     #[serde(default)]
     scope: ScopeArg,
+    #[serde(default)]
+    owner: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +124,33 @@ struct Backend {
 struct Allocate {
     #[serde(default)]
     container: Option<String>,
+    #[serde(default)]
+    owner: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NetworkArg {
+    #[serde(default)]
+    network: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ByOwner {
+    owner: String,
+}
+
+/// The owner tag of a request, refused (naming `owner`) unless it is valid.
+fn owner_arg(owner: Option<String>) -> Result<Option<String>, ErrorBody> {
+    crate::schema::check_owner(owner.as_deref()).map_err(|m| {
+        let message = m
+            .split_once(": ")
+            .map_or(m.as_str(), |(_, m)| m)
+            .to_string();
+        invalid("owner", message)
+    })?;
+    Ok(owner)
 }
 
 #[derive(Deserialize)]
@@ -160,6 +196,7 @@ impl Shared {
             address: a.address,
             mac: a.mac.map(|m| m.to_ascii_lowercase()),
             node: id.node,
+            owner: a.owner,
         };
         if let Err(m) = rec.check() {
             let (field, message) = m.split_once(": ").unwrap_or(("name", &m));
@@ -201,6 +238,7 @@ impl Shared {
                     host_port: a.host_port,
                     container_address: a.container_address,
                     container_port: a.container_port,
+                    owner: owner_arg(a.owner)?,
                 };
                 if let Err(m) = rec.check() {
                     let (field, message) = m.split_once(": ").unwrap_or(("host_port", &m));
@@ -259,6 +297,7 @@ impl Shared {
             "address-allocate" => {
                 let id = self.joined()?;
                 let a: Allocate = typed(args_object(args)?)?;
+                let owner = owner_arg(a.owner)?;
                 let share = id.share.ok_or_else(|| {
                     invalid(
                         "address",
@@ -277,14 +316,15 @@ impl Shared {
                     share,
                     &|a| taken.contains(&a),
                     a.container,
+                    owner,
                 )
                 .await
                 .map_err(refused)?;
-                let mtu = if id.sleeve {
-                    id.mtu.saturating_sub(42)
-                } else {
-                    id.mtu
-                };
+                let doc = self.node_doc.lock().map(|d| d.clone()).unwrap_or_default();
+                let mtu = network_info(&doc, &id, None)
+                    .ok()
+                    .and_then(|i| i["mtu"].as_u64())
+                    .unwrap_or(id.mtu);
                 Ok(json!({
                     "address": address.to_string(),
                     "prefix_len": id.subnet.1,
@@ -303,6 +343,32 @@ impl Shared {
                     .await
                     .map(done)
                     .map_err(refused)
+            }
+            "network-info" => {
+                let id = self.joined()?;
+                let a: NetworkArg = typed(args_object(args)?)?;
+                let doc = self.node_doc.lock().map(|d| d.clone()).unwrap_or_default();
+                network_info(&doc, &id, a.network.as_deref())
+            }
+            "owner-show" | "owner-release" => {
+                let id = self.joined()?;
+                let a: ByOwner = typed(args_object(args)?)?;
+                let owner = owner_arg(Some(a.owner))?.unwrap_or_default();
+                if cmd == "owner-show" {
+                    let held = registry::owned(store, prefix, id.node, &owner)
+                        .await
+                        .map_err(refused)?;
+                    return Ok(held.json());
+                }
+                let (released, revision) = registry::release_owned(store, prefix, id.node, &owner)
+                    .await
+                    .map_err(refused)?;
+                let mut v = released.json();
+                v["changed"] = json!(revision.is_some());
+                if let Some(r) = revision {
+                    v["revision"] = json!(r);
+                }
+                Ok(v)
             }
             other => Err(ErrorBody::new(
                 ErrorCode::UnknownCommand,

@@ -10,7 +10,7 @@
 //! `sync` (the pure state machine: grid + node document -> appliance commands),
 //! `store` (etcd and file backends), `registry` (the grid's writes and their rules),
 //! `follow` (joining and watching the store), `link` (the control socket), `api` and
-//! `handler` (the API socket), `supervisor` (booting the appliance), `agent` (the
+//! `handler` (the API socket; `netinfo` answers what a network is like), `supervisor` (booting the appliance), `agent` (the
 //! loop that ties them together).
 
 pub mod agent;
@@ -19,6 +19,7 @@ pub mod follow;
 pub mod grid;
 pub mod handler;
 pub mod link;
+pub mod netinfo;
 pub mod registry;
 pub mod schema;
 pub mod store;

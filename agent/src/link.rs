@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
-use weft_appliance::protocol::{ErrorCode, RequestId};
+use weft_appliance::protocol::{ErrorCode, RequestId, MAX_LINE_LEN};
 use weft_control::client::{Client, ControlError, Reply};
 
 use crate::sync::Op;
@@ -258,7 +258,10 @@ fn serve(
 }
 
 /// Sends a plan with up to [`WINDOW`] requests in flight; the appliance answers in
-/// order, one reply per request.
+/// order, one reply per request. A request too long for one protocol line (an `apply`
+/// of a big grid) waits until nothing is in flight and goes through the client's
+/// transfer in parts (`apply-begin`, `apply-part`s, `apply-commit`), whose deciding
+/// reply counts as its own.
 fn run(c: &mut Conn, ops: &[Op]) -> RunOutcome {
     c.seq += 1;
     let mut out = RunOutcome {
@@ -273,12 +276,37 @@ fn run(c: &mut Conn, ops: &[Op]) -> RunOutcome {
             let mut line = json!({"id": id(sent), "cmd": op.cmd, "args": op.args})
                 .to_string()
                 .into_bytes();
+            if line.len() > MAX_LINE_LEN {
+                if sent > out.done {
+                    // Its turn comes once the replies before it are in.
+                    break;
+                }
+                sent += 1;
+                if op.cmd != "apply" {
+                    out.done += 1;
+                    let why = format!("{} longer than a protocol line", op.cmd);
+                    out.failures.push((sent - 1, op.cmd.to_string(), why));
+                    continue;
+                }
+                let reply = match c.client.apply_reply(&op.args) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        out.broken = Some(e.to_string());
+                        return out;
+                    }
+                };
+                settle(&mut out, ops, reply, None);
+                continue;
+            }
             line.push(b'\n');
             if let Err(e) = c.client.send_raw(&line) {
                 out.broken = Some(e.to_string());
                 return out;
             }
             sent += 1;
+        }
+        if out.done == sent {
+            continue;
         }
         let line = match c.client.read_line() {
             Ok(l) => l,
@@ -294,21 +322,31 @@ fn run(c: &mut Conn, ops: &[Op]) -> RunOutcome {
                 return out;
             }
         };
-        let i = out.done;
-        out.done += 1;
-        if let Err(e) = reply.outcome {
-            let expected = reply.id.is_none() || reply.id == Some(RequestId::String(id(i)));
-            let gone = e.code == ErrorCode::NotFound && ops[i].tolerates_not_found();
-            if !(gone && expected) {
-                out.failures.push((
-                    i,
-                    ops[i].cmd.to_string(),
-                    weft_control::client::remote_line(&e),
-                ));
-            }
-        }
+        let expected = RequestId::String(id(out.done));
+        settle(&mut out, ops, reply, Some(expected));
     }
     out
+}
+
+/// Counts the reply to `ops[out.done]`; a refusal is a failure unless it is the
+/// `not_found` of a removal (already gone) answering the request it should.
+fn settle(out: &mut RunOutcome, ops: &[Op], reply: Reply, expected: Option<RequestId>) {
+    let i = out.done;
+    out.done += 1;
+    if let Err(e) = reply.outcome {
+        let answered = match &expected {
+            Some(want) => reply.id.is_none() || reply.id.as_ref() == Some(want),
+            None => true,
+        };
+        let gone = e.code == ErrorCode::NotFound && ops[i].tolerates_not_found();
+        if !(gone && answered) {
+            out.failures.push((
+                i,
+                ops[i].cmd.to_string(),
+                weft_control::client::remote_line(&e),
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +408,51 @@ mod tests {
         };
         assert!(g2 > generation);
         drop(link);
+        thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_document_longer_than_a_line_goes_in_parts_within_a_plan() {
+        let dir = std::env::temp_dir().join(format!("weft-link-big-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sim = SimAppliance::start(&dir).unwrap();
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let (link, thread) = Link::spawn(sim.path().to_path_buf(), tx);
+        let LinkEvent::Connected { generation, .. } = events.recv().await.unwrap() else {
+            panic!("no greeting")
+        };
+        let mut doc = weft_control::document::default_document().json().clone();
+        doc["dns"] = json!({"grid": "big"});
+        doc["containers"] = (0..3000)
+            .map(|i| json!({"name": format!("app-{i}"), "address": format!("10.81.{}.{}", 1 + i / 250, 1 + i % 250)}))
+            .collect();
+        assert!(doc.to_string().len() > MAX_LINE_LEN);
+        let ops = vec![
+            Op {
+                cmd: "container-add",
+                args: json!({"name": "before", "address": "10.81.100.1"}),
+            },
+            Op {
+                cmd: "apply",
+                args: doc,
+            },
+            Op {
+                cmd: "container-add",
+                args: json!({"name": "after", "address": "10.81.100.2"}),
+            },
+        ];
+        let out = link.run(ops, generation).await.unwrap();
+        assert_eq!((out.done, out.broken.as_deref()), (3, None), "{out:?}");
+        // The first add came before any document with [dns]; the rest went through.
+        assert_eq!(out.failures.len(), 1, "{out:?}");
+        assert_eq!(out.failures[0].1, "container-add");
+        let r = link.call("config", None).await.unwrap();
+        let containers = r.outcome.unwrap()["containers"].as_array().unwrap().len();
+        assert_eq!(containers, 3001);
+        drop(link);
+        drop(sim);
         thread.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }

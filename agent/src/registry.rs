@@ -272,6 +272,7 @@ pub async fn add_container(
                     AddressClaim {
                         node: me,
                         container: Some(rec.name.clone()),
+                        owner: rec.owner.clone(),
                     },
                 ),
             ),
@@ -380,7 +381,8 @@ pub fn node_share(subnet: Ipv4Addr, prefix_len: u8, node: NodeId) -> Option<(Ipv
 }
 
 /// Allocates a free address of `share` to this node (optionally for a named
-/// container), skipping the ones `taken` already lists and any a race takes first.
+/// container, optionally tagged with its owner), skipping the ones `taken` already
+/// lists and any a race takes first.
 pub async fn allocate_address(
     store: &Store,
     prefix: &Prefix,
@@ -388,6 +390,7 @@ pub async fn allocate_address(
     share: (Ipv4Addr, Ipv4Addr),
     taken: &(dyn Fn(Ipv4Addr) -> bool + Sync),
     container: Option<String>,
+    owner: Option<String>,
 ) -> Result<(Ipv4Addr, i64), Refusal> {
     let (first, last) = (u32::from(share.0), u32::from(share.1));
     let mut races = 0;
@@ -402,6 +405,7 @@ pub async fn allocate_address(
             AddressClaim {
                 node: me,
                 container: container.clone(),
+                owner: owner.clone(),
             },
         );
         let c = store
@@ -686,6 +690,9 @@ pub async fn edit_backend(
     }
     Err(Refusal::Contended)
 }
+
+mod owned;
+pub use owned::{owned, release_owned, Owned};
 
 #[cfg(test)]
 mod tests;

@@ -297,6 +297,10 @@ pub struct ContainerRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
     pub node: NodeId,
+    /// Who registered it (a runtime's attachment, e.g. the CNI plugin's), so that
+    /// everything it holds can be released at once ([`valid_owner`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl ContainerRecord {
@@ -321,7 +325,26 @@ impl ContainerRecord {
                 return Err(format!("network: {n:?} is not a network name"));
             }
         }
-        Ok(())
+        check_owner(self.owner.as_deref())
+    }
+}
+
+/// The longest owner tag (a CNI network name, a 64-digit container id and an
+/// interface name fit with room to spare).
+pub const MAX_OWNER_LEN: usize = 256;
+
+/// Whether `owner` can tag records: 1..=256 printable ASCII characters, no space.
+pub fn valid_owner(owner: &str) -> bool {
+    !owner.is_empty() && owner.len() <= MAX_OWNER_LEN && owner.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// [`valid_owner`] as a refusal naming the field.
+pub fn check_owner(owner: Option<&str>) -> Result<(), String> {
+    match owner {
+        Some(o) if !valid_owner(o) => Err(format!(
+            "owner: {o:?} must be 1..={MAX_OWNER_LEN} printable ASCII characters without spaces"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -334,6 +357,9 @@ pub struct AddressClaim {
     /// The container registered at it, once there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// Who allocated or registered it ([`ContainerRecord::owner`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// `services/<name>`: a `[[services]]` item as written, plus `target_port`: the port of
@@ -391,7 +417,7 @@ impl ServiceRecord {
     }
 }
 
-/// A `[[publish]]` item, checked.
+/// A `[[publish]]` item, checked, and who published it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRecord {
@@ -399,6 +425,9 @@ pub struct PublishRecord {
     pub host_port: u16,
     pub container_address: Ipv4Addr,
     pub container_port: u16,
+    /// Who published it ([`ContainerRecord::owner`]); not part of the item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl PublishRecord {
@@ -409,14 +438,21 @@ impl PublishRecord {
         }
     }
 
+    /// The appliance's `[[publish]]` item.
     pub fn item(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        json!({
+            "proto": self.proto,
+            "host_port": self.host_port,
+            "container_address": self.container_address,
+            "container_port": self.container_port,
+        })
     }
 
     pub fn check(&self) -> Result<(), String> {
         Command::parse("publish-add", Some(&self.item()))
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        check_owner(self.owner.as_deref())
     }
 }
 
@@ -521,6 +557,7 @@ pub fn decode(rel: &str, value: &[u8]) -> Result<(Key, Record), BadEntry> {
         }
         Key::Address(a) => {
             let c: AddressClaim = parse(&v)?;
+            check_owner(c.owner.as_deref()).map_err(BadEntry::Refused)?;
             Record::Address(*a, c)
         }
         Key::Publish(pk, scope) => {
@@ -581,6 +618,7 @@ mod tests {
             address: Ipv4Addr::new(10, 81, 1, 2),
             mac: Some("02:42:0a:51:01:02".into()),
             node: n(1),
+            owner: Some("cni:grid:0123abcd:eth0".into()),
         }
     }
 
@@ -609,6 +647,7 @@ mod tests {
                 AddressClaim {
                     node: n(1),
                     container: Some("Web-1".into()),
+                    owner: Some("cni:grid:0123abcd:eth0".into()),
                 },
             ),
             Record::Publish(
@@ -622,6 +661,7 @@ mod tests {
                     host_port: 8080,
                     container_address: Ipv4Addr::new(10, 81, 1, 2),
                     container_port: 80,
+                    owner: Some("cni:grid:0123abcd:eth0".into()),
                 },
             ),
             Record::Service(
@@ -697,6 +737,11 @@ mod tests {
             ),
             ("containers/web-1", br#"{"name":"web-1","address":"10.81.1.2","node":0}"#),
             ("addresses/10.81.1.2", br#"{"node":"x"}"#),
+            ("addresses/10.81.1.2", br#"{"node":1,"owner":"a b"}"#),
+            (
+                "containers/web-1",
+                br#"{"name":"web-1","address":"10.81.1.2","node":1,"owner":""}"#,
+            ),
             (
                 "publish/tcp-53/all",
                 br#"{"proto":"tcp","host_port":53,"container_address":"10.81.1.2","container_port":53}"#,

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod build;
 pub mod demo;
+pub mod install_cni;
 pub mod netns;
 pub mod paths;
 pub mod process;

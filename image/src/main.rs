@@ -1,6 +1,7 @@
 //! `weft`: the host tool. `build` the image, `boot` it under QEMU, talk to it with
-//! `ctl`, run the host `agent`, run the `demo`, run every `test`. The work is in the library; this file only
-//! parses the command line and maps outcomes to exit codes.
+//! `ctl`, run the host `agent`, `install-cni` the plugin, run the `demo`, run every
+//! `test`. The work is in the library; this file only parses the command line and
+//! maps outcomes to exit codes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,10 +102,18 @@ enum Cmd {
     /// The host agent: keeps the grid in etcd (or a file) and makes the appliance
     /// follow it; serves the API socket; boots and supervises the appliance with --image.
     Agent(AgentArgs),
+    /// Install the CNI plugin (weft-cni, built beside weft) as `weft` where runtimes look.
+    InstallCni {
+        #[arg(long, default_value = weft_image::install_cni::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
     /// Run every check of the project (fmt, clippy, unit tests, image, QEMU tests).
     Test,
     /// weft against a reference Linux VM doing the same job (docs/PERFORMANCE.md).
     Bench(weft_image::bench::BenchArgs),
+    /// One grid (two wefts and a Linux VTEP) under every kind of load at once for a
+    /// set time, sampled: heap trend, conntrack, drops, failures (docs/RELIABILITY.md).
+    Soak(weft_image::bench::soak::SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -221,8 +230,15 @@ fn main() -> ExitCode {
         } => return cmd_ctl(&socket, json, Duration::from_secs(timeout), cmd),
         Cmd::Demo { release, accel } => cmd_demo(release, accel),
         Cmd::Agent(args) => cmd_agent(args),
+        Cmd::InstallCni { dir } => {
+            use weft_image::install_cni::{install, plugin_beside_me};
+            plugin_beside_me()
+                .and_then(|p| install(&p, &dir))
+                .map(|at| println!("{}", at.display()))
+        }
         Cmd::Test => return cmd_test(),
         Cmd::Bench(args) => return weft_image::bench::main(args),
+        Cmd::Soak(args) => return weft_image::bench::soak::main(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

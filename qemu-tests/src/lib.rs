@@ -19,6 +19,7 @@ use weft_image::qemu::{self, MacAddr, Machine, MemoryMib, Nic, Qemu, QemuConfig,
 
 pub mod agent;
 pub mod cli;
+pub mod cni;
 pub mod dns;
 pub mod frames;
 pub mod grid;

@@ -75,6 +75,7 @@ fn container(n: usize, k: usize) -> ContainerRecord {
         address: Ipv4Addr::new(10, 81, n as u8, (k + 1) as u8),
         mac: Some(format!("02:42:0a:51:{n:02x}:{:02x}", k + 1)),
         node: node(n),
+        owner: None,
     }
 }
 

@@ -25,7 +25,7 @@ fn both_vms_boot_and_the_table_has_the_expected_rows() {
         memory: MemoryMib(256),
         images: Images {
             weft: image,
-            linux,
+            linux: Some(linux),
             accel: Accel::Tcg,
             ready_timeout: Duration::from_secs(60),
         },

@@ -242,10 +242,14 @@ fn forwarding_through_dnsmasq_fails_over_and_servfails() {
     let r = ask(&vm, &["+time=1", "which.example.test"]);
     assert_eq!(r.data("A"), ["192.0.2.154"], "{r}");
 
-    // None reachable: SERVFAIL.
+    // None reachable: SERVFAIL, within the upstream timeouts.
     second.stop();
+    let asked = std::time::Instant::now();
     let r = ask(&vm, &["+time=10", "which.example.test"]);
     assert_eq!(r.status, "SERVFAIL", "{r}");
+    let took = asked.elapsed();
+    eprintln!("dns_forwarding: SERVFAIL with every upstream gone after {took:?}");
+    assert!(took < Duration::from_secs(9), "SERVFAIL took {took:?}");
     let r = ask(&vm, &["+time=10", "+tcp", "example.test"]);
     assert_eq!(r.status, "SERVFAIL", "{r}");
     let dns = dns_status(&vm);
@@ -256,6 +260,28 @@ fn forwarding_through_dnsmasq_fails_over_and_servfails() {
     assert_eq!(dns["in_flight"], json!(0), "{dns}");
     // Local answers do not care.
     assert_eq!(ask(&vm, &["testapp-db-1"]).data("A"), ["10.81.1.1"]);
+
+    // An upstream comes back: answers again, without touching the appliance.
+    let _second = Dnsmasq::start(
+        &resolvers.ns,
+        SECOND_UPSTREAM,
+        &[("which.example.test", "192.0.2.154")],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let back = std::time::Instant::now();
+    let r = dig_until(
+        vm.ctr(),
+        LINK_ADDR,
+        &["+time=5", "which.example.test"],
+        Duration::from_secs(30),
+        |r| r.status == "NOERROR",
+    )
+    .unwrap_or_else(|e| panic!("no answer once an upstream is back: {e:#}"));
+    assert_eq!(r.data("A"), ["192.0.2.154"], "{r}");
+    eprintln!(
+        "dns_forwarding: answers again {:?} after an upstream came back",
+        back.elapsed()
+    );
 }
 
 /// A minimal query for `name` A, ID `id` (RFC 1035 §4.1).

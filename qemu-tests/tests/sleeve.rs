@@ -214,11 +214,21 @@ fn two_wefts_in_sleeve_mode_carry_nothing_in_the_clear() {
     flipped[40] = 0;
     flipped[41] = 0;
     inject(&ul, &flipped);
+    // Cut short after 10 bytes of sleeve header, with consistent IP and UDP lengths
+    // (so only sleeve's own parsing can refuse it).
+    let mut short = to_w2[..42 + 10].to_vec();
+    let ip_len = (short.len() - 14) as u16;
+    short[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    smoltcp::wire::Ipv4Packet::new_unchecked(&mut short[14..]).fill_checksum();
+    short[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    short[40..42].copy_from_slice(&[0, 0]);
+    inject(&ul, &short);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let after = loop {
         let s = sleeve_status(&w2);
         let done = counter(&s, &["drops", "replayed"]) > counter(&before, &["drops", "replayed"])
-            && counter(&s, &["drops", "auth_failed"]) > counter(&before, &["drops", "auth_failed"]);
+            && counter(&s, &["drops", "auth_failed"]) > counter(&before, &["drops", "auth_failed"])
+            && counter(&s, &["drops", "truncated"]) > counter(&before, &["drops", "truncated"]);
         if done || std::time::Instant::now() > deadline {
             break s;
         }
@@ -232,6 +242,11 @@ fn two_wefts_in_sleeve_mode_carry_nothing_in_the_clear() {
     assert_eq!(
         counter(&after, &["drops", "auth_failed"]),
         counter(&before, &["drops", "auth_failed"]) + 1,
+        "{after}"
+    );
+    assert_eq!(
+        counter(&after, &["drops", "truncated"]),
+        counter(&before, &["drops", "truncated"]) + 1,
         "{after}"
     );
 

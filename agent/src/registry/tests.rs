@@ -35,6 +35,7 @@ fn ctr(name: &str, last: u8, node: u8) -> ContainerRecord {
         address: Ipv4Addr::new(10, 81, node, last),
         mac: None,
         node: n(u16::from(node)),
+        owner: None,
     }
 }
 
@@ -173,7 +174,7 @@ async fn concurrent_allocations_never_hand_out_one_address_twice() {
     for _ in 0..50 {
         let (s, p) = (s.clone(), p.clone());
         tasks.push(tokio::spawn(async move {
-            allocate_address(&s, &p, n(3), share, &|_| false, None)
+            allocate_address(&s, &p, n(3), share, &|_| false, None, None)
                 .await
                 .unwrap()
                 .0
@@ -224,7 +225,7 @@ async fn concurrent_allocations_never_hand_out_one_address_twice() {
     ));
     // A full share says so.
     let tiny = (a, a);
-    let e = allocate_address(&s, &p, n(3), tiny, &|_| false, None)
+    let e = allocate_address(&s, &p, n(3), tiny, &|_| false, None, None)
         .await
         .unwrap_err();
     assert!(e.body().message.contains("no free address"), "{e:?}");
@@ -239,6 +240,7 @@ async fn a_port_is_published_once_per_node_and_everywhere_excludes_all_others() 
         host_port: port,
         container_address: Ipv4Addr::new(10, 81, 1, 2),
         container_port: 80,
+        owner: None,
     };
     add_publish(&s, &p, Scope::Node(n(1)), &rule(8080))
         .await
@@ -306,4 +308,71 @@ async fn services_keep_vips_apart_and_backends_edit_in_place() {
         remove_service(&s, &p, "web").await,
         Err(Refusal::NotFound { field: "name", .. })
     ));
+}
+
+#[tokio::test]
+async fn an_owner_finds_and_releases_exactly_what_it_holds_and_twice_is_no_error() {
+    let (_t, s) = store("owned");
+    let p = prefix();
+    let tag = "cni:grid:c0ffee:eth0";
+    let share = node_share(Ipv4Addr::new(10, 81, 0, 0), 16, n(1)).unwrap();
+    // The attachment: an address, its registration, a published port.
+    let (a, _) = allocate_address(&s, &p, n(1), share, &|_| false, None, Some(tag.into()))
+        .await
+        .unwrap();
+    let mine = ContainerRecord {
+        address: a,
+        owner: Some(tag.into()),
+        ..ctr("web-1", 0, 1)
+    };
+    add_container(&s, &p, n(1), &mine).await.unwrap();
+    let rule = |port: u16, owner: Option<&str>| PublishRecord {
+        proto: Proto::Tcp,
+        host_port: port,
+        container_address: a,
+        container_port: 80,
+        owner: owner.map(str::to_string),
+    };
+    add_publish(&s, &p, Scope::Node(n(1)), &rule(8080, Some(tag)))
+        .await
+        .unwrap();
+    // Others: untagged, another owner's, and the same tag on another node.
+    add_container(&s, &p, n(1), &ctr("plain", 9, 1))
+        .await
+        .unwrap();
+    let other = ContainerRecord {
+        owner: Some("cni:grid:beef:eth0".into()),
+        ..ctr("other", 10, 1)
+    };
+    add_container(&s, &p, n(1), &other).await.unwrap();
+    let far = ContainerRecord {
+        owner: Some(tag.into()),
+        ..ctr("far", 11, 2)
+    };
+    add_container(&s, &p, n(2), &far).await.unwrap();
+    add_publish(&s, &p, Scope::Node(n(1)), &rule(9090, None))
+        .await
+        .unwrap();
+
+    let held = owned(&s, &p, n(1), tag).await.unwrap();
+    assert_eq!(
+        held.json(),
+        serde_json::json!({"containers": ["web-1"], "addresses": [a.to_string()], "publish": ["tcp-8080"]})
+    );
+    let (released, rev) = release_owned(&s, &p, n(1), tag).await.unwrap();
+    assert_eq!(released, held);
+    assert!(rev.is_some());
+    assert!(owned(&s, &p, n(1), tag).await.unwrap().is_empty());
+    // Everything else is still there.
+    let (kvs, _) = s.range(&p.dir("containers/")).await.unwrap();
+    let names: BTreeSet<String> = kvs
+        .iter()
+        .map(|kv| kv.key.rsplit('/').next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, ["far", "other", "plain"].map(String::from).into());
+    let (kvs, _) = s.range(&p.dir("publish/")).await.unwrap();
+    assert_eq!(kvs.len(), 1, "tcp-9090 stays");
+    // Again: nothing to release, no error, no revision.
+    let (again, rev) = release_owned(&s, &p, n(1), tag).await.unwrap();
+    assert!(again.is_empty() && rev.is_none());
 }

@@ -12,6 +12,7 @@ pub mod micro;
 pub mod refvm;
 pub mod report;
 pub mod scenarios;
+pub mod soak;
 pub mod vm;
 
 use std::path::{Path, PathBuf};
@@ -336,11 +337,11 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         ),
         (
             "linux_kernel".into(),
-            json!(opts.images.linux.kernel_version),
+            json!(opts.images.linux.as_ref().map(|l| &l.kernel_version)),
         ),
         (
             "linux_initramfs_bytes".into(),
-            json!(opts.images.linux.initramfs_bytes),
+            json!(opts.images.linux.as_ref().map(|l| l.initramfs_bytes)),
         ),
         (
             "host_cpus".into(),
@@ -500,7 +501,7 @@ pub fn default_json(name: &str) -> PathBuf {
 }
 
 /// Ctrl-C sets a flag; the run stops between measurements and still prints the table.
-fn interrupt_flag() -> Arc<AtomicBool> {
+pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     if let Err(e) = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst)) {
@@ -575,7 +576,7 @@ fn cmd_bench(args: &BenchArgs) -> Result<()> {
         memory: args.memory,
         images: Images {
             weft,
-            linux,
+            linux: Some(linux),
             accel: args.accel,
             ready_timeout: Duration::from_secs(120),
         },

@@ -36,7 +36,8 @@ impl Kind {
 #[derive(Clone, Debug)]
 pub struct Images {
     pub weft: PathBuf,
-    pub linux: RefVm,
+    /// The reference Linux VM; None where only weft boots (`weft soak`).
+    pub linux: Option<RefVm>,
     pub accel: Accel,
     /// How long a VM may take to be ready.
     pub ready_timeout: Duration,
@@ -151,9 +152,18 @@ impl Host {
         let serial = self.dir.join("serial.log");
         let qemu_log = self.dir.join("qemu.log");
         let n = &self.topo.names;
-        let kernel = match kind {
-            Kind::Weft => images.weft.clone(),
-            Kind::Linux => images.linux.kernel.clone(),
+        let linux = match kind {
+            Kind::Weft => None,
+            Kind::Linux => Some(
+                images
+                    .linux
+                    .as_ref()
+                    .context("no reference Linux VM built")?,
+            ),
+        };
+        let kernel = match linux {
+            None => images.weft.clone(),
+            Some(l) => l.kernel.clone(),
         };
         let mut cfg = QemuConfig::new(
             kernel,
@@ -167,9 +177,9 @@ impl Host {
         cfg.serial = Serial::File(serial.clone());
         cfg.netns = Some(n.hv_ns.clone());
         cfg.log = Some(qemu_log.clone());
-        if kind == Kind::Linux {
+        if let Some(linux) = linux {
             cfg.microvm_acpi = true;
-            cfg.qemu = images.linux.qemu_wrapper.clone();
+            cfg.qemu = linux.qemu_wrapper.clone();
             cfg.append = job.cmdline(cfg.uplink.mac, cfg.link.mac);
             if machine == Machine::Microvm {
                 // microvm has no port 0x61 (PIT channel 2's gate), against which Linux

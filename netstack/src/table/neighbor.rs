@@ -2,6 +2,11 @@
 //! addresses and the resolutions in progress, each with its retry schedule (a first
 //! wait, doubling up to a longest one; equal, it is a fixed interval).
 //!
+//! A binding not confirmed (learned again) for [`REFRESH`] is stale: it is still used,
+//! and its user asks for the address again on the retry schedule, so a neighbour that
+//! changed its MAC behind the same address without announcing it is found again (as a
+//! Linux neighbour goes STALE and is probed after its reachable time).
+//!
 //! Its users bring the ARP: the router resolves next hops on both NICs, the datapath
 //! the peers' underlay next hops; each decides which ARP frames teach it and sends the
 //! requests this table says are due. State only: it never parses or builds a frame,
@@ -12,6 +17,10 @@ use alloc::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
+
+/// How long a binding is used without being asked for again: Linux's
+/// `base_reachable_time` (30 s).
+pub const REFRESH: Duration = Duration::from_secs(30);
 
 /// Counters of neighbour resolution (shown in `status`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +63,13 @@ pub enum Learned {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Binding {
+    mac: EthernetAddress,
+    /// When it was last learned or confirmed.
+    confirmed: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Resolving {
     /// When the latest request was sent.
     asked: Instant,
@@ -66,10 +82,11 @@ struct Resolving {
 /// progress.
 #[derive(Debug, Clone)]
 pub struct Neighbors<K> {
-    cache: BTreeMap<K, EthernetAddress>,
+    cache: BTreeMap<K, Binding>,
     resolving: BTreeMap<K, Resolving>,
     capacity: usize,
     retry: Retry,
+    refresh: Duration,
     counters: NeighborCounters,
 }
 
@@ -81,8 +98,15 @@ impl<K: Ord + Copy> Neighbors<K> {
             resolving: BTreeMap::new(),
             capacity,
             retry,
+            refresh: REFRESH,
             counters: NeighborCounters::default(),
         }
+    }
+
+    /// The same table with bindings stale after `refresh` instead of [`REFRESH`].
+    pub fn with_refresh(mut self, refresh: Duration) -> Neighbors<K> {
+        self.refresh = refresh;
+        self
     }
 
     pub fn counters(&self) -> NeighborCounters {
@@ -91,7 +115,23 @@ impl<K: Ord + Copy> Neighbors<K> {
 
     /// The MAC address known for `key`.
     pub fn lookup(&self, key: &K) -> Option<EthernetAddress> {
-        self.cache.get(key).copied()
+        self.cache.get(key).map(|b| b.mac)
+    }
+
+    /// Whether `key` has a binding that was not confirmed for the refresh time: it is
+    /// still used, and should be asked for again.
+    pub fn is_stale(&self, key: &K, now: Instant) -> bool {
+        self.cache
+            .get(key)
+            .is_some_and(|b| b.confirmed + self.refresh <= now)
+    }
+
+    /// The keys of every stale binding (see [`Neighbors::is_stale`]).
+    pub fn stale(&self, now: Instant) -> impl Iterator<Item = &K> {
+        self.cache
+            .iter()
+            .filter(move |(_, b)| b.confirmed + self.refresh <= now)
+            .map(|(k, _)| k)
     }
 
     /// Whether `key` has a binding.
@@ -111,16 +151,23 @@ impl<K: Ord + Copy> Neighbors<K> {
 
     /// Every known neighbour, by key.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &EthernetAddress)> {
-        self.cache.iter()
+        self.cache.iter().map(|(k, b)| (k, &b.mac))
     }
 
-    /// `key` is at `mac`: bind it and end its resolution.
-    pub fn learn(&mut self, key: K, mac: EthernetAddress) -> Learned {
+    /// `key` is at `mac` (heard at `now`): bind or confirm it and end its resolution.
+    pub fn learn(&mut self, key: K, mac: EthernetAddress, now: Instant) -> Learned {
         if !self.has_room_for(&key) {
             return Learned::Full;
         }
         self.resolving.remove(&key);
-        if self.cache.insert(key, mac) == Some(mac) {
+        let before = self.cache.insert(
+            key,
+            Binding {
+                mac,
+                confirmed: now,
+            },
+        );
+        if before.map(|b| b.mac) == Some(mac) {
             return Learned::Unchanged;
         }
         self.counters.learned += 1;
@@ -189,10 +236,10 @@ mod tests {
         assert!(n.ask(A, t(1000)));
         assert!(n.ask(A, t(2500)));
         assert_eq!(n.next_try(), Some(t(3500)));
-        assert_eq!(n.learn(A, MAC), Learned::New);
+        assert_eq!(n.learn(A, MAC, t(0)), Learned::New);
         assert!(!n.is_resolving(&A));
         assert_eq!(n.next_try(), None);
-        assert_eq!(n.learn(A, MAC), Learned::Unchanged);
+        assert_eq!(n.learn(A, MAC, t(0)), Learned::Unchanged);
         assert_eq!(n.lookup(&A), Some(MAC));
         assert_eq!((n.counters().requests, n.counters().learned), (3, 1));
     }
@@ -214,19 +261,39 @@ mod tests {
     fn a_full_table_learns_nothing_new_but_updates_what_it_has() {
         let mut n = Neighbors::new(2, Retry::every(Duration::from_secs(1)));
         let ip = |i| Ipv4Address::new(10, 0, 0, i);
-        assert_eq!(n.learn(ip(1), MAC), Learned::New);
-        assert_eq!(n.learn(ip(2), MAC), Learned::New);
+        assert_eq!(n.learn(ip(1), MAC, t(0)), Learned::New);
+        assert_eq!(n.learn(ip(2), MAC, t(0)), Learned::New);
         assert!(n.ask(ip(3), t(0)));
         assert!(!n.has_room_for(&ip(3)));
-        assert_eq!(n.learn(ip(3), MAC), Learned::Full);
+        assert_eq!(n.learn(ip(3), MAC, t(0)), Learned::Full);
         assert!(
             n.is_resolving(&ip(3)),
             "a refused binding ends no resolution"
         );
         let moved = EthernetAddress([0x52, 0x54, 0, 0, 0, 9]);
-        assert_eq!(n.learn(ip(2), moved), Learned::New);
+        assert_eq!(n.learn(ip(2), moved, t(0)), Learned::New);
         assert_eq!(n.iter().count(), 2);
         n.clear();
         assert_eq!((n.iter().count(), n.next_try()), (0, None));
+    }
+
+    #[test]
+    fn a_binding_not_confirmed_goes_stale_and_a_new_mac_replaces_it() {
+        let mut n = Neighbors::new(4, Retry::every(Duration::from_secs(1)))
+            .with_refresh(Duration::from_secs(30));
+        assert_eq!(n.learn(A, MAC, t(0)), Learned::New);
+        assert!(!n.is_stale(&A, t(29_999)));
+        // Confirmed again: fresh for another 30 s.
+        assert_eq!(n.learn(A, MAC, t(20_000)), Learned::Unchanged);
+        assert!(!n.is_stale(&A, t(49_999)));
+        assert!(n.is_stale(&A, t(50_000)));
+        assert_eq!(n.stale(t(50_000)).collect::<alloc::vec::Vec<_>>(), [&A]);
+        // Still used while it is asked for again; the answer from the new MAC wins.
+        assert_eq!(n.lookup(&A), Some(MAC));
+        assert!(n.ask(A, t(50_000)));
+        let moved = EthernetAddress([0x52, 0x54, 0, 0, 0, 7]);
+        assert_eq!(n.learn(A, moved, t(50_100)), Learned::New);
+        assert_eq!(n.lookup(&A), Some(moved));
+        assert!(!n.is_resolving(&A) && !n.is_stale(&A, t(50_100)));
     }
 }

@@ -128,7 +128,7 @@ impl OverlayPath {
         }
         if let Some(own) = own {
             // ARP teaches us peers' MACs; smoltcp sees the frame as well (below).
-            if let Some((ip, mac)) = self.neighbors.observe(buf.frame(), own) {
+            if let Some((ip, mac)) = self.neighbors.observe(buf.frame(), own, now) {
                 self.rebind(ip, mac, own);
             }
         }

@@ -91,11 +91,13 @@ impl UnderlayNeighbors {
     /// Learn from a frame received on the uplink. Only ARP from a unicast sender on our
     /// subnet counts, and only about an address we are resolving, already know, or that
     /// is asking for us (it is about to talk to us). Returns the binding when it is new
-    /// or changed.
+    /// or changed; one heard again as it was is confirmed (fresh for another
+    /// [`REFRESH`](crate::table::neighbor::REFRESH)).
     pub fn observe(
         &mut self,
         frame: &[u8],
         own: &UplinkAddress,
+        now: Instant,
     ) -> Option<(Ipv4Address, EthernetAddress)> {
         let arp = probe::parse_arp(frame)?;
         let (mac, ip) = (arp.sender_mac, arp.sender_ip);
@@ -115,7 +117,7 @@ impl UnderlayNeighbors {
             self.table.count_ignored();
             return None;
         }
-        match self.table.learn(ip, mac) {
+        match self.table.learn(ip, mac, now) {
             Learned::New => Some((ip, mac)),
             Learned::Unchanged => None,
             Learned::Full => {
@@ -131,20 +133,27 @@ impl UnderlayNeighbors {
     }
 
     /// ARP requests due at `now` for the addresses in `wanted` (next hops the datapath
-    /// still lacks a MAC for), sent from `own`. Resolutions of addresses no longer
-    /// wanted are dropped; a new one is asked for at once, then after `FIRST_RETRY`,
-    /// doubling up to `MAX_RETRY`.
+    /// still lacks a MAC for) and for the stale bindings (see [`REFRESH`](crate::table::neighbor::REFRESH): still used,
+    /// asked for again, so a next hop that changed its MAC is found again), sent from
+    /// `own`. Resolutions of addresses neither wanted nor stale are dropped; a new one is
+    /// asked for at once, then after `FIRST_RETRY`, doubling up to `MAX_RETRY`.
     pub fn solicit(
         &mut self,
         now: Instant,
         wanted: &[Ipv4Address],
         own: &UplinkAddress,
     ) -> Vec<Vec<u8>> {
-        self.table.retain_resolving(|ip, _| wanted.contains(ip));
+        let stale: Vec<Ipv4Address> = self.table.stale(now).copied().collect();
+        self.table
+            .retain_resolving(|ip, _| wanted.contains(ip) || stale.contains(ip));
         let mut out = Vec::new();
-        for ip in wanted {
-            if !self.table.knows(ip) && self.table.ask(*ip, now) {
-                out.push(probe::arp_request(own.mac, own.cidr.address(), *ip));
+        let due = wanted
+            .iter()
+            .filter(|ip| !self.table.knows(ip))
+            .chain(&stale);
+        for ip in due.copied().collect::<Vec<_>>() {
+            if self.table.ask(ip, now) {
+                out.push(probe::arp_request(own.mac, own.cidr.address(), ip));
             }
         }
         out
@@ -277,6 +286,7 @@ mod tests {
         let learned = n.observe(
             &arp(ArpOperation::Reply, PEER_MAC, PEER, OWN.cidr.address()),
             &OWN,
+            t(40_000),
         );
         assert_eq!(learned, Some((PEER, PEER_MAC)));
         assert_eq!(n.lookup(&PEER), Some(PEER_MAC));
@@ -286,14 +296,19 @@ mod tests {
         assert_eq!(
             n.observe(
                 &arp(ArpOperation::Reply, PEER_MAC, PEER, OWN.cidr.address()),
-                &OWN
+                &OWN,
+                t(40_000)
             ),
             None
         );
         let moved = EthernetAddress([0x52, 0x54, 0, 0, 0, 9]);
         let other = Ipv4Address::new(192, 0, 2, 99);
         assert_eq!(
-            n.observe(&arp(ArpOperation::Request, moved, PEER, other), &OWN),
+            n.observe(
+                &arp(ArpOperation::Request, moved, PEER, other),
+                &OWN,
+                t(40_000)
+            ),
             Some((PEER, moved))
         );
     }
@@ -308,7 +323,11 @@ mod tests {
         let stranger = Ipv4Address::new(192, 0, 2, 50);
         let other = Ipv4Address::new(192, 0, 2, 51);
         assert_eq!(
-            n.observe(&arp(ArpOperation::Reply, PEER_MAC, stranger, other), &OWN),
+            n.observe(
+                &arp(ArpOperation::Reply, PEER_MAC, stranger, other),
+                &OWN,
+                t(40_000)
+            ),
             None
         );
         assert_eq!(n.lookup(&stranger), None);
@@ -322,7 +341,8 @@ mod tests {
                     stranger,
                     OWN.cidr.address()
                 ),
-                &OWN
+                &OWN,
+                t(40_000)
             ),
             Some((stranger, PEER_MAC))
         );
@@ -351,18 +371,18 @@ mod tests {
             ),
         ];
         for frame in cases {
-            assert_eq!(n.observe(&frame, &OWN), None);
+            assert_eq!(n.observe(&frame, &OWN, t(40_000)), None);
         }
         // Not ARP at all, and truncated ARP.
         let good = arp(ArpOperation::Reply, PEER_MAC, PEER, OWN.cidr.address());
         let mut ip = good.clone();
         ip[12..14].copy_from_slice(&[0x08, 0x00]);
-        assert_eq!(n.observe(&ip, &OWN), None);
+        assert_eq!(n.observe(&ip, &OWN, t(40_000)), None);
         for len in 0..good.len() - 1 {
-            assert_eq!(n.observe(&good[..len], &OWN), None, "{len}");
+            assert_eq!(n.observe(&good[..len], &OWN, t(40_000)), None, "{len}");
         }
         assert_eq!(n.lookup(&PEER), None);
-        assert_eq!(n.observe(&good, &OWN), Some((PEER, PEER_MAC)));
+        assert_eq!(n.observe(&good, &OWN, t(40_000)), Some((PEER, PEER_MAC)));
     }
 
     #[test]
@@ -377,9 +397,35 @@ mod tests {
             n.observe(
                 &arp(ArpOperation::Request, PEER_MAC, ip, own.cidr.address()),
                 &own,
+                t(0),
             );
         }
         assert_eq!(n.iter().count(), CAPACITY);
         assert_eq!(n.counters().ignored, 10);
+    }
+
+    #[test]
+    fn a_next_hop_not_heard_from_is_asked_for_again_and_a_new_mac_is_reported() {
+        let mut n = UnderlayNeighbors::new();
+        let reply = |mac| arp(ArpOperation::Reply, mac, PEER, OWN.cidr.address());
+        assert_eq!(n.solicit(t(0), &[PEER], &OWN).len(), 1);
+        assert_eq!(
+            n.observe(&reply(PEER_MAC), &OWN, t(100)),
+            Some((PEER, PEER_MAC))
+        );
+        // Resolved: nothing is wanted any more, and nothing asked while it is fresh.
+        let fresh_until = 100 + crate::table::neighbor::REFRESH.total_millis();
+        assert!(n.solicit(t(fresh_until - 1), &[], &OWN).is_empty());
+        // Stale: asked for again (once, then on the retry schedule) while still used.
+        assert_eq!(n.solicit(t(fresh_until), &[], &OWN).len(), 1);
+        assert!(n.solicit(t(fresh_until + 100), &[], &OWN).is_empty());
+        assert_eq!(n.lookup(&PEER), Some(PEER_MAC));
+        // The peer was replaced behind its address: the answer reports the new MAC.
+        let moved = EthernetAddress([0x52, 0x54, 0, 0, 0, 9]);
+        assert_eq!(
+            n.observe(&reply(moved), &OWN, t(fresh_until + 200)),
+            Some((PEER, moved))
+        );
+        assert!(n.solicit(t(fresh_until + 10_000), &[], &OWN).is_empty());
     }
 }

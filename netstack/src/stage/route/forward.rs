@@ -21,18 +21,12 @@ impl Router {
         mac: EthernetAddress,
         at: Option<Placement>,
         ifs: &Interfaces,
+        now: Instant,
     ) {
         if !mac.is_unicast() || ip.is_unspecified() {
             return;
         }
         let key = (side, ip);
-        // What every frame of a known neighbour finds: nothing to learn.
-        if self.neighbors.lookup(&key) == Some(mac)
-            && !self.neighbors.is_resolving(&key)
-            && at.is_none_or(|at| side != NicId::Link || self.placement.get(&ip) == Some(&at))
-        {
-            return;
-        }
         if !self.neighbors.has_room_for(&key) {
             return;
         }
@@ -40,7 +34,7 @@ impl Router {
             self.placement.insert(ip, at);
             self.nat.set_remote(ip, at.origin == Origin::Remote);
         }
-        if self.neighbors.learn(key, mac) != Learned::New {
+        if self.neighbors.learn(key, mac, now) != Learned::New {
             return;
         }
         let mut i = 0;
@@ -104,6 +98,10 @@ impl Router {
         EthernetFrame::new_unchecked(frame.frame_mut()).set_src_addr(ifs.mac(to));
         if let Some(mac) = self.neighbor(to, hop) {
             self.emit(to, hop, mac, frame, ifs);
+            // Not heard from for a while: ask again (the answer may bring a new MAC).
+            if self.neighbors.is_stale(&(to, hop), now) {
+                self.solicit(to, hop, own, ifs, now);
+            }
             return;
         }
         if self.pending.len() >= PENDING_CAPACITY {

@@ -196,7 +196,7 @@ impl Router {
         let Some(arp) = probe::parse_arp(frame) else {
             return false;
         };
-        self.learn(side, arp.sender_ip, arp.sender_mac, at, ifs);
+        self.learn(side, arp.sender_ip, arp.sender_mac, at, ifs, now);
         self.release_held(ifs, now);
         let proxied = side == NicId::Link
             && at.is_none_or(|a| a.origin == Origin::Local)
@@ -239,7 +239,7 @@ impl Router {
         };
         if side == NicId::Link {
             if ifs.next_hop(NicId::Link, src) == Some(src) {
-                self.learn(side, src, eth_src, at, ifs);
+                self.learn(side, src, eth_src, at, ifs, now);
                 self.release_held(ifs, now);
             }
             if ifs.link_local(dst) && !self.nat.lb().is_vip(dst) {
