@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use smoltcp::time::Instant;
 use smoltcp::wire::EthernetAddress;
 
-use super::port::{Port, TxError};
+use super::port::{Burst, Port, TxError};
+use crate::wire::buffer::{BufPool, PacketBuf};
 use crate::base::{NicId, Vni};
 
 /// Captures that may run at once.
@@ -385,19 +386,29 @@ impl Port for CapturePort<'_> {
         self.inner.mac()
     }
 
-    fn receive_batch(&mut self, max: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
-        let (point, tap, now) = (TapPoint::Nic(self.nic), self.tap, self.now);
-        self.inner.receive_batch(max, &mut |frame| {
-            tap.borrow_mut().offer(point, now, frame);
-            sink(frame);
-        })
+    fn receive(&mut self, pool: &mut BufPool, burst: &mut Burst) -> usize {
+        let before = burst.len();
+        let n = self.inner.receive(pool, burst);
+        if n > 0 {
+            let mut tap = self.tap.borrow_mut();
+            for buf in &burst.bufs()[before..] {
+                tap.offer(TapPoint::Nic(self.nic), self.now, buf.frame());
+            }
+        }
+        n
     }
 
-    fn transmit(&mut self, frame: &[u8]) -> Result<(), TxError> {
-        self.inner.transmit(frame)?;
-        self.tap
-            .borrow_mut()
-            .offer(TapPoint::Nic(self.nic), self.now, frame);
+    /// Only what the port accepts is offered. The port owns the buffer from here on,
+    /// so while a capture watches this NIC the frame is copied first (a cost of
+    /// capturing only).
+    fn transmit(&mut self, pool: &mut BufPool, buf: PacketBuf) -> Result<(), TxError> {
+        let point = TapPoint::Nic(self.nic);
+        if !self.tap.borrow().watches(point) {
+            return self.inner.transmit(pool, buf);
+        }
+        let frame = buf.frame().to_vec();
+        self.inner.transmit(pool, buf)?;
+        self.tap.borrow_mut().offer(point, self.now, &frame);
         Ok(())
     }
 }
@@ -558,10 +569,14 @@ mod tests {
             tap: &tap,
             now: Instant::from_millis(1),
         };
-        let mut seen = 0;
-        assert_eq!(port.receive_batch(8, &mut |_| seen += 1), 1);
-        assert_eq!(port.transmit(&[8; 42]), Ok(()));
-        assert_eq!(port.transmit(&[9; 42]), Err(TxError::QueueFull));
+        let mut pool = BufPool::new(16);
+        let mut burst = Burst::default();
+        assert_eq!(port.receive(&mut pool, &mut burst), 1);
+        let seen = burst.len();
+        let b = pool.copy_of(&[8; 42]);
+        assert_eq!(port.transmit(&mut pool, b), Ok(()));
+        let b = pool.copy_of(&[9; 42]);
+        assert_eq!(port.transmit(&mut pool, b), Err(TxError::QueueFull));
         let mut out = Vec::new();
         tap.borrow_mut().drain(id, usize::MAX, &mut out);
         let got: Vec<u8> = records(&out).iter().map(|r| r.2[0]).collect();

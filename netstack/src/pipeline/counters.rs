@@ -54,6 +54,14 @@ impl NicCounters {
         self.tx_bytes = self.tx_bytes.wrapping_add(len as u64);
     }
 
+    /// The outcome of handing a frame of `len` bytes to the port.
+    pub(crate) fn sent<E>(&mut self, result: Result<(), E>, len: usize) {
+        match result {
+            Ok(()) => self.transmitted(len),
+            Err(_) => self.dropped(NicDrop::TxFull),
+        }
+    }
+
     pub(crate) fn dropped(&mut self, reason: NicDrop) {
         let d = &mut self.drops;
         let counter = match reason {

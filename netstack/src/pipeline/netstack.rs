@@ -2,8 +2,9 @@
 //! interface plus counters, and optionally the router (NAT) and the overlay. `poll`
 //! moves frames port -> checks (`nic.rs`) -> smoltcp -> port; the router sees each
 //! frame first when it runs (`Tap`), and with an overlay `datapath` puts the VTEP and
-//! bridge in between. This module never blocks, never reads a clock and never panics on
-//! frame contents.
+//! bridge in between. It owns the pool of free packet buffers and lends it to the
+//! ports and stages on every poll (`port.rs` says how buffers circulate). This module
+//! never blocks, never reads a clock and never panics on frame contents.
 
 use core::cell::RefCell;
 
@@ -14,7 +15,7 @@ use super::capture::{CapturePort, CaptureTap};
 use super::counters::NicCounters;
 use super::datapath::{OverlayPath, RouterHook};
 use super::nic::Nic;
-use super::port::{Port, TxError};
+use super::port::{BufPool, Burst, PacketBuf, Port, TxError};
 use crate::base::{NicAddress, NicId};
 use crate::stage::lb::health_runner::HealthRunner;
 use crate::stage::route::{Interfaces, Router};
@@ -39,6 +40,8 @@ pub struct Netstack {
     health: HealthRunner,
     /// The running captures (`capture.rs`); idle, it costs the poll one check.
     capture: CaptureTap,
+    /// Free packet buffers, lent to the ports and stages on every poll.
+    pool: BufPool,
 }
 
 impl Netstack {
@@ -57,6 +60,7 @@ impl Netstack {
             router: None,
             health: HealthRunner::new(),
             capture: CaptureTap::default(),
+            pool: BufPool::default(),
         }
     }
 
@@ -138,6 +142,11 @@ impl Netstack {
         &mut self.capture
     }
 
+    /// The free buffers (for `status` and the tests that count allocations).
+    pub fn pool(&self) -> &BufPool {
+        &self.pool
+    }
+
     /// Drain each port (at most `RX_BATCH` frames), let smoltcp answer, transmit its output.
     /// While captures run, the ports of the NICs they watch copy their frames into them
     /// on the way, and the overlay stages the inner frames of the networks they watch.
@@ -181,6 +190,7 @@ impl Netstack {
         link: &mut dyn Port,
     ) -> PollResult {
         let ifs = self.interfaces();
+        let pool = &mut self.pool;
         let mut router_at = None;
         let mut checks_sent = false;
         let (did_work, more) = match self.router.as_mut() {
@@ -189,6 +199,7 @@ impl Netstack {
                 &mut self.uplink,
                 &mut self.link,
                 now,
+                pool,
                 uplink,
                 link,
                 None,
@@ -228,6 +239,7 @@ impl Netstack {
                         &mut self.uplink,
                         &mut self.link,
                         now,
+                        pool,
                         &mut up,
                         &mut lk,
                         Some(&hook),
@@ -248,9 +260,15 @@ impl Netstack {
                 };
                 router_at = cell.borrow_mut().poll(&ifs, now);
                 let routed = match self.overlay.as_mut() {
-                    Some(path) => {
-                        path.send_routed(now, &hook, &mut self.uplink, &mut self.link, uplink, link)
-                    }
+                    Some(path) => path.send_routed(
+                        now,
+                        pool,
+                        &hook,
+                        &mut self.uplink,
+                        &mut self.link,
+                        uplink,
+                        link,
+                    ),
                     None => false,
                 };
                 let router = cell.into_inner();
@@ -259,7 +277,7 @@ impl Netstack {
                         NicId::Uplink => &mut *uplink,
                         NicId::Link => &mut *link,
                     };
-                    port.transmit(frame).is_ok()
+                    port.transmit(pool, frame).is_ok()
                 });
                 checks_sent = self.health.run(
                     now,
@@ -307,28 +325,32 @@ impl Netstack {
 }
 
 impl Netstack {
+    // The poll's whole context; a struct for it would only rename the list.
+    #[allow(clippy::too_many_arguments)]
     fn poll_nics(
         overlay: &mut Option<OverlayPath>,
         up_nic: &mut Nic,
         link_nic: &mut Nic,
         now: Instant,
+        pool: &mut BufPool,
         uplink: &mut dyn Port,
         link: &mut dyn Port,
         hook: Option<&RouterHook>,
     ) -> (bool, bool) {
         match overlay.as_mut() {
-            Some(path) => path.poll(now, up_nic, link_nic, uplink, link, hook),
+            Some(path) => path.poll(now, pool, up_nic, link_nic, uplink, link, hook),
             None => {
-                let (work_u, more_u) = up_nic.poll(now, uplink);
-                let (work_l, more_l) = link_nic.poll(now, link);
+                let (work_u, more_u) = up_nic.poll(now, pool, uplink);
+                let (work_l, more_l) = link_nic.poll(now, pool, link);
                 (work_u || work_l, more_u || more_l)
             }
         }
     }
 }
 
-/// A port as the interfaces see it while the router runs: received frames pass the
-/// router first.
+/// A port as the interfaces see it while the router runs: each received burst passes
+/// the router first, which takes out what it translates (in its buffers, to send from
+/// them) and leaves the rest in order.
 struct Tap<'a, 'r> {
     inner: &'a mut dyn Port,
     side: NicId,
@@ -346,23 +368,29 @@ impl Port for Tap<'_, '_> {
         self.inner.mac()
     }
 
-    fn receive_batch(&mut self, max: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
-        if !self.active {
-            return self.inner.receive_batch(max, sink);
+    fn receive(&mut self, pool: &mut BufPool, burst: &mut Burst) -> usize {
+        let before = burst.len();
+        let n = self.inner.receive(pool, burst);
+        if !self.active || n == 0 {
+            return n;
         }
-        let (side, router, ifs, now) = (self.side, self.router, self.ifs, self.now);
-        let counted = &mut self.taken;
-        self.inner.receive_batch(max, &mut |frame| {
-            if router.borrow_mut().receive(side, frame, ifs, now) {
-                counted.received(frame.len());
-            } else {
-                sink(frame);
+        let lens: heapless::Vec<usize, { super::port::BURST }> =
+            burst.bufs()[before..].iter().map(PacketBuf::len).collect();
+        let new = &mut burst.bufs_mut()[before..];
+        self.router
+            .borrow_mut()
+            .receive_burst(self.side, new, self.ifs, self.now, pool);
+        for (buf, len) in new.iter().zip(lens) {
+            if buf.capacity() == 0 {
+                self.taken.received(len);
             }
-        })
+        }
+        burst.remove_taken();
+        n
     }
 
-    fn transmit(&mut self, frame: &[u8]) -> Result<(), TxError> {
-        self.inner.transmit(frame)
+    fn transmit(&mut self, pool: &mut BufPool, buf: PacketBuf) -> Result<(), TxError> {
+        self.inner.transmit(pool, buf)
     }
 }
 

@@ -7,12 +7,12 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, EthernetFrame, ETHERNET_HEADER_LEN};
 
 use super::counters::{NicCounters, NicDrop};
-use super::port::Port;
+use super::port::{transmit_copy, BufPool, Burst, Port, BURST};
 use crate::base::MAX_FRAME_LEN;
 use crate::stage::local::NicIface;
 
 /// Frames taken from one port per `poll`, so one busy NIC cannot starve the other.
-pub const RX_BATCH: usize = 64;
+pub const RX_BATCH: usize = BURST;
 
 /// One NIC: its interface and its counters.
 pub struct Nic {
@@ -29,26 +29,28 @@ impl Nic {
     }
 
     /// One NIC's share of `Netstack::poll`; returns (work done, more input may be pending).
-    pub(super) fn poll(&mut self, now: Instant, port: &mut dyn Port) -> (bool, bool) {
+    pub(super) fn poll(
+        &mut self,
+        now: Instant,
+        pool: &mut BufPool,
+        port: &mut dyn Port,
+    ) -> (bool, bool) {
         let Nic { iface, counters } = self;
-        let mut accepted = 0usize;
-        let taken = port.receive_batch(RX_BATCH, &mut |frame| {
+        let mut burst = Burst::new();
+        let taken = port.receive(pool, &mut burst);
+        for buf in burst.drain() {
+            let frame = buf.frame();
             counters.received(frame.len());
             match Nic::classify(iface, frame) {
-                Ok(()) => {
-                    iface.push_rx(frame);
-                    accepted += 1;
-                }
+                Ok(()) => iface.push_rx(frame),
                 Err(reason) => counters.dropped(reason),
             }
-        });
+            pool.put(buf);
+        }
         let changed = iface.poll(now);
         let mut sent = 0usize;
         while let Some(frame) = iface.pop_tx() {
-            match port.transmit(&frame) {
-                Ok(()) => counters.transmitted(frame.len()),
-                Err(_) => counters.dropped(NicDrop::TxFull),
-            }
+            counters.sent(transmit_copy(port, pool, &frame), frame.len());
             sent += 1;
         }
         (taken > 0 || changed || sent > 0, taken >= RX_BATCH)

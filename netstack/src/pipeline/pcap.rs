@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use smoltcp::time::Instant;
 use smoltcp::wire::EthernetAddress;
 
-use crate::pipeline::port::{Port, TxError};
+use crate::pipeline::port::{BufPool, Burst, PacketBuf, Port, TxError};
 
 const MAGIC: u32 = 0xa1b2_c3d4;
 const LINKTYPE_ETHERNET: u32 = 1;
@@ -75,29 +75,31 @@ impl<P: Port> Port for PcapPort<P> {
         self.inner.mac()
     }
 
-    fn receive_batch(&mut self, max: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
-        let PcapPort {
-            inner,
-            capture,
-            now,
-        } = self;
-        inner.receive_batch(max, &mut |frame| {
-            record(capture, *now, frame);
-            sink(frame);
-        })
+    fn receive(&mut self, pool: &mut BufPool, burst: &mut Burst) -> usize {
+        let before = burst.len();
+        let n = self.inner.receive(pool, burst);
+        for buf in &burst.bufs()[before..] {
+            record(&mut self.capture, self.now, buf.frame());
+        }
+        n
     }
 
-    fn transmit(&mut self, frame: &[u8]) -> Result<(), TxError> {
-        self.inner.transmit(frame)?;
-        record(&mut self.capture, self.now, frame);
-        Ok(())
+    fn transmit(&mut self, pool: &mut BufPool, buf: PacketBuf) -> Result<(), TxError> {
+        let mark = self.capture.len();
+        record(&mut self.capture, self.now, buf.frame());
+        let result = self.inner.transmit(pool, buf);
+        if result.is_err() {
+            // A refused frame never went on the wire.
+            self.capture.truncate(mark);
+        }
+        result
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::port::MemPort;
+    use crate::pipeline::port::{transmit_copy, MemPort};
     use alloc::vec;
 
     const MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 1]);
@@ -122,16 +124,21 @@ mod tests {
 
     #[test]
     fn records_received_and_transmitted_frames_in_order() {
+        let mut pool = BufPool::default();
         let mut port = PcapPort::new(MemPort::with_tx_capacity(MAC, 1));
         port.inner_mut().inject(&[1; 60]);
         port.set_time(Instant::from_micros(2_500_001));
-        let mut seen = Vec::new();
-        assert_eq!(port.receive_batch(8, &mut |f| seen.push(f.to_vec())), 1);
+        let mut burst = Burst::new();
+        assert_eq!(port.receive(&mut pool, &mut burst), 1);
+        let seen: Vec<Vec<u8>> = burst.drain().map(|b| b.frame().to_vec()).collect();
         assert_eq!(seen, vec![vec![1u8; 60]]);
         port.set_time(Instant::from_micros(3_000_000));
-        assert_eq!(port.transmit(&[2; 42]), Ok(()));
+        assert_eq!(transmit_copy(&mut port, &mut pool, &[2; 42]), Ok(()));
         // A refused frame never went on the wire: not recorded.
-        assert_eq!(port.transmit(&[3; 42]), Err(TxError::QueueFull));
+        assert_eq!(
+            transmit_copy(&mut port, &mut pool, &[3; 42]),
+            Err(TxError::QueueFull)
+        );
         assert_eq!(port.mac(), MAC);
         assert_eq!(
             records(port.capture()),

@@ -53,6 +53,7 @@ impl Parsed {
 }
 
 /// What [`parse`] found.
+#[derive(Clone, Copy, Debug)]
 pub enum Parse {
     NotIpv4,
     /// An IPv4 or transport header truncated or inconsistent.

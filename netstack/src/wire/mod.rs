@@ -6,6 +6,7 @@
 //! Nothing here keeps state, decides where a frame goes or panics on what the network
 //! sends; it reads and writes bytes and says what they mean.
 
+pub mod buffer;
 pub mod checksum;
 pub mod icmp_error;
 pub mod l4;

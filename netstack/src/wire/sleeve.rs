@@ -280,11 +280,17 @@ impl Frame<'_> {
 /// Largest frame a record can describe (16-bit length).
 pub const MAX_FRAME_LEN: usize = u16::MAX as usize;
 
+/// The header of a record carrying `len` bytes of network `vni`. The caller ensures
+/// `1 <= len <= MAX_FRAME_LEN`.
+pub fn record_header(vni: Vni, len: usize) -> [u8; RECORD_HEADER_LEN] {
+    let vni = vni.to_be_bytes();
+    let len = (len as u16).to_be_bytes();
+    [0, vni[0], vni[1], vni[2], len[0], len[1]]
+}
+
 /// Append one record to `out`. The caller ensures `1 <= frame.bytes.len() <= MAX_FRAME_LEN`.
 pub fn emit_record(frame: &Frame<'_>, out: &mut alloc::vec::Vec<u8>) {
-    let vni = frame.vni.to_be_bytes();
-    let len = (frame.bytes.len() as u16).to_be_bytes();
-    out.extend_from_slice(&[0, vni[0], vni[1], vni[2], len[0], len[1]]);
+    out.extend_from_slice(&record_header(frame.vni, frame.bytes.len()));
     out.extend_from_slice(frame.bytes);
 }
 
@@ -337,6 +343,19 @@ impl<'a> Records<'a> {
 
     pub fn iter(&self) -> RecordIter<'a> {
         RecordIter { rest: self.data }
+    }
+
+    /// When there is exactly one record: its network and where its frame lies in the
+    /// records' bytes (for a frame delivered where it was decrypted).
+    pub fn single(&self) -> Option<(Vni, core::ops::Range<usize>)> {
+        if self.count != 1 {
+            return None;
+        }
+        let (frame, _) = parse_record(self.data).ok()?;
+        Some((
+            frame.vni,
+            RECORD_HEADER_LEN..RECORD_HEADER_LEN + frame.bytes.len(),
+        ))
     }
 }
 
@@ -506,6 +525,22 @@ mod tests {
         let records = Records::new_checked(&out).unwrap();
         assert_eq!(records.len(), 2);
         assert_eq!(records.iter().collect::<Vec<_>>(), frames);
+    }
+
+    #[test]
+    fn one_record_says_where_its_frame_lies() {
+        let f = [0xaau8; 60];
+        let frame = Frame {
+            vni: Vni::new(100).unwrap(),
+            bytes: &f,
+        };
+        let mut out = Vec::new();
+        emit_record(&frame, &mut out);
+        let records = Records::new_checked(&out).unwrap();
+        let (vni, at) = records.single().unwrap();
+        assert_eq!((vni, &out[at]), (frame.vni, &f[..]));
+        emit_record(&frame, &mut out);
+        assert_eq!(Records::new_checked(&out).unwrap().single(), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use byteorder::{ByteOrder, NetworkEndian};
 use smoltcp::wire::{EthernetProtocol, ETHERNET_HEADER_LEN};
 
 use crate::base::VlanId;
+use crate::wire::buffer::PacketBuf;
 
 /// The 802.1Q TPID (the EtherType of a tagged frame).
 pub const TPID: u16 = 0x8100;
@@ -82,17 +83,57 @@ pub fn untag(frame: &[u8]) -> Result<(Tag, Untagged<'_>), Truncated> {
     if frame.len() < ETHERNET_HEADER_LEN + TAG_LEN {
         return Err(Truncated);
     }
-    let vid = NetworkEndian::read_u16(&frame[field::TCI]) & VID_MASK;
-    let tag = match vid {
-        0 => Tag::Untagged,
-        VID_MASK => Tag::Reserved,
-        // 1..=4094 by the two arms above.
-        id => VlanId::new(id).map_or(Tag::Reserved, Tag::Vlan),
-    };
+    let tag = tag_of(NetworkEndian::read_u16(&frame[field::TCI]));
     let mut out = Vec::with_capacity(frame.len() - TAG_LEN);
     out.extend_from_slice(&frame[..field::ADDRESSES.end]);
     out.extend_from_slice(&frame[field::ADDRESSES.end + TAG_LEN..]);
     Ok((tag, Untagged::Owned(out)))
+}
+
+/// The tag of the frame in `buf`, taken off where the frame lies: the MAC addresses
+/// move up by the tag's four bytes, which become headroom. Refused as [`untag`] refuses.
+pub fn untag_in_place(buf: &mut PacketBuf) -> Result<Tag, Truncated> {
+    let frame = buf.frame_mut();
+    if frame.len() < ETHERNET_HEADER_LEN {
+        return Err(Truncated);
+    }
+    if NetworkEndian::read_u16(&frame[field::ETHERTYPE]) != TPID {
+        return Ok(Tag::Untagged);
+    }
+    if frame.len() < ETHERNET_HEADER_LEN + TAG_LEN {
+        return Err(Truncated);
+    }
+    let tag = tag_of(NetworkEndian::read_u16(&frame[field::TCI]));
+    frame.copy_within(field::ADDRESSES, TAG_LEN);
+    buf.pull_front(TAG_LEN);
+    Ok(tag)
+}
+
+/// What the tag control information `tci` says.
+fn tag_of(tci: u16) -> Tag {
+    match tci & VID_MASK {
+        0 => Tag::Untagged,
+        VID_MASK => Tag::Reserved,
+        // 1..=4094 by the two arms above.
+        id => VlanId::new(id).map_or(Tag::Reserved, Tag::Vlan),
+    }
+}
+
+/// Puts a tag for `vlan` (priority 0) on the frame in `buf` where it lies, out of the
+/// buffer's headroom: the MAC addresses move down four bytes and the tag goes after
+/// them. False (nothing changed) without four bytes of headroom; a frame shorter than
+/// the two MAC addresses stays as it is, as with [`tag`].
+pub fn tag_in_place(buf: &mut PacketBuf, vlan: VlanId) -> bool {
+    if buf.len() < field::ADDRESSES.end {
+        return true;
+    }
+    let Some(frame) = buf.push_front(TAG_LEN) else {
+        return false;
+    };
+    frame.copy_within(TAG_LEN..TAG_LEN + field::ADDRESSES.end, 0);
+    NetworkEndian::write_u16(&mut frame[field::ETHERTYPE], TPID);
+    NetworkEndian::write_u16(&mut frame[field::TCI], vlan.get());
+    true
 }
 
 /// A frame with its tag removed.
@@ -164,6 +205,29 @@ mod tests {
             assert_eq!(t, Tag::Vlan(vlan));
             assert_eq!(inner.as_ref(), &UNTAGGED[..]);
         }
+    }
+
+    #[test]
+    fn in_place_matches_the_copying_functions() {
+        let mut buf = PacketBuf::from_frame(&TAGGED);
+        assert_eq!(
+            untag_in_place(&mut buf),
+            Ok(Tag::Vlan(VlanId::new(100).unwrap()))
+        );
+        assert_eq!(buf.frame(), &UNTAGGED[..]);
+        assert!(tag_in_place(&mut buf, VlanId::new(100).unwrap()));
+        assert_eq!(buf.frame(), &TAGGED[..]);
+        let mut plain = PacketBuf::from_frame(&UNTAGGED);
+        assert_eq!(untag_in_place(&mut plain), Ok(Tag::Untagged));
+        assert_eq!(plain.frame(), &UNTAGGED[..]);
+        for len in ETHERNET_HEADER_LEN..TAGGED.len() {
+            let mut short = PacketBuf::from_frame(&TAGGED[..len]);
+            assert_eq!(untag_in_place(&mut short), Err(Truncated), "{len}");
+            assert_eq!(short.frame(), &TAGGED[..len]);
+        }
+        let mut tight = PacketBuf::from_vec(UNTAGGED.to_vec());
+        assert!(!tag_in_place(&mut tight, VlanId::new(5).unwrap()));
+        assert_eq!(tight.frame(), &UNTAGGED[..]);
     }
 
     #[test]

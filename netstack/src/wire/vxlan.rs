@@ -18,6 +18,8 @@ use smoltcp::wire::{
 };
 
 use crate::base::Vni;
+use crate::wire::buffer::PacketBuf;
+use crate::wire::checksum;
 
 /// Length of the VXLAN header.
 pub const HEADER_LEN: usize = field::RESERVED2 + 1;
@@ -227,25 +229,52 @@ pub struct Outer {
 /// packet (more than 65 535 - 36 bytes) is refused with `Err(TooLong)`.
 pub fn encapsulate(outer: &Outer, inner: &[u8], out: &mut Vec<u8>) -> Result<(), TooLong> {
     let udp_len = UDP_HEADER_LEN + HEADER_LEN + inner.len();
-    let ip_len = IPV4_HEADER_LEN + udp_len;
-    if ip_len > usize::from(u16::MAX) {
+    if IPV4_HEADER_LEN + udp_len > usize::from(u16::MAX) {
         return Err(TooLong);
     }
     let start = out.len();
-    out.resize(start + ETHERNET_HEADER_LEN + ip_len, 0);
-    let frame_buf = &mut out[start..];
+    out.resize(start + ENCAP_OVERHEAD, 0);
+    out.extend_from_slice(inner);
+    emit_outer(outer, inner_ipv4_ecn_df(inner), &mut out[start..]);
+    Ok(())
+}
 
-    let inner_ip = inner_ipv4_ecn_df(inner);
+/// Why [`encapsulate_in_place`] left a frame as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InPlaceError {
+    /// Too long for one IPv4 packet (see [`encapsulate`]).
+    TooLong,
+    /// Fewer than [`ENCAP_OVERHEAD`] bytes of headroom in front of the frame.
+    NoHeadroom,
+}
 
-    let mut frame = EthernetFrame::new_unchecked(&mut *frame_buf);
+/// [`encapsulate`] where the inner frame lies: the outer headers go into the buffer's
+/// headroom in front of it, so the frame is neither copied nor moved.
+pub fn encapsulate_in_place(outer: &Outer, buf: &mut PacketBuf) -> Result<(), InPlaceError> {
+    if IPV4_HEADER_LEN + UDP_HEADER_LEN + HEADER_LEN + buf.len() > usize::from(u16::MAX) {
+        return Err(InPlaceError::TooLong);
+    }
+    let inner_ip = inner_ipv4_ecn_df(buf.frame());
+    let frame = buf
+        .push_front(ENCAP_OVERHEAD)
+        .ok_or(InPlaceError::NoHeadroom)?;
+    emit_outer(outer, inner_ip, frame);
+    Ok(())
+}
+
+/// Writes the outer Ethernet/IPv4/UDP/VXLAN headers into the first [`ENCAP_OVERHEAD`]
+/// bytes of `frame`, the inner frame (whose IPv4 ECN and DF are `inner_ip`) after them.
+fn emit_outer(outer: &Outer, inner_ip: Option<(u8, bool)>, frame: &mut [u8]) {
+    let udp_len = frame.len() - ETHERNET_HEADER_LEN - IPV4_HEADER_LEN;
+    let mut eth = EthernetFrame::new_unchecked(&mut *frame);
     EthernetRepr {
         src_addr: outer.src_mac,
         dst_addr: outer.dst_mac,
         ethertype: EthernetProtocol::Ipv4,
     }
-    .emit(&mut frame);
+    .emit(&mut eth);
 
-    let mut ip = Ipv4Packet::new_unchecked(frame.payload_mut());
+    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
     Ipv4Repr {
         src_addr: outer.src_ip,
         dst_addr: outer.dst_ip,
@@ -264,31 +293,19 @@ pub fn encapsulate(outer: &Outer, inner: &[u8], out: &mut Vec<u8>) -> Result<(),
     if let Some((ecn, _)) = inner_ip {
         ip.set_ecn(ecn_encapsulate(ecn));
     }
-    ip.fill_checksum();
+    ip.set_checksum(0);
+    ip.set_checksum(!checksum::sum(&ip.as_ref()[..IPV4_HEADER_LEN]));
 
     let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
-    let caps = if outer.udp_checksum {
-        ChecksumCapabilities::default()
-    } else {
-        ChecksumCapabilities::ignored()
-    };
-    UdpRepr {
-        src_port: outer.src_port,
-        dst_port: outer.dst_port,
+    udp.set_src_port(outer.src_port);
+    udp.set_dst_port(outer.dst_port);
+    udp.set_len(udp_len as u16);
+    udp.set_checksum(0);
+    Repr { vni: outer.vni }.emit(&mut Packet::new_unchecked(udp.payload_mut()));
+    if outer.udp_checksum {
+        let check = checksum::udp_ipv4(outer.src_ip.octets(), outer.dst_ip.octets(), udp.as_ref());
+        udp.set_checksum(check);
     }
-    .emit(
-        &mut udp,
-        &IpAddress::Ipv4(outer.src_ip),
-        &IpAddress::Ipv4(outer.dst_ip),
-        HEADER_LEN + inner.len(),
-        |payload| {
-            let mut vxlan = Packet::new_unchecked(payload);
-            Repr { vni: outer.vni }.emit(&mut vxlan);
-            vxlan.payload_mut().copy_from_slice(inner);
-        },
-        &caps,
-    );
-    Ok(())
 }
 
 /// An inner frame too long to be carried in one IPv4 packet.
@@ -330,6 +347,8 @@ pub struct Decapsulated<'a> {
     pub vni: Vni,
     /// The inner Ethernet frame (no FCS).
     pub inner: &'a [u8],
+    /// Where `inner` starts in the received frame.
+    pub inner_at: usize,
 }
 
 /// Why [`decapsulate`] refused a frame.
@@ -360,7 +379,7 @@ pub fn decapsulate(frame: &[u8], dst_port: u16) -> Result<Decapsulated<'_>, Deca
     if ip.more_frags() || ip.frag_offset() != 0 {
         return Err(DecapError::OuterFragment);
     }
-    if !ip.verify_checksum() {
+    if checksum::sum(&ip.as_ref()[..usize::from(ip.header_len())]) != 0xffff {
         return Err(DecapError::BadOuterHeader);
     }
     let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
@@ -368,16 +387,25 @@ pub fn decapsulate(frame: &[u8], dst_port: u16) -> Result<Decapsulated<'_>, Deca
     if udp.dst_port() != dst_port {
         return Err(DecapError::NotVxlan);
     }
+    // The checksum is verified here (RFC 768: 0 means none), eight bytes a step.
     let udp_repr = UdpRepr::parse(
         &udp,
         &IpAddress::Ipv4(src_ip),
         &IpAddress::Ipv4(dst_ip),
-        &ChecksumCapabilities::default(),
+        &ChecksumCapabilities::ignored(),
     )
     .map_err(|_| DecapError::BadOuterHeader)?;
+    let udp_bytes = &udp.as_ref()[..usize::from(udp.len())];
+    if udp.checksum() != 0
+        && checksum::udp_ipv4_sum(src_ip.octets(), dst_ip.octets(), udp_bytes) != 0xffff
+    {
+        return Err(DecapError::BadOuterHeader);
+    }
     let vxlan = Packet::new_checked(udp.payload()).map_err(DecapError::Vxlan)?;
     let repr = Repr::parse(&vxlan).map_err(DecapError::Vxlan)?;
+    let inner_at = ETHERNET_HEADER_LEN + usize::from(ip.header_len()) + UDP_HEADER_LEN + HEADER_LEN;
     Ok(Decapsulated {
+        inner_at,
         outer_src_mac: eth.src_addr(),
         src_ip,
         dst_ip,
@@ -407,29 +435,41 @@ pub fn flow_src_port(inner: &[u8], seed: u32, range: SrcPortRange) -> u16 {
 
 fn flow_hash(inner: &[u8], seed: u32) -> u32 {
     // The flow key, laid out in 4-byte words: sorted MACs (12), ethertype and IP
-    // protocol (4), sorted address+port pairs (12); unused parts stay zero.
-    let mut key = [0u8; 28];
-    if inner.len() < ETHERNET_HEADER_LEN {
+    // protocol (4), sorted address+port pairs (12); unused parts stay zero. Each sorted
+    // pair is two 48-bit big-endian numbers, compared as numbers (as bytes would be).
+    let Some(eth) = inner.first_chunk::<ETHERNET_HEADER_LEN>() else {
+        let mut key = [0u8; 28];
         key[..inner.len()].copy_from_slice(inner);
-    } else {
-        let (a, b) = (&inner[0..6], &inner[6..12]);
-        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        key[0..6].copy_from_slice(lo);
-        key[6..12].copy_from_slice(hi);
-        key[12..14].copy_from_slice(&inner[12..14]);
-        let is_ipv4 = inner[12..14] == [0x08, 0x00];
-        if let Some((src, dst, proto)) = ipv4_flow(&inner[ETHERNET_HEADER_LEN..], is_ipv4) {
-            let (lo, hi) = if src <= dst { (src, dst) } else { (dst, src) };
-            key[15] = proto;
-            key[16..22].copy_from_slice(&lo);
-            key[22..28].copy_from_slice(&hi);
+        let mut h = seed;
+        for word in key.chunks_exact(4) {
+            h = murmur3_round(h, NetworkEndian::read_u32(word));
         }
+        return murmur3_finish(h, key.len() as u32);
+    };
+    let be48 = |b: &[u8]| NetworkEndian::read_u48(b);
+    let sorted = |a: u64, b: u64| if a <= b { (a, b) } else { (b, a) };
+    let (lo, hi) = sorted(be48(&eth[0..6]), be48(&eth[6..12]));
+    let ethertype = u32::from(NetworkEndian::read_u16(&eth[12..14]));
+    let mut words = [0u32; 7];
+    pair_words(lo, hi, &mut words[0..3]);
+    words[3] = ethertype << 16;
+    if let Some((src, dst, proto)) = ipv4_flow(&inner[ETHERNET_HEADER_LEN..], ethertype == 0x0800) {
+        let (lo, hi) = sorted(src, dst);
+        words[3] |= u32::from(proto);
+        pair_words(lo, hi, &mut words[4..7]);
     }
     let mut h = seed;
-    for word in key.chunks_exact(4) {
-        h = murmur3_round(h, NetworkEndian::read_u32(word));
+    for word in words {
+        h = murmur3_round(h, word);
     }
-    murmur3_finish(h, key.len() as u32)
+    murmur3_finish(h, 28)
+}
+
+/// Two 48-bit numbers as the three 32-bit words their 12 big-endian bytes make.
+fn pair_words(lo: u64, hi: u64, out: &mut [u32]) {
+    out[0] = (lo >> 16) as u32;
+    out[1] = ((lo & 0xffff) << 16 | hi >> 32) as u32;
+    out[2] = hi as u32;
 }
 
 /// One block step of MurmurHash3 (x86, 32-bit).
@@ -456,22 +496,25 @@ fn murmur3_finish(mut h: u32, len: u32) -> u32 {
 
 /// For IPv4, `(src addr ++ src port, dst addr ++ dst port, protocol)`; ports are zero
 /// when the protocol has none or the packet is a non-first fragment.
-fn ipv4_flow(ip: &[u8], is_ipv4: bool) -> Option<([u8; 6], [u8; 6], u8)> {
-    if !is_ipv4 || ip.len() < IPV4_HEADER_LEN || ip[0] >> 4 != 4 {
+/// The IPv4 source and destination of `ip` as 48-bit numbers (address, then port, or
+/// 0 where there is no port), and its protocol.
+fn ipv4_flow(ip: &[u8], is_ipv4: bool) -> Option<(u64, u64, u8)> {
+    let header = ip.first_chunk::<IPV4_HEADER_LEN>()?;
+    if !is_ipv4 || header[0] >> 4 != 4 {
         return None;
     }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let proto = ip[9];
-    let mut src = [0u8; 6];
-    let mut dst = [0u8; 6];
-    src[..4].copy_from_slice(&ip[12..16]);
-    dst[..4].copy_from_slice(&ip[16..20]);
-    let first_fragment = NetworkEndian::read_u16(&ip[6..8]) & 0x1fff == 0;
+    let ihl = usize::from(header[0] & 0x0f) * 4;
+    let proto = header[9];
+    let mut src = u64::from(NetworkEndian::read_u32(&header[12..16])) << 16;
+    let mut dst = u64::from(NetworkEndian::read_u32(&header[16..20])) << 16;
+    let first_fragment = NetworkEndian::read_u16(&header[6..8]) & 0x1fff == 0;
     // TCP, UDP, SCTP, UDP-Lite: ports in the first four bytes of the L4 header.
     let has_ports = matches!(proto, 6 | 17 | 132 | 136);
-    if has_ports && first_fragment && ihl >= IPV4_HEADER_LEN && ip.len() >= ihl + 4 {
-        src[4..].copy_from_slice(&ip[ihl..ihl + 2]);
-        dst[4..].copy_from_slice(&ip[ihl + 2..ihl + 4]);
+    if has_ports && first_fragment && ihl >= IPV4_HEADER_LEN {
+        if let Some(ports) = ip.get(ihl..ihl + 4) {
+            src |= u64::from(NetworkEndian::read_u16(&ports[0..2]));
+            dst |= u64::from(NetworkEndian::read_u16(&ports[2..4]));
+        }
     }
     Some((src, dst, proto))
 }
@@ -749,6 +792,81 @@ mod tests {
             decapsulate(&padded, VXLAN_PORT).unwrap().inner,
             &LINUX_ARP[50..]
         );
+    }
+
+    /// The flow hash as its key is defined: 28 bytes (sorted MACs, ethertype, protocol,
+    /// sorted address+port pairs) hashed a big-endian word at a time.
+    fn flow_hash_of_the_key_bytes(inner: &[u8], seed: u32) -> u32 {
+        let mut key = [0u8; 28];
+        if inner.len() < ETHERNET_HEADER_LEN {
+            key[..inner.len()].copy_from_slice(inner);
+        } else {
+            let (a, b) = (&inner[0..6], &inner[6..12]);
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            key[0..6].copy_from_slice(lo);
+            key[6..12].copy_from_slice(hi);
+            key[12..14].copy_from_slice(&inner[12..14]);
+            let ip = &inner[ETHERNET_HEADER_LEN..];
+            if inner[12..14] == [8, 0] && ip.len() >= IPV4_HEADER_LEN && ip[0] >> 4 == 4 {
+                let ihl = usize::from(ip[0] & 0x0f) * 4;
+                let (mut src, mut dst) = ([0u8; 6], [0u8; 6]);
+                src[..4].copy_from_slice(&ip[12..16]);
+                dst[..4].copy_from_slice(&ip[16..20]);
+                let first = NetworkEndian::read_u16(&ip[6..8]) & 0x1fff == 0;
+                if matches!(ip[9], 6 | 17 | 132 | 136) && first && ihl >= 20 && ip.len() >= ihl + 4
+                {
+                    src[4..].copy_from_slice(&ip[ihl..ihl + 2]);
+                    dst[4..].copy_from_slice(&ip[ihl + 2..ihl + 4]);
+                }
+                let (lo, hi) = if src <= dst { (src, dst) } else { (dst, src) };
+                key[15] = ip[9];
+                key[16..22].copy_from_slice(&lo);
+                key[22..28].copy_from_slice(&hi);
+            }
+        }
+        let mut h = seed;
+        for word in key.chunks_exact(4) {
+            h = murmur3_round(h, NetworkEndian::read_u32(word));
+        }
+        murmur3_finish(h, 28)
+    }
+
+    #[test]
+    fn flow_hash_is_the_hash_of_its_key_bytes() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        };
+        for len in 0..80usize {
+            for variant in 0..40 {
+                let mut frame: Vec<u8> = (0..len).map(|_| next()).collect();
+                // Most of them IPv4 with ports, some with options, fragments, other protocols.
+                if len >= 34 && variant % 4 != 0 {
+                    frame[12..14].copy_from_slice(&[8, 0]);
+                    frame[14] = 0x45 + (variant % 3) as u8;
+                    frame[23] = [6, 17, 132, 1][variant % 4];
+                    if variant % 5 == 0 {
+                        frame[20] = 0;
+                        frame[21] = 0;
+                    }
+                    // Same MACs or same addresses in both directions now and then.
+                    if variant % 7 == 0 {
+                        frame.copy_within(0..6, 6);
+                        frame.copy_within(26..30, 30);
+                    }
+                }
+                assert_eq!(
+                    flow_hash(&frame, variant as u32),
+                    flow_hash_of_the_key_bytes(&frame, variant as u32),
+                    "len {len} variant {variant}"
+                );
+            }
+        }
+        let ping = &LINUX_PING[50..];
+        assert_eq!(flow_hash(ping, 7), flow_hash_of_the_key_bytes(ping, 7));
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::pipeline::capture::InnerTap;
 use crate::stage::overlay::config::{NetworkConfig, OverlayConfig, PeerConfig};
 use crate::stage::overlay::{Overlay, OverlayError};
 use crate::table::fdb::Location;
+use outbox::Outbox;
 use replies::ReplyRoutes;
 pub use replies::REPLY_ROUTES;
 pub(crate) use routed::RouterHook;
@@ -54,6 +55,8 @@ pub struct OverlayPath {
     counters: DatapathCounters,
     /// Inner frames of the networks a capture watches, staged for it during a poll.
     inner_tap: InnerTap,
+    /// What a poll sends, kept for the next poll's frames.
+    outbox: Outbox,
 }
 
 impl OverlayPath {
@@ -75,6 +78,7 @@ impl OverlayPath {
             next_age: None,
             counters: DatapathCounters::default(),
             inner_tap: InnerTap::default(),
+            outbox: Outbox::default(),
         };
         let vnis: Vec<Vni> = path.overlay.networks().map(|(v, _, _)| v).collect();
         for vni in vnis {

@@ -4,29 +4,45 @@
 
 use alloc::vec::Vec;
 
-use crate::pipeline::counters::{NicCounters, NicDrop};
-use crate::pipeline::port::Port;
+use crate::pipeline::counters::NicCounters;
+use crate::pipeline::port::{BufPool, PacketBuf, Port};
+use crate::stage::route::Segment;
 
-/// Frames to send, collected while ports are busy receiving.
+/// Frames to send, collected while ports are busy receiving. Kept between polls, so
+/// its vectors allocate once; a clone of the datapath starts with an empty one.
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
-    pub(super) uplink: Vec<Vec<u8>>,
-    pub(super) link: Vec<Vec<u8>>,
+    pub(super) uplink: Vec<PacketBuf>,
+    pub(super) link: Vec<PacketBuf>,
+    /// The router's container-side output, taken from it to be sent into segments.
+    pub(super) routed: Vec<(Option<Segment>, PacketBuf)>,
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Outbox {
+        Outbox::default()
+    }
+}
+
+impl Outbox {
+    /// A frame built outside the pipeline's buffers, for the uplink.
+    pub(super) fn uplink_vec(&mut self, frame: Vec<u8>) {
+        self.uplink.push(PacketBuf::from_vec(frame));
+    }
 }
 
 /// Transmit (and take) `frames` on `port`, counting; true if any was sent. The
 /// vector keeps its buffer for the next frame.
 pub(super) fn flush(
-    frames: &mut Vec<Vec<u8>>,
+    frames: &mut Vec<PacketBuf>,
     port: &mut dyn Port,
+    pool: &mut BufPool,
     counters: &mut NicCounters,
 ) -> bool {
     let any = !frames.is_empty();
     for frame in frames.drain(..) {
-        match port.transmit(&frame) {
-            Ok(()) => counters.transmitted(frame.len()),
-            Err(_) => counters.dropped(NicDrop::TxFull),
-        }
+        let len = frame.len();
+        counters.sent(port.transmit(pool, frame), len);
     }
     any
 }

@@ -9,17 +9,16 @@
 //! lets a routed frame into a network other than the one named with it, and never
 //! reads a clock.
 
-use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use smoltcp::time::Instant;
 use smoltcp::wire::EthernetFrame;
 
-use super::outbox::{flush, Outbox};
+use super::outbox::flush;
 use super::OverlayPath;
 use crate::base::Vni;
 use crate::pipeline::nic::Nic;
-use crate::pipeline::port::Port;
+use crate::pipeline::port::{BufPool, PacketBuf, Port};
 use crate::stage::overlay::Overlay;
 use crate::stage::route::{Interfaces, Origin, Router, Segment};
 use crate::table::fdb::Location;
@@ -35,13 +34,15 @@ pub(crate) struct RouterHook<'a, 'r> {
     pub now: Instant,
 }
 
-/// Offers `frame`, which reached the appliance on `segment`, to the router; true when
-/// the router took it (the link interface must not see it).
+/// Offers the frame in `buf`, which reached the appliance on `segment`, to the router;
+/// true when the router took it (`buf` is left empty: the link interface must not see
+/// it).
 pub(super) fn offer(
     hook: Option<&RouterHook>,
     segment: Segment,
     origin: Origin,
-    frame: &[u8],
+    buf: &mut PacketBuf,
+    pool: &mut BufPool,
 ) -> bool {
     let Some(h) = hook else {
         return false;
@@ -51,7 +52,7 @@ pub(super) fn offer(
     let Ok(mut router) = h.router.try_borrow_mut() else {
         return false;
     };
-    router.receive_on(segment, origin, frame, h.ifs, h.now)
+    router.receive_on(segment, origin, buf, h.ifs, h.now, pool)
 }
 
 /// Where the sender of `frame` lives, as network `vni`'s FDB says (an ARP answer the
@@ -78,41 +79,47 @@ pub(super) fn origin(
 impl OverlayPath {
     /// Sends what the router queued for the container side into its segments, and
     /// transmits the result. Returns whether anything was sent.
+    // The send path's whole context; a struct for it would only rename the list.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn send_routed(
         &mut self,
         now: Instant,
+        pool: &mut BufPool,
         hook: &RouterHook,
         uplink: &mut Nic,
         link: &mut Nic,
         uplink_port: &mut dyn Port,
         link_port: &mut dyn Port,
     ) -> bool {
-        let mut out = Outbox::default();
+        let mut out = core::mem::take(&mut self.outbox);
+        let mut frames = core::mem::take(&mut out.routed);
         let mut any = false;
         for _ in 0..ROUNDS {
-            let frames = match hook.router.try_borrow_mut() {
-                Ok(mut r) => r.take_routed(),
-                Err(_) => Vec::new(),
-            };
+            if let Ok(mut r) = hook.router.try_borrow_mut() {
+                r.take_routed(&mut frames);
+            }
             if frames.is_empty() {
                 break;
             }
             any = true;
-            for (segment, frame) in frames {
+            for (segment, buf) in frames.drain(..) {
                 match segment {
-                    Some(Segment::Network(vni)) if self.vlan_of.contains_key(&vni) => {
-                        self.appliance_into(now, vni, &frame, &mut link.iface, &mut out, Some(hook))
-                    }
+                    Some(Segment::Network(vni)) if self.vlan_of.contains_key(&vni) => self
+                        .appliance_into(now, vni, buf, &mut link.iface, &mut out, Some(hook), pool),
                     // A network removed since the neighbour was placed: ask everywhere.
                     Some(Segment::Network(_)) | None => {
-                        self.rx_appliance(now, frame, &mut link.iface, &mut out, Some(hook))
+                        let frame = buf.frame().to_vec();
+                        pool.put(buf);
+                        self.rx_appliance(now, frame, &mut link.iface, &mut out, Some(hook), pool)
                     }
-                    Some(Segment::Plain) => out.link.push(frame),
+                    Some(Segment::Plain) => out.link.push(buf),
                 }
             }
         }
-        let sent_u = flush(&mut out.uplink, uplink_port, &mut uplink.counters);
-        let sent_l = flush(&mut out.link, link_port, &mut link.counters);
+        out.routed = frames;
+        let sent_u = flush(&mut out.uplink, uplink_port, pool, &mut uplink.counters);
+        let sent_l = flush(&mut out.link, link_port, pool, &mut link.counters);
+        self.outbox = out;
         any || sent_u || sent_l
     }
 }

@@ -183,7 +183,9 @@ impl OverlayPath {
                 None => {}
             }
         }
-        out.uplink.extend(self.neighbors.solicit(now, &wanted, own));
+        for request in self.neighbors.solicit(now, &wanted, own) {
+            out.uplink_vec(request);
+        }
     }
 
     /// `ip` is now at `mac`: every peer reached through `ip` follows.

@@ -60,7 +60,20 @@ impl Nat {
     /// Runs one Ethernet frame received on `from` through conntrack, NAT and
     /// service selection; rewrites it in place when translated.
     pub fn process(&mut self, frame: &mut [u8], from: NicId, now: Instant) -> NatVerdict {
-        let p = match l4::parse(frame) {
+        let parsed = l4::parse(frame);
+        self.process_parsed(frame, parsed, from, now)
+    }
+
+    /// [`Nat::process`] for a frame whose L4 facts were read already (`l4::parse` of
+    /// this very frame, unchanged since): what a burst parsed once travels here.
+    pub fn process_parsed(
+        &mut self,
+        frame: &mut [u8],
+        parsed: Parse,
+        from: NicId,
+        now: Instant,
+    ) -> NatVerdict {
+        let p = match parsed {
             Parse::NotIpv4 => {
                 self.stats.passed += 1;
                 return NatVerdict::Pass;
@@ -147,7 +160,12 @@ impl Nat {
     /// for a packet that is never sent. ICMP errors are never answered (RFC 1812
     /// §4.3.2.7): false.
     pub fn would_forward(&self, frame: &[u8], from: NicId, now: Instant) -> bool {
-        let Parse::Ok(p) = l4::parse(frame) else {
+        self.would_forward_parsed(&l4::parse(frame), from, now)
+    }
+
+    /// [`Nat::would_forward`] on what `l4::parse` read of the frame.
+    pub fn would_forward_parsed(&self, parsed: &Parse, from: NicId, now: Instant) -> bool {
+        let Parse::Ok(p) = parsed else {
             return false;
         };
         let tcp = match p.kind {
@@ -166,6 +184,13 @@ impl Nat {
             return true;
         }
         opens_flow(p.kind, tcp) && matches!(self.decide(&p.tuple, from), Decision::Open { .. })
+    }
+
+    /// Reads, for a burst of packets about to be processed, the conntrack memory their
+    /// lookups will need, bucket lines first and then flows, so that the cache misses
+    /// of the whole burst overlap instead of being taken one packet at a time.
+    pub fn warm(&self, tuples: &[FlowTuple]) {
+        self.ct.warm(tuples);
     }
 
     /// Decides and inserts a new flow for a packet that matched none.

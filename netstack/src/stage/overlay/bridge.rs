@@ -12,9 +12,10 @@ use smoltcp::wire::{
     ETHERNET_HEADER_LEN,
 };
 
-use super::{Egress, Network, Overlay, OverlayDrop, OverlayVerdict};
+use super::{Egress, Network, Overlay, OverlayDrop, OverlayVerdict, Step};
 use crate::base::Vni;
 use crate::table::fdb::{Learn, Location};
+use crate::wire::buffer::PacketBuf;
 use crate::wire::vlan;
 
 /// The port a frame came in on, for the split-horizon rule.
@@ -33,6 +34,18 @@ impl Ingress {
     }
 }
 
+/// Where the bridge sends a frame from a local port, decided without copying it.
+pub(super) enum Bridged {
+    /// Final: refused, filtered (stays on its segment) or answered by ARP suppression.
+    Done(OverlayVerdict),
+    /// Unicast to the other local port.
+    Local(Egress),
+    /// Unicast to the one peer behind which the destination lives.
+    Peer(Ipv4Address),
+    /// To every port of the network but the one it came in by, and every peer.
+    Flood,
+}
+
 impl Overlay {
     /// A frame received on the container link for network `vni`.
     pub fn rx_link(&mut self, now: Instant, vni: Vni, frame: &[u8]) -> OverlayVerdict {
@@ -44,6 +57,18 @@ impl Overlay {
         self.rx_local(now, vni, frame, Ingress::Appliance)
     }
 
+    /// [`Overlay::rx_link`] for a frame in its buffer: unicast to the other local port
+    /// or to a VXLAN peer it stays where it is (encapsulated in the headroom), to a
+    /// sleeve peer it is kept for sealing; only floods and answers are copies.
+    pub fn rx_link_buf(&mut self, now: Instant, vni: Vni, buf: &mut PacketBuf) -> Step {
+        self.rx_local_buf(now, vni, buf, Ingress::Link)
+    }
+
+    /// [`Overlay::rx_appliance`] for a frame in its buffer, as [`Overlay::rx_link_buf`].
+    pub fn rx_appliance_buf(&mut self, now: Instant, vni: Vni, buf: &mut PacketBuf) -> Step {
+        self.rx_local_buf(now, vni, buf, Ingress::Appliance)
+    }
+
     fn rx_local(
         &mut self,
         now: Instant,
@@ -51,25 +76,68 @@ impl Overlay {
         frame: &[u8],
         ingress: Ingress,
     ) -> OverlayVerdict {
+        match self.bridge(now, vni, frame, ingress) {
+            Bridged::Done(verdict) => verdict,
+            Bridged::Local(egress) => OverlayVerdict::Forward(vec![(egress, frame.to_vec())]),
+            Bridged::Peer(peer) => {
+                self.forward_to_peers(now, vni, frame, ingress, Some(peer), Vec::new())
+            }
+            Bridged::Flood => self.flood(now, vni, frame, ingress),
+        }
+    }
+
+    fn rx_local_buf(
+        &mut self,
+        now: Instant,
+        vni: Vni,
+        buf: &mut PacketBuf,
+        ingress: Ingress,
+    ) -> Step {
+        match self.bridge(now, vni, buf.frame(), ingress) {
+            Bridged::Done(verdict) => Step::Verdict(verdict),
+            Bridged::Local(egress) => Step::Send(egress),
+            Bridged::Peer(peer) => self.encap_for_peer(now, vni, buf, ingress, peer),
+            Bridged::Flood => Step::Verdict(self.flood(now, vni, buf.frame(), ingress)),
+        }
+    }
+
+    /// The copies of a flood: the other local ports, then every peer of the network.
+    fn flood(&mut self, now: Instant, vni: Vni, frame: &[u8], ingress: Ingress) -> OverlayVerdict {
+        let Some(net) = self.networks.get(&vni) else {
+            return OverlayVerdict::Forward(Vec::new());
+        };
+        let mut out = Vec::new();
+        if ingress != Ingress::Link {
+            out.push((Egress::Link, frame.to_vec()));
+        }
+        if net.appliance_mac.is_some() && ingress != Ingress::Appliance {
+            out.push((Egress::Appliance, frame.to_vec()));
+        }
+        self.forward_to_peers(now, vni, frame, ingress, None, out)
+    }
+
+    /// The bridge's decision for a frame from a local port, with its learning, ARP
+    /// suppression and counters; the frames it sends are made by the caller.
+    fn bridge(&mut self, now: Instant, vni: Vni, frame: &[u8], ingress: Ingress) -> Bridged {
         let Some(net) = self.networks.get_mut(&vni) else {
-            return self.drop(None, OverlayDrop::UnknownVni);
+            return Bridged::Done(self.drop(None, OverlayDrop::UnknownVni));
         };
         match ingress {
             Ingress::Link => net.counters.link_rx += 1,
             Ingress::Appliance => net.counters.appliance_rx += 1,
         }
         if ingress == Ingress::Appliance && net.appliance_mac.is_none() {
-            return self.drop(Some(vni), OverlayDrop::NotAttached);
+            return Bridged::Done(self.drop(Some(vni), OverlayDrop::NotAttached));
         }
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
-            return self.drop(Some(vni), OverlayDrop::Runt);
+            return Bridged::Done(self.drop(Some(vni), OverlayDrop::Runt));
         };
         let (src, dst) = (eth.src_addr(), eth.dst_addr());
         if !src.is_unicast() {
-            return self.drop(Some(vni), OverlayDrop::BadSourceMac);
+            return Bridged::Done(self.drop(Some(vni), OverlayDrop::BadSourceMac));
         }
         if vlan::is_tag(eth.ethertype()) {
-            return self.drop(Some(vni), OverlayDrop::Tagged);
+            return Bridged::Done(self.drop(Some(vni), OverlayDrop::Tagged));
         }
         if ingress == Ingress::Link
             && Some(src) != net.appliance_mac
@@ -80,65 +148,45 @@ impl Overlay {
 
         if let Some(reply) = arp_suppress(net, &eth) {
             net.counters.arp_suppressed += 1;
-            return OverlayVerdict::Forward(vec![(ingress.egress(), reply)]);
+            return Bridged::Done(OverlayVerdict::Forward(vec![(ingress.egress(), reply)]));
         }
 
-        // Where the frame goes: local ports, and the peers (one or all).
-        let mut out = Vec::new();
-        let local_port = |e: Egress| e != ingress.egress();
-        let to_peer: Option<Ipv4Address>;
-        let flood: bool;
-        if !dst.is_unicast() {
-            flood = true;
-            to_peer = None;
+        // Where the frame goes: the other local port, one peer, or everywhere.
+        let local = if !dst.is_unicast() {
+            None
         } else if Some(dst) == net.appliance_mac {
-            flood = false;
-            to_peer = None;
-            if local_port(Egress::Appliance) {
-                out.push((Egress::Appliance, frame.to_vec()));
-            }
+            Some(Egress::Appliance)
         } else {
             match net.fdb.lookup(&dst, now) {
-                Some(Location::Local) => {
-                    flood = false;
-                    to_peer = None;
-                    if local_port(Egress::Link) {
-                        out.push((Egress::Link, frame.to_vec()));
-                    }
+                Some(Location::Local) => Some(Egress::Link),
+                Some(Location::Remote(peer)) => return Bridged::Peer(peer),
+                None => None,
+            }
+        };
+        match local {
+            Some(egress) if egress != ingress.egress() => {
+                match egress {
+                    Egress::Link => net.counters.link_tx += 1,
+                    _ => net.counters.appliance_tx += 1,
                 }
-                Some(Location::Remote(peer)) => {
-                    flood = false;
-                    to_peer = Some(peer);
-                }
-                None => {
-                    flood = true;
-                    to_peer = None;
-                }
+                Bridged::Local(egress)
             }
-        }
-        if flood {
-            net.counters.flooded += 1;
-            if local_port(Egress::Link) {
-                out.push((Egress::Link, frame.to_vec()));
-            }
-            if net.appliance_mac.is_some() && local_port(Egress::Appliance) {
-                out.push((Egress::Appliance, frame.to_vec()));
-            }
-        }
-        for (e, _) in &out {
-            match e {
-                Egress::Link => net.counters.link_tx += 1,
-                Egress::Appliance => net.counters.appliance_tx += 1,
-                Egress::Uplink => {}
-            }
-        }
-        if !flood && to_peer.is_none() {
-            if out.is_empty() {
+            Some(_) => {
+                // Back to the port it came from: it stays on its segment.
                 net.counters.filtered += 1;
+                Bridged::Done(OverlayVerdict::Forward(Vec::new()))
             }
-            return OverlayVerdict::Forward(out);
+            None => {
+                net.counters.flooded += 1;
+                if ingress != Ingress::Link {
+                    net.counters.link_tx += 1;
+                }
+                if net.appliance_mac.is_some() && ingress != Ingress::Appliance {
+                    net.counters.appliance_tx += 1;
+                }
+                Bridged::Flood
+            }
         }
-        self.forward_to_peers(now, vni, frame, ingress, to_peer, out)
     }
 }
 

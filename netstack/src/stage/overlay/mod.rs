@@ -9,6 +9,11 @@
 //! control, as Docker's overlay does). Time is an argument; no clock, no I/O, no panics
 //! on input.
 //!
+//! Each entry point has a buffer form (`rx_link_buf`, `rx_appliance_buf`,
+//! `rx_uplink_buf`) for the datapath: a unicast frame is encapsulated, decapsulated or
+//! opened where it lies in its `PacketBuf` and comes back as a [`Step`]; only
+//! floods, answers and refusals are copies.
+//!
 //! The local side of the bridge is `bridge.rs`, the way to the peers `encap.rs` (sleeve
 //! through `sleeve_link.rs`), the way back `decap.rs`; networks, peers and static
 //! entries change through `control.rs`, a whole document in place through `reconcile.rs`;
@@ -71,6 +76,20 @@ pub enum OverlayVerdict {
     /// Refused and counted, with a reply for the sender: ICMP "fragmentation needed"
     /// for an IPv4 packet with DF set that is larger than the overlay MTU.
     Refuse { reason: OverlayDrop, reply: Output },
+}
+
+/// What the overlay did with a frame handed over in its buffer (the `_buf` entry
+/// points): the fast path leaves the frame where it lies.
+#[derive(Debug)]
+pub enum Step {
+    /// The frame now in the buffer leaves by `egress` (to the uplink: encapsulated; to
+    /// a local port: decapsulated, untagged).
+    Send(Egress),
+    /// The overlay kept the frame (queued for sealing): the buffer is empty now.
+    Kept,
+    /// Everything else, as the copying entry points say it: the frames to send are the
+    /// verdict's; the buffer's own frame goes nowhere.
+    Verdict(OverlayVerdict),
 }
 
 /// This appliance's own address on the uplink.
@@ -249,8 +268,10 @@ pub struct Overlay {
     /// Seal frames for sleeve peers when [`Overlay::flush_sleeve`] is called, not at
     /// once (docs/sleeve.md "Batching").
     batch_sleeve: bool,
-    /// Frames waiting to be sealed, one entry per (peer, network), in arrival order.
+    /// Frames waiting to be sealed, one entry per (peer, network), in arrival order:
+    /// the first `pending_active` entries; the rest are spares for reuse.
     pending: Vec<PendingSeal>,
+    pending_active: usize,
     pending_frames: usize,
 }
 
@@ -294,6 +315,7 @@ impl Overlay {
             drops: OverlayDrops::default(),
             batch_sleeve: false,
             pending: Vec::new(),
+            pending_active: 0,
             pending_frames: 0,
         })
     }

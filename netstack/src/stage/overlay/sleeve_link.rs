@@ -13,7 +13,7 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
-    Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 use weft_peer::config::Auth;
@@ -25,6 +25,7 @@ use crate::stage::sleeve::{
     self, AeadKey, Frame, KeyId, KeySource, OpenError, PskKeySource, SealError, Session,
     SessionConfig, SessionId, Sleeve, SleeveMetrics, TlsKeySource,
 };
+use crate::wire::sleeve::Records;
 use crate::wire::vxlan;
 
 /// Ethernet + IPv4 + UDP in front of every sleeve message.
@@ -110,6 +111,8 @@ pub struct Received<'a> {
     pub src_ip: Ipv4Address,
     pub dst_ip: Ipv4Address,
     pub payload: &'a [u8],
+    /// Where `payload` starts in the frame.
+    pub payload_at: usize,
 }
 
 /// Why an underlay frame to the sleeve port was not taken apart.
@@ -155,6 +158,7 @@ pub fn parse_outer(frame: &[u8]) -> Result<Received<'_>, OuterError> {
         src_ip,
         dst_ip,
         payload: udp.payload(),
+        payload_at: ETHERNET_HEADER_LEN + usize::from(ip.header_len()) + UDP_HEADER_LEN,
     })
 }
 
@@ -308,7 +312,34 @@ impl SleeveLink {
         Ok(messages)
     }
 
-    fn write_outer(&mut self, outer: &OuterAddrs, buf: &mut [u8]) {
+    /// The largest message (UDP payload) this endpoint seals.
+    pub fn max_message(&self) -> usize {
+        self.sleeve.config().max_message()
+    }
+
+    /// See [`Sleeve::check_frames`].
+    pub fn check_frames(
+        &mut self,
+        peer: NodeId,
+        lens: impl Iterator<Item = usize>,
+    ) -> Result<(), SealError> {
+        self.sleeve.check_frames(peer, lens)
+    }
+
+    /// Seal one message for `peer` where it lies (see [`Sleeve::seal_message`]).
+    pub fn seal_message(
+        &mut self,
+        peer: NodeId,
+        message: &mut [u8],
+        frames: usize,
+        now: Instant,
+    ) -> Result<(), SealError> {
+        self.sleeve.seal_message(peer, message, frames, now)
+    }
+
+    /// Writes the outer Ethernet/IPv4/UDP headers into the first [`OUTER_LEN`] bytes of
+    /// `buf`, a sealed message after them.
+    pub fn write_outer(&mut self, outer: &OuterAddrs, buf: &mut [u8]) {
         let payload_len = buf.len().saturating_sub(OUTER_LEN);
         let eth = EthernetRepr {
             src_addr: outer.src_mac,
@@ -342,6 +373,17 @@ impl SleeveLink {
             &IpAddress::Ipv4(outer.src_ip),
             &IpAddress::Ipv4(outer.dst_ip),
         );
+    }
+
+    /// Open one received sleeve payload where it lies: the sending node and its records,
+    /// decrypted in `payload`.
+    pub fn open_in_place<'b>(
+        &mut self,
+        payload: &'b mut [u8],
+        now: Instant,
+    ) -> Result<(NodeId, Records<'b>), OpenError> {
+        let opened = self.sleeve.open(payload, now)?;
+        Ok((opened.peer, opened.frames))
     }
 
     /// Open one received sleeve payload: the sending node and its frames (copied out).

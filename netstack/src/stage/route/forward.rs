@@ -2,14 +2,13 @@
 //! translated frame out of a NIC (TTL, source MAC, the next hop's MAC), waiting for that
 //! MAC when it is not known yet, and asking for it by ARP from the NIC's own address.
 
-use alloc::vec::Vec;
-
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, EthernetFrame, Ipv4Address, Ipv4Packet, ETHERNET_HEADER_LEN};
 
 use super::{Interfaces, Origin, Pending, Placement, Router, Segment, PENDING_CAPACITY};
 use crate::base::NicId;
 use crate::table::neighbor::Learned;
+use crate::wire::buffer::PacketBuf;
 use crate::wire::{probe, rewrite};
 
 impl Router {
@@ -57,10 +56,10 @@ impl Router {
         side: NicId,
         hop: Ipv4Address,
         dst: EthernetAddress,
-        mut frame: Vec<u8>,
+        mut frame: PacketBuf,
         ifs: &Interfaces,
     ) {
-        EthernetFrame::new_unchecked(&mut frame[..]).set_dst_addr(dst);
+        EthernetFrame::new_unchecked(frame.frame_mut()).set_dst_addr(dst);
         self.counters.forwarded += 1;
         match side {
             NicId::Uplink => self.out_uplink.push(frame),
@@ -76,8 +75,16 @@ impl Router {
     }
 
     /// Sends a translated frame out of `to`: TTL, MACs, next hop.
-    pub(super) fn route(&mut self, to: NicId, mut frame: Vec<u8>, ifs: &Interfaces, now: Instant) {
-        let ip = &mut frame[ETHERNET_HEADER_LEN..];
+    pub(super) fn route(
+        &mut self,
+        to: NicId,
+        mut frame: PacketBuf,
+        ifs: &Interfaces,
+        now: Instant,
+    ) {
+        let Some(ip) = frame.frame_mut().get_mut(ETHERNET_HEADER_LEN..) else {
+            return;
+        };
         // The NAT may have rewritten the destination: route on what it is now.
         let dst = Ipv4Packet::new_unchecked(&*ip).dst_addr();
         if !rewrite::decrement_ttl(ip) {
@@ -88,7 +95,7 @@ impl Router {
             self.counters.no_route += 1;
             return;
         };
-        EthernetFrame::new_unchecked(&mut frame[..]).set_src_addr(ifs.mac(to));
+        EthernetFrame::new_unchecked(frame.frame_mut()).set_src_addr(ifs.mac(to));
         if let Some(mac) = self.neighbor(to, hop) {
             self.emit(to, hop, mac, frame, ifs);
             // Not heard from for a while: ask again (the answer may bring a new MAC).
@@ -124,7 +131,7 @@ impl Router {
             return;
         }
         self.counters.arp_requests += 1;
-        let request = probe::arp_request(ifs.mac(side), own, hop);
+        let request = PacketBuf::from_vec(probe::arp_request(ifs.mac(side), own, hop));
         match side {
             NicId::Uplink => self.out_uplink.push(request),
             NicId::Link if ifs.overlay => {

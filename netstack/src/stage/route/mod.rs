@@ -13,9 +13,12 @@
 //! frame reaches a container on an overlay network, local or behind a peer, through that
 //! network's bridge (`pipeline::datapath::routed`).
 //!
-//! Frames come in by `receive.rs` and leave by `forward.rs`. Sans-I/O: `Netstack::poll`
-//! hands it frames and takes its output; it never reads a clock, never sends by itself
-//! and never panics on frame contents.
+//! Frames come in by `receive.rs` and leave by `forward.rs`, in the buffer they arrived
+//! in: a burst is read once (`RxMeta`), its conntrack memory warmed for all its frames
+//! at once, and each translated frame rewritten where it lies and queued, buffer and
+//! all, for the NIC it leaves by. Sans-I/O: `Netstack::poll` hands it frames and takes
+//! its output; it never reads a clock, never sends by itself, never allocates for a
+//! frame it forwards to a known neighbour, and never panics on frame contents.
 
 mod counters;
 mod forward;
@@ -32,6 +35,7 @@ use crate::base::NicId;
 use crate::stage::nat::Nat;
 use crate::table::neighbor::{Neighbors, Retry};
 use crate::table::rate_limit::RateLimit;
+use crate::wire::buffer::PacketBuf;
 pub use counters::RouterCounters;
 pub use interfaces::{Interfaces, Origin, Placement, Segment};
 
@@ -51,7 +55,7 @@ struct Pending {
     side: NicId,
     hop: Ipv4Address,
     since: Instant,
-    frame: Vec<u8>,
+    frame: PacketBuf,
 }
 
 /// An untranslated uplink frame for a published port whose target is not placed yet:
@@ -59,7 +63,7 @@ struct Pending {
 struct Held {
     target: Ipv4Address,
     since: Instant,
-    frame: Vec<u8>,
+    frame: PacketBuf,
 }
 
 /// The NAT plus what routing around it takes: neighbour tables and output queues.
@@ -68,11 +72,11 @@ pub struct Router {
     /// Next hops on both NICs, resolved by ARP from the NIC's own address.
     neighbors: Neighbors<(NicId, Ipv4Address)>,
     pending: VecDeque<Pending>,
-    out_uplink: Vec<Vec<u8>>,
-    out_link: Vec<Vec<u8>>,
+    out_uplink: Vec<PacketBuf>,
+    out_link: Vec<PacketBuf>,
     /// Container-side output while an overlay runs, with the segment it goes to
     /// (`None`: every segment, for ARP requests to a host not yet placed).
-    out_routed: Vec<(Option<Segment>, Vec<u8>)>,
+    out_routed: Vec<(Option<Segment>, PacketBuf)>,
     /// Container-side neighbours' segments (same capacity as `neighbors`).
     placement: BTreeMap<Ipv4Address, Placement>,
     /// Frames for published ports waiting for their target's placement (counted in
@@ -120,16 +124,16 @@ impl Router {
         self.placement.get(&ip).copied()
     }
 
-    /// The container-side frames queued for the overlay's segments; the datapath
-    /// sends each into its segment (`None`: every segment).
-    pub fn take_routed(&mut self) -> Vec<(Option<Segment>, Vec<u8>)> {
-        core::mem::take(&mut self.out_routed)
+    /// Moves the container-side frames queued for the overlay's segments to the end
+    /// of `into`; the datapath sends each into its segment (`None`: every segment).
+    pub fn take_routed(&mut self, into: &mut Vec<(Option<Segment>, PacketBuf)>) {
+        into.append(&mut self.out_routed);
     }
 
     /// Hands what the router queued for each NIC to `send`, uplink first, in order;
     /// `send` says whether the NIC took the frame (a refusal is counted as `tx_full`).
     /// True when there was anything to send.
-    pub fn flush(&mut self, send: &mut dyn FnMut(NicId, &[u8]) -> bool) -> bool {
+    pub fn flush(&mut self, send: &mut dyn FnMut(NicId, PacketBuf) -> bool) -> bool {
         let mut sent = false;
         for (nic, queue) in [
             (NicId::Uplink, &mut self.out_uplink),
@@ -137,7 +141,7 @@ impl Router {
         ] {
             for frame in queue.drain(..) {
                 sent = true;
-                if !send(nic, &frame) {
+                if !send(nic, frame) {
                     self.counters.tx_full += 1;
                 }
             }

@@ -3,26 +3,138 @@
 //! neighbours and VIPs are proxy-answered; IPv4 to the appliance's MAC goes through the
 //! NAT, or is answered with time exceeded when it has no TTL left, or waits while the
 //! container it is published to is not placed yet. What the router does not take goes
-//! on untouched.
+//! on untouched, in its buffer.
+//!
+//! A frame is read once: [`RxMeta`] holds what the router learns of it (its kind, its
+//! IPv4 addresses and TTL, its L4 facts), and the NAT and the routing after it use that
+//! record instead of parsing again. A whole burst is read first, so that the NAT can
+//! warm its conntrack memory for all of it before the first frame is translated.
 
 use alloc::collections::VecDeque;
 
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    ArpOperation, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket,
-    UdpPacket, IPV4_HEADER_LEN,
+    ArpOperation, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Address,
+    Ipv4Packet, TcpPacket, UdpPacket, IPV4_HEADER_LEN,
 };
 
 use super::{Held, Interfaces, Origin, Placement, Router, Segment, PENDING_CAPACITY};
-use crate::base::{NicId, Transport, MAX_FRAME_LEN};
+use crate::base::{Endpoint, FlowTuple, NicId, Proto, Transport, MAX_FRAME_LEN};
 use crate::stage::nat::NatVerdict;
+use crate::table::conntrack::WARM_MAX;
+use crate::wire::buffer::{BufPool, PacketBuf};
+use crate::wire::l4::{self, Parse};
 use crate::wire::{icmp_error, probe};
+
+/// What the router reads of a received frame, once: the burst's per-packet metadata.
+#[derive(Clone, Copy, Debug)]
+pub enum RxMeta {
+    /// Not the router's: passed on without a look.
+    Other,
+    Arp,
+    /// IPv4 to the receiving NIC's MAC, its fixed header present.
+    Ipv4 {
+        eth_src: EthernetAddress,
+        src: Ipv4Address,
+        dst: Ipv4Address,
+        ttl: u8,
+        /// What flows are keyed on.
+        l4: Parse,
+    },
+}
+
+impl RxMeta {
+    /// Reads what the router needs of `frame` received on `side`.
+    pub fn read(side: NicId, frame: &[u8], ifs: &Interfaces) -> RxMeta {
+        // Oversize frames are the interface's to count and drop.
+        if frame.len() > MAX_FRAME_LEN {
+            return RxMeta::Other;
+        }
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return RxMeta::Other;
+        };
+        match eth.ethertype() {
+            EthernetProtocol::Arp => RxMeta::Arp,
+            EthernetProtocol::Ipv4 => {
+                if eth.dst_addr() != ifs.mac(side) || ifs.address(side).is_none() {
+                    return RxMeta::Other;
+                }
+                // Only the fixed header is read here; the NAT checks the whole packet.
+                if eth.payload().len() < IPV4_HEADER_LEN {
+                    return RxMeta::Other;
+                }
+                let ip = Ipv4Packet::new_unchecked(eth.payload());
+                RxMeta::Ipv4 {
+                    eth_src: eth.src_addr(),
+                    src: ip.src_addr(),
+                    dst: ip.dst_addr(),
+                    ttl: ip.hop_limit(),
+                    l4: l4::parse(frame),
+                }
+            }
+            _ => RxMeta::Other,
+        }
+    }
+
+    /// The flow tuple, when the frame has one.
+    fn tuple(&self) -> Option<FlowTuple> {
+        match self {
+            RxMeta::Ipv4 {
+                l4: Parse::Ok(p), ..
+            } => Some(p.tuple),
+            _ => None,
+        }
+    }
+}
 
 impl Router {
     /// Looks at a frame received on `side`; returns true when the router took it (the
-    /// interface and overlay must not see it), false to hand it on unchanged.
-    pub fn receive(&mut self, side: NicId, frame: &[u8], ifs: &Interfaces, now: Instant) -> bool {
-        self.receive_at(side, None, frame, ifs, now)
+    /// interface and overlay must not see it: `buf` is left empty), false to hand it on
+    /// unchanged. Frames the router drops go back to `pool`.
+    pub fn receive(
+        &mut self,
+        side: NicId,
+        buf: &mut PacketBuf,
+        ifs: &Interfaces,
+        now: Instant,
+        pool: &mut BufPool,
+    ) -> bool {
+        let meta = RxMeta::read(side, buf.frame(), ifs);
+        self.receive_at(side, None, buf, meta, ifs, now, pool)
+    }
+
+    /// [`Router::receive`] for a burst: every frame is read first and the NAT warms
+    /// its memory for all of them, then each is handled in order. The frames it took
+    /// are left empty in `bufs`; returns how many.
+    pub fn receive_burst(
+        &mut self,
+        side: NicId,
+        bufs: &mut [PacketBuf],
+        ifs: &Interfaces,
+        now: Instant,
+        pool: &mut BufPool,
+    ) -> usize {
+        let mut taken = 0;
+        for chunk in bufs.chunks_mut(WARM_MAX) {
+            let mut meta = [RxMeta::Other; WARM_MAX];
+            let none = Endpoint::new(Ipv4Address::UNSPECIFIED, 0);
+            let mut tuples = [FlowTuple::new(Proto::Tcp, none, none); WARM_MAX];
+            let mut n = 0;
+            for (m, buf) in meta.iter_mut().zip(chunk.iter()) {
+                *m = RxMeta::read(side, buf.frame(), ifs);
+                if let Some(t) = m.tuple() {
+                    tuples[n] = t;
+                    n += 1;
+                }
+            }
+            self.nat.warm(&tuples[..n]);
+            for (m, buf) in meta.iter().zip(chunk.iter_mut()) {
+                if self.receive_at(side, None, buf, *m, ifs, now, pool) {
+                    taken += 1;
+                }
+            }
+        }
+        taken
     }
 
     /// A frame that reached the appliance on a container-side `segment` of the overlay
@@ -33,38 +145,42 @@ impl Router {
         &mut self,
         segment: Segment,
         origin: Origin,
-        frame: &[u8],
+        buf: &mut PacketBuf,
         ifs: &Interfaces,
         now: Instant,
+        pool: &mut BufPool,
     ) -> bool {
         let at = Placement { segment, origin };
-        let taken = self.receive_at(NicId::Link, Some(at), frame, ifs, now);
+        let meta = RxMeta::read(NicId::Link, buf.frame(), ifs);
+        let taken = self.receive_at(NicId::Link, Some(at), buf, meta, ifs, now, pool);
         if taken && origin == Origin::Remote {
             self.counters.from_remote += 1;
         }
         taken
     }
 
+    // A received frame's whole context; a struct would only rename the list.
+    #[allow(clippy::too_many_arguments)]
     fn receive_at(
         &mut self,
         side: NicId,
         at: Option<Placement>,
-        frame: &[u8],
+        buf: &mut PacketBuf,
+        meta: RxMeta,
         ifs: &Interfaces,
         now: Instant,
+        pool: &mut BufPool,
     ) -> bool {
-        // Oversize frames are the interface's to count and drop.
-        if frame.len() > MAX_FRAME_LEN {
-            return false;
-        }
-        let Ok(eth) = EthernetFrame::new_checked(frame) else {
-            return false;
+        let taken = match meta {
+            RxMeta::Other => return false,
+            RxMeta::Arp => self.receive_arp(side, at, buf.frame(), ifs, now),
+            RxMeta::Ipv4 { .. } => self.receive_ipv4(side, at, buf, meta, ifs, now),
         };
-        match eth.ethertype() {
-            EthernetProtocol::Arp => self.receive_arp(side, at, frame, ifs, now),
-            EthernetProtocol::Ipv4 => self.receive_ipv4(side, at, &eth, ifs, now),
-            _ => false,
+        if taken && buf.capacity() != 0 {
+            // Taken and not kept: answered, refused or counted.
+            pool.put(core::mem::take(buf));
         }
+        taken
     }
 
     /// ARP teaches the sender; a request for a service VIP from a local container is
@@ -91,6 +207,7 @@ impl Router {
             return false;
         }
         let reply = probe::arp_reply(ifs.link_mac, arp.target_ip, arp.sender_mac, arp.sender_ip);
+        let reply = PacketBuf::from_vec(reply);
         match at {
             Some(at) => self.out_routed.push((Some(at.segment), reply)),
             None => self.out_link.push(reply),
@@ -98,28 +215,31 @@ impl Router {
         true
     }
 
-    /// IPv4 to the appliance's MAC: through the NAT and out of the NIC it says.
+    /// IPv4 to the appliance's MAC: through the NAT and out of the NIC it says. A
+    /// frame it keeps (forwarded, waiting for ARP or for its target's placement) is
+    /// taken out of `buf`.
     fn receive_ipv4(
         &mut self,
         side: NicId,
         at: Option<Placement>,
-        eth: &EthernetFrame<&[u8]>,
+        buf: &mut PacketBuf,
+        meta: RxMeta,
         ifs: &Interfaces,
         now: Instant,
     ) -> bool {
-        let frame: &[u8] = eth.as_ref();
-        if eth.dst_addr() != ifs.mac(side) || ifs.address(side).is_none() {
+        let RxMeta::Ipv4 {
+            eth_src,
+            src,
+            dst,
+            ttl,
+            l4,
+        } = meta
+        else {
             return false;
-        }
-        // Only the fixed header is read here; the NAT checks the whole packet.
-        if eth.payload().len() < IPV4_HEADER_LEN {
-            return false;
-        }
-        let ip = Ipv4Packet::new_unchecked(eth.payload());
-        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        };
         if side == NicId::Link {
             if ifs.next_hop(NicId::Link, src) == Some(src) {
-                self.learn(side, src, eth.src_addr(), at, ifs, now);
+                self.learn(side, src, eth_src, at, ifs, now);
                 self.release_held(ifs, now);
             }
             if ifs.link_local(dst) && !self.nat.lb().is_vip(dst) {
@@ -128,24 +248,23 @@ impl Router {
         }
         // A packet that would be forwarded with no TTL left opens no flow:
         // it is answered from here (RFC 1812 §5.3.1), as traceroute expects.
-        if ip.hop_limit() <= 1 && self.nat.would_forward(frame, side, now) {
+        if ttl <= 1 && self.nat.would_forward_parsed(&l4, side, now) {
             self.counters.ttl_expired += 1;
-            self.time_exceeded(side, at, frame, ifs, now);
+            self.time_exceeded(side, at, buf.frame(), ifs, now);
             return true;
         }
         if side == NicId::Uplink && ifs.overlay {
-            if let Some(target) = self.unplaced_target(&ip, ifs) {
-                self.hold(target, frame, ifs, now);
+            if let Some(target) = self.unplaced_target(buf.frame(), ifs) {
+                self.hold(target, core::mem::take(buf), ifs, now);
                 return true;
             }
         }
-        let mut frame = frame.to_vec();
-        match self.nat.process(&mut frame, side, now) {
+        match self.nat.process_parsed(buf.frame_mut(), l4, side, now) {
             NatVerdict::Pass => false,
             // Counted by the NAT under its reason.
             NatVerdict::Drop(_) => true,
             NatVerdict::Forward { to } => {
-                self.route(to, frame, ifs, now);
+                self.route(to, core::mem::take(buf), ifs, now);
                 true
             }
         }
@@ -172,6 +291,7 @@ impl Router {
             return;
         }
         self.counters.time_exceeded_sent += 1;
+        let error = PacketBuf::from_vec(error);
         match side {
             NicId::Uplink => self.out_uplink.push(error),
             // On an overlay segment, back into the segment it came from.
@@ -182,11 +302,13 @@ impl Router {
         }
     }
 
-    /// The target of a published port that `ip` (an IPv4 packet from the uplink, its
-    /// fixed header present) is for, when that target is an inside address not placed
-    /// on a segment yet. VIPs are not: service flows from the uplink always take the
-    /// node address.
-    fn unplaced_target(&self, ip: &Ipv4Packet<&[u8]>, ifs: &Interfaces) -> Option<Ipv4Address> {
+    /// The target of a published port that `frame` (IPv4 from the uplink, its fixed
+    /// header present) is for, when that target is an inside address not placed on a
+    /// segment yet. VIPs are not: service flows from the uplink always take the node
+    /// address.
+    fn unplaced_target(&self, frame: &[u8], ifs: &Interfaces) -> Option<Ipv4Address> {
+        let eth = EthernetFrame::new_checked(frame).ok()?;
+        let ip = Ipv4Packet::new_unchecked(eth.payload());
         let ihl = usize::from(ip.header_len());
         if ihl < IPV4_HEADER_LEN || ip.frag_offset() != 0 {
             return None;
@@ -213,7 +335,7 @@ impl Router {
         unplaced.then_some(target)
     }
 
-    fn hold(&mut self, target: Ipv4Address, frame: &[u8], ifs: &Interfaces, now: Instant) {
+    fn hold(&mut self, target: Ipv4Address, frame: PacketBuf, ifs: &Interfaces, now: Instant) {
         if self.pending.len() + self.held.len() >= PENDING_CAPACITY {
             self.counters.unresolved += 1;
             return;
@@ -221,7 +343,7 @@ impl Router {
         self.held.push_back(Held {
             target,
             since: now,
-            frame: frame.to_vec(),
+            frame,
         });
         if let Some(own) = ifs.arp_source(NicId::Link) {
             self.solicit(NicId::Link, target, own, ifs, now);
@@ -237,8 +359,19 @@ impl Router {
             .into_iter()
             .partition(|h| self.placement.contains_key(&h.target));
         self.held = waiting;
-        for h in ready {
-            self.receive_at(NicId::Uplink, None, &h.frame, ifs, now);
+        // Frames the router drops on their second look are simply freed (rare).
+        let mut spare = BufPool::new(0);
+        for mut h in ready {
+            let meta = RxMeta::read(NicId::Uplink, h.frame.frame(), ifs);
+            self.receive_at(
+                NicId::Uplink,
+                None,
+                &mut h.frame,
+                meta,
+                ifs,
+                now,
+                &mut spare,
+            );
         }
     }
 }

@@ -23,7 +23,7 @@ pub use keys::{
     AeadKey, GridSecret, KeyDirection, KeyId, KeySource, PskKeySource, SecretError, TlsKeySource,
 };
 pub use replay::ReplayError;
-pub use session::{overlay_mtu, Opened, Session, SessionConfig, SessionStats};
+pub use session::{overlay_mtu, pack, Opened, Session, SessionConfig, SessionStats};
 pub use wire::{Epoch, Frame, SessionId};
 
 /// Why a received message was refused. Each variant is a drop counter.
@@ -337,6 +337,63 @@ impl<K: KeySource> Sleeve<K> {
             }
             other => other,
         }
+    }
+
+    /// The session settings every peer's session gets.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Refuses frames (their lengths) that no message for `peer` can carry; counted as
+    /// a refused seal like [`Sleeve::seal`]'s own checks.
+    pub fn check_frames(
+        &mut self,
+        peer: NodeId,
+        lens: impl Iterator<Item = usize>,
+    ) -> Result<(), SealError> {
+        let result = match self.peers.get(&peer) {
+            Some(session) => session.check_frames(lens),
+            None => Err(SealError::UnknownPeer),
+        };
+        if result.is_err() {
+            self.metrics.seal_refused += 1;
+        }
+        result
+    }
+
+    /// Seal one message for `peer` where it lies (see [`Session::seal_message`]):
+    /// `message` holds `frames` well-formed records between room for the header and
+    /// room for the tag. Counted as [`Sleeve::seal`] counts.
+    pub fn seal_message(
+        &mut self,
+        peer: NodeId,
+        message: &mut [u8],
+        frames: usize,
+        now: Instant,
+    ) -> Result<(), SealError> {
+        let result = match self.peers.get_mut(&peer) {
+            None => Err(SealError::UnknownPeer),
+            Some(session) => match session.seal_message(&self.keys, message, now) {
+                Err(SealError::EpochsExhausted) => match self.next_session {
+                    None => Err(SealError::EpochsExhausted),
+                    Some(fresh) => {
+                        self.next_session = fresh.next();
+                        session.restart_tx(fresh);
+                        session.seal_message(&self.keys, message, now)
+                    }
+                },
+                other => other,
+            },
+        };
+        match result {
+            Ok(()) => {
+                self.metrics.sealed_messages += 1;
+                self.metrics.sealed_frames += frames as u64;
+                self.metrics.frames_batched += frames.saturating_sub(1) as u64;
+            }
+            Err(_) => self.metrics.seal_refused += 1,
+        }
+        result
     }
 
     /// Open one received UDP payload (to port 6783) in place. Refusals are counted by

@@ -75,8 +75,13 @@ impl SessionConfig {
         }
     }
 
-    fn max_datagram(&self) -> usize {
+    /// The largest message sealed (a UDP payload).
+    pub fn max_message(&self) -> usize {
         self.max_datagram.min(MAX_UDP_PAYLOAD)
+    }
+
+    fn max_datagram(&self) -> usize {
+        self.max_message()
     }
 
     /// Largest frame that fits in one message alone.
@@ -89,6 +94,22 @@ impl SessionConfig {
     fn rekey_after_packets(&self) -> u64 {
         self.rekey_after_packets.clamp(1, MAX_REKEY_AFTER_PACKETS)
     }
+}
+
+/// How many frames of `lens` (their lengths, in order) one message of at most
+/// `max_datagram` bytes carries: greedy, and always at least the first.
+pub fn pack(lens: impl Iterator<Item = usize>, max_datagram: usize) -> usize {
+    let mut take = 0;
+    let mut len = MIN_MESSAGE_LEN;
+    for frame in lens {
+        let record = RECORD_HEADER_LEN + frame;
+        if take > 0 && len + record > max_datagram {
+            break;
+        }
+        len += record;
+        take += 1;
+    }
+    take
 }
 
 fn elapsed(since: Instant, now: Instant) -> Duration {
@@ -357,62 +378,79 @@ impl Session {
         frames: &[Frame<'_>],
         now: Instant,
     ) -> Result<Vec<Vec<u8>>, SealError> {
-        let max_frame = self.config.max_frame_len();
-        for frame in frames {
-            if frame.bytes.is_empty() {
-                return Err(SealError::EmptyFrame);
-            }
-            if frame.bytes.len() > max_frame {
-                return Err(SealError::FrameTooBig);
-            }
-        }
+        self.check_frames(frames.iter().map(|f| f.bytes.len()))?;
         let max_datagram = self.config.max_datagram();
         let headroom = self.config.headroom;
         let mut out = Vec::new();
         let mut rest = frames;
         while !rest.is_empty() {
-            // Greedy packing; the first frame always fits (checked above).
-            let mut take = 0;
-            let mut len = MIN_MESSAGE_LEN;
-            while let Some(f) = rest.get(take) {
-                if take > 0 && len + f.record_len() > max_datagram {
-                    break;
-                }
-                len += f.record_len();
-                take += 1;
-            }
+            let take = pack(rest.iter().map(|f| f.bytes.len()), max_datagram);
             let (batch, next) = rest.split_at(take);
             rest = next;
-
-            let (local, sender_session) = (self.local, self.tx_session);
-            let tx = self.tx_key(keys, now)?;
-            let counter = tx.next_counter;
-            tx.next_counter += 1;
-
+            let len = MIN_MESSAGE_LEN + batch.iter().map(|f| f.record_len()).sum::<usize>();
             let mut buf = Vec::with_capacity(headroom + len);
             buf.resize(headroom + HEADER_LEN, 0);
             for f in batch {
                 wire::emit_record(f, &mut buf);
             }
             buf.resize(headroom + len, 0);
-            let mut packet = Packet::new_unchecked(&mut buf[headroom..]);
-            Repr {
-                msg_type: MessageType::Data,
-                sender: local,
-                session: sender_session,
-                epoch: tx.epoch,
-                counter,
-            }
-            .emit(&mut packet);
-            let (header, body, tag_out) = packet.split_mut();
-            let tag = tx
-                .cipher
-                .encrypt_inout_detached(&nonce(counter), header, body.into())
-                .map_err(|_| SealError::FrameTooBig)?;
-            tag_out.copy_from_slice(&tag);
+            self.seal_message(keys, &mut buf[headroom..], now)?;
             out.push(buf);
         }
         Ok(out)
+    }
+
+    /// Refuses a call whose frames (their lengths) cannot all be sealed: an empty one,
+    /// or one too big for a message alone.
+    pub fn check_frames(&self, lens: impl Iterator<Item = usize>) -> Result<(), SealError> {
+        let max_frame = self.config.max_frame_len();
+        for len in lens {
+            if len == 0 {
+                return Err(SealError::EmptyFrame);
+            }
+            if len > max_frame {
+                return Err(SealError::FrameTooBig);
+            }
+        }
+        Ok(())
+    }
+
+    /// Seal one message where it lies: `message` is the clear header's room, the records
+    /// (well formed, in the clear) and the tag's room, [`MIN_MESSAGE_LEN`] bytes beyond
+    /// the records. The header is written, the records encrypted in place and the tag
+    /// written after them; nothing is allocated or copied. Takes the next counter.
+    pub fn seal_message(
+        &mut self,
+        keys: &impl KeySource,
+        message: &mut [u8],
+        now: Instant,
+    ) -> Result<(), SealError> {
+        if message.len() <= MIN_MESSAGE_LEN {
+            return Err(SealError::EmptyFrame);
+        }
+        if message.len() > self.config.max_datagram() {
+            return Err(SealError::FrameTooBig);
+        }
+        let (local, sender_session) = (self.local, self.tx_session);
+        let tx = self.tx_key(keys, now)?;
+        let counter = tx.next_counter;
+        tx.next_counter += 1;
+        let mut packet = Packet::new_unchecked(message);
+        Repr {
+            msg_type: MessageType::Data,
+            sender: local,
+            session: sender_session,
+            epoch: tx.epoch,
+            counter,
+        }
+        .emit(&mut packet);
+        let (header, body, tag_out) = packet.split_mut();
+        let tag = tx
+            .cipher
+            .encrypt_inout_detached(&nonce(counter), header, body.into())
+            .map_err(|_| SealError::FrameTooBig)?;
+        tag_out.copy_from_slice(&tag);
+        Ok(())
     }
 
     fn expire_previous(&mut self, now: Instant) {
