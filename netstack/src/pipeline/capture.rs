@@ -20,8 +20,8 @@ use smoltcp::time::Instant;
 use smoltcp::wire::EthernetAddress;
 
 use super::port::{Burst, Port, TxError};
-use crate::wire::buffer::{BufPool, PacketBuf};
 use crate::base::{NicId, Vni};
+use crate::wire::buffer::{BufPool, PacketBuf};
 
 /// Captures that may run at once.
 pub const MAX_CAPTURES: usize = 4;
