@@ -154,7 +154,6 @@ fn thousand_nodes_toml() -> String {
 }
 
 #[test]
-#[ignore = "written with phase 2 of issue 22 but not yet run on a booted image: run it with --ignored, then drop this"]
 fn a_thousand_node_grid_applies_and_a_container_behind_node_999_is_reachable() {
     let test = "grid_1000";
     let vm = boot_node(test, 1, "10.81.128.11/16");
