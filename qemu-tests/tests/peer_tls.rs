@@ -141,6 +141,11 @@ impl Pki {
         weft_image::ca::init(GRID, &foreign, 30).expect("weft ca init (foreign)");
         weft_image::ca::issue(3, &foreign, 30).expect("weft ca issue (foreign)");
         openssl_grid(&foreign_openssl, &[9]);
+        // OpenSSL 3.0 dates a certificate from the second it signs it (no backdating
+        // option before 3.4), and an appliance's wall clock is the RTC read in whole
+        // seconds at boot: up to a second behind this one. Two seconds on, every
+        // certificate is valid on the appliances' clocks too.
+        std::thread::sleep(std::time::Duration::from_secs(2));
         Pki {
             grid,
             foreign,
