@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weft_image::netns::Netns;
-use weft_qemu_tests::agent::{in_netns, AgentHost};
+use weft_image::netns::{http_get, Netns};
+use weft_qemu_tests::agent::AgentHost;
 use weft_qemu_tests::grid::{boot_two, weft_binary, weft_ctl, Underlay};
 use weft_qemu_tests::{TestVm, LINK_ADDR};
 
@@ -83,29 +83,17 @@ fn ctl_metrics_pass_promtool_and_move_under_traffic() {
 
 /// `GET /metrics` from inside `ns` (where the agent listens).
 fn scrape(ns: &Netns, addr: &str) -> Result<String, String> {
-    in_netns(ns, || {
-        let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        s.write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-        let (head, body) = resp.split_once("\r\n\r\n").ok_or("no HTTP head")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(head.to_string());
-        }
-        if !head
-            .to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4")
-        {
-            return Err(format!("content type: {head}"));
-        }
-        Ok(body.to_string())
-    })
+    let (head, body) = http_get(ns, addr, "/metrics").map_err(|e| format!("{e:#}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head);
+    }
+    if !head
+        .to_ascii_lowercase()
+        .contains("content-type: text/plain; version=0.0.4")
+    {
+        return Err(format!("content type: {head}"));
+    }
+    Ok(body)
 }
 
 #[test]
@@ -135,14 +123,7 @@ fn agent_serves_metrics_over_http_that_pass_promtool() {
     let rx1 = sample(&second, LINK_RX).unwrap();
     assert!(rx1 >= rx0 + 5.0, "{LINK_RX}: {rx0} -> {rx1}");
     // Anything but GET /metrics is refused.
-    let other = in_netns(&h.topo.hv, || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut r = String::new();
-        let _ = s.read_to_string(&mut r);
-        r
-    });
+    let (other, _) = http_get(&h.topo.hv, addr, "/other").unwrap();
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
     drop(h);
 }
