@@ -32,13 +32,8 @@ use weft_netstack::table::fdb::Location;
 use weft_netstack::wire::probe;
 use weft_netstack::{MemPort, Netstack, NicAddress, NicId, RX_BATCH};
 
-/// CPU time of this thread in nanoseconds (the scheduler's own account).
-fn cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
+mod support;
+use support::{client, cpu_ns, inner_frame, shuffled, tcp_frame, ACK, FRAME, SYN, SYNACK};
 
 /// The cases to run: those whose name contains it (`main` sets it from FILTER).
 static FILTER: OnceLock<String> = OnceLock::new();
@@ -211,26 +206,6 @@ const PEER_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 2]);
 const CONTAINER: EthernetAddress = EthernetAddress([0x02, 0x42, 0x0a, 0x51, 0x80, 1]);
 const REMOTE: EthernetAddress = EthernetAddress([0x02, 0x42, 0x0a, 0x51, 0x80, 2]);
 const SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-
-/// An inner Ethernet/IPv4/UDP frame of `len` bytes.
-fn inner_frame(dst: EthernetAddress, src: EthernetAddress, len: usize) -> Vec<u8> {
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&dst.0);
-    f[6..12].copy_from_slice(&src.0);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip_len = (len - 14) as u16;
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    f[22] = 64;
-    f[23] = 17;
-    f[26..30].copy_from_slice(&[10, 81, 128, 1]);
-    f[30..34].copy_from_slice(&[10, 81, 128, 2]);
-    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&5201u16.to_be_bytes());
-    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
-    Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
-    f
-}
 
 /// Node `node`'s overlay: one network (VNI 42, `mode`), the other node as its peer
 /// (resolved), and the other node's container in the FDB.
@@ -449,55 +424,6 @@ const NODE_IP: Ipv4Address = Ipv4Address::new(10, 81, 0, 1);
 const C_IP: Ipv4Address = Ipv4Address::new(10, 81, 3, 4);
 const C_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x42]);
 const VIP: Ipv4Address = Ipv4Address::new(10, 81, 255, 1);
-const FRAME: usize = 14 + 20 + 20 + 6;
-
-/// An Ethernet/IPv4/TCP frame with valid checksums and 6 bytes of payload.
-fn tcp_frame(
-    macs: (EthernetAddress, EthernetAddress),
-    src: Endpoint,
-    dst: Endpoint,
-    flags: u8,
-) -> [u8; FRAME] {
-    let mut f = [0u8; FRAME];
-    f[0..6].copy_from_slice(&macs.1 .0);
-    f[6..12].copy_from_slice(&macs.0 .0);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[14..];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((FRAME - 14) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src.addr.octets());
-    ip[16..20].copy_from_slice(&dst.addr.octets());
-    let tcp = &mut ip[20..];
-    tcp[0..2].copy_from_slice(&src.port.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dst.port.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = flags;
-    tcp[20..].copy_from_slice(b"bench!");
-    TcpPacket::new_unchecked(&mut tcp[..]).fill_checksum(&src.addr.into(), &dst.addr.into());
-    Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
-    f
-}
-
-const SYN: u8 = 0x02;
-const SYNACK: u8 = 0x12;
-const ACK: u8 = 0x10;
-
-/// A permutation of 0..n (xorshift Fisher-Yates): flows visited in an order the caches
-/// cannot predict.
-fn shuffled(n: usize) -> Vec<u32> {
-    let mut v: Vec<u32> = (0..n as u32).collect();
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
-    for i in (1..n).rev() {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        v.swap(i, (s % (i as u64 + 1)) as usize);
-    }
-    v
-}
-
 /// The appliance with the router: uplink 192.0.2.2/24 (gateway .1), link 10.81.0.1/16,
 /// TCP 8080 published to C_IP:80, a service VIP with 100 backends on the link, the
 /// gateway, the container and the backends resolved.
@@ -588,14 +514,6 @@ fn nat(s: &mut Netstack) -> &mut Nat {
 
 fn forward(v: NatVerdict) {
     assert!(matches!(v, NatVerdict::Forward { .. }), "{v:?}");
-}
-
-/// An outside client of the published port (100.64.0.0/10, varied ports).
-fn client(i: u32) -> Endpoint {
-    Endpoint::new(
-        Ipv4Address::from(0x6440_0000 | (i >> 4)),
-        1024 + (i & 15) as u16,
-    )
 }
 
 /// A container of the link (10.81.64.0/18) opening flow `i`.

@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Instant as Clock;
 
 use smoltcp::time::Instant;
-use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
 use weft_netstack::base::{Endpoint, FlowTuple, NicId, Proto, Transport};
 use weft_netstack::stage::lb::{
     flow_hash, BackendConfig, LoadBalancer, ServiceConfig, ServiceMode,
@@ -20,6 +20,21 @@ use weft_netstack::stage::lb::{
 use weft_netstack::stage::nat::{Nat, NatConfig, NatVerdict, PublishRule};
 use weft_netstack::table::conntrack;
 use weft_netstack::table::maglev::{Maglev, Weighted, DEFAULT_TABLE_SIZE};
+
+mod support;
+use support::{client, cpu_ns, shuffled, FRAME};
+
+/// CPU time this thread has used.
+fn cpu_time() -> std::time::Duration {
+    std::time::Duration::from_nanos(cpu_ns())
+}
+
+/// `support::tcp_frame` with no link-layer addresses (the NAT reads from IPv4 on).
+fn tcp_frame(src: Endpoint, dst: Endpoint, syn: bool, ack: bool) -> [u8; FRAME] {
+    let none = EthernetAddress([0; 6]);
+    let flags = (syn as u8) << 1 | (ack as u8) << 4;
+    support::tcp_frame((none, none), src, dst, flags)
+}
 
 /// Resident set size of this process, from procfs (Linux), in bytes.
 fn rss() -> usize {
@@ -33,71 +48,10 @@ fn rss() -> usize {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// CPU time this thread has used (user + system), from procfs (Linux), at the
-/// clock-tick resolution (10 ms): per-packet figures from it hold on a machine
-/// shared with other work, where wall-clock figures do not.
-fn cpu_time() -> std::time::Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    std::time::Duration::from_millis(ticks * 10)
-}
-
 const UPLINK: Ipv4Address = Ipv4Address::new(192, 0, 2, 10);
 const NODE: Ipv4Address = Ipv4Address::new(10, 81, 0, 1);
 const C1: Ipv4Address = Ipv4Address::new(10, 81, 1, 5);
 const VIP: Ipv4Address = Ipv4Address::new(10, 81, 255, 1);
-const FRAME: usize = 14 + 20 + 20 + 6;
-
-/// An Ethernet/IPv4/TCP frame with valid checksums and 6 bytes of payload.
-fn tcp_frame(src: Endpoint, dst: Endpoint, syn: bool, ack: bool) -> [u8; FRAME] {
-    let mut f = [0u8; FRAME];
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[14..];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((FRAME - 14) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src.addr.octets());
-    ip[16..20].copy_from_slice(&dst.addr.octets());
-    let tcp = &mut ip[20..];
-    tcp[0..2].copy_from_slice(&src.port.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dst.port.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = (syn as u8) << 1 | (ack as u8) << 4;
-    tcp[20..].copy_from_slice(b"bench!");
-    TcpPacket::new_unchecked(&mut tcp[..]).fill_checksum(&src.addr.into(), &dst.addr.into());
-    Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
-    f
-}
-
-fn client(i: u32) -> Endpoint {
-    // Outside addresses 100.64.0.0/10 with varied ports.
-    Endpoint::new(
-        Ipv4Address::from(0x6440_0000 | (i >> 4)),
-        1024 + (i & 15) as u16,
-    )
-}
-
-/// A permutation of 0..n (xorshift-driven Fisher-Yates) so that packets visit
-/// flows in an order the caches cannot predict.
-fn shuffled(n: usize) -> Vec<u32> {
-    let mut v: Vec<u32> = (0..n as u32).collect();
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
-    for i in (1..n).rev() {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        v.swap(i, (s % (i as u64 + 1)) as usize);
-    }
-    v
-}
 
 fn expect_forward(v: NatVerdict) {
     assert!(matches!(v, NatVerdict::Forward { .. }), "{v:?}");

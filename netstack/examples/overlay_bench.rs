@@ -29,6 +29,9 @@ use weft_netstack::wire::probe;
 use weft_netstack::wire::vxlan::{self, DfPolicy, Outer};
 use weft_netstack::{MemPort, Netstack, NicAddress, NicId, RX_BATCH};
 
+mod support;
+use support::inner_frame;
+
 const LOCAL: Underlay = Underlay {
     mac: EthernetAddress([0x02, 0, 0, 0, 0, 1]),
     ip: Ipv4Address::new(192, 0, 2, 1),
@@ -37,25 +40,6 @@ const PEER: Ipv4Address = Ipv4Address::new(192, 0, 2, 2);
 const PEER_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 2]);
 const CONTAINER: EthernetAddress = EthernetAddress([0x02, 0x42, 0x0a, 0x51, 0x80, 1]);
 const REMOTE_CONTAINER: EthernetAddress = EthernetAddress([0x02, 0x42, 0x0a, 0x51, 0x80, 2]);
-
-/// An inner Ethernet/IPv4/UDP frame of `len` bytes in total.
-fn inner_frame(dst: EthernetAddress, src: EthernetAddress, len: usize) -> Vec<u8> {
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&dst.0);
-    f[6..12].copy_from_slice(&src.0);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip_len = (len - 14) as u16;
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    f[22] = 64;
-    f[23] = 17;
-    f[26..30].copy_from_slice(&[10, 81, 128, 1]);
-    f[30..34].copy_from_slice(&[10, 81, 128, 2]);
-    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&5201u16.to_be_bytes());
-    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
-    f
-}
 
 fn overlay(udp_checksum: bool) -> (Overlay, Vni) {
     let vni = Vni::new(42).unwrap();

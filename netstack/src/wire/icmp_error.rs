@@ -119,41 +119,57 @@ fn answer(frame: &[u8], message: Message) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// Whether an error about this packet may be sent (RFC 1812 section 4.3.2.7), and the
-/// message's own condition: DF set, for fragmentation needed.
+/// Whether an error about this packet may be sent, one rule for every error (RFC 1812
+/// section 4.3.2.7, as Linux's `icmp_send` reads it), plus the message's own condition:
+/// DF set, for fragmentation needed.
+///
+/// Never about: a packet with a bad header checksum; a fragment other than the first;
+/// a source that is not one host (unspecified, broadcast, multicast, loopback, class
+/// E); a destination that is IP or link-layer broadcast or multicast; a link-layer
+/// source that is not one station (the error goes back to it); an ICMP error, an ICMP
+/// packet of a type not known, or one too short to have a type.
 fn answerable<T: AsRef<[u8]>>(
     eth: &EthernetFrame<T>,
     ip: &Ipv4Packet<&[u8]>,
     message: Message,
 ) -> bool {
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
-    let one_host = !(src.is_unspecified() || src.is_broadcast() || src.is_multicast());
-    if ip.version() != 4
-        || ip.frag_offset() != 0
-        || !one_host
-        || dst.is_broadcast()
-        || dst.is_multicast()
-    {
+    let one_host = !(src.is_unspecified()
+        || src.is_broadcast()
+        || src.is_multicast()
+        || src.is_loopback()
+        || src.octets()[0] >= 240);
+    let icmp_ok = ip.next_header() != IpProtocol::Icmp
+        || ip.payload().first().copied().is_some_and(is_icmp_query);
+    let rfc1812 = ip.version() == 4
+        && ip.verify_checksum()
+        && ip.frag_offset() == 0
+        && one_host
+        && !(dst.is_broadcast() || dst.is_multicast())
+        && eth.dst_addr().is_unicast()
+        && eth.src_addr().is_unicast()
+        && icmp_ok;
+    match message {
+        Message::TimeExceeded { .. } => rfc1812,
+        Message::FragNeeded { .. } => rfc1812 && ip.dont_frag(),
+    }
+}
+
+/// Whether `frame` (Ethernet/IPv4) carries an ICMP error message: what a sender limits
+/// to a rate, whoever built it.
+pub fn carries_error(frame: &[u8]) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
         return false;
     }
-    // The type of an ICMP packet; None when it has none.
-    let icmp_type = (ip.next_header() == IpProtocol::Icmp).then(|| ip.payload().first().copied());
-    match message {
-        // The router answers from its own NIC to the frame's (unicast) sender.
-        Message::TimeExceeded { .. } => {
-            eth.src_addr().is_unicast()
-                && !src.is_loopback()
-                && icmp_type.is_none_or(|ty| ty.is_some_and(|ty| !is_icmp_error(ty)))
-        }
-        // The bridge answers from the frame's own destination, which must be one host;
-        // only a packet that says DF, with a sound header, learns the path MTU.
-        Message::FragNeeded { .. } => {
-            eth.dst_addr().is_unicast()
-                && ip.dont_frag()
-                && ip.verify_checksum()
-                && icmp_type.is_none_or(|ty| ty.is_none_or(is_icmp_query))
-        }
-    }
+    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+        return false;
+    };
+    ip.next_header() == IpProtocol::Icmp
+        && ip.frag_offset() == 0
+        && ip.payload().first().is_some_and(|&ty| is_icmp_error(ty))
 }
 
 /// Whether an ICMP type is an error message (never answered with another error):
@@ -163,7 +179,8 @@ fn is_icmp_error(ty: u8) -> bool {
 }
 
 /// Whether an ICMP type is a query or its answer (echo, timestamp, information,
-/// address mask): the only ICMP a too-big error may be about.
+/// address mask): the only ICMP an error may be about (any other type is an error or
+/// one not known).
 fn is_icmp_query(ty: u8) -> bool {
     matches!(ty, 0 | 8 | 13 | 14 | 15 | 16 | 17 | 18)
 }
@@ -283,10 +300,34 @@ mod tests {
         ] {
             assert_eq!(time_exceeded(&frame(src, dst, 17, &[0; 8]), MAC, OWN), None);
         }
-        // A multicast Ethernet source.
-        let mut f = frame(PEER, FAR, 17, &[0; 8]);
-        f[6] = 0x01;
-        assert_eq!(time_exceeded(&f, MAC, OWN), None);
+        // A multicast Ethernet source, or a link-layer broadcast destination.
+        for byte in [6, 0] {
+            let mut f = frame(PEER, FAR, 17, &[0; 8]);
+            f[byte] = 0x01;
+            assert_eq!(time_exceeded(&f, MAC, OWN), None, "byte {byte}");
+        }
+        // A class E source, a bad header checksum, an ICMP type not known, and an
+        // ICMP packet with no type byte: the same rule for both errors (the packets
+        // say DF, so fragmentation needed is ruled out by the rule alone).
+        let df = |src: Ipv4Address, proto: u8, body: &[u8], corrupt: bool| {
+            let mut f = frame(src, FAR, proto, body);
+            f[14 + 6] |= 0x40;
+            Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
+            if corrupt {
+                f[14 + 10] ^= 0xff;
+            }
+            f
+        };
+        assert!(frag_needed(&df(PEER, 17, &[0; 8], false), 1400).is_some());
+        for f in [
+            df(Ipv4Address::new(240, 0, 0, 1), 17, &[0; 8], false),
+            df(PEER, 17, &[0; 8], true),
+            df(PEER, 1, &[42, 0, 0, 0, 0, 0, 0, 0], false),
+            df(PEER, 1, &[], false),
+        ] {
+            assert_eq!(time_exceeded(&f, MAC, OWN), None);
+            assert_eq!(frag_needed(&f, 1400), None);
+        }
         // Truncated and garbage frames.
         let f = frame(PEER, FAR, 17, &[0; 8]);
         for cut in 0..f.len() - 8 {
