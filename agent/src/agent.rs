@@ -66,11 +66,12 @@ pub fn load_node_config(path: &std::path::Path) -> Result<Value> {
         bail!("{}: not a config document", path.display());
     }
     let mut probe = json.clone();
-    let allocated = doc_node(&json).is_none();
+    // The file's own node, else any (the allocated one is checked once known).
+    let node = doc_node(&json);
     fill_node(
         &mut probe,
-        NodeId::new(1).unwrap_or_else(|| unreachable!()),
-        allocated,
+        node.unwrap_or_else(|| NodeId::new(1).unwrap_or_else(|| unreachable!())),
+        node.is_none(),
     );
     Document::from_json(probe).with_context(|| format!("in {}", path.display()))?;
     Ok(json)
@@ -742,5 +743,38 @@ impl Engine {
         if let Ok(mut s) = self.shared.status.lock() {
             *s = status;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node file with `[grid] node` set is checked with that node: its link address
+    /// must be that node's overlay address, not node 1's.
+    #[test]
+    fn a_node_file_is_checked_with_its_own_node() {
+        let dir = std::env::temp_dir().join(format!("weft-agent-node-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, node: &str, link: &str| {
+            let path = dir.join(name);
+            std::fs::write(
+                &path,
+                format!(
+                    "[uplink]\naddress = \"192.0.2.12/24\"\n\n[link]\naddress = \"{link}\"\n\n\
+                     [grid]\n{node}\n\n[[networks]]\nname = \"grid\"\nvni = 100\n"
+                ),
+            )
+            .unwrap();
+            path
+        };
+        assert!(load_node_config(&file("two.toml", "node = 2", "10.81.0.2/16")).is_ok());
+        let wrong = load_node_config(&file("wrong.toml", "node = 2", "10.81.0.1/16"))
+            .unwrap_err()
+            .to_string();
+        assert!(wrong.contains("wrong.toml"), "{wrong}");
+        // Without a node, any link address in the grid subnet becomes the node's.
+        assert!(load_node_config(&file("any.toml", "", "10.81.0.7/16")).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

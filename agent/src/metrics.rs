@@ -44,16 +44,23 @@ pub async fn body(shared: &Shared) -> String {
         .lock()
         .map(|s| s.clone())
         .unwrap_or(Value::Null);
-    let mut reg = agent_metrics(&status);
+    let reg = scrape_metrics(&status, appliance.is_some());
+    let mut text = appliance.unwrap_or_default();
+    reg.render_into(&mut text);
+    text
+}
+
+/// The agent's families of one scrape: its own metrics and whether the appliance
+/// answered (`appliance_up`).
+pub fn scrape_metrics(status: &Value, appliance_up: bool) -> Registry {
+    let mut reg = agent_metrics(status);
     reg.gauge(
         "weft_agent_appliance_metrics_up",
         "1 when the appliance answered the metrics request of this scrape.",
         Labels::new(),
-        u64::from(appliance.is_some()),
+        u64::from(appliance_up),
     );
-    let mut text = appliance.unwrap_or_default();
-    reg.render_into(&mut text);
-    text
+    reg
 }
 
 /// The agent's own metrics, from its `agent-status`.
@@ -217,5 +224,27 @@ mod tests {
         );
         let text = reg.render();
         assert!(text.contains("weft_agent_info{grid=\"g\",name=\"host-1\",node=\"3\"} 1\n"));
+    }
+
+    #[test]
+    fn the_dashboard_queries_only_metrics_the_agent_exports() {
+        let status = serde_json::json!({
+            "name": "host-1", "grid": "g", "node": 3,
+            "store": {"state": "up"}, "appliance": {"state": "connected", "in_sync": true},
+            "grid_view": {"revision": 1, "skipped": {"entries": 0, "total": 0}},
+            "api": {"clients": 1}
+        });
+        let reg = scrape_metrics(&status, true);
+        let families: Vec<&str> = reg.families().map(|(name, _, _)| name).collect();
+        let dashboard = include_str!("../../docs/grafana-weft.json");
+        let queried = weft_appliance::metrics::dashboard_metric_names(dashboard).unwrap();
+        let missing: Vec<&String> = queried
+            .iter()
+            .filter(|n| n.starts_with("weft_agent_") && !families.contains(&n.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/grafana-weft.json queries agent metrics the agent does not export: {missing:?}"
+        );
     }
 }

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod build;
 pub mod ca;
 pub mod demo;
+pub mod gridhost;
 pub mod install_cni;
 pub mod netns;
 pub mod paths;

@@ -165,6 +165,9 @@ struct AgentArgs {
     /// The supervised appliance's serial console to this file.
     #[arg(long, requires = "image")]
     serial: Option<PathBuf>,
+    /// The supervised appliance's QEMU accelerator (default: tcg).
+    #[arg(long, value_enum, requires = "image")]
+    accel: Option<Accel>,
     /// Serve Prometheus metrics (the appliance's and the agent's) at
     /// http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -574,7 +577,7 @@ fn cmd_agent(a: AgentArgs) -> Result<()> {
             link: link.to_string(),
             memory: a.memory.map(|m| m.to_string()),
             serial: a.serial,
-            accel: None,
+            accel: a.accel.map(|x| x.as_str().to_string()),
         }),
         _ => None,
     };
@@ -597,9 +600,10 @@ fn cmd_demo(release: bool, accel: Accel) -> Result<()> {
     let opts = demo::DemoOptions {
         profile: Profile::from_release(release),
         accel,
+        weft: std::env::current_exe().context("finding the weft binary")?,
         interrupted: interrupt_flag(),
     };
-    demo::run(&opts)
+    demo::run(&opts).map(|_| ())
 }
 
 fn cmd_test() -> ExitCode {

@@ -80,8 +80,13 @@ impl Netns {
 
     /// The processes that live in this namespace (`ip netns pids`).
     pub fn pids(&self) -> Vec<u32> {
+        Netns::pids_of(&self.name)
+    }
+
+    /// The processes that live in the namespace `name` (none if it does not exist).
+    pub fn pids_of(name: &str) -> Vec<u32> {
         Command::new("ip")
-            .args(["netns", "pids", &self.name])
+            .args(["netns", "pids", name])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()
@@ -375,6 +380,44 @@ impl Topology {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Runs `f` on a thread inside the network namespace `ns`; the threads it starts (a
+/// tokio runtime's workers) are inside it too. Unix sockets are files and reach
+/// across namespaces, so an agent run this way still talks to an appliance anywhere.
+pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let path = format!("/run/netns/{}", ns.name());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            // This thread only: setns(2) moves the calling thread.
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("setns into {path}"))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// `GET path` from the HTTP/1.1 server at `addr` as seen inside `ns`: the status line
+/// with the headers, and the body (the server closes the connection).
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> Result<(String, String)> {
+    use std::io::{Read, Write};
+    in_netns(ns, || -> Result<(String, String)> {
+        let mut s = std::net::TcpStream::connect(addr)
+            .with_context(|| format!("connecting to {addr} in {}", ns.name()))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let Some((head, body)) = resp.split_once("\r\n\r\n") else {
+            bail!("GET http://{addr}{path}: no HTTP head in {resp:?}");
+        };
+        Ok((head.to_string(), body.to_string()))
+    })?
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! printed).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +16,8 @@ use weft_control::client::Client;
 use weft_image::netns::{Netns, PeerAddresses, Topology, TopologyNames};
 use weft_image::process::{self, Signal};
 
-use crate::grid::{stop_child, unique_prefix, weft_binary, Underlay};
+use crate::grid::{unique_prefix, weft_binary, Underlay};
+use weft_image::gridhost::{AgentSpec, EtcdMember};
 
 /// The command name of a process.
 fn comm(pid: u32) -> String {
@@ -24,85 +25,6 @@ fn comm(pid: u32) -> String {
         .unwrap_or_default()
         .trim()
         .to_string()
-}
-
-/// One etcd member in its own namespace on the underlay.
-pub struct EtcdMember {
-    pub name: String,
-    pub address: String,
-    cluster: String,
-    data: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    pub ns: Netns,
-}
-
-impl EtcdMember {
-    pub fn running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// Starts (or restarts, on the same data) the member.
-    pub fn start(&mut self) -> Result<()> {
-        if self.child.is_some() {
-            return Ok(());
-        }
-        let state = if self.data.join("member").exists() {
-            "existing"
-        } else {
-            "new"
-        };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let a = &self.address;
-        let child = self
-            .ns
-            .command("etcd")
-            .arg("--name")
-            .arg(&self.name)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args([
-                "--listen-client-urls",
-                &format!("http://{a}:2379"),
-                "--advertise-client-urls",
-                &format!("http://{a}:2379"),
-                "--listen-peer-urls",
-                &format!("http://{a}:2380"),
-                "--initial-advertise-peer-urls",
-                &format!("http://{a}:2380"),
-                "--initial-cluster",
-                &self.cluster,
-                "--initial-cluster-state",
-                state,
-                "--initial-cluster-token",
-                "weft-test",
-                "--heartbeat-interval",
-                "100",
-                "--election-timeout",
-                "1000",
-                "--logger",
-                "zap",
-                "--log-level",
-                "warn",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting etcd (apt-get install etcd-server, or .ci/install)")?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// Stops the member (SIGTERM, then SIGKILL), keeping its data.
-    pub fn stop(&mut self) {
-        if let Some(c) = self.child.take() {
-            stop_child(c, Signal::SIGTERM, Duration::from_secs(5));
-        }
-    }
 }
 
 /// An etcd cluster of `n` members at `192.0.2.241..` on the underlay.
@@ -132,15 +54,13 @@ impl Etcd {
             ul.plug(&ns, "eth0")?;
             ns.ip(&["addr", "add", &format!("{}/24", addr(i)), "dev", "eth0"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
-            etcd.members.push(EtcdMember {
-                name: format!("m{i}"),
-                address: addr(i),
-                cluster: cluster.clone(),
-                data: dir.join(format!("m{i}")),
-                log: dir.join(format!("m{i}.log")),
-                child: None,
+            etcd.members.push(EtcdMember::new(
                 ns,
-            });
+                &format!("m{i}"),
+                &addr(i),
+                &cluster,
+                &dir,
+            ));
         }
         for m in &mut etcd.members {
             m.start()?;
@@ -151,17 +71,12 @@ impl Etcd {
 
     /// `etcd:http://A:2379,...` for `weft agent --store`.
     pub fn store_arg(&self) -> String {
-        let urls: Vec<String> = self
-            .members
-            .iter()
-            .map(|m| format!("http://{}:2379", m.address))
-            .collect();
+        let urls: Vec<String> = self.members.iter().map(EtcdMember::client_url).collect();
         format!("etcd:{}", urls.join(","))
     }
 
     /// Waits until a write through the cluster succeeds.
     pub fn wait_healthy(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
         let Some(m) = self.members.iter().find(|m| m.running()) else {
             bail!("no etcd member runs");
         };
@@ -169,29 +84,11 @@ impl Etcd {
             .members
             .iter()
             .filter(|m| m.running())
-            .map(|m| format!("http://{}:2379", m.address))
+            .map(EtcdMember::client_url)
             .collect::<Vec<_>>()
             .join(",");
-        loop {
-            let out =
-                m.ns.command("etcdctl")
-                    .args(["--endpoints", &endpoints, "--command-timeout=2s"])
-                    .args(["put", "/weft-test/health", "ok"])
-                    .env("ETCDCTL_API", "3")
-                    .stdin(Stdio::null())
-                    .output()?;
-            if out.status.success() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "etcd did not become healthy: {}\n{}",
-                    String::from_utf8_lossy(&out.stderr),
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        m.wait_writable(&endpoints, timeout)
+            .map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.logs()))
     }
 
     pub fn logs(&self) -> String {
@@ -289,35 +186,22 @@ impl AgentHost {
             .create(true)
             .append(true)
             .open(&self.agent_log)?;
-        let mut cmd = self
-            .topo
-            .hv
-            .command(weft_binary().to_str().unwrap_or("weft"));
-        cmd.arg("agent")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--control")
-            .arg(&self.control)
-            .arg("--api")
-            .arg(&self.api)
-            .args(["--store", store, "--name", &format!("host-{}", self.n)])
-            .arg("--image")
-            .arg(&self.image)
-            .args([
-                "--uplink",
-                &format!("tap:{}", self.topo.names.uplink_tap),
-                "--link",
-                &format!("tap:{}", self.topo.names.link_tap),
-                "--memory",
-                "128M",
-            ])
-            .arg("--serial")
-            .arg(&self.serial)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let weft = weft_binary();
+        let name = format!("host-{}", self.n);
+        let spec = AgentSpec {
+            weft: &weft,
+            config: &self.config,
+            control: &self.control,
+            api: &self.api,
+            store,
+            name: &name,
+            image: &self.image,
+            uplink_tap: &self.topo.names.uplink_tap,
+            link_tap: &self.topo.names.link_tap,
+            serial: &self.serial,
+        };
+        let mut cmd = spec.command(&self.topo.hv, extra);
+        cmd.stdout(log.try_clone()?).stderr(log);
         self.agent = Some(cmd.spawn().context("starting weft agent")?);
         Ok(())
     }
@@ -401,20 +285,8 @@ impl Drop for AgentHost {
     }
 }
 
-/// Runs `f` on a thread inside the network namespace `ns`; the threads it starts (a
-/// tokio runtime's workers) are inside it too. Unix sockets are files and reach
-/// across namespaces, so an agent run this way still talks to an appliance anywhere.
+/// [`weft_image::netns::in_netns`], for tests: a namespace that cannot be entered
+/// fails the test.
 pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-            // This thread only: setns(2) moves the calling thread.
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
+    weft_image::netns::in_netns(ns, f).unwrap_or_else(|e| panic!("{e:#}"))
 }

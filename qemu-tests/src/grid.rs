@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use weft_image::netns::{run, Netns};
-use weft_image::process::{self, Signal};
+use weft_image::process::Signal;
 
 use weft_image::netns::{PeerAddresses, Topology};
 use weft_image::qemu::Machine;
@@ -177,19 +177,7 @@ impl Underlay {
     }
 }
 
-/// Stops a child: `signal`, up to `grace` to exit, then SIGKILL; always reaped.
-pub fn stop_child(mut c: Child, signal: Signal, grace: Duration) {
-    process::signal(c.id(), signal);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-}
+pub use weft_image::gridhost::stop_child;
 
 /// A `tcpdump` writing a pcap file; stopped (and the file flushed) by `stop` or drop.
 pub struct Capture {

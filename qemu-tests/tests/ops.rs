@@ -5,16 +5,26 @@
 //!   also accepted by promtool, with the agent's store health among them;
 //! - two wefts in sleeve mode: `weft ctl capture` on the link and on `overlay:grid`
 //!   (live, `-w - | tshark -r -`) show the containers' ICMP to tshark; on the uplink
-//!   only sleeve datagrams (UDP 6783), no ICMP in the clear.
+//!   only sleeve datagrams (UDP 6783), no ICMP in the clear;
+//! - a capture on `overlay:grid` while iperf3 runs across the overlay: iperf3
+//!   completes, tshark reads every frame of the file, and the frames it holds plus the
+//!   drops reported at the end account for every TCP segment iperf3 sent (throughput
+//!   with and without the capture is printed: docs/PERFORMANCE.md);
+//! - `weft ctl capture` through the agent's API socket: tshark decodes the pinged
+//!   ICMP in what it streamed, and when the client goes away (killed, or a client that
+//!   just disconnects) its captures stop: the appliance's 4 capture slots are free
+//!   again.
 
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weft_image::netns::Netns;
-use weft_qemu_tests::agent::{in_netns, AgentHost};
-use weft_qemu_tests::grid::{boot_two, weft_binary, weft_ctl, Underlay};
+use serde_json::json;
+use weft_control::client::Client;
+use weft_image::netns::{http_get, Netns};
+use weft_qemu_tests::agent::AgentHost;
+use weft_qemu_tests::grid::{boot_two, iperf3, weft_binary, weft_ctl, Underlay};
 use weft_qemu_tests::{TestVm, LINK_ADDR};
 
 /// `promtool check metrics` on `text` (its standard input): Ok, or what it said.
@@ -83,29 +93,17 @@ fn ctl_metrics_pass_promtool_and_move_under_traffic() {
 
 /// `GET /metrics` from inside `ns` (where the agent listens).
 fn scrape(ns: &Netns, addr: &str) -> Result<String, String> {
-    in_netns(ns, || {
-        let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        s.write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-        let (head, body) = resp.split_once("\r\n\r\n").ok_or("no HTTP head")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(head.to_string());
-        }
-        if !head
-            .to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4")
-        {
-            return Err(format!("content type: {head}"));
-        }
-        Ok(body.to_string())
-    })
+    let (head, body) = http_get(ns, addr, "/metrics").map_err(|e| format!("{e:#}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head);
+    }
+    if !head
+        .to_ascii_lowercase()
+        .contains("content-type: text/plain; version=0.0.4")
+    {
+        return Err(format!("content type: {head}"));
+    }
+    Ok(body)
 }
 
 #[test]
@@ -135,14 +133,7 @@ fn agent_serves_metrics_over_http_that_pass_promtool() {
     let rx1 = sample(&second, LINK_RX).unwrap();
     assert!(rx1 >= rx0 + 5.0, "{LINK_RX}: {rx0} -> {rx1}");
     // Anything but GET /metrics is refused.
-    let other = in_netns(&h.topo.hv, || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut r = String::new();
-        let _ = s.read_to_string(&mut r);
-        r
-    });
+    let (other, _) = http_get(&h.topo.hv, addr, "/other").unwrap();
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
     drop(h);
 }
@@ -365,4 +356,240 @@ fn captures_on_link_overlay_and_uplink_decode_in_tshark() {
         "ICMP in the clear on the uplink"
     );
     drop(ul);
+}
+
+/// The sum of every sample of the family `name` in `text`.
+fn family_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let family = series.split('{').next()?;
+            (family == name).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// The overlay network's frame counters on the node (from its containers,
+/// decapsulated from peers, from the appliance itself): at least what an `overlay:`
+/// capture is offered.
+fn overlay_frames(vm: &TestVm) -> f64 {
+    let text = ctl_metrics(vm);
+    [
+        "weft_overlay_network_link_rx_total",
+        "weft_overlay_network_uplink_rx_total",
+        "weft_overlay_network_appliance_tx_total",
+    ]
+    .iter()
+    .map(|f| family_sum(&text, f))
+    .sum()
+}
+
+/// `(frames, dropped)` from the summary `weft ctl capture` prints at the end
+/// (`... N frames, B bytes, D dropped`).
+fn summary_counts(summary: &str) -> (u64, u64) {
+    let line = summary
+        .lines()
+        .find(|l| l.contains("capture ended"))
+        .unwrap_or_else(|| panic!("no summary in {summary:?}"));
+    let number_before = |word: &str| -> u64 {
+        let head = line.split(word).next().unwrap().trim_end();
+        head.rsplit([' ', ':']).next().unwrap().parse().unwrap()
+    };
+    (number_before(" frames"), number_before(" dropped"))
+}
+
+fn vxlan_config(vm: &TestVm, n: u8, other: u8) -> std::path::PathBuf {
+    let text = format!(
+        "[uplink]\naddress = \"192.0.2.1{n}/24\"\n\n[link]\naddress = \"10.81.0.{n}/16\"\n\n\
+         [grid]\nnode = {n}\n\n[[networks]]\nname = \"grid\"\nvni = 100\n\n\
+         [[peers]]\nnode = {other}\naddress = \"192.0.2.1{other}\"\nnetworks = [\"grid\"]\n"
+    );
+    let path = vm.dir.join(format!("node-{n}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// iperf3 runs of this many seconds, alternating without and with a capture.
+const IPERF_SECS: u32 = 3;
+const ROUNDS: usize = 2;
+
+#[test]
+fn capture_under_iperf3_accounts_for_every_frame() {
+    let test = "ops_capture_load";
+    let (w1, w2) = boot_two(test, "10.81.128.11/16", "10.81.128.12/16");
+    let mut ul = Underlay::create().expect("underlay");
+    ul.join(&w1).expect("join node 1");
+    ul.join(&w2).expect("join node 2");
+    for (vm, n, o) in [(&w1, 1, 2), (&w2, 2, 1)] {
+        vm.ctr()
+            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1450"])
+            .unwrap();
+        let file = vxlan_config(vm, n, o);
+        let (code, out, err) = weft_ctl(&vm.control, &["apply", file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{}: {out}{err}", vm.test);
+    }
+    w1.ping(w1.ctr(), "10.81.128.12", 2)
+        .expect("weft 1 -> weft 2 over the overlay");
+
+    let mut plain = Vec::new();
+    let mut captured = Vec::new();
+    for round in 0..ROUNDS {
+        let run = iperf3(w2.ctr(), w1.ctr(), "10.81.128.12", IPERF_SECS, false)
+            .unwrap_or_else(|e| panic!("iperf3 without a capture: {e:#}"));
+        plain.push(run.mbit_per_s);
+
+        let file = w1.dir.join(format!("load-{round}.pcapng"));
+        let before = overlay_frames(&w1);
+        // The capture outlasts the iperf3 run (its server start and connect included).
+        let capture = CaptureRun::start(
+            &w1.control,
+            &[
+                "--iface",
+                "overlay:grid",
+                "--seconds",
+                &(IPERF_SECS + 4).to_string(),
+            ],
+            file.to_str().unwrap(),
+        );
+        let run = iperf3(w2.ctr(), w1.ctr(), "10.81.128.12", IPERF_SECS, false)
+            .unwrap_or_else(|e| panic!("iperf3 with a capture running: {e:#}"));
+        captured.push(run.mbit_per_s);
+        let (_, summary) = capture.finish(Duration::from_secs(60));
+        let after = overlay_frames(&w1);
+        let (frames, dropped) = summary_counts(&summary);
+        let offered = after - before;
+        let in_file = tshark(file.to_str().unwrap(), None, "frame", &["frame.number"]).len();
+        let tcp = tshark(
+            file.to_str().unwrap(),
+            None,
+            "tcp.port == 5201",
+            &["frame.number"],
+        )
+        .len();
+        eprintln!(
+            "round {round}: iperf3 {:.1} Mbit/s alone, {:.1} Mbit/s with the capture; \
+             the network took {offered} frames, the capture {frames} (tshark reads {in_file}, \
+             {tcp} of iperf3's TCP) and dropped {dropped}",
+            plain[round], captured[round]
+        );
+        assert_eq!(
+            in_file as u64, frames,
+            "tshark reads every frame of the file"
+        );
+        assert!(
+            tcp as u64 * 2 > frames,
+            "the capture holds iperf3's traffic: {tcp} of {frames}"
+        );
+        // Every TCP segment iperf3 sent (at most 1448 payload bytes each; the overlay's
+        // MTU allows fewer) is in the file or counted as dropped, and the capture
+        // holds no more than the network's counters saw in its window.
+        let segments = run.sent_bytes / 1448;
+        let accounted = frames + dropped;
+        assert!(
+            accounted >= segments,
+            "captured {frames} + dropped {dropped} < the {segments} segments iperf3 sent"
+        );
+        assert!(
+            accounted as f64 <= offered,
+            "captured {frames} + dropped {dropped}, but the network took {offered}"
+        );
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    eprintln!(
+        "iperf3 over the overlay, {ROUNDS} alternating runs of {IPERF_SECS} s: {:.1} Mbit/s alone \
+         ({plain:.1?}), {:.1} Mbit/s with a capture on overlay:grid ({captured:.1?})",
+        mean(&plain),
+        mean(&captured)
+    );
+    drop(ul);
+}
+
+/// What `weft ctl capture ... -w -` streams, collected as it comes.
+fn collect_stdout(run: &mut CaptureRun) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut out = run.child.stdout.take().unwrap();
+    let sink = bytes.clone();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        while let Ok(n) = out.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&b[..n]);
+        }
+    });
+    bytes
+}
+
+/// Starts captures on the link through `client` until one is refused: how many ran.
+fn start_until_busy(client: &mut Client) -> (usize, String) {
+    for n in 0..8 {
+        let r = client
+            .call("capture-start", Some(json!({"iface": "link"})))
+            .expect("capture-start");
+        if let Err(e) = r.outcome {
+            return (n, weft_control::client::remote_line(&e));
+        }
+    }
+    (8, String::new())
+}
+
+#[test]
+fn capture_through_the_agent_api_streams_and_stops_with_its_client() {
+    let test = "ops_capture_api";
+    let mut ul = Underlay::create().expect("underlay");
+    let node = "[uplink]\naddress = \"192.0.2.11/24\"\n\n[link]\naddress = \"10.81.0.1/16\"\n\n[grid]\n\n[[networks]]\nname = \"grid\"\nvni = 100\n";
+    let mut h = AgentHost::create(test, 1, &mut ul, node).expect("host");
+    let store = format!("file:{}", h.dir.join("grid.json").display());
+    h.start_agent(&store, &[]).expect("agent");
+    let (st, _) = h.wait_for("agent-status", Duration::from_secs(120), |s| {
+        s["appliance"]["in_sync"] == true
+    });
+    assert_eq!(st["appliance"]["in_sync"], true, "{st}\n{}", h.agent_log());
+
+    // A live capture on the link through the agent, as a user runs it.
+    let mut run = CaptureRun::start(h.api_path(), &["--iface", "link", "--seconds", "300"], "-");
+    let streamed = collect_stdout(&mut run);
+    weft_image::netns::Topology::ping(&h.topo.ctr, "10.81.0.1", 3, 30).expect("ping");
+
+    // The appliance holds 4 captures at most: with the CLI's running, another client
+    // gets 3 before `busy`. That client then just disconnects.
+    let mut other = Client::connect(h.api_path(), Duration::from_secs(10)).expect("API");
+    let (started, refusal) = start_until_busy(&mut other);
+    assert_eq!(started, 3, "captures beside the CLI's: {refusal}");
+    assert!(refusal.contains("busy"), "{refusal}");
+    drop(other);
+
+    // What arrived so far is flushed chunk by chunk; then the CLI is killed outright.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = run.child.kill();
+    let _ = run.child.wait();
+    let pcap = streamed.lock().unwrap().clone();
+    let icmp = tshark("-", Some(&pcap), "icmp", &["ip.src", "ip.dst", "icmp.type"]);
+    assert!(
+        icmp.contains(&"10.81.1.2\t10.81.0.1\t8".to_string())
+            && icmp.contains(&"10.81.0.1\t10.81.1.2\t0".to_string()),
+        "the capture through the agent: {icmp:?}"
+    );
+
+    // Both clients are gone: all 4 slots come free (the agent stops a departed
+    // client's captures on the appliance).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = Client::connect(h.api_path(), Duration::from_secs(10)).expect("API");
+        let (n, refusal) = start_until_busy(&mut c);
+        if n == 4 {
+            assert!(refusal.contains("busy"), "{refusal}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "captures of departed clients still run: only {n} free ({refusal})\n{}",
+            h.agent_log()
+        );
+        drop(c);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(h);
 }

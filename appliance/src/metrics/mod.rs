@@ -12,6 +12,7 @@ mod help;
 use alloc::format;
 use alloc::string::ToString;
 use alloc::vec;
+use alloc::vec::Vec;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -288,6 +289,41 @@ pub fn text(status: &Status) -> MetricsText {
         content_type: CONTENT_TYPE.into(),
         text: collect(status).render(),
     }
+}
+
+/// The metric names (`weft_*` words) the queries of a Grafana dashboard use: its
+/// panels' `expr` and its variables' `definition` strings. The dashboard in `docs/` is
+/// checked against the exposition with it (here for the appliance's families, in the
+/// agent for the agent's), so it cannot name a metric that does not exist.
+pub fn dashboard_metric_names(
+    dashboard: &str,
+) -> Result<Vec<alloc::string::String>, serde_json::Error> {
+    fn walk(v: &Value, out: &mut Vec<alloc::string::String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("expr" | "definition", Value::String(q)) => words(q, out),
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    fn words(q: &str, out: &mut Vec<alloc::string::String>) {
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        for w in q.split(|c: char| !word(c)) {
+            if w.starts_with("weft_") && !out.iter().any(|o| o == w) {
+                out.push(w.to_string());
+            }
+        }
+    }
+    let v: Value = serde_json::from_str(dashboard)?;
+    let mut out = Vec::new();
+    walk(&v, &mut out);
+    Ok(out)
 }
 
 #[cfg(test)]

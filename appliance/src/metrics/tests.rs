@@ -171,3 +171,23 @@ fn the_command_answers_with_the_text() {
         }
     }
 }
+
+/// The Grafana dashboard in docs/ (what an operator imports).
+const DASHBOARD: &str = include_str!("../../../docs/grafana-weft.json");
+
+#[test]
+fn the_dashboard_queries_only_metrics_the_appliance_exports() {
+    let reg = collect(&appliance().status(Instant::from_secs(3)));
+    let families: Vec<&str> = reg.families().map(|(name, _, _)| name).collect();
+    let queried = dashboard_metric_names(DASHBOARD).unwrap();
+    assert!(queried.len() > 20, "{queried:?}");
+    // The agent's own families are checked in the agent crate.
+    let missing: Vec<&String> = queried
+        .iter()
+        .filter(|n| !n.starts_with("weft_agent_") && !families.contains(&n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/grafana-weft.json queries metrics the appliance does not export: {missing:?}"
+    );
+}
