@@ -74,6 +74,16 @@ impl Rig {
         }
     }
 
+    /// `config` reads back `doc` and the overlay runs `peers` peers.
+    fn runs_as(&mut self, doc: &Value, peers: usize) {
+        assert_eq!(&self.ok("config", Value::Null), doc);
+        let status = self.ok("status", Value::Null);
+        assert_eq!(
+            status["overlay"]["peers"].as_array().map(Vec::len),
+            Some(peers)
+        );
+    }
+
     /// The peers whose VXLAN packets went out since the last call.
     fn vxlan_to(&mut self) -> Vec<Ipv4Address> {
         self.uplink
@@ -292,13 +302,7 @@ fn peer_commands_change_one_peer_and_the_document_reads_back_and_reapplies() {
     }
     let reply = rig.call("peer-remove", json!({"address": "192.0.2.99"}));
     assert_eq!(reply["error"]["code"], json!("not_found"), "{reply}");
-    assert_eq!(rig.ok("config", Value::Null), before);
-    assert_eq!(
-        rig.ok("status", Value::Null)["overlay"]["peers"]
-            .as_array()
-            .map(Vec::len),
-        Some(400)
-    );
+    rig.runs_as(&before, 400);
 
     // Node 900 arrives: a container behind it is reached through it.
     let added = json!({"node": 900, "name": "far", "address": "192.0.2.90", "networks": ["a"]});
@@ -350,11 +354,5 @@ fn peer_commands_change_one_peer_and_the_document_reads_back_and_reapplies() {
 
     // The whole first document again: brought back in place, as it was.
     assert_eq!(rig.ok("apply", before.clone()), json!({"changed": true}));
-    assert_eq!(rig.ok("config", Value::Null), before);
-    assert_eq!(
-        rig.ok("status", Value::Null)["overlay"]["peers"]
-            .as_array()
-            .map(Vec::len),
-        Some(400)
-    );
+    rig.runs_as(&before, 400);
 }
