@@ -1,7 +1,7 @@
 //! The configuration document: what `apply` takes and `config` returns (TOML in files on
 //! the host, the same structure as JSON on the socket). Parsing refuses unknown keys;
-//! `validate` checks every cross-field rule. This module never applies anything: the
-//! appliance applies a `Config` only once it parsed and validated whole.
+//! `validate` (in `document`) checks every cross-field rule. This module never applies
+//! anything: the appliance applies a `Config` only once it parsed and validated whole.
 
 use alloc::format;
 use alloc::string::String;
@@ -9,11 +9,12 @@ use core::fmt;
 use core::net::Ipv4Addr;
 use core::str::FromStr;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::Value;
 
-use crate::field_path::{self, FieldError};
+use crate::field_path::FieldError;
 use alloc::vec::Vec;
 use weft_netstack::stage::overlay::config::{GridConfig, NetworkConfig, PeerConfig};
+
+pub mod nat;
 
 /// An IPv4 address with the prefix length of its subnet: `"A.B.C.D/len"` on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -164,7 +165,7 @@ pub struct Config {
     pub publish: Vec<weft_netstack::stage::nat::PublishRule>,
     /// `[nat]`: connection tracking limits; absent: defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nat: Option<crate::publish::NatSection>,
+    pub nat: Option<nat::NatSection>,
     /// `[[services]]`: L4 services (VIP, or DNS round robin) over weighted backends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<weft_netstack::stage::lb::ServiceConfig>,
@@ -223,23 +224,9 @@ impl From<FieldError> for ConfigError {
 }
 
 impl Config {
-    /// Parse and validate a document given as JSON (the `args` of `apply`).
-    pub fn from_json_value(value: &Value) -> Result<Config, ConfigError> {
-        let config: Config = field_path::from_value(value)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Parse and validate a document given as JSON text (section by section: the
-    /// text is never held as one `Value`; see `config_text`).
-    pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
-        let config = crate::config_text::parse(text)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Every rule that is not a matter of types; the first violation names its field.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// The rules of the `[uplink]` and `[link]` sections that are not a matter of
+    /// types (the features' own sections are checked by theirs: `Config::validate`).
+    pub(crate) fn check_nics(&self) -> Result<(), ConfigError> {
         let up = &self.uplink.address;
         check_host_address("uplink.address", up)?;
         if let Some(gw) = self.uplink.gateway {
@@ -286,11 +273,6 @@ impl Config {
                 ),
             ));
         }
-        crate::overlay::validate(self)?;
-        crate::dns_service::plan(self)?;
-        crate::publish::validate(self)?;
-        crate::services::validate(self)?;
-        crate::mesh::validate(self)?;
         Ok(())
     }
 }
@@ -349,7 +331,7 @@ mod tests {
     use alloc::string::ToString;
     use alloc::vec;
     use alloc::vec::Vec;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn cidr(s: &str) -> Ipv4Cidr {
         s.parse().unwrap()

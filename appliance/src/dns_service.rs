@@ -26,6 +26,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 use weft_netstack::{Netstack, NicId, NicIface};
 
+use crate::command_error::{ErrorBody, ErrorCode};
 use crate::config::{Config, ConfigError};
 use crate::dns::records::Container;
 use crate::dns::tcp::{frame, StreamDecoder, MAX_MESSAGE};
@@ -33,7 +34,6 @@ use crate::dns::{
     Action, ClientReply, ContainerEntry, DnsConfig, DnsCounters, DnsServer, Outgoing, TimerEvent,
     Transport, UpstreamAction,
 };
-use crate::protocol::{Applied, CommandResult, ErrorBody, ErrorCode};
 
 /// Heap bytes one container takes in the record store, with room to spare (274
 /// measured by `examples/grid_bench.rs`); a document that replaces the records needs
@@ -340,17 +340,17 @@ impl DnsService {
         &mut self,
         running: Option<&Config>,
         entry: ContainerEntry,
-    ) -> Result<CommandResult, ErrorBody> {
+    ) -> Result<bool, ErrorBody> {
         let service = self.ready(running)?;
         let container = entry.into_container(0).map_err(command_error)?;
         let store = service.server.records_mut();
         if store.container(&container.name) == Some(&container) {
-            return Ok(CommandResult::Applied(Applied { changed: false }));
+            return Ok(false);
         }
         store
             .add_container(container)
             .map_err(|e| ErrorBody::with_field(ErrorCode::InvalidConfig, format!("{e}"), "name"))?;
-        Ok(CommandResult::Applied(Applied { changed: true }))
+        Ok(true)
     }
 
     /// `container-remove`: the container's names and its address's PTR are gone from
@@ -359,10 +359,10 @@ impl DnsService {
         &mut self,
         running: Option<&Config>,
         key: ContainerKey,
-    ) -> Result<CommandResult, ErrorBody> {
+    ) -> Result<bool, ErrorBody> {
         let service = self.ready(running)?;
         match service.server.records_mut().remove_container(&key.name) {
-            Ok(_) => Ok(CommandResult::Applied(Applied { changed: true })),
+            Ok(_) => Ok(true),
             Err(_) => Err(ErrorBody::with_field(
                 ErrorCode::NotFound,
                 format!("no container named {:?}", key.name),

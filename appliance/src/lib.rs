@@ -7,10 +7,12 @@ extern crate alloc;
 
 pub mod capture;
 pub mod capture_session;
+pub mod command_error;
 pub mod config;
 pub mod config_text;
 pub mod dns;
 pub mod dns_service;
+mod document;
 pub mod field_path;
 pub mod mesh;
 pub mod metrics;
@@ -332,8 +334,12 @@ impl Appliance {
             }),
             Command::FdbAdd(entry) => self.fdb_add(now, entry),
             Command::FdbRemove(key) => self.fdb_remove(key),
-            Command::ContainerAdd(entry) => self.dns.container_add(self.running.as_ref(), entry),
-            Command::ContainerRemove(key) => self.dns.container_remove(self.running.as_ref(), key),
+            Command::ContainerAdd(entry) => {
+                applied(self.dns.container_add(self.running.as_ref(), entry))
+            }
+            Command::ContainerRemove(key) => {
+                applied(self.dns.container_remove(self.running.as_ref(), key))
+            }
             Command::PublishAdd(rule) => self.publish_edit(|c| {
                 publish::with_rule(c, rule).map_err(|e| {
                     ErrorBody::with_field(ErrorCode::InvalidConfig, e.message, &e.field)
@@ -899,6 +905,11 @@ fn mac_string(mac: EthernetAddress) -> String {
 
 fn internal_msg(message: &str) -> ErrorBody {
     ErrorBody::new(ErrorCode::Internal, message.into())
+}
+
+/// The reply of a command that changed the running state, or found it as asked.
+fn applied(changed: Result<bool, ErrorBody>) -> Result<CommandResult, ErrorBody> {
+    changed.map(|changed| CommandResult::Applied(Applied { changed }))
 }
 
 fn not_found(field: &str, message: String) -> ErrorBody {

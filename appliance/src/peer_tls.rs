@@ -380,7 +380,7 @@ impl PeerTls {
             node: creds.node(),
             subject: creds.summary().subject.clone(),
             not_after: creds.summary().not_after,
-            counters: self.mesh.counters().into(),
+            counters: *self.mesh.counters(),
             peers: self
                 .mesh
                 .status()
@@ -435,7 +435,7 @@ pub struct PeerTlsStatus {
     /// This node's certificate.
     pub subject: String,
     pub not_after: u64,
-    pub counters: PeerTlsCounters,
+    pub counters: MeshCounters,
     pub peers: Vec<PeerTlsPeer>,
 }
 
@@ -461,57 +461,4 @@ pub struct PeerTlsPeer {
     /// message).
     pub handshake_ms: Option<u64>,
     pub handshakes: u64,
-}
-
-/// The mesh's counters as status shows them.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerTlsCounters {
-    pub dials: u64,
-    pub accepts: u64,
-    pub established: u64,
-    pub refused_unknown_ca: u64,
-    pub refused_wrong_name: u64,
-    pub refused_expired: u64,
-    pub refused_no_certificate: u64,
-    pub refused_peer_alert: u64,
-    pub refused_incompatible: u64,
-    pub refused_protocol: u64,
-    pub refused_wrong_grid: u64,
-    pub refused_wrong_node: u64,
-    pub refused_not_a_peer: u64,
-    pub duplicates: u64,
-    pub replaced: u64,
-    pub bad_messages: u64,
-    pub tls_errors: u64,
-    pub timeouts: u64,
-    pub peer_closed: u64,
-    pub key_switches: u64,
-}
-
-impl From<&MeshCounters> for PeerTlsCounters {
-    fn from(c: &MeshCounters) -> Self {
-        PeerTlsCounters {
-            dials: c.dials,
-            accepts: c.accepts,
-            established: c.established,
-            refused_unknown_ca: c.refused_unknown_ca,
-            refused_wrong_name: c.refused_wrong_name,
-            refused_expired: c.refused_expired,
-            refused_no_certificate: c.refused_no_certificate,
-            refused_peer_alert: c.refused_peer_alert,
-            refused_incompatible: c.refused_incompatible,
-            refused_protocol: c.refused_protocol,
-            refused_wrong_grid: c.refused_wrong_grid,
-            refused_wrong_node: c.refused_wrong_node,
-            refused_not_a_peer: c.refused_not_a_peer,
-            duplicates: c.duplicates,
-            replaced: c.replaced,
-            bad_messages: c.bad_messages,
-            tls_errors: c.tls_errors,
-            timeouts: c.timeouts,
-            peer_closed: c.peer_closed,
-            key_switches: c.key_switches,
-        }
-    }
 }

@@ -16,6 +16,7 @@ pub fn drop_reasons(i: &InterfaceStatus) -> Vec<(&'static str, u64)> {
         ("other_host", d.other_host),
         ("not_configured", d.not_configured),
         ("tx_full", d.tx_full),
+        ("icmp_rate_limited", d.icmp_rate_limited),
     ]
     .into_iter()
     .filter(|(_, n)| *n > 0)
@@ -324,7 +325,7 @@ mod tests {
     fn sample() -> Status {
         let counters = |rx: u64, runt: u64, nc: u64| {
             json!({"rx_packets": rx, "rx_bytes": rx * 100, "tx_packets": 5, "tx_bytes": 500,
-                   "drops": {"runt": runt, "oversize": 0, "other_host": 0, "not_configured": nc, "tx_full": 0}})
+                   "drops": {"runt": runt, "oversize": 0, "other_host": 0, "not_configured": nc, "tx_full": 0, "icmp_rate_limited": 0}})
         };
         serde_json::from_value(json!({
             "version": "0.1.0", "protocol": 1, "uptime_ms": 65_000, "configured": true,

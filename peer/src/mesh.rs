@@ -14,6 +14,8 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::channel::{Channel, CloseReason, Event, TlsContext, TlsFailure};
 use crate::identity::{CertSummary, NodeId, PeerIdentityError};
 use crate::keys::{SharedKeys, TlsKeys};
@@ -75,8 +77,9 @@ pub enum KeyEvent {
     Send { peer: NodeId, session: u64 },
 }
 
-/// Counters of the peer channels (`status.peer_tls`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Counters of the peer channels, as `status.peer_tls.counters` shows them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MeshCounters {
     pub dials: u64,
     pub accepts: u64,

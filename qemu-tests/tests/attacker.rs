@@ -283,7 +283,21 @@ fn forged_dns_answers_are_never_accepted() {
     const FLOOD_QUERIES: u32 = 20;
     const PER_QUERY: u32 = 5_000;
     let before = status(&vm);
-    let rx_before = counter(&before, &["interfaces", "uplink", "counters", "rx_packets"]);
+    let uplink = |v: &Value, k: &str| counter(v, &["interfaces", "uplink", "counters", k]);
+    let withheld = |v: &Value| {
+        counter(
+            v,
+            &[
+                "interfaces",
+                "uplink",
+                "counters",
+                "drops",
+                "icmp_rate_limited",
+            ],
+        )
+    };
+    let rx_before = uplink(&before, "rx_packets");
+    let started = Instant::now();
     let up = upstream(host, "flood", FLOOD_QUERIES, PER_QUERY, 0.5);
     for i in 0..FLOOD_QUERIES {
         let r = dig(
@@ -309,10 +323,25 @@ fn forged_dns_answers_are_never_accepted() {
     .iter()
     .map(|k| drops(&after, k) - drops(&before, k))
     .sum::<u64>();
-    let received = counter(&after, &["interfaces", "uplink", "counters", "rx_packets"]) - rx_before;
+    let seconds = started.elapsed().as_secs_f64();
+    let received = uplink(&after, "rx_packets") - rx_before;
+    let sent = uplink(&after, "tx_packets") - uplink(&before, "tx_packets");
+    let limited = withheld(&after) - withheld(&before);
     eprintln!(
-        "attacker_dns: {forged} forged answers sent off the path, {received} frames received on \
-         the uplink, {examined} forgeries examined and dropped, 0 accepted"
+        "attacker_dns: {forged} forged answers sent off the path in {seconds:.1} s, {received} \
+         frames received on the uplink, {examined} forgeries examined and dropped, 0 accepted; \
+         {sent} frames sent on the uplink, {limited} port unreachables withheld by the rate limit"
+    );
+    // What met no socket is not reflected at the rate it came: at most a burst plus the
+    // limit's 100 a second of ICMP errors, beside the 20 queries and their ARP.
+    let allowed = 50 + (100.0 * seconds) as u64 + 100;
+    assert!(
+        sent <= allowed,
+        "{sent} frames sent on the uplink in {seconds:.1} s (at most {allowed})"
+    );
+    assert!(
+        limited + sent + examined >= received * 9 / 10,
+        "{limited} withheld + {sent} sent for {received} received"
     );
     assert!(forged >= 99_000, "{forged}");
     // The flood reached the appliance; the forgeries that hit the one source port in

@@ -120,12 +120,30 @@ pub struct Tally {
     pub errors: Vec<String>,
 }
 
+/// Failures kept for the report, per class of load.
+const ERRORS_KEPT: usize = 5;
+
 impl Tally {
     fn run_failed(&mut self, e: impl std::fmt::Display) {
         self.runs += 1;
         self.failed_runs += 1;
-        if self.errors.len() < 5 {
-            self.errors.push(e.to_string());
+        self.keep_error(e.to_string());
+    }
+
+    fn keep_error(&mut self, e: String) {
+        if self.errors.len() < ERRORS_KEPT {
+            self.errors.push(e);
+        }
+    }
+
+    /// Folds one run's operations into the whole run's (the run itself is counted by
+    /// the caller, which knows how it ended).
+    fn absorb(&mut self, run: Tally) {
+        self.ok += run.ok;
+        self.failed += run.failed;
+        self.rates.extend(run.rates);
+        for e in run.errors {
+            self.keep_error(e);
         }
     }
 }
@@ -272,9 +290,7 @@ fn repeat(stop: &AtomicBool, tally: &Mutex<Tally>, mut f: impl FnMut(&mut Tally)
         let mut t = Tally::default();
         let r = f(&mut t);
         let mut all = tally.lock().unwrap_or_else(|p| p.into_inner());
-        all.ok += t.ok;
-        all.failed += t.failed;
-        all.rates.extend(t.rates);
+        all.absorb(t);
         match r {
             Ok(()) => all.runs += 1,
             Err(e) => {
@@ -351,13 +367,7 @@ fn control_churn(h: &Host, stop: &AtomicBool, tally: &Mutex<Tally>) {
         {
             let mut all = tally.lock().unwrap_or_else(|p| p.into_inner());
             all.runs += 1;
-            all.ok += t.ok;
-            all.failed += t.failed;
-            for e in t.errors {
-                if all.errors.len() < 5 {
-                    all.errors.push(e);
-                }
-            }
+            all.absorb(t);
         }
         std::thread::sleep(CHURN_EVERY);
     }

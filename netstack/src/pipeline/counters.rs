@@ -31,6 +31,10 @@ pub struct NicDrops {
     pub not_configured: u64,
     /// Frame to transmit refused by the port (queue full or too large).
     pub tx_full: u64,
+    /// An ICMP error the NIC's own endpoint would have sent (smoltcp answers a
+    /// datagram to a closed port with port unreachable), over the rate limit
+    /// (RFC 1812 section 4.3.2.8): forged traffic is not reflected at line rate.
+    pub icmp_rate_limited: u64,
 }
 
 /// Why a received frame was dropped before reaching the stack.
@@ -41,6 +45,7 @@ pub enum NicDrop {
     OtherHost,
     NotConfigured,
     TxFull,
+    IcmpRateLimited,
 }
 
 impl NicCounters {
@@ -63,6 +68,11 @@ impl NicCounters {
     }
 
     pub(crate) fn dropped(&mut self, reason: NicDrop) {
+        self.dropped_n(reason, 1);
+    }
+
+    /// `n` frames dropped for the same reason.
+    pub(crate) fn dropped_n(&mut self, reason: NicDrop, n: u64) {
         let d = &mut self.drops;
         let counter = match reason {
             NicDrop::Runt => &mut d.runt,
@@ -70,8 +80,9 @@ impl NicCounters {
             NicDrop::OtherHost => &mut d.other_host,
             NicDrop::NotConfigured => &mut d.not_configured,
             NicDrop::TxFull => &mut d.tx_full,
+            NicDrop::IcmpRateLimited => &mut d.icmp_rate_limited,
         };
-        *counter = counter.wrapping_add(1);
+        *counter = counter.wrapping_add(n);
     }
 }
 
@@ -83,5 +94,6 @@ impl NicDrops {
             .wrapping_add(self.other_host)
             .wrapping_add(self.not_configured)
             .wrapping_add(self.tx_full)
+            .wrapping_add(self.icmp_rate_limited)
     }
 }

@@ -48,6 +48,7 @@ impl Nic {
             pool.put(buf);
         }
         let changed = iface.poll(now);
+        counters.dropped_n(NicDrop::IcmpRateLimited, iface.take_icmp_rate_limited());
         let mut sent = 0usize;
         while let Some(frame) = iface.pop_tx() {
             counters.sent(transmit_copy(port, pool, &frame), frame.len());

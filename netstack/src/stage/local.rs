@@ -13,6 +13,8 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Cidr};
 
 use crate::base::{NicAddress, MAX_FRAME_LEN};
+use crate::table::rate_limit::RateLimit;
+use crate::wire::icmp_error;
 
 /// A smoltcp device over two in-memory queues: the stack pushes received frames into
 /// `rx` before polling and drains `tx` to the port afterwards.
@@ -100,6 +102,12 @@ pub struct NicIface {
     /// A second address: the overlay node address on the link, when the container
     /// gateway address is another one.
     extra: Option<Ipv4Cidr>,
+    /// The ICMP errors smoltcp originates (port unreachable for a datagram to a closed
+    /// port), limited like the router's own (RFC 1812 section 4.3.2.8), so that a
+    /// flood of forged datagrams is not reflected at the rate it arrives.
+    icmp_limit: RateLimit,
+    /// Errors withheld by `icmp_limit` since the last `take_icmp_rate_limited`.
+    icmp_withheld: u64,
 }
 
 impl NicIface {
@@ -115,6 +123,8 @@ impl NicIface {
             sockets: SocketSet::new(Vec::new()),
             address: None,
             extra: None,
+            icmp_limit: RateLimit::default(),
+            icmp_withheld: 0,
         }
     }
 
@@ -214,9 +224,22 @@ impl NicIface {
     }
 
     /// Process every queued frame and socket; true if smoltcp reports socket changes.
+    /// ICMP errors over the rate limit are withheld here, before anyone can send them.
     pub fn poll(&mut self, now: Instant) -> bool {
         let r = self.iface.poll(now, &mut self.device, &mut self.sockets);
+        let (limit, withheld) = (&mut self.icmp_limit, &mut self.icmp_withheld);
+        self.device.tx.retain(|frame| {
+            let send = !icmp_error::carries_error(frame) || limit.allow(now);
+            *withheld += u64::from(!send);
+            send
+        });
         r == smoltcp::iface::PollResult::SocketStateChanged
+    }
+
+    /// ICMP errors withheld by the rate limit since the last call (for the NIC's
+    /// `icmp_rate_limited` drop counter).
+    pub fn take_icmp_rate_limited(&mut self) -> u64 {
+        core::mem::take(&mut self.icmp_withheld)
     }
 
     /// How long until smoltcp needs polling again (None: only on new input).

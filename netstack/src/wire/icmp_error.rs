@@ -156,6 +156,23 @@ fn answerable<T: AsRef<[u8]>>(
     }
 }
 
+/// Whether `frame` (Ethernet/IPv4) carries an ICMP error message: what a sender limits
+/// to a rate, whoever built it.
+pub fn carries_error(frame: &[u8]) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return false;
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+        return false;
+    };
+    ip.next_header() == IpProtocol::Icmp
+        && ip.frag_offset() == 0
+        && ip.payload().first().is_some_and(|&ty| is_icmp_error(ty))
+}
+
 /// Whether an ICMP type is an error message (never answered with another error):
 /// destination unreachable, source quench, redirect, time exceeded, parameter problem.
 fn is_icmp_error(ty: u8) -> bool {

@@ -79,10 +79,16 @@ impl OverlayPath {
         }
 
         let changed_u = uplink.iface.poll(now);
+        let withheld = uplink.iface.take_icmp_rate_limited();
+        uplink
+            .counters
+            .dropped_n(NicDrop::IcmpRateLimited, withheld);
         while let Some(frame) = uplink.iface.pop_tx() {
             out.uplink.push(pool.copy_of(&frame));
         }
         let changed_l = link.iface.poll(now);
+        let withheld = link.iface.take_icmp_rate_limited();
+        link.counters.dropped_n(NicDrop::IcmpRateLimited, withheld);
         while let Some(frame) = link.iface.pop_tx() {
             self.rx_appliance(now, frame, &mut link.iface, &mut out, hook, pool);
         }

@@ -7,7 +7,9 @@ use crate::base::MAX_FRAME_LEN;
 use crate::pipeline::counters::NicDrop;
 use crate::pipeline::nic::RX_BATCH;
 use crate::pipeline::port::MemPort;
+use crate::table::rate_limit::ERROR_BURST;
 use crate::wire::probe::{self, Echo};
+use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, Ipv4Address, Ipv4Cidr};
 
@@ -420,7 +422,108 @@ fn counters_serialize_with_named_drop_reasons() {
     let json = serde_json::to_string(&c).unwrap();
     assert_eq!(
         json,
-        r#"{"rx_packets":1,"rx_bytes":60,"tx_packets":0,"tx_bytes":0,"drops":{"runt":1,"oversize":0,"other_host":0,"not_configured":0,"tx_full":1}}"#
+        r#"{"rx_packets":1,"rx_bytes":60,"tx_packets":0,"tx_bytes":0,"drops":{"runt":1,"oversize":0,"other_host":0,"not_configured":0,"tx_full":1,"icmp_rate_limited":0}}"#
     );
     assert_eq!(serde_json::from_str::<NicCounters>(&json).unwrap(), c);
+}
+
+/// A UDP datagram from the uplink's peer to the uplink address, port `dst_port`.
+fn udp_to_uplink(dst_port: u16) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    };
+    let (src, dst) = (peer_ip(NicId::Uplink), UPLINK_IP);
+    let payload = b"forged answer";
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Udp,
+        payload_len: 8 + payload.len(),
+        hop_limit: 64,
+    };
+    let eth = EthernetRepr {
+        src_addr: PEER_MAC,
+        dst_addr: UPLINK_MAC,
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let mut frame = vec![0u8; eth.buffer_len() + ip.buffer_len() + ip.payload_len];
+    let mut e = EthernetFrame::new_unchecked(&mut frame[..]);
+    eth.emit(&mut e);
+    let mut p = Ipv4Packet::new_unchecked(e.payload_mut());
+    let caps = ChecksumCapabilities::default();
+    ip.emit(&mut p, &caps);
+    UdpRepr {
+        src_port: 53,
+        dst_port,
+    }
+    .emit(
+        &mut UdpPacket::new_unchecked(p.payload_mut()),
+        &src.into(),
+        &dst.into(),
+        payload.len(),
+        |b| b.copy_from_slice(payload),
+        &caps,
+    );
+    frame
+}
+
+#[test]
+fn port_unreachable_answers_are_rate_limited_and_counted() {
+    let mut rig = Rig::configured();
+    let arp = rig.exchange(
+        NicId::Uplink,
+        &probe::arp_request(PEER_MAC, peer_ip(NicId::Uplink), UPLINK_IP),
+    );
+    assert_eq!(arp.len(), 1);
+    let is_error = |f: &Vec<u8>| crate::wire::icmp_error::carries_error(f);
+
+    // One datagram to a closed port gets its port unreachable, as from any host.
+    let out = rig.exchange(NicId::Uplink, &udp_to_uplink(40_000));
+    assert_eq!(out.iter().filter(|f| is_error(f)).count(), 1);
+
+    // A flood of them within a few milliseconds: one burst's worth is answered, the
+    // rest withheld and counted, and nothing else is lost.
+    const FLOOD: u64 = 1_000;
+    for i in 0..FLOOD {
+        rig.uplink.inject(&udp_to_uplink(40_001 + i as u16));
+    }
+    while rig.poll().did_work {}
+    let sent = rig.uplink.take_transmitted();
+    let errors = sent.iter().filter(|f| is_error(f)).count() as u64;
+    let withheld = rig
+        .stack
+        .nic(NicId::Uplink)
+        .counters
+        .drops
+        .icmp_rate_limited;
+    assert_eq!(errors + withheld, FLOOD);
+    assert!(
+        (ERROR_BURST as u64 - 1..=ERROR_BURST as u64 + 2).contains(&errors),
+        "{errors} errors answered of {FLOOD}"
+    );
+
+    // A second later the bucket has refilled: the next datagram is answered again, and
+    // ping answers were never limited.
+    rig.now += Duration::from_secs(1);
+    let out = rig.exchange(NicId::Uplink, &udp_to_uplink(40_000));
+    assert_eq!(out.iter().filter(|f| is_error(f)).count(), 1);
+    let echo = Echo {
+        src_mac: PEER_MAC,
+        dst_mac: UPLINK_MAC,
+        src_ip: peer_ip(NicId::Uplink),
+        dst_ip: UPLINK_IP,
+        ident: 7,
+        seq_no: 1,
+        data: vec![1, 2, 3],
+    };
+    for _ in 0..ERROR_BURST * 2 {
+        rig.uplink.inject(&probe::icmp_echo_request(&echo));
+    }
+    while rig.poll().did_work {}
+    let replies = rig.uplink.take_transmitted();
+    assert_eq!(replies.len(), ERROR_BURST as usize * 2);
+    assert!(replies
+        .iter()
+        .all(|f| probe::parse_icmp_echo_reply(f).is_some()));
 }
