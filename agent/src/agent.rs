@@ -66,13 +66,10 @@ pub fn load_node_config(path: &std::path::Path) -> Result<Value> {
         bail!("{}: not a config document", path.display());
     }
     let mut probe = json.clone();
-    // The file's own node, else any (the allocated one is checked once known).
-    let node = doc_node(&json);
-    fill_node(
-        &mut probe,
-        node.unwrap_or_else(|| NodeId::new(1).unwrap_or_else(|| unreachable!())),
-        node.is_none(),
-    );
+    // The number given, or one the grid may allocate.
+    let given = doc_node(&json);
+    let node = given.unwrap_or(NodeId::new(1).unwrap_or_else(|| unreachable!()));
+    fill_node(&mut probe, node, given.is_none());
     Document::from_json(probe).with_context(|| format!("in {}", path.display()))?;
     Ok(json)
 }
@@ -132,14 +129,18 @@ pub struct Ident {
     pub sleeve: bool,
 }
 
+/// The grid subnet of a node's document (`[grid] subnet`, default `10.81.0.0/16`).
+fn doc_subnet(doc: &Value) -> (Ipv4Addr, u8) {
+    doc.pointer("/grid/subnet")
+        .and_then(Value::as_str)
+        .and_then(|s| s.split_once('/'))
+        .and_then(|(a, l)| Some((a.parse().ok()?, l.parse().ok()?)))
+        .unwrap_or((Ipv4Addr::new(10, 81, 0, 0), 16))
+}
+
 impl Ident {
     pub(crate) fn from_doc(node: NodeId, doc: &Value) -> Ident {
-        let subnet = doc
-            .pointer("/grid/subnet")
-            .and_then(Value::as_str)
-            .and_then(|s| s.split_once('/'))
-            .and_then(|(a, l)| Some((a.parse().ok()?, l.parse().ok()?)))
-            .unwrap_or((Ipv4Addr::new(10, 81, 0, 0), 16));
+        let subnet = doc_subnet(doc);
         let networks: Vec<String> = doc
             .get("networks")
             .and_then(Value::as_array)
@@ -166,7 +167,9 @@ impl Ident {
 
     /// The node's overlay address (the containers' gateway).
     pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.subnet.0) + u32::from(self.node.get()))
+        self.node
+            .address_in(self.subnet.0, self.subnet.1)
+            .unwrap_or(self.subnet.0)
     }
 }
 
@@ -254,6 +257,7 @@ pub async fn run_until(
     let join = Joining {
         name,
         wanted: doc_node(&doc),
+        max_node: crate::registry::max_node(doc_subnet(&doc).1),
         record,
         ttl: opts.ttl,
     };

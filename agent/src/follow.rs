@@ -42,6 +42,8 @@ pub struct Joining {
     pub name: String,
     /// `[grid] node` from the config, when given.
     pub wanted: Option<NodeId>,
+    /// The highest id the grid subnet's address plan has a share for.
+    pub max_node: u16,
     /// The node's live entry; `node` is set once the id is known.
     pub record: NodeRecord,
     pub ttl: Duration,
@@ -117,7 +119,7 @@ async fn round(
 ) -> Stop {
     let id = match *node {
         Some(id) => id,
-        None => match claim_id(store, prefix, &join.name, join.wanted).await {
+        None => match claim_id(store, prefix, &join.name, join.wanted, join.max_node).await {
             Ok(id) => {
                 *node = Some(id);
                 let _ = events.send(StoreEvent::Joined(id));

@@ -13,7 +13,7 @@ use weft_appliance::weft_netstack::base::NodeId;
 
 use crate::schema::{
     decode, encode, key_of, AddressClaim, ContainerRecord, IdClaim, Key, NameClaim, NodeRecord,
-    PortKey, Prefix, PublishRecord, Record, Scope, ServiceRecord, MAX_NODE,
+    PortKey, Prefix, PublishRecord, Record, Scope, ServiceRecord,
 };
 use crate::store::{Cmp, Kv, Store, StoreError, Txn, Write};
 
@@ -106,7 +106,8 @@ pub enum RegisterError {
     /// The config names an id that the name does not hold, or another name holds.
     IdMismatch(String),
     /// Every id is taken.
-    Full,
+    /// Every id up to this one is taken.
+    Full(u16),
     /// A live node holds this id under another lease (the same host restarting, or a
     /// second host with the same name).
     Busy {
@@ -121,7 +122,7 @@ impl std::fmt::Display for RegisterError {
         match self {
             RegisterError::Store(e) => write!(f, "{e}"),
             RegisterError::IdMismatch(m) => f.write_str(m),
-            RegisterError::Full => write!(f, "every node id 1..={MAX_NODE} is taken in this grid"),
+            RegisterError::Full(max) => write!(f, "every node id 1..={max} is taken in this grid"),
             RegisterError::Busy {
                 node, same_host, ..
             } => {
@@ -147,12 +148,14 @@ impl From<StoreError> for RegisterError {
     }
 }
 
-/// The id `name` holds, claiming one if it holds none (`wanted`, or the lowest free).
+/// The id `name` holds, claiming one if it holds none (`wanted`, or the lowest free);
+/// `max`: the highest id the grid's address plan has a share for ([`max_node`]).
 pub async fn claim_id(
     store: &Store,
     prefix: &Prefix,
     name: &str,
     wanted: Option<NodeId>,
+    max: u16,
 ) -> Result<NodeId, RegisterError> {
     for _ in 0..RETRIES {
         let name_key = Key::NodeName(name.to_string());
@@ -169,10 +172,11 @@ pub async fn claim_id(
         let taken: Vec<String> = taken.into_iter().map(|kv| kv.key).collect();
         let free = |id: NodeId| !taken.contains(&prefix.key(&Key::NodeIdClaim(id)));
         let id = match wanted {
-            Some(w) if w.get() > MAX_NODE => {
+            Some(w) if w.get() > max => {
                 return Err(RegisterError::IdMismatch(format!(
-                    "node id {w} ([grid] node in the config) is beyond the agent's \
-                     1..={MAX_NODE}: its address plan gives each node a /24 of the grid subnet"
+                    "node id {w} ([grid] node in the config) is beyond 1..={max}, the ids \
+                     the agents' address plan has a share of this grid subnet for (a /14 \
+                     or wider has 1016; docs/agent.md)"
                 )))
             }
             Some(w) if free(w) => w,
@@ -181,10 +185,10 @@ pub async fn claim_id(
                     "node id {w} ([grid] node in the config) is held by another name"
                 )))
             }
-            None => (1..=MAX_NODE)
+            None => (1..=max)
                 .filter_map(NodeId::new)
                 .find(|id| free(*id))
-                .ok_or(RegisterError::Full)?,
+                .ok_or(RegisterError::Full(max))?,
         };
         let txn = Txn {
             when: vec![
@@ -373,16 +377,54 @@ pub async fn remove_container(store: &Store, prefix: &Prefix, name: &str) -> Res
     Err(Refusal::Contended)
 }
 
-/// The addresses a node hands out: block `node` of the grid subnet cut in 256 (for a
-/// /16, `10.81.<node>.0/24`), without its first and last address. Block 0 holds the
-/// node addresses and block 255 is left for service VIPs.
+/// The highest node id an agent-run grid with a subnet of `prefix_len` numbers (see
+/// [`node_share`]): 254 in a /16 to a /22 (today's plan, every node a 256th of the
+/// subnet), none in anything narrower, and in a wider subnet as many as it has /24s for, up to 1016
+/// (`NodeId::MAX`, from a /14).
+pub fn max_node(prefix_len: u8) -> u16 {
+    if prefix_len > 22 {
+        // A 256th of the subnet is too small to hand out from.
+        return 0;
+    }
+    if prefix_len >= 16 {
+        return MAX_SMALL_GRID_NODE;
+    }
+    // /24 blocks: the bottom four hold node addresses, the top one service VIPs.
+    let blocks = 1u32 << (24 - u32::from(prefix_len).max(8));
+    u16::try_from(blocks - 5).map_or(NodeId::MAX, |n| n.min(NodeId::MAX))
+}
+
+/// Node ids of a grid on a /16 or narrower subnet: 1..=254, whose node addresses are
+/// all in block 0.
+const MAX_SMALL_GRID_NODE: u16 = 254;
+
+/// The addresses a node hands out, without the first and last of its block.
+/// - A grid subnet of /16 or narrower (Kontena's `10.81.0.0/16`) is cut in 256 blocks:
+///   node `n` (1..=254) has block `n` (`10.81.<n>.0/24` in a /16), block 0 holds the
+///   node addresses and block 255 is left for service VIPs.
+/// - A wider subnet (a /15, a /14 for 1016 nodes) is cut in /24s: the bottom four (the
+///   /22 where the appliance puts the addresses of nodes 1..=1016) hold node
+///   addresses, node `n` has the /24 `n + 3` and the top /24 is left for service VIPs
+///   (in `10.80.0.0/14`: node 1 hands out `10.80.4.1-254`, node 1016
+///   `10.83.251.1-254`; docs/agent.md).
+///
+/// None when the subnet has no share for `node` (beyond [`max_node`]).
 pub fn node_share(subnet: Ipv4Addr, prefix_len: u8, node: NodeId) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    let host_bits = 32u32.checked_sub(u32::from(prefix_len) + 8)?;
-    if host_bits < 2 {
+    if node.get() > max_node(prefix_len) {
         return None;
     }
-    let size = 1u32 << host_bits;
-    let base = u32::from(subnet) + u32::from(node.get()) * size;
+    let (block, size) = if prefix_len >= 16 {
+        (
+            u32::from(node.get()),
+            1u32 << (32 - u32::from(prefix_len) - 8),
+        )
+    } else {
+        (u32::from(node.get()) + 3, 256)
+    };
+    if size < 4 {
+        return None;
+    }
+    let base = u32::from(subnet) + block * size;
     Some((Ipv4Addr::from(base + 1), Ipv4Addr::from(base + size - 2)))
 }
 

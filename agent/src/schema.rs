@@ -142,11 +142,10 @@ impl fmt::Display for Key {
     }
 }
 
-/// The highest node id an agent-run grid takes. The appliance numbers nodes up to
-/// `NodeId::MAX`, but this plan gives every node a /24 share of a /16 (block `node`
-/// of 256), and blocks 1..=3 are where nodes 255..=1016 would have their node
-/// addresses: a grid beyond 254 nodes is written as a document, not run by agents.
-pub const MAX_NODE: u16 = 254;
+/// The highest node id a key or record of an agent-run grid names (the appliance's
+/// `NodeId::MAX`); which of them a grid hands out follows its subnet
+/// (`registry::max_node`).
+pub const MAX_NODE: u16 = NodeId::MAX;
 
 /// Parses a node number of an agent-run grid (1..=[`MAX_NODE`]) in its canonical
 /// decimal form (`7`, not `07`).
@@ -699,7 +698,7 @@ mod tests {
             "nodes",
             "nodes/",
             "nodes/0",
-            "nodes/255",
+            "nodes/1017",
             "nodes/07",
             "nodes/1/x",
             "containers/Web-1",

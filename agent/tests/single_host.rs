@@ -58,8 +58,13 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, control: &Path) -> Agent {
+        Agent::start_with(dir, control, NODE)
+    }
+
+    /// An agent whose node document is `node` (TOML).
+    fn start_with(dir: &Path, control: &Path, node: &str) -> Agent {
         let config = dir.join("node.toml");
-        std::fs::write(&config, NODE).unwrap();
+        std::fs::write(&config, node).unwrap();
         let api = dir.join("api.sock");
         let opts = AgentOptions {
             config,
@@ -265,4 +270,39 @@ fn one_host_with_a_file_store_keeps_its_state_through_restarts() {
         .unwrap();
     drop(agent);
     drop(sim);
+}
+
+#[test]
+fn a_node_past_254_in_a_14_hands_out_its_own_24_and_its_container_is_registered() {
+    let dir = tmp("wide");
+    let app_dir = dir.0.join("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    let sim = SimAppliance::start(&app_dir).unwrap();
+    // Node 1000's address in the appliance's node plan: 10.80.3.238 (the fourth /24).
+    let node = NODE
+        .replace(
+            "[grid]\n",
+            "[grid]\nnode = 1000\nsubnet = \"10.80.0.0/14\"\n",
+        )
+        .replace("10.81.0.1/16", "10.80.3.238/14");
+    let agent = Agent::start_with(&dir.0, sim.path(), &node);
+    let st = agent.synced();
+    assert_eq!(st["node"], 1000, "{st}");
+    let a = agent
+        .call("address-allocate", json!({"container": "far-1"}))
+        .unwrap();
+    // The /24 number 1003 of 10.80.0.0/14, above the node addresses' /22.
+    assert_eq!(a["address"], "10.83.235.1", "{a}");
+    assert_eq!(a["gateway"], "10.80.3.238", "{a}");
+    assert_eq!(a["prefix_len"], 14);
+    agent
+        .call(
+            "container-add",
+            json!({"name": "far-1", "address": a["address"], "mac": "02:42:0a:53:eb:01"}),
+        )
+        .unwrap();
+    let st = agent.status_when(|s| s["appliance"]["state_counts"]["containers"] == 1);
+    assert_eq!(st["appliance"]["state_counts"]["fdb"], 1, "{st}");
+    assert_eq!(containers(&agent), ["far-1"]);
+    agent.stop();
 }

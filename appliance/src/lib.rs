@@ -18,6 +18,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod overlay;
 pub mod peer_tls;
+pub mod peers;
 pub mod protocol;
 pub mod publish;
 pub mod services;
@@ -32,6 +33,7 @@ use alloc::vec::Vec;
 use serde::Serialize;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
+use weft_netstack::stage::overlay::config::PeerConfig;
 use weft_netstack::stage::overlay::OverlayError;
 use weft_netstack::table::fdb::Location;
 use weft_netstack::{Netstack, NicAddress, NicId};
@@ -76,6 +78,8 @@ pub struct Appliance {
     booted_at: Instant,
     netstack: Netstack,
     running: Option<Config>,
+    /// Where each peer of the running document is, for `peer-add` and `peer-remove`.
+    peers: peers::PeerIndex,
     session: ControlSession,
     dns: dns_service::DnsService,
     /// Wall-clock seconds since the Unix epoch at boot, when the platform knows them.
@@ -113,6 +117,7 @@ impl Appliance {
             booted_at: now,
             netstack,
             running: None,
+            peers: peers::PeerIndex::default(),
             session: ControlSession::new(),
             dns: dns_service::DnsService::new(),
             unix_time_at_boot: None,
@@ -315,16 +320,8 @@ impl Appliance {
                 }),
             },
             Command::Ping => Ok(CommandResult::Pong(Pong { pong: true })),
-            Command::PeerAdd(peer) => self.edit(|c| {
-                let (edited, i) = overlay::with_peer(c, &peer);
-                Ok((edited, "peers", i))
-            }),
-            Command::PeerRemove(key) => self.edit(|c| {
-                let edited = overlay::without_peer(c, key.address).ok_or_else(|| {
-                    not_found("address", alloc::format!("no peer at {}", key.address))
-                })?;
-                Ok((edited, "peers", usize::MAX))
-            }),
+            Command::PeerAdd(peer) => self.peer_add(peer),
+            Command::PeerRemove(key) => self.peer_remove(key),
             Command::NetworkAdd(net) => self.edit(|c| {
                 let (edited, i) = overlay::with_network(c, &net);
                 Ok((edited, "networks", i))
@@ -550,6 +547,74 @@ impl Appliance {
         }
     }
 
+    /// `peer-add`: the peer alone is checked against the running document (through
+    /// its index) and added to, or changed in, the running overlay in place, then in the
+    /// running document; the rest of the document is neither copied nor checked again.
+    /// A refusal changes nothing.
+    fn peer_add(&mut self, peer: PeerConfig) -> Result<CommandResult, ErrorBody> {
+        let config = self.grid_config()?;
+        let Some(path) = self.netstack.overlay() else {
+            return Err(internal_msg("overlay configured but not running"));
+        };
+        let slot = self
+            .peers
+            .check_add(config, &peer, |name| path.overlay().vni_of(name).is_some())
+            .map_err(|e| ErrorBody::with_field(ErrorCode::InvalidConfig, e.message, &e.field))?;
+        if slot == peers::Slot::Unchanged {
+            return Ok(CommandResult::Applied(Applied { changed: false }));
+        }
+        if let Some(path) = self.netstack.overlay_mut() {
+            path.add_peer(&peer).map_err(|e| overlay_error(e, "node"))?;
+        }
+        if let Some(Config {
+            grid: Some(grid),
+            peers,
+            ..
+        }) = self.running.as_mut()
+        {
+            self.peers.put(grid, peers, slot, peer);
+        }
+        self.follow_peers();
+        Ok(CommandResult::Applied(Applied { changed: true }))
+    }
+
+    /// `peer-remove`: the peer named by one of its addresses leaves the running overlay
+    /// (with the FDB entries that point at it) and the running document.
+    fn peer_remove(&mut self, key: overlay::PeerKey) -> Result<CommandResult, ErrorBody> {
+        let config = self.grid_config()?;
+        let Some(grid) = config.grid.as_deref() else {
+            return Err(internal_msg("overlay configured but not running"));
+        };
+        let Some(i) = self.peers.find(&config.peers, key.address) else {
+            return Err(not_found(
+                "address",
+                alloc::format!("no peer at {}", key.address),
+            ));
+        };
+        let address = overlay::in_use(grid, &config.peers[i]);
+        if let (Some(path), Some(address)) = (self.netstack.overlay_mut(), address) {
+            path.remove_peer(address);
+        }
+        if let Some(Config {
+            grid: Some(grid),
+            peers,
+            ..
+        }) = self.running.as_mut()
+        {
+            self.peers.remove(grid, peers, i);
+        }
+        self.follow_peers();
+        Ok(CommandResult::Applied(Applied { changed: true }))
+    }
+
+    /// The peer channel (`[grid] auth = "tls"`) follows the overlay's sleeve peers.
+    fn follow_peers(&mut self) {
+        let unix_now = self.wall_clock(self.last_poll);
+        if let (Some(tls), Some(path)) = (self.peer_tls.as_mut(), self.netstack.overlay()) {
+            tls.follow_peers(path, peer_tls::mesh_time(self.last_poll, unix_now));
+        }
+    }
+
     fn fdb_add(&mut self, now: Instant, e: overlay::FdbEntry) -> Result<CommandResult, ErrorBody> {
         self.grid_config()?;
         let Some(path) = self.netstack.overlay_mut() else {
@@ -666,10 +731,7 @@ impl Appliance {
         if let Some(gone) = gone {
             gone.teardown(&mut self.netstack);
         }
-        let unix_now = self.wall_clock(self.last_poll);
-        if let (Some(tls), Some(path)) = (self.peer_tls.as_mut(), self.netstack.overlay()) {
-            tls.follow_peers(path, peer_tls::mesh_time(self.last_poll, unix_now));
-        }
+        self.follow_peers();
         publish::apply(&mut self.netstack, &config, self.info.seed);
         // Health checkers start at the last poll's time (apply itself has no clock).
         services::apply(&mut self.netstack, &config, self.last_poll);
@@ -689,6 +751,7 @@ impl Appliance {
                 None => String::new(),
             }
         );
+        self.peers = peers::PeerIndex::of(&config);
         self.running = Some(config);
         Ok(true)
     }

@@ -192,25 +192,56 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         let Some(address) = in_use(grid, p) else {
             continue;
         };
-        let field = format!("peers[{i}].{}", address_field(p, address));
-        if address == up.address() {
-            return Err(refuse(
-                field,
-                format!("{address} is this appliance's uplink address"),
-            ));
-        }
-        if !up.contains(address) && config.uplink.gateway.is_none() {
-            return Err(refuse(
-                field,
-                format!(
-                    "{address} is outside the uplink subnet {}/{} and there is no uplink.gateway",
-                    up.network(),
-                    up.prefix_len()
-                ),
-            ));
-        }
+        check_reachable(config, p, address)
+            .map_err(|(key, message)| refuse(format!("peers[{i}].{key}"), message))?;
     }
     Ok(())
+}
+
+/// Whether this appliance's uplink can reach `peer` at `address` (its address in use):
+/// not its own address, and in the uplink subnet or behind the gateway. A refusal
+/// names the peer's field that holds the address.
+pub fn check_reachable(
+    config: &Config,
+    peer: &PeerConfig,
+    address: Ipv4Address,
+) -> Result<(), (&'static str, String)> {
+    let up = &config.uplink.address;
+    let field = address_field(peer, address);
+    if address == up.address() {
+        return Err((
+            field,
+            format!("{address} is this appliance's uplink address"),
+        ));
+    }
+    if !up.contains(address) && config.uplink.gateway.is_none() {
+        return Err((
+            field,
+            format!(
+                "{address} is outside the uplink subnet {}/{} and there is no uplink.gateway",
+                up.network(),
+                up.prefix_len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The field, inside one peer's arguments (`peer-add`), that an overlay rule `e`
+/// broken by that peer is about.
+pub fn peer_field(e: &GridError, grid: &GridConfig, peer: &PeerConfig) -> String {
+    // Another peer holds it: the field of this one's that collides.
+    match e {
+        GridError::DuplicatePeerNode(_) => return "node".into(),
+        GridError::DuplicatePeerName(_) => return "name".into(),
+        _ => {}
+    }
+    let alone = OverlayConfig {
+        grid: grid.clone(),
+        networks: alloc::vec::Vec::new(),
+        peers: alloc::vec![peer.clone()],
+    };
+    relative_field(&field_of(e, &alone), "peers", 0)
 }
 
 /// What applying a document does to the overlay.
@@ -362,28 +393,6 @@ impl FdbEntry {
     }
 }
 
-/// `config` with `peer` added, or replacing the peer at its address in use; and its
-/// index.
-pub fn with_peer(config: &Config, peer: &PeerConfig) -> (Config, usize) {
-    let mut c = config.clone();
-    let address = config.grid.as_ref().and_then(|g| in_use(g, peer));
-    let same = |p: &PeerConfig| match (&config.grid, address) {
-        (Some(g), Some(a)) => in_use(g, p) == Some(a),
-        _ => false,
-    };
-    let i = match c.peers.iter().position(same) {
-        Some(i) => {
-            c.peers[i] = peer.clone();
-            i
-        }
-        None => {
-            c.peers.push(peer.clone());
-            c.peers.len() - 1
-        }
-    };
-    (c, i)
-}
-
 /// `config` with `net` added, or replacing the network with its VNI; and its index.
 pub fn with_network(config: &Config, net: &NetworkConfig) -> (Config, usize) {
     let mut c = config.clone();
@@ -418,29 +427,6 @@ pub fn without_network(config: &Config, vni: Vni) -> Option<Config> {
     for p in &mut c.peers {
         p.networks.retain(|n| *n != gone.name);
     }
-    Some(c)
-}
-
-/// `config` without the peer at `address` (the one in use, or any it was given).
-pub fn without_peer(config: &Config, address: Ipv4Addr) -> Option<Config> {
-    let i = match &config.grid {
-        Some(g) => config
-            .peers
-            .iter()
-            .position(|p| in_use(g, p) == Some(address))
-            .or_else(|| {
-                config
-                    .peers
-                    .iter()
-                    .position(|p| p.addresses().any(|a| a == address))
-            })?,
-        None => config
-            .peers
-            .iter()
-            .position(|p| p.addresses().any(|a| a == address))?,
-    };
-    let mut c = config.clone();
-    c.peers.remove(i);
     Some(c)
 }
 
@@ -678,17 +664,7 @@ mod tests {
             &["peers", "1", "public_address"],
             json!("203.0.113.13"),
         );
-        let c = Config::from_json_value(&regional).expect("private address in use");
-        let (_, i) = with_peer(&c, &c.peers[1]);
-        assert_eq!(i, 1, "replaced at its address in use");
-        assert_eq!(
-            without_peer(&c, Ipv4Addr::new(203, 0, 113, 13))
-                .unwrap()
-                .peers
-                .len(),
-            1,
-            "removed by another of its addresses"
-        );
+        Config::from_json_value(&regional).expect("private address in use");
         // Outside the grid subnet, the link address is free (the node address is added).
         let c = Config::from_json_value(&set(doc(), &["link", "address"], json!("172.17.0.1/16")));
         assert!(c.is_ok(), "{c:?}");
@@ -811,27 +787,14 @@ mod tests {
 
     #[test]
     fn runtime_edits_of_the_document() {
-        let c = Config::from_json_value(&doc()).unwrap();
-        let p = PeerConfig {
-            node: weft_netstack::base::NodeId::new(4).unwrap(),
-            name: None,
-            address: Some(Ipv4Address::new(192, 0, 2, 14)),
-            region: None,
-            private_address: None,
-            public_address: None,
+        let mut c2 = Config::from_json_value(&doc()).unwrap();
+        c2.peers.push(PeerConfig {
             networks: vec!["b".into()],
-        };
-        let (c2, i) = with_peer(&c, &p);
-        assert_eq!((i, c2.peers.len()), (2, 3));
-        let (c3, i) = with_peer(
-            &c2,
-            &PeerConfig {
-                networks: vec![],
-                ..p.clone()
-            },
-        );
-        assert_eq!((i, c3.peers.len()), (2, 3));
-        assert!(c3.peers[2].networks.is_empty());
+            ..PeerConfig::new(
+                weft_netstack::base::NodeId::new(4).unwrap(),
+                Ipv4Address::new(192, 0, 2, 14),
+            )
+        });
         let renamed = NetworkConfig {
             name: "bee".into(),
             vni: Vni::new(200).unwrap(),
@@ -850,10 +813,6 @@ mod tests {
             .iter()
             .all(|p| !p.networks.contains(&"b".to_string())));
         assert!(without_network(&c2, Vni::new(7).unwrap()).is_none());
-        assert_eq!(
-            without_peer(&c2, p.address.unwrap()).unwrap().peers.len(),
-            2
-        );
         assert_eq!(
             relative_field("peers[2].networks[0]", "peers", 2),
             "networks[0]"

@@ -74,6 +74,16 @@ impl Rig {
         }
     }
 
+    /// `config` reads back `doc` and the overlay runs `peers` peers.
+    fn runs_as(&mut self, doc: &Value, peers: usize) {
+        assert_eq!(&self.ok("config", Value::Null), doc);
+        let status = self.ok("status", Value::Null);
+        assert_eq!(
+            status["overlay"]["peers"].as_array().map(Vec::len),
+            Some(peers)
+        );
+    }
+
     /// The peers whose VXLAN packets went out since the last call.
     fn vxlan_to(&mut self) -> Vec<Ipv4Address> {
         self.uplink
@@ -256,4 +266,93 @@ fn the_link_address_outside_the_grid_keeps_answering_beside_the_node_address() {
         assert_eq!(replies[0].sender_ip, target);
         assert_eq!(replies[0].sender_mac, LINK_MAC);
     }
+}
+
+/// A grid of `peers` peers (nodes 2..), one network.
+fn big_document(peers: u16) -> Value {
+    let mut doc = document();
+    doc["peers"] = (0..peers)
+        .map(|i| {
+            json!({"node": i + 2, "address": format!("198.51.{}.{}", 100 + i / 200, 1 + i % 200),
+                   "networks": ["a"]})
+        })
+        .collect();
+    doc
+}
+
+#[test]
+fn peer_commands_change_one_peer_and_the_document_reads_back_and_reapplies() {
+    let mut rig = Rig::new();
+    rig.ok("apply", big_document(400));
+    let before = rig.ok("config", Value::Null);
+
+    // Refused, for what the whole document would refuse: nothing changes.
+    for (args, field) in [
+        (json!({"node": 300, "address": "192.0.2.99"}), "node"),
+        (json!({"node": 1, "address": "192.0.2.99"}), "node"),
+        (json!({"node": 900, "address": "192.0.2.11"}), "address"),
+        (
+            json!({"node": 900, "address": "192.0.2.99", "networks": ["z"]}),
+            "networks[0]",
+        ),
+    ] {
+        let reply = rig.call("peer-add", args.clone());
+        assert_eq!(reply["error"]["code"], json!("invalid_config"), "{reply}");
+        assert_eq!(reply["error"]["field"], json!(field), "{args}: {reply}");
+    }
+    let reply = rig.call("peer-remove", json!({"address": "192.0.2.99"}));
+    assert_eq!(reply["error"]["code"], json!("not_found"), "{reply}");
+    rig.runs_as(&before, 400);
+
+    // Node 900 arrives: a container behind it is reached through it.
+    let added = json!({"node": 900, "name": "far", "address": "192.0.2.90", "networks": ["a"]});
+    assert_eq!(rig.ok("peer-add", added.clone()), json!({"changed": true}));
+    assert_eq!(rig.ok("peer-add", added.clone()), json!({"changed": false}));
+    rig.ok(
+        "fdb-add",
+        json!({"vni": 100, "mac": "02:42:0a:51:80:02", "peer": "192.0.2.90"}),
+    );
+    rig.poll();
+    rig.arp_reply_from(
+        EthernetAddress([0x52, 0x54, 0, 0, 0, 0x90]),
+        Ipv4Address::new(192, 0, 2, 90),
+    );
+    rig.uplink.take_transmitted();
+    rig.link.inject(&ping(C2, 2));
+    rig.poll();
+    assert_eq!(rig.vxlan_to(), vec![Ipv4Address::new(192, 0, 2, 90)]);
+    // Its name is taken now; the document reads back with it last.
+    let reply = rig.call(
+        "peer-add",
+        json!({"node": 901, "name": "far", "address": "192.0.2.91"}),
+    );
+    assert_eq!(reply["error"]["field"], json!("name"), "{reply}");
+    let cfg = rig.ok("config", Value::Null);
+    assert_eq!(cfg["peers"].as_array().map(Vec::len), Some(401));
+    assert_eq!(cfg["peers"][400], added);
+    assert_eq!(rig.ok("apply", cfg), json!({"changed": false}));
+
+    // A peer in the middle goes: the ones after it keep their order, the next command
+    // about one of them finds it.
+    rig.ok("peer-remove", json!({"address": "198.51.101.1"}));
+    let cfg = rig.ok("config", Value::Null);
+    let mut expected = before["peers"].as_array().unwrap().clone();
+    expected.remove(200);
+    expected.push(added);
+    assert_eq!(cfg["peers"], json!(expected));
+    let moved = json!({"node": 203, "address": "198.51.101.2", "networks": []});
+    assert_eq!(rig.ok("peer-add", moved.clone()), json!({"changed": true}));
+    assert_eq!(rig.ok("config", Value::Null)["peers"][200], moved);
+    // Node 900 goes: its traffic stops.
+    rig.ok("peer-remove", json!({"address": "192.0.2.90"}));
+    rig.link.inject(&ping(C2, 2));
+    rig.poll();
+    assert!(rig
+        .vxlan_to()
+        .iter()
+        .all(|p| *p != Ipv4Address::new(192, 0, 2, 90)));
+
+    // The whole first document again: brought back in place, as it was.
+    assert_eq!(rig.ok("apply", before.clone()), json!({"changed": true}));
+    rig.runs_as(&before, 400);
 }

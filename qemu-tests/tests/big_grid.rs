@@ -219,4 +219,35 @@ fn a_thousand_node_grid_applies_and_a_container_behind_node_999_is_reachable() {
         "10.81.3.237",
         "container behind node 1 -> node 999's address",
     );
+
+    // One peer command into the 1 000-node grid: node 999 leaves and its container is
+    // out of reach; the same host comes back as a new node, 1016, and is reached again.
+    let call = |c: &mut Client, cmd: &str, args: Value| {
+        let reply = c.call(cmd, Some(args.clone())).expect(cmd);
+        assert!(reply.outcome.is_ok(), "{cmd} {args}: {:?}", reply.outcome);
+    };
+    let t = Instant::now();
+    call(&mut c, "peer-remove", json!({"address": LX}));
+    eprintln!("{test}: peer-remove round trip: {:?}", t.elapsed());
+    assert!(
+        weft_image::netns::Topology::ping(vm.ctr(), "10.81.128.13", 2, 4).is_err(),
+        "{test}: the container behind a removed peer still answers"
+    );
+    let t = Instant::now();
+    call(
+        &mut c,
+        "peer-add",
+        json!({"node": 1016, "name": "node-1016", "address": LX, "networks": ["grid"]}),
+    );
+    eprintln!("{test}: peer-add round trip: {:?}", t.elapsed());
+    ping(
+        vm.ctr(),
+        "10.81.128.13",
+        "container behind node 1 -> container behind the new node 1016",
+    );
+    let shown = config_json(&vm.control);
+    let peers = shown["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 999);
+    assert!(peers.iter().all(|p| p["node"] != 999));
+    assert_eq!(peers[998]["node"], 1016, "{}", peers[998]);
 }

@@ -48,7 +48,9 @@ async fn node_ids_are_unique_and_a_returning_name_gets_its_old_one() {
     for i in 0..20 {
         let (s, p) = (s.clone(), p.clone());
         tasks.push(tokio::spawn(async move {
-            claim_id(&s, &p, &format!("host-{i}"), None).await.unwrap()
+            claim_id(&s, &p, &format!("host-{i}"), None, 254)
+                .await
+                .unwrap()
         }));
     }
     let mut ids = BTreeSet::new();
@@ -58,20 +60,20 @@ async fn node_ids_are_unique_and_a_returning_name_gets_its_old_one() {
     assert_eq!(ids.len(), 20);
     assert_eq!(ids.iter().next().copied(), Some(n(1)));
     // The same name again: the same id.
-    let again = claim_id(&s, &p, "host-7", None).await.unwrap();
-    let first = claim_id(&s, &p, "host-7", None).await.unwrap();
+    let again = claim_id(&s, &p, "host-7", None, 254).await.unwrap();
+    let first = claim_id(&s, &p, "host-7", None, 254).await.unwrap();
     assert_eq!(again, first);
     // A config that names an id: honoured when free, refused when another holds it.
     assert_eq!(
-        claim_id(&s, &p, "pinned", Some(n(200))).await.unwrap(),
+        claim_id(&s, &p, "pinned", Some(n(200)), 254).await.unwrap(),
         n(200)
     );
     assert!(matches!(
-        claim_id(&s, &p, "other", Some(n(200))).await,
+        claim_id(&s, &p, "other", Some(n(200)), 254).await,
         Err(RegisterError::IdMismatch(_))
     ));
     assert!(matches!(
-        claim_id(&s, &p, "pinned", Some(n(201))).await,
+        claim_id(&s, &p, "pinned", Some(n(201)), 254).await,
         Err(RegisterError::IdMismatch(_))
     ));
 }
@@ -375,4 +377,68 @@ async fn an_owner_finds_and_releases_exactly_what_it_holds_and_twice_is_no_error
     // Again: nothing to release, no error, no revision.
     let (again, rev) = release_owned(&s, &p, n(1), tag).await.unwrap();
     assert!(again.is_empty() && rev.is_none());
+}
+
+#[test]
+fn the_address_plan_keeps_a_16_as_it_was_and_gives_1016_nodes_a_24_each_in_a_14() {
+    let a = Ipv4Addr::new;
+    // A /16 (Kontena's 10.81.0.0/16): node n hands out 10.81.n.1-254, ids up to 254.
+    assert_eq!(max_node(16), 254);
+    assert_eq!(
+        node_share(a(10, 81, 0, 0), 16, n(1)),
+        Some((a(10, 81, 1, 1), a(10, 81, 1, 254)))
+    );
+    assert_eq!(
+        node_share(a(10, 81, 0, 0), 16, n(254)),
+        Some((a(10, 81, 254, 1), a(10, 81, 254, 254)))
+    );
+    assert_eq!(node_share(a(10, 81, 0, 0), 16, n(255)), None);
+    assert_eq!(max_node(15), 507);
+    assert_eq!(max_node(14), 1016);
+    assert_eq!(max_node(8), 1016);
+    assert_eq!(max_node(24), 0);
+    // A /14: node n has the /24 n + 3, above the /22 of node addresses, below the
+    // top /24 (VIPs).
+    let base = a(10, 80, 0, 0);
+    assert_eq!(
+        node_share(base, 14, n(1)),
+        Some((a(10, 80, 4, 1), a(10, 80, 4, 254)))
+    );
+    assert_eq!(
+        node_share(base, 14, n(1016)),
+        Some((a(10, 83, 251, 1), a(10, 83, 251, 254)))
+    );
+    // No share overlaps another, any node's address or the VIP /24.
+    let mut shares: Vec<(u32, u32)> = (1..=1016)
+        .map(|i| node_share(base, 14, n(i)).unwrap())
+        .map(|(f, l)| (u32::from(f), u32::from(l)))
+        .collect();
+    shares.sort();
+    assert!(shares.windows(2).all(|w| w[0].1 < w[1].0));
+    for i in 1..=1016 {
+        let node = u32::from(n(i).address_in(base, 14).unwrap());
+        assert!(
+            shares.iter().all(|(f, l)| node < *f || node > *l),
+            "node {i}"
+        );
+    }
+    let vips = u32::from(a(10, 83, 255, 0));
+    assert!(shares.iter().all(|(_, l)| *l < vips));
+}
+
+#[tokio::test]
+async fn ids_past_254_are_handed_out_where_the_subnet_has_a_share_for_them() {
+    let (_t, s) = store("wide");
+    let p = prefix();
+    assert_eq!(
+        claim_id(&s, &p, "far", Some(n(1000)), max_node(14))
+            .await
+            .unwrap(),
+        n(1000)
+    );
+    let refused = claim_id(&s, &p, "too-far", Some(n(300)), max_node(16)).await;
+    assert!(
+        matches!(&refused, Err(RegisterError::IdMismatch(m)) if m.contains("1..=254")),
+        "{refused:?}"
+    );
 }

@@ -287,21 +287,7 @@ impl OverlayConfig {
             if !addresses.insert(route.address) {
                 return Err(ConfigError::DuplicatePeerAddress(route.address));
             }
-            let mut seen = BTreeSet::new();
-            for network in &peer.networks {
-                if !names.contains(network.as_str()) {
-                    return Err(ConfigError::UnknownNetwork {
-                        peer: peer.node,
-                        network: network.clone(),
-                    });
-                }
-                if !seen.insert(network.as_str()) {
-                    return Err(ConfigError::DuplicatePeerNetwork {
-                        peer: peer.node,
-                        network: network.clone(),
-                    });
-                }
-            }
+            peer.check_networks(|n| names.contains(n))?;
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! carries, and which of its addresses this node uses (private in the same region,
 //! public otherwise, as Kontena's grid). Serde types and their checks only.
 
+use alloc::collections::BTreeSet;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -88,6 +89,26 @@ impl PeerConfig {
         }
         grid.check_node(self.node)?;
         route(grid, self)
+    }
+
+    /// Check the peer's `networks`: each is one that `known` knows, named once.
+    pub fn check_networks(&self, known: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
+        let mut seen = BTreeSet::new();
+        for network in &self.networks {
+            if !known(network) {
+                return Err(ConfigError::UnknownNetwork {
+                    peer: self.node,
+                    network: network.clone(),
+                });
+            }
+            if !seen.insert(network.as_str()) {
+                return Err(ConfigError::DuplicatePeerNetwork {
+                    peer: self.node,
+                    network: network.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
