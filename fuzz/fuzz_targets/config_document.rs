@@ -8,8 +8,8 @@ use libfuzzer_sys::fuzz_target;
 use weft_appliance::Config;
 
 /// Field names a refusal may name although the input lacks them (required fields of
-/// the document, the overlay sections and the DNS sections; `secret`, which a sleeve
-/// network needs in `[grid]`).
+/// the document, the overlay, DNS, publish and service sections; `secret`, which a
+/// sleeve network needs in `[grid]`).
 const KNOWN: &[&str] = &[
     "uplink",
     "link",
@@ -25,6 +25,11 @@ const KNOWN: &[&str] = &[
     "containers",
     "name",
     "service",
+    "proto",
+    "host_port",
+    "container_address",
+    "container_port",
+    "port",
     // Named by rules about what is missing: a sleeve network needs `grid.secret`, a
     // peer of another region its `public_address`.
     "secret",
