@@ -32,6 +32,19 @@ fn grid_toml(n: usize) -> String {
     t
 }
 
+/// `weft ctl apply FILE` as a user runs it: it must say "applied". Returns how long
+/// it took.
+fn ctl_apply(vm: &TestVm, file: &std::path::Path) -> Duration {
+    let t = Instant::now();
+    let (code, out, err) = weft_ctl(
+        &vm.control,
+        &["--timeout", "120", "apply", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "applied\n");
+    t.elapsed()
+}
+
 fn config_json(socket: &std::path::Path) -> Value {
     let (code, out, err) = weft_ctl(socket, &["--timeout", "120", "--json", "config"]);
     assert_eq!(code, 0, "{err}");
@@ -55,14 +68,8 @@ fn a_document_above_a_mebibyte_applies_in_parts_and_a_vanished_client_changes_no
     let size = written.to_string().len();
     assert!(size > 1 << 20, "{size} bytes");
 
-    let t = Instant::now();
-    let (code, out, err) = weft_ctl(
-        &vm.control,
-        &["--timeout", "120", "apply", file.to_str().unwrap()],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out, "applied\n");
-    eprintln!("weft ctl apply of {size} bytes: {:?}", t.elapsed());
+    let took = ctl_apply(&vm, &file);
+    eprintln!("weft ctl apply of {size} bytes: {took:?}");
     let t = Instant::now();
     let shown = config_json(&vm.control);
     eprintln!("weft ctl config: {:?}", t.elapsed());
@@ -171,14 +178,8 @@ fn a_thousand_node_grid_applies_and_a_container_behind_node_999_is_reachable() {
 
     let file = vm.dir.join("grid1000.toml");
     std::fs::write(&file, thousand_nodes_toml()).unwrap();
-    let t = Instant::now();
-    let (code, out, err) = weft_ctl(
-        &vm.control,
-        &["--timeout", "120", "apply", file.to_str().unwrap()],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out, "applied\n");
-    eprintln!("{test}: weft ctl apply of 999 peers: {:?}", t.elapsed());
+    let took = ctl_apply(&vm, &file);
+    eprintln!("{test}: weft ctl apply of 999 peers: {took:?}");
 
     let shown = config_json(&vm.control);
     let peers = shown["peers"].as_array().expect("peers");
