@@ -508,7 +508,8 @@ impl Running {
         running.top_up_listeners(Instant::ZERO, &mut netstack.nic_mut(NicId::Link).iface);
         log::info!(
             "dns: serving {} on port {DNS_PORT} (UDP, TCP) of the link",
-            running.server.records().zone().apex()
+            // `to_ascii`, not `Display`: see `records::ascii_label`.
+            running.server.records().zone().apex().to_ascii()
         );
         running
     }

@@ -224,28 +224,31 @@ impl PeerTls {
             return false;
         }
         let mut work = false;
+        // This runs on every turn of the main loop, also under full load: nothing here
+        // allocates or copies unless a socket has something (docs/PERFORMANCE.md,
+        // "iperf3 over sleeve").
         // New connections on the listeners.
-        let mut still = Vec::new();
-        for handle in core::mem::take(&mut self.listeners) {
+        let (mesh, conns, closing) = (&mut self.mesh, &mut self.conns, &mut self.closing);
+        self.listeners.retain(|&handle| {
             let socket = iface.sockets_mut().get_mut::<tcp::Socket>(handle);
             match socket.state() {
-                tcp::State::Listen => still.push(handle),
+                tcp::State::Listen => return true,
                 tcp::State::Closed => {
                     iface.sockets_mut().remove(handle);
                 }
-                _ => match self.mesh.accept(time) {
+                _ => match mesh.accept(time) {
                     Some(conn) => {
-                        self.conns.insert(conn, handle);
+                        conns.insert(conn, handle);
                         work = true;
                     }
                     None => {
                         socket.abort();
-                        self.closing.push((handle, now + LINGER));
+                        closing.push((handle, now + LINGER));
                     }
                 },
             }
-        }
-        self.listeners = still;
+            false
+        });
         while self.listeners.len() < LISTENERS {
             let mut socket = new_socket();
             if let Err(e) = socket.listen(PORT) {
@@ -269,17 +272,19 @@ impl PeerTls {
 
         // Bytes both ways.
         let iface = &mut netstack.nic_mut(NicId::Uplink).iface;
-        let mut buf = [0u8; 2048];
-        let conns: Vec<(ConnId, SocketHandle)> = self.conns.iter().map(|(c, h)| (*c, *h)).collect();
-        for (conn, handle) in conns {
+        let mut finished = Vec::new();
+        for (&conn, &handle) in &self.conns {
             let socket = iface.sockets_mut().get_mut::<tcp::Socket>(handle);
             while socket.can_recv() {
-                match socket.recv_slice(&mut buf) {
+                // Straight from the socket's buffer, no copy.
+                let mesh = &mut self.mesh;
+                let got = socket.recv(|bytes| {
+                    mesh.received(conn, bytes, time);
+                    (bytes.len(), bytes.len())
+                });
+                match got {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        self.mesh.received(conn, &buf[..n], time);
-                        work = true;
-                    }
+                    Ok(_) => work = true,
                 }
             }
             let out = self.mesh.output(conn);
@@ -308,9 +313,12 @@ impl PeerTls {
                     socket.close();
                     self.closing.push((handle, now + LINGER));
                 }
-                self.conns.remove(&conn);
+                finished.push(conn);
                 work = true;
             }
+        }
+        for conn in finished {
+            self.conns.remove(&conn);
         }
 
         // Sockets closing: removed once closed, aborted when they take too long.

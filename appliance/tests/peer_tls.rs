@@ -242,15 +242,21 @@ fn the_peer_channel_keys_the_sleeve_and_epochs_move_on() {
     let epoch = |seg: &mut Segment| seg.a.peer_tls(seg.now, 2)["tx_epoch"].as_u64().unwrap();
     let first = epoch(&mut seg);
 
-    // Traffic across three rekey intervals of 2 s: every frame crosses.
-    for _ in 0..14 {
+    // Traffic across more rekey intervals of 2 s than a chain derives ahead of its
+    // position (`MAX_AHEAD`): the data path (which seals and opens in place) moves the
+    // chains on, so every frame crosses.
+    let intervals = u64::from(weft_peer::keys::MAX_AHEAD) + 4;
+    for _ in 0..intervals * 2000 / 480 {
         seg.run(480);
         assert!(seg.crosses(), "a frame was lost at {:?}", seg.now);
     }
     let later = epoch(&mut seg);
-    assert!(later >= first + 2, "epochs {first} -> {later}");
+    assert!(later >= first + intervals - 1, "epochs {first} -> {later}");
     let p21 = seg.b.peer_tls(seg.now, 1);
-    assert!(p21["rx_epoch"].as_u64().unwrap() >= first + 2, "{p21}");
+    assert!(
+        p21["rx_epoch"].as_u64().unwrap() >= first + intervals - 1,
+        "{p21}"
+    );
     assert!(p12_rekeyed_recently(&seg.a.peer_tls(seg.now, 2)));
     assert!(!carries_payload(&seg.wire));
 }

@@ -101,9 +101,50 @@ pub fn init(grid: &str, dir: &Path, days: u32) -> Result<Written> {
     });
     validity(&mut params, days);
     let cert = params.self_signed(&key)?;
-    create(&out.key, &key.serialize_pem(), 0o600)?;
+    create(&out.key, &key_pem(&key)?, 0o600)?;
     create(&out.cert, &cert.pem(), 0o644)?;
     Ok(out)
+}
+
+/// The PKCS#8 DER prefix of an Ed25519 key in version 1 (RFC 8410 §7): `SEQUENCE {
+/// INTEGER 0, AlgorithmIdentifier { id-Ed25519 }, OCTET STRING { OCTET STRING (32) } }`;
+/// the 32-byte seed follows.
+const ED25519_PKCS8_V1: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// `key` as a PEM `PRIVATE KEY` in PKCS#8 version 1: the seed alone.
+///
+/// rcgen (ring) writes version 2 (OneAsymmetricKey, RFC 5958), which carries the public
+/// key as well; OpenSSL 3.0 refuses that form for Ed25519 ("unsupported"), so `openssl
+/// s_client -key` could not use a key from `weft ca`. Version 1 is read by OpenSSL, rcgen
+/// and the appliance (ed25519-dalek) alike.
+fn key_pem(key: &KeyPair) -> Result<String> {
+    use base64::Engine;
+    let der = key.serialized_der();
+    // Both versions hold the seed as the first OCTET STRING in the same place relative
+    // to the algorithm: `30 len 02 01 v 30 05 06 03 2b 65 70 04 22 04 20 <seed>`.
+    let seed = match der {
+        [0x30, _, 0x02, 0x01, 0x00 | 0x01, rest @ ..]
+            if rest.starts_with(&ED25519_PKCS8_V1[5..]) =>
+        {
+            rest.get(11..43)
+        }
+        _ => None,
+    };
+    let Some(seed) = seed else {
+        bail!("rcgen wrote an Ed25519 key in a PKCS#8 layout weft ca does not know");
+    };
+    let mut v1 = ED25519_PKCS8_V1.to_vec();
+    v1.extend_from_slice(seed);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&v1);
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line)?);
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    Ok(pem)
 }
 
 /// `weft ca issue --node N --dir DIR`: node `node`'s certificate under the CA in `dir`.
@@ -140,7 +181,7 @@ pub fn issue(node: NodeId, dir: &Path, days: u32) -> Result<Written> {
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, days);
     let cert = params.signed_by(&key, &issuer)?;
-    create(&out.key, &key.serialize_pem(), 0o600)?;
+    create(&out.key, &key_pem(&key)?, 0o600)?;
     create(&out.cert, &cert.pem(), 0o644)?;
     Ok(out)
 }
@@ -150,6 +191,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use weft_peer::identity::{CredentialError, Credentials};
+    use weft_peer::pki_types::PrivateKeyDer;
 
     fn tempdir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("weft-ca-{name}-{}", std::process::id()));
@@ -192,6 +234,45 @@ mod tests {
             ),
             Err(CredentialError::NotThisNode { expected: 4, .. })
         ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn keys_are_pkcs8_v1_that_openssl_reads() {
+        let dir = tempdir("openssl");
+        let ca = init("mygrid", &dir, CA_DAYS).unwrap();
+        let node = issue(5, &dir, NODE_DAYS).unwrap();
+        for key in [&ca.key, &node.key] {
+            let der = PrivateKeyDer::from_pem_slice(&fs::read(key).unwrap()).unwrap();
+            assert!(
+                der.secret_der().starts_with(&ED25519_PKCS8_V1) && der.secret_der().len() == 48,
+                "{}: not PKCS#8 v1",
+                key.display()
+            );
+            // OpenSSL (installed by .ci/install) is what `s_client -key` runs on.
+            let out = std::process::Command::new("openssl")
+                .args(["pkey", "-noout", "-in"])
+                .arg(key)
+                .output()
+                .expect("running openssl");
+            assert!(
+                out.status.success(),
+                "openssl pkey -in {}: {}",
+                key.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The CA key still signs (rcgen reads it back in `issue`), and the node key is
+        // the certificate's (the appliance's check).
+        let read = |p: &Path| fs::read_to_string(p).unwrap();
+        Credentials::from_pem(
+            5,
+            &read(&ca.cert),
+            &read(&node.cert),
+            &read(&node.key),
+            now(),
+        )
+        .unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 

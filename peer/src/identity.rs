@@ -123,10 +123,80 @@ impl CertSummary {
         let parsed = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
         let tbs = parsed.tbs_certificate();
         Some(CertSummary {
-            subject: tbs.subject().to_string(),
+            subject: rfc4514(tbs.subject()),
             not_after: tbs.validity().not_after.to_unix_duration().as_secs(),
         })
     }
+}
+
+/// A distinguished name as RFC 4514 text: RDNs last to first, `+` within one, the
+/// attribute types of RFC 4514 §3 by their short names, any other as its dotted OID with
+/// the value's DER in hex (`2.5.4.5=#1303313233`).
+///
+/// Ours, not x509-cert's `Display`: that one names types from const-oid's OID
+/// database, which it links whole (about 110 KiB of the image; docs/PERFORMANCE.md,
+/// "Image size").
+fn rfc4514(name: &x509_cert::name::Name) -> String {
+    use core::fmt::Write;
+    use x509_cert::der::{Encode, Tag, Tagged};
+    const SHORT: [(&str, &str); 9] = [
+        ("2.5.4.3", "CN"),
+        ("2.5.4.7", "L"),
+        ("2.5.4.8", "ST"),
+        ("2.5.4.10", "O"),
+        ("2.5.4.11", "OU"),
+        ("2.5.4.6", "C"),
+        ("2.5.4.9", "STREET"),
+        ("0.9.2342.19200300.100.1.25", "DC"),
+        ("0.9.2342.19200300.100.1.1", "UID"),
+    ];
+    let mut out = String::new();
+    let rdns: Vec<_> = name.iter_rdn().collect();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, atv) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = atv.oid.to_string();
+            let text = matches!(
+                atv.value.tag(),
+                Tag::PrintableString | Tag::Utf8String | Tag::Ia5String | Tag::TeletexString
+            )
+            .then(|| core::str::from_utf8(atv.value.value()).ok())
+            .flatten();
+            match (SHORT.iter().find(|(o, _)| *o == oid), text) {
+                (Some((_, short)), Some(text)) => {
+                    out.push_str(short);
+                    out.push('=');
+                    let mut chars = text.char_indices().peekable();
+                    while let Some((at, c)) = chars.next() {
+                        match c {
+                            '#' if at == 0 => out.push_str("\\#"),
+                            ' ' if at == 0 || chars.peek().is_none() => out.push_str("\\ "),
+                            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                                out.push('\\');
+                                out.push(c);
+                            }
+                            '\x00'..='\x1f' | '\x7f' => {
+                                let _ = write!(out, "\\{:02x}", c as u8);
+                            }
+                            _ => out.push(c),
+                        }
+                    }
+                }
+                _ => {
+                    let _ = write!(out, "{oid}=#");
+                    for b in atv.value.to_der().unwrap_or_default() {
+                        let _ = write!(out, "{b:02x}");
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Why configured credentials were refused (each names what to fix).

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::net::Ipv4Addr;
 
-use hickory_proto::rr::Name;
+use hickory_proto::rr::{Label, Name};
 
 /// The longest DNS label (RFC 1035 §2.3.4).
 const MAX_LABEL: usize = 63;
@@ -79,9 +79,9 @@ impl Zone {
         for label in &self.domain {
             // Labels were validated in `Zone::new`, so appending cannot fail; if it ever
             // did, the root is still a well-formed (if unhelpful) owner name.
-            name = match name.append_label(label.as_str()) {
-                Ok(name) => name,
-                Err(_) => return Name::root(),
+            name = match ascii_label(label).and_then(|l| name.append_label(l).ok()) {
+                Some(name) => name,
+                None => return Name::root(),
             };
         }
         name.set_fqdn(true);
@@ -90,12 +90,12 @@ impl Zone {
 
     /// The canonical absolute name of a container label: `$name.$grid.$domain.`.
     fn fqdn_of(&self, label: &str) -> Option<Name> {
-        let mut name = Name::root().append_label(label).ok()?;
+        let mut name = Name::root().append_label(ascii_label(label)?).ok()?;
         if let Some(grid) = &self.grid {
-            name = name.append_label(grid.as_str()).ok()?;
+            name = name.append_label(ascii_label(grid)?).ok()?;
         }
         for label in &self.domain {
-            name = name.append_label(label.as_str()).ok()?;
+            name = name.append_label(ascii_label(label)?).ok()?;
         }
         name.set_fqdn(true);
         Some(name)
@@ -510,6 +510,16 @@ pub fn is_valid_label(label: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
         && bytes.first() != Some(&b'-')
         && bytes.last() != Some(&b'-')
+}
+
+/// A label of ours (checked by [`is_valid_label`]) as hickory's [`Label`], lower case.
+///
+/// Never `Name::append_label(&str)`, `Name::from_str` or a `Name`'s `Display`: they go
+/// through IDNA (`Label::from_utf8`, `Label`'s `Display`), which links the Unicode
+/// tables of the `idna` crate, about 150 KiB of the image (docs/PERFORMANCE.md, "Image
+/// size"). For the ASCII labels we hold, IDNA's mapping is only this lowercasing.
+pub fn ascii_label(label: &str) -> Option<Label> {
+    Label::from_ascii(&label.to_ascii_lowercase()).ok()
 }
 
 /// Lowercases a wire label into `buf`; `None` if it cannot be one of our keys.
@@ -933,6 +943,22 @@ mod tests {
             store.lookup_reverse(&name("1.1.81.10.in-addr.arpa.")),
             ReverseLookup::Names(vec![name("new-db-1.testgrid.kontena.local.")])
         );
+    }
+
+    #[test]
+    fn reverse_names_are_lower_case_ascii_also_with_underscores() {
+        let mut store = seed_store();
+        store
+            .add_container(container("My_App-1", None, [10, 81, 1, 9]))
+            .unwrap();
+        let ReverseLookup::Names(names) = store.lookup_reverse(&name("9.1.81.10.in-addr.arpa."))
+        else {
+            panic!("address is held");
+        };
+        let texts: Vec<String> = names.iter().map(Name::to_ascii).collect();
+        assert_eq!(texts, ["my_app-1.testgrid.kontena.local."]);
+        let zone = Zone::new("Kontena.LOCAL", None, true).unwrap();
+        assert_eq!(zone.apex().to_ascii(), "kontena.local.");
     }
 
     #[test]

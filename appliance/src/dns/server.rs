@@ -17,7 +17,7 @@ use smoltcp::time::{Duration, Instant};
 use super::config::DnsConfig;
 use super::forward::{ForwardRefusal, Forwarder, Outgoing, Relayed, TimerEvent};
 use super::metrics::{DnsCounters, DropReason};
-use super::records::{Lookup, RecordStore, ReverseLookup, Rotation};
+use super::records::{ascii_label, Lookup, RecordStore, ReverseLookup, Rotation};
 use super::reply::{self, RequestHead};
 use super::Transport;
 
@@ -69,14 +69,20 @@ enum Local {
     NotOurs,
 }
 
+/// The SOA's responsible mailbox, `hostmaster.<apex>` (the apex itself if that name is
+/// too long).
+fn hostmaster_of(apex: &Name) -> Name {
+    ascii_label("hostmaster")
+        .and_then(|label| apex.prepend_label(label).ok())
+        .unwrap_or_else(|| apex.clone())
+}
+
 impl DnsServer {
     /// `seed` seeds the forwarder's ID and port choice: take it from a real entropy
     /// source (RDRAND, the host), never a constant.
     pub fn new(config: DnsConfig, seed: [u8; 32]) -> DnsServer {
         let apex = config.zone.apex();
-        let hostmaster = apex
-            .prepend_label("hostmaster")
-            .unwrap_or_else(|_| apex.clone());
+        let hostmaster = hostmaster_of(&apex);
         DnsServer {
             apex,
             hostmaster,
@@ -92,9 +98,7 @@ impl DnsServer {
     /// (a pending query fails over within the new upstream list).
     pub fn reconfigure(&mut self, config: DnsConfig) {
         let apex = config.zone.apex();
-        self.hostmaster = apex
-            .prepend_label("hostmaster")
-            .unwrap_or_else(|_| apex.clone());
+        self.hostmaster = hostmaster_of(&apex);
         self.apex = apex;
         self.records.set_zone(config.zone);
         self.forwarder.set_config(config.forwarder);

@@ -172,3 +172,23 @@ fn the_ca_must_be_constrained_to_the_certificates_grid() {
         Some(CredentialError::NotAGridCa)
     );
 }
+
+#[test]
+fn subjects_read_as_rfc4514_without_the_oid_database() {
+    use core::str::FromStr;
+    use x509_cert::name::Name;
+    // x509-cert's own `Display` (with const-oid's database) is the reference for the
+    // types RFC 4514 names; the others it names from its database, we by dotted OID.
+    for text in [
+        "CN=node-2.mygrid.weft.internal",
+        "CN=a,O=weft,C=DE",
+        "CN=a+UID=7,OU=x\\,y,DC=example,DC=org",
+        "CN=\\#lead,L=tail\\ ,ST=mid dle,STREET=q\\\"",
+    ] {
+        let name = Name::from_str(text).unwrap();
+        assert_eq!(rfc4514(&name), name.to_string(), "{text}");
+        assert_eq!(rfc4514(&name), text);
+    }
+    let serial = Name::from_str("serialNumber=123,CN=a").unwrap();
+    assert_eq!(rfc4514(&serial), "2.5.4.5=#1303313233,CN=a");
+}

@@ -22,7 +22,7 @@ use weft_peer::keys::TlsKeys;
 use crate::base::ports::SLEEVE_PORT;
 use crate::base::{NodeId, Vni};
 use crate::stage::sleeve::{
-    self, AeadKey, Frame, KeyId, KeySource, OpenError, PskKeySource, SealError, Session,
+    self, AeadKey, Epoch, Frame, KeyId, KeySource, OpenError, PskKeySource, SealError, Session,
     SessionConfig, SessionId, Sleeve, SleeveMetrics, TlsKeySource,
 };
 use crate::wire::sleeve::Records;
@@ -300,16 +300,30 @@ impl SleeveLink {
     ) -> Result<Vec<Vec<u8>>, SealError> {
         let records: Vec<Frame<'_>> = frames.iter().map(|bytes| Frame { vni, bytes }).collect();
         let mut messages = self.sleeve.seal(peer, &records, now)?;
-        // The chain of the epoch in use moves past it (docs/peer-tls.md, "Wiping").
+        self.sealed_for(peer);
+        for m in &mut messages {
+            self.write_outer(outer, m);
+        }
+        Ok(messages)
+    }
+
+    /// With TLS keys, the sending chain of `peer` moves past the epoch just used
+    /// (docs/peer-tls.md, "Wiping"). Every seal says so, also the data path's in place:
+    /// a chain that never moved could derive every epoch of its session from memory, and
+    /// none beyond [`weft_peer::keys::MAX_AHEAD`] epochs, after which sealing stops.
+    fn sealed_for(&self, peer: NodeId) {
         if let (LinkKeys::Tls(keys), Some(session)) = (self.sleeve.keys(), self.sleeve.peer(peer)) {
             if let Some(epoch) = session.tx_epoch() {
                 keys.sending_at(peer, session.tx_session(), epoch);
             }
         }
-        for m in &mut messages {
-            self.write_outer(outer, m);
+    }
+
+    /// The same for receiving: `peer`'s chain moves past the epoch just authenticated.
+    fn opened_from(&self, peer: NodeId, session: SessionId, epoch: Epoch) {
+        if let LinkKeys::Tls(keys) = self.sleeve.keys() {
+            keys.receiving_at(peer, session, epoch);
         }
-        Ok(messages)
     }
 
     /// The largest message (UDP payload) this endpoint seals.
@@ -334,7 +348,9 @@ impl SleeveLink {
         frames: usize,
         now: Instant,
     ) -> Result<(), SealError> {
-        self.sleeve.seal_message(peer, message, frames, now)
+        self.sleeve.seal_message(peer, message, frames, now)?;
+        self.sealed_for(peer);
+        Ok(())
     }
 
     /// Writes the outer Ethernet/IPv4/UDP headers into the first [`OUTER_LEN`] bytes of
@@ -383,6 +399,7 @@ impl SleeveLink {
         now: Instant,
     ) -> Result<(NodeId, Records<'b>), OpenError> {
         let opened = self.sleeve.open(payload, now)?;
+        self.opened_from(opened.peer, opened.session, opened.epoch);
         Ok((opened.peer, opened.frames))
     }
 
@@ -394,9 +411,7 @@ impl SleeveLink {
     ) -> Result<(NodeId, OpenedFrames), OpenError> {
         let mut buf = payload.to_vec();
         let opened = self.sleeve.open(&mut buf, now)?;
-        if let LinkKeys::Tls(keys) = self.sleeve.keys() {
-            keys.receiving_at(opened.peer, opened.session, opened.epoch);
-        }
+        self.opened_from(opened.peer, opened.session, opened.epoch);
         let frames = opened
             .frames
             .iter()
