@@ -81,21 +81,32 @@ impl Delta {
 /// the high byte of a word), folded to 16 bits: what smoltcp's `checksum::data` returns.
 ///
 /// Summing 32-bit words and folding gives the same result as 16-bit words, because
-/// 2^16 is 1 modulo 2^16 - 1 (RFC 1071 section 2 (B), byte order independence).
+/// 2^16 is 1 modulo 2^16 - 1; and the words are read in the machine's order, the
+/// folded sum swapped back at the end, because the one's complement sum is byte-order
+/// independent (RFC 1071 section 2 (B)): no byte swap per word.
 pub fn sum(data: &[u8]) -> u16 {
     let mut acc: u64 = 0;
     let mut words = data.chunks_exact(8);
     for w in &mut words {
-        let w = u64::from_be_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        let w = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
         // Two 32-bit halves a step: 2^31 steps before the 64-bit sum could overflow.
         acc += (w >> 32) + (w & 0xffff_ffff);
     }
-    let rest = words.remainder();
-    let mut last = [0u8; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    let w = u64::from_be_bytes(last);
-    acc += (w >> 32) + (w & 0xffff_ffff);
-    fold64(acc)
+    // The last 0-7 bytes in fixed-size steps: a copy of a variable length into a
+    // padded word would be a call to memcpy, dearer than the sum of a header.
+    let mut rest = words.remainder();
+    if let Some((w, r)) = rest.split_first_chunk::<4>() {
+        acc += u64::from(u32::from_ne_bytes(*w));
+        rest = r;
+    }
+    if let Some((w, r)) = rest.split_first_chunk::<2>() {
+        acc += u64::from(u16::from_ne_bytes(*w));
+        rest = r;
+    }
+    if let Some(&b) = rest.first() {
+        acc += u64::from(u16::from_ne_bytes([b, 0]));
+    }
+    u16::from_be(fold64(acc))
 }
 
 /// The UDP checksum field (RFC 768) of `udp` (header and payload, its checksum field
@@ -118,14 +129,14 @@ pub fn udp_ipv4_sum(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
 }
 
 /// End-around carry of a 64-bit one's complement sum down to 16 bits.
-fn fold64(acc: u64) -> u16 {
+pub(crate) fn fold64(acc: u64) -> u16 {
     let s = (acc >> 32) + (acc & 0xffff_ffff);
     let s = (s >> 32) + (s & 0xffff_ffff);
     fold(s as u32)
 }
 
 /// End-around carry of a 32-bit one's complement sum down to 16 bits.
-fn fold(sum: u32) -> u16 {
+pub(crate) fn fold(sum: u32) -> u16 {
     let s = (sum >> 16) + (sum & 0xffff);
     ((s >> 16) + (s & 0xffff)) as u16
 }

@@ -12,9 +12,8 @@ use alloc::vec::Vec;
 use byteorder::{ByteOrder, NetworkEndian};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
-    Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
-    UDP_HEADER_LEN,
+    EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Address,
+    Ipv4Packet, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 use crate::base::Vni;
@@ -264,47 +263,76 @@ pub fn encapsulate_in_place(outer: &Outer, buf: &mut PacketBuf) -> Result<(), In
 
 /// Writes the outer Ethernet/IPv4/UDP/VXLAN headers into the first [`ENCAP_OVERHEAD`]
 /// bytes of `frame`, the inner frame (whose IPv4 ECN and DF are `inner_ip`) after them.
+///
+/// The IPv4 and UDP checksums are summed from the header fields as they are written,
+/// not read back from the frame: a wide load of bytes just stored narrowly stalls on
+/// store forwarding, and only the inner frame is summed from memory.
 fn emit_outer(outer: &Outer, inner_ip: Option<(u8, bool)>, frame: &mut [u8]) {
-    let udp_len = frame.len() - ETHERNET_HEADER_LEN - IPV4_HEADER_LEN;
-    let mut eth = EthernetFrame::new_unchecked(&mut *frame);
-    EthernetRepr {
-        src_addr: outer.src_mac,
-        dst_addr: outer.dst_mac,
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut eth);
+    let udp_len = (frame.len() - ETHERNET_HEADER_LEN - IPV4_HEADER_LEN) as u16;
+    let total_len = IPV4_HEADER_LEN as u16 + udp_len;
+    let (head, inner) = frame.split_at_mut(ENCAP_OVERHEAD);
+    let head: &mut [u8; ENCAP_OVERHEAD] = head.try_into().expect("split at ENCAP_OVERHEAD");
 
-    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-    Ipv4Repr {
-        src_addr: outer.src_ip,
-        dst_addr: outer.dst_ip,
-        next_header: IpProtocol::Udp,
-        payload_len: udp_len,
-        hop_limit: outer.ttl,
-    }
-    .emit(&mut ip, &ChecksumCapabilities::ignored());
-    // smoltcp always sets DF and ident 0; the tunnel's own policy overrides both.
-    ip.set_ident(outer.ident);
-    ip.set_dont_frag(match outer.df {
+    head[0..6].copy_from_slice(&outer.dst_mac.0);
+    head[6..12].copy_from_slice(&outer.src_mac.0);
+    head[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+
+    // IPv4: version 4, IHL 5, DSCP 0, ECN after the inner header (RFC 6040); the ident
+    // and DF after the tunnel's own policy.
+    let ecn = inner_ip.map_or(0, |(ecn, _)| ecn_encapsulate(ecn));
+    let df = match outer.df {
         DfPolicy::Unset => false,
         DfPolicy::Set => true,
         DfPolicy::Inherit => inner_ip.is_some_and(|(_, df)| df),
-    });
-    if let Some((ecn, _)) = inner_ip {
-        ip.set_ecn(ecn_encapsulate(ecn));
-    }
-    ip.set_checksum(0);
-    ip.set_checksum(!checksum::sum(&ip.as_ref()[..IPV4_HEADER_LEN]));
+    };
+    let ver_tos = 0x4500 | u16::from(ecn);
+    let flags: u16 = if df { 0x4000 } else { 0 };
+    let ttl_proto = u16::from(outer.ttl) << 8 | 17;
+    let (src, dst) = (outer.src_ip.octets(), outer.dst_ip.octets());
+    let addrs = u32::from(u16::from_be_bytes([src[0], src[1]]))
+        + u32::from(u16::from_be_bytes([src[2], src[3]]))
+        + u32::from(u16::from_be_bytes([dst[0], dst[1]]))
+        + u32::from(u16::from_be_bytes([dst[2], dst[3]]));
+    let ip_sum = u32::from(ver_tos)
+        + u32::from(total_len)
+        + u32::from(outer.ident)
+        + u32::from(flags)
+        + u32::from(ttl_proto)
+        + addrs;
+    head[14..16].copy_from_slice(&ver_tos.to_be_bytes());
+    head[16..18].copy_from_slice(&total_len.to_be_bytes());
+    head[18..20].copy_from_slice(&outer.ident.to_be_bytes());
+    head[20..22].copy_from_slice(&flags.to_be_bytes());
+    head[22..24].copy_from_slice(&ttl_proto.to_be_bytes());
+    head[24..26].copy_from_slice(&(!checksum::fold(ip_sum)).to_be_bytes());
+    head[26..30].copy_from_slice(&src);
+    head[30..34].copy_from_slice(&dst);
 
-    let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
-    udp.set_src_port(outer.src_port);
-    udp.set_dst_port(outer.dst_port);
-    udp.set_len(udp_len as u16);
-    udp.set_checksum(0);
-    Repr { vni: outer.vni }.emit(&mut Packet::new_unchecked(udp.payload_mut()));
+    // UDP, its checksum field zero until summed; then VXLAN: the I flag and the VNI.
+    head[34..36].copy_from_slice(&outer.src_port.to_be_bytes());
+    head[36..38].copy_from_slice(&outer.dst_port.to_be_bytes());
+    head[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    head[40..42].copy_from_slice(&[0, 0]);
+    let vni = outer.vni.to_be_bytes();
+    head[42..50].copy_from_slice(&[FLAG_I, 0, 0, 0, vni[0], vni[1], vni[2], 0]);
     if outer.udp_checksum {
-        let check = checksum::udp_ipv4(outer.src_ip.octets(), outer.dst_ip.octets(), udp.as_ref());
-        udp.set_checksum(check);
+        // Pseudo-header (addresses, protocol, length), UDP header, VXLAN header, as
+        // 16-bit words; then the inner frame, which starts on an even offset.
+        let head_sum = u64::from(addrs)
+            + 17
+            + u64::from(udp_len)
+            + u64::from(outer.src_port)
+            + u64::from(outer.dst_port)
+            + u64::from(udp_len)
+            + u64::from(u16::from_be_bytes([FLAG_I, 0]))
+            + u64::from(u16::from_be_bytes([vni[0], vni[1]]))
+            + u64::from(u16::from_be_bytes([vni[2], 0]));
+        let sum = checksum::fold64(head_sum + u64::from(checksum::sum(inner)));
+        let check = match !sum {
+            0 => 0xffff,
+            c => c,
+        };
+        head[40..42].copy_from_slice(&check.to_be_bytes());
     }
 }
 
