@@ -462,64 +462,69 @@ pub fn flow_src_port(inner: &[u8], seed: u32, range: SrcPortRange) -> u16 {
 }
 
 fn flow_hash(inner: &[u8], seed: u32) -> u32 {
-    // The flow key, laid out in 4-byte words: sorted MACs (12), ethertype and IP
-    // protocol (4), sorted address+port pairs (12); unused parts stay zero. Each sorted
-    // pair is two 48-bit big-endian numbers, compared as numbers (as bytes would be).
+    // The flow key, 28 bytes: sorted MACs (12), ethertype and IP protocol (4), sorted
+    // address+port pairs (12); unused parts stay zero. Each sorted pair is two 48-bit
+    // big-endian numbers, compared as numbers (as bytes would be).
     let Some(eth) = inner.first_chunk::<ETHERNET_HEADER_LEN>() else {
         let mut key = [0u8; 28];
         key[..inner.len()].copy_from_slice(inner);
-        let mut h = seed;
-        for word in key.chunks_exact(4) {
-            h = murmur3_round(h, NetworkEndian::read_u32(word));
-        }
-        return murmur3_finish(h, key.len() as u32);
+        return hash_key(key_lanes(&key), seed);
     };
     let be48 = |b: &[u8]| NetworkEndian::read_u48(b);
     let sorted = |a: u64, b: u64| if a <= b { (a, b) } else { (b, a) };
-    let (lo, hi) = sorted(be48(&eth[0..6]), be48(&eth[6..12]));
-    let ethertype = u32::from(NetworkEndian::read_u16(&eth[12..14]));
-    let mut words = [0u32; 7];
-    pair_words(lo, hi, &mut words[0..3]);
-    words[3] = ethertype << 16;
-    if let Some((src, dst, proto)) = ipv4_flow(&inner[ETHERNET_HEADER_LEN..], ethertype == 0x0800) {
-        let (lo, hi) = sorted(src, dst);
-        words[3] |= u32::from(proto);
-        pair_words(lo, hi, &mut words[4..7]);
+    let (mac_lo, mac_hi) = sorted(be48(&eth[0..6]), be48(&eth[6..12]));
+    let ethertype = NetworkEndian::read_u16(&eth[12..14]);
+    let (mut proto, mut lo, mut hi) = (0, 0, 0);
+    if let Some((src, dst, p)) = ipv4_flow(&inner[ETHERNET_HEADER_LEN..], ethertype == 0x0800) {
+        (lo, hi) = sorted(src, dst);
+        proto = p;
     }
-    let mut h = seed;
-    for word in words {
-        h = murmur3_round(h, word);
-    }
-    murmur3_finish(h, 28)
+    hash_key(
+        [
+            mac_lo << 16 | u64::from(ethertype),
+            mac_hi << 16 | u64::from(proto),
+            lo,
+            hi,
+        ],
+        seed,
+    )
 }
 
-/// Two 48-bit numbers as the three 32-bit words their 12 big-endian bytes make.
-fn pair_words(lo: u64, hi: u64, out: &mut [u32]) {
-    out[0] = (lo >> 16) as u32;
-    out[1] = ((lo & 0xffff) << 16 | hi >> 32) as u32;
-    out[2] = hi as u32;
+/// The 28-byte flow key as the four numbers [`hash_key`] mixes: each MAC with the two
+/// bytes after the pair (ethertype, protocol), then each address+port.
+fn key_lanes(key: &[u8; 28]) -> [u64; 4] {
+    let be = |b: &[u8]| NetworkEndian::read_u48(b);
+    [
+        be(&key[0..6]) << 16 | u64::from(NetworkEndian::read_u16(&key[12..14])),
+        be(&key[6..12]) << 16 | u64::from(NetworkEndian::read_u16(&key[14..16])),
+        be(&key[16..22]),
+        be(&key[22..28]),
+    ]
 }
 
-/// One block step of MurmurHash3 (x86, 32-bit).
-fn murmur3_round(h: u32, k: u32) -> u32 {
-    let k = k
-        .wrapping_mul(0xcc9e_2d51)
-        .rotate_left(15)
-        .wrapping_mul(0x1b87_3593);
-    (h ^ k)
-        .rotate_left(13)
-        .wrapping_mul(5)
-        .wrapping_add(0xe654_6b64)
+/// The wide multiply-and-fold of wyhash: the 128-bit product's halves xored.
+fn mum(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p >> 64) as u64 ^ p as u64
 }
 
-/// MurmurHash3's finalization: every input bit affects every output bit.
-fn murmur3_finish(mut h: u32, len: u32) -> u32 {
-    h ^= len;
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
+/// Mixes the flow key keyed by `seed`: two independent wide multiplies of the key,
+/// each input xored with a seed-derived constant so that a sender who does not know
+/// the seed cannot pick keys that collide, then one more to spread every key bit
+/// over the result. Three multiplies on two chains: the datapath pays it per frame.
+fn hash_key(lanes: [u64; 4], seed: u32) -> u32 {
+    const K: [u64; 5] = [
+        0xa076_1d64_78bd_642f,
+        0xe703_7ed1_a0b4_28db,
+        0x8ebc_6af0_9c88_c6e3,
+        0x5899_65cc_7537_4cc3,
+        0x1d8e_4e27_c47d_124f,
+    ];
+    let s = u64::from(seed) | u64::from(seed) << 32;
+    let a = mum(lanes[0] ^ K[0] ^ s, lanes[1] ^ K[1]);
+    let b = mum(lanes[2] ^ K[2], lanes[3] ^ K[3] ^ s);
+    let h = mum(a ^ K[4], b ^ K[0] ^ s);
+    (h ^ h >> 32) as u32
 }
 
 /// For IPv4, `(src addr ++ src port, dst addr ++ dst port, protocol)`; ports are zero
@@ -823,7 +828,7 @@ mod tests {
     }
 
     /// The flow hash as its key is defined: 28 bytes (sorted MACs, ethertype, protocol,
-    /// sorted address+port pairs) hashed a big-endian word at a time.
+    /// sorted address+port pairs), taken apart into the numbers that are mixed.
     fn flow_hash_of_the_key_bytes(inner: &[u8], seed: u32) -> u32 {
         let mut key = [0u8; 28];
         if inner.len() < ETHERNET_HEADER_LEN {
@@ -852,11 +857,7 @@ mod tests {
                 key[22..28].copy_from_slice(&hi);
             }
         }
-        let mut h = seed;
-        for word in key.chunks_exact(4) {
-            h = murmur3_round(h, NetworkEndian::read_u32(word));
-        }
-        murmur3_finish(h, 28)
+        hash_key(key_lanes(&key), seed)
     }
 
     #[test]
