@@ -96,7 +96,16 @@ pub struct Fdb {
     by_peer: BTreeSet<(Ipv4Address, EthernetAddress)>,
     capacity: usize,
     ageing: Duration,
+    /// The MAC whose learned entry was last written by [`Fdb::learn`], and the stamp it
+    /// holds: a frame from it within [`Fdb::refresh_after`] of that stamp costs no
+    /// table walk. Cleared by everything else that changes entries.
+    fresh: Option<(EthernetAddress, Instant)>,
 }
+
+/// How long a learned entry's stamp may lag the last frame from its MAC (at most; an
+/// eighth of the ageing time when that is shorter). Linux's bridge likewise rewrites
+/// an entry's `updated` only when the clock has moved on.
+pub const REFRESH_AFTER: Duration = Duration::from_secs(1);
 
 impl Fdb {
     /// A table of at most `capacity` entries (static and learned together) whose
@@ -107,6 +116,7 @@ impl Fdb {
             by_peer: BTreeSet::new(),
             capacity,
             ageing,
+            fresh: None,
         }
     }
 
@@ -153,8 +163,20 @@ impl Fdb {
         self.entries.get(mac)
     }
 
+    /// How long after its stamp a learned entry is refreshed again: a burst of frames
+    /// from one MAC refreshes it once. The entry may so expire up to this much sooner
+    /// than `ageing` after the last frame.
+    pub fn refresh_after(&self) -> Duration {
+        (self.ageing / 8).min(REFRESH_AFTER)
+    }
+
     /// Note that `mac` was seen as a source on the container link at `now`.
     pub fn learn(&mut self, mac: EthernetAddress, now: Instant) -> Learn {
+        if let Some((fresh, stamp)) = self.fresh {
+            if fresh == mac && stamp <= now && now < stamp + self.refresh_after() {
+                return Learn::Refreshed;
+            }
+        }
         if !mac.is_unicast() {
             return Learn::NotUnicast;
         }
@@ -166,6 +188,7 @@ impl Fdb {
                         location: Location::Local,
                         origin: EntryOrigin::Learned { last_seen: now },
                     };
+                    self.fresh = Some((mac, now));
                     Learn::Refreshed
                 }
             };
@@ -183,6 +206,7 @@ impl Fdb {
                 origin: EntryOrigin::Learned { last_seen: now },
             },
         );
+        self.fresh = Some((mac, now));
         Learn::Added
     }
 
@@ -198,6 +222,7 @@ impl Fdb {
         if !mac.is_unicast() {
             return Err(TableError::NotUnicastMac);
         }
+        self.fresh = None;
         if !self.entries.contains_key(&mac) && self.entries.len() >= self.capacity {
             self.age(now);
             if self.entries.len() >= self.capacity {
@@ -240,6 +265,7 @@ impl Fdb {
     /// Remove the static entry for `mac`; a learned entry is left alone. Returns whether
     /// one was removed.
     pub fn remove_static(&mut self, mac: &EthernetAddress) -> bool {
+        self.fresh = None;
         match self.entries.get(mac).copied() {
             Some(Entry {
                 origin: EntryOrigin::Static,
@@ -258,6 +284,7 @@ impl Fdb {
     /// Remove every entry that points at the peer `underlay` (the peer left the network);
     /// returns their MACs. Costs what it removes: the peer's entries are indexed.
     pub fn remove_remote(&mut self, underlay: Ipv4Address) -> Vec<EthernetAddress> {
+        self.fresh = None;
         let macs: Vec<EthernetAddress> = self
             .by_peer
             .range((underlay, MAC_MIN)..=(underlay, MAC_MAX))
@@ -279,6 +306,7 @@ impl Fdb {
 
     /// Sweep learned entries that have expired at `now`; returns how many went.
     pub fn age(&mut self, now: Instant) -> usize {
+        self.fresh = None;
         let before = self.entries.len();
         let ageing = self.ageing;
         self.entries.retain(|_, e| match e.origin {
@@ -408,6 +436,33 @@ mod tests {
         assert_eq!(fdb.age(at(18)), 0);
         assert_eq!(fdb.age(at(19)), 1);
         assert!(fdb.is_empty());
+    }
+
+    #[test]
+    fn a_burst_refreshes_once_and_changes_are_never_skipped() {
+        let ms = |ms: i64| Instant::from_millis(ms);
+        let mut fdb = Fdb::new(8, Duration::from_secs(10));
+        assert_eq!(fdb.refresh_after(), REFRESH_AFTER);
+        assert_eq!(fdb.learn(mac(1), ms(0)), Learn::Added);
+        // Within a second of the stamp: nothing written, the stamp stays at 0.
+        assert_eq!(fdb.learn(mac(1), ms(999)), Learn::Refreshed);
+        assert_eq!(fdb.lookup(&mac(1), ms(9_999)), Some(Location::Local));
+        assert_eq!(fdb.lookup(&mac(1), ms(10_000)), None);
+        // A second on, the stamp moves.
+        assert_eq!(fdb.learn(mac(1), ms(1_000)), Learn::Refreshed);
+        assert_eq!(fdb.lookup(&mac(1), ms(10_999)), Some(Location::Local));
+        // Control takes the MAC over: the next frame finds the static entry.
+        fdb.insert_static(mac(1), Location::Remote(PEER_A), ms(1_001))
+            .unwrap();
+        assert_eq!(fdb.learn(mac(1), ms(1_002)), Learn::StaticKept);
+        fdb.remove_static(&mac(1));
+        assert_eq!(fdb.learn(mac(1), ms(1_003)), Learn::Added);
+        // Swept away: learned again at once.
+        assert_eq!(fdb.age(ms(11_003)), 1);
+        assert_eq!(fdb.learn(mac(1), ms(11_004)), Learn::Added);
+        // A short ageing time refreshes more often.
+        let short = Fdb::new(8, Duration::from_millis(400));
+        assert_eq!(short.refresh_after(), Duration::from_millis(50));
     }
 
     #[test]
