@@ -250,16 +250,22 @@ impl Overlay {
                 Vec::new(),
             ))
         };
-        let Some(mode) = self.networks.get(&vni).map(|n| n.mode) else {
+        // The network and the peer are looked up once: their counters are bumped
+        // through the same references at the end.
+        let Some(net) = self.networks.get_mut(&vni) else {
             return Step::Verdict(OverlayVerdict::Forward(Vec::new()));
         };
+        let mode = net.mode;
         let mtu = network_mtu(&self.grid, mode);
         let frame = buf.frame();
         let ethertype = EthernetFrame::new_unchecked(frame).ethertype();
         if vlan::l3_len(ethertype, frame.len()) > usize::from(mtu) {
             return copying(self, buf);
         }
-        let Some(neighbor) = self.peers.get(&to).and_then(|p| p.neighbor) else {
+        let Some(peer) = self.peers.get_mut(&to) else {
+            return copying(self, buf);
+        };
+        let Some(neighbor) = peer.neighbor else {
             return copying(self, buf);
         };
         let src_port = vxlan::flow_src_port(frame, self.hash_seed, self.src_ports);
@@ -267,9 +273,7 @@ impl Overlay {
             if !self.batch_sleeve || self.pending_frames + 1 >= MAX_PENDING_FRAMES {
                 return copying(self, buf);
             }
-            let Some(node) = self.peers.get(&to).map(|p| p.node) else {
-                return copying(self, buf);
-            };
+            let node = peer.node;
             let outer = OuterAddrs {
                 src_mac: self.underlay.mac,
                 dst_mac: neighbor,
@@ -298,13 +302,9 @@ impl Overlay {
             return copying(self, buf);
         }
         self.next_ident = self.next_ident.wrapping_add(1);
-        if let Some(peer) = self.peers.get_mut(&to) {
-            peer.counters.tx_packets += 1;
-            peer.counters.tx_bytes += buf.len() as u64;
-        }
-        if let Some(net) = self.networks.get_mut(&vni) {
-            net.counters.uplink_tx += 1;
-        }
+        peer.counters.tx_packets += 1;
+        peer.counters.tx_bytes += buf.len() as u64;
+        net.counters.uplink_tx += 1;
         Step::Send(Egress::Uplink)
     }
 
