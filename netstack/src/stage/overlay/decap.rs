@@ -248,16 +248,18 @@ impl Overlay {
         inner_bytes: &[u8],
         wire_len: usize,
     ) -> Result<Delivery, OverlayVerdict> {
-        if !self.networks.contains_key(&vni) {
+        // The network and the peer are looked up once: the decision and the counters
+        // both go through these references.
+        let Some(net) = self.networks.get_mut(&vni) else {
             return Err(self.drop(None, OverlayDrop::UnknownVni));
-        }
-        let known = self
+        };
+        let Some(peer) = self
             .peers
-            .get(&src_ip)
-            .is_some_and(|p| p.networks.contains(&vni));
-        if !known {
+            .get_mut(&src_ip)
+            .filter(|p| p.networks.contains(&vni))
+        else {
             return Err(self.drop(Some(vni), OverlayDrop::UnknownPeer));
-        }
+        };
         let Ok(inner) = EthernetFrame::new_checked(inner_bytes) else {
             return Err(self.drop(Some(vni), OverlayDrop::Runt));
         };
@@ -268,9 +270,6 @@ impl Overlay {
             return Err(self.drop(Some(vni), OverlayDrop::Tagged));
         }
         let dst = inner.dst_addr();
-        let Some(net) = self.networks.get(&vni) else {
-            return Err(self.drop(None, OverlayDrop::UnknownVni));
-        };
         // At most two local ports: the link and the appliance.
         let delivery = if !dst.is_unicast() {
             if net.appliance_mac.is_some() {
@@ -289,13 +288,8 @@ impl Overlay {
                 Some(Location::Local) | None => Delivery::One(Egress::Link),
             }
         };
-        if let Some(peer) = self.peers.get_mut(&src_ip) {
-            peer.counters.rx_packets += 1;
-            peer.counters.rx_bytes += wire_len as u64;
-        }
-        let Some(net) = self.networks.get_mut(&vni) else {
-            return Err(self.drop(None, OverlayDrop::UnknownVni));
-        };
+        peer.counters.rx_packets += 1;
+        peer.counters.rx_bytes += wire_len as u64;
         net.counters.uplink_rx += 1;
         match delivery {
             Delivery::One(Egress::Link) => net.counters.link_tx += 1,
