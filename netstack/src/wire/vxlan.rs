@@ -10,10 +10,9 @@ use core::fmt;
 
 use alloc::vec::Vec;
 use byteorder::{ByteOrder, NetworkEndian};
-use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Address,
-    Ipv4Packet, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN,
+    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Address, Ipv4Packet,
+    UdpPacket, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 use crate::base::Vni;
@@ -415,14 +414,12 @@ pub fn decapsulate(frame: &[u8], dst_port: u16) -> Result<Decapsulated<'_>, Deca
     if udp.dst_port() != dst_port {
         return Err(DecapError::NotVxlan);
     }
-    // The checksum is verified here (RFC 768: 0 means none), eight bytes a step.
-    let udp_repr = UdpRepr::parse(
-        &udp,
-        &IpAddress::Ipv4(src_ip),
-        &IpAddress::Ipv4(dst_ip),
-        &ChecksumCapabilities::ignored(),
-    )
-    .map_err(|_| DecapError::BadOuterHeader)?;
+    // What smoltcp's `UdpRepr::parse` checks beyond `new_checked`'s lengths, without
+    // its copy of the addresses: a destination port. The checksum is verified below
+    // (RFC 768: 0 means none), eight bytes a step.
+    if udp.dst_port() == 0 {
+        return Err(DecapError::BadOuterHeader);
+    }
     let udp_bytes = &udp.as_ref()[..usize::from(udp.len())];
     if udp.checksum() != 0
         && checksum::udp_ipv4_sum(src_ip.octets(), dst_ip.octets(), udp_bytes) != 0xffff
@@ -437,7 +434,7 @@ pub fn decapsulate(frame: &[u8], dst_port: u16) -> Result<Decapsulated<'_>, Deca
         outer_src_mac: eth.src_addr(),
         src_ip,
         dst_ip,
-        src_port: udp_repr.src_port,
+        src_port: udp.src_port(),
         vni: repr.vni,
         inner: vxlan.payload(),
     })
