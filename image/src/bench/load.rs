@@ -273,17 +273,21 @@ pub fn dnsperf(ns: &Netns, server: &str, queries: &std::path::Path, secs: u32) -
     parse_dnsperf(&text)
 }
 
+/// The number on dnsperf's statistics line that starts with `name` ("Queries lost:
+/// 3 (0.01%)" gives 3).
+pub fn dnsperf_field(text: &str, name: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.trim_start().starts_with(name))?;
+    line.split(':')
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The figures of a dnsperf report: queries/s, refusing runs with no completed query.
 pub fn parse_dnsperf(text: &str) -> Result<f64> {
-    let field = |name: &str| -> Option<f64> {
-        let line = text.lines().find(|l| l.trim_start().starts_with(name))?;
-        line.split(':')
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
+    let field = |name| dnsperf_field(text, name);
     let completed = field("Queries completed").unwrap_or(0.0);
     if completed == 0.0 {
         bail!("dnsperf: no query answered:\n{text}");
