@@ -106,22 +106,7 @@ impl Underlay {
         let ns = Netns::create(&format!("{prefix}-ul"))?;
         quiet(&ns)?;
         let bridge = "ulbr".to_string();
-        ip(&ns, &["link", "add", &bridge, "type", "bridge"])?;
-        ip(
-            &ns,
-            &[
-                "link",
-                "set",
-                &bridge,
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ],
-        )?;
-        ip(&ns, &["link", "set", &bridge, "up"])?;
+        ns.add_bridge(&bridge)?;
         Ok(Underlay {
             prefix,
             bridge,
@@ -473,21 +458,7 @@ impl LinuxVtep {
                 "nolearning",
             ],
         )?;
-        ip(&host, &["link", "add", "br0", "type", "bridge"])?;
-        ip(
-            &host,
-            &[
-                "link",
-                "set",
-                "br0",
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ],
-        )?;
+        host.add_bridge("br0")?;
         ip(&host, &["link", "set", "vx0", "master", "br0"])?;
         ip(
             &host,
