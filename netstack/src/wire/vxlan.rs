@@ -698,6 +698,53 @@ mod tests {
         );
     }
 
+    /// The outer checksums, summed from the header fields, are what smoltcp computes
+    /// from the bytes, over any inner length (odd ones too), ECN, DF, ident, TTL, VNI
+    /// and ports, including fields whose words carry.
+    #[test]
+    fn outer_checksums_verify_for_any_fields() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..2000u64 {
+            let r = next();
+            let len = (r % 200) as usize;
+            let mut inner: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if len >= 34 && round % 2 == 0 {
+                inner[12..14].copy_from_slice(&[8, 0]);
+                inner[14] = 0x45;
+            }
+            let mut outer = linux_outer((r >> 8) as u16, (r >> 24) as u16);
+            outer.src_ip = Ipv4Address::from((r >> 32) as u32);
+            outer.dst_ip = Ipv4Address::from(next() as u32);
+            outer.dst_port = if round % 3 == 0 { VXLAN_PORT } else { 0xffff };
+            outer.vni = Vni::new((r >> 40) as u32 & 0xff_ffff).unwrap();
+            outer.ttl = (r >> 16) as u8;
+            outer.df = [DfPolicy::Unset, DfPolicy::Set, DfPolicy::Inherit][round as usize % 3];
+            outer.udp_checksum = true;
+            let mut out = Vec::new();
+            encapsulate(&outer, &inner, &mut out).unwrap();
+            let ip = Ipv4Packet::new_checked(&out[ETHERNET_HEADER_LEN..]).unwrap();
+            assert!(ip.verify_checksum(), "round {round}");
+            assert_eq!(ip.ident(), outer.ident);
+            assert_eq!(ip.hop_limit(), outer.ttl);
+            let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+            assert!(
+                udp.verify_checksum(&outer.src_ip.into(), &outer.dst_ip.into()),
+                "round {round}"
+            );
+            let d = decapsulate(&out, outer.dst_port).unwrap();
+            assert_eq!(
+                (d.inner, d.vni, d.src_port),
+                (&inner[..], outer.vni, outer.src_port)
+            );
+        }
+    }
+
     #[test]
     fn df_policy() {
         let inner_df = &LINUX_PING[50..]; // inner IPv4 has DF
