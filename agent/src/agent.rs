@@ -50,6 +50,86 @@ pub struct AgentOptions {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
+impl AgentOptions {
+    /// An agent named `name` on one host: its grid in the file `store`, every other
+    /// option at `weft agent`'s default (no boot, no metrics).
+    pub fn local(
+        config: PathBuf,
+        control: PathBuf,
+        api: PathBuf,
+        store: PathBuf,
+        name: &str,
+    ) -> Self {
+        AgentOptions {
+            config,
+            control,
+            api,
+            store: StoreSpec::File(store),
+            name: Some(name.to_string()),
+            grid: None,
+            ttl: DEFAULT_TTL,
+            private_address: None,
+            public_address: None,
+            boot: None,
+            metrics: None,
+        }
+    }
+}
+
+/// An agent run on a thread of its own, with its own runtime, until dropped: for
+/// programs and tests that hold an agent beside other work.
+pub struct AgentThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl AgentThread {
+    pub fn spawn(opts: AgentOptions) -> AgentThread {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(run_until(opts, async move {
+                let _ = rx.await;
+            }))
+        });
+        AgentThread {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether the agent's run has ended (an error at start, say) without being stopped.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| t.is_finished())
+    }
+
+    /// Stops the agent and returns how its run ended.
+    pub fn stop(mut self) -> Result<()> {
+        self.halt().unwrap_or(Ok(()))
+    }
+
+    fn halt(&mut self) -> Option<Result<()>> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let thread = self.thread.take()?;
+        Some(
+            thread
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the agent's thread panicked"))),
+        )
+    }
+}
+
+impl Drop for AgentThread {
+    fn drop(&mut self) {
+        let _ = self.halt();
+    }
+}
+
 /// Default lease time of a node's live entry.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 

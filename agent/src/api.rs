@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use weft_appliance::protocol::{
-    ErrorBody, ErrorCode, Greeting, Reply, Request, RequestId, MAX_LINE_LEN,
+    json_kind, ErrorBody, ErrorCode, Greeting, Reply, Request, RequestId, MAX_LINE_LEN,
 };
 
 /// One API client as a handler sees it: where lines for it go besides its replies,
@@ -179,17 +179,6 @@ async fn client<H: Handler>(
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// The request's id, command and arguments, or the error reply. The framing rules
 /// and their messages are the appliance's own (`Request::parse_line`): the line is
 /// checked by it with the command swapped for `ping`, so that the agent's commands
@@ -245,7 +234,7 @@ pub fn args_object(args: Option<Value>) -> Result<Map<String, Value>, ErrorBody>
         Some(Value::Object(m)) => Ok(m),
         Some(other) => Err(ErrorBody::with_field(
             ErrorCode::InvalidRequest,
-            format!("args must be an object, not {}", kind(&other)),
+            format!("args must be an object, not {}", json_kind(&other)),
             "args",
         )),
     }

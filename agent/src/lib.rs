@@ -27,6 +27,6 @@ pub mod store;
 pub mod supervisor;
 pub mod sync;
 
-pub use agent::{run, AgentOptions, DEFAULT_TTL};
+pub use agent::{run, AgentOptions, AgentThread, DEFAULT_TTL};
 pub use store::StoreSpec;
 pub use supervisor::BootSpec;

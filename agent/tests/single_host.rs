@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use weft_agent::store::file::FileStore;
 use weft_agent::store::{Txn, Write};
-use weft_agent::{AgentOptions, StoreSpec};
+use weft_agent::{AgentOptions, AgentThread};
 use weft_control::client::Client;
 use weft_control::sim::SimAppliance;
 
@@ -51,8 +51,7 @@ grid = "testgrid"
 
 /// A running agent (in its own thread and runtime); stopped on drop.
 struct Agent {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    run: AgentThread,
     api: PathBuf,
 }
 
@@ -66,32 +65,16 @@ impl Agent {
         let config = dir.join("node.toml");
         std::fs::write(&config, node).unwrap();
         let api = dir.join("api.sock");
-        let opts = AgentOptions {
+        let mut opts = AgentOptions::local(
             config,
-            control: control.to_path_buf(),
-            api: api.clone(),
-            store: StoreSpec::File(dir.join("grid.json")),
-            name: Some("host-1".into()),
-            grid: None,
-            ttl: Duration::from_secs(10),
-            private_address: None,
-            public_address: None,
-            boot: None,
-            metrics: None,
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(weft_agent::agent::run_until(opts, async move {
-                let _ = rx.await;
-            }))
-        });
+            control.to_path_buf(),
+            api.clone(),
+            dir.join("grid.json"),
+            "host-1",
+        );
+        opts.ttl = Duration::from_secs(10);
         Agent {
-            stop: Some(tx),
-            thread: Some(thread),
+            run: AgentThread::spawn(opts),
             api,
         }
     }
@@ -124,28 +107,8 @@ impl Agent {
         self.status_when(|s| s["appliance"]["in_sync"] == true && s["node"].is_number())
     }
 
-    fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    fn stop(self) {
+        self.run.stop().unwrap();
     }
 }
 

@@ -430,7 +430,7 @@ impl Request {
                 return Err(invalid(
                     None,
                     "id",
-                    format!("id must be a number or a string, not {}", kind(other)),
+                    format!("id must be a number or a string, not {}", json_kind(other)),
                 ))
             }
             None => return Err(invalid(None, "id", "missing id".to_owned())),
@@ -451,7 +451,7 @@ impl Request {
                 return Err(invalid(
                     Some(id),
                     "cmd",
-                    format!("cmd must be a string, not {}", kind(other)),
+                    format!("cmd must be a string, not {}", json_kind(other)),
                 ))
             }
             None => return Err(invalid(Some(id), "cmd", "missing cmd".to_owned())),
@@ -463,7 +463,8 @@ impl Request {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What a JSON value is, for error messages that name what was given instead.
+pub fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

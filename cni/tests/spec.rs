@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use weft_agent::{AgentOptions, StoreSpec};
+use weft_agent::{AgentOptions, AgentThread};
 use weft_control::client::Client;
 use weft_control::sim::SimAppliance;
 use weft_image::netns::Netns;
@@ -68,8 +68,7 @@ grid = "testgrid"
 /// The agent in process with its appliance, and a host namespace with the link bridge.
 /// Field order is drop order: the agent before the appliance and the namespace.
 struct Fixture {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    agent: AgentThread,
     api: PathBuf,
     _sim: SimAppliance,
     host: Netns,
@@ -90,50 +89,33 @@ impl Fixture {
         let config = dir.0.join("node.toml");
         std::fs::write(&config, node_file(subnet_len)).unwrap();
         let api = dir.0.join("agent.sock");
-        let opts = AgentOptions {
+        let mut opts = AgentOptions::local(
             config,
-            control: sim.path().to_path_buf(),
-            api: api.clone(),
-            store: StoreSpec::File(dir.0.join("grid.json")),
-            name: Some("host-1".into()),
-            grid: None,
-            ttl: Duration::from_secs(10),
-            private_address: None,
-            public_address: None,
-            boot: None,
-            metrics: None,
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(weft_agent::agent::run_until(opts, async move {
-                let _ = rx.await;
-            }))
-        });
+            sim.path().to_path_buf(),
+            api.clone(),
+            dir.0.join("grid.json"),
+            "host-1",
+        );
+        opts.ttl = Duration::from_secs(10);
+        let agent = AgentThread::spawn(opts);
         let host = Netns::create(&unique("h")).unwrap();
         host.ip(&["link", "add", BRIDGE, "type", "bridge"]).unwrap();
         host.ip(&["link", "set", BRIDGE, "up"]).unwrap();
         let f = Fixture {
-            stop: Some(tx),
-            thread: Some(thread),
+            agent,
             api,
             _sim: sim,
             host,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut f = f;
         loop {
             let last = match f.call("network-info", json!({})) {
                 Ok(_) => break,
                 Err(e) => e,
             };
-            if f.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                let ended = f.thread.take().map(|t| t.join());
-                panic!("the agent stopped: {ended:?}");
+            if f.agent.is_finished() {
+                panic!("the agent stopped: {:?}", f.agent.stop());
             }
             assert!(Instant::now() < deadline, "the agent never joined: {last}");
             std::thread::sleep(Duration::from_millis(50));
@@ -197,17 +179,6 @@ impl Fixture {
             .as_object()
             .map(|m| m.keys().filter(|k| k.contains("/addresses/")).count())
             .unwrap_or(0)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -71,6 +71,24 @@ impl Netns {
         ip(&full)
     }
 
+    /// Adds bridge `name` without STP or forwarding delay (a test segment is up at
+    /// once; nothing here has loops) and sets it up.
+    pub fn add_bridge(&self, name: &str) -> Result<()> {
+        self.ip(&["link", "add", name, "type", "bridge"])?;
+        self.ip(&[
+            "link",
+            "set",
+            name,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        self.ip(&["link", "set", name, "up"])
+    }
+
     /// A command that runs `program` inside this namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -264,23 +282,10 @@ impl Topology {
             (&n.link_bridge, &n.link_tap),
         ] {
             log(&format!("bridge {bridge} with tap {tap} (in {})", n.hv_ns));
-            hv.ip(&["link", "add", bridge, "type", "bridge"])?;
-            // No STP, no forwarding delay: the segment is up at once.
-            hv.ip(&[
-                "link",
-                "set",
-                bridge,
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ])?;
+            hv.add_bridge(bridge)?;
             hv.ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
             hv.ip(&["link", "set", tap, "master", bridge])?;
             hv.ip(&["link", "set", tap, "up"])?;
-            hv.ip(&["link", "set", bridge, "up"])?;
         }
         // The hypervisor namespace only switches frames; it must not answer or route.
         hv.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;

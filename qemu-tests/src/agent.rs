@@ -285,6 +285,34 @@ impl Drop for AgentHost {
     }
 }
 
+/// The configuration file host `n` of the agent tests boots with: uplink
+/// `192.0.2.1<n>/24`, link `10.81.0.<n>/16`, one VXLAN network `grid`, DNS for grid
+/// `testgrid`; the agent adds peers, containers and services from etcd.
+pub fn node_file(n: u8) -> String {
+    format!(
+        r#"[uplink]
+address = "192.0.2.1{n}/24"
+
+[link]
+address = "10.81.0.{n}/16"
+
+[grid]
+
+[[networks]]
+name = "grid"
+vni = 100
+
+[dns]
+grid = "testgrid"
+"#
+    )
+}
+
+/// `name` in the grid `node_file` names, under the default domain.
+pub fn fqdn(name: &str) -> String {
+    format!("{name}.testgrid.kontena.local")
+}
+
 /// [`weft_image::netns::in_netns`], for tests: a namespace that cannot be entered
 /// fails the test.
 pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+pub use weft_image::bench::load::Iperf;
 use weft_image::netns::{run, Netns};
 use weft_image::process::Signal;
 
@@ -105,22 +106,7 @@ impl Underlay {
         let ns = Netns::create(&format!("{prefix}-ul"))?;
         quiet(&ns)?;
         let bridge = "ulbr".to_string();
-        ip(&ns, &["link", "add", &bridge, "type", "bridge"])?;
-        ip(
-            &ns,
-            &[
-                "link",
-                "set",
-                &bridge,
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ],
-        )?;
-        ip(&ns, &["link", "set", &bridge, "up"])?;
+        ns.add_bridge(&bridge)?;
         Ok(Underlay {
             prefix,
             bridge,
@@ -472,21 +458,7 @@ impl LinuxVtep {
                 "nolearning",
             ],
         )?;
-        ip(&host, &["link", "add", "br0", "type", "bridge"])?;
-        ip(
-            &host,
-            &[
-                "link",
-                "set",
-                "br0",
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ],
-        )?;
+        host.add_bridge("br0")?;
         ip(&host, &["link", "set", "vx0", "master", "br0"])?;
         ip(
             &host,
@@ -538,16 +510,8 @@ impl LinuxVtep {
     }
 }
 
-/// What one `iperf3` client run measured.
-#[derive(Debug, Clone, Copy)]
-pub struct Iperf {
-    pub sent_bytes: u64,
-    pub received_bytes: u64,
-    pub mbit_per_s: f64,
-}
-
 /// An `iperf3` TCP run of `secs` seconds from `client` to a one-off server started in
-/// `server` on `addr` (`reverse`: the server sends). Errors carry iperf3's own message.
+/// `server` on `addr` (`reverse`: the server sends): the benches' own run.
 pub fn iperf3(
     server: &Netns,
     client: &Netns,
@@ -555,60 +519,7 @@ pub fn iperf3(
     secs: u32,
     reverse: bool,
 ) -> Result<Iperf> {
-    let mut srv = server
-        .command("iperf3")
-        .args(["-s", "-1", "-B", addr])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting iperf3 -s")?;
-    let result = (|| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut c = client.command("iperf3");
-            c.args([
-                "-c",
-                addr,
-                "-t",
-                &secs.to_string(),
-                "-J",
-                "--connect-timeout",
-                "5000",
-            ]);
-            if reverse {
-                c.arg("-R");
-            }
-            let out = c
-                .stdin(Stdio::null())
-                .output()
-                .context("running iperf3 -c")?;
-            let json: serde_json::Value =
-                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-            let error = json["error"].as_str().map(str::to_string);
-            if out.status.success() && error.is_none() {
-                let end = &json["end"];
-                return Ok(Iperf {
-                    sent_bytes: end["sum_sent"]["bytes"].as_u64().unwrap_or(0),
-                    received_bytes: end["sum_received"]["bytes"].as_u64().unwrap_or(0),
-                    mbit_per_s: end["sum_received"]["bits_per_second"]
-                        .as_f64()
-                        .unwrap_or(0.0)
-                        / 1e6,
-                });
-            }
-            let why = error.unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into());
-            // The server may not listen yet.
-            if why.contains("connect") && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(300));
-                continue;
-            }
-            bail!("iperf3 -c {addr} from {}: {why}", client.name());
-        }
-    })();
-    let _ = srv.kill();
-    let _ = srv.wait();
-    result
+    weft_image::bench::load::iperf3_run(server, client, addr, secs, reverse)
 }
 
 /// Builds the `weft` host tool (same profile as the calling test) and returns its path.

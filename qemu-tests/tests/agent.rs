@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use weft_qemu_tests::agent::{AgentHost, Etcd};
+use weft_qemu_tests::agent::{fqdn, node_file, AgentHost, Etcd};
 use weft_qemu_tests::dns::{dig, dig_until};
 use weft_qemu_tests::grid::{weft_ctl, Container, Underlay};
 use weft_qemu_tests::mac_of;
@@ -25,30 +25,6 @@ use weft_qemu_tests::mac_of;
 const TTL: Duration = Duration::from_secs(10);
 /// How long anything is given to converge (TCG boots and a loaded machine).
 const CONVERGE: Duration = Duration::from_secs(60);
-
-fn node_file(n: u8) -> String {
-    format!(
-        r#"[uplink]
-address = "192.0.2.1{n}/24"
-
-[link]
-address = "10.81.0.{n}/16"
-
-[grid]
-
-[[networks]]
-name = "grid"
-vni = 100
-
-[dns]
-grid = "testgrid"
-"#
-    )
-}
-
-fn fqdn(name: &str) -> String {
-    format!("{name}.testgrid.kontena.local")
-}
 
 /// The A records host `h` answers for `name`, asked from its container.
 fn resolve(h: &AgentHost, name: &str) -> Vec<String> {

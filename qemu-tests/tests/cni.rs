@@ -19,37 +19,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use weft_image::netns::{Netns, Topology};
-use weft_qemu_tests::agent::{AgentHost, Etcd};
+use weft_qemu_tests::agent::{fqdn, node_file, AgentHost, Etcd};
 use weft_qemu_tests::cni::{attach, outcome, plugin_dir, Attached, Network};
 use weft_qemu_tests::dns::dig_until;
 use weft_qemu_tests::grid::{unique_prefix, Underlay};
 use weft_qemu_tests::socat::Socat;
 
 const CONVERGE: Duration = Duration::from_secs(60);
-
-fn node_file(n: u8) -> String {
-    format!(
-        r#"[uplink]
-address = "192.0.2.1{n}/24"
-
-[link]
-address = "10.81.0.{n}/16"
-
-[grid]
-
-[[networks]]
-name = "grid"
-vni = 100
-
-[dns]
-grid = "testgrid"
-"#
-    )
-}
-
-fn fqdn(name: &str) -> String {
-    format!("{name}.testgrid.kontena.local")
-}
 
 /// Whether `name` resolves to `want` (or, with `None`, is NXDOMAIN) on host `h`.
 fn resolves(h: &AgentHost, name: &str, want: Option<&str>, timeout: Duration) -> bool {

@@ -272,6 +272,27 @@ fn wait_for(vm: &TestVm, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// `w3`, at node 3's address, takes node `as_node`'s certificate from `dir` and dials
+/// `w1`: `w1` moves its `refusal` counter and keeps no channel to node 3.
+fn node_3_is_refused(w1: &TestVm, w3: &TestVm, dir: &Path, as_node: u8, refusal: &str) {
+    let before = peer_tls(w1);
+    let keys = Keys::Tls {
+        dir,
+        cert_node: as_node,
+        rekey_secs: 2,
+    };
+    apply_file(w3, &config_file(w3, as_node, keys, &[1]));
+    let after = wait_for(w1, 60, |s| {
+        counter(&s["peer_tls"], refusal) > counter(&before, refusal)
+    });
+    assert!(
+        counter(&after["peer_tls"], refusal) > counter(&before, refusal),
+        "{refusal}: {}",
+        after["peer_tls"]
+    );
+    assert!(!established(&after, 3), "{}", after["peer_tls"]);
+}
+
 fn established(s: &Value, node: u8) -> bool {
     s["peer_tls"]["peers"].as_array().is_some_and(|a| {
         a.iter()
@@ -439,29 +460,7 @@ fn mutual_tls_keys_the_sleeve_and_refuses_strangers() {
     );
 
     // A third appliance as node 3 with a certificate of another CA: node 1 refuses it.
-    let before = peer_tls(&w1);
-    apply_file(
-        &w3,
-        &config_file(
-            &w3,
-            3,
-            Keys::Tls {
-                dir: &pki.foreign,
-                cert_node: 3,
-                rekey_secs: 2,
-            },
-            &[1],
-        ),
-    );
-    let after = wait_for(&w1, 60, |s| {
-        counter(&s["peer_tls"], "refused_unknown_ca") > counter(&before, "refused_unknown_ca")
-    });
-    assert!(
-        counter(&after["peer_tls"], "refused_unknown_ca") > counter(&before, "refused_unknown_ca"),
-        "{}",
-        after["peer_tls"]
-    );
-    assert!(!established(&after, 3), "{}", after["peer_tls"]);
+    node_3_is_refused(&w1, &w3, &pki.foreign, 3, "refused_unknown_ca");
     let (ok, out) = ping(c3, "10.81.128.11", 3, "0.3");
     assert!(!ok, "node 3 (foreign CA) reached node 1: {out}");
 
@@ -492,29 +491,7 @@ fn mutual_tls_keys_the_sleeve_and_refuses_strangers() {
     eprintln!("{test}: node 1 refused {refused} datagrams of node 3, opened {from_2} (node 2)");
 
     // Node 3's address with a certificate of the grid for node 4: not node 3.
-    let before = peer_tls(&w1);
-    apply_file(
-        &w3,
-        &config_file(
-            &w3,
-            4,
-            Keys::Tls {
-                dir: &pki.grid,
-                cert_node: 4,
-                rekey_secs: 2,
-            },
-            &[1],
-        ),
-    );
-    let after = wait_for(&w1, 60, |s| {
-        counter(&s["peer_tls"], "refused_wrong_name") > counter(&before, "refused_wrong_name")
-    });
-    assert!(
-        counter(&after["peer_tls"], "refused_wrong_name") > counter(&before, "refused_wrong_name"),
-        "{}",
-        after["peer_tls"]
-    );
-    assert!(!established(&after, 3), "{}", after["peer_tls"]);
+    node_3_is_refused(&w1, &w3, &pki.grid, 4, "refused_wrong_name");
 
     // openssl s_client against node 2, from node 1's host namespace.
     let host = w1.host();

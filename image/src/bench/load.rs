@@ -173,6 +173,26 @@ pub fn connections_per_second(
 /// An `iperf3` TCP run of `secs` seconds from `client` to a one-off server in `server`
 /// bound to `addr`; received Mbit/s.
 pub fn iperf3(server: &Netns, client: &Netns, addr: &str, secs: u32) -> Result<f64> {
+    iperf3_run(server, client, addr, secs, false).map(|r| r.mbit_per_s)
+}
+
+/// What one `iperf3` client run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Iperf {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub mbit_per_s: f64,
+}
+
+/// An `iperf3` TCP run of `secs` seconds from `client` to a one-off server started in
+/// `server` on `addr` (`reverse`: the server sends). Errors carry iperf3's own message.
+pub fn iperf3_run(
+    server: &Netns,
+    client: &Netns,
+    addr: &str,
+    secs: u32,
+    reverse: bool,
+) -> Result<Iperf> {
     let mut srv = server
         .command("iperf3")
         .args(["-s", "-1", "-B", addr])
@@ -182,12 +202,22 @@ pub fn iperf3(server: &Netns, client: &Netns, addr: &str, secs: u32) -> Result<f
         .spawn()
         .context("starting iperf3 -s")?;
     let result = (|| {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = client
-                .command("iperf3")
-                .args(["-c", addr, "-t", &secs.to_string(), "-J"])
-                .args(["--connect-timeout", "5000"])
+            let mut c = client.command("iperf3");
+            c.args([
+                "-c",
+                addr,
+                "-t",
+                &secs.to_string(),
+                "-J",
+                "--connect-timeout",
+                "5000",
+            ]);
+            if reverse {
+                c.arg("-R");
+            }
+            let out = c
                 .stdin(Stdio::null())
                 .output()
                 .context("running iperf3 -c")?;
@@ -195,13 +225,18 @@ pub fn iperf3(server: &Netns, client: &Netns, addr: &str, secs: u32) -> Result<f
                 serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
             let error = json["error"].as_str().map(str::to_string);
             if out.status.success() && error.is_none() {
-                let bps = json["end"]["sum_received"]["bits_per_second"]
-                    .as_f64()
-                    .context("iperf3 reported no received rate")?;
-                return Ok(bps / 1e6);
+                let end = &json["end"];
+                return Ok(Iperf {
+                    sent_bytes: end["sum_sent"]["bytes"].as_u64().unwrap_or(0),
+                    received_bytes: end["sum_received"]["bytes"].as_u64().unwrap_or(0),
+                    mbit_per_s: end["sum_received"]["bits_per_second"]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                        / 1e6,
+                });
             }
             let why = error.unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into());
-            // The one-off server may not listen yet.
+            // The server may not listen yet.
             if why.contains("connect") && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(300));
                 continue;
@@ -238,17 +273,21 @@ pub fn dnsperf(ns: &Netns, server: &str, queries: &std::path::Path, secs: u32) -
     parse_dnsperf(&text)
 }
 
+/// The number on dnsperf's statistics line that starts with `name` ("Queries lost:
+/// 3 (0.01%)" gives 3).
+pub fn dnsperf_field(text: &str, name: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.trim_start().starts_with(name))?;
+    line.split(':')
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The figures of a dnsperf report: queries/s, refusing runs with no completed query.
 pub fn parse_dnsperf(text: &str) -> Result<f64> {
-    let field = |name: &str| -> Option<f64> {
-        let line = text.lines().find(|l| l.trim_start().starts_with(name))?;
-        line.split(':')
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
+    let field = |name| dnsperf_field(text, name);
     let completed = field("Queries completed").unwrap_or(0.0);
     if completed == 0.0 {
         bail!("dnsperf: no query answered:\n{text}");

@@ -258,15 +258,7 @@ fn dnsperf_run(ns: &Netns, queries: &std::path::Path) -> Result<(u64, u64, f64, 
         .output()
         .context("running dnsperf")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| -> Option<f64> {
-        let line = text.lines().find(|l| l.trim_start().starts_with(name))?;
-        line.split(':')
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
+    let field = |name| load::dnsperf_field(&text, name);
     let servfail = text
         .lines()
         .find(|l| l.contains("Response codes"))

@@ -118,6 +118,14 @@ impl<K: Ord + Copy> Neighbors<K> {
         self.cache.get(key).map(|b| b.mac)
     }
 
+    /// The MAC address known for `key`, and whether the binding is stale (see
+    /// [`Neighbors::is_stale`]): the packet path's one lookup per frame.
+    pub fn resolve(&self, key: &K, now: Instant) -> Option<(EthernetAddress, bool)> {
+        self.cache
+            .get(key)
+            .map(|b| (b.mac, b.confirmed + self.refresh <= now))
+    }
+
     /// Whether `key` has a binding that was not confirmed for the refresh time: it is
     /// still used, and should be asked for again.
     pub fn is_stale(&self, key: &K, now: Instant) -> bool {

@@ -13,6 +13,7 @@ use super::config::AddressKind;
 use super::sleeve_link::SleeveStatus;
 use super::{NetworkCounters, Overlay, OverlayDrops, PeerCounters};
 use crate::base::{Mac, NodeId, VlanId, Vni};
+pub use crate::stage::sleeve::PeerSleeveRefused;
 use crate::table::fdb::{EntryOrigin, Location};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,18 +94,6 @@ pub struct PeerSleeveStatus {
     pub refused: PeerSleeveRefused,
 }
 
-/// A peer's sleeve messages refused after its session was found, by reason.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerSleeveRefused {
-    pub stale_session: u64,
-    pub unknown_epoch: u64,
-    pub key_unavailable: u64,
-    pub replayed: u64,
-    pub too_old: u64,
-    pub auth_failed: u64,
-    pub malformed: u64,
-}
-
 impl Overlay {
     /// Everything `status` shows about the overlay, ready to serialize.
     pub fn status(&self, now: Instant) -> OverlayStatus {
@@ -181,15 +170,7 @@ impl Overlay {
                                 rekeys: st.rekeys,
                                 rx_epochs_installed: st.rx_epochs_installed,
                                 rx_sessions_adopted: st.rx_sessions_adopted,
-                                refused: PeerSleeveRefused {
-                                    stale_session: st.refused_stale_session,
-                                    unknown_epoch: st.refused_unknown_epoch,
-                                    key_unavailable: st.refused_key_unavailable,
-                                    replayed: st.refused_replayed,
-                                    too_old: st.refused_too_old,
-                                    auth_failed: st.refused_auth_failed,
-                                    malformed: st.refused_malformed,
-                                },
+                                refused: st.refused,
                             }
                         }),
                 })

@@ -96,10 +96,10 @@ impl Router {
             return;
         };
         EthernetFrame::new_unchecked(frame.frame_mut()).set_src_addr(ifs.mac(to));
-        if let Some(mac) = self.neighbor(to, hop) {
+        if let Some((mac, stale)) = self.neighbors.resolve(&(to, hop), now) {
             self.emit(to, hop, mac, frame, ifs);
             // Not heard from for a while: ask again (the answer may bring a new MAC).
-            if self.neighbors.is_stale(&(to, hop), now) {
+            if stale {
                 self.solicit(to, hop, own, ifs, now);
             }
             return;

@@ -23,7 +23,9 @@ pub use keys::{
     AeadKey, GridSecret, KeyDirection, KeyId, KeySource, PskKeySource, SecretError, TlsKeySource,
 };
 pub use replay::ReplayError;
-pub use session::{overlay_mtu, pack, Opened, Session, SessionConfig, SessionStats};
+pub use session::{
+    overlay_mtu, pack, Opened, PeerSleeveRefused, Session, SessionConfig, SessionStats,
+};
 pub use wire::{Epoch, Frame, SessionId};
 
 /// Why a received message was refused. Each variant is a drop counter.

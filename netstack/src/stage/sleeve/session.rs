@@ -188,33 +188,38 @@ pub struct SessionStats {
     pub rx_epochs_installed: u64,
     /// New peer sessions adopted (the peer restarted).
     pub rx_sessions_adopted: u64,
-    /// Messages of this peer refused after its session was found, by reason (the
-    /// endpoint counts them all as well).
-    pub refused_stale_session: u64,
-    pub refused_unknown_epoch: u64,
-    pub refused_key_unavailable: u64,
-    pub refused_replayed: u64,
-    pub refused_too_old: u64,
-    pub refused_auth_failed: u64,
-    pub refused_malformed: u64,
+    /// Messages of this peer refused after its session was found (the endpoint counts
+    /// them all as well).
+    pub refused: PeerSleeveRefused,
+}
+
+/// A peer's sleeve messages refused after its session was found, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerSleeveRefused {
+    pub stale_session: u64,
+    pub unknown_epoch: u64,
+    pub key_unavailable: u64,
+    pub replayed: u64,
+    pub too_old: u64,
+    pub auth_failed: u64,
+    pub malformed: u64,
 }
 
 impl SessionStats {
     /// Counts a message of this peer refused for `reason`.
     pub(super) fn count_refused(&mut self, reason: super::OpenError) {
         use super::OpenError::*;
+        let r = &mut self.refused;
         let c = match reason {
-            StaleSession => &mut self.refused_stale_session,
-            UnknownEpoch => &mut self.refused_unknown_epoch,
-            KeyUnavailable => &mut self.refused_key_unavailable,
-            Replayed => &mut self.refused_replayed,
-            TooOld => &mut self.refused_too_old,
-            AuthFailed => &mut self.refused_auth_failed,
+            StaleSession => &mut r.stale_session,
+            UnknownEpoch => &mut r.unknown_epoch,
+            KeyUnavailable => &mut r.key_unavailable,
+            Replayed => &mut r.replayed,
+            TooOld => &mut r.too_old,
+            AuthFailed => &mut r.auth_failed,
             // Broken records of an authentic message; the header's refusals come
             // before a session is chosen and are never a session's.
-            Truncated | BadVersion | UnknownType | UnknownPeer | Malformed => {
-                &mut self.refused_malformed
-            }
+            Truncated | BadVersion | UnknownType | UnknownPeer | Malformed => &mut r.malformed,
         };
         *c += 1;
     }
