@@ -4,6 +4,13 @@
 //! a client that goes away (or a new one) ends its captures. It never waits: a slow
 //! client leaves frames in the tap's buffer, and what does not fit there is counted
 //! as dropped. The wire types are `capture`'s.
+//!
+//! The output is the capture's costly part (copying records out, base64, the event
+//! lines, the control channel's writes), and it runs on the datapath's CPU. So it
+//! gets a bounded share of the time: the platform reports what each output took
+//! (`charge`), and output runs only while that stays under `OUTPUT_SHARE_PERCENT` of
+//! the time that passed. Under load the buffer then fills and the frames past it are
+//! only counted, which costs the datapath a counter increment each.
 
 use alloc::vec::Vec;
 
@@ -29,11 +36,26 @@ struct Stream {
     frames_sent: u64,
 }
 
+/// Percent of the time that passes which the captures' output may take, as measured
+/// by the platform (`Streams::charge`).
+pub const OUTPUT_SHARE_PERCENT: i64 = 3;
+/// The most output time saved up while there was nothing to send, in microseconds:
+/// after a quiet spell, a burst of this much runs at once.
+const MAX_CREDIT_MICROS: i64 = 2_000;
+/// Record bytes one `output` moves at most: the slice of work done between two turns
+/// of the datapath.
+const TURN_BYTES: usize = 16 * 1024;
+
 /// The captures of the connection: what has been sent of each and what the client
-/// acknowledged.
+/// acknowledged, and the time their output may still take.
 #[derive(Debug, Default)]
 pub struct Streams {
     streams: Vec<Stream>,
+    /// Output time available, in hundredths of a microsecond (negative: owed); the
+    /// unit makes each microsecond that passes earn a whole `OUTPUT_SHARE_PERCENT`.
+    credit: i64,
+    /// When `credit` was last brought up to date.
+    credit_at: Option<Instant>,
 }
 
 impl Streams {
@@ -82,6 +104,10 @@ impl Streams {
                 "snaplen",
             ),
         })?;
+        if self.streams.is_empty() {
+            self.credit = MAX_CREDIT_MICROS * 100;
+            self.credit_at = Some(now);
+        }
         self.streams.push(Stream {
             id,
             sent: 0,
@@ -133,9 +159,45 @@ impl Streams {
         self.streams.is_empty()
     }
 
-    /// The event lines due at `now`: chunks while each window has room, and the end of
-    /// each capture that takes no more frames and has sent all it had.
+    /// Captures running.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The output time the platform measured for what `output` gave (including its
+    /// writing to the control channel): taken from the captures' share.
+    pub fn charge(&mut self, took: Duration) {
+        if !self.streams.is_empty() {
+            let took = i64::try_from(took.total_micros()).unwrap_or(i64::MAX);
+            self.credit = self.credit.saturating_sub(took.saturating_mul(100));
+        }
+    }
+
+    /// The share of the time from the last update to `now`, added to the credit.
+    fn accrue(&mut self, now: Instant) {
+        self.credit = self.credit_at(now);
+        self.credit_at = Some(now);
+    }
+
+    /// The credit as it stands at `now`.
+    fn credit_at(&self, now: Instant) -> i64 {
+        let at = self.credit_at.unwrap_or(now);
+        let passed = if now > at {
+            i64::try_from((now - at).total_micros()).unwrap_or(i64::MAX)
+        } else {
+            0
+        };
+        self.credit
+            .saturating_add(passed.saturating_mul(OUTPUT_SHARE_PERCENT))
+            .min(MAX_CREDIT_MICROS * 100)
+    }
+
+    /// The event lines due at `now`: chunks while each window has room and the
+    /// captures' share of the time allows (`TURN_BYTES` at most), and the end of each
+    /// capture that takes no more frames and has sent all it had.
     pub fn output(&mut self, now: Instant, tap: &mut CaptureTap, out: &mut Vec<u8>) {
+        self.accrue(now);
+        let mut budget = if self.credit >= 0 { TURN_BYTES } else { 0 };
         let mut ended = Vec::new();
         let mut chunk = Vec::new();
         for s in &mut self.streams {
@@ -143,22 +205,26 @@ impl Streams {
                 ended.push((s.id, EndReason::Gone));
                 continue;
             }
-            loop {
+            while budget > 0 {
                 let room = WINDOW_BYTES.saturating_sub(s.sent - s.acked) as usize;
                 // A record longer than a chunk goes alone; every record fits a window.
                 if tap.head_len(s.id).is_none_or(|len| len > room) {
                     break;
                 }
                 chunk.clear();
-                let frames = tap.drain(s.id, room.min(CHUNK_BYTES), &mut chunk);
-                let mut line = alloc::format!(
+                let frames = tap.drain(s.id, room.min(CHUNK_BYTES).min(budget), &mut chunk);
+                budget = budget.saturating_sub(chunk.len());
+                let head = alloc::format!(
                     "{{\"event\":\"capture\",\"capture\":{},\"offset\":{},\"frames\":{frames},\"data\":\"",
                     s.id,
                     s.sent
                 );
-                BASE64.encode_string(&chunk, &mut line);
-                line.push_str("\"}\n");
-                out.extend_from_slice(line.as_bytes());
+                out.extend_from_slice(head.as_bytes());
+                let at = out.len();
+                out.resize(at + base64::encoded_len(chunk.len(), true).unwrap_or(0), 0);
+                let written = BASE64.encode_slice(&chunk, &mut out[at..]).unwrap_or(0);
+                out.truncate(at + written);
+                out.extend_from_slice(b"\"}\n");
                 s.sent += chunk.len() as u64;
                 s.frames_sent += frames as u64;
             }
@@ -196,12 +262,32 @@ impl Streams {
     }
 
     /// Whether an event is due without new frames: a window with room over a buffer
-    /// with records, or a capture to end.
+    /// with records (and the share of time to send it), or a capture to end.
     pub fn wants_output(&self, now: Instant, tap: &CaptureTap) -> bool {
-        self.streams.iter().any(|s| match tap.head_len(s.id) {
-            Some(len) => len as u64 <= WINDOW_BYTES - (s.sent - s.acked),
-            None => !tap.is_taking(s.id, now),
-        })
+        self.next_output(now, tap).is_some_and(|t| t <= now)
+    }
+
+    /// When an event is due without new frames: at once for a capture to end; for a
+    /// window with room over a buffer with records, once the captures' share of the
+    /// time allows (`None`: nothing is due).
+    pub fn next_output(&self, now: Instant, tap: &CaptureTap) -> Option<Instant> {
+        let mut data = false;
+        for s in &self.streams {
+            match tap.head_len(s.id) {
+                Some(len) => data |= len as u64 <= WINDOW_BYTES - (s.sent - s.acked),
+                None if !tap.is_taking(s.id, now) => return Some(now),
+                None => {}
+            }
+        }
+        if !data {
+            return None;
+        }
+        let credit = self.credit_at(now);
+        if credit >= 0 {
+            return Some(now);
+        }
+        let wait = credit.unsigned_abs().div_ceil(OUTPUT_SHARE_PERCENT as u64);
+        Some(now + Duration::from_micros(wait))
     }
 
     fn find(&mut self, id: u32) -> Result<&mut Stream, ErrorBody> {
@@ -291,8 +377,16 @@ mod tests {
         for _ in 0..300 {
             tap.offer(point, now, &[0xab; 2000]);
         }
+        // Output in turns until the window is full (no time is charged: no share
+        // holds it back).
         let mut out = Vec::new();
-        streams.output(now, &mut tap, &mut out);
+        loop {
+            let before = out.len();
+            streams.output(now, &mut tap, &mut out);
+            if out.len() == before {
+                break;
+            }
+        }
         let first = events(&out);
         // One window's worth, in chunks of whole records, no end yet.
         let sent: usize = first
@@ -348,6 +442,64 @@ mod tests {
             }
         }
         panic!("no end after {frames} frames");
+    }
+
+    #[test]
+    fn output_keeps_to_its_share_of_the_time() {
+        let mut tap = CaptureTap::default();
+        let mut streams = Streams::default();
+        let t = |ms: i64| Instant::from_millis(ms);
+        let id = streams
+            .start(&start("uplink"), None, &mut tap, t(0), 0)
+            .unwrap()
+            .capture;
+        let point = TapPoint::Nic(NicId::Uplink);
+        for _ in 0..100 {
+            tap.offer(point, t(0), &[0xab; 1000]);
+        }
+        let sent = |out: &[u8]| -> usize {
+            events(out)
+                .iter()
+                .map(|e| match e {
+                    Event::Capture(d) => d.bytes().unwrap().len(),
+                    Event::CaptureEnd(_) => 0,
+                })
+                .sum()
+        };
+        // One turn moves a slice of the buffer, not all of it.
+        let mut out = Vec::new();
+        streams.output(t(0), &mut tap, &mut out);
+        let first = sent(&out);
+        assert!(first > 0 && first <= TURN_BYTES + 1016, "{first}");
+        // That turn took 30 ms: at 3 % the captures are owed 1 s less 2 ms saved up.
+        streams.charge(Duration::from_millis(30));
+        let due = streams.next_output(t(0), &tap).unwrap();
+        let owed = (30_000 - MAX_CREDIT_MICROS) * 100;
+        assert_eq!(
+            due,
+            Instant::from_micros((owed + OUTPUT_SHARE_PERCENT - 1) / OUTPUT_SHARE_PERCENT)
+        );
+        // Earned a microsecond at a time, the share adds up the same.
+        let mut probe = Streams {
+            streams: streams.streams.clone(),
+            credit: -owed,
+            credit_at: Some(t(0)),
+        };
+        for us in 1..=1000 {
+            probe.accrue(Instant::from_micros(us));
+        }
+        assert_eq!(probe.credit, -owed + 1000 * OUTPUT_SHARE_PERCENT);
+        assert!(!streams.wants_output(t(500), &tap));
+        out.clear();
+        streams.output(t(500), &mut tap, &mut out);
+        assert!(out.is_empty(), "nothing before the share allows");
+        assert!(streams.wants_output(due, &tap));
+        streams.output(due, &mut tap, &mut out);
+        assert!(sent(&out) > 0);
+        // Frames that found the buffer full were counted, none lost from the count.
+        tap.offer(point, t(1000), &[0xcd; 1000]);
+        let c = tap.counters(id).unwrap();
+        assert_eq!(c.seen, c.buffered + c.dropped);
     }
 
     #[test]

@@ -182,7 +182,12 @@ impl Appliance {
     ) -> Option<Duration> {
         self.last_poll = now;
         let mut next_poll = self.netstack.poll(now, uplink, link).next_poll;
-        if let Some(t) = self.netstack.capture().next_deadline(now) {
+        let capture = self.netstack.capture();
+        let due = [
+            capture.next_deadline(now),
+            self.captures.next_output(now, capture),
+        ];
+        for t in due.into_iter().flatten() {
             let until = if t > now { t - now } else { Duration::ZERO };
             next_poll = Some(next_poll.map_or(until, |d| d.min(until)));
         }
@@ -226,6 +231,21 @@ impl Appliance {
         if !self.captures.is_empty() {
             self.captures.output(now, self.netstack.capture_mut(), out);
         }
+    }
+
+    /// The platform's measure of the time the captures' output took: what
+    /// `control_output` gave, its writing to the control channel, and the channel's
+    /// work of the captures (acknowledgements). Taken from the captures' share of the
+    /// time (`capture_session::OUTPUT_SHARE_PERCENT`); a platform that never reports
+    /// it gives the captures all the time they want.
+    pub fn control_output_took(&mut self, took: Duration) {
+        self.captures.charge(took);
+    }
+
+    /// Whether captures run (the platform then measures what the control channel
+    /// costs them, for `control_output_took`).
+    pub fn capturing(&self) -> bool {
+        !self.captures.is_empty()
     }
 
     /// Whether `control_output` has lines to give at `now` without new frames.
@@ -864,6 +884,7 @@ impl Appliance {
             nat: publish::status(&self.netstack),
             services: services::status(&self.netstack),
             heap: self.heap,
+            captures: self.captures.len() as u64,
         }
     }
 

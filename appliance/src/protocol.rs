@@ -588,6 +588,13 @@ pub struct Status {
     /// size, the bytes in use now and the most ever in use since boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heap: Option<HeapStatus>,
+    /// Captures running (`capture-start`), absent when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub captures: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Heap figures in bytes: `peak_bytes` is the high-water mark since boot.

@@ -448,3 +448,32 @@ fn a_flow_table_that_does_not_fit_the_heap_is_refused() {
     let reply = call(&mut app, now, &apply_line(5, &timeouts));
     assert_eq!(error_of(&reply), ("invalid_config", Some("nat.capacity")));
 }
+
+#[test]
+fn status_and_metrics_count_the_captures_running() {
+    let (mut app, now) = connected();
+    let captures = |app: &mut Appliance| {
+        let reply = call(app, now, r#"{"id":1,"cmd":"status"}"#);
+        let status: Status = serde_json::from_value(reply["result"].clone()).unwrap();
+        let metrics = call(app, now, r#"{"id":2,"cmd":"metrics"}"#);
+        let text = metrics["result"]["text"].as_str().unwrap().to_string();
+        let gauge = text
+            .lines()
+            .find_map(|l| l.strip_prefix("weft_control_captures "))
+            .map(|v| v.parse::<u64>().unwrap());
+        assert_eq!(gauge, Some(status.captures), "{text}");
+        (status.captures, reply["result"].get("captures").is_some())
+    };
+    assert_eq!(captures(&mut app), (0, false));
+    for id in [3, 4] {
+        let reply = call(
+            &mut app,
+            now,
+            &format!(r#"{{"id":{id},"cmd":"capture-start","args":{{"iface":"link"}}}}"#),
+        );
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    assert_eq!(captures(&mut app), (2, true));
+    app.control_disconnected();
+    assert_eq!(captures(&mut app), (0, false));
+}

@@ -36,6 +36,9 @@ pub fn render_status(s: &Status) -> String {
             "not configured"
         }
     );
+    if s.captures > 0 {
+        out.push_str(&format!("captures running: {}\n", s.captures));
+    }
     let mut rows = vec![[
         "iface",
         "mac",

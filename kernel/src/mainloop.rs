@@ -181,6 +181,7 @@ pub fn run(cmdline: String) -> ! {
             peak_bytes: heap.peak as u64,
         });
         let mut busy = false;
+        let had_output = control.has_pending_output();
         while let Some(event) = control.poll() {
             busy = true;
             match event {
@@ -191,18 +192,32 @@ pub fn run(cmdline: String) -> ! {
             control.write(&out);
             out.clear();
         }
+        // The control channel's time, when it moved bytes, is measured: while captures
+        // run it is mostly theirs (chunks going out, acknowledgements coming in), and
+        // with their encoding it is taken from their share of the CPU, so that under
+        // load they drop frames and the datapath keeps its speed.
+        let mut control_took = if busy || had_output {
+            crate::time::now() - now
+        } else {
+            Duration::ZERO
+        };
         let delay = appliance.poll(now, &mut uplink, &mut link);
         uplink.flush();
         link.flush();
         // Captures' events go only once the console took what it had: a slow reader
         // slows them, never the datapath.
         if !control.has_pending_output() {
-            appliance.control_output(now, &mut out);
+            let started = crate::time::now();
+            appliance.control_output(started, &mut out);
             if !out.is_empty() {
                 control.write(&out);
                 out.clear();
                 busy = true;
+                control_took += crate::time::now() - started;
             }
+        }
+        if appliance.capturing() {
+            appliance.control_output_took(control_took);
         }
         if busy || control.has_pending_output() || delay == Some(Duration::ZERO) {
             continue;

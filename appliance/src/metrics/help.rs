@@ -43,6 +43,10 @@ const HELP: &[(&str, &str)] = &[
         "Frames the NIC dropped before any stage, by reason.",
     ),
     (
+        "weft_control_captures",
+        "Packet captures running (weft ctl capture).",
+    ),
+    (
         "weft_control_connects_total",
         "Control-socket connections (greetings sent).",
     ),

@@ -115,6 +115,7 @@ pub fn collect(status: &Status) -> Registry {
         counters_of(&mut reg, "weft_nic_", &l, &i.counters, &[]);
     }
     counters_of(&mut reg, "weft_control_", &none, &status.control, &[]);
+    gauge(&mut reg, "weft_control_captures", &none, status.captures);
     if let Some(o) = &status.overlay {
         overlay(&mut reg, o);
     }

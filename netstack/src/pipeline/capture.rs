@@ -7,8 +7,11 @@
 //!
 //! It owns the captures' filters, buffers and counters. It never blocks, never waits
 //! for a reader and never changes, drops or reorders a frame: a frame that does not fit
-//! its capture's buffer is counted as dropped and the datapath carries on. Records are
-//! libpcap's (a 16-byte header, little-endian, microsecond timestamps, then the bytes).
+//! its capture's buffer is counted as dropped and the datapath carries on. Whether a
+//! frame fits is decided before any byte of it is copied, so a full buffer costs the
+//! datapath a counter increment per frame, no copy; what is copied is cut to the
+//! snapshot length first. Records are libpcap's (a 16-byte header, little-endian,
+//! microsecond timestamps, then the bytes).
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -36,6 +39,11 @@ pub const MIN_KEPT_BYTES: usize = 128;
 /// Inner frames the overlay stages for the captures in one poll; more are counted as
 /// dropped by the captures that wanted them.
 const MAX_STAGED: usize = 1024;
+
+/// The bytes of a record of a `len`-byte frame cut to `snaplen`.
+fn record_len(len: usize, snaplen: u32) -> usize {
+    RECORD_HEADER_LEN + len.min(snaplen as usize)
+}
 
 /// Where a capture looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +119,24 @@ impl Capture {
             && self.spec.until.is_none_or(|t| now < t)
     }
 
+    /// Bytes free in the buffer.
+    fn room(&self) -> usize {
+        self.spec.buffer_bytes.saturating_sub(self.ring.len())
+    }
+
+    /// Whether a frame of `len` bytes seen at `now` would be put into the buffer.
+    fn would_take(&self, now: Instant, len: usize) -> bool {
+        self.taking(now) && record_len(len, self.spec.snaplen) <= self.room()
+    }
+
+    /// `n` frames seen at `now` that were not copied for this capture: dropped.
+    fn missed(&mut self, now: Instant, n: u64) {
+        if n > 0 && self.taking(now) {
+            self.counters.seen += n;
+            self.counters.dropped += n;
+        }
+    }
+
     /// One frame (of `orig_len` bytes, `data` its first bytes) seen at `now`.
     fn offer(&mut self, now: Instant, data: Option<&[u8]>, orig_len: usize) {
         if !self.taking(now) {
@@ -122,7 +148,7 @@ impl Capture {
             return;
         };
         let incl = data.len().min(self.spec.snaplen as usize);
-        if self.ring.len() + RECORD_HEADER_LEN + incl > self.spec.buffer_bytes {
+        if RECORD_HEADER_LEN + incl > self.room() {
             self.counters.dropped += 1;
             return;
         }
@@ -260,7 +286,11 @@ impl CaptureTap {
             at += len;
             records += 1;
         }
-        out.extend(c.ring.drain(..bytes));
+        let (a, b) = c.ring.as_slices();
+        let from_a = bytes.min(a.len());
+        out.extend_from_slice(&a[..from_a]);
+        out.extend_from_slice(&b[..bytes - from_a]);
+        c.ring.drain(..bytes);
         debug_assert!(c.head_len().is_none_or(|l| l <= c.ring.len()));
         records
     }
@@ -289,23 +319,87 @@ impl CaptureTap {
         out
     }
 
-    /// A frame seen at `point` at `now`: copied into every capture there.
+    /// What the overlay is to stage for the captures during a poll at `now`: each
+    /// watched network with the largest snapshot length and the most buffer room any
+    /// of its captures taking frames has.
+    pub(crate) fn inner_watch(&self, now: Instant) -> Vec<Watch> {
+        let mut out: Vec<Watch> = Vec::new();
+        for c in &self.captures {
+            let TapPoint::Network(vni) = c.spec.point else {
+                continue;
+            };
+            let room = if c.taking(now) { c.room() } else { 0 };
+            match out.iter_mut().find(|w| w.vni == vni) {
+                Some(w) => {
+                    w.snaplen = w.snaplen.max(c.spec.snaplen);
+                    w.room = w.room.max(room);
+                }
+                None => out.push(Watch {
+                    vni,
+                    snaplen: c.spec.snaplen,
+                    room,
+                    missed: 0,
+                }),
+            }
+        }
+        out
+    }
+
+    /// Whether a capture at `point` would put a frame of `len` bytes seen at `now`
+    /// into its buffer (if none would, the frame need not be copied for them).
+    pub fn would_take(&self, point: TapPoint, now: Instant, len: usize) -> bool {
+        self.captures
+            .iter()
+            .any(|c| c.spec.point == point && c.would_take(now, len))
+    }
+
+    /// A frame seen at `point` at `now`: copied into every capture there that has
+    /// room for it, counted as dropped by the others.
     pub fn offer(&mut self, point: TapPoint, now: Instant, frame: &[u8]) {
+        self.offer_part(point, now, frame, frame.len());
+    }
+
+    /// `offer` for a frame of `orig_len` bytes of which `data` are the first.
+    fn offer_part(&mut self, point: TapPoint, now: Instant, data: &[u8], orig_len: usize) {
         for c in self.captures.iter_mut().filter(|c| c.spec.point == point) {
-            c.offer(now, Some(frame), frame.len());
+            c.offer(now, Some(data), orig_len);
+        }
+    }
+
+    /// The largest snapshot length of the captures at `point` (0: none).
+    fn snaplen(&self, point: TapPoint) -> u32 {
+        self.captures
+            .iter()
+            .filter(|c| c.spec.point == point)
+            .map(|c| c.spec.snaplen)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `n` frames seen at `point` at `now` and not copied: dropped by every capture
+    /// there.
+    pub fn missed(&mut self, point: TapPoint, now: Instant, n: u64) {
+        for c in self.captures.iter_mut().filter(|c| c.spec.point == point) {
+            c.missed(now, n);
         }
     }
 
     /// Frames the overlay staged during a poll at `now`.
     pub(crate) fn take_staged(&mut self, now: Instant, staged: &mut InnerTap) {
         for s in staged.staged.drain(..) {
+            let data = &staged.bytes[s.at..s.at + s.len];
             for c in self
                 .captures
                 .iter_mut()
                 .filter(|c| c.spec.point == TapPoint::Network(s.vni))
             {
-                c.offer(now, s.data.as_deref(), s.orig_len);
+                c.offer(now, Some(data), s.orig_len);
             }
+        }
+        staged.bytes.clear();
+        for w in &mut staged.watch {
+            let n = core::mem::take(&mut w.missed);
+            self.missed(TapPoint::Network(w.vni), now, n);
         }
     }
 
@@ -323,51 +417,80 @@ impl CaptureTap {
     }
 }
 
-/// One inner frame staged by the overlay: its network, its length and its first bytes
-/// (`None`: more frames than one poll stages; counted as dropped).
+/// One inner frame staged by the overlay: its network, its length, and where its
+/// first bytes lie in the staging area.
 #[derive(Debug, Clone)]
 struct Staged {
     vni: Vni,
     orig_len: usize,
-    data: Option<Vec<u8>>,
+    at: usize,
+    len: usize,
+}
+
+/// A network the overlay stages inner frames of, for one poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Watch {
+    vni: Vni,
+    /// Bytes staged of each frame at most.
+    snaplen: u32,
+    /// Record bytes that its captures may still take in this poll (the most of any);
+    /// a frame past them is not copied, only counted.
+    room: usize,
+    /// Frames of this poll not copied: more than `room`, or than `MAX_STAGED`.
+    missed: u64,
 }
 
 /// The overlay datapath's tap: which networks are watched (set before each poll) and
-/// the inner frames staged during it (taken by the `CaptureTap` after it).
+/// the inner frames staged during it, in one reused area (taken by the `CaptureTap`
+/// after it).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct InnerTap {
-    watch: Vec<(Vni, u32)>,
+    watch: Vec<Watch>,
     staged: Vec<Staged>,
+    bytes: Vec<u8>,
 }
 
 impl InnerTap {
-    pub(crate) fn set_watch(&mut self, watch: Vec<(Vni, u32)>) {
+    /// Watches `watch` from now on; frames missed and not yet taken stay counted.
+    pub(crate) fn set_watch(&mut self, mut watch: Vec<Watch>) {
+        for old in &self.watch {
+            if let Some(w) = watch.iter_mut().find(|w| w.vni == old.vni) {
+                w.missed += old.missed;
+            }
+        }
         self.watch = watch;
     }
 
-    /// Watches nothing more (the last capture ended).
+    /// Watches nothing more (the last capture ended); the staging area is freed.
     pub(crate) fn clear(&mut self) {
-        if !self.watch.is_empty() || !self.staged.is_empty() {
-            self.watch.clear();
-            self.staged.clear();
+        if !self.watch.is_empty() || self.bytes.capacity() > 0 {
+            *self = InnerTap::default();
         }
     }
 
     pub(crate) fn watches(&self, vni: Vni) -> bool {
-        self.watch.iter().any(|(v, _)| *v == vni)
+        self.watch.iter().any(|w| w.vni == vni)
     }
 
-    /// A frame entering network `vni`'s bridge.
+    /// A frame entering network `vni`'s bridge: its first bytes staged if a capture
+    /// has room for them, else only counted.
     pub(crate) fn stage(&mut self, vni: Vni, frame: &[u8]) {
-        let Some(&(_, snaplen)) = self.watch.iter().find(|(v, _)| *v == vni) else {
+        let Some(w) = self.watch.iter_mut().find(|w| w.vni == vni) else {
             return;
         };
-        let data = (self.staged.len() < MAX_STAGED)
-            .then(|| frame[..frame.len().min(snaplen as usize)].to_vec());
+        let len = frame.len().min(w.snaplen as usize);
+        if self.staged.len() >= MAX_STAGED || RECORD_HEADER_LEN + len > w.room {
+            w.missed += 1;
+            return;
+        }
+        w.room -= RECORD_HEADER_LEN + len;
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(&frame[..len]);
         self.staged.push(Staged {
             vni,
             orig_len: frame.len(),
-            data,
+            at,
+            len,
         });
     }
 }
@@ -403,12 +526,26 @@ impl Port for CapturePort<'_> {
     /// capturing only).
     fn transmit(&mut self, pool: &mut BufPool, buf: PacketBuf) -> Result<(), TxError> {
         let point = TapPoint::Nic(self.nic);
-        if !self.tap.borrow().watches(point) {
+        let (watched, copy) = {
+            let tap = self.tap.borrow();
+            let watched = tap.watches(point);
+            let copy = watched && tap.would_take(point, self.now, buf.len());
+            (watched, copy.then(|| tap.snaplen(point) as usize))
+        };
+        if !watched {
             return self.inner.transmit(pool, buf);
         }
-        let frame = buf.frame().to_vec();
+        let Some(snaplen) = copy else {
+            self.inner.transmit(pool, buf)?;
+            self.tap.borrow_mut().missed(point, self.now, 1);
+            return Ok(());
+        };
+        let orig_len = buf.len();
+        let data = buf.frame()[..orig_len.min(snaplen)].to_vec();
         self.inner.transmit(pool, buf)?;
-        self.tap.borrow_mut().offer(point, self.now, &frame);
+        self.tap
+            .borrow_mut()
+            .offer_part(point, self.now, &data, orig_len);
         Ok(())
     }
 }
@@ -584,6 +721,68 @@ mod tests {
     }
 
     #[test]
+    fn frames_past_a_full_buffer_are_counted_without_a_copy() {
+        let vni = Vni::new(100).unwrap();
+        let point = TapPoint::Network(vni);
+        let mut tap = CaptureTap::default();
+        let id = tap
+            .start(CaptureSpec {
+                snaplen: 60,
+                buffer_bytes: 2 * (16 + 60),
+                ..spec(point)
+            })
+            .unwrap();
+        let mut inner = InnerTap::default();
+        inner.set_watch(tap.inner_watch(Instant::ZERO));
+        for i in 0..10u8 {
+            inner.stage(vni, &[i; 100]);
+        }
+        // Only what the buffer can take was copied, and only its snaplen.
+        assert_eq!(inner.bytes.len(), 2 * 60);
+        assert_eq!(inner.staged.len(), 2);
+        tap.take_staged(Instant::ZERO, &mut inner);
+        let c = tap.counters(id).unwrap();
+        assert_eq!((c.seen, c.buffered, c.dropped), (10, 2, 8));
+        // The next poll finds no room: nothing is staged, everything counted.
+        inner.set_watch(tap.inner_watch(Instant::ZERO));
+        inner.stage(vni, &[1; 100]);
+        assert!(inner.bytes.is_empty() && inner.staged.is_empty());
+        tap.take_staged(Instant::ZERO, &mut inner);
+        assert_eq!(tap.counters(id).unwrap().dropped, 9);
+
+        // The same on a NIC's transmit side.
+        let tap = RefCell::new(CaptureTap::default());
+        let link = TapPoint::Nic(NicId::Link);
+        let id = tap
+            .borrow_mut()
+            .start(CaptureSpec {
+                snaplen: 20,
+                buffer_bytes: 16 + MIN_KEPT_BYTES,
+                ..spec(link)
+            })
+            .unwrap();
+        let mut inner = MemPort::with_tx_capacity(EthernetAddress([2, 0, 0, 0, 0, 1]), 8);
+        let mut port = CapturePort {
+            inner: &mut inner,
+            nic: NicId::Link,
+            tap: &tap,
+            now: Instant::ZERO,
+        };
+        let mut pool = BufPool::new(16);
+        for i in 0..7u8 {
+            let b = pool.copy_of(&[i; 60]);
+            assert_eq!(port.transmit(&mut pool, b), Ok(()));
+        }
+        let c = tap.borrow().counters(id).unwrap();
+        // 36-byte records in a 144-byte buffer: 4 taken, 3 dropped.
+        assert_eq!((c.seen, c.buffered, c.dropped), (7, 4, 3));
+        let mut out = Vec::new();
+        tap.borrow_mut().drain(id, usize::MAX, &mut out);
+        let got = records(&out);
+        assert_eq!((got[3].1, got[3].2.len()), (60, 20));
+    }
+
+    #[test]
     fn staged_inner_frames_reach_their_networks_captures_and_overflow_is_dropped() {
         let vni = Vni::new(100).unwrap();
         let mut tap = CaptureTap::default();
@@ -596,7 +795,7 @@ mod tests {
         let mut inner = InnerTap::default();
         inner.stage(vni, &[1; 50]);
         assert!(inner.staged.is_empty(), "nothing is watched yet");
-        inner.set_watch(tap.networks());
+        inner.set_watch(tap.inner_watch(Instant::ZERO));
         for _ in 0..MAX_STAGED + 3 {
             inner.stage(vni, &[1; 50]);
         }

@@ -159,7 +159,8 @@ impl Netstack {
         }
         let tap = RefCell::new(core::mem::take(&mut self.capture));
         if let Some(path) = self.overlay.as_mut() {
-            path.inner_tap_mut().set_watch(tap.borrow().networks());
+            path.inner_tap_mut()
+                .set_watch(tap.borrow().inner_watch(now));
         }
         let result = {
             let mut up = CapturePort {
