@@ -376,19 +376,23 @@ fn family_sum(text: &str, name: &str) -> f64 {
 /// an `overlay:` capture is offered: every frame entering the network's bridge, from
 /// its containers (`link_rx`), from the appliance itself (`appliance_rx`), and
 /// decapsulated from peers (`uplink_rx`). (`appliance_tx`, frames the bridge hands to
-/// the appliance, counts frames from peers a second time.)
+/// the appliance, and `flooded` are printed beside them: this test registers no
+/// container of the other node, so its frames are unknown unicast, flooded to the
+/// peers and the appliance.)
 const BRIDGE_RX: [&str; 3] = [
     "weft_overlay_network_link_rx_total",
     "weft_overlay_network_appliance_rx_total",
     "weft_overlay_network_uplink_rx_total",
 ];
 
-/// Each of `BRIDGE_RX` on the node, in that order, then `appliance_tx` (printed only).
-fn bridge_rx(vm: &TestVm) -> [u64; 4] {
+/// Each of `BRIDGE_RX` on the node, in that order, then `appliance_tx` and `flooded`
+/// (printed only).
+fn bridge_rx(vm: &TestVm) -> [u64; 5] {
     let text = ctl_metrics(vm);
     let [a, b, c] = BRIDGE_RX.map(|f| family_sum(&text, f) as u64);
     let tx = family_sum(&text, "weft_overlay_network_appliance_tx_total") as u64;
-    [a, b, c, tx]
+    let flooded = family_sum(&text, "weft_overlay_network_flooded_total") as u64;
+    [a, b, c, tx, flooded]
 }
 
 /// `(frames, dropped)` from the summary `weft ctl capture` prints at the end
@@ -470,7 +474,7 @@ fn capture_under_iperf3_accounts_for_every_frame() {
         let (_, summary) = capture.finish(Duration::from_secs(60));
         let after = bridge_rx(&w1);
         let (frames, dropped) = summary_counts(&summary);
-        let moved: Vec<u64> = (0..4).map(|i| after[i] - before[i]).collect();
+        let moved: Vec<u64> = (0..5).map(|i| after[i] - before[i]).collect();
         let offered: u64 = moved[..3].iter().sum();
         let in_file = tshark(file.to_str().unwrap(), None, "frame", &["frame.number"]).len();
         let tcp = tshark(
@@ -483,10 +487,10 @@ fn capture_under_iperf3_accounts_for_every_frame() {
         eprintln!(
             "round {round}: iperf3 {:.1} Mbit/s alone, {:.1} Mbit/s with the capture; \
              the bridge took {offered} frames (link {}, appliance {}, peers {}; it handed \
-             {} to the appliance), the capture {frames} (tshark reads {in_file}, {tcp} of \
+             {} to the appliance and flooded {}), the capture {frames} (tshark reads {in_file}, {tcp} of \
              iperf3's TCP) and dropped {dropped}; iperf3 ended {iperf_done:.1?} into the \
              capture",
-            plain[round], captured[round], moved[0], moved[1], moved[2], moved[3]
+            plain[round], captured[round], moved[0], moved[1], moved[2], moved[3], moved[4]
         );
         assert!(
             iperf_done < Duration::from_secs(u64::from(CAPTURE_SECS) - 1),
