@@ -13,6 +13,10 @@
 //! never reads a clock and holds at most its capacity of bindings.
 
 use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::hash::Hash;
+
+use hashbrown::HashMap;
 
 use serde::{Deserialize, Serialize};
 use smoltcp::time::{Duration, Instant};
@@ -79,10 +83,11 @@ struct Resolving {
 }
 
 /// Neighbours by key (an address, or a NIC and an address), and the resolutions in
-/// progress.
+/// progress. The bindings are hashed: the router looks one up for every frame it
+/// forwards, among as many as the link has containers.
 #[derive(Debug, Clone)]
 pub struct Neighbors<K> {
-    cache: BTreeMap<K, Binding>,
+    cache: HashMap<K, Binding>,
     resolving: BTreeMap<K, Resolving>,
     capacity: usize,
     retry: Retry,
@@ -90,11 +95,11 @@ pub struct Neighbors<K> {
     counters: NeighborCounters,
 }
 
-impl<K: Ord + Copy> Neighbors<K> {
+impl<K: Ord + Hash + Copy> Neighbors<K> {
     /// A table of at most `capacity` bindings whose requests repeat as `retry` says.
     pub fn new(capacity: usize, retry: Retry) -> Neighbors<K> {
         Neighbors {
-            cache: BTreeMap::new(),
+            cache: HashMap::new(),
             resolving: BTreeMap::new(),
             capacity,
             retry,
@@ -157,9 +162,12 @@ impl<K: Ord + Copy> Neighbors<K> {
         self.cache.len() < self.capacity || self.cache.contains_key(key)
     }
 
-    /// Every known neighbour, by key.
+    /// Every known neighbour, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &EthernetAddress)> {
-        self.cache.iter().map(|(k, b)| (k, &b.mac))
+        let mut all: Vec<(&K, &EthernetAddress)> =
+            self.cache.iter().map(|(k, b)| (k, &b.mac)).collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all.into_iter()
     }
 
     /// `key` is at `mac` (heard at `now`): bind or confirm it and end its resolution.
