@@ -9,7 +9,7 @@
 
 use smoltcp::wire::{Icmpv4Packet, Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket};
 
-use super::checksum::{self, Delta};
+use super::checksum::Delta;
 use crate::base::{FlowTuple, Proto};
 
 mod field {
@@ -131,8 +131,49 @@ pub fn decrement_ttl(packet: &mut [u8]) -> bool {
     }
     // RFC 1624: the TTL shares a 16-bit word with the protocol.
     let proto = u8::from(ip.next_header());
-    let check = checksum::adjust(ip.checksum(), &[ttl, proto], &[ttl - 1, proto]);
+    let mut delta = Delta::ZERO;
+    delta.replace_u16(
+        u16::from_be_bytes([ttl, proto]),
+        u16::from_be_bytes([ttl - 1, proto]),
+    );
+    let check = delta.apply(ip.checksum());
     ip.set_hop_limit(ttl - 1);
     ip.set_checksum(check);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The incremental TTL update leaves a header smoltcp verifies, for every TTL and
+    /// protocol byte and many header contents; TTLs of 0 and 1 are left alone.
+    #[test]
+    fn decrement_ttl_keeps_the_header_checksum_valid() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for ttl in 0..=255u8 {
+            for proto in [1u8, 6, 17, 0, 255] {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let mut h = [0u8; 20];
+                h[..8].copy_from_slice(&seed.to_be_bytes());
+                h[12..20].copy_from_slice(&seed.rotate_left(29).to_be_bytes());
+                h[0] = 0x45;
+                h[8] = ttl;
+                h[9] = proto;
+                let mut ip = Ipv4Packet::new_unchecked(&mut h[..]);
+                ip.fill_checksum();
+                let before = h;
+                let sent = decrement_ttl(&mut h);
+                assert_eq!(sent, ttl > 1, "ttl {ttl}");
+                if sent {
+                    assert_eq!(h[8], ttl - 1);
+                    assert!(Ipv4Packet::new_unchecked(&h[..]).verify_checksum());
+                } else {
+                    assert_eq!(h, before);
+                }
+            }
+        }
+    }
 }
