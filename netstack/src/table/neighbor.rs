@@ -123,28 +123,23 @@ impl<K: Ord + Hash + Copy> Neighbors<K> {
         self.cache.get(key).map(|b| b.mac)
     }
 
-    /// The MAC address known for `key`, and whether the binding is stale (see
-    /// [`Neighbors::is_stale`]): the packet path's one lookup per frame.
+    /// The MAC address known for `key`, and whether the binding is stale: not
+    /// confirmed for the refresh time, still used, and to be asked for again. The
+    /// packet path's one lookup per frame.
     pub fn resolve(&self, key: &K, now: Instant) -> Option<(EthernetAddress, bool)> {
-        self.cache
-            .get(key)
-            .map(|b| (b.mac, b.confirmed + self.refresh <= now))
+        self.cache.get(key).map(|b| (b.mac, self.is_stale(b, now)))
     }
 
-    /// Whether `key` has a binding that was not confirmed for the refresh time: it is
-    /// still used, and should be asked for again.
-    pub fn is_stale(&self, key: &K, now: Instant) -> bool {
-        self.cache
-            .get(key)
-            .is_some_and(|b| b.confirmed + self.refresh <= now)
-    }
-
-    /// The keys of every stale binding (see [`Neighbors::is_stale`]).
+    /// The keys of every stale binding (see [`Neighbors::resolve`]).
     pub fn stale(&self, now: Instant) -> impl Iterator<Item = &K> {
         self.cache
             .iter()
-            .filter(move |(_, b)| b.confirmed + self.refresh <= now)
+            .filter(move |(_, b)| self.is_stale(b, now))
             .map(|(k, _)| k)
+    }
+
+    fn is_stale(&self, b: &Binding, now: Instant) -> bool {
+        b.confirmed + self.refresh <= now
     }
 
     /// Whether `key` has a binding.
@@ -298,11 +293,11 @@ mod tests {
         let mut n = Neighbors::new(4, Retry::every(Duration::from_secs(1)))
             .with_refresh(Duration::from_secs(30));
         assert_eq!(n.learn(A, MAC, t(0)), Learned::New);
-        assert!(!n.is_stale(&A, t(29_999)));
+        assert_eq!(n.resolve(&A, t(29_999)).map(|r| r.1), Some(false));
         // Confirmed again: fresh for another 30 s.
         assert_eq!(n.learn(A, MAC, t(20_000)), Learned::Unchanged);
-        assert!(!n.is_stale(&A, t(49_999)));
-        assert!(n.is_stale(&A, t(50_000)));
+        assert_eq!(n.resolve(&A, t(49_999)).map(|r| r.1), Some(false));
+        assert_eq!(n.resolve(&A, t(50_000)).map(|r| r.1), Some(true));
         assert_eq!(n.stale(t(50_000)).collect::<alloc::vec::Vec<_>>(), [&A]);
         // Still used while it is asked for again; the answer from the new MAC wins.
         assert_eq!(n.lookup(&A), Some(MAC));
@@ -310,6 +305,7 @@ mod tests {
         let moved = EthernetAddress([0x52, 0x54, 0, 0, 0, 7]);
         assert_eq!(n.learn(A, moved, t(50_100)), Learned::New);
         assert_eq!(n.lookup(&A), Some(moved));
-        assert!(!n.is_resolving(&A) && !n.is_stale(&A, t(50_100)));
+        assert!(!n.is_resolving(&A));
+        assert_eq!(n.resolve(&A, t(50_100)).map(|r| r.1), Some(false));
     }
 }
