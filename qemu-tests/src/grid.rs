@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-pub use weft_image::bench::load::Iperf;
+/// The benches' iperf3 run (`reverse`: the server sends), as the tests call it.
+pub use weft_image::bench::load::{iperf3_run as iperf3, Iperf};
 use weft_image::netns::{run, Netns};
 use weft_image::process::Signal;
 
@@ -508,18 +509,6 @@ impl LinuxVtep {
             .args(["fdb", "append", mac, "dev", "vx0", "dst", dst]))
         .map(|_| ())
     }
-}
-
-/// An `iperf3` TCP run of `secs` seconds from `client` to a one-off server started in
-/// `server` on `addr` (`reverse`: the server sends): the benches' own run.
-pub fn iperf3(
-    server: &Netns,
-    client: &Netns,
-    addr: &str,
-    secs: u32,
-    reverse: bool,
-) -> Result<Iperf> {
-    weft_image::bench::load::iperf3_run(server, client, addr, secs, reverse)
 }
 
 /// Builds the `weft` host tool (same profile as the calling test) and returns its path.
