@@ -588,6 +588,10 @@ pub struct Status {
     /// size, the bytes in use now and the most ever in use since boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heap: Option<HeapStatus>,
+    /// The stack the appliance runs on, as the platform measures it (absent when it does
+    /// not): its size and the most of it ever used since boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<StackStatus>,
     /// Captures running (`capture-start`), absent when none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub captures: u64,
@@ -604,6 +608,16 @@ pub struct HeapStatus {
     pub size_bytes: u64,
     pub used_bytes: u64,
     pub peak_bytes: u64,
+}
+
+/// Stack figures in bytes: `peak_bytes` is the deepest the stack has been since boot,
+/// `running_peak_bytes` the deepest since bring-up ended (what the main loop needs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackStatus {
+    pub size_bytes: u64,
+    pub peak_bytes: u64,
+    pub running_peak_bytes: u64,
 }
 
 /// Per-NIC status, one named field per NIC.

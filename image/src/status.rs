@@ -36,6 +36,16 @@ pub fn render_status(s: &Status) -> String {
             "not configured"
         }
     );
+    if let (Some(h), Some(st)) = (s.heap, s.stack) {
+        out.push_str(&format!(
+            "heap {} KiB used (peak {}) of {}, stack peak {} of {} KiB\n",
+            h.used_bytes / 1024,
+            h.peak_bytes / 1024,
+            h.size_bytes / 1024,
+            st.peak_bytes / 1024,
+            st.size_bytes / 1024
+        ));
+    }
     if s.captures > 0 {
         out.push_str(&format!("captures running: {}\n", s.captures));
     }

@@ -25,6 +25,7 @@ use log::LevelFilter;
 /// Called by `arch::boot` in long mode with SSE enabled and the PVH start-info address.
 #[unsafe(no_mangle)]
 pub extern "C" fn kmain(start_info: u64) -> ! {
+    arch::stack::paint();
     console::init();
     arch::cpu::init();
     let simd = arch::simd::init();

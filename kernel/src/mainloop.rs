@@ -7,12 +7,14 @@ use crate::arch::{apic, cpu, pit};
 use crate::virtio::console::{ControlConsole, Event};
 use crate::virtio::net::NetPort;
 use crate::virtio::Location;
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::convert::Infallible;
 use core::sync::atomic::Ordering;
 use smoltcp::time::Duration;
 use virtio_drivers::transport::DeviceType;
-use weft_appliance::protocol::HeapStatus;
+use weft_appliance::protocol::{HeapStatus, StackStatus};
 use weft_appliance::{Appliance, BootInfo};
 
 /// The longest the loop sleeps when the appliance names no deadline (it says "until an
@@ -29,14 +31,16 @@ pub fn run(cmdline: String) -> ! {
     for dev in devices {
         let at = dev.at;
         match dev.kind {
-            DeviceType::Network => match NetPort::new(dev.transport) {
+            DeviceType::Network => match boxed(|| NetPort::new(dev.transport)) {
                 Ok(port) => nics.push((port, at, dev.irq)),
                 Err(e) => log::error!("{at}: virtio-net init failed: {e:?}"),
             },
-            DeviceType::Console if control.is_none() => match ControlConsole::new(dev.transport) {
-                Ok(c) => control = Some((c, at, dev.irq)),
-                Err(e) => log::error!("{at}: virtio-console init failed: {e:?}"),
-            },
+            DeviceType::Console if control.is_none() => {
+                match boxed(|| ControlConsole::new(dev.transport)) {
+                    Ok(c) => control = Some((c, at, dev.irq)),
+                    Err(e) => log::error!("{at}: virtio-console init failed: {e:?}"),
+                }
+            }
             other => {
                 log::info!("{at}: ignoring virtio {other:?}");
                 continue;
@@ -114,15 +118,13 @@ pub fn run(cmdline: String) -> ! {
 
     let now = crate::time::now();
     let seed = entropy_seed();
-    let mut appliance = Appliance::new(
-        BootInfo {
-            uplink_mac: uplink.mac_addr().0,
-            link_mac: link.mac_addr().0,
-            seed,
-            cmdline,
-        },
-        now,
-    );
+    let boot = BootInfo {
+        uplink_mac: uplink.mac_addr().0,
+        link_mac: link.mac_addr().0,
+        seed,
+        cmdline,
+    };
+    let Ok(mut appliance) = boxed::<_, Infallible>(|| Ok(Appliance::new(boot, now)));
     match key_seed() {
         Some(seed) => appliance.set_key_seed(seed),
         None => log::warn!("no RDRAND: no key seed, so [grid] auth = \"tls\" is unavailable"),
@@ -154,13 +156,20 @@ pub fn run(cmdline: String) -> ! {
         Some(hz) => log::info!("wake-up timer: local APIC, {} kHz", hz / 1000),
         None => log::warn!("wake-up timer: PIT (no usable local APIC timer)"),
     }
+    let stack = crate::arch::stack::repaint();
     log::info!(
-        "weft ready: {} ms after boot, heap {} KiB used (peak {} KiB) of {} KiB",
+        "weft ready: {} ms after boot, heap {} KiB used (peak {} KiB) of {} KiB, stack peak {} of {} KiB",
         crate::time::micros() / 1000,
         heap.used / 1024,
         heap.peak / 1024,
-        heap.size / 1024
+        heap.size / 1024,
+        stack.peak / 1024,
+        stack.size / 1024,
     );
+    // The stack's high-water mark is a scan of up to the whole stack (about a
+    // millisecond under TCG): taken once a second, and before control input at most
+    // every 20 ms, so that `status` after a command that ran deep shows it.
+    let mut stack_measured_at = 0;
 
     let mut out = Vec::new();
     loop {
@@ -180,6 +189,9 @@ pub fn run(cmdline: String) -> ! {
             used_bytes: heap.used as u64,
             peak_bytes: heap.peak as u64,
         });
+        if crate::time::micros().saturating_sub(stack_measured_at) >= 1_000_000 {
+            measure_stack(&mut appliance, &mut stack_measured_at);
+        }
         let mut busy = false;
         let had_output = control.has_pending_output();
         while let Some(event) = control.poll() {
@@ -187,7 +199,12 @@ pub fn run(cmdline: String) -> ! {
             match event {
                 Event::Connected => appliance.control_connected(now, &mut out),
                 Event::Disconnected => appliance.control_disconnected(),
-                Event::Data(bytes) => appliance.control_input(now, &bytes, &mut out),
+                Event::Data(bytes) => {
+                    if crate::time::micros().saturating_sub(stack_measured_at) >= 20_000 {
+                        measure_stack(&mut appliance, &mut stack_measured_at);
+                    }
+                    appliance.control_input(now, &bytes, &mut out)
+                }
             }
             control.write(&out);
             out.clear();
@@ -201,7 +218,7 @@ pub fn run(cmdline: String) -> ! {
         } else {
             Duration::ZERO
         };
-        let delay = appliance.poll(now, &mut uplink, &mut link);
+        let delay = appliance.poll(now, &mut *uplink, &mut *link);
         uplink.flush();
         link.flush();
         // Captures' events go only once the console took what it had: a slow reader
@@ -233,6 +250,31 @@ pub fn run(cmdline: String) -> ! {
 
 /// Halts until an interrupt, with the wake-up timer armed for `delay`. Interrupts that
 /// arrived since the loop last looked cancel the sleep.
+/// Builds a value straight into the heap, in a frame of its own: the main loop's frame
+/// then holds pointers instead of the devices' queues and the appliance (tens of KiB
+/// together), which would otherwise sit on the boot stack for good.
+#[inline(never)]
+fn boxed<T, E>(make: impl FnOnce() -> Result<T, E>) -> Result<Box<T>, E> {
+    make().map(Box::new)
+}
+
+fn measure_stack(appliance: &mut Appliance, at: &mut u64) {
+    *at = crate::time::micros();
+    let stack = crate::arch::stack::usage();
+    if stack.size - stack.peak < stack.size / 8 {
+        log::warn!(
+            "stack: {} of {} KiB used at its deepest",
+            stack.peak / 1024,
+            stack.size / 1024
+        );
+    }
+    appliance.set_stack_usage(StackStatus {
+        size_bytes: stack.size as u64,
+        peak_bytes: stack.peak as u64,
+        running_peak_bytes: stack.running as u64,
+    });
+}
+
 fn sleep(delay: Duration) {
     x86_64::instructions::interrupts::disable();
     if cpu::IRQ_PENDING.load(Ordering::SeqCst) != 0 {

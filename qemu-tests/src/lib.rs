@@ -361,10 +361,36 @@ impl TestVm {
     }
 }
 
+impl TestVm {
+    /// Prints the appliance's heap and stack high-water marks as the test leaves it, so
+    /// every QEMU run shows how close the stack size is to what the tests drive it to.
+    fn report_memory(&self) {
+        let Ok(status) =
+            Client::connect(&self.control, Duration::from_secs(2)).and_then(|mut c| c.status())
+        else {
+            return;
+        };
+        if let (Some(heap), Some(stack)) = (status.heap, status.stack) {
+            eprintln!(
+                "{}: heap peak {} KiB of {} KiB, stack peak {} KiB ({} KiB since bring-up) of {} KiB",
+                self.test,
+                heap.peak_bytes / 1024,
+                heap.size_bytes / 1024,
+                stack.peak_bytes / 1024,
+                stack.running_peak_bytes / 1024,
+                stack.size_bytes / 1024
+            );
+        }
+    }
+}
+
 impl Drop for TestVm {
     fn drop(&mut self) {
         self.watchdog.cancel();
         let failed = std::thread::panicking() || self.watchdog.fired();
+        if !failed {
+            self.report_memory();
+        }
         if let Some(mut q) = self.qemu.take() {
             q.stop(Duration::from_secs(2));
         }

@@ -21,6 +21,11 @@ const HELP: &[(&str, &str)] = &[
         "weft_heap_peak_bytes",
         "Most heap bytes ever in use since boot.",
     ),
+    ("weft_stack_size_bytes", "Size of the appliance's stack."),
+    (
+        "weft_stack_peak_bytes",
+        "Most stack bytes ever in use since boot.",
+    ),
     ("weft_nic_addresses", "Addresses configured on the NIC."),
     (
         "weft_nic_rx_packets_total",

@@ -106,6 +106,10 @@ pub fn collect(status: &Status) -> Registry {
         gauge(&mut reg, "weft_heap_used_bytes", &none, h.used_bytes);
         gauge(&mut reg, "weft_heap_peak_bytes", &none, h.peak_bytes);
     }
+    if let Some(s) = status.stack {
+        gauge(&mut reg, "weft_stack_size_bytes", &none, s.size_bytes);
+        gauge(&mut reg, "weft_stack_peak_bytes", &none, s.peak_bytes);
+    }
     for (nic, i) in [
         ("uplink", &status.interfaces.uplink),
         ("link", &status.interfaces.link),

@@ -35,6 +35,11 @@ fn appliance() -> Appliance {
         used_bytes: 1 << 20,
         peak_bytes: 2 << 20,
     });
+    app.set_stack_usage(crate::protocol::StackStatus {
+        size_bytes: 128 << 10,
+        peak_bytes: 67 << 10,
+        running_peak_bytes: 34 << 10,
+    });
     app
 }
 
@@ -86,6 +91,8 @@ fn every_family_is_named_typed_and_described() {
         "weft_lb_backend_connections",
         "weft_heap_used_bytes",
         "weft_heap_peak_bytes",
+        "weft_stack_size_bytes",
+        "weft_stack_peak_bytes",
         "weft_uptime_seconds",
     ] {
         assert!(names.contains(&wanted), "no {wanted}");
@@ -103,6 +110,10 @@ fn samples_carry_their_labels_and_values() {
     assert_eq!(
         reg.value("weft_heap_peak_bytes", &[]),
         Some(Sample::Int(2 << 20))
+    );
+    assert_eq!(
+        reg.value("weft_stack_peak_bytes", &[]),
+        Some(Sample::Int(67 << 10))
     );
     assert_eq!(
         reg.value(

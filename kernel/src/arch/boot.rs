@@ -126,9 +126,11 @@ boot_pd:
 
     .section .stack, "aw", @nobits
     .p2align 12
+    .global boot_stack
     .global boot_stack_top
 boot_stack:
-    .skip 256 * 1024
+    .skip {stack_size}
 boot_stack_top:
-"#
+"#,
+    stack_size = const super::stack::SIZE,
 );

@@ -1,12 +1,14 @@
 //! Everything x86_64-specific: the PVH entry (`boot`), CPU tables and interrupt lines
 //! (`cpu`), the local APIC's virtual-wire mode (`apic`), XSAVE/AVX state (`simd`), port
-//! I/O devices on the ISA bus (`pit`).
+//! I/O devices on the ISA bus (`pit`), the boot stack's size and high-water mark
+//! (`stack`).
 
 pub mod apic;
 pub mod boot;
 pub mod cpu;
 pub mod pit;
 pub mod simd;
+pub mod stack;
 
 /// Stops this CPU for good (interrupts off, halt in a loop).
 pub fn halt_forever() -> ! {
