@@ -64,11 +64,6 @@ impl Index {
         self.buckets[self.home(fp)]
     }
 
-    /// The first entry whose fingerprint is `fp`, whatever it names.
-    pub(super) fn first_with(&self, fp: u32) -> Option<u32> {
-        self.find(fp, |_| true)
-    }
-
     /// The entry whose fingerprint is `fp` and for which `is` holds.
     pub(super) fn find(&self, fp: u32, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
         let mut i = self.home(fp);

@@ -28,7 +28,7 @@ pub use tcp::{tcp_transition, TcpEvent, TcpState};
 
 /// No slot: the end of a list, or an empty free list.
 const NIL: u32 = u32::MAX;
-/// Tuples one [`Conntrack::warm`] reads ahead for (a receive burst).
+/// Tuples one [`Conntrack::probe`] looks up ahead (a receive burst).
 pub const WARM_MAX: usize = 64;
 
 /// The flows of one timeout class, linked through their slots, least recently
@@ -50,6 +50,24 @@ pub struct Conntrack {
     lists: [List; 6],
     seed: [u64; 2],
     stats: Stats,
+}
+
+/// What [`Conntrack::probe`] found for one tuple ahead of its packet: the tuple's
+/// index fingerprint (when `hashed`) and the entry it matched then (`NIL`: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    fp: u32,
+    hashed: bool,
+    entry: u32,
+}
+
+impl Probe {
+    /// A probe that knows nothing: a lookup with it hashes and searches afresh.
+    pub const NONE: Probe = Probe {
+        fp: 0,
+        hashed: false,
+        entry: NIL,
+    };
 }
 
 fn entry(slot: u32, dir: Direction) -> u32 {
@@ -145,39 +163,72 @@ impl Conntrack {
     }
 
     fn find(&self, tuple: &FlowTuple) -> Option<u32> {
-        let fp = fingerprint(&self.seed, tuple);
+        self.find_fp(fingerprint(&self.seed, tuple), tuple)
+    }
+
+    /// [`Conntrack::find`] for a tuple whose fingerprint is `fp`.
+    fn find_fp(&self, fp: u32, tuple: &FlowTuple) -> Option<u32> {
         let flows = &self.flows;
         self.index
             .find(fp, |e| flows[entry_slot(e)].tuple(entry_dir(e)) == tuple)
     }
 
-    /// Reads the memory the lookups of `tuples` will read, in an order that lets the
-    /// cache misses of all of them overlap: every home bucket line first, then every
-    /// flow an entry with a matching fingerprint names. Changes nothing; a lookup after
-    /// it finds what it would have found without (at most `WARM_MAX` tuples are read).
-    pub fn warm(&self, tuples: &[FlowTuple]) {
-        let tuples = &tuples[..tuples.len().min(WARM_MAX)];
-        let mut fps = [0u32; WARM_MAX];
+    /// Looks up the tuples of a burst, in an order that lets the cache misses of all of
+    /// them overlap: every home bucket line first, then every lookup (its flows). Writes
+    /// into `probes` what each found, to be confirmed by [`Conntrack::lookup_probed`]
+    /// when its packet's turn comes (the packets before it may open or end flows).
+    /// Changes nothing; at most `WARM_MAX` tuples are looked up.
+    pub fn probe(&self, tuples: &[FlowTuple], probes: &mut [Probe]) {
+        let n = tuples.len().min(probes.len()).min(WARM_MAX);
+        let (tuples, probes) = (&tuples[..n], &mut probes[..n]);
         let mut seen = 0u64;
-        for (fp, t) in fps.iter_mut().zip(tuples) {
-            *fp = fingerprint(&self.seed, t);
-            seen ^= self.index.home_bucket(*fp);
+        for (p, t) in probes.iter_mut().zip(tuples) {
+            *p = self.hashed(t);
+            seen ^= self.index.home_bucket(p.fp);
         }
-        for &fp in &fps[..tuples.len()] {
-            if let Some(e) = self.index.first_with(fp) {
-                if let Some(flow) = self.flows.get(entry_slot(e)) {
-                    seen ^= flow.last_seen.total_micros() as u64;
-                }
-            }
-        }
-        // The reads are the point: keep them.
+        // The bucket reads are the point: keep them.
         core::hint::black_box(seen);
+        for (p, t) in probes.iter_mut().zip(tuples) {
+            p.entry = self.find_fp(p.fp, t).unwrap_or(NIL);
+        }
+    }
+
+    /// The probe of `tuple` before its lookup: its fingerprint, no entry yet.
+    fn hashed(&self, tuple: &FlowTuple) -> Probe {
+        Probe {
+            fp: fingerprint(&self.seed, tuple),
+            hashed: true,
+            entry: NIL,
+        }
     }
 
     /// The live flow a packet with `tuple` belongs to, and its direction.
     /// An expired flow is not found (it is swept by `expire` or replaced by `insert`).
     pub fn lookup(&self, tuple: &FlowTuple, now: Instant) -> Option<(FlowId, Direction)> {
-        let e = self.find(tuple)?;
+        self.lookup_probed(tuple, Probe::NONE, now)
+    }
+
+    /// [`Conntrack::lookup`] of the tuple `probe` was made for. The entry it found
+    /// stands when its slot still holds a live flow with that tuple in that direction:
+    /// tuples of live flows are unique, so the index would find that very entry. Else
+    /// the index is searched again, with the fingerprint the probe kept.
+    pub fn lookup_probed(
+        &self,
+        tuple: &FlowTuple,
+        probe: Probe,
+        now: Instant,
+    ) -> Option<(FlowId, Direction)> {
+        let confirmed = self
+            .flows
+            .get(entry_slot(probe.entry))
+            .is_some_and(|f| f.live && f.tuple(entry_dir(probe.entry)) == tuple);
+        let e = if confirmed {
+            probe.entry
+        } else if probe.hashed {
+            self.find_fp(probe.fp, tuple)?
+        } else {
+            self.find(tuple)?
+        };
         let flow = &self.flows[entry_slot(e)];
         if self.is_expired(flow, now) {
             return None;
