@@ -173,24 +173,37 @@ impl Conntrack {
             .find(fp, |e| flows[entry_slot(e)].tuple(entry_dir(e)) == tuple)
     }
 
-    /// Looks up the tuples of a burst, in an order that lets the cache misses of all of
-    /// them overlap: every home bucket line first, then every lookup (its flows). Writes
-    /// into `probes` what each found, to be confirmed by [`Conntrack::lookup_probed`]
-    /// when its packet's turn comes (the packets before it may open or end flows).
-    /// Changes nothing; at most `WARM_MAX` tuples are looked up.
+    /// Begins the lookups of a burst's tuples so that the cache misses of all of them
+    /// overlap: every home bucket line is read first, then every flow the first entry
+    /// with a matching fingerprint names, each in a loop of independent reads and
+    /// little else (there is no safe prefetch instruction: as many reads as the CPU can
+    /// have in flight are). Writes into `probes` each tuple's fingerprint and that
+    /// entry, which [`Conntrack::lookup_probed`] confirms when its packet's turn comes
+    /// from the flow line it brought in (a 32-bit fingerprint rarely matches another
+    /// tuple, and the packets before may open or end flows). Changes nothing; at most
+    /// `WARM_MAX` tuples are probed.
     pub fn probe(&self, tuples: &[FlowTuple], probes: &mut [Probe]) {
         let n = tuples.len().min(probes.len()).min(WARM_MAX);
         let (tuples, probes) = (&tuples[..n], &mut probes[..n]);
-        let mut seen = 0u64;
-        for (p, t) in probes.iter_mut().zip(tuples) {
+        let mut homes = [0usize; WARM_MAX];
+        for ((p, t), home) in probes.iter_mut().zip(tuples).zip(&mut homes) {
             *p = self.hashed(t);
-            seen ^= self.index.home_bucket(p.fp);
+            *home = self.index.home(p.fp);
         }
-        // The bucket reads are the point: keep them.
+        let mut seen = 0u64;
+        for &home in &homes[..n] {
+            seen ^= self.index.bucket(home);
+        }
+        for p in probes.iter_mut() {
+            if let Some(e) = self.index.first_with(p.fp) {
+                if let Some(flow) = self.flows.get(entry_slot(e)) {
+                    seen ^= flow.last_seen.total_micros() as u64;
+                }
+                p.entry = e;
+            }
+        }
+        // The reads are the point: keep them.
         core::hint::black_box(seen);
-        for (p, t) in probes.iter_mut().zip(tuples) {
-            p.entry = self.find_fp(p.fp, t).unwrap_or(NIL);
-        }
     }
 
     /// The probe of `tuple` before its lookup: its fingerprint, no entry yet.
@@ -208,10 +221,10 @@ impl Conntrack {
         self.lookup_probed(tuple, Probe::NONE, now)
     }
 
-    /// [`Conntrack::lookup`] of the tuple `probe` was made for. The entry it found
-    /// stands when its slot still holds a live flow with that tuple in that direction:
-    /// tuples of live flows are unique, so the index would find that very entry. Else
-    /// the index is searched again, with the fingerprint the probe kept.
+    /// [`Conntrack::lookup`] of the tuple `probe` was made for. The entry it names
+    /// stands when its slot holds a live flow with that tuple in that direction: tuples
+    /// of live flows are unique, so the index would find that very entry. Else the
+    /// index is searched, with the fingerprint the probe kept.
     pub fn lookup_probed(
         &self,
         tuple: &FlowTuple,
