@@ -61,7 +61,7 @@ impl Nat {
     /// service selection; rewrites it in place when translated.
     pub fn process(&mut self, frame: &mut [u8], from: NicId, now: Instant) -> NatVerdict {
         let parsed = l4::parse(frame);
-        self.process_parsed(frame, parsed, Probe::NONE, from, now)
+        self.process_parsed(frame, &parsed, Probe::NONE, from, now)
     }
 
     /// [`Nat::process`] for a frame whose L4 facts were read already (`l4::parse` of
@@ -70,12 +70,12 @@ impl Nat {
     pub fn process_parsed(
         &mut self,
         frame: &mut [u8],
-        parsed: Parse,
+        parsed: &Parse,
         probe: Probe,
         from: NicId,
         now: Instant,
     ) -> NatVerdict {
-        let p = match parsed {
+        let p = match *parsed {
             Parse::NotIpv4 => {
                 self.stats.passed += 1;
                 return NatVerdict::Pass;
@@ -95,10 +95,10 @@ impl Nat {
                 self.stats.passed += 1;
                 return NatVerdict::Pass;
             }
-            Parse::Ok(p) => p,
+            Parse::Ok(ref p) => p,
         };
         if p.kind == Kind::IcmpError {
-            return self.icmp_error(frame, &p, now);
+            return self.icmp_error(frame, p, now);
         }
         let tcp = match p.kind {
             Kind::Tcp(flags) => match TcpEvent::classify(flags) {
@@ -138,7 +138,7 @@ impl Nat {
         };
         let (id, dir) = match found {
             Some(hit) => hit,
-            None => match self.open(&p, tcp, from, now) {
+            None => match self.open(p, tcp, from, now) {
                 Ok(id) => (id, Direction::Original),
                 Err(v) => return v,
             },

@@ -111,7 +111,7 @@ impl Router {
         pool: &mut BufPool,
     ) -> bool {
         let meta = RxMeta::read(side, buf.frame(), ifs);
-        self.receive_at(side, None, buf, meta, ifs, now, pool)
+        self.receive_at(side, None, buf, &meta, ifs, now, pool)
     }
 
     /// [`Router::receive`] for a burst: every frame is read first and the NAT looks up
@@ -147,7 +147,7 @@ impl Router {
                 meta[usize::from(i)].set_probe(probe);
             }
             for (m, buf) in meta.iter().zip(chunk.iter_mut()) {
-                if self.receive_at(side, None, buf, *m, ifs, now, pool) {
+                if self.receive_at(side, None, buf, m, ifs, now, pool) {
                     taken += 1;
                 }
             }
@@ -170,7 +170,7 @@ impl Router {
     ) -> bool {
         let at = Placement { segment, origin };
         let meta = RxMeta::read(NicId::Link, buf.frame(), ifs);
-        let taken = self.receive_at(NicId::Link, Some(at), buf, meta, ifs, now, pool);
+        let taken = self.receive_at(NicId::Link, Some(at), buf, &meta, ifs, now, pool);
         if taken && origin == Origin::Remote {
             self.counters.from_remote += 1;
         }
@@ -184,7 +184,7 @@ impl Router {
         side: NicId,
         at: Option<Placement>,
         buf: &mut PacketBuf,
-        meta: RxMeta,
+        meta: &RxMeta,
         ifs: &Interfaces,
         now: Instant,
         pool: &mut BufPool,
@@ -241,16 +241,16 @@ impl Router {
         side: NicId,
         at: Option<Placement>,
         buf: &mut PacketBuf,
-        meta: RxMeta,
+        meta: &RxMeta,
         ifs: &Interfaces,
         now: Instant,
     ) -> bool {
-        let RxMeta::Ipv4 {
+        let &RxMeta::Ipv4 {
             eth_src,
             src,
             dst,
             ttl,
-            l4,
+            ref l4,
             probe,
         } = meta
         else {
@@ -267,7 +267,7 @@ impl Router {
         }
         // A packet that would be forwarded with no TTL left opens no flow:
         // it is answered from here (RFC 1812 §5.3.1), as traceroute expects.
-        if ttl <= 1 && self.nat.would_forward_parsed(&l4, side, now) {
+        if ttl <= 1 && self.nat.would_forward_parsed(l4, side, now) {
             self.counters.ttl_expired += 1;
             self.time_exceeded(side, at, buf.frame(), ifs, now);
             return true;
@@ -389,7 +389,7 @@ impl Router {
                 NicId::Uplink,
                 None,
                 &mut h.frame,
-                meta,
+                &meta,
                 ifs,
                 now,
                 &mut spare,

@@ -367,8 +367,8 @@ impl Conntrack {
         let slot = id.0;
         let granularity = self.config.refresh;
         let flow = self.flows.get_mut(slot as usize).filter(|f| f.live)?;
-        let class = flow.state.class();
-        if let (FlowState::Tcp(state), Some(event)) = (flow.state, tcp) {
+        let before = flow.state;
+        if let (FlowState::Tcp(state), Some(event)) = (before, tcp) {
             let (next, fins) = tcp_transition(state, flow.fins, dir, event);
             flow.state = FlowState::Tcp(next);
             flow.fins = fins;
@@ -381,8 +381,9 @@ impl Conntrack {
         // Moving to the list tail touches two neighbours' cache lines; a busy
         // flow does it at most once per `refresh` (expiry stays exact: it reads
         // `last_seen`; only sweeping may lag by up to `refresh`).
-        if state.class() != class || now >= flow.linked_at + granularity {
-            self.unlink_from(slot, class);
+        let reclassed = state != before && state.class() != before.class();
+        if reclassed || now >= flow.linked_at + granularity {
+            self.unlink_from(slot, before.class());
             self.link_tail(slot, now);
         }
         Some(state)
