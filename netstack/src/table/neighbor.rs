@@ -167,18 +167,38 @@ impl<K: Ord + Hash + Copy> Neighbors<K> {
 
     /// `key` is at `mac` (heard at `now`): bind or confirm it and end its resolution.
     pub fn learn(&mut self, key: K, mac: EthernetAddress, now: Instant) -> Learned {
-        if !self.has_room_for(&key) {
-            return Learned::Full;
+        // A router learns from every frame a neighbour sends: a binding it holds is
+        // confirmed in place, one hash lookup.
+        let full = self.cache.len() >= self.capacity;
+        let before = match self.cache.get_mut(&key) {
+            Some(b) => {
+                core::mem::replace(
+                    b,
+                    Binding {
+                        mac,
+                        confirmed: now,
+                    },
+                )
+                .mac
+            }
+            None if full => return Learned::Full,
+            None => {
+                self.cache.insert(
+                    key,
+                    Binding {
+                        mac,
+                        confirmed: now,
+                    },
+                );
+                self.resolving.remove(&key);
+                self.counters.learned += 1;
+                return Learned::New;
+            }
+        };
+        if !self.resolving.is_empty() {
+            self.resolving.remove(&key);
         }
-        self.resolving.remove(&key);
-        let before = self.cache.insert(
-            key,
-            Binding {
-                mac,
-                confirmed: now,
-            },
-        );
-        if before.map(|b| b.mac) == Some(mac) {
+        if before == mac {
             return Learned::Unchanged;
         }
         self.counters.learned += 1;

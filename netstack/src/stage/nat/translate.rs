@@ -9,7 +9,7 @@ use smoltcp::wire::Ipv4Address;
 use super::{Nat, NatDrop, NatVerdict};
 use crate::base::{Direction, Endpoint, FlowTuple, NicId, Proto};
 use crate::stage::lb::Pick;
-use crate::table::conntrack::{Flow, FlowId, FlowState, InsertError, TcpEvent, TcpState};
+use crate::table::conntrack::{Flow, FlowId, FlowState, InsertError, Probe, TcpEvent, TcpState};
 use crate::wire::l4::{self, Kind, Parse, Parsed};
 use crate::wire::rewrite;
 
@@ -61,19 +61,21 @@ impl Nat {
     /// service selection; rewrites it in place when translated.
     pub fn process(&mut self, frame: &mut [u8], from: NicId, now: Instant) -> NatVerdict {
         let parsed = l4::parse(frame);
-        self.process_parsed(frame, parsed, from, now)
+        self.process_parsed(frame, &parsed, Probe::NONE, from, now)
     }
 
     /// [`Nat::process`] for a frame whose L4 facts were read already (`l4::parse` of
-    /// this very frame, unchanged since): what a burst parsed once travels here.
+    /// this very frame, unchanged since) and whose tuple's conntrack lookup was begun
+    /// by [`Nat::probe`] (else `Probe::NONE`): what a burst read once travels here.
     pub fn process_parsed(
         &mut self,
         frame: &mut [u8],
-        parsed: Parse,
+        parsed: &Parse,
+        probe: Probe,
         from: NicId,
         now: Instant,
     ) -> NatVerdict {
-        let p = match parsed {
+        let p = match *parsed {
             Parse::NotIpv4 => {
                 self.stats.passed += 1;
                 return NatVerdict::Pass;
@@ -93,10 +95,10 @@ impl Nat {
                 self.stats.passed += 1;
                 return NatVerdict::Pass;
             }
-            Parse::Ok(p) => p,
+            Parse::Ok(ref p) => p,
         };
         if p.kind == Kind::IcmpError {
-            return self.icmp_error(frame, &p, now);
+            return self.icmp_error(frame, p, now);
         }
         let tcp = match p.kind {
             Kind::Tcp(flags) => match TcpEvent::classify(flags) {
@@ -110,7 +112,7 @@ impl Nat {
         };
         let found = self
             .ct
-            .lookup(&p.tuple, now)
+            .lookup_probed(&p.tuple, probe, now)
             .filter(|&(_, dir)| echo_direction_fits(p.kind, dir));
         // A SYN reusing the tuple of a finished service connection is a new
         // connection: it gets a new choice (so a drained or re-weighted backend gets
@@ -136,7 +138,7 @@ impl Nat {
         };
         let (id, dir) = match found {
             Some(hit) => hit,
-            None => match self.open(&p, tcp, from, now) {
+            None => match self.open(p, tcp, from, now) {
                 Ok(id) => (id, Direction::Original),
                 Err(v) => return v,
             },
@@ -186,11 +188,12 @@ impl Nat {
         opens_flow(p.kind, tcp) && matches!(self.decide(&p.tuple, from), Decision::Open { .. })
     }
 
-    /// Reads, for a burst of packets about to be processed, the conntrack memory their
-    /// lookups will need, bucket lines first and then flows, so that the cache misses
-    /// of the whole burst overlap instead of being taken one packet at a time.
-    pub fn warm(&self, tuples: &[FlowTuple]) {
-        self.ct.warm(tuples);
+    /// Looks up in conntrack, for a burst of packets about to be processed, the tuples
+    /// of all of them, bucket lines first and then flows, so that the cache misses of
+    /// the whole burst overlap instead of being taken one packet at a time; each
+    /// packet's probe goes with it to [`Nat::process_parsed`].
+    pub fn probe(&self, tuples: &[FlowTuple], probes: &mut [Probe]) {
+        self.ct.probe(tuples, probes);
     }
 
     /// Decides and inserts a new flow for a packet that matched none.

@@ -14,8 +14,8 @@
 //! network's bridge (`pipeline::datapath::routed`).
 //!
 //! Frames come in by `receive.rs` and leave by `forward.rs`, in the buffer they arrived
-//! in: a burst is read once (`RxMeta`), its conntrack memory warmed for all its frames
-//! at once, and each translated frame rewritten where it lies and queued, buffer and
+//! in: a burst is read once (`RxMeta`), the conntrack lookups of all its frames begun
+//! together, and each translated frame rewritten where it lies and queued, buffer and
 //! all, for the NIC it leaves by. Sans-I/O: `Netstack::poll` hands it frames and takes
 //! its output; it never reads a clock, never sends by itself, never allocates for a
 //! frame it forwards to a known neighbour, and never panics on frame contents.

@@ -8,7 +8,8 @@
 //! A frame is read once: [`RxMeta`] holds what the router learns of it (its kind, its
 //! IPv4 addresses and TTL, its L4 facts), and the NAT and the routing after it use that
 //! record instead of parsing again. A whole burst is read first, so that the NAT can
-//! warm its conntrack memory for all of it before the first frame is translated.
+//! look up the flows of all of it together (their cache misses overlap) before the
+//! first frame is translated; what each lookup found goes in the frame's record.
 
 use alloc::collections::VecDeque;
 
@@ -21,7 +22,7 @@ use smoltcp::wire::{
 use super::{Held, Interfaces, Origin, Placement, Router, Segment, PENDING_CAPACITY};
 use crate::base::{Endpoint, FlowTuple, NicId, Proto, Transport, MAX_FRAME_LEN};
 use crate::stage::nat::NatVerdict;
-use crate::table::conntrack::WARM_MAX;
+use crate::table::conntrack::{Probe, WARM_MAX};
 use crate::wire::buffer::{BufPool, PacketBuf};
 use crate::wire::l4::{self, Parse};
 use crate::wire::{icmp_error, probe};
@@ -40,6 +41,8 @@ pub enum RxMeta {
         ttl: u8,
         /// What flows are keyed on.
         l4: Parse,
+        /// Its tuple's conntrack lookup, begun for the whole burst.
+        probe: Probe,
     },
 }
 
@@ -70,6 +73,7 @@ impl RxMeta {
                     dst: ip.dst_addr(),
                     ttl: ip.hop_limit(),
                     l4: l4::parse(frame),
+                    probe: Probe::NONE,
                 }
             }
             _ => RxMeta::Other,
@@ -83,6 +87,13 @@ impl RxMeta {
                 l4: Parse::Ok(p), ..
             } => Some(p.tuple),
             _ => None,
+        }
+    }
+
+    /// Records what the burst's conntrack lookup found for the frame's tuple.
+    fn set_probe(&mut self, found: Probe) {
+        if let RxMeta::Ipv4 { probe, .. } = self {
+            *probe = found;
         }
     }
 }
@@ -100,12 +111,12 @@ impl Router {
         pool: &mut BufPool,
     ) -> bool {
         let meta = RxMeta::read(side, buf.frame(), ifs);
-        self.receive_at(side, None, buf, meta, ifs, now, pool)
+        self.receive_at(side, None, buf, &meta, ifs, now, pool)
     }
 
-    /// [`Router::receive`] for a burst: every frame is read first and the NAT warms
-    /// its memory for all of them, then each is handled in order. The frames it took
-    /// are left empty in `bufs`; returns how many.
+    /// [`Router::receive`] for a burst: every frame is read first and the NAT looks up
+    /// the flows of all of them together, then each is handled in order. The frames
+    /// it took are left empty in `bufs`; returns how many.
     pub fn receive_burst(
         &mut self,
         side: NicId,
@@ -119,17 +130,24 @@ impl Router {
             let mut meta = [RxMeta::Other; WARM_MAX];
             let none = Endpoint::new(Ipv4Address::UNSPECIFIED, 0);
             let mut tuples = [FlowTuple::new(Proto::Tcp, none, none); WARM_MAX];
+            // Which frame of the chunk each tuple is of.
+            let mut of = [0u8; WARM_MAX];
             let mut n = 0;
-            for (m, buf) in meta.iter_mut().zip(chunk.iter()) {
+            for (i, (m, buf)) in meta.iter_mut().zip(chunk.iter()).enumerate() {
                 *m = RxMeta::read(side, buf.frame(), ifs);
                 if let Some(t) = m.tuple() {
                     tuples[n] = t;
+                    of[n] = i as u8;
                     n += 1;
                 }
             }
-            self.nat.warm(&tuples[..n]);
+            let mut probes = [Probe::NONE; WARM_MAX];
+            self.nat.probe(&tuples[..n], &mut probes[..n]);
+            for (&i, &probe) in of[..n].iter().zip(&probes[..n]) {
+                meta[usize::from(i)].set_probe(probe);
+            }
             for (m, buf) in meta.iter().zip(chunk.iter_mut()) {
-                if self.receive_at(side, None, buf, *m, ifs, now, pool) {
+                if self.receive_at(side, None, buf, m, ifs, now, pool) {
                     taken += 1;
                 }
             }
@@ -152,7 +170,7 @@ impl Router {
     ) -> bool {
         let at = Placement { segment, origin };
         let meta = RxMeta::read(NicId::Link, buf.frame(), ifs);
-        let taken = self.receive_at(NicId::Link, Some(at), buf, meta, ifs, now, pool);
+        let taken = self.receive_at(NicId::Link, Some(at), buf, &meta, ifs, now, pool);
         if taken && origin == Origin::Remote {
             self.counters.from_remote += 1;
         }
@@ -166,7 +184,7 @@ impl Router {
         side: NicId,
         at: Option<Placement>,
         buf: &mut PacketBuf,
-        meta: RxMeta,
+        meta: &RxMeta,
         ifs: &Interfaces,
         now: Instant,
         pool: &mut BufPool,
@@ -223,16 +241,17 @@ impl Router {
         side: NicId,
         at: Option<Placement>,
         buf: &mut PacketBuf,
-        meta: RxMeta,
+        meta: &RxMeta,
         ifs: &Interfaces,
         now: Instant,
     ) -> bool {
-        let RxMeta::Ipv4 {
+        let &RxMeta::Ipv4 {
             eth_src,
             src,
             dst,
             ttl,
-            l4,
+            ref l4,
+            probe,
         } = meta
         else {
             return false;
@@ -248,7 +267,7 @@ impl Router {
         }
         // A packet that would be forwarded with no TTL left opens no flow:
         // it is answered from here (RFC 1812 §5.3.1), as traceroute expects.
-        if ttl <= 1 && self.nat.would_forward_parsed(&l4, side, now) {
+        if ttl <= 1 && self.nat.would_forward_parsed(l4, side, now) {
             self.counters.ttl_expired += 1;
             self.time_exceeded(side, at, buf.frame(), ifs, now);
             return true;
@@ -259,7 +278,10 @@ impl Router {
                 return true;
             }
         }
-        match self.nat.process_parsed(buf.frame_mut(), l4, side, now) {
+        match self
+            .nat
+            .process_parsed(buf.frame_mut(), l4, probe, side, now)
+        {
             NatVerdict::Pass => false,
             // Counted by the NAT under its reason.
             NatVerdict::Drop(_) => true,
@@ -367,7 +389,7 @@ impl Router {
                 NicId::Uplink,
                 None,
                 &mut h.frame,
-                meta,
+                &meta,
                 ifs,
                 now,
                 &mut spare,

@@ -38,10 +38,6 @@ impl Index {
         }
     }
 
-    fn home(&self, fp: u32) -> usize {
-        ((fp as u64 * self.buckets.len() as u64) >> 32) as usize
-    }
-
     fn next(&self, i: usize) -> usize {
         if i + 1 == self.buckets.len() {
             0
@@ -59,9 +55,15 @@ impl Index {
         }
     }
 
-    /// The home bucket of `fp` as it is stored (one read of its cache line).
-    pub(super) fn home_bucket(&self, fp: u32) -> u64 {
-        self.buckets[self.home(fp)]
+    /// Where the lookup of `fp` starts.
+    pub(super) fn home(&self, fp: u32) -> usize {
+        ((fp as u64 * self.buckets.len() as u64) >> 32) as usize
+    }
+
+    /// The bucket at `i` (a home from [`Index::home`]) as it is stored: one read of
+    /// its cache line.
+    pub(super) fn bucket(&self, i: usize) -> u64 {
+        self.buckets.get(i).copied().unwrap_or(EMPTY)
     }
 
     /// The first entry whose fingerprint is `fp`, whatever it names.

@@ -28,7 +28,7 @@ pub use tcp::{tcp_transition, TcpEvent, TcpState};
 
 /// No slot: the end of a list, or an empty free list.
 const NIL: u32 = u32::MAX;
-/// Tuples one [`Conntrack::warm`] reads ahead for (a receive burst).
+/// Tuples one [`Conntrack::probe`] looks up ahead (a receive burst).
 pub const WARM_MAX: usize = 64;
 
 /// The flows of one timeout class, linked through their slots, least recently
@@ -50,6 +50,24 @@ pub struct Conntrack {
     lists: [List; 6],
     seed: [u64; 2],
     stats: Stats,
+}
+
+/// What [`Conntrack::probe`] found for one tuple ahead of its packet: the tuple's
+/// index fingerprint (when `hashed`) and the entry it matched then (`NIL`: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    fp: u32,
+    hashed: bool,
+    entry: u32,
+}
+
+impl Probe {
+    /// A probe that knows nothing: a lookup with it hashes and searches afresh.
+    pub const NONE: Probe = Probe {
+        fp: 0,
+        hashed: false,
+        entry: NIL,
+    };
 }
 
 fn entry(slot: u32, dir: Direction) -> u32 {
@@ -145,39 +163,85 @@ impl Conntrack {
     }
 
     fn find(&self, tuple: &FlowTuple) -> Option<u32> {
-        let fp = fingerprint(&self.seed, tuple);
+        self.find_fp(fingerprint(&self.seed, tuple), tuple)
+    }
+
+    /// [`Conntrack::find`] for a tuple whose fingerprint is `fp`.
+    fn find_fp(&self, fp: u32, tuple: &FlowTuple) -> Option<u32> {
         let flows = &self.flows;
         self.index
             .find(fp, |e| flows[entry_slot(e)].tuple(entry_dir(e)) == tuple)
     }
 
-    /// Reads the memory the lookups of `tuples` will read, in an order that lets the
-    /// cache misses of all of them overlap: every home bucket line first, then every
-    /// flow an entry with a matching fingerprint names. Changes nothing; a lookup after
-    /// it finds what it would have found without (at most `WARM_MAX` tuples are read).
-    pub fn warm(&self, tuples: &[FlowTuple]) {
-        let tuples = &tuples[..tuples.len().min(WARM_MAX)];
-        let mut fps = [0u32; WARM_MAX];
-        let mut seen = 0u64;
-        for (fp, t) in fps.iter_mut().zip(tuples) {
-            *fp = fingerprint(&self.seed, t);
-            seen ^= self.index.home_bucket(*fp);
+    /// Begins the lookups of a burst's tuples so that the cache misses of all of them
+    /// overlap: every home bucket line is read first, then every flow the first entry
+    /// with a matching fingerprint names, each in a loop of independent reads and
+    /// little else (there is no safe prefetch instruction: as many reads as the CPU can
+    /// have in flight are). Writes into `probes` each tuple's fingerprint and that
+    /// entry, which [`Conntrack::lookup_probed`] confirms when its packet's turn comes
+    /// from the flow line it brought in (a 32-bit fingerprint rarely matches another
+    /// tuple, and the packets before may open or end flows). Changes nothing; at most
+    /// `WARM_MAX` tuples are probed.
+    pub fn probe(&self, tuples: &[FlowTuple], probes: &mut [Probe]) {
+        let n = tuples.len().min(probes.len()).min(WARM_MAX);
+        let (tuples, probes) = (&tuples[..n], &mut probes[..n]);
+        let mut homes = [0usize; WARM_MAX];
+        for ((p, t), home) in probes.iter_mut().zip(tuples).zip(&mut homes) {
+            *p = self.hashed(t);
+            *home = self.index.home(p.fp);
         }
-        for &fp in &fps[..tuples.len()] {
-            if let Some(e) = self.index.first_with(fp) {
+        let mut seen = 0u64;
+        for &home in &homes[..n] {
+            seen ^= self.index.bucket(home);
+        }
+        for p in probes.iter_mut() {
+            if let Some(e) = self.index.first_with(p.fp) {
                 if let Some(flow) = self.flows.get(entry_slot(e)) {
                     seen ^= flow.last_seen.total_micros() as u64;
                 }
+                p.entry = e;
             }
         }
         // The reads are the point: keep them.
         core::hint::black_box(seen);
     }
 
+    /// The probe of `tuple` before its lookup: its fingerprint, no entry yet.
+    fn hashed(&self, tuple: &FlowTuple) -> Probe {
+        Probe {
+            fp: fingerprint(&self.seed, tuple),
+            hashed: true,
+            entry: NIL,
+        }
+    }
+
     /// The live flow a packet with `tuple` belongs to, and its direction.
     /// An expired flow is not found (it is swept by `expire` or replaced by `insert`).
     pub fn lookup(&self, tuple: &FlowTuple, now: Instant) -> Option<(FlowId, Direction)> {
-        let e = self.find(tuple)?;
+        self.lookup_probed(tuple, Probe::NONE, now)
+    }
+
+    /// [`Conntrack::lookup`] of the tuple `probe` was made for. The entry it names
+    /// stands when its slot holds a live flow with that tuple in that direction: tuples
+    /// of live flows are unique, so the index would find that very entry. Else the
+    /// index is searched, with the fingerprint the probe kept.
+    pub fn lookup_probed(
+        &self,
+        tuple: &FlowTuple,
+        probe: Probe,
+        now: Instant,
+    ) -> Option<(FlowId, Direction)> {
+        let confirmed = self
+            .flows
+            .get(entry_slot(probe.entry))
+            .is_some_and(|f| f.live && f.tuple(entry_dir(probe.entry)) == tuple);
+        let e = if confirmed {
+            probe.entry
+        } else if probe.hashed {
+            self.find_fp(probe.fp, tuple)?
+        } else {
+            self.find(tuple)?
+        };
         let flow = &self.flows[entry_slot(e)];
         if self.is_expired(flow, now) {
             return None;
@@ -303,8 +367,8 @@ impl Conntrack {
         let slot = id.0;
         let granularity = self.config.refresh;
         let flow = self.flows.get_mut(slot as usize).filter(|f| f.live)?;
-        let class = flow.state.class();
-        if let (FlowState::Tcp(state), Some(event)) = (flow.state, tcp) {
+        let before = flow.state;
+        if let (FlowState::Tcp(state), Some(event)) = (before, tcp) {
             let (next, fins) = tcp_transition(state, flow.fins, dir, event);
             flow.state = FlowState::Tcp(next);
             flow.fins = fins;
@@ -317,8 +381,9 @@ impl Conntrack {
         // Moving to the list tail touches two neighbours' cache lines; a busy
         // flow does it at most once per `refresh` (expiry stays exact: it reads
         // `last_seen`; only sweeping may lag by up to `refresh`).
-        if state.class() != class || now >= flow.linked_at + granularity {
-            self.unlink_from(slot, class);
+        let reclassed = state != before && state.class() != before.class();
+        if reclassed || now >= flow.linked_at + granularity {
+            self.unlink_from(slot, before.class());
             self.link_tail(slot, now);
         }
         Some(state)

@@ -84,6 +84,7 @@ fn with_last_fin(fins: u8, dir: Direction) -> u8 {
 /// The TCP transition for `event` seen in `dir`: the new state and FIN bits.
 /// Events that make no sense in a state leave it unchanged (a middlebox is
 /// liberal: the endpoints sort out their own confusion).
+#[inline]
 pub fn tcp_transition(
     state: TcpState,
     fins: u8,

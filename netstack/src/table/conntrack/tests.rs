@@ -7,6 +7,7 @@ use super::*;
 use crate::base::{Endpoint, Proto};
 use crate::wire::l4::TcpFlags;
 use alloc::vec;
+use alloc::vec::Vec;
 use smoltcp::time::Duration;
 use smoltcp::wire::Ipv4Address;
 
@@ -292,6 +293,41 @@ fn index_matches_a_map_through_inserts_and_removals() {
             assert_eq!(used, model.len());
         }
     }
+}
+
+/// A probe made before the table changed still gives what a plain lookup gives: flows
+/// removed, their slots taken by other flows, a probed tuple opened after its probe.
+#[test]
+fn probes_stay_exact_when_flows_come_and_go_after_them() {
+    let mut ct = Conntrack::new(ConntrackConfig::default(), 9);
+    let orig = |i: u16| tcp(1, 1000 + i, 2, 80);
+    let reply = |i: u16| tcp(2, 80, 1, 1000 + i);
+    let mut ids = vec![];
+    for i in 0..8 {
+        ids.push(ct.insert(orig(i), reply(i), t(0), &mut nop()).unwrap());
+    }
+    let tuples: Vec<FlowTuple> = (0..10).flat_map(|i| [orig(i), reply(i)]).collect();
+    let mut probes = [Probe::NONE; 20];
+    ct.probe(&tuples, &mut probes);
+    // Flows 0 and 1 go; their slots are reused, one by flow 9 (probed as a miss) and
+    // one by flow 0's tuples swapped around (the same slot, the other direction).
+    assert!(ct.remove(ids[0], &mut nop()));
+    assert!(ct.remove(ids[1], &mut nop()));
+    ct.insert(orig(9), reply(9), t(0), &mut nop()).unwrap();
+    ct.insert(reply(0), orig(0), t(0), &mut nop()).unwrap();
+    for (tuple, probe) in tuples.iter().zip(probes) {
+        assert_eq!(
+            ct.lookup_probed(tuple, probe, t(1)),
+            ct.lookup(tuple, t(1)),
+            "{tuple:?}"
+        );
+    }
+    assert!(ct.lookup_probed(&orig(9), probes[18], t(1)).is_some());
+    assert_eq!(ct.lookup_probed(&orig(1), probes[2], t(1)), None);
+    assert_eq!(
+        ct.lookup_probed(&orig(0), probes[0], t(1)).map(|(_, d)| d),
+        Some(Direction::Reply)
+    );
 }
 
 #[test]
