@@ -140,12 +140,7 @@ impl Overlay {
         let single = records.single();
         // The sender is authenticated; its underlay address is the configured one (the
         // outer source may be rewritten by NAT on the way).
-        let Some(src_ip) = self
-            .peers
-            .iter()
-            .find(|(_, p)| p.node == sender)
-            .map(|(a, _)| *a)
-        else {
+        let Some(src_ip) = self.peer_nodes.get(&sender).copied() else {
             return Step::Verdict(self.drop(None, OverlayDrop::UnknownPeer));
         };
         // The decrypted records: after the clear header, before the tag.
