@@ -128,6 +128,8 @@ pub struct Merge {
     first: Segment,
     /// The offload record of the first segment, kept for a super-frame of one.
     first_offload: Offload,
+    /// Where the super-frame starts in the caller's buffer (room for a device header).
+    base: usize,
     mss: usize,
     next_seq: u32,
     next_ident: u16,
@@ -140,12 +142,26 @@ pub struct Merge {
 impl Merge {
     /// Starts a super-frame with `frame` (parsed as `seg`) in `buf`, which is cleared.
     pub fn start(buf: &mut Vec<u8>, frame: &[u8], seg: Segment, offload: Offload) -> Merge {
+        Merge::start_at(buf, 0, frame, seg, offload)
+    }
+
+    /// [`Merge::start`] with the super-frame `base` bytes into `buf` (zeroed): the room a
+    /// device header takes in front of it, so that the buffer is sent as it is.
+    pub fn start_at(
+        buf: &mut Vec<u8>,
+        base: usize,
+        frame: &[u8],
+        seg: Segment,
+        offload: Offload,
+    ) -> Merge {
         buf.clear();
+        buf.resize(base, 0);
         buf.extend_from_slice(&frame[..seg.frame_len()]);
         let mss = seg.layout.payload_len;
         Merge {
             first: seg,
             first_offload: offload,
+            base,
             mss,
             next_seq: seg.seq.wrapping_add(mss as u32),
             next_ident: seg.ident.wrapping_add(1),
@@ -153,6 +169,11 @@ impl Merge {
             flags: seg.flags,
             closed: seg.flags & TCP_PSH != 0,
         }
+    }
+
+    /// Bytes of the headers in front of the payload (a segmentation request's `hdr_len`).
+    pub fn header_len(&self) -> usize {
+        self.first.layout.header_len()
     }
 
     /// How many segments it holds.
@@ -163,13 +184,13 @@ impl Merge {
     /// Appends `frame` (parsed as `seg`) if it continues the super-frame in `buf`.
     pub fn append(&mut self, buf: &mut Vec<u8>, frame: &[u8], seg: &Segment) -> Append {
         let payload = seg.layout.payload_len;
-        let l3_after = buf.len() - self.first.layout.l2_len + payload;
+        let l3_after = buf.len() - self.base - self.first.layout.l2_len + payload;
         let continues = !self.closed
             && seg.seq == self.next_seq
             && payload <= self.mss
             && l3_after <= MAX_MERGED_L3
             && (seg.dont_frag || seg.ident == self.next_ident)
-            && same_headers(buf, &self.first, frame, seg);
+            && same_headers(&buf[self.base..], &self.first, frame, seg);
         if !continues {
             return Append::Flush;
         }
@@ -190,6 +211,7 @@ impl Merge {
         if self.segments == 1 {
             return self.first_offload;
         }
+        let buf = &mut buf[self.base..];
         let l = &self.first.layout;
         let ip_at = l.l2_len;
         let tcp_at = l.tcp_offset();

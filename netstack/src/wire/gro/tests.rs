@@ -234,3 +234,27 @@ fn the_tcp_checksum_check_sees_damage() {
     assert!(!tcp_checksum_ok(&bad, &layout));
     assert!(!tcp_checksum_ok(&f[..60], &layout));
 }
+
+#[test]
+fn a_super_frame_started_behind_room_for_a_device_header_is_the_same_frame() {
+    let frames: Vec<Vec<u8>> = (0..4).map(|i| tcp_frame(&seg_n(i, MSS))).collect();
+    let (plain, offs) = merge_all(&frames);
+    let mut buf = Vec::new();
+    let mut m = Merge::start_at(
+        &mut buf,
+        12,
+        &frames[0],
+        Segment::parse(&frames[0]).unwrap(),
+        Offload::NONE,
+    );
+    for f in &frames[1..] {
+        assert_eq!(
+            m.append(&mut buf, f, &Segment::parse(f).unwrap()),
+            Append::Merged
+        );
+    }
+    assert_eq!(m.finish(&mut buf), offs[0]);
+    assert_eq!(m.header_len(), 14 + 20 + 32);
+    assert_eq!(&buf[..12], &[0u8; 12]);
+    assert_eq!(&buf[12..], &plain[0][..]);
+}
