@@ -85,6 +85,7 @@ pub struct Appliance {
     /// Wall-clock seconds since the Unix epoch at boot, when the platform knows them.
     unix_time_at_boot: Option<u64>,
     heap: Option<protocol::HeapStatus>,
+    offloads: Option<protocol::OffloadStatus>,
     /// The time of the latest `poll` (for what `apply` starts, such as health checks).
     last_poll: Instant,
     /// The captures of the control connection and what they have sent.
@@ -122,6 +123,7 @@ impl Appliance {
             dns: dns_service::DnsService::new(),
             unix_time_at_boot: None,
             heap: None,
+            offloads: None,
             last_poll: now,
             captures: capture_session::Streams::default(),
             key_rng: None,
@@ -155,6 +157,11 @@ impl Appliance {
     /// `status` reports the latest figures).
     pub fn set_heap_usage(&mut self, heap: protocol::HeapStatus) {
         self.heap = Some(heap);
+    }
+
+    /// The platform's NICs' offloads, for `status`.
+    pub fn set_offloads(&mut self, offloads: protocol::OffloadStatus) {
+        self.offloads = Some(offloads);
     }
 
     /// The wall-clock time at boot, if the platform gave one.
@@ -884,6 +891,7 @@ impl Appliance {
             nat: publish::status(&self.netstack),
             services: services::status(&self.netstack),
             heap: self.heap,
+            offloads: self.offloads,
             captures: self.captures.len() as u64,
         }
     }

@@ -5,14 +5,14 @@
 
 use crate::arch::{apic, cpu, pit};
 use crate::virtio::console::{ControlConsole, Event};
-use crate::virtio::net::NetPort;
+use crate::virtio::net::{NetPort, Role};
 use crate::virtio::Location;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use smoltcp::time::Duration;
 use virtio_drivers::transport::DeviceType;
-use weft_appliance::protocol::HeapStatus;
+use weft_appliance::protocol::{HeapStatus, OffloadStatus};
 use weft_appliance::{Appliance, BootInfo};
 
 /// The longest the loop sleeps when the appliance names no deadline (it says "until an
@@ -26,13 +26,19 @@ pub fn run(cmdline: String) -> ! {
     let mut control = None;
     let devices = crate::virtio::discover(&cmdline);
     let found = crate::time::micros();
+    let offloads = offloads_on(&cmdline);
+    if !offloads {
+        log::info!("virtio-net offloads off (weft.offload=off)");
+    }
     for dev in devices {
         let at = dev.at;
         match dev.kind {
-            DeviceType::Network => match NetPort::new(dev.transport) {
-                Ok(port) => nics.push((port, at, dev.irq)),
-                Err(e) => log::error!("{at}: virtio-net init failed: {e:?}"),
-            },
+            DeviceType::Network => {
+                match NetPort::new(dev.transport, nic_role(nics.len(), offloads)) {
+                    Ok(port) => nics.push((port, at, dev.irq)),
+                    Err(e) => log::error!("{at}: virtio-net init failed: {e:?}"),
+                }
+            }
             DeviceType::Console if control.is_none() => match ControlConsole::new(dev.transport) {
                 Ok(c) => control = Some((c, at, dev.irq)),
                 Err(e) => log::error!("{at}: virtio-console init failed: {e:?}"),
@@ -76,6 +82,17 @@ pub fn run(cmdline: String) -> ! {
             Some(mac) => log::info!("{name}: {at} irq {irq}, mac {mac}, {features}"),
             None => log::info!("{name}: {at} irq {irq}, {features}"),
         }
+    }
+    for (name, port) in [("uplink", &uplink), ("link", &link)] {
+        let mut names = String::new();
+        for offload in crate::virtio::features::net_offload_names(port.features().taken) {
+            names.push(' ');
+            names.push_str(offload);
+        }
+        if names.is_empty() {
+            names.push_str(" none");
+        }
+        log::info!("{name}: offloads{names}");
     }
 
     // virtio-pci devices signal by MSI-X where they can; the rest keep their INTx line.
@@ -180,6 +197,10 @@ pub fn run(cmdline: String) -> ! {
             used_bytes: heap.used as u64,
             peak_bytes: heap.peak as u64,
         });
+        appliance.set_offloads(OffloadStatus {
+            uplink: uplink.offloads(),
+            link: link.offloads(),
+        });
         let mut busy = false;
         let had_output = control.has_pending_output();
         while let Some(event) = control.poll() {
@@ -228,6 +249,23 @@ pub fn run(cmdline: String) -> ! {
             MAX_PIT_SLEEP
         };
         sleep(delay.unwrap_or(cap).min(cap));
+    }
+}
+
+/// Whether `weft.offload=off` is absent from the command line: the virtio-net offloads
+/// are taken unless it says so (the QEMU tests run both ways).
+fn offloads_on(cmdline: &str) -> bool {
+    !cmdline.split_whitespace().any(|a| a == "weft.offload=off")
+}
+
+/// The offloads a NIC asks for, by the order the devices are found in: the first is the
+/// uplink (underlay datagrams: checksums only), the second the container link
+/// (checksums and TCP super-frames).
+fn nic_role(index: usize, offloads: bool) -> Role {
+    match (offloads, index) {
+        (false, _) => Role::Plain,
+        (true, 0) => Role::Checksums,
+        (true, _) => Role::Segments,
     }
 }
 
