@@ -34,9 +34,9 @@ fn link_offloads(vm: &TestVm) -> NicOffloads {
         .link
 }
 
-/// Packets of the capture from either weft whose IPv4, UDP or (inner) TCP checksum
-/// tshark finds wrong, as tshark prints them.
-fn bad_checksums(pcap: &std::path::Path) -> Vec<String> {
+/// Packets of the capture from either weft that match `which` with the IPv4, UDP and
+/// TCP checksums verified, as tshark prints them.
+fn from_wefts(pcap: &std::path::Path, which: &str) -> Vec<String> {
     let out = Command::new("tshark")
         .arg("-r")
         .arg(pcap)
@@ -52,10 +52,7 @@ fn bad_checksums(pcap: &std::path::Path) -> Vec<String> {
             "tcp.check_checksum:TRUE",
             "-Y",
         ])
-        .arg(format!(
-            "(ip.src == {W1} || ip.src == {W2}) && (ip.checksum.status == 0 || \
-             udp.checksum.status == 0 || tcp.checksum.status == 0 || _ws.malformed)"
-        ))
+        .arg(format!("(ip.src == {W1} || ip.src == {W2}) && ({which})"))
         .output()
         .expect("running tshark");
     assert!(
@@ -106,7 +103,17 @@ fn iperf3_over_vxlan(test: &str, append: &str) -> NicOffloads {
         );
     }
     cap.stop();
-    let bad = bad_checksums(&pcap);
+    let bad = from_wefts(
+        &pcap,
+        "ip.checksum.status == 0 || udp.checksum.status == 0 || tcp.checksum.status == 0 \
+         || _ws.malformed || frame.len > 1514",
+    );
+    let good = from_wefts(&pcap, "vxlan && tcp.checksum.status == 1").len();
+    assert!(
+        good > 1000,
+        "{test}: only {good} VXLAN TCP segments with a verified checksum on the underlay"
+    );
+    eprintln!("{test}: {good} VXLAN TCP segments on the underlay, every checksum right");
     assert!(
         bad.is_empty(),
         "{test}: {} packets with bad checksums on the underlay, first: {:?}",
