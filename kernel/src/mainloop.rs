@@ -26,9 +26,9 @@ pub fn run(cmdline: String) -> ! {
     let mut control = None;
     let devices = crate::virtio::discover(&cmdline);
     let found = crate::time::micros();
-    let offloads = offloads_on(&cmdline);
-    if !offloads {
-        log::info!("virtio-net offloads off (weft.offload=off)");
+    let offloads = offload_mode(&cmdline);
+    if offloads != OffloadMode::On {
+        log::info!("virtio-net offloads: {offloads:?} (weft.offload=)");
     }
     for dev in devices {
         let at = dev.at;
@@ -252,20 +252,44 @@ pub fn run(cmdline: String) -> ! {
     }
 }
 
-/// Whether `weft.offload=off` is absent from the command line: the virtio-net offloads
-/// are taken unless it says so (the QEMU tests run both ways).
-fn offloads_on(cmdline: &str) -> bool {
-    !cmdline.split_whitespace().any(|a| a == "weft.offload=off")
+/// The `weft.offload=` of the command line: the virtio-net offloads are taken unless it
+/// says otherwise (the QEMU tests run with them on and off).
+fn offload_mode(cmdline: &str) -> OffloadMode {
+    match cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("weft.offload="))
+    {
+        Some("off") => OffloadMode::Off,
+        Some("tx") => OffloadMode::Transmit,
+        Some("on") | None => OffloadMode::On,
+        Some(other) => {
+            log::warn!("weft.offload={other}: unknown (on, tx, off); offloads on");
+            OffloadMode::On
+        }
+    }
+}
+
+/// `weft.offload=`: `on` (the default), `off`, or `tx`: only what the device does for
+/// weft (checksums and segmentation of what weft sends), so the host cuts and checksums
+/// what it hands over, at native speed rather than in the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OffloadMode {
+    On,
+    Transmit,
+    Off,
 }
 
 /// The offloads a NIC asks for, by the order the devices are found in: the first is the
 /// uplink (underlay datagrams: checksums only), the second the container link
 /// (checksums and TCP super-frames).
-fn nic_role(index: usize, offloads: bool) -> Role {
+fn nic_role(index: usize, offloads: OffloadMode) -> Role {
     match (offloads, index) {
-        (false, _) => Role::Plain,
-        (true, 0) => Role::Checksums,
-        (true, _) => Role::Segments,
+        (OffloadMode::Off, _) => Role::Plain,
+        // weft sends the uplink nothing partial and nothing merged.
+        (OffloadMode::Transmit, 0) => Role::Plain,
+        (OffloadMode::Transmit, _) => Role::Transmit,
+        (OffloadMode::On, 0) => Role::Checksums,
+        (OffloadMode::On, _) => Role::Segments,
     }
 }
 

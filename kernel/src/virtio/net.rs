@@ -142,6 +142,9 @@ pub enum Role {
     Checksums,
     /// Checksums and TCP/IPv4 super-frames both ways: the container link.
     Segments,
+    /// Only the device's side: it completes checksums and cuts super-frames weft sends
+    /// (HOST_TSO4 where offered); what it hands over comes plain.
+    Transmit,
 }
 
 /// A transmit buffer the device owns.
@@ -210,6 +213,7 @@ impl NetPort {
             Role::Plain => 0,
             Role::Checksums => features::net_offloads_wanted(offered, false),
             Role::Segments => features::net_offloads_wanted(offered, true),
+            Role::Transmit => features::NET_CSUM | features::NET_HOST_TSO4,
         };
         let features =
             Negotiated::begin_init_offered(&mut transport, offered, features::NET_TAKEN | wanted);
