@@ -1,10 +1,11 @@
 //! Issue 18's virtio-net offloads end to end: two wefts carry iperf3 TCP between their
 //! containers over VXLAN while the container links negotiate checksums and TCP
 //! super-frames (QEMU's tap offers them; the containers' kernels send and take
-//! 64 KiB frames), and again with `weft.offload=off`. Both ways the transfer completes,
-//! `status` says what was negotiated and what the offloads did, and tshark finds every
-//! IPv4, UDP and TCP checksum on the underlay right (a super-frame must leave as
-//! MTU-sized datagrams, never malformed).
+//! 64 KiB frames), with only the device's side (`weft.offload=tx`) and with
+//! `weft.offload=off`. Every way the transfer completes, `status` says what was
+//! negotiated and what the offloads did, and tshark finds every IPv4, UDP and TCP
+//! checksum on the underlay right (a super-frame must leave as MTU-sized datagrams,
+//! never malformed).
 
 use std::process::Command;
 
@@ -132,7 +133,7 @@ fn iperf3_over_vxlan(test: &str, append: &str) -> NicOffloads {
 }
 
 #[test]
-fn tcp_super_frames_cross_the_overlay_as_valid_datagrams_with_offloads_on_and_off() {
+fn tcp_super_frames_cross_the_overlay_as_valid_datagrams_with_offloads_on_tx_only_and_off() {
     let on = iperf3_over_vxlan("offload_on", "");
     assert!(
         on.guest_tso4 && on.host_tso4 && on.guest_csum && on.csum && on.mrg_rxbuf,
@@ -145,6 +146,16 @@ fn tcp_super_frames_cross_the_overlay_as_valid_datagrams_with_offloads_on_and_of
     assert!(
         on.tx_super_frames > 0 && on.tx_merged_segments > on.tx_super_frames,
         "nothing was merged for the container: {on:?}"
+    );
+
+    let tx = iperf3_over_vxlan("offload_tx", "weft.offload=tx");
+    assert!(
+        tx.csum && tx.host_tso4 && !tx.guest_csum && !tx.guest_tso4 && !tx.mrg_rxbuf,
+        "weft.offload=tx took more or less than the device's side: {tx:?}"
+    );
+    assert!(
+        tx.rx_super_frames == 0 && tx.tx_super_frames > 0,
+        "with weft.offload=tx nothing but merging should happen: {tx:?}"
     );
 
     let off = iperf3_over_vxlan("offload_off", "weft.offload=off");
