@@ -86,6 +86,7 @@ pub struct Appliance {
     unix_time_at_boot: Option<u64>,
     heap: Option<protocol::HeapStatus>,
     stack: Option<protocol::StackStatus>,
+    offloads: Option<protocol::OffloadStatus>,
     /// The time of the latest `poll` (for what `apply` starts, such as health checks).
     last_poll: Instant,
     /// The captures of the control connection and what they have sent.
@@ -124,6 +125,7 @@ impl Appliance {
             unix_time_at_boot: None,
             heap: None,
             stack: None,
+            offloads: None,
             last_poll: now,
             captures: capture_session::Streams::default(),
             key_rng: None,
@@ -163,6 +165,11 @@ impl Appliance {
     /// then; `status` reports the latest figures).
     pub fn set_stack_usage(&mut self, stack: protocol::StackStatus) {
         self.stack = Some(stack);
+    }
+
+    /// The platform's NICs' offloads, for `status`.
+    pub fn set_offloads(&mut self, offloads: protocol::OffloadStatus) {
+        self.offloads = Some(offloads);
     }
 
     /// The wall-clock time at boot, if the platform gave one.
@@ -893,6 +900,7 @@ impl Appliance {
             services: services::status(&self.netstack),
             heap: self.heap,
             stack: self.stack,
+            offloads: self.offloads,
             captures: self.captures.len() as u64,
         }
     }

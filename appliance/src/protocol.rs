@@ -592,6 +592,10 @@ pub struct Status {
     /// not): its size and the most of it ever used since boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<StackStatus>,
+    /// The virtio-net offloads of each NIC, as the platform reports them (absent when it
+    /// does not): what was negotiated and what they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offloads: Option<OffloadStatus>,
     /// Captures running (`capture-start`), absent when none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub captures: u64,
@@ -599,6 +603,46 @@ pub struct Status {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// The offloads of both NICs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffloadStatus {
+    pub uplink: NicOffloads,
+    pub link: NicOffloads,
+}
+
+/// One NIC's offloads: the virtio-net features negotiated, and counters since boot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicOffloads {
+    /// The device completes checksums left partial (`CSUM`).
+    pub csum: bool,
+    /// The device hands over frames with partial or verified checksums (`GUEST_CSUM`).
+    pub guest_csum: bool,
+    /// The device takes TCP/IPv4 super-frames (`HOST_TSO4`).
+    pub host_tso4: bool,
+    /// The device hands over TCP/IPv4 super-frames (`GUEST_TSO4`).
+    pub guest_tso4: bool,
+    /// The device spreads a received frame over several buffers (`MRG_RXBUF`).
+    pub mrg_rxbuf: bool,
+    /// Super-frames received, and the segments they were cut into.
+    pub rx_super_frames: u64,
+    pub rx_segments: u64,
+    /// Partial checksums received and completed before the frame went on.
+    pub rx_csum_completed: u64,
+    /// Received frames dropped because their virtio-net header made no sense: a
+    /// segmentation kind not negotiated, a super-frame that cannot be cut, a partial
+    /// checksum outside the frame, buffers that do not add up.
+    pub rx_refused: u64,
+    /// Super-frames sent, and the segments merged into them.
+    pub tx_super_frames: u64,
+    pub tx_merged_segments: u64,
+    /// Segments not merged because their TCP checksum was wrong (sent as they came).
+    pub tx_bad_checksum: u64,
+    /// Segments lost with a super-frame the device's queue had no room for.
+    pub tx_merged_dropped: u64,
 }
 
 /// Heap figures in bytes: `peak_bytes` is the high-water mark since boot.

@@ -5,7 +5,7 @@
 
 use crate::arch::{apic, cpu, pit};
 use crate::virtio::console::{ControlConsole, Event};
-use crate::virtio::net::NetPort;
+use crate::virtio::net::{NetPort, Role};
 use crate::virtio::Location;
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -14,7 +14,7 @@ use core::convert::Infallible;
 use core::sync::atomic::Ordering;
 use smoltcp::time::Duration;
 use virtio_drivers::transport::DeviceType;
-use weft_appliance::protocol::{HeapStatus, StackStatus};
+use weft_appliance::protocol::{HeapStatus, OffloadStatus, StackStatus};
 use weft_appliance::{Appliance, BootInfo};
 
 /// The longest the loop sleeps when the appliance names no deadline (it says "until an
@@ -28,13 +28,20 @@ pub fn run(cmdline: String) -> ! {
     let mut control = None;
     let devices = crate::virtio::discover(&cmdline);
     let found = crate::time::micros();
+    let offloads = offload_mode(&cmdline);
+    if offloads != OffloadMode::On {
+        log::info!("virtio-net offloads: {offloads:?} (weft.offload=)");
+    }
     for dev in devices {
         let at = dev.at;
         match dev.kind {
-            DeviceType::Network => match boxed(|| NetPort::new(dev.transport)) {
-                Ok(port) => nics.push((port, at, dev.irq)),
-                Err(e) => log::error!("{at}: virtio-net init failed: {e:?}"),
-            },
+            DeviceType::Network => {
+                let role = nic_role(nics.len(), offloads);
+                match boxed(|| NetPort::new(dev.transport, role)) {
+                    Ok(port) => nics.push((port, at, dev.irq)),
+                    Err(e) => log::error!("{at}: virtio-net init failed: {e:?}"),
+                }
+            }
             DeviceType::Console if control.is_none() => {
                 match boxed(|| ControlConsole::new(dev.transport)) {
                     Ok(c) => control = Some((c, at, dev.irq)),
@@ -80,6 +87,17 @@ pub fn run(cmdline: String) -> ! {
             Some(mac) => log::info!("{name}: {at} irq {irq}, mac {mac}, {features}"),
             None => log::info!("{name}: {at} irq {irq}, {features}"),
         }
+    }
+    for (name, port) in [("uplink", &uplink), ("link", &link)] {
+        let mut names = String::new();
+        for offload in crate::virtio::features::net_offload_names(port.features().taken) {
+            names.push(' ');
+            names.push_str(offload);
+        }
+        if names.is_empty() {
+            names.push_str(" none");
+        }
+        log::info!("{name}: offloads{names}");
     }
 
     // virtio-pci devices signal by MSI-X where they can; the rest keep their INTx line.
@@ -192,6 +210,10 @@ pub fn run(cmdline: String) -> ! {
         if crate::time::micros().saturating_sub(stack_measured_at) >= 1_000_000 {
             measure_stack(&mut appliance, &mut stack_measured_at);
         }
+        appliance.set_offloads(OffloadStatus {
+            uplink: uplink.offloads(),
+            link: link.offloads(),
+        });
         let mut busy = false;
         let had_output = control.has_pending_output();
         while let Some(event) = control.poll() {
@@ -245,6 +267,47 @@ pub fn run(cmdline: String) -> ! {
             MAX_PIT_SLEEP
         };
         sleep(delay.unwrap_or(cap).min(cap));
+    }
+}
+
+/// The `weft.offload=` of the command line: the virtio-net offloads are taken unless it
+/// says otherwise (the QEMU tests run with them on and off).
+fn offload_mode(cmdline: &str) -> OffloadMode {
+    match cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("weft.offload="))
+    {
+        Some("off") => OffloadMode::Off,
+        Some("tx") => OffloadMode::Transmit,
+        Some("on") | None => OffloadMode::On,
+        Some(other) => {
+            log::warn!("weft.offload={other}: unknown (on, tx, off); offloads on");
+            OffloadMode::On
+        }
+    }
+}
+
+/// `weft.offload=`: `on` (the default), `off`, or `tx`: only what the device does for
+/// weft (checksums and segmentation of what weft sends), so the host cuts and checksums
+/// what it hands over, at native speed rather than in the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OffloadMode {
+    On,
+    Transmit,
+    Off,
+}
+
+/// The offloads a NIC asks for, by the order the devices are found in: the first is the
+/// uplink (underlay datagrams: checksums only), the second the container link
+/// (checksums and TCP super-frames).
+fn nic_role(index: usize, offloads: OffloadMode) -> Role {
+    match (offloads, index) {
+        (OffloadMode::Off, _) => Role::Plain,
+        // weft sends the uplink nothing partial and nothing merged.
+        (OffloadMode::Transmit, 0) => Role::Plain,
+        (OffloadMode::Transmit, _) => Role::Transmit,
+        (OffloadMode::On, 0) => Role::Checksums,
+        (OffloadMode::On, _) => Role::Segments,
     }
 }
 

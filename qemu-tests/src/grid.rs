@@ -35,10 +35,16 @@ pub fn boot_node(test: &str, n: u8, ctr: &str) -> TestVm {
 
 /// [`boot_node`] on a given QEMU machine.
 pub fn boot_node_on(test: &str, machine: Machine, n: u8, ctr: &str) -> TestVm {
+    boot_node_with(test, machine, n, ctr, BootOptions::default().append)
+}
+
+/// [`boot_node`] on a given QEMU machine with `append` as the kernel command line.
+pub fn boot_node_with(test: &str, machine: Machine, n: u8, ctr: &str, append: String) -> TestVm {
     TestVm::boot_with(
         &format!("{test}-w{n}"),
         BootOptions {
             machine,
+            append,
             peers: PeerAddresses {
                 host: format!("192.0.2.{n}/24"),
                 ctr: ctr.to_string(),

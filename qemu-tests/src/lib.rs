@@ -124,6 +124,8 @@ pub struct BootOptions {
     /// The QEMU machine: q35 (virtio-pci) or microvm (virtio-mmio).
     pub machine: Machine,
     pub memory: MemoryMib,
+    /// The kernel command line; by default `WEFT_TEST_APPEND` from the environment, so
+    /// that any test runs with e.g. `weft.offload=off`.
     pub append: String,
     pub time_limit: Duration,
     pub greeting_timeout: Duration,
@@ -138,7 +140,7 @@ impl Default for BootOptions {
         BootOptions {
             machine: Machine::Q35,
             memory: MemoryMib(128),
-            append: String::new(),
+            append: std::env::var("WEFT_TEST_APPEND").unwrap_or_default(),
             time_limit: VM_TIME_LIMIT,
             greeting_timeout: GREETING_TIMEOUT,
             image: None,

@@ -26,6 +26,7 @@ fn both_vms_boot_and_the_table_has_the_expected_rows() {
         images: Images {
             weft: image,
             linux: Some(linux),
+            weft_append: String::new(),
             accel: Accel::Tcg,
             ready_timeout: Duration::from_secs(60),
         },

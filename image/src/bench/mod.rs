@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// weft image to boot (default: build the release image).
     #[arg(long)]
     pub image: Option<PathBuf>,
+    /// weft's kernel command line, e.g. `weft.offload=off` to measure without the
+    /// virtio-net offloads.
+    #[arg(long, default_value = "")]
+    pub append: String,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -577,6 +581,7 @@ fn cmd_bench(args: &BenchArgs) -> Result<()> {
         images: Images {
             weft,
             linux: Some(linux),
+            weft_append: args.append.clone(),
             accel: args.accel,
             ready_timeout: Duration::from_secs(120),
         },

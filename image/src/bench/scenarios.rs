@@ -262,6 +262,9 @@ fn linux_overlay_job(n: u8, encrypted: bool) -> RefJob {
 /// with `sleeve` the encrypted overlay (weft's sleeve; Linux's VXLAN over WireGuard).
 pub fn overlay_tcp(ctx: &Ctx, kind: Kind, sleeve: bool) -> Result<Values, RunError> {
     let (h1, h2) = overlay_pair(ctx, kind, sleeve, ctx.memory)?;
+    // What both VMs negotiated (offloads: weft's `--append weft.offload=off` or not)
+    // goes beside the figure in the report.
+    note_features(ctx, h1.vm()?, Machine::Q35);
     ctx.check_interrupt()?;
     let mbit = load::iperf3(&h2.topo.ctr, &h1.topo.ctr, "10.81.128.12", ctx.secs(10, 3))?;
     let mut out = vec![(if sleeve { "sleeve_tcp" } else { "vxlan_tcp" }, mbit)];

@@ -398,6 +398,7 @@ pub fn run(args: &SoakArgs, interrupted: Arc<AtomicBool>) -> Result<SoakReport> 
     let images = Images {
         weft,
         linux: None,
+        weft_append: String::new(),
         accel: args.accel,
         ready_timeout: Duration::from_secs(120),
     };

@@ -38,6 +38,8 @@ pub struct Images {
     pub weft: PathBuf,
     /// The reference Linux VM; None where only weft boots (`weft soak`).
     pub linux: Option<RefVm>,
+    /// weft's kernel command line (`--append`).
+    pub weft_append: String,
     pub accel: Accel,
     /// How long a VM may take to be ready.
     pub ready_timeout: Duration,
@@ -177,6 +179,9 @@ impl Host {
         cfg.serial = Serial::File(serial.clone());
         cfg.netns = Some(n.hv_ns.clone());
         cfg.log = Some(qemu_log.clone());
+        if linux.is_none() {
+            cfg.append = images.weft_append.clone();
+        }
         if let Some(linux) = linux {
             cfg.microvm_acpi = true;
             cfg.qemu = linux.qemu_wrapper.clone();

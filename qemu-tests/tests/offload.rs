@@ -1,0 +1,167 @@
+//! Issue 18's virtio-net offloads end to end: two wefts carry iperf3 TCP between their
+//! containers over VXLAN while the container links negotiate checksums and TCP
+//! super-frames (QEMU's tap offers them; the containers' kernels send and take
+//! 64 KiB frames), with only the device's side (`weft.offload=tx`) and with
+//! `weft.offload=off`. Every way the transfer completes, `status` says what was
+//! negotiated and what the offloads did, and tshark finds every IPv4, UDP and TCP
+//! checksum on the underlay right (a super-frame must leave as MTU-sized datagrams,
+//! never malformed).
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+use weft_appliance::protocol::NicOffloads;
+use weft_image::qemu::Machine;
+use weft_qemu_tests::grid::{boot_node_with, iperf3, Underlay};
+use weft_qemu_tests::TestVm;
+
+const W1: &str = "192.0.2.11";
+const W2: &str = "192.0.2.12";
+
+fn document(n: u8, other: u8) -> Value {
+    json!({
+        "uplink": {"address": format!("192.0.2.1{n}/24"), "gateway": "192.0.2.1"},
+        "link": {"address": format!("10.81.0.{n}/16")},
+        "grid": {"node": n},
+        "networks": [{"name": "grid", "vni": 100}],
+        "peers": [{"node": other, "address": format!("192.0.2.1{other}"), "networks": ["grid"]}],
+    })
+}
+
+fn link_offloads(vm: &TestVm) -> NicOffloads {
+    vm.status()
+        .offloads
+        .unwrap_or_else(|| panic!("{}: status has no offloads", vm.test))
+        .link
+}
+
+/// Packets of the capture from either weft that match `which` with the IPv4, UDP and
+/// TCP checksums verified, as tshark prints them.
+fn from_wefts(pcap: &std::path::Path, which: &str) -> Vec<String> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args([
+            "-n",
+            "-d",
+            "udp.port==4789,vxlan",
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-Y",
+        ])
+        .arg(format!("(ip.src == {W1} || ip.src == {W2}) && ({which})"))
+        .output()
+        .expect("running tshark");
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Boots two wefts with `append` on their command lines, runs iperf3 both ways between
+/// their containers over the overlay, and checks the underlay; returns node 1's link
+/// offloads after the runs.
+fn iperf3_over_vxlan(test: &str, append: &str) -> NicOffloads {
+    let boot = |n: u8| {
+        let ctr = format!("10.81.128.1{n}/16");
+        boot_node_with(test, Machine::Q35, n, &ctr, append.to_string())
+    };
+    let (w1, w2) = std::thread::scope(|s| {
+        let a = s.spawn(|| boot(1));
+        let b = s.spawn(|| boot(2));
+        (a.join().expect("node 1"), b.join().expect("node 2"))
+    });
+    let mut ul = Underlay::create().expect("underlay");
+    ul.join(&w1).expect("join node 1");
+    ul.join(&w2).expect("join node 2");
+    for vm in [&w1, &w2] {
+        vm.ctr()
+            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1450"])
+            .unwrap();
+    }
+    w1.apply_json(&document(1, 2));
+    w2.apply_json(&document(2, 1));
+    let pcap = w1.dir.join("underlay.pcap");
+    let mut cap = ul.capture(&pcap).expect("tcpdump on the underlay");
+    let (c1, c2) = (w1.ctr(), w2.ctr());
+    for reverse in [false, true] {
+        let r = iperf3(c2, c1, "10.81.128.12", 2, reverse)
+            .unwrap_or_else(|e| panic!("{test}: iperf3 (reverse {reverse}): {e:#}"));
+        assert!(r.sent_bytes > 0 && r.received_bytes > 0, "{test}: {r:?}");
+        eprintln!(
+            "{test}: iperf3 weft 1 -> weft 2{}: {:.1} Mbit/s",
+            if reverse { " (reverse)" } else { "" },
+            r.mbit_per_s
+        );
+    }
+    cap.stop();
+    let bad = from_wefts(
+        &pcap,
+        "ip.checksum.status == 0 || udp.checksum.status == 0 || tcp.checksum.status == 0 \
+         || _ws.malformed || frame.len > 1514",
+    );
+    let good = from_wefts(&pcap, "vxlan && tcp.checksum.status == 1").len();
+    assert!(
+        good > 1000,
+        "{test}: only {good} VXLAN TCP segments with a verified checksum on the underlay"
+    );
+    eprintln!("{test}: {good} VXLAN TCP segments on the underlay, every checksum right");
+    assert!(
+        bad.is_empty(),
+        "{test}: {} packets with bad checksums on the underlay, first: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    let (o1, o2) = (link_offloads(&w1), link_offloads(&w2));
+    eprintln!("{test}: node 1 link offloads {o1:?}");
+    eprintln!("{test}: node 2 link offloads {o2:?}");
+    for o in [o1, o2] {
+        assert_eq!(o.rx_refused, 0, "{test}: {o:?}");
+        assert_eq!(o.tx_bad_checksum, 0, "{test}: {o:?}");
+    }
+    let _ = std::fs::remove_file(&pcap);
+    o1
+}
+
+#[test]
+fn tcp_super_frames_cross_the_overlay_as_valid_datagrams_with_offloads_on_tx_only_and_off() {
+    let on = iperf3_over_vxlan("offload_on", "");
+    assert!(
+        on.guest_tso4 && on.host_tso4 && on.guest_csum && on.csum && on.mrg_rxbuf,
+        "the link negotiated less than QEMU's tap offers: {on:?}"
+    );
+    assert!(
+        on.rx_super_frames > 0 && on.rx_segments > on.rx_super_frames,
+        "no super-frames came from the container: {on:?}"
+    );
+    assert!(
+        on.tx_super_frames > 0 && on.tx_merged_segments > on.tx_super_frames,
+        "nothing was merged for the container: {on:?}"
+    );
+
+    let tx = iperf3_over_vxlan("offload_tx", "weft.offload=tx");
+    assert!(
+        tx.csum && tx.host_tso4 && !tx.guest_csum && !tx.guest_tso4 && !tx.mrg_rxbuf,
+        "weft.offload=tx took more or less than the device's side: {tx:?}"
+    );
+    assert!(
+        tx.rx_super_frames == 0 && tx.tx_super_frames > 0,
+        "with weft.offload=tx nothing but merging should happen: {tx:?}"
+    );
+
+    let off = iperf3_over_vxlan("offload_off", "weft.offload=off");
+    assert_eq!(
+        off,
+        NicOffloads::default(),
+        "weft.offload=off left something on"
+    );
+}
