@@ -30,7 +30,7 @@ pub fn run(cmdline: String) -> ! {
     let found = crate::time::micros();
     let offloads = offload_mode(&cmdline);
     if offloads != OffloadMode::On {
-        log::info!("virtio-net offloads: {offloads:?} (weft.offload=)");
+        log::info!("virtio-net offloads: {offloads:?}, as weft.offload= on the command line says");
     }
     for dev in devices {
         let at = dev.at;

@@ -104,10 +104,15 @@ fn iperf3_over_vxlan(test: &str, append: &str) -> NicOffloads {
         );
     }
     cap.stop();
+    // A TCP checksum of 0xFFFF where 0x0000 is meant is right (every receiver's sum
+    // comes out the same); Wireshark flags it after RFC 1624 as `tcp.checksum.ffff`. The
+    // containers' Linux writes it itself when it completes a zero checksum in software
+    // (`skb_checksum_help`'s CSUM_MANGLED_0), which it does when the link takes no
+    // offloads, and weft forwards the segment as it came.
     let bad = from_wefts(
         &pcap,
-        "ip.checksum.status == 0 || udp.checksum.status == 0 || tcp.checksum.status == 0 \
-         || _ws.malformed || frame.len > 1514",
+        "ip.checksum.status == 0 || udp.checksum.status == 0 \
+         || (tcp.checksum.status == 0 && !tcp.checksum.ffff) || _ws.malformed || frame.len > 1514",
     );
     let good = from_wefts(&pcap, "vxlan && tcp.checksum.status == 1").len();
     assert!(
