@@ -82,8 +82,13 @@ pub struct NetConf {
 
 fn unsupported(key: &str, value: &Value) -> CniError {
     let mut shown = value.to_string();
-    if shown.len() > 80 {
-        shown.truncate(77);
+    // Cut by characters: the value is whatever the runtime wrote, any UTF-8.
+    if let Some((cut, _)) = shown
+        .char_indices()
+        .nth(77)
+        .filter(|_| shown.chars().count() > 80)
+    {
+        shown.truncate(cut);
         shown.push_str("...");
     }
     CniError::new(
@@ -382,6 +387,18 @@ mod tests {
             assert_eq!(e.code, code::UNSUPPORTED_FIELD);
             assert!(e.msg.contains(key), "{e}");
         }
+    }
+
+    #[test]
+    fn a_long_unknown_value_is_cut_between_characters() {
+        let long = "é".repeat(100);
+        let e = parse(&conf(json!({ "mtu": long }))).unwrap_err();
+        assert_eq!(e.code, code::UNSUPPORTED_FIELD);
+        assert!(
+            e.msg.contains(&"é".repeat(76)) && e.msg.ends_with("..."),
+            "{e}"
+        );
+        assert!(!e.msg.contains(&"é".repeat(78)), "{e}");
     }
 
     #[test]
