@@ -166,7 +166,13 @@ impl Underlay {
     /// Starts `tcpdump` on the underlay bridge, writing to `path`, and waits until it
     /// listens.
     pub fn capture(&self, path: &Path) -> Result<Capture> {
-        Capture::start(&self.ns, &self.bridge, path)
+        Capture::start(&self.ns, &self.bridge, path, None)
+    }
+
+    /// A capture that keeps only the first `count` frames (tcpdump then exits), for
+    /// runs whose full capture would take tshark minutes to check.
+    pub fn capture_first(&self, path: &Path, count: usize) -> Result<Capture> {
+        Capture::start(&self.ns, &self.bridge, path, Some(count))
     }
 }
 
@@ -179,12 +185,16 @@ pub struct Capture {
 }
 
 impl Capture {
-    fn start(ns: &Netns, ifname: &str, path: &Path) -> Result<Capture> {
+    fn start(ns: &Netns, ifname: &str, path: &Path, count: Option<usize>) -> Result<Capture> {
         let log = path.with_extension("log");
         let err = std::fs::File::create(&log)?;
-        let child = ns
-            .command("tcpdump")
-            .args(["-i", ifname, "-U", "-s", "0", "-n", "-w"])
+        let mut cmd = ns.command("tcpdump");
+        cmd.args(["-i", ifname, "-U", "-s", "0", "-n"]);
+        if let Some(n) = count {
+            cmd.args(["-c", &n.to_string()]);
+        }
+        let child = cmd
+            .arg("-w")
             .arg(path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
