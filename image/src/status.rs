@@ -2,7 +2,7 @@
 //! table for `status`, TOML for `config`. Presentation only: it never talks to the
 //! appliance.
 
-use weft_appliance::protocol::{InterfaceStatus, Status};
+use weft_appliance::protocol::{InterfaceStatus, NicOffloads, Status};
 use weft_appliance::weft_netstack::pipeline::datapath::DatapathStatus;
 use weft_appliance::weft_netstack::stage::overlay::OverlayDrops;
 use weft_appliance::Config;
@@ -97,6 +97,10 @@ pub fn render_status(s: &Status) -> String {
             out.push_str(&format!("drops on {name}: {}\n", parts.join(" ")));
         }
     }
+    if let Some(o) = &s.offloads {
+        out.push_str(&render_offloads("uplink", &o.uplink));
+        out.push_str(&render_offloads("link", &o.link));
+    }
     let k = &s.control;
     out.push_str(&format!(
         "control: connects={} lines={} requests={} errors={} partial_discarded={}\n",
@@ -109,6 +113,55 @@ pub fn render_status(s: &Status) -> String {
         out.push_str(&render_dns(d));
     }
     out
+}
+
+/// One NIC's line of `weft ctl status` on virtio-net offloads: what the device
+/// negotiated, then what was done with it (counters left out while all are zero).
+pub fn render_offloads(nic: &str, o: &NicOffloads) -> String {
+    let features: Vec<&str> = [
+        ("csum", o.csum),
+        ("guest_csum", o.guest_csum),
+        ("host_tso4", o.host_tso4),
+        ("guest_tso4", o.guest_tso4),
+        ("mrg_rxbuf", o.mrg_rxbuf),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let mut line = format!(
+        "offloads on {nic}: {}",
+        if features.is_empty() {
+            "none".to_string()
+        } else {
+            features.join(" ")
+        }
+    );
+    let counters = [
+        o.rx_super_frames,
+        o.rx_segments,
+        o.rx_csum_completed,
+        o.rx_refused,
+        o.tx_super_frames,
+        o.tx_merged_segments,
+        o.tx_bad_checksum,
+        o.tx_merged_dropped,
+    ];
+    if counters.iter().any(|n| *n > 0) {
+        line.push_str(&format!(
+            "  rx: super_frames={} segments={} csum_completed={} refused={}  \
+             tx: super_frames={} merged_segments={} bad_checksum={} merged_dropped={}",
+            o.rx_super_frames,
+            o.rx_segments,
+            o.rx_csum_completed,
+            o.rx_refused,
+            o.tx_super_frames,
+            o.tx_merged_segments,
+            o.tx_bad_checksum,
+            o.tx_merged_dropped
+        ));
+    }
+    line.push('\n');
+    line
 }
 
 /// The DNS part of `weft ctl status`: zone, queries by outcome, upstream attempts,
@@ -380,6 +433,45 @@ mod tests {
         assert!(t.contains("drops on uplink: runt=2 not_configured=3\n"));
         assert!(!t.contains("drops on link"));
         assert!(t.contains("errors=2"));
+        assert!(
+            !t.contains("offloads"),
+            "no offloads reported, none shown: {t}"
+        );
+    }
+
+    #[test]
+    fn offloads_show_what_each_nic_negotiated_and_did() {
+        let mut s = sample();
+        s.offloads = Some(serde_json::from_value(json!({
+            "uplink": {"csum": true, "guest_csum": true, "host_tso4": false, "guest_tso4": false,
+                       "mrg_rxbuf": false, "rx_super_frames": 0, "rx_segments": 0,
+                       "rx_csum_completed": 0, "rx_refused": 0, "tx_super_frames": 0,
+                       "tx_merged_segments": 0, "tx_bad_checksum": 0, "tx_merged_dropped": 0},
+            "link": {"csum": true, "guest_csum": true, "host_tso4": true, "guest_tso4": true,
+                     "mrg_rxbuf": true, "rx_super_frames": 739, "rx_segments": 25678,
+                     "rx_csum_completed": 830, "rx_refused": 2, "tx_super_frames": 1097,
+                     "tx_merged_segments": 24777, "tx_bad_checksum": 0, "tx_merged_dropped": 1}
+        })).unwrap());
+        let t = render_status(&s);
+        assert!(t.contains("offloads on uplink: csum guest_csum\n"), "{t}");
+        let link = t
+            .lines()
+            .find(|l| l.starts_with("offloads on link"))
+            .unwrap();
+        assert!(
+            link.starts_with(
+                "offloads on link: csum guest_csum host_tso4 guest_tso4 mrg_rxbuf  rx: "
+            ),
+            "{link}"
+        );
+        for part in [
+            "super_frames=739 segments=25678 csum_completed=830 refused=2",
+            "tx: super_frames=1097 merged_segments=24777 bad_checksum=0 merged_dropped=1",
+        ] {
+            assert!(link.contains(part), "{link} lacks {part}");
+        }
+        s.offloads = Some(Default::default());
+        assert!(render_status(&s).contains("offloads on link: none\n"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 use weft_appliance::protocol::NicOffloads;
 use weft_image::qemu::Machine;
-use weft_qemu_tests::grid::{boot_node_with, iperf3, Underlay};
+use weft_qemu_tests::grid::{boot_node_with, iperf3, weft_ctl, Underlay};
 use weft_qemu_tests::TestVm;
 
 const W1: &str = "192.0.2.11";
@@ -36,6 +36,16 @@ fn link_offloads(vm: &TestVm) -> NicOffloads {
         .offloads
         .unwrap_or_else(|| panic!("{}: status has no offloads", vm.test))
         .link
+}
+
+/// The link's line of `weft ctl status`, as an operator reads it.
+fn ctl_link_offloads(vm: &TestVm) -> String {
+    let (code, out, err) = weft_ctl(&vm.control, &["status"]);
+    assert_eq!(code, 0, "{}: weft ctl status: {err}", vm.test);
+    out.lines()
+        .find(|l| l.starts_with("offloads on link: "))
+        .unwrap_or_else(|| panic!("{}: no link offloads in weft ctl status:\n{out}", vm.test))
+        .to_string()
 }
 
 /// Packets of the capture from either weft that match `which` with the IPv4, UDP and
@@ -118,6 +128,14 @@ fn iperf3_over_vxlan(test: &str, append: &str) -> NicOffloads {
     // The counters are read while both VMs are surely up; checking the captures can
     // take minutes on a slow machine.
     let (o1, o2) = (link_offloads(&w1), link_offloads(&w2));
+    let line = ctl_link_offloads(&w1);
+    eprintln!("{test}: weft ctl status on node 1: {line}");
+    let expected = match append {
+        "" => "offloads on link: csum guest_csum host_tso4 guest_tso4 mrg_rxbuf  rx: super_frames=",
+        "weft.offload=tx" => "offloads on link: csum host_tso4  rx: super_frames=0 ",
+        _ => "offloads on link: none",
+    };
+    assert!(line.starts_with(expected), "{test}: {line}");
     eprintln!("{test}: node 1 link offloads {o1:?}");
     eprintln!("{test}: node 2 link offloads {o2:?}");
     for o in [o1, o2] {
