@@ -56,16 +56,20 @@ pub fn boot_node_with(test: &str, machine: Machine, n: u8, ctr: &str, append: St
     )
 }
 
-/// Nodes 1 and 2 at once: TCG boots are slow, and the two do not depend on each other.
-pub fn boot_two(test: &str, ctr1: &str, ctr2: &str) -> (TestVm, TestVm) {
-    boot_two_on(test, Machine::Q35, ctr1, ctr2)
-}
-
-/// [`boot_two`] on a given QEMU machine.
-pub fn boot_two_on(test: &str, machine: Machine, ctr1: &str, ctr2: &str) -> (TestVm, TestVm) {
-    std::thread::scope(|s| {
-        let a = s.spawn(|| boot_node_on(test, machine, 1, ctr1));
-        let b = s.spawn(|| boot_node_on(test, machine, 2, ctr2));
+/// Nodes 1 and 2 booted at once on `machine` (with `append` as their kernel command
+/// line when given), their containers at `ctrs`, both joined to a new underlay: how
+/// every two-host test starts. TCG boots are slow, and the two do not depend on each
+/// other.
+pub fn two_on_underlay(
+    test: &str,
+    machine: Machine,
+    ctrs: [&str; 2],
+    append: Option<&str>,
+) -> (TestVm, TestVm, Underlay) {
+    let append = append.map_or_else(|| BootOptions::default().append, str::to_string);
+    let (w1, w2) = std::thread::scope(|s| {
+        let a = s.spawn(|| boot_node_with(test, machine, 1, ctrs[0], append.clone()));
+        let b = s.spawn(|| boot_node_with(test, machine, 2, ctrs[1], append.clone()));
         let a = a
             .join()
             .unwrap_or_else(|_| panic!("{test}: booting node 1 failed"));
@@ -73,7 +77,29 @@ pub fn boot_two_on(test: &str, machine: Machine, ctr1: &str, ctr2: &str) -> (Tes
             .join()
             .unwrap_or_else(|_| panic!("{test}: booting node 2 failed"));
         (a, b)
-    })
+    });
+    let mut ul = Underlay::create().unwrap_or_else(|e| panic!("{test}: underlay: {e:#}"));
+    ul.join(&w1)
+        .unwrap_or_else(|e| panic!("{test}: joining node 1: {e:#}"));
+    ul.join(&w2)
+        .unwrap_or_else(|e| panic!("{test}: joining node 2: {e:#}"));
+    (w1, w2, ul)
+}
+
+/// Sets the MTU of each VM's container end (the overlay's MTU: the underlay's less what
+/// the encapsulation adds).
+pub fn set_ctr_mtu(vms: &[&TestVm], mtu: u16) {
+    for vm in vms {
+        vm.ctr()
+            .ip(&[
+                "link",
+                "set",
+                &vm.topo.names.ctr_veth,
+                "mtu",
+                &mtu.to_string(),
+            ])
+            .unwrap_or_else(|e| panic!("{}: container MTU {mtu}: {e:#}", vm.test));
+    }
 }
 
 /// A short unique prefix (`wg` + pid + counter, 9 bytes) so names fit IFNAMSIZ.

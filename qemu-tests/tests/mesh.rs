@@ -15,7 +15,8 @@ use std::process::Stdio;
 
 use serde_json::{json, Value};
 use weft_image::netns::Netns;
-use weft_qemu_tests::grid::{boot_two, Container, Underlay};
+use weft_image::qemu::Machine;
+use weft_qemu_tests::grid::{two_on_underlay, Container};
 use weft_qemu_tests::socat::Socat;
 use weft_qemu_tests::TestVm;
 
@@ -156,10 +157,12 @@ fn nat_router(vm: &TestVm) -> Value {
 #[test]
 fn the_routing_mesh_spreads_a_vip_over_both_hosts_and_publishes_it_on_a_host_without_backends() {
     let test = "mesh";
-    let (w1, w2) = boot_two(test, "10.81.128.11/16", "10.81.128.12/16");
-    let mut ul = Underlay::create().expect("underlay");
-    ul.join(&w1).expect("join node 1");
-    ul.join(&w2).expect("join node 2");
+    let (w1, w2, ul) = two_on_underlay(
+        test,
+        Machine::Q35,
+        ["10.81.128.11/16", "10.81.128.12/16"],
+        None,
+    );
 
     // Backends: b1 on A and b2 on B on the untagged network "grid"; b3 on B on network
     // n2, VLAN 300 on B's link.

@@ -12,7 +12,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 use weft_appliance::protocol::NicOffloads;
 use weft_image::qemu::Machine;
-use weft_qemu_tests::grid::{boot_node_with, iperf3, weft_ctl, Underlay};
+use weft_qemu_tests::grid::{iperf3, set_ctr_mtu, two_on_underlay, weft_ctl};
 use weft_qemu_tests::TestVm;
 
 const W1: &str = "192.0.2.11";
@@ -88,23 +88,13 @@ fn from_wefts(pcap: &std::path::Path, which: &str) -> Vec<String> {
 /// their containers over the overlay, and checks the underlay; returns node 1's link
 /// offloads after the runs.
 fn iperf3_over_vxlan(test: &str, append: &str) -> NicOffloads {
-    let boot = |n: u8| {
-        let ctr = format!("10.81.128.1{n}/16");
-        boot_node_with(test, Machine::Q35, n, &ctr, append.to_string())
-    };
-    let (w1, w2) = std::thread::scope(|s| {
-        let a = s.spawn(|| boot(1));
-        let b = s.spawn(|| boot(2));
-        (a.join().expect("node 1"), b.join().expect("node 2"))
-    });
-    let mut ul = Underlay::create().expect("underlay");
-    ul.join(&w1).expect("join node 1");
-    ul.join(&w2).expect("join node 2");
-    for vm in [&w1, &w2] {
-        vm.ctr()
-            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1450"])
-            .unwrap();
-    }
+    let (w1, w2, ul) = two_on_underlay(
+        test,
+        Machine::Q35,
+        ["10.81.128.11/16", "10.81.128.12/16"],
+        Some(append),
+    );
+    set_ctr_mtu(&[&w1, &w2], 1450);
     w1.apply_json(&document(1, 2));
     w2.apply_json(&document(2, 1));
     let (c1, c2) = (w1.ctr(), w2.ctr());

@@ -25,8 +25,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use weft_control::client::Client;
 use weft_image::netns::{http_get, Netns};
+use weft_image::qemu::Machine;
 use weft_qemu_tests::agent::AgentHost;
-use weft_qemu_tests::grid::{boot_two, iperf3, weft_binary, weft_ctl, Underlay};
+use weft_qemu_tests::grid::{
+    iperf3, set_ctr_mtu, two_on_underlay, weft_binary, weft_ctl, Underlay,
+};
 use weft_qemu_tests::{TestVm, LINK_ADDR};
 
 /// `promtool check metrics` on `text` (its standard input): Ok, or what it said.
@@ -253,15 +256,13 @@ fn tshark(file: &str, input: Option<&[u8]>, filter: &str, fields: &[&str]) -> Ve
 #[test]
 fn captures_on_link_overlay_and_uplink_decode_in_tshark() {
     let test = "ops_capture";
-    let (w1, w2) = boot_two(test, "10.81.128.11/16", "10.81.128.12/16");
-    let mut ul = Underlay::create().expect("underlay");
-    ul.join(&w1).expect("join node 1");
-    ul.join(&w2).expect("join node 2");
-    for vm in [&w1, &w2] {
-        vm.ctr()
-            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1408"])
-            .unwrap();
-    }
+    let (w1, w2, ul) = two_on_underlay(
+        test,
+        Machine::Q35,
+        ["10.81.128.11/16", "10.81.128.12/16"],
+        None,
+    );
+    set_ctr_mtu(&[&w1, &w2], 1408);
     for (vm, n, o) in [(&w1, 1, 2), (&w2, 2, 1)] {
         let file = sleeve_config(vm, n, o);
         let (code, out, err) = weft_ctl(&vm.control, &["apply", file.to_str().unwrap()]);
@@ -430,10 +431,12 @@ const CAPTURE_SECS: u32 = IPERF_SECS + 9;
 #[test]
 fn capture_under_iperf3_accounts_for_every_frame() {
     let test = "ops_capture_load";
-    let (w1, w2) = boot_two(test, "10.81.128.11/16", "10.81.128.12/16");
-    let mut ul = Underlay::create().expect("underlay");
-    ul.join(&w1).expect("join node 1");
-    ul.join(&w2).expect("join node 2");
+    let (w1, w2, ul) = two_on_underlay(
+        test,
+        Machine::Q35,
+        ["10.81.128.11/16", "10.81.128.12/16"],
+        None,
+    );
     for (vm, n, o) in [(&w1, 1, 2), (&w2, 2, 1)] {
         vm.ctr()
             .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1450"])

@@ -13,7 +13,7 @@ use weft_control::client::Client;
 use weft_image::netns::Netns;
 use weft_image::qemu::Machine;
 use weft_qemu_tests::grid::{
-    boot_two, boot_two_on, iperf3, weft_ctl, Container, LinuxVtep, Underlay,
+    iperf3, set_ctr_mtu, two_on_underlay, weft_ctl, Container, LinuxVtep, Underlay,
 };
 use weft_qemu_tests::TestVm;
 
@@ -80,28 +80,29 @@ fn mac_of(ns: &Netns, ifname: &str) -> String {
     weft_qemu_tests::mac_of(ns, ifname).to_string()
 }
 
-#[test]
-fn two_wefts_and_a_linux_vtep_share_one_overlay_network() {
-    let test = "overlay_interop";
-    let (w1, w2) = boot_two(test, "10.81.128.11/16", "10.81.128.12/16");
-    let mut ul = Underlay::create().expect("underlay");
-    ul.join(&w1).expect("join node 1");
-    ul.join(&w2).expect("join node 2");
+/// Two wefts on `machine` and a Linux `vxlan` VTEP on one underlay, all three on the
+/// overlay network `grid` (VNI 100), their containers at `.11`, `.12` and `.13` of
+/// `subnet`/16 with Docker's overlay MTU (1500 minus the VXLAN overhead).
+fn two_wefts_and_linux(
+    test: &str,
+    machine: Machine,
+    subnet: &str,
+) -> (TestVm, TestVm, Underlay, LinuxVtep) {
+    let (w1, w2, mut ul) = two_on_underlay(
+        test,
+        machine,
+        [&format!("{subnet}.11/16"), &format!("{subnet}.12/16")],
+        None,
+    );
     let lx = LinuxVtep::create(
         &mut ul,
         &format!("{LX}/24"),
         100,
         &[W1, W2],
-        "10.81.128.13/16",
+        &format!("{subnet}.13/16"),
     )
     .expect("Linux VTEP");
-    // Docker's overlay MTU: 1500 minus the VXLAN overhead.
-    for vm in [&w1, &w2] {
-        vm.ctr()
-            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1450"])
-            .unwrap();
-    }
-
+    set_ctr_mtu(&[&w1, &w2], 1450);
     let networks = json!([{"name": "grid", "vni": 100}]);
     let peers = |other: u8| {
         json!([
@@ -111,6 +112,13 @@ fn two_wefts_and_a_linux_vtep_share_one_overlay_network() {
     };
     w1.apply_json(&document(1, networks.clone(), peers(2)));
     w2.apply_json(&document(2, networks, peers(1)));
+    (w1, w2, ul, lx)
+}
+
+#[test]
+fn two_wefts_and_a_linux_vtep_share_one_overlay_network() {
+    let test = "overlay_interop";
+    let (w1, w2, ul, lx) = two_wefts_and_linux(test, Machine::Q35, "10.81.128");
 
     let cap_path = w1.dir.join("underlay.pcap");
     let mut cap = ul.capture(&cap_path).expect("tcpdump on the underlay");
@@ -377,10 +385,12 @@ fn two_wefts_and_a_linux_vtep_share_one_overlay_network() {
 #[test]
 fn networks_on_different_vnis_never_meet() {
     let test = "overlay_isolation";
-    let (w1, w2) = boot_two(test, "10.81.127.11/16", "10.81.127.12/16");
-    let mut ul = Underlay::create().expect("underlay");
-    ul.join(&w1).expect("join node 1");
-    ul.join(&w2).expect("join node 2");
+    let (w1, w2, ul) = two_on_underlay(
+        test,
+        Machine::Q35,
+        ["10.81.127.11/16", "10.81.127.12/16"],
+        None,
+    );
     let networks = json!([
         {"name": "a", "vni": 100, "vlan": 100},
         {"name": "b", "vni": 200, "vlan": 200}
@@ -490,32 +500,7 @@ fn networks_on_different_vnis_never_meet() {
 #[test]
 fn two_microvm_wefts_and_a_linux_vtep_share_one_overlay_network() {
     let test = "overlay_microvm";
-    let (w1, w2) = boot_two_on(test, Machine::Microvm, "10.81.126.11/16", "10.81.126.12/16");
-    let mut ul = Underlay::create().expect("underlay");
-    ul.join(&w1).expect("join node 1");
-    ul.join(&w2).expect("join node 2");
-    let lx = LinuxVtep::create(
-        &mut ul,
-        &format!("{LX}/24"),
-        100,
-        &[W1, W2],
-        "10.81.126.13/16",
-    )
-    .expect("Linux VTEP");
-    for vm in [&w1, &w2] {
-        vm.ctr()
-            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1450"])
-            .unwrap();
-    }
-    let networks = json!([{"name": "grid", "vni": 100}]);
-    let peers = |other: u8| {
-        json!([
-            {"node": other, "address": format!("192.0.2.1{other}"), "networks": ["grid"]},
-            {"node": 3, "name": "linux", "address": LX, "networks": ["grid"]}
-        ])
-    };
-    w1.apply_json(&document(1, networks.clone(), peers(2)));
-    w2.apply_json(&document(2, networks, peers(1)));
+    let (w1, w2, ul, lx) = two_wefts_and_linux(test, Machine::Microvm, "10.81.126");
 
     let cap_path = w1.dir.join("underlay.pcap");
     let mut cap = ul.capture(&cap_path).expect("tcpdump on the underlay");

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use weft_image::netns::Netns;
-use weft_qemu_tests::grid::{boot_node, boot_two, iperf3, weft_ctl, Underlay};
+use weft_image::qemu::Machine;
+use weft_qemu_tests::grid::{boot_node, iperf3, set_ctr_mtu, two_on_underlay, weft_ctl, Underlay};
 use weft_qemu_tests::TestVm;
 
 const SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -142,16 +143,14 @@ fn counter(v: &Value, path: &[&str]) -> u64 {
 #[test]
 fn two_wefts_in_sleeve_mode_carry_nothing_in_the_clear() {
     let test = "sleeve_pair";
-    let (w1, w2) = boot_two(test, "10.81.128.11/16", "10.81.128.12/16");
-    let mut ul = Underlay::create().expect("underlay");
-    ul.join(&w1).expect("join node 1");
-    ul.join(&w2).expect("join node 2");
+    let (w1, w2, ul) = two_on_underlay(
+        test,
+        Machine::Q35,
+        ["10.81.128.11/16", "10.81.128.12/16"],
+        None,
+    );
     // The sleeve network's MTU: 1450 less what sleeve adds over VXLAN (42).
-    for vm in [&w1, &w2] {
-        vm.ctr()
-            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1408"])
-            .unwrap();
-    }
+    set_ctr_mtu(&[&w1, &w2], 1408);
     apply_file(&w1, &config_file(&w1, 1, 2));
     apply_file(&w2, &config_file(&w2, 2, 1));
     let config = result(&w1, "config");
