@@ -1,11 +1,11 @@
-//! Internet checksum arithmetic: the incremental update (RFC 1624) for header rewrites
-//! in place, and a one's complement sum over whole packets ([`sum`], RFC 1071) for the
-//! headers the overlay puts on and takes off.
+//! Internet checksum arithmetic: the one's complement sum ([`Sum`], RFC 1071) every
+//! checksum of the crate is computed with, its folding to 16 bits, the incremental
+//! update (RFC 1624) for header rewrites in place, and the UDP checksum over IPv4.
 //!
-//! Owns only the arithmetic; the field sums of the incremental update come from
-//! smoltcp's `wire::checksum` (`data`, `combine`). [`sum`] gives what smoltcp's `data`
-//! gives, eight bytes a step instead of two (the outer UDP checksum of every VXLAN
-//! frame covers the whole inner frame).
+//! Owns only the arithmetic; it never decides which checksum a frame needs. The field
+//! sums of the incremental update come from smoltcp's `wire::checksum` (`data`,
+//! `combine`); [`Sum`] gives what smoltcp's `data` gives, eight bytes a step instead of
+//! two (the outer UDP checksum of every VXLAN frame covers the whole inner frame).
 
 use smoltcp::wire::checksum;
 
@@ -77,36 +77,88 @@ impl Delta {
     }
 }
 
-/// The one's complement sum of `data` as 16-bit big-endian words (an odd last byte is
-/// the high byte of a word), folded to 16 bits: what smoltcp's `checksum::data` returns.
+/// A one's complement sum in progress over 16-bit big-endian words from an even offset
+/// of the covered data (an odd last byte is the high byte of a word).
 ///
-/// Summing 32-bit words and folding gives the same result as 16-bit words, because
-/// 2^16 is 1 modulo 2^16 - 1; and the words are read in the machine's order, the
-/// folded sum swapped back at the end, because the one's complement sum is byte-order
-/// independent (RFC 1071 section 2 (B)): no byte swap per word.
-pub fn sum(data: &[u8]) -> u16 {
-    let mut acc: u64 = 0;
-    let mut words = data.chunks_exact(8);
-    for w in &mut words {
-        let w = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        // Two 32-bit halves a step: 2^31 steps before the 64-bit sum could overflow.
-        acc += (w >> 32) + (w & 0xffff_ffff);
+/// Words are added as the machine loads them and the folded sum swapped once when it is
+/// read, because the one's complement sum is byte-order independent (RFC 1071 section
+/// 2 (B)): no byte swap per word. The sum is not folded until it is read, so adding runs
+/// of it is exact; 32-bit halves a step into 64 bits leave 2^31 steps (16 GiB) before
+/// it could wrap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sum(u64);
+
+impl Sum {
+    pub const ZERO: Sum = Sum(0);
+
+    /// The sum of `data`, taken to start at an even offset.
+    pub fn of(data: &[u8]) -> Sum {
+        let mut s = Sum::ZERO;
+        s.add_bytes(data);
+        s
     }
-    // The last 0-7 bytes in fixed-size steps: a copy of a variable length into a
-    // padded word would be a call to memcpy, dearer than the sum of a header.
-    let mut rest = words.remainder();
-    if let Some((w, r)) = rest.split_first_chunk::<4>() {
-        acc += u64::from(u32::from_ne_bytes(*w));
-        rest = r;
+
+    /// Adds `data`, taken to start at an even offset of the covered bytes.
+    pub fn add_bytes(&mut self, data: &[u8]) {
+        // A copy in a local, which the loop keeps in a register.
+        let mut s = *self;
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            s.add_word([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        }
+        // The last 0-7 bytes in fixed-size steps: a copy of a variable length into a
+        // padded word would be a call to memcpy, dearer than the sum of a header.
+        let mut rest = words.remainder();
+        let mut acc = s.0;
+        if let Some((w, r)) = rest.split_first_chunk::<4>() {
+            acc += u64::from(u32::from_ne_bytes(*w));
+            rest = r;
+        }
+        if let Some((w, r)) = rest.split_first_chunk::<2>() {
+            acc += u64::from(u16::from_ne_bytes(*w));
+            rest = r;
+        }
+        if let Some(&b) = rest.first() {
+            acc += u64::from(u16::from_ne_bytes([b, 0]));
+        }
+        self.0 = acc;
     }
-    if let Some((w, r)) = rest.split_first_chunk::<2>() {
-        acc += u64::from(u16::from_ne_bytes(*w));
-        rest = r;
+
+    /// Adds eight bytes at an even offset, as they lie in memory: the step of
+    /// [`Sum::add_bytes`], and of loops that copy the bytes they sum.
+    #[inline(always)]
+    pub fn add_word(&mut self, word: [u8; 8]) {
+        let v = u64::from_ne_bytes(word);
+        // Summing 32-bit words and folding gives the sum of 16-bit words, because 2^16
+        // is 1 modulo 2^16 - 1.
+        self.0 += (v >> 32) + (v & 0xffff_ffff);
     }
-    if let Some(&b) = rest.first() {
-        acc += u64::from(u16::from_ne_bytes([b, 0]));
+
+    /// Adds a 16-bit word in network order.
+    pub fn add_u16(&mut self, word: u16) {
+        self.0 += u64::from(word.to_be());
     }
-    u16::from_be(fold64(acc))
+
+    /// Adds another sum (of bytes that follow at an even offset).
+    pub fn add(&mut self, other: Sum) {
+        self.0 = u64::from(fold64(self.0)) + u64::from(fold64(other.0));
+    }
+
+    /// Takes away a sum of bytes it contains.
+    pub fn sub(&mut self, other: Sum) {
+        self.0 = u64::from(fold64(self.0)) + u64::from(!fold64(other.0));
+    }
+
+    /// The folded 16-bit sum, in network order: what smoltcp's `checksum::data` returns
+    /// for the same bytes.
+    pub fn value(self) -> u16 {
+        u16::from_be(fold64(self.0))
+    }
+
+    /// The checksum field that makes the covered data sum to zero: `!value`.
+    pub fn checksum(self) -> u16 {
+        !self.value()
+    }
 }
 
 /// The UDP checksum field (RFC 768) of `udp` (header and payload, its checksum field
@@ -125,7 +177,7 @@ pub fn udp_ipv4_sum(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
         + u64::from(u32::from_be_bytes(dst))
         + 17
         + udp.len() as u64;
-    fold64(pseudo + u64::from(sum(udp)))
+    fold64(pseudo + u64::from(Sum::of(udp).value()))
 }
 
 /// End-around carry of a 64-bit one's complement sum down to 16 bits.
@@ -212,21 +264,42 @@ mod tests {
         for len in 0..200 {
             for start in 0..9 {
                 let data = &bytes[start..start + len];
-                assert_eq!(sum(data), checksum::data(data), "len {len} at {start}");
+                assert_eq!(
+                    Sum::of(data).value(),
+                    checksum::data(data),
+                    "len {len} at {start}"
+                );
             }
         }
         for _ in 0..2_000 {
             let start = (rng.next() % 64) as usize;
             let len = (rng.next() % 1500) as usize;
             let data = &bytes[start..start + len];
-            assert_eq!(sum(data), checksum::data(data));
+            assert_eq!(Sum::of(data).value(), checksum::data(data));
         }
         // All ones and all zeros: the sums where +0 and -0 could be confused.
-        assert_eq!(sum(&[0xff; 1500]), checksum::data(&[0xff; 1500]));
-        assert_eq!(sum(&[0; 64]), 0);
+        assert_eq!(
+            Sum::of(&[0xff; 1500]).value(),
+            checksum::data(&[0xff; 1500])
+        );
+        assert_eq!(Sum::of(&[0; 64]).value(), 0);
+        let jumbo: alloc::vec::Vec<u8> = (0..9000).map(|_| rng.next() as u8).collect();
+        assert_eq!(Sum::of(&jumbo).value(), checksum::data(&jumbo));
         // The largest datagram: the 64-bit accumulator does not wrap.
         let big = alloc::vec![0xffu8; 65_535];
-        assert_eq!(sum(&big), checksum::data(&big));
+        assert_eq!(Sum::of(&big).value(), checksum::data(&big));
+    }
+
+    #[test]
+    fn sums_of_even_runs_add_and_subtract() {
+        let mut rng = Rng(99);
+        let data: alloc::vec::Vec<u8> = (0..1001).map(|_| rng.next() as u8).collect();
+        let (a, b) = data.split_at(400);
+        let mut s = Sum::of(a);
+        s.add(Sum::of(b));
+        assert_eq!(s.value(), checksum::data(&data));
+        s.sub(Sum::of(a));
+        assert_eq!(s.value(), Sum::of(b).value());
     }
 
     #[test]

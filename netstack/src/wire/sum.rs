@@ -1,75 +1,13 @@
-//! The Internet checksum over whole payloads (RFC 1071): the sum of a buffer, the sum
-//! of bytes as they are copied (segmentation writes a segment and its checksum in one
-//! pass), the completion of a partial checksum (`NEEDS_CSUM`) and the pseudo-header.
+//! The checksums of the offloads done in software: the sum of bytes as they are copied
+//! (segmentation writes a segment and its checksum in one pass), the IPv4
+//! pseudo-header, and the completion of a partial checksum (`NEEDS_CSUM`).
 //!
-//! Owns only the arithmetic. Sums are of 16-bit big-endian words from an even offset of
-//! the covered data; a [`Sum`] is never folded until it is read, so adding runs of it is
-//! exact. It never decides which checksum a frame needs (`wire::tso`, `wire::gro` and
-//! the stages do).
+//! The arithmetic is [`Sum`]'s (`wire::checksum`). It never decides which checksum a
+//! frame needs (`wire::tso`, `wire::gro` and the stages do).
 
 use smoltcp::wire::Ipv4Address;
 
-/// A one's complement sum in progress, in native byte order (RFC 1071 2.(B)): words are
-/// added as the machine loads them and swapped once at the end.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sum(u64);
-
-impl Sum {
-    pub const ZERO: Sum = Sum(0);
-
-    /// The sum of `data`, taken to start at an even offset.
-    pub fn of(data: &[u8]) -> Sum {
-        let mut s = Sum::ZERO;
-        s.add_bytes(data);
-        s
-    }
-
-    /// Adds `data`, taken to start at an even offset of the covered bytes.
-    pub fn add_bytes(&mut self, data: &[u8]) {
-        let (words, rest) = data.as_chunks::<8>();
-        let mut acc = self.0;
-        for w in words {
-            let v = u64::from_ne_bytes(*w);
-            // Two 32-bit halves into 64 bits: no carry is lost for any frame size.
-            acc += (v & 0xffff_ffff) + (v >> 32);
-        }
-        acc = fold64(acc);
-        let (pairs, odd) = rest.as_chunks::<2>();
-        for p in pairs {
-            acc += u64::from(u16::from_ne_bytes(*p));
-        }
-        if let Some(&b) = odd.first() {
-            acc += u64::from(u16::from_ne_bytes([b, 0]));
-        }
-        self.0 = acc;
-    }
-
-    /// Adds a 16-bit word in network order.
-    pub fn add_u16(&mut self, word: u16) {
-        self.0 += u64::from(word.to_be());
-    }
-
-    /// Adds another sum (of bytes that follow at an even offset).
-    pub fn add(&mut self, other: Sum) {
-        self.0 = fold64(self.0) + fold64(other.0);
-    }
-
-    /// Takes away a sum of bytes it contains.
-    pub fn sub(&mut self, other: Sum) {
-        let o = !self::fold16(fold64(other.0)) as u64;
-        self.0 = fold64(self.0) + o;
-    }
-
-    /// The folded 16-bit sum, in network order.
-    pub fn value(self) -> u16 {
-        u16::from_be(fold16(fold64(self.0)))
-    }
-
-    /// The checksum field that makes the covered data sum to zero: `!value`.
-    pub fn checksum(self) -> u16 {
-        !self.value()
-    }
-}
+use super::checksum::Sum;
 
 /// Copies `src` into `dst` (same length) and returns the sum of the bytes, taken to start
 /// at an even offset: one pass over the data instead of a copy and a sum.
@@ -78,7 +16,7 @@ pub fn copy_and_sum(dst: &mut [u8], src: &[u8]) -> Sum {
     let n = dst.len().min(src.len());
     let (dst, src) = (&mut dst[..n], &src[..n]);
     let whole = n / 8 * 8;
-    let mut acc = 0u64;
+    let mut sum = Sum::ZERO;
     for (d, s) in dst[..whole]
         .chunks_exact_mut(8)
         .zip(src[..whole].chunks_exact(8))
@@ -86,11 +24,9 @@ pub fn copy_and_sum(dst: &mut [u8], src: &[u8]) -> Sum {
         let mut w = [0u8; 8];
         w.copy_from_slice(s);
         d.copy_from_slice(&w);
-        let v = u64::from_ne_bytes(w);
-        acc += (v & 0xffff_ffff) + (v >> 32);
+        sum.add_word(w);
     }
     dst[whole..].copy_from_slice(&src[whole..]);
-    let mut sum = Sum(fold64(acc));
     sum.add_bytes(&src[whole..]);
     sum
 }
@@ -132,19 +68,6 @@ pub fn complete(frame: &mut [u8], start: usize, offset: usize) -> Result<(), Com
     Ok(())
 }
 
-fn fold64(v: u64) -> u64 {
-    let v = (v & 0xffff_ffff) + (v >> 32);
-    (v & 0xffff_ffff) + (v >> 32)
-}
-
-fn fold16(v: u64) -> u16 {
-    let mut v = v;
-    while v > 0xffff {
-        v = (v & 0xffff) + (v >> 16);
-    }
-    v as u16
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,15 +89,6 @@ mod tests {
     }
 
     #[test]
-    fn sum_matches_smoltcp_for_every_length_up_to_a_jumbo_frame() {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        for len in (0..200).chain([1499, 1500, 9000, 65_535]) {
-            let data = bytes(&mut rng, len);
-            assert_eq!(Sum::of(&data).value(), checksum::data(&data), "len {len}");
-        }
-    }
-
-    #[test]
     fn copy_and_sum_copies_and_sums() {
         let mut rng = Rng(7);
         for len in [0usize, 1, 7, 8, 9, 63, 1398, 1399] {
@@ -184,18 +98,6 @@ mod tests {
             assert_eq!(dst, src);
             assert_eq!(s.value(), checksum::data(&src), "len {len}");
         }
-    }
-
-    #[test]
-    fn sums_of_even_runs_add_and_subtract() {
-        let mut rng = Rng(99);
-        let data = bytes(&mut rng, 1001);
-        let (a, b) = data.split_at(400);
-        let mut s = Sum::of(a);
-        s.add(Sum::of(b));
-        assert_eq!(s.value(), checksum::data(&data));
-        s.sub(Sum::of(a));
-        assert_eq!(s.value(), Sum::of(b).value());
     }
 
     #[test]

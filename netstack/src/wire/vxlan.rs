@@ -17,7 +17,7 @@ use smoltcp::wire::{
 
 use crate::base::Vni;
 use crate::wire::buffer::PacketBuf;
-use crate::wire::checksum;
+use crate::wire::checksum::{self, Sum};
 
 /// Length of the VXLAN header.
 pub const HEADER_LEN: usize = field::RESERVED2 + 1;
@@ -326,7 +326,7 @@ fn emit_outer(outer: &Outer, inner_ip: Option<(u8, bool)>, frame: &mut [u8]) {
             + u64::from(u16::from_be_bytes([FLAG_I, 0]))
             + u64::from(u16::from_be_bytes([vni[0], vni[1]]))
             + u64::from(u16::from_be_bytes([vni[2], 0]));
-        let sum = checksum::fold64(head_sum + u64::from(checksum::sum(inner)));
+        let sum = checksum::fold64(head_sum + u64::from(Sum::of(inner).value()));
         let check = match !sum {
             0 => 0xffff,
             c => c,
@@ -406,7 +406,7 @@ pub fn decapsulate(frame: &[u8], dst_port: u16) -> Result<Decapsulated<'_>, Deca
     if ip.more_frags() || ip.frag_offset() != 0 {
         return Err(DecapError::OuterFragment);
     }
-    if checksum::sum(&ip.as_ref()[..usize::from(ip.header_len())]) != 0xffff {
+    if Sum::of(&ip.as_ref()[..usize::from(ip.header_len())]).value() != 0xffff {
         return Err(DecapError::BadOuterHeader);
     }
     let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
