@@ -196,17 +196,7 @@ pub(crate) fn fold(sum: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic xorshift; tests must not depend on an OS random source.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::base::test_rng::Rng;
 
     fn full(data: &[u8]) -> u16 {
         !checksum::data(data)
@@ -221,10 +211,10 @@ mod tests {
 
     #[test]
     fn adjust_matches_full_recompute_on_random_buffers() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
             let len = 2 * (4 + (rng.next() % 40) as usize);
-            let mut buf: alloc::vec::Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mut buf = rng.bytes(len);
             // A first word that is never zero keeps the buffer away from the
             // all-zero case, where +0 and -0 differ (never true of IP headers).
             buf[0] |= 0x40;
@@ -236,7 +226,7 @@ mod tests {
                 let at = 2 * (1 + (rng.next() as usize % (len / 2 - 3)));
                 let width = if rng.next() & 1 == 0 { 2 } else { 4 };
                 let old: alloc::vec::Vec<u8> = buf[at..at + width].to_vec();
-                let new: alloc::vec::Vec<u8> = (0..width).map(|_| rng.next() as u8).collect();
+                let new = rng.bytes(width);
                 buf[at..at + width].copy_from_slice(&new);
                 delta.replace(&old, &new);
                 expected_by_adjust = adjust(expected_by_adjust, &old, &new);
@@ -259,8 +249,8 @@ mod tests {
 
     #[test]
     fn sum_equals_smoltcps_over_every_length_and_alignment() {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        let bytes: alloc::vec::Vec<u8> = (0..1600).map(|_| rng.next() as u8).collect();
+        let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
+        let bytes = rng.bytes(1600);
         for len in 0..200 {
             for start in 0..9 {
                 let data = &bytes[start..start + len];
@@ -283,7 +273,7 @@ mod tests {
             checksum::data(&[0xff; 1500])
         );
         assert_eq!(Sum::of(&[0; 64]).value(), 0);
-        let jumbo: alloc::vec::Vec<u8> = (0..9000).map(|_| rng.next() as u8).collect();
+        let jumbo = rng.bytes(9000);
         assert_eq!(Sum::of(&jumbo).value(), checksum::data(&jumbo));
         // The largest datagram: the 64-bit accumulator does not wrap.
         let big = alloc::vec![0xffu8; 65_535];
@@ -292,8 +282,8 @@ mod tests {
 
     #[test]
     fn sums_of_even_runs_add_and_subtract() {
-        let mut rng = Rng(99);
-        let data: alloc::vec::Vec<u8> = (0..1001).map(|_| rng.next() as u8).collect();
+        let mut rng = Rng::new(99);
+        let data = rng.bytes(1001);
         let (a, b) = data.split_at(400);
         let mut s = Sum::of(a);
         s.add(Sum::of(b));
@@ -306,9 +296,9 @@ mod tests {
     fn udp_checksums_verify_as_smoltcp_computes_them() {
         use smoltcp::wire::{IpAddress, Ipv4Address, UdpPacket};
         let (src, dst) = ([192, 0, 2, 1], [198, 51, 100, 7]);
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         for len in [8usize, 9, 20, 63, 64, 1400] {
-            let mut udp: alloc::vec::Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mut udp = rng.bytes(len);
             let mut packet = UdpPacket::new_unchecked(&mut udp[..]);
             packet.set_len(len as u16);
             packet.set_checksum(0);

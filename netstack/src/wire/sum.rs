@@ -71,28 +71,14 @@ pub fn complete(frame: &mut [u8], start: usize, offset: usize) -> Result<(), Com
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec::Vec;
+    use crate::base::test_rng::Rng;
     use smoltcp::wire::checksum;
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
-    fn bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
-        (0..len).map(|_| rng.next() as u8).collect()
-    }
 
     #[test]
     fn copy_and_sum_copies_and_sums() {
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         for len in [0usize, 1, 7, 8, 9, 63, 1398, 1399] {
-            let src = bytes(&mut rng, len);
+            let src = rng.bytes(len);
             let mut dst = alloc::vec![0u8; len];
             let s = copy_and_sum(&mut dst, &src);
             assert_eq!(dst, src);
@@ -110,9 +96,9 @@ mod tests {
 
     #[test]
     fn completing_a_partial_checksum_gives_the_full_one() {
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         let (src, dst) = (Ipv4Address::new(10, 1, 2, 3), Ipv4Address::new(10, 3, 2, 1));
-        let seg = bytes(&mut rng, 333);
+        let seg = rng.bytes(333);
         let mut frame = alloc::vec![0xaau8; 34];
         frame.extend_from_slice(&seg);
         frame[34 + 16..34 + 18].fill(0);

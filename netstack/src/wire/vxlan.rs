@@ -553,6 +553,7 @@ fn ipv4_flow(ip: &[u8], is_ipv4: bool) -> Option<(u64, u64, u8)> {
 mod tests {
     use super::*;
     use crate::base::ports::VXLAN_PORT;
+    use crate::base::test_rng::Rng;
     use alloc::vec;
 
     /// An ARP request for 10.81.1.2 sent by Linux 6.18's `vxlan` device (VNI 42, dstport
@@ -703,13 +704,8 @@ mod tests {
     /// and ports, including fields whose words carry.
     #[test]
     fn outer_checksums_verify_for_any_fields() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
+        let mut next = move || rng.next();
         for round in 0..2000u64 {
             let r = next();
             let len = (r % 200) as usize;
@@ -906,13 +902,8 @@ mod tests {
 
     #[test]
     fn flow_hash_is_the_hash_of_its_key_bytes() {
-        let mut x = 0x1234_5678_9abc_def0u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        };
+        let mut rng = Rng::new(0x1234_5678_9abc_def0);
+        let mut next = move || rng.next() as u8;
         for len in 0..80usize {
             for variant in 0..40 {
                 let mut frame: Vec<u8> = (0..len).map(|_| next()).collect();
