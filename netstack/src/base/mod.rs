@@ -1,7 +1,8 @@
 //! The small types every layer shares: which NIC, an L4 protocol and endpoint, the tuple
 //! and direction of a flow, the ids of networks and nodes, a MAC address as people write
 //! it, how the port space is split, the error that names a refused config field, and a
-//! frame's offload record (checksum state, segmentation) as ports hand it over.
+//! frame's offload record (checksum state, segmentation) as ports hand it over; and, for
+//! the tests of every layer, a seeded random number generator.
 //!
 //! Plain values only: nothing here parses a frame, keeps state or decides anything, and
 //! nothing here imports another part of the crate.
@@ -13,6 +14,8 @@ mod nic;
 mod node;
 mod offload;
 pub mod ports;
+#[cfg(test)]
+pub(crate) mod test_rng;
 mod vlan_id;
 mod vni;
 

@@ -1,11 +1,11 @@
-//! Internet checksum arithmetic: the incremental update (RFC 1624) for header rewrites
-//! in place, and a one's complement sum over whole packets ([`sum`], RFC 1071) for the
-//! headers the overlay puts on and takes off.
+//! Internet checksum arithmetic: the one's complement sum ([`Sum`], RFC 1071) every
+//! checksum of the crate is computed with, its folding to 16 bits, the incremental
+//! update (RFC 1624) for header rewrites in place, and the UDP checksum over IPv4.
 //!
-//! Owns only the arithmetic; the field sums of the incremental update come from
-//! smoltcp's `wire::checksum` (`data`, `combine`). [`sum`] gives what smoltcp's `data`
-//! gives, eight bytes a step instead of two (the outer UDP checksum of every VXLAN
-//! frame covers the whole inner frame).
+//! Owns only the arithmetic; it never decides which checksum a frame needs. The field
+//! sums of the incremental update come from smoltcp's `wire::checksum` (`data`,
+//! `combine`); [`Sum`] gives what smoltcp's `data` gives, eight bytes a step instead of
+//! two (the outer UDP checksum of every VXLAN frame covers the whole inner frame).
 
 use smoltcp::wire::checksum;
 
@@ -77,36 +77,88 @@ impl Delta {
     }
 }
 
-/// The one's complement sum of `data` as 16-bit big-endian words (an odd last byte is
-/// the high byte of a word), folded to 16 bits: what smoltcp's `checksum::data` returns.
+/// A one's complement sum in progress over 16-bit big-endian words from an even offset
+/// of the covered data (an odd last byte is the high byte of a word).
 ///
-/// Summing 32-bit words and folding gives the same result as 16-bit words, because
-/// 2^16 is 1 modulo 2^16 - 1; and the words are read in the machine's order, the
-/// folded sum swapped back at the end, because the one's complement sum is byte-order
-/// independent (RFC 1071 section 2 (B)): no byte swap per word.
-pub fn sum(data: &[u8]) -> u16 {
-    let mut acc: u64 = 0;
-    let mut words = data.chunks_exact(8);
-    for w in &mut words {
-        let w = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        // Two 32-bit halves a step: 2^31 steps before the 64-bit sum could overflow.
-        acc += (w >> 32) + (w & 0xffff_ffff);
+/// Words are added as the machine loads them and the folded sum swapped once when it is
+/// read, because the one's complement sum is byte-order independent (RFC 1071 section
+/// 2 (B)): no byte swap per word. The sum is not folded until it is read, so adding runs
+/// of it is exact; 32-bit halves a step into 64 bits leave 2^31 steps (16 GiB) before
+/// it could wrap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sum(u64);
+
+impl Sum {
+    pub const ZERO: Sum = Sum(0);
+
+    /// The sum of `data`, taken to start at an even offset.
+    pub fn of(data: &[u8]) -> Sum {
+        let mut s = Sum::ZERO;
+        s.add_bytes(data);
+        s
     }
-    // The last 0-7 bytes in fixed-size steps: a copy of a variable length into a
-    // padded word would be a call to memcpy, dearer than the sum of a header.
-    let mut rest = words.remainder();
-    if let Some((w, r)) = rest.split_first_chunk::<4>() {
-        acc += u64::from(u32::from_ne_bytes(*w));
-        rest = r;
+
+    /// Adds `data`, taken to start at an even offset of the covered bytes.
+    pub fn add_bytes(&mut self, data: &[u8]) {
+        // A copy in a local, which the loop keeps in a register.
+        let mut s = *self;
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            s.add_word([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        }
+        // The last 0-7 bytes in fixed-size steps: a copy of a variable length into a
+        // padded word would be a call to memcpy, dearer than the sum of a header.
+        let mut rest = words.remainder();
+        let mut acc = s.0;
+        if let Some((w, r)) = rest.split_first_chunk::<4>() {
+            acc += u64::from(u32::from_ne_bytes(*w));
+            rest = r;
+        }
+        if let Some((w, r)) = rest.split_first_chunk::<2>() {
+            acc += u64::from(u16::from_ne_bytes(*w));
+            rest = r;
+        }
+        if let Some(&b) = rest.first() {
+            acc += u64::from(u16::from_ne_bytes([b, 0]));
+        }
+        self.0 = acc;
     }
-    if let Some((w, r)) = rest.split_first_chunk::<2>() {
-        acc += u64::from(u16::from_ne_bytes(*w));
-        rest = r;
+
+    /// Adds eight bytes at an even offset, as they lie in memory: the step of
+    /// [`Sum::add_bytes`], and of loops that copy the bytes they sum.
+    #[inline(always)]
+    pub fn add_word(&mut self, word: [u8; 8]) {
+        let v = u64::from_ne_bytes(word);
+        // Summing 32-bit words and folding gives the sum of 16-bit words, because 2^16
+        // is 1 modulo 2^16 - 1.
+        self.0 += (v >> 32) + (v & 0xffff_ffff);
     }
-    if let Some(&b) = rest.first() {
-        acc += u64::from(u16::from_ne_bytes([b, 0]));
+
+    /// Adds a 16-bit word in network order.
+    pub fn add_u16(&mut self, word: u16) {
+        self.0 += u64::from(word.to_be());
     }
-    u16::from_be(fold64(acc))
+
+    /// Adds another sum (of bytes that follow at an even offset).
+    pub fn add(&mut self, other: Sum) {
+        self.0 = u64::from(fold64(self.0)) + u64::from(fold64(other.0));
+    }
+
+    /// Takes away a sum of bytes it contains.
+    pub fn sub(&mut self, other: Sum) {
+        self.0 = u64::from(fold64(self.0)) + u64::from(!fold64(other.0));
+    }
+
+    /// The folded 16-bit sum, in network order: what smoltcp's `checksum::data` returns
+    /// for the same bytes.
+    pub fn value(self) -> u16 {
+        u16::from_be(fold64(self.0))
+    }
+
+    /// The checksum field that makes the covered data sum to zero: `!value`.
+    pub fn checksum(self) -> u16 {
+        !self.value()
+    }
 }
 
 /// The UDP checksum field (RFC 768) of `udp` (header and payload, its checksum field
@@ -125,7 +177,7 @@ pub fn udp_ipv4_sum(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
         + u64::from(u32::from_be_bytes(dst))
         + 17
         + udp.len() as u64;
-    fold64(pseudo + u64::from(sum(udp)))
+    fold64(pseudo + u64::from(Sum::of(udp).value()))
 }
 
 /// End-around carry of a 64-bit one's complement sum down to 16 bits.
@@ -144,17 +196,7 @@ pub(crate) fn fold(sum: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic xorshift; tests must not depend on an OS random source.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::base::test_rng::Rng;
 
     fn full(data: &[u8]) -> u16 {
         !checksum::data(data)
@@ -169,10 +211,10 @@ mod tests {
 
     #[test]
     fn adjust_matches_full_recompute_on_random_buffers() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
             let len = 2 * (4 + (rng.next() % 40) as usize);
-            let mut buf: alloc::vec::Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mut buf = rng.bytes(len);
             // A first word that is never zero keeps the buffer away from the
             // all-zero case, where +0 and -0 differ (never true of IP headers).
             buf[0] |= 0x40;
@@ -184,7 +226,7 @@ mod tests {
                 let at = 2 * (1 + (rng.next() as usize % (len / 2 - 3)));
                 let width = if rng.next() & 1 == 0 { 2 } else { 4 };
                 let old: alloc::vec::Vec<u8> = buf[at..at + width].to_vec();
-                let new: alloc::vec::Vec<u8> = (0..width).map(|_| rng.next() as u8).collect();
+                let new = rng.bytes(width);
                 buf[at..at + width].copy_from_slice(&new);
                 delta.replace(&old, &new);
                 expected_by_adjust = adjust(expected_by_adjust, &old, &new);
@@ -207,35 +249,56 @@ mod tests {
 
     #[test]
     fn sum_equals_smoltcps_over_every_length_and_alignment() {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        let bytes: alloc::vec::Vec<u8> = (0..1600).map(|_| rng.next() as u8).collect();
+        let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
+        let bytes = rng.bytes(1600);
         for len in 0..200 {
             for start in 0..9 {
                 let data = &bytes[start..start + len];
-                assert_eq!(sum(data), checksum::data(data), "len {len} at {start}");
+                assert_eq!(
+                    Sum::of(data).value(),
+                    checksum::data(data),
+                    "len {len} at {start}"
+                );
             }
         }
         for _ in 0..2_000 {
             let start = (rng.next() % 64) as usize;
             let len = (rng.next() % 1500) as usize;
             let data = &bytes[start..start + len];
-            assert_eq!(sum(data), checksum::data(data));
+            assert_eq!(Sum::of(data).value(), checksum::data(data));
         }
         // All ones and all zeros: the sums where +0 and -0 could be confused.
-        assert_eq!(sum(&[0xff; 1500]), checksum::data(&[0xff; 1500]));
-        assert_eq!(sum(&[0; 64]), 0);
+        assert_eq!(
+            Sum::of(&[0xff; 1500]).value(),
+            checksum::data(&[0xff; 1500])
+        );
+        assert_eq!(Sum::of(&[0; 64]).value(), 0);
+        let jumbo = rng.bytes(9000);
+        assert_eq!(Sum::of(&jumbo).value(), checksum::data(&jumbo));
         // The largest datagram: the 64-bit accumulator does not wrap.
         let big = alloc::vec![0xffu8; 65_535];
-        assert_eq!(sum(&big), checksum::data(&big));
+        assert_eq!(Sum::of(&big).value(), checksum::data(&big));
+    }
+
+    #[test]
+    fn sums_of_even_runs_add_and_subtract() {
+        let mut rng = Rng::new(99);
+        let data = rng.bytes(1001);
+        let (a, b) = data.split_at(400);
+        let mut s = Sum::of(a);
+        s.add(Sum::of(b));
+        assert_eq!(s.value(), checksum::data(&data));
+        s.sub(Sum::of(a));
+        assert_eq!(s.value(), Sum::of(b).value());
     }
 
     #[test]
     fn udp_checksums_verify_as_smoltcp_computes_them() {
         use smoltcp::wire::{IpAddress, Ipv4Address, UdpPacket};
         let (src, dst) = ([192, 0, 2, 1], [198, 51, 100, 7]);
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         for len in [8usize, 9, 20, 63, 64, 1400] {
-            let mut udp: alloc::vec::Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mut udp = rng.bytes(len);
             let mut packet = UdpPacket::new_unchecked(&mut udp[..]);
             packet.set_len(len as u16);
             packet.set_checksum(0);

@@ -19,7 +19,8 @@ use alloc::vec::Vec;
 use byteorder::{ByteOrder, NetworkEndian};
 use smoltcp::wire::{IpProtocol, Ipv4Address};
 
-use super::sum::{self, Sum};
+use super::checksum::Sum;
+use super::sum;
 use super::tso::{TcpFrame, TCP_ACK, TCP_CHECKSUM_OFFSET, TCP_PSH};
 use crate::base::{Csum, Gso, Offload};
 

@@ -270,6 +270,7 @@ pub fn parse_quote(quote: &[u8]) -> Quote {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::test_rng::Rng;
     use alloc::format;
     use alloc::vec;
     use alloc::vec::Vec;
@@ -364,17 +365,6 @@ mod tests {
         })
     }
 
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
     /// A well-formed frame of protocol `proto` (and a few bytes of payload), for the
     /// mutations below to start from.
     fn frame(rng: &mut Rng, proto: u8) -> Vec<u8> {
@@ -406,7 +396,7 @@ mod tests {
     /// protocols and random bytes.
     #[test]
     fn parse_equals_the_checked_views() {
-        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut rng = Rng::new(0x1234_5678_9abc_def1);
         // Frames parsed Ok, Malformed, Opaque and NotIpv4: every outcome is exercised.
         let mut seen = [0u32; 4];
         for i in 0..200_000u32 {

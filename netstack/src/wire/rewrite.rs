@@ -176,18 +176,17 @@ pub fn decrement_ttl(packet: &mut [u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::test_rng::Rng;
     use smoltcp::wire::Ipv4Packet;
 
     /// The incremental TTL update leaves a header smoltcp verifies, for every TTL and
     /// protocol byte and many header contents; TTLs of 0 and 1 are left alone.
     #[test]
     fn decrement_ttl_keeps_the_header_checksum_valid() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
         for ttl in 0..=255u8 {
             for proto in [1u8, 6, 17, 0, 255] {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
+                let seed = rng.next();
                 let mut h = [0u8; 20];
                 h[..8].copy_from_slice(&seed.to_be_bytes());
                 h[12..20].copy_from_slice(&seed.rotate_left(29).to_be_bytes());

@@ -1,75 +1,14 @@
-//! The Internet checksum over whole payloads (RFC 1071): the sum of a buffer, the sum
-//! of bytes as they are copied (segmentation writes a segment and its checksum in one
-//! pass), the completion of a partial checksum (`NEEDS_CSUM`) and the pseudo-header.
+//! The checksums of the offloads done in software: the sum of bytes as they are copied
+//! (segmentation writes a segment and its checksum in one pass), the IPv4
+//! pseudo-header, and the completion of a partial checksum (`NEEDS_CSUM`).
 //!
-//! Owns only the arithmetic. Sums are of 16-bit big-endian words from an even offset of
-//! the covered data; a [`Sum`] is never folded until it is read, so adding runs of it is
-//! exact. It never decides which checksum a frame needs (`wire::tso`, `wire::gro` and
-//! the stages do).
+//! The arithmetic is [`Sum`]'s (`wire::checksum`). It never decides which checksum a
+//! frame needs (`wire::tso`, `wire::gro` and the stages do).
 
-use smoltcp::wire::Ipv4Address;
+use smoltcp::wire::{EthernetProtocol, IpProtocol, Ipv4Address, ETHERNET_HEADER_LEN};
 
-/// A one's complement sum in progress, in native byte order (RFC 1071 2.(B)): words are
-/// added as the machine loads them and swapped once at the end.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sum(u64);
-
-impl Sum {
-    pub const ZERO: Sum = Sum(0);
-
-    /// The sum of `data`, taken to start at an even offset.
-    pub fn of(data: &[u8]) -> Sum {
-        let mut s = Sum::ZERO;
-        s.add_bytes(data);
-        s
-    }
-
-    /// Adds `data`, taken to start at an even offset of the covered bytes.
-    pub fn add_bytes(&mut self, data: &[u8]) {
-        let (words, rest) = data.as_chunks::<8>();
-        let mut acc = self.0;
-        for w in words {
-            let v = u64::from_ne_bytes(*w);
-            // Two 32-bit halves into 64 bits: no carry is lost for any frame size.
-            acc += (v & 0xffff_ffff) + (v >> 32);
-        }
-        acc = fold64(acc);
-        let (pairs, odd) = rest.as_chunks::<2>();
-        for p in pairs {
-            acc += u64::from(u16::from_ne_bytes(*p));
-        }
-        if let Some(&b) = odd.first() {
-            acc += u64::from(u16::from_ne_bytes([b, 0]));
-        }
-        self.0 = acc;
-    }
-
-    /// Adds a 16-bit word in network order.
-    pub fn add_u16(&mut self, word: u16) {
-        self.0 += u64::from(word.to_be());
-    }
-
-    /// Adds another sum (of bytes that follow at an even offset).
-    pub fn add(&mut self, other: Sum) {
-        self.0 = fold64(self.0) + fold64(other.0);
-    }
-
-    /// Takes away a sum of bytes it contains.
-    pub fn sub(&mut self, other: Sum) {
-        let o = !self::fold16(fold64(other.0)) as u64;
-        self.0 = fold64(self.0) + o;
-    }
-
-    /// The folded 16-bit sum, in network order.
-    pub fn value(self) -> u16 {
-        u16::from_be(fold16(fold64(self.0)))
-    }
-
-    /// The checksum field that makes the covered data sum to zero: `!value`.
-    pub fn checksum(self) -> u16 {
-        !self.value()
-    }
-}
+use super::checksum::Sum;
+use super::vlan;
 
 /// Copies `src` into `dst` (same length) and returns the sum of the bytes, taken to start
 /// at an even offset: one pass over the data instead of a copy and a sum.
@@ -78,7 +17,7 @@ pub fn copy_and_sum(dst: &mut [u8], src: &[u8]) -> Sum {
     let n = dst.len().min(src.len());
     let (dst, src) = (&mut dst[..n], &src[..n]);
     let whole = n / 8 * 8;
-    let mut acc = 0u64;
+    let mut sum = Sum::ZERO;
     for (d, s) in dst[..whole]
         .chunks_exact_mut(8)
         .zip(src[..whole].chunks_exact(8))
@@ -86,11 +25,9 @@ pub fn copy_and_sum(dst: &mut [u8], src: &[u8]) -> Sum {
         let mut w = [0u8; 8];
         w.copy_from_slice(s);
         d.copy_from_slice(&w);
-        let v = u64::from_ne_bytes(w);
-        acc += (v & 0xffff_ffff) + (v >> 32);
+        sum.add_word(w);
     }
     dst[whole..].copy_from_slice(&src[whole..]);
-    let mut sum = Sum(fold64(acc));
     sum.add_bytes(&src[whole..]);
     sum
 }
@@ -116,8 +53,13 @@ pub enum CompleteError {
 
 /// Completes a partial checksum (`NEEDS_CSUM`): the field at `start + offset` holds the
 /// pseudo-header sum; afterwards it holds the checksum of everything from `start` on.
-/// A UDP checksum that comes out as zero is left as the sum (0xffff on the wire, RFC 768
-/// allows either for a computed zero only as 0xffff), as Linux's `skb_checksum_help`.
+///
+/// A checksum that comes out as zero is written as computed, 0x0000, except for UDP,
+/// where a zero field says no checksum was computed and a computed zero is sent as
+/// 0xFFFF (RFC 768). The protocol is read from the IPv4 header that ends at `start`;
+/// where there is none (another L3, or an L4 header further in), the zero is written as
+/// 0xFFFF, which every receiver's sum takes as zero and which is the only right value
+/// for UDP.
 pub fn complete(frame: &mut [u8], start: usize, offset: usize) -> Result<(), CompleteError> {
     let field = start.checked_add(offset).ok_or(CompleteError::OutOfRange)?;
     if start > frame.len() || field.checked_add(2).is_none_or(|e| e > frame.len()) {
@@ -125,77 +67,56 @@ pub fn complete(frame: &mut [u8], start: usize, offset: usize) -> Result<(), Com
     }
     // The sum covers the field as it is (the pseudo-header sum), so it comes out right.
     let mut check = Sum::of(&frame[start..]).checksum();
-    if check == 0 {
+    if check == 0 && ipv4_protocol(frame, start).is_none_or(|p| p == IpProtocol::Udp) {
         check = 0xffff;
     }
     frame[field..field + 2].copy_from_slice(&check.to_be_bytes());
     Ok(())
 }
 
-fn fold64(v: u64) -> u64 {
-    let v = (v & 0xffff_ffff) + (v >> 32);
-    (v & 0xffff_ffff) + (v >> 32)
-}
-
-fn fold16(v: u64) -> u16 {
-    let mut v = v;
-    while v > 0xffff {
-        v = (v & 0xffff) + (v >> 16);
+/// The protocol field of the IPv4 header that ends at `l4` in the Ethernet `frame`,
+/// behind at most two VLAN tags; `None` if no IPv4 header ends there.
+fn ipv4_protocol(frame: &[u8], l4: usize) -> Option<IpProtocol> {
+    let mut at = ETHERNET_HEADER_LEN - 2;
+    let ethertype = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|t| EthernetProtocol::from(u16::from_be_bytes([t[0], t[1]])))
+    };
+    for _ in 0..2 {
+        if !vlan::is_tag(ethertype(at)?) {
+            break;
+        }
+        at += vlan::TAG_LEN;
     }
-    v as u16
+    if ethertype(at)? != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = at + 2;
+    let ver_ihl = *frame.get(ip)?;
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ver_ihl >> 4 != 4 || ihl < 20 || ip + ihl != l4 {
+        return None;
+    }
+    frame.get(ip + 9).map(|&p| IpProtocol::from(p))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec::Vec;
+    use crate::base::test_rng::Rng;
     use smoltcp::wire::checksum;
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
-    fn bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
-        (0..len).map(|_| rng.next() as u8).collect()
-    }
-
-    #[test]
-    fn sum_matches_smoltcp_for_every_length_up_to_a_jumbo_frame() {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        for len in (0..200).chain([1499, 1500, 9000, 65_535]) {
-            let data = bytes(&mut rng, len);
-            assert_eq!(Sum::of(&data).value(), checksum::data(&data), "len {len}");
-        }
-    }
 
     #[test]
     fn copy_and_sum_copies_and_sums() {
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         for len in [0usize, 1, 7, 8, 9, 63, 1398, 1399] {
-            let src = bytes(&mut rng, len);
+            let src = rng.bytes(len);
             let mut dst = alloc::vec![0u8; len];
             let s = copy_and_sum(&mut dst, &src);
             assert_eq!(dst, src);
             assert_eq!(s.value(), checksum::data(&src), "len {len}");
         }
-    }
-
-    #[test]
-    fn sums_of_even_runs_add_and_subtract() {
-        let mut rng = Rng(99);
-        let data = bytes(&mut rng, 1001);
-        let (a, b) = data.split_at(400);
-        let mut s = Sum::of(a);
-        s.add(Sum::of(b));
-        assert_eq!(s.value(), checksum::data(&data));
-        s.sub(Sum::of(a));
-        assert_eq!(s.value(), Sum::of(b).value());
     }
 
     #[test]
@@ -208,9 +129,9 @@ mod tests {
 
     #[test]
     fn completing_a_partial_checksum_gives_the_full_one() {
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         let (src, dst) = (Ipv4Address::new(10, 1, 2, 3), Ipv4Address::new(10, 3, 2, 1));
-        let seg = bytes(&mut rng, 333);
+        let seg = rng.bytes(333);
         let mut frame = alloc::vec![0xaau8; 34];
         frame.extend_from_slice(&seg);
         frame[34 + 16..34 + 18].fill(0);
@@ -231,5 +152,84 @@ mod tests {
             complete(&mut frame, usize::MAX, 16),
             Err(CompleteError::OutOfRange)
         );
+    }
+
+    /// An Ethernet/IPv4 frame (with an 802.1Q tag if `tagged`) of protocol `proto`, its
+    /// L4 header `l4_header` bytes long with the checksum field at `offset` holding the
+    /// pseudo-header sum, and a payload chosen so that the checksum comes out as 0x0000.
+    /// Returns the frame and where its L4 header starts.
+    fn partial_summing_to_zero(
+        proto: u8,
+        l4_header: usize,
+        offset: usize,
+        tagged: bool,
+    ) -> (alloc::vec::Vec<u8>, usize) {
+        let (src, dst) = (
+            Ipv4Address::new(192, 0, 2, 1),
+            Ipv4Address::new(198, 51, 100, 7),
+        );
+        let mut frame = alloc::vec![0x02u8; 12];
+        if tagged {
+            frame.extend_from_slice(&[0x81, 0x00, 0x00, 0x2a]);
+        }
+        frame.extend_from_slice(&[0x08, 0x00]);
+        let ip = frame.len();
+        let mut rng = Rng::new(11);
+        let payload = rng.bytes(101);
+        let l4_len = l4_header + 2 + payload.len();
+        frame.extend_from_slice(&[0x45, 0, 0, (20 + l4_len) as u8, 0, 0, 0x40, 0, 64, proto]);
+        frame.extend_from_slice(&[0, 0]);
+        frame.extend_from_slice(&src.octets());
+        frame.extend_from_slice(&dst.octets());
+        let start = frame.len();
+        assert_eq!(start, ip + 20);
+        frame.extend_from_slice(&rng.bytes(l4_header));
+        // The word that makes the sum come out at zero, 0 while the rest is summed.
+        frame.extend_from_slice(&[0, 0]);
+        frame.extend_from_slice(&payload);
+        let pseudo = pseudo_header(src, dst, proto, l4_len).value();
+        frame[start + offset..start + offset + 2].copy_from_slice(&pseudo.to_be_bytes());
+        let check = Sum::of(&frame[start..]).checksum();
+        let word = start + l4_header;
+        frame[word..word + 2].copy_from_slice(&check.to_be_bytes());
+        assert_eq!(Sum::of(&frame[start..]).checksum(), 0);
+        (frame, start)
+    }
+
+    fn field(frame: &[u8], at: usize) -> u16 {
+        u16::from_be_bytes([frame[at], frame[at + 1]])
+    }
+
+    #[test]
+    fn a_tcp_checksum_of_zero_is_written_as_zero() {
+        for tagged in [false, true] {
+            let (mut frame, start) = partial_summing_to_zero(6, 20, 16, tagged);
+            complete(&mut frame, start, 16).unwrap();
+            assert_eq!(field(&frame, start + 16), 0x0000, "tagged {tagged}");
+        }
+    }
+
+    #[test]
+    fn a_udp_checksum_of_zero_is_written_as_all_ones() {
+        // RFC 768: a zero in the field says the sender computed no checksum.
+        for tagged in [false, true] {
+            let (mut frame, start) = partial_summing_to_zero(17, 8, 6, tagged);
+            complete(&mut frame, start, 6).unwrap();
+            assert_eq!(field(&frame, start + 6), 0xffff, "tagged {tagged}");
+        }
+    }
+
+    #[test]
+    fn a_zero_checksum_behind_no_ipv4_header_is_written_as_all_ones() {
+        // Right for any protocol, and the only right value for UDP: what the protocol is
+        // is not known unless the L4 header follows an IPv4 header.
+        let (mut frame, start) = partial_summing_to_zero(6, 20, 16, false);
+        frame[14] = 0x46;
+        complete(&mut frame, start, 16).unwrap();
+        assert_eq!(field(&frame, start + 16), 0xffff);
+        let (mut frame, start) = partial_summing_to_zero(6, 20, 16, false);
+        frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+        complete(&mut frame, start, 16).unwrap();
+        assert_eq!(field(&frame, start + 16), 0xffff);
     }
 }

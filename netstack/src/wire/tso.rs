@@ -12,7 +12,8 @@
 use byteorder::{ByteOrder, NetworkEndian};
 use smoltcp::wire::{EthernetProtocol, IpProtocol, Ipv4Address, ETHERNET_HEADER_LEN};
 
-use super::sum::{self, Sum};
+use super::checksum::Sum;
+use super::sum;
 use super::vlan;
 
 /// TCP header fields by byte range (RFC 9293 3.1).

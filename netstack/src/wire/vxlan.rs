@@ -17,7 +17,7 @@ use smoltcp::wire::{
 
 use crate::base::Vni;
 use crate::wire::buffer::PacketBuf;
-use crate::wire::checksum;
+use crate::wire::checksum::{self, Sum};
 
 /// Length of the VXLAN header.
 pub const HEADER_LEN: usize = field::RESERVED2 + 1;
@@ -326,7 +326,7 @@ fn emit_outer(outer: &Outer, inner_ip: Option<(u8, bool)>, frame: &mut [u8]) {
             + u64::from(u16::from_be_bytes([FLAG_I, 0]))
             + u64::from(u16::from_be_bytes([vni[0], vni[1]]))
             + u64::from(u16::from_be_bytes([vni[2], 0]));
-        let sum = checksum::fold64(head_sum + u64::from(checksum::sum(inner)));
+        let sum = checksum::fold64(head_sum + u64::from(Sum::of(inner).value()));
         let check = match !sum {
             0 => 0xffff,
             c => c,
@@ -406,7 +406,7 @@ pub fn decapsulate(frame: &[u8], dst_port: u16) -> Result<Decapsulated<'_>, Deca
     if ip.more_frags() || ip.frag_offset() != 0 {
         return Err(DecapError::OuterFragment);
     }
-    if checksum::sum(&ip.as_ref()[..usize::from(ip.header_len())]) != 0xffff {
+    if Sum::of(&ip.as_ref()[..usize::from(ip.header_len())]).value() != 0xffff {
         return Err(DecapError::BadOuterHeader);
     }
     let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
@@ -553,6 +553,7 @@ fn ipv4_flow(ip: &[u8], is_ipv4: bool) -> Option<(u64, u64, u8)> {
 mod tests {
     use super::*;
     use crate::base::ports::VXLAN_PORT;
+    use crate::base::test_rng::Rng;
     use alloc::vec;
 
     /// An ARP request for 10.81.1.2 sent by Linux 6.18's `vxlan` device (VNI 42, dstport
@@ -703,13 +704,8 @@ mod tests {
     /// and ports, including fields whose words carry.
     #[test]
     fn outer_checksums_verify_for_any_fields() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
+        let mut next = move || rng.next();
         for round in 0..2000u64 {
             let r = next();
             let len = (r % 200) as usize;
@@ -906,13 +902,8 @@ mod tests {
 
     #[test]
     fn flow_hash_is_the_hash_of_its_key_bytes() {
-        let mut x = 0x1234_5678_9abc_def0u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        };
+        let mut rng = Rng::new(0x1234_5678_9abc_def0);
+        let mut next = move || rng.next() as u8;
         for len in 0..80usize {
             for variant in 0..40 {
                 let mut frame: Vec<u8> = (0..len).map(|_| next()).collect();

@@ -3,6 +3,7 @@
 //! full recompute.
 
 use super::*;
+use crate::base::test_rng::Rng;
 use crate::wire::l4::{parse, Kind, Parse, TcpFlags};
 use alloc::vec;
 use smoltcp::wire::{
@@ -598,27 +599,16 @@ fn icmp_errors_are_translated_back_to_the_inside_flow() {
     assert_eq!(nat.process(&mut e, NicId::Uplink, t(3)), NatVerdict::Pass);
 }
 
-/// Deterministic xorshift for property tests.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn incremental_checksums_equal_a_full_recompute_on_random_packets() {
-    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+    let mut rng = Rng::new(0x5eed_cafe_f00d_d00d);
     let mut nat = Nat::new(config(), 9);
     for i in 0..3000u32 {
         let inside = Ipv4Address::from(0x0a51_0000 | (rng.next() as u32 & 0xffff));
         let outside = Ipv4Address::from(0xcb00_7100 | (rng.next() as u32 & 0xff));
         let (sp, dp) = (rng.next() as u16 | 1, rng.next() as u16 | 1);
         let len = (rng.next() % 300) as usize;
-        let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let payload = rng.bytes(len);
         let l4 = match i % 3 {
             0 => L4::Tcp(sp, dp, SYN, &payload),
             1 => L4::Udp(sp, dp, &payload),
@@ -1102,7 +1092,7 @@ fn mutated_frames_never_panic_and_respect_the_capacity() {
             frame(SERVER, UPLINK, L4::Udp(53, 40000, b"answer")),
         ),
     ];
-    let mut rng = Rng(0xfeed_beef_1234_5678);
+    let mut rng = Rng::new(0xfeed_beef_1234_5678);
     let mut now = t(0);
     for _ in 0..100_000 {
         let (side, base) = &seeds[(rng.next() % seeds.len() as u64) as usize];

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::base::ports::VXLAN_PORT;
+use crate::base::test_rng::Rng;
 use crate::table::fdb::Location;
 use crate::wire::icmp_error::frag_needed;
 use crate::wire::vxlan::{DfPolicy, Outer};
@@ -774,13 +775,8 @@ fn networks_never_leak() {
             vec![P2]
         }
     };
-    let mut state = 0x2545_f491u64;
-    let mut next = move |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
+    let mut rng = Rng::new(0x2545_f491);
+    let mut next = move |n: u64| rng.below(n);
     let dsts = [
         EthernetAddress::BROADCAST,
         APPLIANCE_MAC,

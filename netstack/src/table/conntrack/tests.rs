@@ -4,6 +4,7 @@
 use super::index::EMPTY;
 use super::tcp::last_fin;
 use super::*;
+use crate::base::test_rng::Rng;
 use crate::base::{Endpoint, Proto};
 use crate::wire::l4::TcpFlags;
 use alloc::vec;
@@ -263,7 +264,7 @@ fn index_matches_a_map_through_inserts_and_removals() {
     // A small table so that clusters form, wrap around the end and fingerprints
     // share home buckets; few distinct fingerprints so that equal ones meet.
     for seed in 1..=20u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut index = Index::with_entries(24);
         let mut model: BTreeMap<u32, u32> = BTreeMap::new();
         for step in 0..4000 {
@@ -367,20 +368,6 @@ fn a_flow_is_one_cache_line_and_the_table_stays_within_128_bytes_a_flow() {
             "{capacity}: {}",
             ct.bytes_per_flow()
         );
-    }
-}
-
-/// Deterministic xorshift for property tests.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
@@ -511,7 +498,7 @@ fn random_packet_sequences_match_the_model() {
         TcpEvent::Rst,
     ];
     for seed in 1..=40u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let timeouts = Timeouts {
             tcp_established: Duration::from_secs(60),
             tcp_transitory: Duration::from_secs(20),
@@ -647,7 +634,7 @@ fn coarse_refresh_keeps_lookups_exact_and_sweeps_within_the_refresh() {
         },
         5,
     );
-    let mut rng = Rng(77);
+    let mut rng = Rng::new(77);
     let mut now = Instant::from_secs(0);
     let tuples: Vec<FlowTuple> = (0..48u16)
         .map(|p| FlowTuple::new(Proto::Udp, ep(1, p), ep(2, 53)))
