@@ -13,8 +13,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use weft_netstack::base::Csum;
+use weft_netstack::wire::checksum::Sum;
 use weft_netstack::wire::gro::{self, Append, Merge};
-use weft_netstack::wire::sum::{self, Sum};
+use weft_netstack::wire::sum;
 use weft_netstack::wire::tso::{SegmentCsum, Segmenter, TcpFrame};
 
 /// One's complement sums are equal when they are, or when both are zero (0 or 0xffff).
