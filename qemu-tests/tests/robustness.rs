@@ -1,14 +1,16 @@
 //! Issue 2 robustness: 1000 lines of garbage and malformed JSON on the control socket
 //! (plus over-long lines and a client that leaves mid-line), and bursts of malformed
-//! Ethernet/IP frames on both NICs, leave the appliance answering ping and `status`.
+//! Ethernet/IP frames on both NICs, leave the appliance answering ping and `status`; a
+//! stack overflow inside it is caught by its guard page and reported.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use weft_appliance::protocol::{ErrorCode, Status, MAX_LINE_LEN};
 use weft_control::client::Reply;
+use weft_image::qemu::Machine;
 use weft_qemu_tests::frames::{malformed_burst, Endpoints, Rng};
-use weft_qemu_tests::{mac_of, TestVm};
+use weft_qemu_tests::{mac_of, BootOptions, TestVm};
 
 /// How long counters may take to catch up with frames still queued on a tap.
 const WAIT: Duration = Duration::from_secs(15);
@@ -265,5 +267,34 @@ fn garbage_lines_each_get_one_error_from_the_appliance_logic() {
             String::from_utf8_lossy(&line)
         );
         expect_error(replies[0], "garbage");
+    }
+}
+
+/// A stack that outgrows its size runs into the unmapped page under it: the console
+/// says so and the VM stops, where the stack used to overwrite whatever lay below it
+/// and the appliance went on with corrupted memory.
+#[test]
+fn a_stack_overflow_is_reported_on_the_console() {
+    for machine in [Machine::Q35, Machine::Microvm] {
+        let opts = BootOptions {
+            machine,
+            append: "weft.fault=stack".into(),
+            greeting_timeout: Duration::from_secs(10),
+            ..BootOptions::default()
+        };
+        let Err(report) = TestVm::try_boot_with("stack_overflow", opts) else {
+            panic!("{machine}: the appliance greeted after a stack overflow");
+        };
+        assert!(
+            report.contains("weft: stack overflow: the ")
+                && report.contains(" KiB boot stack ran into its guard page at 0x"),
+            "{machine}: no stack overflow on the console: {report}"
+        );
+        assert!(
+            report.contains("weft: CPU exception 8 (double fault)")
+                || report.contains("weft: CPU exception 14 (page fault)"),
+            "{machine}: {report}"
+        );
+        eprintln!("{machine}: the overflow reported, the VM stopped");
     }
 }

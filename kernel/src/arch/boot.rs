@@ -1,8 +1,9 @@
 //! The PVH entry: the hypervisor enters `pvh_start` in 32-bit protected mode with paging
 //! off and `ebx` pointing at the `hvm_start_info`. This code notes the TSC at entry
-//! (`boot_tsc`, where the boot clock starts), zeroes .bss, identity-maps
-//! the first 4 GiB with 2 MiB pages, enables SSE (CR0.EM=0, CR0.MP=1, CR4.OSFXSR,
-//! CR4.OSXMMEXCPT) before any Rust runs, enters long mode and calls `kmain(start_info)`.
+//! (`boot_tsc`, where the boot clock starts), zeroes .bss, identity-maps the first 4 GiB
+//! with 2 MiB pages (but for a 4 KiB guard page under the stack), enables SSE (CR0.EM=0,
+//! CR0.MP=1, CR4.OSFXSR, CR4.OSXMMEXCPT) before any Rust runs, enters long mode and calls
+//! `kmain(start_info)`.
 //! It owns nothing after that: Rust replaces the GDT (`arch::cpu`) and never returns here.
 
 core::arch::global_asm!(
@@ -60,6 +61,29 @@ pvh_start:
     inc ecx
     cmp ecx, 2048
     jne 2b
+
+    /* The 2 MiB page that holds the stack's guard page, remapped in 4 KiB pages with
+       the guard left out: a stack that outgrows its size faults (reported, see
+       `arch::cpu`) instead of overwriting what lies below it. */
+    mov edx, offset boot_stack_guard
+    shr edx, 21
+    mov eax, edx
+    shl eax, 21
+    or eax, 3        /* present, writable, 4 KiB page */
+    xor ecx, ecx
+4:
+    mov dword ptr [boot_pt + ecx * 8], eax
+    add eax, 4096
+    inc ecx
+    cmp ecx, 512
+    jne 4b
+    mov ecx, offset boot_stack_guard
+    shr ecx, 12
+    and ecx, 511
+    mov dword ptr [boot_pt + ecx * 8], 0
+    mov eax, offset boot_pt
+    or eax, 3
+    mov dword ptr [boot_pd + edx * 8], eax
 
     mov eax, offset boot_pml4
     mov cr3, eax
@@ -123,11 +147,16 @@ boot_pdpt:
     .skip 4096
 boot_pd:
     .skip 4096 * 4
+boot_pt:
+    .skip 4096
 
     .section .stack, "aw", @nobits
     .p2align 12
+    .global boot_stack_guard
     .global boot_stack
     .global boot_stack_top
+boot_stack_guard:
+    .skip 4096
 boot_stack:
     .skip {stack_size}
 boot_stack_top:

@@ -260,6 +260,13 @@ extern "C" fn weft_exception_with_code(
     // SAFETY: the stub passes the address of the frame the CPU pushed (rip, cs, rflags,
     // rsp, ss), which is exactly the layout of InterruptStackFrame.
     let frame = unsafe { &*frame };
+    let cr2 = x86_64::registers::control::Cr2::read_raw();
+    if matches!(vector, 8 | 14) && super::stack::in_guard(cr2) {
+        crate::console::emergency(format_args!(
+            "\nweft: stack overflow: the {} KiB boot stack ran into its guard page at {cr2:#x}\n",
+            super::stack::SIZE / 1024
+        ));
+    }
     let name = match vector {
         8 => "double fault",
         10 => "invalid TSS",
@@ -267,8 +274,7 @@ extern "C" fn weft_exception_with_code(
         12 => "stack-segment fault",
         13 => "general protection fault",
         14 => {
-            let addr = x86_64::registers::control::Cr2::read_raw();
-            crate::console::emergency(format_args!("\nweft: page fault at address {addr:#x}\n"));
+            crate::console::emergency(format_args!("\nweft: page fault at address {cr2:#x}\n"));
             "page fault"
         }
         17 => "alignment check",

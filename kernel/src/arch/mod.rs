@@ -18,6 +18,16 @@ pub fn halt_forever() -> ! {
     }
 }
 
+/// A call that recurses until the stack runs out, 512 bytes a frame.
+fn deeper(n: u64) -> u64 {
+    let frame = core::hint::black_box([n; 64]);
+    if core::hint::black_box(true) {
+        deeper(frame[0] + 1) + frame[63]
+    } else {
+        n
+    }
+}
+
 /// Raises a CPU exception on purpose (`weft.fault=` on the command line), so tests can
 /// check that every fault is reported on the serial console instead of a silent reset.
 pub fn provoke_fault(kind: &str) {
@@ -35,6 +45,9 @@ pub fn provoke_fault(kind: &str) {
         },
         // SAFETY: int3 raises #BP, reported and halted on.
         "bp" => unsafe { core::arch::asm!("int3") },
-        other => log::warn!("unknown fault kind {other:?} (ud, gp, pf, bp)"),
+        // Recursion without end: the stack runs into its guard page (#PF, then #DF on
+        // its own stack once the #PF frame no longer fits), reported and halted on.
+        "stack" => log::warn!("unreachable: {}", deeper(0)),
+        other => log::warn!("unknown fault kind {other:?} (ud, gp, pf, bp, stack)"),
     }
 }

@@ -18,7 +18,15 @@ const PAINT: u64 = 0x5745_4654_5354_4b21; // "WEFTSTK!"
 const MARGIN: usize = 1024;
 
 unsafe extern "C" {
+    static boot_stack_guard: u8;
     static boot_stack: u8;
+}
+
+/// Whether `addr` is in the unmapped page right below the stack (`boot` leaves it out
+/// of the page tables): a fault there is the stack overflowing.
+pub fn in_guard(addr: u64) -> bool {
+    let guard = addr_of!(boot_stack_guard) as u64;
+    (guard..guard + 4096).contains(&addr)
 }
 
 fn bottom() -> *mut u64 {
