@@ -56,33 +56,52 @@ pub fn boot_node_with(test: &str, machine: Machine, n: u8, ctr: &str, append: St
     )
 }
 
-/// Nodes 1 and 2 booted at once on `machine` (with `append` as their kernel command
-/// line when given), their containers at `ctrs`, both joined to a new underlay: how
-/// every two-host test starts. TCG boots are slow, and the two do not depend on each
-/// other.
+/// Nodes 1 to N booted at once on `machine` (with `append` as their kernel command
+/// line when given), their containers at `ctrs`, all joined to a new underlay: how
+/// every multi-host test starts. TCG boots are slow, and the nodes do not depend on
+/// each other.
+pub fn on_underlay<const N: usize>(
+    test: &str,
+    machine: Machine,
+    ctrs: [&str; N],
+    append: Option<&str>,
+) -> ([TestVm; N], Underlay) {
+    let append = append.map_or_else(|| BootOptions::default().append, str::to_string);
+    let vms: Vec<TestVm> = std::thread::scope(|s| {
+        let boots: Vec<_> = (0..N)
+            .map(|i| {
+                let (ctr, append) = (ctrs[i], append.clone());
+                s.spawn(move || boot_node_with(test, machine, i as u8 + 1, ctr, append))
+            })
+            .collect();
+        boots
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                b.join()
+                    .unwrap_or_else(|_| panic!("{test}: booting node {} failed", i + 1))
+            })
+            .collect()
+    });
+    let Ok(vms) = <[TestVm; N]>::try_from(vms) else {
+        unreachable!("one VM per node")
+    };
+    let mut ul = Underlay::create().unwrap_or_else(|e| panic!("{test}: underlay: {e:#}"));
+    for (i, vm) in vms.iter().enumerate() {
+        ul.join(vm)
+            .unwrap_or_else(|e| panic!("{test}: joining node {}: {e:#}", i + 1));
+    }
+    (vms, ul)
+}
+
+/// [`on_underlay`] for the two nodes most tests have.
 pub fn two_on_underlay(
     test: &str,
     machine: Machine,
     ctrs: [&str; 2],
     append: Option<&str>,
 ) -> (TestVm, TestVm, Underlay) {
-    let append = append.map_or_else(|| BootOptions::default().append, str::to_string);
-    let (w1, w2) = std::thread::scope(|s| {
-        let a = s.spawn(|| boot_node_with(test, machine, 1, ctrs[0], append.clone()));
-        let b = s.spawn(|| boot_node_with(test, machine, 2, ctrs[1], append.clone()));
-        let a = a
-            .join()
-            .unwrap_or_else(|_| panic!("{test}: booting node 1 failed"));
-        let b = b
-            .join()
-            .unwrap_or_else(|_| panic!("{test}: booting node 2 failed"));
-        (a, b)
-    });
-    let mut ul = Underlay::create().unwrap_or_else(|e| panic!("{test}: underlay: {e:#}"));
-    ul.join(&w1)
-        .unwrap_or_else(|e| panic!("{test}: joining node 1: {e:#}"));
-    ul.join(&w2)
-        .unwrap_or_else(|e| panic!("{test}: joining node 2: {e:#}"));
+    let ([w1, w2], ul) = on_underlay(test, machine, ctrs, append);
     (w1, w2, ul)
 }
 

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_image::netns::Netns;
-use weft_qemu_tests::grid::{boot_node, iperf3, weft_ctl, Underlay};
+use weft_image::qemu::Machine;
+use weft_qemu_tests::grid::{iperf3, on_underlay, set_ctr_mtu, weft_ctl};
 use weft_qemu_tests::TestVm;
 
 const GRID: &str = "lab";
@@ -346,23 +347,13 @@ fn pattern_bytes() -> Vec<u8> {
 #[test]
 fn mutual_tls_keys_the_sleeve_and_refuses_strangers() {
     let test = "peer_tls";
-    let (w1, w2, w3) = std::thread::scope(|s| {
-        let a = s.spawn(|| boot_node(test, 1, "10.81.128.11/16"));
-        let b = s.spawn(|| boot_node(test, 2, "10.81.128.12/16"));
-        let c = s.spawn(|| boot_node(test, 3, "10.81.128.13/16"));
-        (
-            a.join().expect("booting node 1"),
-            b.join().expect("booting node 2"),
-            c.join().expect("booting node 3"),
-        )
-    });
-    let mut ul = Underlay::create().expect("underlay");
-    for vm in [&w1, &w2, &w3] {
-        ul.join(vm).expect("join");
-        vm.ctr()
-            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1408"])
-            .unwrap();
-    }
+    let ([w1, w2, w3], ul) = on_underlay(
+        test,
+        Machine::Q35,
+        ["10.81.128.11/16", "10.81.128.12/16", "10.81.128.13/16"],
+        None,
+    );
+    set_ctr_mtu(&[&w1, &w2, &w3], 1408);
     let pki = Pki::create(&w1.dir);
     let tls = |n: u8| Keys::Tls {
         dir: &pki.grid,

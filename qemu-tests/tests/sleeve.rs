@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use weft_image::netns::Netns;
 use weft_image::qemu::Machine;
-use weft_qemu_tests::grid::{boot_node, iperf3, set_ctr_mtu, two_on_underlay, weft_ctl, Underlay};
+use weft_qemu_tests::grid::{
+    iperf3, on_underlay, set_ctr_mtu, two_on_underlay, weft_ctl, Underlay,
+};
 use weft_qemu_tests::TestVm;
 
 const SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -348,23 +350,13 @@ fn auto_document(n: u8, mode: &str, secret: &str, trusted: &[&str], others: &[u8
 #[test]
 fn auto_mode_trusts_its_subnets_and_a_wrong_secret_exchanges_nothing() {
     let test = "sleeve_auto";
-    let (w1, w2, w3) = std::thread::scope(|s| {
-        let a = s.spawn(|| boot_node(test, 1, "10.81.128.11/16"));
-        let b = s.spawn(|| boot_node(test, 2, "10.81.128.12/16"));
-        let c = s.spawn(|| boot_node(test, 3, "10.81.128.13/16"));
-        (
-            a.join().expect("booting node 1"),
-            b.join().expect("booting node 2"),
-            c.join().expect("booting node 3"),
-        )
-    });
-    let mut ul = Underlay::create().expect("underlay");
-    for vm in [&w1, &w2, &w3] {
-        ul.join(vm).expect("join");
-        vm.ctr()
-            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1408"])
-            .unwrap();
-    }
+    let ([w1, w2, w3], ul) = on_underlay(
+        test,
+        Machine::Q35,
+        ["10.81.128.11/16", "10.81.128.12/16", "10.81.128.13/16"],
+        None,
+    );
+    set_ctr_mtu(&[&w1, &w2, &w3], 1408);
     // Node 1 trusts node 2 (VXLAN) and not node 3 (sleeve); each of them agrees.
     w1.apply_json(&auto_document(
         1,
