@@ -634,7 +634,7 @@ pub struct NicOffloads {
     pub rx_csum_completed: u64,
     /// Received frames dropped because their virtio-net header made no sense: a
     /// segmentation kind not negotiated, a super-frame that cannot be cut, a partial
-    /// checksum outside the frame, buffers that do not add up.
+    /// checksum outside the frame or at an odd offset, buffers that do not add up.
     pub rx_refused: u64,
     /// Super-frames sent, and the segments merged into them.
     pub tx_super_frames: u64,

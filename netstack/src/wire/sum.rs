@@ -49,6 +49,10 @@ pub fn pseudo_header(src: Ipv4Address, dst: Ipv4Address, proto: u8, l4_len: usiz
 pub enum CompleteError {
     /// `start` or the field at `start + offset` lies outside the frame.
     OutOfRange,
+    /// The field is an odd number of bytes from `start`: the sum is of 16-bit words from
+    /// `start`, so no value written there could make it come out right (every
+    /// transport's checksum is at an even offset).
+    OddOffset,
 }
 
 /// Completes a partial checksum (`NEEDS_CSUM`): the field at `start + offset` holds the
@@ -61,6 +65,9 @@ pub enum CompleteError {
 /// 0xFFFF, which every receiver's sum takes as zero and which is the only right value
 /// for UDP.
 pub fn complete(frame: &mut [u8], start: usize, offset: usize) -> Result<(), CompleteError> {
+    if !offset.is_multiple_of(2) {
+        return Err(CompleteError::OddOffset);
+    }
     let field = start.checked_add(offset).ok_or(CompleteError::OutOfRange)?;
     if start > frame.len() || field.checked_add(2).is_none_or(|e| e > frame.len()) {
         return Err(CompleteError::OutOfRange);
@@ -152,6 +159,9 @@ mod tests {
             complete(&mut frame, usize::MAX, 16),
             Err(CompleteError::OutOfRange)
         );
+        let before = frame.clone();
+        assert_eq!(complete(&mut frame, 34, 17), Err(CompleteError::OddOffset));
+        assert_eq!(frame, before, "a refused completion writes nothing");
     }
 
     /// An Ethernet/IPv4 frame (with an 802.1Q tag if `tagged`) of protocol `proto`, its
