@@ -93,8 +93,7 @@ pub fn render_status(s: &Status) -> String {
     for (name, i) in ifaces {
         let reasons = drop_reasons(i);
         if !reasons.is_empty() {
-            let parts: Vec<String> = reasons.iter().map(|(k, n)| format!("{k}={n}")).collect();
-            out.push_str(&format!("drops on {name}: {}\n", parts.join(" ")));
+            out.push_str(&format!("drops on {name}: {}\n", key_values(&reasons)));
         }
     }
     if let Some(o) = &s.offloads {
@@ -136,28 +135,23 @@ pub fn render_offloads(nic: &str, o: &NicOffloads) -> String {
             features.join(" ")
         }
     );
-    let counters = [
-        o.rx_super_frames,
-        o.rx_segments,
-        o.rx_csum_completed,
-        o.rx_refused,
-        o.tx_super_frames,
-        o.tx_merged_segments,
-        o.tx_bad_checksum,
-        o.tx_merged_dropped,
+    let rx = [
+        ("super_frames", o.rx_super_frames),
+        ("segments", o.rx_segments),
+        ("csum_completed", o.rx_csum_completed),
+        ("refused", o.rx_refused),
     ];
-    if counters.iter().any(|n| *n > 0) {
+    let tx = [
+        ("super_frames", o.tx_super_frames),
+        ("merged_segments", o.tx_merged_segments),
+        ("bad_checksum", o.tx_bad_checksum),
+        ("merged_dropped", o.tx_merged_dropped),
+    ];
+    if rx.iter().chain(&tx).any(|(_, n)| *n > 0) {
         line.push_str(&format!(
-            "  rx: super_frames={} segments={} csum_completed={} refused={}  \
-             tx: super_frames={} merged_segments={} bad_checksum={} merged_dropped={}",
-            o.rx_super_frames,
-            o.rx_segments,
-            o.rx_csum_completed,
-            o.rx_refused,
-            o.tx_super_frames,
-            o.tx_merged_segments,
-            o.tx_bad_checksum,
-            o.tx_merged_dropped
+            "  rx: {}  tx: {}",
+            key_values(&rx),
+            key_values(&tx)
         ));
     }
     line.push('\n');
@@ -238,14 +232,19 @@ pub fn overlay_drop_reasons(d: &OverlayDrops) -> Vec<(&'static str, u64)> {
     .collect()
 }
 
+/// `name=count` pairs, space-separated.
+fn key_values(list: &[(&str, u64)]) -> String {
+    list.iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn reasons(list: &[(&str, u64)]) -> String {
     if list.is_empty() {
         "-".into()
     } else {
-        list.iter()
-            .map(|(k, n)| format!("{k}={n}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        key_values(list)
     }
 }
 
