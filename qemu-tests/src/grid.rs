@@ -30,12 +30,7 @@ use crate::{BootOptions, TestVm};
 /// segment, its container at `ctr` behind the link with the node address `10.81.0.<n>`
 /// as gateway.
 pub fn boot_node(test: &str, n: u8, ctr: &str) -> TestVm {
-    boot_node_on(test, Machine::Q35, n, ctr)
-}
-
-/// [`boot_node`] on a given QEMU machine.
-pub fn boot_node_on(test: &str, machine: Machine, n: u8, ctr: &str) -> TestVm {
-    boot_node_with(test, machine, n, ctr, BootOptions::default().append)
+    boot_node_with(test, Machine::Q35, n, ctr, BootOptions::default().append)
 }
 
 /// [`boot_node`] on a given QEMU machine with `append` as the kernel command line.
