@@ -199,7 +199,7 @@ impl Accel {
 /// The QEMU machine type. Both boot the same PVH ELF.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Machine {
-    /// PC with PCIe (SeaBIOS starts the PVH kernel); virtio-pci devices.
+    /// PC with PCIe (qboot starts the PVH kernel); virtio-pci devices.
     #[default]
     Q35,
     /// QEMU's Firecracker-class machine (qboot, no PCI, no ACPI); virtio-mmio devices.
@@ -221,6 +221,17 @@ impl Machine {
             Machine::Microvm if acpi => "microvm",
             // No ACPI: the devices come on the kernel command line (auto-kernel-cmdline).
             Machine::Microvm => "microvm,acpi=off",
+        }
+    }
+
+    /// The firmware, when not the machine's default. On q35 that is SeaBIOS, which takes
+    /// ~50 ms under TCG before the kernel runs; qboot (microvm's firmware, shipped with
+    /// QEMU) loads the kernel at once and assigns no PCI BARs, which weft (`kernel/src/pci.rs`)
+    /// and Linux assign themselves.
+    fn firmware(self) -> Option<&'static str> {
+        match self {
+            Machine::Q35 => Some("qboot.rom"),
+            Machine::Microvm => None,
         }
     }
 
@@ -313,6 +324,10 @@ impl QemuConfig {
             "max",
         ] {
             push(s);
+        }
+        if let Some(bios) = self.machine.firmware() {
+            push("-bios");
+            push(bios);
         }
         push("-m");
         push(&self.memory.to_string());
@@ -589,7 +604,7 @@ mod tests {
     fn command_line_is_the_contract_layout() {
         let mac1 = MacAddr::for_name("tap1");
         let expected = format!(
-            "-machine q35 -accel tcg -cpu max -m 128M -smp 1 -nodefaults -no-reboot \
+            "-machine q35 -accel tcg -cpu max -bios qboot.rom -m 128M -smp 1 -nodefaults -no-reboot \
              -display none -vga none -kernel target/weft/weft.elf -append  -serial stdio \
              -netdev tap,id=uplink,ifname=tap1,script=no,downscript=no \
              -device virtio-net-pci,netdev=uplink,mac={mac1},addr=0x3 \

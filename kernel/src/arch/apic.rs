@@ -1,6 +1,6 @@
 //! The local APIC: virtual-wire mode, so the 8259 PIC's output (LINT0, ExtINT) reaches
-//! the CPU whatever the firmware left behind (qboot on microvm leaves LINT0 masked;
-//! SeaBIOS on q35 sets virtual wire), and its timer, the one-shot wake-up of the idle
+//! the CPU whatever the firmware left behind (qboot leaves LINT0 masked, SeaBIOS sets
+//! virtual wire), and its timer, the one-shot wake-up of the idle
 //! main loop: 32 bits at a divided bus clock reach minutes, where the PIT's 16 bits end
 //! at 55 ms (so an idle appliance would wake 18 times a second for nothing). Owns the
 //! xAPIC register page; nothing else touches it.
