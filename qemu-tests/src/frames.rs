@@ -8,6 +8,7 @@ use std::process::Stdio;
 
 use anyhow::{bail, Context, Result};
 use weft_appliance::weft_netstack::smoltcp::wire::{Icmpv4Packet, Ipv4Packet};
+use weft_appliance::weft_netstack::wire::sum::pseudo_header;
 use weft_image::netns::Netns;
 use weft_image::qemu::MacAddr;
 
@@ -237,6 +238,8 @@ pub fn malformed_burst(ep: Endpoints, seed: u64, n: usize) -> Burst {
 const SENDER: &str = r#"
 import socket, sys, time
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+if sys.argv[2] == "vnet":
+    s.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR: each frame leads with one
 s.bind((sys.argv[1], 0))
 n = 0
 for line in sys.stdin:
@@ -253,19 +256,86 @@ print(n)
 /// Sends each frame once out of `ifname` in `ns`; fails unless all were sent.
 /// Paced (8 frames per 2 ms) so the tap queue does not overflow under TCG.
 pub fn send(ns: &Netns, ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
+    send_lines(ns, ifname, "plain", frames.iter().map(|f| hex(&[f])))
+}
+
+/// A virtio-net header (`struct virtio_net_hdr`, native endian) as a packet socket with
+/// `PACKET_VNET_HDR` takes it ahead of each frame. Sent out of a tap, the kernel hands
+/// it to QEMU, and QEMU to the guest's virtio-net driver, as it is: the way to put a
+/// header weft's driver must judge on the link.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VnetHdr {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the 16 bits at `start + offset` hold a partial
+    /// sum; the receiver completes the checksum over everything from `start`.
+    pub fn needs_csum(start: u16, offset: u16) -> VnetHdr {
+        VnetHdr {
+            flags: 1,
+            csum_start: start,
+            csum_offset: offset,
+            ..VnetHdr::default()
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut b = vec![self.flags, self.gso_type];
+        for v in [
+            self.hdr_len,
+            self.gso_size,
+            self.csum_start,
+            self.csum_offset,
+        ] {
+            b.extend(v.to_le_bytes());
+        }
+        b
+    }
+}
+
+/// [`send`] with a virtio-net header before each frame (`PACKET_VNET_HDR`); the kernel
+/// refuses headers it cannot take (a checksum field outside the frame, say).
+pub fn send_with_vnet_hdr(ns: &Netns, ifname: &str, frames: &[(VnetHdr, Vec<u8>)]) -> Result<()> {
+    send_lines(
+        ns,
+        ifname,
+        "vnet",
+        frames.iter().map(|(h, f)| hex(&[&h.bytes(), f])),
+    )
+}
+
+fn hex(parts: &[&[u8]]) -> String {
+    parts
+        .iter()
+        .flat_map(|p| p.iter())
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn send_lines(
+    ns: &Netns,
+    ifname: &str,
+    mode: &str,
+    lines: impl ExactSizeIterator<Item = String>,
+) -> Result<()> {
+    let count = lines.len();
     let mut child = ns
         .command("python3")
-        .args(["-c", SENDER, ifname])
+        .args(["-c", SENDER, ifname, mode])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("starting python3")?;
     let mut input = String::new();
-    for f in frames {
-        for b in f {
-            input.push_str(&format!("{b:02x}"));
-        }
+    for line in lines {
+        input.push_str(&line);
         input.push('\n');
     }
     if let Some(mut stdin) = child.stdin.take() {
@@ -282,10 +352,51 @@ pub fn send(ns: &Netns, ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
         .trim()
         .parse()
         .unwrap_or(0);
-    if sent != frames.len() {
-        bail!("sent {sent} of {} frames", frames.len());
+    if sent != count {
+        bail!("sent {sent} of {count} frames");
     }
     Ok(())
+}
+
+/// A UDP datagram from `ep.src_*` to `ep.dst_*` whose checksum is left to the device,
+/// as a kernel leaves it for a NIC with checksum offload: the field holds the sum of
+/// the pseudo-header only. [`VnetHdr::needs_csum`]`(`[`L4_START`]`, 6)` names it.
+pub fn udp_partial_csum(ep: Endpoints, src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 8 + payload.len();
+    let mut f = eth(ep.dst_mac.0, ep.src_mac.0, 0x0800);
+    f.extend_from_slice(&ipv4(ep.src_ip, ep.dst_ip, 17, len, 0x4000));
+    let partial = pseudo_header(ep.src_ip, ep.dst_ip, 17, len).value();
+    for v in [src_port, dst_port, len as u16, partial] {
+        f.extend(v.to_be_bytes());
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Where the L4 header of [`udp_partial_csum`]'s and [`tcp_partial_csum`]'s frames
+/// starts (Ethernet + IPv4).
+pub const L4_START: u16 = 14 + 20;
+
+/// A TCP segment (ACK, 20-byte header) from `ep.src_*` to `ep.dst_*`, its checksum
+/// left to the device like [`udp_partial_csum`]'s (the field is at offset 16); as one
+/// super-frame with a GSO header it stands for `payload.len() / gso_size` segments.
+pub fn tcp_partial_csum(ep: Endpoints, src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 20 + payload.len();
+    let mut f = eth(ep.dst_mac.0, ep.src_mac.0, 0x0800);
+    f.extend_from_slice(&ipv4(ep.src_ip, ep.dst_ip, 6, len, 0x4000));
+    f.extend(src_port.to_be_bytes());
+    f.extend(dst_port.to_be_bytes());
+    f.extend(1u32.to_be_bytes()); // sequence
+    f.extend(1u32.to_be_bytes()); // acknowledgment
+    f.extend([0x50, 0x10, 0xff, 0xff]); // 5 words, ACK, window
+    f.extend(
+        pseudo_header(ep.src_ip, ep.dst_ip, 6, len)
+            .value()
+            .to_be_bytes(),
+    );
+    f.extend([0, 0]); // urgent pointer
+    f.extend_from_slice(payload);
+    f
 }
 
 #[cfg(test)]

@@ -5,15 +5,18 @@
 //! `weft.offload=off`. Every way the transfer completes, `status` says what was
 //! negotiated and what the offloads did, and tshark finds every IPv4, UDP and TCP
 //! checksum on the underlay right (a super-frame must leave as MTU-sized datagrams,
-//! never malformed).
+//! never malformed). A header the link's device should never send is refused and
+//! counted.
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use weft_appliance::protocol::NicOffloads;
 use weft_image::qemu::Machine;
+use weft_qemu_tests::frames::{self, Endpoints, VnetHdr};
 use weft_qemu_tests::grid::{iperf3, set_ctr_mtu, two_on_underlay, weft_ctl};
-use weft_qemu_tests::TestVm;
+use weft_qemu_tests::{mac_of, TestVm, LINK_ADDR};
 
 const W1: &str = "192.0.2.11";
 const W2: &str = "192.0.2.12";
@@ -196,5 +199,130 @@ fn tcp_super_frames_cross_the_overlay_as_valid_datagrams_with_offloads_on_tx_onl
         off,
         NicOffloads::default(),
         "weft.offload=off left something on"
+    );
+}
+
+/// The link's device hands weft whatever virtio-net header the host's tap built, and a
+/// packet socket on the tap with `PACKET_VNET_HDR` sets that header. A DNS query whose
+/// UDP checksum is left to the device is completed and answered; the same query with
+/// its checksum field an odd number of bytes from the start (no value written there can
+/// be right, and the kernel passes it on) is refused and counted, never answered; the
+/// next good one is answered again. A TCP super-frame with a segment size that would
+/// cut it into more segments than the driver takes is refused whole.
+#[test]
+fn a_partial_checksum_from_the_link_is_completed_and_a_malformed_header_refused() {
+    let vm = TestVm::boot("offload_vnet_hdr");
+    vm.apply_json(&json!({
+        "uplink": {"address": "192.0.2.2/24", "gateway": "192.0.2.1"},
+        "link": {"address": format!("{LINK_ADDR}/16")},
+        "dns": {"grid": "testgrid"},
+    }));
+    let ep = Endpoints {
+        dst_mac: vm.link_mac,
+        dst_ip: LINK_ADDR.parse().unwrap(),
+        src_mac: mac_of(vm.ctr(), &vm.topo.names.ctr_veth),
+        src_ip: "10.81.128.2".parse().unwrap(),
+    };
+    // A query for `weft.` A: header (RD), one question.
+    let mut query = vec![0x7e, 0x57, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 4];
+    query.extend(b"weft");
+    query.extend([0, 0, 1, 0, 1]);
+    let frame = frames::udp_partial_csum(ep, 40_053, 53, &query);
+    let counters = |s: &weft_appliance::Status| {
+        let o = &s.offloads.as_ref().expect("status has offloads").link;
+        let queries = s.dns.as_ref().expect("status has dns").counters.queries;
+        (o.rx_csum_completed, o.rx_refused, queries)
+    };
+    // Sends the query behind `header` and waits until the driver counted it and, if it
+    // went on, the DNS service did; then (completed, refused, queries) before and after.
+    let send = |header: VnetHdr| {
+        let before = counters(&vm.status());
+        let one = [(header, frame.clone())];
+        frames::send_with_vnet_hdr(&vm.topo.hv, &vm.topo.names.link_tap, &one)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", vm.test));
+        let after = counters(&vm.status_when(Duration::from_secs(10), |s| {
+            let (completed, refused, queries) = counters(s);
+            refused > before.1 || (completed > before.0 && queries > before.2)
+        }));
+        eprintln!(
+            "{}: {header:?}: (completed, refused, queries) {before:?} -> {after:?}",
+            vm.test
+        );
+        (before, after)
+    };
+
+    let good = VnetHdr::needs_csum(frames::L4_START, 6);
+    let (b, a) = send(good);
+    assert!(
+        a.0 > b.0,
+        "{}: the partial checksum was not completed",
+        vm.test
+    );
+    assert_eq!(
+        (a.1, a.2),
+        (b.1, b.2 + 1),
+        "{}: completed query not answered",
+        vm.test
+    );
+
+    let odd = VnetHdr::needs_csum(frames::L4_START, 7);
+    let (b, a) = send(odd);
+    assert_eq!(
+        a.1,
+        b.1 + 1,
+        "{}: the odd checksum offset was not refused",
+        vm.test
+    );
+    assert_eq!(
+        a.2, b.2,
+        "{}: a refused frame reached the DNS service",
+        vm.test
+    );
+    let line = ctl_link_offloads(&vm);
+    assert!(line.contains(" refused=1 "), "{}: {line}", vm.test);
+
+    let (b, a) = send(good);
+    assert_eq!(
+        (a.1, a.2),
+        (b.1, b.2 + 1),
+        "{}: no answer after a refusal",
+        vm.test
+    );
+
+    // A TCP super-frame whose segment size would cut it into 250 segments: more than
+    // the driver cuts one frame into (it would flood the buffer pool).
+    let before = vm.status().offloads.unwrap().link;
+    let tiny_mss = VnetHdr {
+        gso_type: 1, // VIRTIO_NET_HDR_GSO_TCPV4
+        hdr_len: frames::L4_START + 20,
+        gso_size: 8,
+        ..VnetHdr::needs_csum(frames::L4_START, 16)
+    };
+    let super_frame = frames::tcp_partial_csum(ep, 40_080, 80, &[0x55; 2000]);
+    frames::send_with_vnet_hdr(
+        &vm.topo.hv,
+        &vm.topo.names.link_tap,
+        &[(tiny_mss, super_frame)],
+    )
+    .unwrap_or_else(|e| panic!("{}: {e:#}", vm.test));
+    let after = vm
+        .status_when(Duration::from_secs(10), |s| {
+            let o = &s.offloads.as_ref().unwrap().link;
+            o.rx_refused > before.rx_refused || o.rx_segments > before.rx_segments
+        })
+        .offloads
+        .unwrap()
+        .link;
+    eprintln!("{}: tiny MSS super-frame: {before:?} -> {after:?}", vm.test);
+    assert_eq!(
+        after.rx_refused,
+        before.rx_refused + 1,
+        "{}: not refused",
+        vm.test
+    );
+    assert_eq!(
+        after.rx_segments, before.rx_segments,
+        "{}: segments went on",
+        vm.test
     );
 }
