@@ -24,6 +24,7 @@ use weft_image::process::Signal;
 use weft_image::netns::{PeerAddresses, Topology};
 use weft_image::qemu::Machine;
 
+use crate::tshark::Tshark;
 use crate::{BootOptions, TestVm};
 
 /// Boots node `n` of a grid test: its host namespace at `192.0.2.<n>/24` on the uplink
@@ -273,19 +274,9 @@ impl Capture {
     /// `tshark -r` over the capture with VXLAN decoding on `port`, display filter
     /// `filter` and the given fields; one line per packet, fields tab-separated.
     pub fn fields(&self, port: u16, filter: &str, fields: &[&str]) -> Result<Vec<String>> {
-        let mut cmd = Command::new("tshark");
-        cmd.arg("-r")
-            .arg(&self.path)
-            .args(["-n", "-d", &format!("udp.port=={port},vxlan"), "-Y", filter])
-            .args(["-T", "fields"]);
-        for f in fields {
-            cmd.args(["-e", f]);
-        }
-        let out = run(&mut cmd)?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect())
+        Tshark::file(&self.path)
+            .decode_as(&format!("udp.port=={port},vxlan"))
+            .lines(filter, fields)
     }
 }
 

@@ -24,6 +24,7 @@ pub mod dns;
 pub mod frames;
 pub mod grid;
 pub mod socat;
+pub mod tshark;
 
 /// Longest a test VM may run before the watchdog kills it.
 pub const VM_TIME_LIMIT: Duration = Duration::from_secs(240);

@@ -8,7 +8,6 @@
 //! never malformed). A header the link's device should never send is refused and
 //! counted.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -16,6 +15,7 @@ use weft_appliance::protocol::NicOffloads;
 use weft_image::qemu::Machine;
 use weft_qemu_tests::frames::{self, Endpoints, VnetHdr};
 use weft_qemu_tests::grid::{iperf3, set_ctr_mtu, two_on_underlay, weft_ctl};
+use weft_qemu_tests::tshark::Tshark;
 use weft_qemu_tests::{mac_of, TestVm, LINK_ADDR};
 
 const W1: &str = "192.0.2.11";
@@ -54,37 +54,20 @@ fn ctl_link_offloads(vm: &TestVm) -> String {
 /// Packets of the capture from either weft that match `which` with the IPv4, UDP and
 /// TCP checksums verified, as tshark prints them.
 fn from_wefts(pcap: &std::path::Path, which: &str) -> Vec<String> {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args([
-            "-n",
-            "-d",
-            "udp.port==4789,vxlan",
-            "-o",
-            "ip.check_checksum:TRUE",
-            "-o",
-            "udp.check_checksum:TRUE",
-            "-o",
-            "tcp.check_checksum:TRUE",
-            "-o",
-            "tcp.analyze_sequence_numbers:FALSE",
-            "-o",
-            "tcp.desegment_tcp_streams:FALSE",
-            "-Y",
-        ])
-        .arg(format!("(ip.src == {W1} || ip.src == {W2}) && ({which})"))
-        .output()
-        .expect("running tshark");
-    assert!(
-        out.status.success(),
-        "tshark: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    let mut tshark = Tshark::file(pcap).decode_as("udp.port==4789,vxlan");
+    for pref in [
+        "ip.check_checksum:TRUE",
+        "udp.check_checksum:TRUE",
+        "tcp.check_checksum:TRUE",
+        "tcp.analyze_sequence_numbers:FALSE",
+        "tcp.desegment_tcp_streams:FALSE",
+    ] {
+        tshark = tshark.pref(pref);
+    }
+    let filter = format!("(ip.src == {W1} || ip.src == {W2}) && ({which})");
+    tshark
+        .lines(&filter, &[])
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Boots two wefts with `append` on their command lines, runs iperf3 both ways between

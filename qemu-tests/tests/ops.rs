@@ -30,6 +30,7 @@ use weft_qemu_tests::agent::AgentHost;
 use weft_qemu_tests::grid::{
     iperf3, set_ctr_mtu, two_on_underlay, weft_binary, weft_ctl, Underlay,
 };
+use weft_qemu_tests::tshark::Tshark;
 use weft_qemu_tests::{TestVm, LINK_ADDR};
 
 /// `promtool check metrics` on `text` (its standard input): Ok, or what it said.
@@ -223,34 +224,11 @@ impl Drop for CaptureRun {
     }
 }
 
-/// `tshark -r FILE -T fields -e ...` (FILE `-`: `input` on its standard input).
-fn tshark(file: &str, input: Option<&[u8]>, filter: &str, fields: &[&str]) -> Vec<String> {
-    let mut cmd = Command::new("tshark");
-    cmd.args(["-r", file, "-Y", filter, "-T", "fields"]);
-    for f in fields {
-        cmd.args(["-e", f]);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tshark");
-    let mut stdin = child.stdin.take().unwrap();
-    if let Some(bytes) = input {
-        stdin.write_all(bytes).unwrap();
-    }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "tshark -r {file}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+/// The packets of `capture` that match `filter`, as their `fields`.
+fn tshark(capture: Tshark, filter: &str, fields: &[&str]) -> Vec<String> {
+    capture
+        .lines(filter, fields)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[test]
@@ -290,8 +268,7 @@ fn captures_on_link_overlay_and_uplink_decode_in_tshark() {
         "{summary}"
     );
     let icmp = tshark(
-        link_file.to_str().unwrap(),
-        None,
+        Tshark::file(&link_file),
         "icmp",
         &["ip.src", "ip.dst", "icmp.type"],
     );
@@ -301,8 +278,7 @@ fn captures_on_link_overlay_and_uplink_decode_in_tshark() {
         "link capture: {icmp:?}"
     );
     let frames = tshark(
-        link_file.to_str().unwrap(),
-        None,
+        Tshark::file(&link_file),
         "frame",
         &["frame.interface_name", "frame.time_relative"],
     );
@@ -323,7 +299,11 @@ fn captures_on_link_overlay_and_uplink_decode_in_tshark() {
         .expect("ping during the overlay capture");
     let (pcap, summary) = run.finish(Duration::from_secs(90));
     assert!(summary.contains("(seconds)"), "{summary}");
-    let inner = tshark("-", Some(&pcap), "icmp", &["ip.src", "ip.dst", "icmp.type"]);
+    let inner = tshark(
+        Tshark::bytes(&pcap),
+        "icmp",
+        &["ip.src", "ip.dst", "icmp.type"],
+    );
     assert!(
         inner.contains(&"10.81.128.11\t10.81.128.12\t8".to_string())
             && inner.contains(&"10.81.128.12\t10.81.128.11\t0".to_string()),
@@ -349,13 +329,13 @@ fn captures_on_link_overlay_and_uplink_decode_in_tshark() {
         .expect("ping during the uplink capture");
     run.finish(Duration::from_secs(90));
     let uplink = uplink_file.to_str().unwrap();
-    let sleeve = tshark(uplink, None, "udp.dstport == 6783", &["ip.dst"]);
+    let sleeve = tshark(Tshark::file(uplink), "udp.dstport == 6783", &["ip.dst"]);
     assert!(
         sleeve.len() >= 2,
         "sleeve datagrams on the uplink: {sleeve:?}"
     );
     assert!(
-        tshark(uplink, None, "icmp", &["ip.src"]).is_empty(),
+        tshark(Tshark::file(uplink), "icmp", &["ip.src"]).is_empty(),
         "ICMP in the clear on the uplink"
     );
     drop(ul);
@@ -479,14 +459,8 @@ fn capture_under_iperf3_accounts_for_every_frame() {
         let (frames, dropped) = summary_counts(&summary);
         let moved: Vec<u64> = (0..5).map(|i| after[i] - before[i]).collect();
         let offered: u64 = moved[..3].iter().sum();
-        let in_file = tshark(file.to_str().unwrap(), None, "frame", &["frame.number"]).len();
-        let tcp = tshark(
-            file.to_str().unwrap(),
-            None,
-            "tcp.port == 5201",
-            &["frame.number"],
-        )
-        .len();
+        let in_file = tshark(Tshark::file(&file), "frame", &["frame.number"]).len();
+        let tcp = tshark(Tshark::file(&file), "tcp.port == 5201", &["frame.number"]).len();
         eprintln!(
             "round {round}: iperf3 {:.1} Mbit/s alone, {:.1} Mbit/s with the capture; \
              the bridge took {offered} frames (link {}, appliance {}, peers {}; it handed \
@@ -599,7 +573,11 @@ fn capture_through_the_agent_api_streams_and_stops_with_its_client() {
     let _ = run.child.kill();
     let _ = run.child.wait();
     let pcap = streamed.lock().unwrap().clone();
-    let icmp = tshark("-", Some(&pcap), "icmp", &["ip.src", "ip.dst", "icmp.type"]);
+    let icmp = tshark(
+        Tshark::bytes(&pcap),
+        "icmp",
+        &["ip.src", "ip.dst", "icmp.type"],
+    );
     assert!(
         icmp.contains(&"10.81.1.2\t10.81.0.1\t8".to_string())
             && icmp.contains(&"10.81.0.1\t10.81.1.2\t0".to_string()),

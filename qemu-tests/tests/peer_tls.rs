@@ -24,6 +24,7 @@ use serde_json::Value;
 use weft_image::netns::Netns;
 use weft_image::qemu::Machine;
 use weft_qemu_tests::grid::{iperf3, on_underlay, set_ctr_mtu, weft_ctl};
+use weft_qemu_tests::tshark::Tshark;
 use weft_qemu_tests::TestVm;
 
 const GRID: &str = "lab";
@@ -417,18 +418,11 @@ fn mutual_tls_keys_the_sleeve_and_refuses_strangers() {
         !bytes.windows(pattern.len()).any(|w| w == pattern),
         "the echo payload pattern is in the clear on the underlay"
     );
+    let decoded = Tshark::file(&cap_path).decode_as("tcp.port==6783,tls");
     let tshark = |filter: &str, field: &str| -> Vec<String> {
-        let out = std::process::Command::new("tshark")
-            .arg("-r")
-            .arg(&cap_path)
-            .args(["-n", "-d", "tcp.port==6783,tls", "-Y", filter])
-            .args(["-T", "fields", "-e", field])
-            .output()
-            .expect("tshark");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
+        decoded
+            .lines(filter, &[field])
+            .unwrap_or_else(|e| panic!("{e:#}"))
     };
     let hellos = tshark(
         "tcp.port == 6783 && tls.handshake.type == 2",
