@@ -25,9 +25,6 @@ pub mod services;
 pub mod session;
 pub mod transfer;
 
-#[cfg(test)]
-mod test_rng;
-
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::Serialize;

@@ -291,7 +291,8 @@ mod tests {
     /// ports.
     #[test]
     fn the_linear_check_agrees_with_the_netstack_reference() {
-        let mut next = crate::test_rng::below(0x0123_4567_89ab_cdef);
+        let mut rng = weft_netstack::base::test_rng::Rng::new(0x0123_4567_89ab_cdef);
+        let mut next = move |n: u64| rng.below(n);
         for _ in 0..3_000 {
             let rules: Vec<PublishRule> = (0..next(8))
                 .map(|_| PublishRule {

@@ -254,7 +254,8 @@ mod tests {
     /// with the same field and message, on random lists full of near-clashes.
     #[test]
     fn the_linear_check_agrees_with_the_netstack_reference() {
-        let mut next = crate::test_rng::below(0xdead_beef_cafe_f00d);
+        let mut rng = weft_netstack::base::test_rng::Rng::new(0xdead_beef_cafe_f00d);
+        let mut next = move |n: u64| rng.below(n);
         for _ in 0..3_000 {
             let services: Vec<ServiceConfig> = (0..next(6))
                 .map(|_| {

@@ -246,7 +246,8 @@ mod tests {
     /// concatenation of the accepted parts, and never exceeds what was announced.
     #[test]
     fn random_step_sequences_follow_the_model() {
-        let mut next = crate::test_rng::below(0x2545_f491_4f6c_dd1d);
+        let mut rng = weft_netstack::base::test_rng::Rng::new(0x2545_f491_4f6c_dd1d);
+        let mut next = move |n: u64| rng.below(n);
         for _ in 0..2_000 {
             let mut t = Transfer::new();
             let mut model: Option<(u64, Vec<u8>)> = None;

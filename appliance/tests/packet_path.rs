@@ -4,6 +4,7 @@
 use serde_json::json;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, Ipv4Address};
+use weft_appliance::weft_netstack::base::test_rng::Rng;
 use weft_appliance::weft_netstack::wire::probe::{self, Echo};
 use weft_appliance::{Appliance, BootInfo, MemPort};
 
@@ -179,17 +180,10 @@ fn nothing_is_answered_before_apply() {
 fn malformed_frames_leave_the_appliance_answering() {
     let mut rig = Rig::new();
     rig.apply();
-    let mut x: u32 = 0xdead_beef;
+    let mut rng = Rng::new(0xdead_beef);
     for i in 0..3_000usize {
         let len = i % 1_600;
-        let mut frame: Vec<u8> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let mut frame = rng.bytes(len);
         if len >= 14 && i % 2 == 0 {
             frame[..6].copy_from_slice(&[0xff; 6]);
             frame[12..14].copy_from_slice(if i % 4 == 0 {

@@ -10,6 +10,7 @@ use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, Ipv4Address, Ipv4Cidr,
     Ipv4Packet,
 };
+use weft_netstack::base::test_rng::Rng;
 use weft_netstack::base::{NicAddress, NicId, Transport};
 use weft_netstack::stage::nat::{Nat, NatConfig, PublishRule};
 use weft_netstack::stage::route::Router;
@@ -422,16 +423,9 @@ fn ttl_one_is_answered_with_time_exceeded_and_opens_no_flow() {
 #[test]
 fn random_frames_never_panic() {
     let mut rig = Rig::new();
-    let mut x: u32 = 0x9e37_79b9;
+    let mut rng = Rng::new(0x9e37_79b9);
     for i in 0..3_000usize {
-        let mut f: Vec<u8> = (0..(14 + i % 90))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let mut f = rng.bytes(14 + i % 90);
         let (id, mac) = if i % 2 == 0 {
             (NicId::Uplink, UPLINK_MAC)
         } else {

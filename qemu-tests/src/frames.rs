@@ -7,37 +7,16 @@ use std::net::Ipv4Addr;
 use std::process::Stdio;
 
 use anyhow::{bail, Context, Result};
+pub use weft_appliance::weft_netstack::base::test_rng::Rng;
 use weft_appliance::weft_netstack::smoltcp::wire::{Icmpv4Packet, Ipv4Packet};
 use weft_appliance::weft_netstack::wire::sum::pseudo_header;
 use weft_image::netns::Netns;
 use weft_image::qemu::MacAddr;
 
-/// xorshift64*: a seeded source so frame sets are reproducible.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
-    }
-    /// `base` plus up to `extra - 1` more random bytes.
-    pub fn bytes_between(&mut self, base: usize, extra: usize) -> Vec<u8> {
-        let n = base + self.below(extra);
-        self.bytes(n)
-    }
+/// `base` plus up to `extra - 1` more random bytes.
+pub fn bytes_between(rng: &mut Rng, base: usize, extra: usize) -> Vec<u8> {
+    let n = base + rng.below(extra as u64) as usize;
+    rng.bytes(n)
 }
 
 /// Who the frames are between.
@@ -108,12 +87,12 @@ pub fn malformed_burst(ep: Endpoints, seed: u64, n: usize) -> Burst {
                 other[3..].copy_from_slice(&rng.bytes(3));
                 to_other_hosts += 1;
                 let mut f = eth(other, src, 0x0800);
-                f.extend(rng.bytes_between(20, 200));
+                f.extend(bytes_between(&mut rng, 20, 200));
                 f
             }
             1 => {
                 let mut f = eth(dst, src, 0x0800);
-                f.extend(rng.bytes_between(0, 100));
+                f.extend(bytes_between(&mut rng, 0, 100));
                 f
             }
             2 => {
@@ -171,7 +150,7 @@ pub fn malformed_burst(ep: Endpoints, seed: u64, n: usize) -> Burst {
             }
             8 => {
                 // UDP whose length field exceeds the packet; random ports.
-                let mut u = rng.bytes_between(8, 40);
+                let mut u = bytes_between(&mut rng, 8, 40);
                 u[4..6].copy_from_slice(&0xfff0u16.to_be_bytes());
                 let h = ipv4(ep.src_ip, ep.dst_ip, 17, u.len(), 0);
                 let mut f = eth(dst, src, 0x0800);
@@ -205,13 +184,21 @@ pub fn malformed_burst(ep: Endpoints, seed: u64, n: usize) -> Burst {
             12 => {
                 // Broadcast with an unknown ethertype.
                 let mut f = eth([0xff; 6], src, 0x88b5);
-                f.extend(rng.bytes_between(46, 100));
+                f.extend(bytes_between(&mut rng, 46, 100));
                 f
             }
             13 => {
                 // An 802.1Q tag around garbage, and IPv6 garbage.
-                let mut f = eth(dst, src, if rng.below(2) == 0 { 0x8100 } else { 0x86dd });
-                f.extend(rng.bytes_between(4, 80));
+                let mut f = eth(
+                    dst,
+                    src,
+                    if rng.below(2) as usize == 0 {
+                        0x8100
+                    } else {
+                        0x86dd
+                    },
+                );
+                f.extend(bytes_between(&mut rng, 4, 80));
                 f
             }
             14 => {
@@ -220,7 +207,7 @@ pub fn malformed_burst(ep: Endpoints, seed: u64, n: usize) -> Burst {
             }
             _ => {
                 // Maximum-size frame of garbage behind a valid-looking IPv4 header.
-                let h = ipv4(ep.src_ip, ep.dst_ip, rng.below(256) as u8, 1480, 0);
+                let h = ipv4(ep.src_ip, ep.dst_ip, rng.below(256) as usize as u8, 1480, 0);
                 let mut f = eth(dst, src, 0x0800);
                 f.extend_from_slice(&h);
                 f.extend(rng.bytes(1480));

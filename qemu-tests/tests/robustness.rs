@@ -9,7 +9,7 @@ use std::time::Duration;
 use weft_appliance::protocol::{ErrorCode, Status, MAX_LINE_LEN};
 use weft_control::client::Reply;
 use weft_image::qemu::Machine;
-use weft_qemu_tests::frames::{malformed_burst, Endpoints, Rng};
+use weft_qemu_tests::frames::{bytes_between, malformed_burst, Endpoints, Rng};
 use weft_qemu_tests::{mac_of, BootOptions, TestVm};
 
 /// How long counters may take to catch up with frames still queued on a tap.
@@ -49,7 +49,7 @@ fn garbage_line(i: usize, rng: &mut Rng) -> Vec<u8> {
         0 => fixed[(i / 4) % fixed.len()].as_bytes().to_vec(),
         1 => {
             // Deep nesting (serde_json's recursion limit is 128).
-            let depth = 100 + rng.below(400);
+            let depth = 100 + rng.below(400) as usize;
             let mut l = vec![b'['; depth];
             l.extend(vec![b']'; depth]);
             l
@@ -64,7 +64,7 @@ fn garbage_line(i: usize, rng: &mut Rng) -> Vec<u8> {
         _ => {
             // Random bytes without line breaks, starting with a visible character.
             let mut l = vec![b'#'];
-            l.extend(rng.bytes_between(1, 300).into_iter().map(|b| {
+            l.extend(bytes_between(rng, 1, 300).into_iter().map(|b| {
                 if b == b'\n' || b == b'\r' {
                     b'x'
                 } else {

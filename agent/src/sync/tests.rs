@@ -321,13 +321,8 @@ fn published_ports_follow_their_scope() {
 fn planning_is_idempotent_over_random_grids() {
     // Any two states: applying the plan's effect (desired) then planning again is
     // empty, and the plan from nothing starts with the whole document.
-    let mut x: u32 = 0x1234_5678;
-    let mut rnd = |m: u32| {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x % m
-    };
+    let mut rng = weft_netstack::base::test_rng::Rng::new(0x1234_5678);
+    let mut rnd = |m: u32| rng.below(m.into()) as u32;
     let mut prev: Option<Desired> = None;
     let mut s = Store::new();
     s.node(1);

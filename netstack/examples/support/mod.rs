@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each bench takes what it needs
 
 use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Packet, TcpPacket};
+use weft_netstack::base::test_rng::Rng;
 use weft_netstack::base::Endpoint;
 
 /// CPU time of this thread in nanoseconds (the scheduler's own account).
@@ -73,18 +74,9 @@ pub fn tcp_frame(
     f
 }
 
-/// A permutation of 0..n (xorshift Fisher-Yates): flows visited in an order the caches
-/// cannot predict.
+/// A permutation of 0..n: flows visited in an order the caches cannot predict.
 pub fn shuffled(n: usize) -> Vec<u32> {
-    let mut v: Vec<u32> = (0..n as u32).collect();
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
-    for i in (1..n).rev() {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        v.swap(i, (s % (i as u64 + 1)) as usize);
-    }
-    v
+    Rng::new(0x9e37_79b9_7f4a_7c15).shuffled(n)
 }
 
 /// An outside client of a published port (100.64.0.0/10, varied ports).

@@ -14,8 +14,8 @@ mod nic;
 mod node;
 mod offload;
 pub mod ports;
-#[cfg(test)]
-pub(crate) mod test_rng;
+#[cfg(any(test, feature = "test-rng"))]
+pub mod test_rng;
 mod vlan_id;
 mod vni;
 

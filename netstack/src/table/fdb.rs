@@ -408,6 +408,7 @@ impl ArpTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::test_rng::Rng;
     use alloc::vec::Vec;
 
     fn mac(n: u8) -> EthernetAddress {
@@ -575,13 +576,8 @@ mod tests {
     /// on random bindings, rebindings and removals.
     #[test]
     fn arp_table_matches_a_linear_model() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
-        };
+        let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
+        let mut next = move |n: u64| rng.below(n);
         let ip = |n: u64| Ipv4Address::new(10, 81, 128, n as u8);
         for round in 0..200 {
             let capacity = 1 + next(8) as usize;
@@ -683,14 +679,8 @@ mod tests {
 
     #[test]
     fn random_sequences_match_model() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            // xorshift64*: deterministic, so a failure replays.
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
-        };
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = move |n: u64| rng.below(n);
         for round in 0..200 {
             let capacity = 1 + next(6) as usize;
             let ageing = 1 + next(20);

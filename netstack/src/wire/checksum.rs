@@ -213,18 +213,18 @@ mod tests {
     fn adjust_matches_full_recompute_on_random_buffers() {
         let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
-            let len = 2 * (4 + (rng.next() % 40) as usize);
+            let len = 2 * (4 + (rng.next_u64() % 40) as usize);
             let mut buf = rng.bytes(len);
             // A first word that is never zero keeps the buffer away from the
             // all-zero case, where +0 and -0 differ (never true of IP headers).
             buf[0] |= 0x40;
             let before = full(&buf);
             let mut delta = Delta::ZERO;
-            let edits = 1 + rng.next() % 3;
+            let edits = 1 + rng.next_u64() % 3;
             let mut expected_by_adjust = before;
             for _ in 0..edits {
-                let at = 2 * (1 + (rng.next() as usize % (len / 2 - 3)));
-                let width = if rng.next() & 1 == 0 { 2 } else { 4 };
+                let at = 2 * (1 + (rng.next_u64() as usize % (len / 2 - 3)));
+                let width = if rng.next_u64() & 1 == 0 { 2 } else { 4 };
                 let old: alloc::vec::Vec<u8> = buf[at..at + width].to_vec();
                 let new = rng.bytes(width);
                 buf[at..at + width].copy_from_slice(&new);
@@ -262,8 +262,8 @@ mod tests {
             }
         }
         for _ in 0..2_000 {
-            let start = (rng.next() % 64) as usize;
-            let len = (rng.next() % 1500) as usize;
+            let start = (rng.next_u64() % 64) as usize;
+            let len = (rng.next_u64() % 1500) as usize;
             let data = &bytes[start..start + len];
             assert_eq!(Sum::of(data).value(), checksum::data(data));
         }

@@ -369,13 +369,13 @@ mod tests {
     /// mutations below to start from.
     fn frame(rng: &mut Rng, proto: u8) -> Vec<u8> {
         let l4_len = match proto {
-            6 => 20 + 4 * (rng.next() % 3) as usize,
+            6 => 20 + 4 * (rng.next_u64() % 3) as usize,
             _ => 8,
-        } + (rng.next() % 12) as usize;
+        } + (rng.next_u64() % 12) as usize;
         let total = 20 + l4_len;
-        let mut f = vec![0u8; 14 + total + (rng.next() % 3) as usize];
+        let mut f = vec![0u8; 14 + total + (rng.next_u64() % 3) as usize];
         for b in f.iter_mut() {
-            *b = rng.next() as u8;
+            *b = rng.next_u64() as u8;
         }
         f[12..14].copy_from_slice(&[0x08, 0x00]);
         f[14] = 0x45;
@@ -384,9 +384,9 @@ mod tests {
         f[23] = proto;
         let l4 = 34;
         match proto {
-            6 => f[l4 + 12] = ((20 + 4 * (rng.next() % 3) as u8).min(l4_len as u8) / 4) << 4,
+            6 => f[l4 + 12] = ((20 + 4 * (rng.next_u64() % 3) as u8).min(l4_len as u8) / 4) << 4,
             17 => f[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes()),
-            _ => f[l4] = [0, 3, 8, 11, 12, 5][(rng.next() % 6) as usize],
+            _ => f[l4] = [0, 3, 8, 11, 12, 5][(rng.next_u64() % 6) as usize],
         }
         f
     }
@@ -403,16 +403,16 @@ mod tests {
             let proto = [6u8, 17, 1, 6, 17, 1, 2][(i % 7) as usize];
             let mut f = frame(&mut rng, proto);
             let n = f.len();
-            match rng.next() % 10 {
-                0 => f.truncate((rng.next() as usize) % (n + 1)),
-                1 => f[14] = rng.next() as u8,
-                2 => f[16..18].copy_from_slice(&(rng.next() as u16 % 80).to_be_bytes()),
-                3 => f[20..22].copy_from_slice(&(rng.next() as u16).to_be_bytes()),
-                4 => f[34 + (rng.next() as usize) % (n - 34)] = rng.next() as u8,
-                5 => f[12] = rng.next() as u8 & 0x09,
+            match rng.next_u64() % 10 {
+                0 => f.truncate((rng.next_u64() as usize) % (n + 1)),
+                1 => f[14] = rng.next_u64() as u8,
+                2 => f[16..18].copy_from_slice(&(rng.next_u64() as u16 % 80).to_be_bytes()),
+                3 => f[20..22].copy_from_slice(&(rng.next_u64() as u16).to_be_bytes()),
+                4 => f[34 + (rng.next_u64() as usize) % (n - 34)] = rng.next_u64() as u8,
+                5 => f[12] = rng.next_u64() as u8 & 0x09,
                 6 => {
-                    let at = (rng.next() as usize) % n;
-                    f[at] = rng.next() as u8;
+                    let at = (rng.next_u64() as usize) % n;
+                    f[at] = rng.next_u64() as u8;
                 }
                 _ => {}
             }

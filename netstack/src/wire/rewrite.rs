@@ -186,7 +186,7 @@ mod tests {
         let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
         for ttl in 0..=255u8 {
             for proto in [1u8, 6, 17, 0, 255] {
-                let seed = rng.next();
+                let seed = rng.next_u64();
                 let mut h = [0u8; 20];
                 h[..8].copy_from_slice(&seed.to_be_bytes());
                 h[12..20].copy_from_slice(&seed.rotate_left(29).to_be_bytes());

@@ -705,7 +705,7 @@ mod tests {
     #[test]
     fn outer_checksums_verify_for_any_fields() {
         let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
-        let mut next = move || rng.next();
+        let mut next = move || rng.next_u64();
         for round in 0..2000u64 {
             let r = next();
             let len = (r % 200) as usize;
@@ -903,7 +903,7 @@ mod tests {
     #[test]
     fn flow_hash_is_the_hash_of_its_key_bytes() {
         let mut rng = Rng::new(0x1234_5678_9abc_def0);
-        let mut next = move || rng.next() as u8;
+        let mut next = move || rng.next_u64() as u8;
         for len in 0..80usize {
             for variant in 0..40 {
                 let mut frame: Vec<u8> = (0..len).map(|_| next()).collect();

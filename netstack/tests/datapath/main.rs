@@ -12,6 +12,7 @@ use smoltcp::wire::{
     Icmpv4Packet, IpProtocol, Ipv4Address, Ipv4Cidr, Ipv4Packet,
 };
 use weft_netstack::base::ports::VXLAN_PORT;
+use weft_netstack::base::test_rng::Rng;
 use weft_netstack::base::{NicAddress, NicId, VlanId, Vni, MAX_FRAME_LEN};
 use weft_netstack::pipeline::datapath::OverlayPath;
 use weft_netstack::stage::overlay::config::{NetworkConfig, OverlayConfig, PeerConfig};
@@ -408,15 +409,9 @@ fn node_address_answers_remote_containers_through_their_peer() {
 fn frames_never_cross_networks() {
     let mut rig = Rig::resolved();
     rig.pin(vni(A), mac(12), P2, None);
-    let mut x: u32 = 0x2545_f491;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x
-    };
+    let mut rng = Rng::new(0x2545_f491);
     for i in 0..400u32 {
-        let r = next();
+        let r = rng.next_u64() as u32;
         let dst = match r % 4 {
             0 => EthernetAddress::BROADCAST,
             1 => mac(12),
@@ -773,18 +768,13 @@ fn large_frames_stay_one_per_datagram_and_mixed_sizes_keep_their_order() {
     assert_eq!(delivered, large);
     // Property-style: random sizes, every frame delivered once, in order, in no more
     // datagrams than frames and within the MTU (checked in `sleeve_burst`).
-    let mut seed = 0x9e37_79b9u32;
+    let mut rng = Rng::new(0x9e37_79b9);
     for round in 0..20u16 {
         let n = 1 + (round as usize * 3) % 50;
         let frames: Vec<Vec<u8>> = (0..n)
             .map(|i| {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                numbered(
-                    round * 64 + i as u16,
-                    60 + seed as usize % (14 + mtu - 60 + 1),
-                )
+                let len = 60 + rng.below((14 + mtu - 60 + 1) as u64) as usize;
+                numbered(round * 64 + i as u16, len)
             })
             .collect();
         let total: usize = frames.iter().map(|f| f.len() + 6).sum();

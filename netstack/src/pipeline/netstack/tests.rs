@@ -3,6 +3,7 @@
 //! counters as `status` shows them.
 
 use super::*;
+use crate::base::test_rng::Rng;
 use crate::base::MAX_FRAME_LEN;
 use crate::pipeline::counters::NicDrop;
 use crate::pipeline::nic::RX_BATCH;
@@ -218,17 +219,10 @@ fn garbage_frames_are_counted_drops() {
     assert_eq!(c.drops.other_host, 1);
 
     // Pseudo-random frames, broadcast or to our MAC, go to smoltcp, which copes.
-    let mut x: u32 = 0x1234_5678;
+    let mut rng = Rng::new(0x1234_5678);
     for i in 0..2_000usize {
         let len = 14 + i % 200;
-        let mut frame: Vec<u8> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let mut frame = rng.bytes(len);
         let dst = if i % 2 == 0 {
             EthernetAddress::BROADCAST
         } else {

@@ -604,10 +604,10 @@ fn incremental_checksums_equal_a_full_recompute_on_random_packets() {
     let mut rng = Rng::new(0x5eed_cafe_f00d_d00d);
     let mut nat = Nat::new(config(), 9);
     for i in 0..3000u32 {
-        let inside = Ipv4Address::from(0x0a51_0000 | (rng.next() as u32 & 0xffff));
-        let outside = Ipv4Address::from(0xcb00_7100 | (rng.next() as u32 & 0xff));
-        let (sp, dp) = (rng.next() as u16 | 1, rng.next() as u16 | 1);
-        let len = (rng.next() % 300) as usize;
+        let inside = Ipv4Address::from(0x0a51_0000 | (rng.next_u64() as u32 & 0xffff));
+        let outside = Ipv4Address::from(0xcb00_7100 | (rng.next_u64() as u32 & 0xff));
+        let (sp, dp) = (rng.next_u64() as u16 | 1, rng.next_u64() as u16 | 1);
+        let len = (rng.next_u64() % 300) as usize;
         let payload = rng.bytes(len);
         let l4 = match i % 3 {
             0 => L4::Tcp(sp, dp, SYN, &payload),
@@ -1095,17 +1095,17 @@ fn mutated_frames_never_panic_and_respect_the_capacity() {
     let mut rng = Rng::new(0xfeed_beef_1234_5678);
     let mut now = t(0);
     for _ in 0..100_000 {
-        let (side, base) = &seeds[(rng.next() % seeds.len() as u64) as usize];
+        let (side, base) = &seeds[(rng.next_u64() % seeds.len() as u64) as usize];
         let mut f = base.clone();
         // Mostly a few flipped bytes in the headers; sometimes a cut.
-        for _ in 0..(rng.next() % 4) {
-            let at = (rng.next() % f.len() as u64) as usize;
-            f[at] ^= 1 << (rng.next() % 8);
+        for _ in 0..(rng.next_u64() % 4) {
+            let at = (rng.next_u64() % f.len() as u64) as usize;
+            f[at] ^= 1 << (rng.next_u64() % 8);
         }
-        if rng.next().is_multiple_of(8) {
-            f.truncate((rng.next() % f.len() as u64) as usize);
+        if rng.next_u64().is_multiple_of(8) {
+            f.truncate((rng.next_u64() % f.len() as u64) as usize);
         }
-        let side = if rng.next().is_multiple_of(5) {
+        let side = if rng.next_u64().is_multiple_of(5) {
             match side {
                 NicId::Uplink => NicId::Link,
                 NicId::Link => NicId::Uplink,
@@ -1119,8 +1119,8 @@ fn mutated_frames_never_panic_and_respect_the_capacity() {
         let st = nat.stats();
         assert!(st.table_size <= 16);
         assert!(st.snat_mappings <= 2 * 8 * 3);
-        now += Duration::from_millis(rng.next() % 3000);
-        if rng.next().is_multiple_of(64) {
+        now += Duration::from_millis(rng.next_u64() % 3000);
+        if rng.next_u64().is_multiple_of(64) {
             nat.poll(now, 4);
         }
     }

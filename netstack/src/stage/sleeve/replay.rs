@@ -174,24 +174,24 @@ mod tests {
     /// Random walks against a model that remembers every accepted counter.
     #[test]
     fn matches_model() {
-        let mut rng = crate::stage::sleeve::test_rng::SplitMix64(0x5eed);
+        let mut rng = crate::base::test_rng::Rng::new(0x5eed);
         for round in 0..200 {
             let mut w = ReplayWindow::new();
             let mut seen = BTreeSet::new();
             let mut highest: Option<u64> = None;
-            let mut base = rng.next() % 1_000_000;
+            let mut base = rng.next_u64() % 1_000_000;
             for _ in 0..2000 {
                 // Mostly near the front, sometimes far behind, sometimes far ahead.
-                let r = rng.next();
+                let r = rng.next_u64();
                 let c = match r % 10 {
-                    0 => base.saturating_sub(rng.next() % (3 * WINDOW)),
+                    0 => base.saturating_sub(rng.next_u64() % (3 * WINDOW)),
                     1 => {
-                        base += rng.next() % (5 * WINDOW);
+                        base += rng.next_u64() % (5 * WINDOW);
                         base
                     }
                     _ => {
-                        base += rng.next() % 3;
-                        base.saturating_sub(rng.next() % 64)
+                        base += rng.next_u64() % 3;
+                        base.saturating_sub(rng.next_u64() % 64)
                     }
                 };
                 let expect = match highest {

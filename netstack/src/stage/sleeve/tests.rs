@@ -6,8 +6,8 @@ use alloc::vec::Vec;
 
 use smoltcp::time::{Duration, Instant};
 
-use super::test_rng::SplitMix64;
 use super::*;
+use crate::base::test_rng::Rng;
 use crate::base::Vni;
 use crate::wire::sleeve::{Packet, Repr, HEADER_LEN, MIN_MESSAGE_LEN};
 
@@ -230,12 +230,12 @@ fn reordering_inside_window_is_accepted_older_is_refused() {
 #[test]
 fn shuffled_within_window_all_open() {
     let (mut a, mut b) = pair(SessionConfig::default());
-    let mut rng = SplitMix64(7);
+    let mut rng = Rng::new(7);
     let mut msgs: Vec<(u32, Vec<u8>)> = (0..3000).map(|i| (i, seal_one(&mut a, i, t(0)))).collect();
     // Shuffle inside blocks of 1024 so no message is displaced by a whole window.
     for block in msgs.chunks_mut(1024) {
         for i in (1..block.len()).rev() {
-            block.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            block.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
     }
     for (i, msg) in &msgs {
@@ -435,11 +435,11 @@ fn readding_a_peer_starts_a_new_session() {
 /// (sender session, epoch, counter) is ever used twice, and the receiver opens all.
 #[test]
 fn counters_are_never_reused() {
-    let mut rng = SplitMix64(0xc0ffee);
+    let mut rng = Rng::new(0xc0ffee);
     for round in 0..10 {
         let config = SessionConfig {
-            rekey_after_packets: 1 + rng.next() % 20,
-            rekey_after_time: Duration::from_millis(1 + rng.next() % 500),
+            rekey_after_packets: 1 + rng.next_u64() % 20,
+            rekey_after_time: Duration::from_millis(1 + rng.next_u64() % 500),
             old_key_grace: Duration::from_secs(3600),
             ..SessionConfig::default()
         };
@@ -447,17 +447,17 @@ fn counters_are_never_reused() {
         let mut used = BTreeSet::new();
         let mut now = 0;
         for _ in 0..100 {
-            now += rng.next() % 100;
-            match rng.next() % 20 {
+            now += rng.next_u64() % 100;
+            match rng.next_u64() % 20 {
                 0 => {
                     a.remove_peer(B);
                     a.add_peer(B).unwrap();
                 }
                 _ => {
                     // Small frames keep the (unoptimised) test build fast; sizes matter little here.
-                    let n = 1 + (rng.next() % 8) as usize;
+                    let n = 1 + (rng.next_u64() % 8) as usize;
                     let f: Vec<Vec<u8>> = (0..n)
-                        .map(|i| frame_bytes(i as u32, 14 + (rng.next() % 300) as usize))
+                        .map(|i| frame_bytes(i as u32, 14 + (rng.next_u64() % 300) as usize))
                         .collect();
                     let frames: Vec<Frame<'_>> =
                         f.iter().map(|bytes| Frame { vni: vni(5), bytes }).collect();
@@ -626,14 +626,14 @@ fn truncated_and_garbage_never_panic() {
             "len {len}"
         );
     }
-    let mut rng = SplitMix64(99);
+    let mut rng = Rng::new(99);
     for i in 0..5000 {
-        let len = (rng.next() % 200) as usize;
-        let mut junk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let len = (rng.next_u64() % 200) as usize;
+        let mut junk: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         if i % 2 == 0 && len >= HEADER_LEN {
             // Plausible header from the known peer, random rest.
             junk[..HEADER_LEN].copy_from_slice(&msg[..HEADER_LEN]);
-            junk[20..28].copy_from_slice(&rng.next().to_be_bytes());
+            junk[20..28].copy_from_slice(&rng.next_u64().to_be_bytes());
         }
         assert!(b.open(&mut junk, t(0)).is_err());
     }

@@ -2,6 +2,7 @@
 //! `auto` choice by trusted subnets, and every way a sleeve frame is refused.
 
 use super::*;
+use crate::base::test_rng::Rng;
 use alloc::string::ToString;
 use smoltcp::wire::{IpAddress, UdpPacket};
 
@@ -199,19 +200,15 @@ fn truncated_and_garbage_sleeve_frames_never_deliver() {
     let mut a = node(1, "sleeve", SECRET, "");
     let mut b = node(2, "sleeve", SECRET, "");
     let frame = sealed_1_to_2(&mut a, t(0));
-    let mut seed = 0x1234_5678u32;
+    let mut rng = Rng::new(0x1234_5678);
     for cut in (0..frame.len()).rev() {
         let v = b.rx_uplink(t(0), &frame[..cut]);
         assert!(!matches!(v, OverlayVerdict::Forward(_)), "cut {cut}");
     }
     for _ in 0..500 {
         let mut g = frame.clone();
-        for b in g[sleeve_link::OUTER_LEN..].iter_mut() {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            *b = seed as u8;
-        }
+        let len = g.len() - sleeve_link::OUTER_LEN;
+        g[sleeve_link::OUTER_LEN..].copy_from_slice(&rng.bytes(len));
         let mut udp = UdpPacket::new_unchecked(&mut g[34..]);
         udp.fill_checksum(&IpAddress::Ipv4(N1), &IpAddress::Ipv4(N2));
         assert!(!matches!(b.rx_uplink(t(0), &g), OverlayVerdict::Forward(_)));
