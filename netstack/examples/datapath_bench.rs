@@ -6,13 +6,16 @@
 //! the same size in the same run), and established flows through the router: published
 //! port (DNAT), masquerade (SNAT) and a service VIP (LB), at 10 000 and 1 000 000 flows.
 //!
-//! `cargo run --release -p weft-netstack --example datapath_bench [-- PACKETS [FILTER]]`
+//! `cargo run --release -p weft-netstack --example datapath_bench [-- PACKETS [FILTER [REPEAT]]]`
 //!
-//! PACKETS (default 2 000 000) per case; FILTER picks the cases whose name contains it.
-//! Figures, never assertions about time.
+//! PACKETS (default 2 000 000) per case; FILTER picks the cases whose name contains it;
+//! REPEAT (default 1) runs the chosen cases that many times, one after the other in
+//! turn, and ends with each case's best and median: on a shared machine a ratio of two
+//! cases (sleeve beside raw AEAD) then compares runs spread over the same stretch of
+//! time. Figures, never assertions about time.
 
 use std::hint::black_box;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
@@ -53,9 +56,49 @@ fn steady(name: &str, begins: bool) {
     }
 }
 
+/// Every case's ns/packet of each repetition, in the order the cases first ran.
+static SAMPLES: Mutex<Vec<(String, Vec<f64>)>> = Mutex::new(Vec::new());
+
 fn report(name: &str, packets: u64, cpu: u64) {
     let ns = cpu as f64 / packets as f64;
     println!("{name:<34} {ns:>8.1} ns/packet {:>7.2} Mpps", 1e3 / ns);
+    let mut samples = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
+    match samples.iter_mut().find(|(n, _)| n == name) {
+        Some((_, v)) => v.push(ns),
+        None => samples.push((name.to_string(), vec![ns])),
+    }
+}
+
+/// Best and median of each case over the repetitions, and sleeve's share of raw AEAD
+/// speed (raw ns / sleeve ns) by both.
+fn summary() {
+    let samples = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
+    let stats = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2])
+    };
+    println!("\ncase                               best ns  median ns  runs");
+    for (name, v) in samples.iter() {
+        let (best, median) = stats(v);
+        println!("{name:<34} {best:>8.1} {median:>10.1} {:>5}", v.len());
+    }
+    let find = |name: &str| {
+        samples
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| stats(v))
+    };
+    for op in ["seal", "open"] {
+        let raw = find(&format!("raw aead {op} 1400B"));
+        if let (Some(raw), Some(sleeve)) = (raw, find(&format!("sleeve {op} 1400B"))) {
+            println!(
+                "sleeve {op} 1400B at {:.1} % of raw AEAD (best against best), {:.1} % (median against median)",
+                100.0 * raw.0 / sleeve.0,
+                100.0 * raw.1 / sleeve.1
+            );
+        }
+    }
 }
 
 /// The ports as the bench drives them: frames in on one side, out counted.
@@ -657,9 +700,18 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(2_000_000);
     let _ = FILTER.set(std::env::args().nth(2).unwrap_or_default());
+    let repeat: usize = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
     println!("{packets} packets per case, one core, thread CPU time");
-    bench_vxlan(packets);
-    bench_sleeve(packets);
-    bench_router(packets, 10_000, "10k");
-    bench_router(packets, 1_000_000, "1M");
+    for _ in 0..repeat {
+        bench_vxlan(packets);
+        bench_sleeve(packets);
+        bench_router(packets, 10_000, "10k");
+        bench_router(packets, 1_000_000, "1M");
+    }
+    if repeat > 1 {
+        summary();
+    }
 }
