@@ -189,15 +189,7 @@ pub fn malformed_burst(ep: Endpoints, seed: u64, n: usize) -> Burst {
             }
             13 => {
                 // An 802.1Q tag around garbage, and IPv6 garbage.
-                let mut f = eth(
-                    dst,
-                    src,
-                    if rng.below(2) as usize == 0 {
-                        0x8100
-                    } else {
-                        0x86dd
-                    },
-                );
+                let mut f = eth(dst, src, if rng.below(2) == 0 { 0x8100 } else { 0x86dd });
                 f.extend(bytes_between(&mut rng, 4, 80));
                 f
             }
@@ -207,7 +199,7 @@ pub fn malformed_burst(ep: Endpoints, seed: u64, n: usize) -> Burst {
             }
             _ => {
                 // Maximum-size frame of garbage behind a valid-looking IPv4 header.
-                let h = ipv4(ep.src_ip, ep.dst_ip, rng.below(256) as usize as u8, 1480, 0);
+                let h = ipv4(ep.src_ip, ep.dst_ip, rng.below(256) as u8, 1480, 0);
                 let mut f = eth(dst, src, 0x0800);
                 f.extend_from_slice(&h);
                 f.extend(rng.bytes(1480));
