@@ -1,13 +1,14 @@
 //! Internet checksum arithmetic: the one's complement sum ([`Sum`], RFC 1071) every
 //! checksum of the crate is computed with, its folding to 16 bits, the incremental
-//! update (RFC 1624) for header rewrites in place, and the UDP checksum over IPv4.
+//! update (RFC 1624) for header rewrites in place, the UDP checksum over IPv4, and the
+//! verification of a received outer IPv4/UDP header pair (VXLAN and sleeve).
 //!
 //! Owns only the arithmetic; it never decides which checksum a frame needs. The field
 //! sums of the incremental update come from smoltcp's `wire::checksum` (`data`,
 //! `combine`); [`Sum`] gives what smoltcp's `data` gives, eight bytes a step instead of
 //! two (the outer UDP checksum of every VXLAN frame covers the whole inner frame).
 
-use smoltcp::wire::checksum;
+use smoltcp::wire::{checksum, Ipv4Packet, UdpPacket};
 
 /// The new checksum field after the bytes `old` were replaced by `new` in the
 /// covered data. `old` and `new` have the same length and start at an even
@@ -178,6 +179,18 @@ pub fn udp_ipv4_sum(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
         + 17
         + udp.len() as u64;
     fold64(pseudo + u64::from(Sum::of(udp).value()))
+}
+
+/// Whether the IPv4 header of `ip` sums right, eight bytes a step.
+pub fn ipv4_header_verifies(ip: &Ipv4Packet<&[u8]>) -> bool {
+    Sum::of(&ip.as_ref()[..usize::from(ip.header_len())]).value() == 0xffff
+}
+
+/// Whether `udp` (its `len` bytes), carried over IPv4 from `src` to `dst`, has a right
+/// checksum or none (0, RFC 768), summed eight bytes a step.
+pub fn udp_ipv4_verifies(src: [u8; 4], dst: [u8; 4], udp: &UdpPacket<&[u8]>) -> bool {
+    let datagram = &udp.as_ref()[..usize::from(udp.len())];
+    udp.checksum() == 0 || udp_ipv4_sum(src, dst, datagram) == 0xffff
 }
 
 /// End-around carry of a 64-bit one's complement sum down to 16 bits.

@@ -406,7 +406,7 @@ pub fn decapsulate(frame: &[u8], dst_port: u16) -> Result<Decapsulated<'_>, Deca
     if ip.more_frags() || ip.frag_offset() != 0 {
         return Err(DecapError::OuterFragment);
     }
-    if Sum::of(&ip.as_ref()[..usize::from(ip.header_len())]).value() != 0xffff {
+    if !checksum::ipv4_header_verifies(&ip) {
         return Err(DecapError::BadOuterHeader);
     }
     let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
@@ -415,15 +415,8 @@ pub fn decapsulate(frame: &[u8], dst_port: u16) -> Result<Decapsulated<'_>, Deca
         return Err(DecapError::NotVxlan);
     }
     // What smoltcp's `UdpRepr::parse` checks beyond `new_checked`'s lengths, without
-    // its copy of the addresses: a destination port. The checksum is verified below
-    // (RFC 768: 0 means none), eight bytes a step.
-    if udp.dst_port() == 0 {
-        return Err(DecapError::BadOuterHeader);
-    }
-    let udp_bytes = &udp.as_ref()[..usize::from(udp.len())];
-    if udp.checksum() != 0
-        && checksum::udp_ipv4_sum(src_ip.octets(), dst_ip.octets(), udp_bytes) != 0xffff
-    {
+    // its copy of the addresses: a destination port, and the checksum.
+    if udp.dst_port() == 0 || !checksum::udp_ipv4_verifies(src_ip.octets(), dst_ip.octets(), &udp) {
         return Err(DecapError::BadOuterHeader);
     }
     let vxlan = Packet::new_checked(udp.payload()).map_err(DecapError::Vxlan)?;

@@ -25,7 +25,7 @@ use crate::stage::sleeve::{
     self, AeadKey, Epoch, Frame, KeyId, KeySource, OpenError, PskKeySource, SealError, Session,
     SessionConfig, SessionId, Sleeve, SleeveMetrics, TlsKeySource,
 };
-use crate::wire::checksum::{self, Sum};
+use crate::wire::checksum;
 use crate::wire::sleeve::Records;
 use crate::wire::vxlan;
 
@@ -144,16 +144,11 @@ pub fn parse_outer(frame: &[u8]) -> Result<Received<'_>, OuterError> {
     if ip.more_frags() || ip.frag_offset() != 0 {
         return Err(OuterError::OuterFragment);
     }
-    if Sum::of(&ip.as_ref()[..usize::from(ip.header_len())]).value() != 0xffff {
-        return Err(OuterError::BadOuterHeader);
-    }
     let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
     // What smoltcp's `UdpRepr::parse` checks beyond `new_checked`'s lengths (the
-    // destination port is SLEEVE_PORT, so not 0): the checksum (RFC 768: 0 means none),
-    // here eight bytes a step, as VXLAN's decapsulation does.
-    let udp_bytes = &udp.as_ref()[..usize::from(udp.len())];
-    if udp.checksum() != 0
-        && checksum::udp_ipv4_sum(src_ip.octets(), dst_ip.octets(), udp_bytes) != 0xffff
+    // destination port is SLEEVE_PORT, so not 0): the checksum.
+    if !checksum::ipv4_header_verifies(&ip)
+        || !checksum::udp_ipv4_verifies(src_ip.octets(), dst_ip.octets(), &udp)
     {
         return Err(OuterError::BadOuterHeader);
     }
