@@ -65,26 +65,27 @@ impl ConfigurationAccess for PortCam {
 const MEMORY_WINDOW: Range<u64> = 0xc000_0000..0xfec0_0000;
 const IO_WINDOW: Range<u64> = 0xc000..0x1_0000;
 
-/// The next free address of each window.
+/// What is still free of each window.
 struct Windows {
-    memory: u64,
-    io: u64,
+    memory: Range<u64>,
+    io: Range<u64>,
 }
 
 impl Windows {
     fn new() -> Windows {
         Windows {
-            memory: MEMORY_WINDOW.start,
-            io: IO_WINDOW.start,
+            memory: MEMORY_WINDOW,
+            io: IO_WINDOW,
         }
     }
 
-    /// `size` bytes aligned to `size` (a BAR's size is a power of two), if they fit.
-    fn take(next: &mut u64, window: &Range<u64>, size: u64) -> Option<u64> {
-        let at = next.checked_next_multiple_of(size.max(16))?;
+    /// `size` bytes of `free` aligned to `size` (a BAR's size is a power of two), if
+    /// they fit; `free` then starts after them.
+    fn take(free: &mut Range<u64>, size: u64) -> Option<u64> {
+        let at = free.start.checked_next_multiple_of(size.max(16))?;
         let end = at.checked_add(size)?;
-        (end <= window.end).then(|| {
-            *next = end;
+        (end <= free.end).then(|| {
+            free.start = end;
             at
         })
     }
@@ -110,7 +111,7 @@ fn assign_bars(root: &mut PciRoot<PortCam>, function: DeviceFunction, windows: &
                 address_type,
                 ..
             }) if address_type != MemoryBarType::Below1MiB => {
-                let Some(address) = Windows::take(&mut windows.memory, &MEMORY_WINDOW, size) else {
+                let Some(address) = Windows::take(&mut windows.memory, size) else {
                     log::error!("{at}: no room for BAR {index} ({size} bytes)");
                     continue;
                 };
@@ -121,7 +122,7 @@ fn assign_bars(root: &mut PciRoot<PortCam>, function: DeviceFunction, windows: &
                 log::debug!("{at}: BAR {index} at {address:#x} ({size} bytes)");
             }
             Some(BarInfo::IO { address: 0, size }) => {
-                let Some(port) = Windows::take(&mut windows.io, &IO_WINDOW, u64::from(size)) else {
+                let Some(port) = Windows::take(&mut windows.io, u64::from(size)) else {
                     log::error!("{at}: no room for I/O BAR {index} ({size} ports)");
                     continue;
                 };
