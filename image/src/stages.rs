@@ -132,10 +132,16 @@ impl Summary {
     }
 }
 
+/// Every command of a run builds without incremental state: a run compiles each crate
+/// once, and the state cargo would keep for a next compile is gigabytes of disk.
+fn without_incremental(cmd: &mut Command) -> &mut Command {
+    cmd.env("CARGO_INCREMENTAL", "0")
+}
+
 fn run_stage(action: Action) -> Result<()> {
     match action {
         Action::Run(mut cmd) => {
-            let status = cmd.status()?;
+            let status = without_incremental(&mut cmd).status()?;
             if !status.success() {
                 bail!("{status}");
             }
@@ -148,7 +154,9 @@ fn run_stage(action: Action) -> Result<()> {
         }
         Action::RunAlone(mut cmd) => {
             let token = format!("{}-{}", std::process::id(), unix_nanos());
-            let status = cmd.env(RUN_MARKER, &token).status()?;
+            let status = without_incremental(&mut cmd)
+                .env(RUN_MARKER, &token)
+                .status()?;
             let left = leftovers(&token, Duration::from_secs(10));
             if !left.is_empty() {
                 println!("==> processes the tests left running (killed now):");
