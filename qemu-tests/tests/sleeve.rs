@@ -188,6 +188,13 @@ fn two_wefts_in_sleeve_mode_carry_nothing_in_the_clear() {
         .filter(|f| udp_dst_port(f) == Some(6783))
         .collect();
     assert!(sleeve.len() >= 6, "{} sleeve frames", sleeve.len());
+    // The outer UDP checksum is left to the tag (0, docs/sleeve.md "Transport"); the
+    // IPv4 header's is right.
+    for f in &sleeve {
+        assert_eq!(f[40..42], [0, 0], "a sleeve datagram with a UDP checksum");
+        let ip = smoltcp::wire::Ipv4Packet::new_checked(&f[14..]).expect("an IPv4 header");
+        assert!(ip.verify_checksum(), "a sleeve datagram's IPv4 checksum");
+    }
     assert!(
         !frames.iter().any(|f| udp_dst_port(f) == Some(4789)),
         "VXLAN on a sleeve network"

@@ -73,7 +73,8 @@ pub struct GridConfig {
     /// The outer DF bit (Linux's default: unset).
     #[serde(default)]
     pub df: DfPolicy,
-    /// Send outer UDP checksums (Linux's `udpcsum`, its default); zero when false.
+    /// Send VXLAN's outer UDP checksums (Linux's `udpcsum`, its default); zero when
+    /// false. Sleeve never sends one: its tag covers the datagram (docs/sleeve.md).
     #[serde(default = "default_true")]
     pub udp_checksum: bool,
     /// The pre-shared grid secret that sleeve keys derive from (docs/sleeve.md); shown

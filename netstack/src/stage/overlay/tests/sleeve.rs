@@ -130,6 +130,44 @@ fn sleeve_round_trip_hides_the_inner_frame() {
     assert_eq!(a.status(now).sleeve.unwrap().sealed_messages, 1);
 }
 
+/// Sleeve sends no outer UDP checksum (the tag covers what it would); a receiver opens
+/// a datagram without one and one with a right one (as an older sender wrote it), and
+/// refuses one whose checksum is wrong before it spends a decryption on it.
+#[test]
+fn the_outer_udp_checksum_is_left_to_the_tag_and_verified_when_sent() {
+    let mut a = node(1, "sleeve", SECRET, "");
+    let mut b = node(2, "sleeve", SECRET, "");
+    let first = sealed_1_to_2(&mut a, t(0));
+    let udp = UdpPacket::new_checked(&first[34..]).unwrap();
+    assert_eq!(udp.checksum(), 0);
+    assert!(Ipv4Packet::new_checked(&first[14..])
+        .unwrap()
+        .verify_checksum());
+    assert!(matches!(
+        b.rx_uplink(t(0), &first),
+        OverlayVerdict::Forward(_)
+    ));
+
+    let mut second = uplink(a.rx_link(t(0), vni(), &inner(C2, 100))).remove(0);
+    UdpPacket::new_unchecked(&mut second[34..])
+        .fill_checksum(&IpAddress::Ipv4(N1), &IpAddress::Ipv4(N2));
+    assert_ne!(UdpPacket::new_unchecked(&second[34..]).checksum(), 0);
+    let mut wrong = second.clone();
+    wrong[40] ^= 0x01;
+    assert_eq!(
+        b.rx_uplink(t(0), &wrong),
+        OverlayVerdict::Drop(OverlayDrop::BadOuterHeader)
+    );
+    assert!(matches!(
+        b.rx_uplink(t(0), &second),
+        OverlayVerdict::Forward(_)
+    ));
+    let st = b.status(t(0));
+    assert_eq!(st.drops.bad_outer_header, 1);
+    let sl = st.sleeve.unwrap();
+    assert_eq!((sl.opened_messages, sl.drops.auth_failed), (2, 0));
+}
+
 #[test]
 fn replayed_frame_is_dropped_and_counted() {
     let mut a = node(1, "sleeve", SECRET, "");
