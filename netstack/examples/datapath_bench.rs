@@ -199,7 +199,8 @@ fn run(
 }
 
 /// As [`run`], over prepared frames taken in order, with what is left of CPU time after
-/// the untimed preparation of each chunk (`prepare(chunk)` builds the next frames).
+/// the untimed preparation of each chunk (`prepare(chunk)` builds the next frames) and
+/// its untimed injection into the port (the device's part).
 fn run_chunks(
     name: &str,
     packets: u64,
