@@ -162,15 +162,6 @@ impl Sum {
     }
 }
 
-/// The UDP checksum field (RFC 768) of `udp` (header and payload, its checksum field
-/// counted as it is) sent from `src` to `dst` over IPv4. A computed 0 is sent as 0xFFFF.
-pub fn udp_ipv4(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
-    match !udp_ipv4_sum(src, dst, udp) {
-        0 => 0xffff,
-        c => c,
-    }
-}
-
 /// The one's complement sum over the IPv4 pseudo-header and `udp`; 0xFFFF when the
 /// checksum in it is right.
 pub fn udp_ipv4_sum(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
@@ -310,18 +301,28 @@ mod tests {
         use smoltcp::wire::{IpAddress, Ipv4Address, UdpPacket};
         let (src, dst) = ([192, 0, 2, 1], [198, 51, 100, 7]);
         let mut rng = Rng::new(7);
+        let (s, d) = (
+            IpAddress::Ipv4(Ipv4Address::from(src)),
+            IpAddress::Ipv4(Ipv4Address::from(dst)),
+        );
         for len in [8usize, 9, 20, 63, 64, 1400] {
             let mut udp = rng.bytes(len);
             let mut packet = UdpPacket::new_unchecked(&mut udp[..]);
             packet.set_len(len as u16);
-            packet.set_checksum(0);
-            let check = udp_ipv4(src, dst, packet.as_ref());
-            packet.set_checksum(check);
-            let (s, d) = (Ipv4Address::from(src), Ipv4Address::from(dst));
-            assert!(packet.verify_checksum(&IpAddress::Ipv4(s), &IpAddress::Ipv4(d)));
-            packet.fill_checksum(&IpAddress::Ipv4(s), &IpAddress::Ipv4(d));
-            assert_eq!(packet.checksum(), check, "len {len}");
-            assert_eq!(udp_ipv4_sum(src, dst, packet.as_ref()), 0xffff);
+            packet.fill_checksum(&s, &d);
+            assert_eq!(udp_ipv4_sum(src, dst, packet.as_ref()), 0xffff, "len {len}");
+            assert!(udp_ipv4_verifies(
+                src,
+                dst,
+                &UdpPacket::new_unchecked(&udp[..])
+            ));
+            // The source port one off: the sum moves by 256, never to a right one.
+            udp[0] ^= 0x01;
+            assert!(!udp_ipv4_verifies(
+                src,
+                dst,
+                &UdpPacket::new_unchecked(&udp[..])
+            ));
         }
     }
 }
