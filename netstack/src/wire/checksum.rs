@@ -164,7 +164,7 @@ impl Sum {
 
 /// The one's complement sum over the IPv4 pseudo-header and `udp`; 0xFFFF when the
 /// checksum in it is right.
-pub fn udp_ipv4_sum(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
+fn udp_ipv4_sum(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
     let pseudo = u64::from(u32::from_be_bytes(src))
         + u64::from(u32::from_be_bytes(dst))
         + 17
