@@ -22,7 +22,7 @@ use weft_peer::keys::TlsKeys;
 use crate::base::ports::SLEEVE_PORT;
 use crate::base::{NodeId, Vni};
 use crate::stage::sleeve::{
-    self, AeadKey, Epoch, Frame, KeyId, KeySource, OpenError, PskKeySource, SealError, Session,
+    self, AeadKey, Epoch, KeyId, KeySource, OpenError, PskKeySource, SealError, Session,
     SessionConfig, SessionId, Sleeve, SleeveMetrics, TlsKeySource,
 };
 use crate::wire::checksum;
@@ -285,24 +285,6 @@ impl SleeveLink {
 
     pub fn next_session(&self) -> Option<SessionId> {
         self.sleeve.next_session()
-    }
-
-    /// Seal `frames` of network `vni` for `peer` into complete underlay frames.
-    pub fn seal(
-        &mut self,
-        peer: NodeId,
-        outer: &OuterAddrs,
-        vni: Vni,
-        frames: &[&[u8]],
-        now: Instant,
-    ) -> Result<Vec<Vec<u8>>, SealError> {
-        let records: Vec<Frame<'_>> = frames.iter().map(|bytes| Frame { vni, bytes }).collect();
-        let mut messages = self.sleeve.seal(peer, &records, now)?;
-        self.sealed_for(peer);
-        for m in &mut messages {
-            self.write_outer(outer, m);
-        }
-        Ok(messages)
     }
 
     /// With TLS keys, the sending chain of `peer` moves past the epoch just used
