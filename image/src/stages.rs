@@ -148,7 +148,7 @@ fn run_stage(action: Action) -> Result<()> {
             Ok(())
         }
         Action::BuildImage(profile) => {
-            let img = build::build_image(profile)?;
+            let img = build::build_image_once(profile)?;
             println!("image {} ({} bytes)", img.path.display(), img.size_bytes);
             Ok(())
         }
