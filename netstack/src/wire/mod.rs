@@ -1,5 +1,6 @@
 //! Bytes only, in smoltcp's style: a `Packet<T>` view with a private `field` module and a
-//! `Repr` for the formats smoltcp lacks (VXLAN, sleeve), 802.1Q tags, the L4 facts of a
+//! `Repr` for the formats smoltcp lacks (VXLAN, sleeve), the outer headers both tunnels
+//! arrive in, 802.1Q tags, the L4 facts of a
 //! frame and their rewrite with incremental checksums, the ICMP errors the appliance
 //! sends, the probe frames (ARP who-has, ICMP echo), and the offloads done in software:
 //! checksums over payloads (`sum`), TCP segmentation (`tso`) and merging (`gro`).
@@ -12,6 +13,7 @@ pub mod checksum;
 pub mod gro;
 pub mod icmp_error;
 pub mod l4;
+pub mod outer;
 pub mod probe;
 pub mod rewrite;
 pub mod sleeve;

@@ -11,13 +11,14 @@ use core::fmt;
 use alloc::vec::Vec;
 use byteorder::{ByteOrder, NetworkEndian};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Address, Ipv4Packet,
-    UdpPacket, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN,
+    EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Address, Ipv4Packet, ETHERNET_HEADER_LEN,
+    IPV4_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 use crate::base::Vni;
 use crate::wire::buffer::PacketBuf;
 use crate::wire::checksum::{self, Sum};
+use crate::wire::outer::{self, OuterError};
 
 /// Length of the VXLAN header.
 pub const HEADER_LEN: usize = field::RESERVED2 + 1;
@@ -395,39 +396,19 @@ pub enum DecapError {
 /// uplink. `dst_port` is the configured VXLAN port. Checksums are verified (the UDP one
 /// only when non-zero, RFC 768). Nothing here looks at VNIs or senders: `overlay` does.
 pub fn decapsulate(frame: &[u8], dst_port: u16) -> Result<Decapsulated<'_>, DecapError> {
-    let eth = EthernetFrame::new_checked(frame).map_err(|_| DecapError::NotVxlan)?;
-    if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return Err(DecapError::NotVxlan);
-    }
-    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DecapError::BadOuterHeader)?;
-    if ip.version() != 4 || ip.next_header() != IpProtocol::Udp {
-        return Err(DecapError::NotVxlan);
-    }
-    if ip.more_frags() || ip.frag_offset() != 0 {
-        return Err(DecapError::OuterFragment);
-    }
-    if !checksum::ipv4_header_verifies(&ip) {
-        return Err(DecapError::BadOuterHeader);
-    }
-    let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
-    let udp = UdpPacket::new_checked(ip.payload()).map_err(|_| DecapError::BadOuterHeader)?;
-    if udp.dst_port() != dst_port {
-        return Err(DecapError::NotVxlan);
-    }
-    // What smoltcp's `UdpRepr::parse` checks beyond `new_checked`'s lengths, without
-    // its copy of the addresses: a destination port, and the checksum.
-    if udp.dst_port() == 0 || !checksum::udp_ipv4_verifies(src_ip.octets(), dst_ip.octets(), &udp) {
-        return Err(DecapError::BadOuterHeader);
-    }
-    let vxlan = Packet::new_checked(udp.payload()).map_err(DecapError::Vxlan)?;
+    let outer = outer::udp_to_port(frame, dst_port).map_err(|e| match e {
+        OuterError::NotForPort => DecapError::NotVxlan,
+        OuterError::BadHeader => DecapError::BadOuterHeader,
+        OuterError::Fragment => DecapError::OuterFragment,
+    })?;
+    let vxlan = Packet::new_checked(outer.payload).map_err(DecapError::Vxlan)?;
     let repr = Repr::parse(&vxlan).map_err(DecapError::Vxlan)?;
-    let inner_at = ETHERNET_HEADER_LEN + usize::from(ip.header_len()) + UDP_HEADER_LEN + HEADER_LEN;
     Ok(Decapsulated {
-        inner_at,
-        outer_src_mac: eth.src_addr(),
-        src_ip,
-        dst_ip,
-        src_port: udp.src_port(),
+        inner_at: outer.payload_at + HEADER_LEN,
+        outer_src_mac: outer.src_mac,
+        src_ip: outer.src_ip,
+        dst_ip: outer.dst_ip,
+        src_port: outer.src_port,
         vni: repr.vni,
         inner: vxlan.payload(),
     })
@@ -548,6 +529,7 @@ mod tests {
     use crate::base::ports::VXLAN_PORT;
     use crate::base::test_rng::Rng;
     use alloc::vec;
+    use smoltcp::wire::UdpPacket;
 
     /// An ARP request for 10.81.1.2 sent by Linux 6.18's `vxlan` device (VNI 42, dstport
     /// 4789, `noudpcsum`), captured with tcpdump on the underlay veth.

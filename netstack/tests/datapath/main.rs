@@ -11,7 +11,7 @@ use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     Icmpv4Packet, IpProtocol, Ipv4Address, Ipv4Cidr, Ipv4Packet,
 };
-use weft_netstack::base::ports::VXLAN_PORT;
+use weft_netstack::base::ports::{SLEEVE_PORT, VXLAN_PORT};
 use weft_netstack::base::test_rng::Rng;
 use weft_netstack::base::{NicAddress, NicId, VlanId, Vni, MAX_FRAME_LEN};
 use weft_netstack::pipeline::datapath::OverlayPath;
@@ -719,8 +719,8 @@ fn sleeve_burst(rig: &mut Rig, peer: &mut Overlay, frames: &[Vec<u8>]) -> (usize
     assert_eq!(rig.link.pending_rx(), 0, "one poll took the burst");
     let mut delivered = Vec::new();
     for d in &up {
-        let r = weft_netstack::stage::overlay::sleeve_link::parse_outer(d)
-            .expect("sleeve to port 6783");
+        let r =
+            weft_netstack::wire::outer::udp_to_port(d, SLEEVE_PORT).expect("sleeve to port 6783");
         assert_eq!((r.src_ip, r.dst_ip), (UPLINK_IP, P2));
         // Nothing exceeds the underlay MTU: 1500 bytes of IP (1450 + VXLAN's 50).
         assert!(d.len() - 14 <= 1500, "{} bytes of IP", d.len() - 14);

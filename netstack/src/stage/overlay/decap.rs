@@ -9,11 +9,12 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetFrame, Ipv4Address};
 
 use super::encap::{encap, Encap};
-use super::sleeve_link::{self, OuterError};
 use super::{Egress, Overlay, OverlayDrop, OverlayVerdict, Step};
+use crate::base::ports::SLEEVE_PORT;
 use crate::base::Vni;
 use crate::table::fdb::Location;
 use crate::wire::buffer::PacketBuf;
+use crate::wire::outer::{self, OuterError};
 use crate::wire::sleeve::{Records, HEADER_LEN, TAG_LEN};
 use crate::wire::vlan;
 use crate::wire::vxlan::{self, DecapError};
@@ -69,17 +70,17 @@ impl Overlay {
 
     fn decap_buf(&mut self, now: Instant, buf: &mut PacketBuf, vni_out: &mut Option<Vni>) -> Step {
         if self.sleeve.is_some() {
-            match sleeve_link::parse_outer(buf.frame()) {
+            match outer::udp_to_port(buf.frame(), SLEEVE_PORT) {
                 Ok(rx) => {
                     let (src, dst, at, len) =
                         (rx.src_ip, rx.dst_ip, rx.payload_at, rx.payload.len());
                     return self.decap_sleeve(now, buf, (src, dst), at..at + len, vni_out);
                 }
-                Err(OuterError::NotSleeve) => {}
-                Err(OuterError::BadOuterHeader) => {
+                Err(OuterError::NotForPort) => {}
+                Err(OuterError::BadHeader) => {
                     return Step::Verdict(self.drop(None, OverlayDrop::BadOuterHeader))
                 }
-                Err(OuterError::OuterFragment) => {
+                Err(OuterError::Fragment) => {
                     return Step::Verdict(self.drop(None, OverlayDrop::OuterFragment))
                 }
             }

@@ -13,7 +13,7 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Address,
-    Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, UDP_HEADER_LEN,
+    Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
 
 use weft_peer::config::Auth;
@@ -25,7 +25,6 @@ use crate::stage::sleeve::{
     self, AeadKey, Epoch, KeyId, KeySource, OpenError, PskKeySource, SealError, Session,
     SessionConfig, SessionId, Sleeve, SleeveMetrics, TlsKeySource,
 };
-use crate::wire::checksum;
 use crate::wire::sleeve::Records;
 use crate::wire::vxlan;
 
@@ -104,60 +103,6 @@ impl From<&SleeveMetrics> for SleeveStatus {
             },
         }
     }
-}
-
-/// A received frame's outer IPv4/UDP, when it is UDP to [`SLEEVE_PORT`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Received<'a> {
-    pub src_ip: Ipv4Address,
-    pub dst_ip: Ipv4Address,
-    pub payload: &'a [u8],
-    /// Where `payload` starts in the frame.
-    pub payload_at: usize,
-}
-
-/// Why an underlay frame to the sleeve port was not taken apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OuterError {
-    /// Not IPv4/UDP to the sleeve port: for VXLAN or the rest of the stack.
-    NotSleeve,
-    /// Outer IPv4/UDP truncated, inconsistent or with a bad checksum.
-    BadOuterHeader,
-    /// An outer IPv4 fragment (not reassembled, as VXLAN).
-    OuterFragment,
-}
-
-/// The outer headers of `frame` when it is UDP to the sleeve port; checksums verified.
-pub fn parse_outer(frame: &[u8]) -> Result<Received<'_>, OuterError> {
-    let eth = EthernetFrame::new_checked(frame).map_err(|_| OuterError::NotSleeve)?;
-    if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return Err(OuterError::NotSleeve);
-    }
-    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| OuterError::NotSleeve)?;
-    if ip.version() != 4 || ip.next_header() != IpProtocol::Udp {
-        return Err(OuterError::NotSleeve);
-    }
-    let udp = UdpPacket::new_checked(ip.payload()).map_err(|_| OuterError::NotSleeve)?;
-    if udp.dst_port() != SLEEVE_PORT {
-        return Err(OuterError::NotSleeve);
-    }
-    if ip.more_frags() || ip.frag_offset() != 0 {
-        return Err(OuterError::OuterFragment);
-    }
-    let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
-    // What smoltcp's `UdpRepr::parse` checks beyond `new_checked`'s lengths (the
-    // destination port is SLEEVE_PORT, so not 0): the checksum.
-    if !checksum::ipv4_header_verifies(&ip)
-        || !checksum::udp_ipv4_verifies(src_ip.octets(), dst_ip.octets(), &udp)
-    {
-        return Err(OuterError::BadOuterHeader);
-    }
-    Ok(Received {
-        src_ip,
-        dst_ip,
-        payload: udp.payload(),
-        payload_at: ETHERNET_HEADER_LEN + usize::from(ip.header_len()) + UDP_HEADER_LEN,
-    })
 }
 
 /// The frames of one opened message: each network's number and the frame.
