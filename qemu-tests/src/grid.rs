@@ -101,6 +101,12 @@ pub fn two_on_underlay(
     (w1, w2, ul)
 }
 
+/// The overlay MTU over the tests' 1500-byte underlay: VXLAN's, what `[grid] mtu`
+/// defaults to.
+pub const VXLAN_MTU: u16 = weft_netstack::stage::overlay::config::DEFAULT_MTU;
+/// A sleeve network's MTU over the same underlay: VXLAN's less what sleeve adds.
+pub const SLEEVE_MTU: u16 = VXLAN_MTU - weft_netstack::stage::overlay::sleeve_link::EXTRA_OVERHEAD;
+
 /// Sets the MTU of each VM's container end (the overlay's MTU: the underlay's less what
 /// the encapsulation adds).
 pub fn set_ctr_mtu(vms: &[&TestVm], mtu: u16) {
@@ -377,7 +383,7 @@ impl Container {
         name: &str,
         vlan: Option<u16>,
         cidr: &str,
-        mtu: u32,
+        mtu: u16,
     ) -> Result<Container> {
         Container::attach_to(&vm.topo, name, vlan, cidr, mtu)
     }
@@ -388,7 +394,7 @@ impl Container {
         name: &str,
         vlan: Option<u16>,
         cidr: &str,
-        mtu: u32,
+        mtu: u16,
     ) -> Result<Container> {
         let ns = Netns::create(name)?;
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
@@ -472,7 +478,7 @@ pub struct LinuxVtep {
 impl LinuxVtep {
     /// Host `<prefix>-lx` at `underlay_cidr` on the underlay, `vx0` (VNI `vni`, UDP
     /// 4789, no learning) flooding to `peers`, bridged to `<prefix>-lc` whose `eth0`
-    /// has `ctr_cidr` (MTU 1450, as the vxlan device has).
+    /// has `ctr_cidr` (MTU [`VXLAN_MTU`], as the vxlan device has).
     pub fn create(
         underlay: &mut Underlay,
         underlay_cidr: &str,
@@ -538,7 +544,10 @@ impl LinuxVtep {
                 peer,
             ]))?;
         }
-        ip(&ctr, &["link", "set", "eth0", "mtu", "1450", "up"])?;
+        ip(
+            &ctr,
+            &["link", "set", "eth0", "mtu", &VXLAN_MTU.to_string(), "up"],
+        )?;
         ip(&ctr, &["addr", "add", ctr_cidr, "dev", "eth0"])?;
         Ok(LinuxVtep {
             underlay_addr: local.to_string(),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use weft_qemu_tests::agent::{fqdn, node_file, AgentHost, Etcd};
 use weft_qemu_tests::dns::{dig, dig_until};
-use weft_qemu_tests::grid::{weft_ctl, Container, Underlay};
+use weft_qemu_tests::grid::{weft_ctl, Container, Underlay, VXLAN_MTU};
 use weft_qemu_tests::mac_of;
 
 /// The lease time the agents run with (the default).
@@ -251,7 +251,7 @@ fn three_hosts_follow_one_grid_through_failures() {
         &format!("{}-l", &h1.topo.names.hv_ns[..9]),
         None,
         &format!("{late_addr}/16"),
-        1450,
+        VXLAN_MTU,
     )
     .expect("late container");
     late.ns

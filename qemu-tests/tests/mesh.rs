@@ -16,7 +16,7 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 use weft_image::netns::Netns;
 use weft_image::qemu::Machine;
-use weft_qemu_tests::grid::{two_on_underlay, Container};
+use weft_qemu_tests::grid::{two_on_underlay, Container, VXLAN_MTU};
 use weft_qemu_tests::socat::Socat;
 use weft_qemu_tests::TestVm;
 
@@ -167,16 +167,30 @@ fn the_routing_mesh_spreads_a_vip_over_both_hosts_and_publishes_it_on_a_host_wit
     // Backends: b1 on A and b2 on B on the untagged network "grid"; b3 on B on network
     // n2, VLAN 300 on B's link.
     let p = &ul.prefix;
-    let b1 = Container::attach(&w1, &format!("{p}b1"), None, "10.81.128.21/16", 1450).expect("b1");
-    let b2 = Container::attach(&w2, &format!("{p}b2"), None, "10.81.128.22/16", 1450).expect("b2");
-    let b3 =
-        Container::attach(&w2, &format!("{p}b3"), Some(300), "10.81.128.23/16", 1450).expect("b3");
+    let b1 =
+        Container::attach(&w1, &format!("{p}b1"), None, "10.81.128.21/16", VXLAN_MTU).expect("b1");
+    let b2 =
+        Container::attach(&w2, &format!("{p}b2"), None, "10.81.128.22/16", VXLAN_MTU).expect("b2");
+    let b3 = Container::attach(
+        &w2,
+        &format!("{p}b3"),
+        Some(300),
+        "10.81.128.23/16",
+        VXLAN_MTU,
+    )
+    .expect("b3");
     // Each container's gateway is its own node's address.
     for (c, gw) in [(&b1, NODE1), (&b2, "10.81.0.2"), (&b3, "10.81.0.2")] {
         c.ns.ip(&["route", "add", "default", "via", gw]).unwrap();
     }
     w1.ctr()
-        .ip(&["link", "set", &w1.topo.names.ctr_veth, "mtu", "1450"])
+        .ip(&[
+            "link",
+            "set",
+            &w1.topo.names.ctr_veth,
+            "mtu",
+            &VXLAN_MTU.to_string(),
+        ])
         .unwrap();
     let _servers = [
         serve(&b1.ns, "b1"),

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use weft_appliance::protocol::NicOffloads;
 use weft_image::qemu::Machine;
 use weft_qemu_tests::frames::{self, Endpoints, VnetHdr};
-use weft_qemu_tests::grid::{iperf3, set_ctr_mtu, two_on_underlay, weft_ctl};
+use weft_qemu_tests::grid::{iperf3, set_ctr_mtu, two_on_underlay, weft_ctl, VXLAN_MTU};
 use weft_qemu_tests::tshark::Tshark;
 use weft_qemu_tests::{mac_of, TestVm, LINK_ADDR};
 
@@ -80,7 +80,7 @@ fn iperf3_over_vxlan(test: &str, append: &str) -> NicOffloads {
         ["10.81.128.11/16", "10.81.128.12/16"],
         Some(append),
     );
-    set_ctr_mtu(&[&w1, &w2], 1450);
+    set_ctr_mtu(&[&w1, &w2], VXLAN_MTU);
     w1.apply_json(&document(1, 2));
     w2.apply_json(&document(2, 1));
     let (c1, c2) = (w1.ctr(), w2.ctr());

@@ -28,7 +28,7 @@ use weft_image::netns::{http_get, Netns};
 use weft_image::qemu::Machine;
 use weft_qemu_tests::agent::AgentHost;
 use weft_qemu_tests::grid::{
-    iperf3, set_ctr_mtu, two_on_underlay, weft_binary, weft_ctl, Underlay,
+    iperf3, set_ctr_mtu, two_on_underlay, weft_binary, weft_ctl, Underlay, SLEEVE_MTU, VXLAN_MTU,
 };
 use weft_qemu_tests::tshark::Tshark;
 use weft_qemu_tests::{TestVm, LINK_ADDR};
@@ -240,7 +240,7 @@ fn captures_on_link_overlay_and_uplink_decode_in_tshark() {
         ["10.81.128.11/16", "10.81.128.12/16"],
         None,
     );
-    set_ctr_mtu(&[&w1, &w2], 1408);
+    set_ctr_mtu(&[&w1, &w2], SLEEVE_MTU);
     for (vm, n, o) in [(&w1, 1, 2), (&w2, 2, 1)] {
         let file = sleeve_config(vm, n, o);
         let (code, out, err) = weft_ctl(&vm.control, &["apply", file.to_str().unwrap()]);
@@ -419,7 +419,13 @@ fn capture_under_iperf3_accounts_for_every_frame() {
     );
     for (vm, n, o) in [(&w1, 1, 2), (&w2, 2, 1)] {
         vm.ctr()
-            .ip(&["link", "set", &vm.topo.names.ctr_veth, "mtu", "1450"])
+            .ip(&[
+                "link",
+                "set",
+                &vm.topo.names.ctr_veth,
+                "mtu",
+                &VXLAN_MTU.to_string(),
+            ])
             .unwrap();
         let file = vxlan_config(vm, n, o);
         let (code, out, err) = weft_ctl(&vm.control, &["apply", file.to_str().unwrap()]);

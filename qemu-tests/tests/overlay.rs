@@ -13,7 +13,7 @@ use weft_control::client::Client;
 use weft_image::netns::Netns;
 use weft_image::qemu::Machine;
 use weft_qemu_tests::grid::{
-    iperf3, set_ctr_mtu, two_on_underlay, weft_ctl, Container, LinuxVtep, Underlay,
+    iperf3, set_ctr_mtu, two_on_underlay, weft_ctl, Container, LinuxVtep, Underlay, VXLAN_MTU,
 };
 use weft_qemu_tests::TestVm;
 
@@ -102,7 +102,7 @@ fn two_wefts_and_linux(
         &format!("{subnet}.13/16"),
     )
     .expect("Linux VTEP");
-    set_ctr_mtu(&[&w1, &w2], 1450);
+    set_ctr_mtu(&[&w1, &w2], VXLAN_MTU);
     let networks = json!([{"name": "grid", "vni": 100}]);
     let peers = |other: u8| {
         json!([
@@ -171,13 +171,22 @@ fn two_wefts_and_a_linux_vtep_share_one_overlay_network() {
             "10.81.128.12",
         ],
     );
-    assert!(!ok, "a 1500-byte DF packet crossed a 1450 overlay: {out}");
     assert!(
-        out.contains("mtu = 1450") || out.contains("mtu=1450"),
+        !ok,
+        "a 1500-byte DF packet crossed a {VXLAN_MTU} overlay: {out}"
+    );
+    assert!(
+        out.contains(&format!("mtu = {VXLAN_MTU}")) || out.contains(&format!("mtu={VXLAN_MTU}")),
         "{out}"
     );
-    c1.ip(&["link", "set", &w1.topo.names.ctr_veth, "mtu", "1450"])
-        .unwrap();
+    c1.ip(&[
+        "link",
+        "set",
+        &w1.topo.names.ctr_veth,
+        "mtu",
+        &VXLAN_MTU.to_string(),
+    ])
+    .unwrap();
     let (ok, out) = ping_args(
         c1,
         &[
@@ -187,13 +196,13 @@ fn two_wefts_and_a_linux_vtep_share_one_overlay_network() {
             "-M",
             "do",
             "-s",
-            "1422",
+            &(VXLAN_MTU - 28).to_string(),
             "-W",
             "5",
             "10.81.128.12",
         ],
     );
-    assert!(ok, "a full 1450-byte packet must fit: {out}");
+    assert!(ok, "a full {VXLAN_MTU}-byte packet must fit: {out}");
     let st = overlay_status(&w1);
     let grid = &st["networks"][0]["counters"];
     assert!(grid["icmp_frag_needed"].as_u64() >= Some(1), "{st}");
@@ -403,7 +412,7 @@ fn networks_on_different_vnis_never_meet() {
     // 10.81.128.0/24, b's in 10.81.129.0/24, all in the one grid subnet.
     let p = ul.prefix.clone();
     let ctr = |vm: &TestVm, name: &str, vlan: u16, cidr: &str| {
-        Container::attach(vm, &format!("{p}-{name}"), Some(vlan), cidr, 1450)
+        Container::attach(vm, &format!("{p}-{name}"), Some(vlan), cidr, VXLAN_MTU)
             .unwrap_or_else(|e| panic!("{test}: container {name}: {e:#}"))
     };
     let a1 = ctr(&w1, "a1", 100, "10.81.128.21/16");

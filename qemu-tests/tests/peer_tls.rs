@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use weft_image::netns::Netns;
 use weft_image::qemu::Machine;
-use weft_qemu_tests::grid::{iperf3, on_underlay, set_ctr_mtu, weft_ctl};
+use weft_qemu_tests::grid::{iperf3, on_underlay, set_ctr_mtu, weft_ctl, SLEEVE_MTU};
 use weft_qemu_tests::tshark::Tshark;
 use weft_qemu_tests::TestVm;
 
@@ -354,7 +354,7 @@ fn mutual_tls_keys_the_sleeve_and_refuses_strangers() {
         ["10.81.128.11/16", "10.81.128.12/16", "10.81.128.13/16"],
         None,
     );
-    set_ctr_mtu(&[&w1, &w2, &w3], 1408);
+    set_ctr_mtu(&[&w1, &w2, &w3], SLEEVE_MTU);
     let pki = Pki::create(&w1.dir);
     let tls = |n: u8| Keys::Tls {
         dir: &pki.grid,

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use weft_image::netns::Netns;
 use weft_image::qemu::Machine;
 use weft_qemu_tests::grid::{
-    iperf3, on_underlay, set_ctr_mtu, two_on_underlay, weft_ctl, Underlay,
+    iperf3, on_underlay, set_ctr_mtu, two_on_underlay, weft_ctl, Underlay, SLEEVE_MTU,
 };
 use weft_qemu_tests::TestVm;
 
@@ -151,8 +151,7 @@ fn two_wefts_in_sleeve_mode_carry_nothing_in_the_clear() {
         ["10.81.128.11/16", "10.81.128.12/16"],
         None,
     );
-    // The sleeve network's MTU: 1450 less what sleeve adds over VXLAN (42).
-    set_ctr_mtu(&[&w1, &w2], 1408);
+    set_ctr_mtu(&[&w1, &w2], SLEEVE_MTU);
     apply_file(&w1, &config_file(&w1, 1, 2));
     apply_file(&w2, &config_file(&w2, 2, 1));
     let config = result(&w1, "config");
@@ -363,7 +362,7 @@ fn auto_mode_trusts_its_subnets_and_a_wrong_secret_exchanges_nothing() {
         ["10.81.128.11/16", "10.81.128.12/16", "10.81.128.13/16"],
         None,
     );
-    set_ctr_mtu(&[&w1, &w2, &w3], 1408);
+    set_ctr_mtu(&[&w1, &w2, &w3], SLEEVE_MTU);
     // Node 1 trusts node 2 (VXLAN) and not node 3 (sleeve); each of them agrees.
     w1.apply_json(&auto_document(
         1,
