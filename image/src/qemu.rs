@@ -289,6 +289,9 @@ pub struct QemuConfig {
     pub netns: Option<String>,
     /// QEMU's own stdout/stderr to this file (default: inherited).
     pub log: Option<PathBuf>,
+    /// Run QEMU, every thread of it, on these CPUs only (`taskset -c`, a cpu list
+    /// such as "1" or "2-3"); default: wherever the host schedules it.
+    pub cpus: Option<String>,
 }
 
 impl QemuConfig {
@@ -308,6 +311,7 @@ impl QemuConfig {
             control,
             netns: None,
             log: None,
+            cpus: None,
         }
     }
 
@@ -388,17 +392,20 @@ impl QemuConfig {
         a
     }
 
-    /// The full command (wrapped in `ip netns exec` when a namespace is set).
+    /// The full command (wrapped in `ip netns exec` when a namespace is set, in
+    /// `taskset -c` when the CPUs are). Each wrapper execs the next, so the process
+    /// started is QEMU's.
     pub fn command(&self) -> Command {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&self.qemu);
-                c
-            }
-            None => Command::new(&self.qemu),
-        };
-        cmd.args(self.args());
+        let mut argv: Vec<OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            argv.extend(["ip", "netns", "exec", ns.as_str()].map(OsString::from));
+        }
+        if let Some(cpus) = &self.cpus {
+            argv.extend(["taskset", "-c", cpus.as_str()].map(OsString::from));
+        }
+        argv.push(self.qemu.clone().into_os_string());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).args(self.args());
         cmd
     }
 
@@ -652,6 +659,18 @@ mod tests {
         assert_eq!(cmd.get_program(), "ip");
         let args: Vec<_> = cmd.get_args().take(4).collect();
         assert_eq!(args, ["netns", "exec", "ns1", QEMU_BINARY]);
+        c.cpus = Some("1".into());
+        let cmd = c.command();
+        let args: Vec<_> = cmd.get_args().take(7).collect();
+        assert_eq!(
+            args,
+            ["netns", "exec", "ns1", "taskset", "-c", "1", QEMU_BINARY]
+        );
+        c.netns = None;
+        let cmd = c.command();
+        assert_eq!(cmd.get_program(), "taskset");
+        let args: Vec<_> = cmd.get_args().take(4).collect();
+        assert_eq!(args, ["-c", "1", QEMU_BINARY, "-machine"]);
     }
 
     #[test]

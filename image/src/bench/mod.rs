@@ -194,12 +194,17 @@ pub fn empty_rows() -> Vec<Row> {
             0,
         ),
     ];
+    // The single-VM load scenarios keep the VM on a CPU of its own (`Host::pin_vm`).
+    let placed = |what: &str| match vm::vm_cpu() {
+        Some(cpu) => format!("{what}; both VMs on CPU {cpu}, the load on the others"),
+        None => what.to_string(),
+    };
     for r in &mut rows {
         match r.id.as_str() {
             "heap_ready" | "heap_peak" => r.linux = Side::NotApplicable,
-            "dns_qps" => r.note = Some("Linux: dnsmasq, same names, no upstream".into()),
-            "publish_cps" => r.note = Some("Linux: nftables DNAT + masquerade".into()),
-            "vip_cps" => r.note = Some("Linux: IPVS, mh scheduler, NAT mode, 2 backends".into()),
+            "dns_qps" => r.note = Some(placed("Linux: dnsmasq, same names, no upstream")),
+            "publish_cps" => r.note = Some(placed("Linux: nftables DNAT + masquerade")),
+            "vip_cps" => r.note = Some(placed("Linux: IPVS, mh scheduler, NAT mode, 2 backends")),
             "vxlan_tcp" => r.note = Some("Linux: kernel vxlan + bridge".into()),
             _ => {}
         }

@@ -115,10 +115,25 @@ fn single_job() -> RefJob {
     }
 }
 
-/// Boots one host of `kind` with the demo addresses; weft gets `doc` applied (a refusal
-/// is [`RunError::Missing`]), the reference VM `job`.
+/// Boots one host of `kind` with the demo addresses, its VM on a CPU of its own
+/// ([`Host::pin_vm`]: the scenarios that use it drive the VM with load generators on
+/// the same machine); weft gets `doc` applied (a refusal is [`RunError::Missing`]), the
+/// reference VM `job`.
 fn single_host(ctx: &Ctx, kind: Kind, doc: &Value, job: &RefJob) -> Result<Host, RunError> {
+    single_host_placed(ctx, kind, doc, job, true)
+}
+
+fn single_host_placed(
+    ctx: &Ctx,
+    kind: Kind,
+    doc: &Value,
+    job: &RefJob,
+    pinned: bool,
+) -> Result<Host, RunError> {
     let mut host = Host::create(PeerAddresses::default())?;
+    if pinned {
+        host.pin_vm();
+    }
     host.boot(kind, &ctx.images, ctx.memory, job)?;
     if kind == Kind::Weft {
         host.vm()?
@@ -151,9 +166,10 @@ fn note_features(ctx: &Ctx, vm: &Vm, machine: Machine) {
     }
 }
 
-/// Boot to ready, then idle host CPU of the configured VM (q35).
+/// Boot to ready, then idle host CPU of the configured VM (q35). Not pinned: nothing
+/// else runs, and the boot row times QEMU's start without a `taskset` in front.
 pub fn boot_and_idle(ctx: &Ctx, kind: Kind) -> Result<Values, RunError> {
-    let host = single_host(ctx, kind, &weft_doc(json!({})), &single_job())?;
+    let host = single_host_placed(ctx, kind, &weft_doc(json!({})), &single_job(), false)?;
     let vm = host.vm()?;
     note_features(ctx, vm, Machine::Q35);
     let mut out = vec![("boot", vm.ready_after.as_secs_f64() * 1000.0)];
