@@ -136,10 +136,9 @@ impl Host {
     /// scheduler leaves the VM's to it). Left to the scheduler, QEMU's threads and the
     /// clients' were placed differently from run to run, and a single-VM scenario's
     /// rate with them: the same image gave 2.8k to 8.2k published-port connections/s.
-    /// Nothing changes on a one-CPU machine. Returns the CPU list, for the report.
-    pub fn pin_vm(&mut self) -> Option<&str> {
+    /// Nothing changes on a one-CPU machine.
+    pub fn pin_vm(&mut self) {
         self.vm_cpus = vm_cpu().map(|c| c.to_string());
-        self.vm_cpus.as_deref()
     }
 
     /// Boots the VM of `kind` on this host's taps and waits until it is ready. The
