@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use weft_control::client::Client;
 use weft_control::document;
-use weft_qemu_tests::grid::{boot_node, weft_ctl, LinuxVtep, Underlay, VXLAN_MTU};
+use weft_qemu_tests::grid::{boot_node, set_ctr_mtu, weft_ctl, LinuxVtep, Underlay, VXLAN_MTU};
 use weft_qemu_tests::{BootOptions, TestVm, REQUEST_TIMEOUT};
 
 /// The default addresses with a `[dns]` section and `n` containers, as TOML.
@@ -172,15 +172,7 @@ fn a_thousand_node_grid_applies_and_a_container_behind_node_999_is_reachable() {
     lx.ctr
         .ip(&["addr", "add", "10.81.3.237/16", "dev", "eth0"])
         .expect("node 999's address on the Linux side");
-    vm.ctr()
-        .ip(&[
-            "link",
-            "set",
-            &vm.topo.names.ctr_veth,
-            "mtu",
-            &VXLAN_MTU.to_string(),
-        ])
-        .unwrap();
+    set_ctr_mtu(&[&vm], VXLAN_MTU);
 
     let file = vm.dir.join("grid1000.toml");
     std::fs::write(&file, thousand_nodes_toml()).unwrap();

@@ -16,7 +16,7 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 use weft_image::netns::Netns;
 use weft_image::qemu::Machine;
-use weft_qemu_tests::grid::{two_on_underlay, Container, VXLAN_MTU};
+use weft_qemu_tests::grid::{set_ctr_mtu, two_on_underlay, Container, VXLAN_MTU};
 use weft_qemu_tests::socat::Socat;
 use weft_qemu_tests::TestVm;
 
@@ -183,15 +183,7 @@ fn the_routing_mesh_spreads_a_vip_over_both_hosts_and_publishes_it_on_a_host_wit
     for (c, gw) in [(&b1, NODE1), (&b2, "10.81.0.2"), (&b3, "10.81.0.2")] {
         c.ns.ip(&["route", "add", "default", "via", gw]).unwrap();
     }
-    w1.ctr()
-        .ip(&[
-            "link",
-            "set",
-            &w1.topo.names.ctr_veth,
-            "mtu",
-            &VXLAN_MTU.to_string(),
-        ])
-        .unwrap();
+    set_ctr_mtu(&[&w1], VXLAN_MTU);
     let _servers = [
         serve(&b1.ns, "b1"),
         serve(&b2.ns, "b2"),

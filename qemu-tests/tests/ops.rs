@@ -418,15 +418,7 @@ fn capture_under_iperf3_accounts_for_every_frame() {
         None,
     );
     for (vm, n, o) in [(&w1, 1, 2), (&w2, 2, 1)] {
-        vm.ctr()
-            .ip(&[
-                "link",
-                "set",
-                &vm.topo.names.ctr_veth,
-                "mtu",
-                &VXLAN_MTU.to_string(),
-            ])
-            .unwrap();
+        set_ctr_mtu(&[vm], VXLAN_MTU);
         let file = vxlan_config(vm, n, o);
         let (code, out, err) = weft_ctl(&vm.control, &["apply", file.to_str().unwrap()]);
         assert_eq!(code, 0, "{}: {out}{err}", vm.test);

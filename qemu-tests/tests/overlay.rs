@@ -154,8 +154,7 @@ fn two_wefts_and_a_linux_vtep_share_one_overlay_network() {
 
     // Path MTU discovery: a 1500-byte container sending DF frames too big for the
     // overlay hears "fragmentation needed" with the overlay MTU.
-    c1.ip(&["link", "set", &w1.topo.names.ctr_veth, "mtu", "1500"])
-        .unwrap();
+    set_ctr_mtu(&[&w1], 1500);
     let (ok, out) = ping_args(
         c1,
         &[
@@ -179,14 +178,7 @@ fn two_wefts_and_a_linux_vtep_share_one_overlay_network() {
         out.contains(&format!("mtu = {VXLAN_MTU}")) || out.contains(&format!("mtu={VXLAN_MTU}")),
         "{out}"
     );
-    c1.ip(&[
-        "link",
-        "set",
-        &w1.topo.names.ctr_veth,
-        "mtu",
-        &VXLAN_MTU.to_string(),
-    ])
-    .unwrap();
+    set_ctr_mtu(&[&w1], VXLAN_MTU);
     let (ok, out) = ping_args(
         c1,
         &[
