@@ -382,12 +382,9 @@ pub struct Decapsulated<'a> {
 /// Why [`decapsulate`] refused a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecapError {
-    /// Not IPv4/UDP to the VXLAN port: not ours to judge, hand it to the rest of the stack.
-    NotVxlan,
-    /// An outer IPv4 or UDP header that is truncated, inconsistent or has a bad checksum.
-    BadOuterHeader,
-    /// A fragment of an outer IPv4 packet; VXLAN endpoints do not reassemble.
-    OuterFragment,
+    /// The outer headers: not IPv4/UDP to the VXLAN port (`NotForPort`: not ours to
+    /// judge, hand it to the rest of the stack), or refused.
+    Outer(OuterError),
     /// The VXLAN header itself was refused.
     Vxlan(Error),
 }
@@ -396,11 +393,7 @@ pub enum DecapError {
 /// uplink. `dst_port` is the configured VXLAN port. Checksums are verified (the UDP one
 /// only when non-zero, RFC 768). Nothing here looks at VNIs or senders: `overlay` does.
 pub fn decapsulate(frame: &[u8], dst_port: u16) -> Result<Decapsulated<'_>, DecapError> {
-    let outer = outer::udp_to_port(frame, dst_port).map_err(|e| match e {
-        OuterError::NotForPort => DecapError::NotVxlan,
-        OuterError::BadHeader => DecapError::BadOuterHeader,
-        OuterError::Fragment => DecapError::OuterFragment,
-    })?;
+    let outer = outer::udp_to_port(frame, dst_port).map_err(DecapError::Outer)?;
     let vxlan = Packet::new_checked(outer.payload).map_err(DecapError::Vxlan)?;
     let repr = Repr::parse(&vxlan).map_err(DecapError::Vxlan)?;
     Ok(Decapsulated {
@@ -670,7 +663,7 @@ mod tests {
         out[70] ^= 0x01;
         assert_eq!(
             decapsulate(&out, VXLAN_PORT),
-            Err(DecapError::BadOuterHeader)
+            Err(DecapError::Outer(OuterError::BadHeader))
         );
     }
 
@@ -784,24 +777,39 @@ mod tests {
     #[test]
     fn decap_refusals() {
         // Another UDP port: not VXLAN.
-        assert_eq!(decapsulate(&LINUX_PING, 8472), Err(DecapError::NotVxlan));
+        assert_eq!(
+            decapsulate(&LINUX_PING, 8472),
+            Err(DecapError::Outer(OuterError::NotForPort))
+        );
         // Not IPv4.
         let mut f = LINUX_PING;
         f[12] = 0x86;
         f[13] = 0xdd;
-        assert_eq!(decapsulate(&f, VXLAN_PORT), Err(DecapError::NotVxlan));
+        assert_eq!(
+            decapsulate(&f, VXLAN_PORT),
+            Err(DecapError::Outer(OuterError::NotForPort))
+        );
         // TCP, not UDP (checksum not even looked at).
         let mut f = LINUX_PING;
         f[23] = 6;
-        assert_eq!(decapsulate(&f, VXLAN_PORT), Err(DecapError::NotVxlan));
+        assert_eq!(
+            decapsulate(&f, VXLAN_PORT),
+            Err(DecapError::Outer(OuterError::NotForPort))
+        );
         // Bad outer IPv4 checksum.
         let mut f = LINUX_PING;
         f[24] ^= 0xff;
-        assert_eq!(decapsulate(&f, VXLAN_PORT), Err(DecapError::BadOuterHeader));
+        assert_eq!(
+            decapsulate(&f, VXLAN_PORT),
+            Err(DecapError::Outer(OuterError::BadHeader))
+        );
         // A first fragment (MF set): refused whatever the checksum.
         let mut f = LINUX_PING;
         f[20] |= 0x20;
-        assert_eq!(decapsulate(&f, VXLAN_PORT), Err(DecapError::OuterFragment));
+        assert_eq!(
+            decapsulate(&f, VXLAN_PORT),
+            Err(DecapError::Outer(OuterError::Fragment))
+        );
         // I flag cleared.
         let mut f = LINUX_PING;
         f[42] = 0;

@@ -27,6 +27,16 @@ enum Delivery {
     Both,
 }
 
+/// What the overlay counts for outer headers it refused. A frame on neither tunnel port
+/// is `NotVxlan`: the rest of the stack takes it.
+fn outer_drop(e: OuterError) -> OverlayDrop {
+    match e {
+        OuterError::NotForPort => OverlayDrop::NotVxlan,
+        OuterError::BadHeader => OverlayDrop::BadOuterHeader,
+        OuterError::Fragment => OverlayDrop::OuterFragment,
+    }
+}
+
 impl Overlay {
     /// A frame received on the uplink. Anything that is not VXLAN for us comes back as
     /// `Drop(NotVxlan)` for the rest of the stack to look at.
@@ -76,22 +86,16 @@ impl Overlay {
                         (rx.src_ip, rx.dst_ip, rx.payload_at, rx.payload.len());
                     return self.decap_sleeve(now, buf, (src, dst), at..at + len, vni_out);
                 }
+                // Not sleeve's: VXLAN's to judge below.
                 Err(OuterError::NotForPort) => {}
-                Err(OuterError::BadHeader) => {
-                    return Step::Verdict(self.drop(None, OverlayDrop::BadOuterHeader))
-                }
-                Err(OuterError::Fragment) => {
-                    return Step::Verdict(self.drop(None, OverlayDrop::OuterFragment))
-                }
+                Err(e) => return Step::Verdict(self.drop(None, outer_drop(e))),
             }
         }
         let d = match vxlan::decapsulate(buf.frame(), self.grid.vxlan_port) {
             Ok(d) => d,
             Err(e) => {
                 let reason = match e {
-                    DecapError::NotVxlan => OverlayDrop::NotVxlan,
-                    DecapError::BadOuterHeader => OverlayDrop::BadOuterHeader,
-                    DecapError::OuterFragment => OverlayDrop::OuterFragment,
+                    DecapError::Outer(e) => outer_drop(e),
                     DecapError::Vxlan(_) => OverlayDrop::BadVxlanHeader,
                 };
                 return Step::Verdict(self.drop(None, reason));
