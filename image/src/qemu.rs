@@ -214,13 +214,16 @@ impl Machine {
         }
     }
 
-    /// The `-machine` argument; `acpi` matters on microvm only.
+    /// The `-machine` argument, with or without ACPI tables.
     fn arg(self, acpi: bool) -> &'static str {
-        match self {
-            Machine::Q35 => "q35",
-            Machine::Microvm if acpi => "microvm",
-            // No ACPI: the devices come on the kernel command line (auto-kernel-cmdline).
-            Machine::Microvm => "microvm,acpi=off",
+        match (self, acpi) {
+            (Machine::Q35, true) => "q35",
+            // weft finds its PCI devices by scanning the bus; QEMU then builds no tables,
+            // a few milliseconds of its start.
+            (Machine::Q35, false) => "q35,acpi=off",
+            (Machine::Microvm, true) => "microvm",
+            // The devices come on the kernel command line (auto-kernel-cmdline).
+            (Machine::Microvm, false) => "microvm,acpi=off",
         }
     }
 
@@ -274,9 +277,10 @@ pub enum Serial {
 pub struct QemuConfig {
     pub qemu: PathBuf,
     pub machine: Machine,
-    /// microvm with ACPI tables (off for weft, which reads its devices from the command
-    /// line; on for a Linux kernel built without VIRTIO_MMIO_CMDLINE_DEVICES, as Debian's).
-    pub microvm_acpi: bool,
+    /// ACPI tables: off for weft, which reads none (it scans PCI on q35 and takes its
+    /// devices from the command line on microvm); on for a Linux kernel, which needs them
+    /// on q35 and, built without VIRTIO_MMIO_CMDLINE_DEVICES as Debian's, on microvm.
+    pub acpi: bool,
     pub kernel: PathBuf,
     pub memory: MemoryMib,
     pub accel: Accel,
@@ -300,7 +304,7 @@ impl QemuConfig {
         QemuConfig {
             qemu: PathBuf::from(QEMU_BINARY),
             machine: Machine::Q35,
-            microvm_acpi: false,
+            acpi: false,
             kernel,
             memory: MemoryMib(128),
             accel: Accel::Tcg,
@@ -321,7 +325,7 @@ impl QemuConfig {
         let mut push = |s: &str| a.push(OsString::from(s));
         for s in [
             "-machine",
-            self.machine.arg(self.microvm_acpi),
+            self.machine.arg(self.acpi),
             "-accel",
             self.accel.as_str(),
             "-cpu",
@@ -611,7 +615,7 @@ mod tests {
     fn command_line_is_the_contract_layout() {
         let mac1 = MacAddr::for_name("tap1");
         let expected = format!(
-            "-machine q35 -accel tcg -cpu max -bios qboot.rom -m 128M -smp 1 -nodefaults -no-reboot \
+            "-machine q35,acpi=off -accel tcg -cpu max -bios qboot.rom -m 128M -smp 1 -nodefaults -no-reboot \
              -display none -vga none -kernel target/weft/weft.elf -append  -serial stdio \
              -netdev tap,id=uplink,ifname=tap1,script=no,downscript=no \
              -device virtio-net-pci,netdev=uplink,mac={mac1},addr=0x3 \
@@ -640,6 +644,20 @@ mod tests {
              -device virtio-serial-device -device virtserialport,chardev=control,nr=1,name=org.weft.control"
         );
         assert_eq!(joined(&c), expected);
+    }
+
+    #[test]
+    fn acpi_tables_only_when_asked_for_on_both_machines() {
+        for (machine, with, without) in [
+            (Machine::Q35, "q35", "q35,acpi=off"),
+            (Machine::Microvm, "microvm", "microvm,acpi=off"),
+        ] {
+            let mut c = cfg();
+            c.machine = machine;
+            assert!(joined(&c).starts_with(&format!("-machine {without} ")));
+            c.acpi = true;
+            assert!(joined(&c).starts_with(&format!("-machine {with} ")));
+        }
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "boot",
             rows: &["boot", "idle_cpu", "heap_ready"],
             run: scenarios::boot_and_idle,
-            note: None,
+            note: Some("weft: q35,acpi=off (it scans PCI and reads no ACPI); Linux: q35 with ACPI"),
         },
         Scenario {
             name: "boot_microvm",
