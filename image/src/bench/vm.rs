@@ -197,7 +197,7 @@ impl Host {
             cfg.append = images.weft_append.clone();
         }
         if let Some(linux) = linux {
-            cfg.acpi = true;
+            cfg.full_machine = true;
             cfg.qemu = linux.qemu_wrapper.clone();
             cfg.append = job.cmdline(cfg.uplink.mac, cfg.link.mac);
             if machine == Machine::Microvm {
