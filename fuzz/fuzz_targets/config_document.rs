@@ -31,9 +31,11 @@ const KNOWN: &[&str] = &[
     "container_port",
     "port",
     // Named by rules about what is missing: a sleeve network needs `grid.secret`, a
-    // peer of another region its `public_address`.
+    // peer of another region its `public_address`, the second of two untagged networks
+    // a `vlan`.
     "secret",
     "public_address",
+    "vlan",
 ];
 
 fuzz_target!(|data: &[u8]| {
