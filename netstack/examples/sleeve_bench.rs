@@ -76,9 +76,10 @@ fn print(name: &str, size: usize, f: &Figure, base: Option<(&Figure, &str)>) {
     );
 }
 
-/// Raw AEAD: encrypt `size` bytes in place with a fresh nonce and an 28-byte AAD.
+/// Raw AEAD: encrypt `size` bytes in place with a fresh nonce and an AAD as long as
+/// sleeve's clear header.
 fn raw_seal(size: usize, iters: usize) -> Figure {
-    raw_seal_of(size, 28, size, iters)
+    raw_seal_of(size, HEADER_LEN, size, iters)
 }
 
 /// Raw AEAD over exactly what a sleeve message of one `size`-byte frame encrypts: the
@@ -107,7 +108,7 @@ fn raw_seal_of(len: usize, aad_len: usize, counted: usize, iters: usize) -> Figu
 /// Raw AEAD: verify and decrypt `size` bytes in place (ciphertexts made untimed).
 fn raw_open(size: usize, iters: usize) -> Figure {
     let cipher = ChaCha20Poly1305::new(&[7u8; 32].into());
-    let aad = [0u8; 28];
+    let aad = [0u8; HEADER_LEN];
     let mut elapsed = Duration::ZERO;
     let mut done = 0;
     while done < iters {
